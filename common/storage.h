@@ -1,0 +1,102 @@
+// Durable storage: one LMDB environment per process, named sub-databases,
+// and one writer thread that applies every pending batch in one LMDB write
+// transaction and one fsync (group commit).
+//
+// The protocol cores never call this: they emit Batches, and the adapters
+// submit them and report back when they are durable.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace atomq {
+
+struct Write {
+  std::string db;     // sub-database name
+  std::string key;    // 1..511 bytes
+  std::string value;  // ignored when erase
+  bool erase = false;  // erasing a missing key is not an error
+};
+
+// Writes that become durable together or not at all.
+struct Batch {
+  uint64_t token = 0;  // the core's handle; storage does not interpret it
+  std::vector<Write> writes;
+};
+
+// Called once per batch, on the writer thread, after the LMDB transaction
+// that holds it committed and was fsync'd (OK), or failed (then none of the
+// batch is on disk: RESOURCE_EXHAUSTED for a full map or disk, INTERNAL or
+// INVALID_ARGUMENT otherwise, with LMDB's message).
+using DoneFn = std::function<void(absl::Status)>;
+
+struct StorageStats {
+  uint64_t batches = 0;  // batches applied
+  uint64_t commits = 0;  // LMDB write transactions committed = fsyncs
+  uint64_t failures = 0;
+};
+
+// Narrow on purpose, so a test can wrap it to fail or drop writes.
+class Storage {
+ public:
+  virtual ~Storage() = default;
+  // Queues `batch` for the writer thread; never blocks on I/O.
+  virtual void Submit(Batch batch, DoneFn done) = 0;
+  // Submit and wait.
+  absl::Status Write(Batch batch);
+  // A committed value, or nullopt.
+  virtual absl::StatusOr<std::optional<std::string>> Get(const std::string& db,
+                                                         const std::string& key) = 0;
+  // Visits every committed key/value of `db` in key order (keys with `prefix`
+  // only). `fn` returns false to stop early.
+  virtual absl::Status Scan(const std::string& db, const std::string& prefix,
+                            const std::function<bool(std::string_view key,
+                                                     std::string_view value)>& fn) = 0;
+  virtual StorageStats Stats() const = 0;
+};
+
+// Forwards everything to a target; override what a test should break.
+class StorageWrapper : public Storage {
+ public:
+  explicit StorageWrapper(Storage* target) : target_(target) {}
+  void Submit(Batch batch, DoneFn done) override {
+    target_->Submit(std::move(batch), std::move(done));
+  }
+  absl::StatusOr<std::optional<std::string>> Get(const std::string& db,
+                                                 const std::string& key) override {
+    return target_->Get(db, key);
+  }
+  absl::Status Scan(const std::string& db, const std::string& prefix,
+                    const std::function<bool(std::string_view, std::string_view)>& fn)
+      override {
+    return target_->Scan(db, prefix, fn);
+  }
+  StorageStats Stats() const override { return target_->Stats(); }
+
+ protected:
+  Storage* target() { return target_; }
+
+ private:
+  Storage* target_;
+};
+
+struct LmdbOptions {
+  std::string dir;                  // created if missing
+  std::vector<std::string> dbs;     // named sub-databases, created if missing
+  uint64_t map_size_mb = 65536;     // --lmdb_map_size_mb: LMDB's map (virtual) size
+  uint32_t batches_per_commit_max = 4096;  // --group_commit_batches_max
+};
+
+// Opens (creating if needed) the environment and starts the writer thread.
+// FAILED_PRECONDITION with a clear message when the directory cannot be
+// created or used, or is locked by another process.
+absl::StatusOr<std::unique_ptr<Storage>> OpenLmdbStorage(const LmdbOptions& options);
+
+}  // namespace atomq

@@ -1,0 +1,35 @@
+// One thread that runs callbacks at deadlines: the adapters' way to turn the
+// cores' "set timer" outputs into OnTimer inputs.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+
+namespace atomq {
+
+class TimerQueue {
+ public:
+  TimerQueue();
+  ~TimerQueue();  // stops the thread; pending callbacks are dropped
+  TimerQueue(const TimerQueue&) = delete;
+  TimerQueue& operator=(const TimerQueue&) = delete;
+
+  // Runs `fn` on the timer thread at or after `at_ms` (RealClock time).
+  void At(int64_t at_ms, std::function<void()> fn);
+  void Stop();
+
+ private:
+  void Run();
+
+  absl::Mutex mu_;
+  std::multimap<int64_t, std::function<void()>> pending_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace atomq

@@ -1,0 +1,42 @@
+#include "common/validate.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace atomq {
+namespace {
+
+bool Allowed(char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+         (c >= '0' && c <= '9') || c == '.' || c == '_' || c == ':' || c == '-';
+}
+
+absl::Status ValidateName(std::string_view what, std::string_view s, size_t max) {
+  if (s.empty()) return absl::InvalidArgumentError(absl::StrCat(what, " is empty"));
+  if (s.size() > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " is ", s.size(), " bytes; at most ", max, " allowed"));
+  }
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (!Allowed(s[i])) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s has byte 0x%02x at offset %d; allowed are [A-Za-z0-9._:-]", what,
+          static_cast<unsigned char>(s[i]), i));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateTxnId(std::string_view id) {
+  return ValidateName("transaction id", id, kTxnIdBytesMax);
+}
+absl::Status ValidateNodeId(std::string_view id) {
+  return ValidateName("node id", id, kNodeIdBytesMax);
+}
+absl::Status ValidateQueueName(std::string_view name) {
+  return ValidateName("queue name", name, kQueueNameBytesMax);
+}
+
+}  // namespace atomq

@@ -1,0 +1,168 @@
+// The coordinator's protocol state machine: pure, single-threaded, no I/O,
+// no threads, no clock. Every input carries `now_ms`; every effect is an
+// Output the adapter carries out (persist, send, set a timer, reply).
+//
+// Durability is enforced here, not in the adapter: a message or reply that
+// depends on a record is emitted only after OnPersisted() reported that
+// record durable. So the adapter may carry out every output at once, in any
+// order.
+//
+// Protocol (DESIGN.md section 3):
+//   2PC, presumed abort: Prepare to all -> all YES/READ_ONLY -> persist COMMIT
+//   (forced) -> reply to the client once every participant acknowledged the
+//   commit (or at the deadline, without the missing sequences) -> Commit
+//   fan-out, resent with backoff until acknowledged -> persist ENDED.
+//   Any NO, failed prepare, or deadline -> ABORT: Abort is sent at once to
+//   every participant that may have prepared; the ABORT record is persisted
+//   and the client reply waits for it (so a retry with the same id returns the
+//   same outcome).
+//   3PC: after all YES, persist PRECOMMITTED (forced), send PreCommit to the
+//   YES voters, resend until acknowledged; when a majority of all participants
+//   acknowledged, persist COMMIT and continue as 2PC. After PRECOMMITTED the
+//   coordinator never aborts.
+//   Read-only voters (READ_ONLY) get no second-round message.
+//   If every participant voted READ_ONLY, the transaction commits with no
+//   record at all.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "atomq/v1/coordinator.pb.h"
+#include "atomq/v1/participant.pb.h"
+#include "atomq/v1/records.pb.h"
+#include "common/storage.h"
+
+namespace atomq::coordinator {
+
+inline constexpr char kTxnDb[] = "txn";
+inline constexpr char kMetaDb[] = "meta";
+
+struct Config {
+  std::string coordinator_id;       // --id
+  std::string coordinator_address;  // --advertise: put in PrepareRequest
+  // participant id -> address (--participants); also sent to participants
+  // for cooperative termination.
+  std::map<std::string, std::string> participants;
+  uint64_t boot_count = 1;          // minted ids: <id>-<boot_count>-<counter>
+  v1::Protocol default_protocol = v1::TWO_PC;  // --default_protocol
+  uint32_t txn_timeout_ms = 5000;      // --txn_timeout_ms: votes deadline default
+  uint32_t txn_timeout_ms_max = 60000; // --txn_timeout_ms_max
+  uint32_t ops_per_txn_max = 1000;     // --ops_per_txn_max
+  uint32_t payload_bytes_max = 1 << 20;  // --payload_bytes_max (per op)
+  uint32_t headers_max = 64;           // --headers_max (per op)
+  uint32_t txns_in_flight_max = 10000; // --txns_in_flight_max (undecided + unreplied)
+  uint32_t resend_initial_ms = 50;     // --resend_initial_ms: backoff start
+  uint32_t resend_max_ms = 2000;       // --resend_max_ms: backoff cap
+  uint32_t finished_cache_max = 100000;  // --finished_cache_max: ended txns kept in memory
+};
+
+// Read-only access to what is durable, for ids no longer in memory
+// (raft's Storage: the core may read, never write).
+class DurableView {
+ public:
+  virtual ~DurableView() = default;
+  virtual std::optional<v1::CoordinatorTxnRecord> FindTxn(const std::string& txn_id) const = 0;
+};
+
+// Adapter-chosen handle of a pending client call or query.
+using RequestId = uint64_t;
+
+enum class MsgType { kPrepare, kPreCommit, kCommit, kAbort };
+
+struct OutMessage {
+  std::string participant;  // id
+  std::string address;      // from Config::participants
+  MsgType type;
+  std::string txn_id;
+  v1::PrepareRequest prepare;  // kPrepare only
+};
+
+struct TimerRequest {
+  uint64_t timer_id;
+  int64_t at_ms;  // call OnTimer(timer_id, ...) at or after this time
+};
+
+struct ExecuteReply {
+  RequestId request;
+  absl::Status status;  // non-OK: nothing was done (validation, limits)
+  v1::ExecuteResponse response;
+};
+
+struct StateReply {
+  RequestId request;
+  v1::TxnState state;
+};
+
+struct Output {
+  std::vector<Batch> persist;     // submit; report OnPersisted(batch.token)
+  std::vector<OutMessage> send;   // send; report the matching On*Reply
+  std::vector<TimerRequest> timers;
+  std::vector<ExecuteReply> replies;
+  std::vector<StateReply> state_replies;
+  std::vector<std::string> log;   // one line per decision
+
+  bool empty() const {
+    return persist.empty() && send.empty() && timers.empty() && replies.empty() &&
+           state_replies.empty() && log.empty();
+  }
+};
+
+class CoordinatorCore {
+ public:
+  CoordinatorCore(Config config, const DurableView* view);
+
+  // Once, before any other input: every record found in the "txn" database.
+  // COMMIT without END -> resend Commit; ABORT without END -> resend Abort;
+  // PRECOMMITTED -> resend PreCommit, then commit (3PC through the coordinator).
+  void Recover(std::vector<v1::CoordinatorTxnRecord> records, int64_t now_ms);
+
+  // A client's Execute. The reply comes in Output::replies.
+  void Execute(RequestId request, const v1::ExecuteRequest& req, int64_t now_ms);
+
+  // Replies from participants. A non-OK status is a failed RPC (unreachable,
+  // deadline) or an error status from the participant.
+  void OnPrepareReply(const std::string& txn_id, const std::string& participant,
+                      const absl::StatusOr<v1::PrepareResponse>& reply, int64_t now_ms);
+  void OnPreCommitReply(const std::string& txn_id, const std::string& participant,
+                        const absl::Status& status, int64_t now_ms);
+  void OnCommitReply(const std::string& txn_id, const std::string& participant,
+                     const absl::StatusOr<v1::CommitResponse>& reply, int64_t now_ms);
+  void OnAbortReply(const std::string& txn_id, const std::string& participant,
+                    const absl::Status& status, int64_t now_ms);
+
+  void OnTimer(uint64_t timer_id, int64_t now_ms);
+  // `status` non-OK: the batch is not on disk (e.g. disk full).
+  void OnPersisted(uint64_t token, const absl::Status& status, int64_t now_ms);
+
+  // A participant asks for the outcome. Unknown ids are presumed aborted: an
+  // ABORT record is persisted first, so a later Execute with that id cannot
+  // commit. Undecided ids answer PREPARING.
+  void QueryState(RequestId request, const std::string& txn_id, int64_t now_ms);
+
+  // For GetTransaction / ListTransactions. NOT_FOUND if unknown.
+  absl::StatusOr<v1::TransactionInfo> GetTransaction(const std::string& txn_id) const;
+  // In-memory transactions not ENDED, filtered by `states` (empty = all).
+  std::vector<v1::TransactionInfo> ListTransactions(const std::vector<v1::TxnState>& states,
+                                                    size_t limit) const;
+
+  size_t in_flight() const;
+
+  // Everything produced since the last call.
+  Output TakeOutput();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+
+ public:
+  ~CoordinatorCore();
+};
+
+}  // namespace atomq::coordinator
