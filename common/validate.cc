@@ -11,7 +11,7 @@ bool Allowed(char c) {
          (c >= '0' && c <= '9') || c == '.' || c == '_' || c == ':' || c == '-';
 }
 
-absl::Status ValidateName(std::string_view what, std::string_view s, size_t max) {
+absl::Status ValidateName(const char* what, std::string_view s, size_t max) {
   if (s.empty()) return absl::InvalidArgumentError(absl::StrCat(what, " is empty"));
   if (s.size() > max) {
     return absl::InvalidArgumentError(
