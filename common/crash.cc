@@ -30,6 +30,10 @@ void InitCrashPoints() {
   std::fprintf(stderr, "crash point armed: %s (hit %d)\n", armed_point.c_str(), armed_count);
 }
 
+bool CrashArmed(std::string_view point) {
+  return !armed_point.empty() && point == armed_point;
+}
+
 void CrashPoint(std::string_view point) {
   if (armed_point.empty() || point != armed_point) return;
   if (hits.fetch_add(1) + 1 < armed_count) return;

@@ -19,5 +19,8 @@ inline constexpr int kCrashExitCode = 86;
 void InitCrashPoints();
 // Exits if `point` is the armed point (and its count is reached).
 void CrashPoint(std::string_view point);
+// Whether `point` is armed, for adapters that must do extra work (such as
+// decoding a record) only to find out whether they reached it.
+bool CrashArmed(std::string_view point);
 
 }  // namespace atomq

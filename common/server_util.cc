@@ -1,0 +1,117 @@
+#include "common/server_util.h"
+
+#include <signal.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/codec.h"
+#include "common/status.h"
+#include "common/validate.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+
+namespace atomq {
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+std::shared_ptr<grpc::Channel> ChannelCache::Get(const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  auto it = channels_.find(address);
+  if (it != channels_.end()) return it->second;
+  grpc::ChannelArguments args;
+  // Reconnect fast after a peer restarts: recovery waits on it.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  args.SetMaxReceiveMessageSize(-1);
+  auto ch = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  channels_[address] = ch;
+  return ch;
+}
+
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
+    const std::string& listen, const std::vector<grpc::Service*>& services,
+    uint32_t message_bytes_max) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(message_bytes_max));
+  for (grpc::Service* s : services) builder.RegisterService(s);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot listen on ", listen, " (in use, or not a local address?)"));
+  }
+  return server;
+}
+
+absl::StatusOr<std::map<std::string, std::string>> ParsePeerList(const std::string& s) {
+  std::map<std::string, std::string> out;
+  for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(part, absl::MaxSplits('=', 1));
+    if (kv.second.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad participant entry \"", part, "\": want id=host:port"));
+    }
+    absl::Status st = ValidateNodeId(kv.first);
+    if (!st.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("participant \"", kv.first, "\": ", st.message()));
+    }
+    if (!out.emplace(kv.first, kv.second).second) {
+      return absl::InvalidArgumentError(absl::StrCat("participant ", kv.first, " listed twice"));
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<v1::MetaRecord> BumpBootCount(Storage* storage, const std::string& meta_db,
+                                             const std::string& id, const std::string& data_dir) {
+  v1::MetaRecord meta;
+  ATOMQ_ASSIGN_OR_RETURN(std::optional<std::string> old, storage->Get(meta_db, "meta"));
+  if (old.has_value()) {
+    absl::Status st = DecodeRecord(*old, &meta);
+    if (!st.ok()) return absl::DataLossError(absl::StrCat("meta record: ", st.message()));
+    if (meta.node_id() != id) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "data dir ", data_dir, " belongs to node \"", meta.node_id(), "\", not \"", id, "\""));
+    }
+  }
+  meta.set_node_id(id);
+  meta.set_boot_count(meta.boot_count() + 1);
+  Batch b;
+  b.writes.push_back({meta_db, "meta", EncodeRecord(meta), false});
+  absl::Status st = storage->Write(std::move(b));
+  if (!st.ok()) {
+    return absl::Status(st.code(), absl::StrCat("cannot write to ", data_dir, ": ", st.message()));
+  }
+  return meta;
+}
+
+void InitSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+int WaitForSignal() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  int sig = 0;
+  sigwait(&set, &sig);
+  return sig;
+}
+
+}  // namespace atomq

@@ -20,7 +20,10 @@ class TimerQueue {
   TimerQueue& operator=(const TimerQueue&) = delete;
 
   // Runs `fn` on the timer thread at or after `at_ms` (RealClock time).
+  // Callbacks with equal deadlines run in the order they were added. A
+  // callback may call At(); after Stop(), At() drops `fn`.
   void At(int64_t at_ms, std::function<void()> fn);
+  // Idempotent. Joins the thread unless called from a callback.
   void Stop();
 
  private:
@@ -29,6 +32,7 @@ class TimerQueue {
   absl::Mutex mu_;
   std::multimap<int64_t, std::function<void()>> pending_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Mutex join_mu_;  // serializes joining thread_ across Stop() callers
   std::thread thread_;
 };
 

@@ -1,0 +1,365 @@
+#include "participant/server/participant_server.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/codec.h"
+#include "common/crash.h"
+#include "common/log.h"
+#include "common/status.h"
+
+namespace atomq::participant {
+
+class ParticipantNode::View : public DurableView {
+ public:
+  explicit View(Storage* storage) : storage_(storage) {}
+  std::optional<v1::OutcomeRecord> FindOutcome(const std::string& txn_id) const override {
+    absl::StatusOr<std::optional<std::string>> v = storage_->Get(kOutcomesDb, txn_id);
+    if (!v.ok() || !v->has_value()) return std::nullopt;
+    v1::OutcomeRecord rec;
+    if (!DecodeRecord(**v, &rec).ok()) {
+      LogLine(absl::StrCat("outcome record ", txn_id, " is corrupt; treating as unknown"));
+      return std::nullopt;
+    }
+    return rec;
+  }
+
+ private:
+  Storage* storage_;
+};
+
+namespace {
+
+// Delivers a core Reply into a unary reactor's response.
+template <typename Resp>
+std::function<void(const Reply&)> ReplyTo(grpc::ServerUnaryReactor* reactor, Resp* resp) {
+  return [reactor, resp](const Reply& r) {
+    if (!r.status.ok()) {
+      reactor->Finish(ToGrpc(r.status));
+      return;
+    }
+    const Resp* body = std::get_if<Resp>(&r.body);
+    if (body == nullptr) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::INTERNAL, "reply of the wrong type"));
+      return;
+    }
+    *resp = *body;
+    reactor->Finish(grpc::Status::OK);
+  };
+}
+
+bool WritesRecord(const Batch& batch, const char* db, v1::TxnState state) {
+  for (const Write& w : batch.writes) {
+    if (w.db != db || w.erase) continue;
+    if (std::string(db) == kPreparedDb) {
+      v1::PreparedRecord rec;
+      if (DecodeRecord(w.value, &rec).ok() && rec.state() == state) return true;
+    } else {
+      v1::OutcomeRecord rec;
+      if (DecodeRecord(w.value, &rec).ok() && rec.state() == state) return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackService {
+ public:
+  explicit TxnService(ParticipantNode* node) : node_(node) {}
+
+  grpc::ServerUnaryReactor* Prepare(grpc::CallbackServerContext* ctx,
+                                    const v1::PrepareRequest* req,
+                                    v1::PrepareResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    auto deliver = ReplyTo(reactor, resp);
+    RequestId rid = node_->Expect([deliver](const Reply& r) {
+      const auto* vote = std::get_if<v1::PrepareResponse>(&r.body);
+      if (r.status.ok() && vote != nullptr && vote->vote() == v1::YES) {
+        CrashPoint("before-vote-sent");
+      }
+      deliver(r);
+    });
+    node_->WithCore([&](ParticipantCore& c) { c.Prepare(rid, *req, node_->clock_.NowMs()); });
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* PreCommit(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
+                                      v1::PreCommitResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    node_->WithCore(
+        [&](ParticipantCore& c) { c.PreCommit(rid, req->txn_id(), node_->clock_.NowMs()); });
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* Commit(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
+                                   v1::CommitResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    node_->WithCore(
+        [&](ParticipantCore& c) { c.Commit(rid, req->txn_id(), node_->clock_.NowMs()); });
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
+                                  v1::AbortResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    node_->WithCore(
+        [&](ParticipantCore& c) { c.Abort(rid, req->txn_id(), node_->clock_.NowMs()); });
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* QueryState(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
+                                       v1::QueryStateResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    node_->WithCore(
+        [&](ParticipantCore& c) { c.QueryState(rid, req->txn_id(), node_->clock_.NowMs()); });
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* ListTransactions(grpc::CallbackServerContext* ctx,
+                                             const v1::ListParticipantTxnsRequest* req,
+                                             v1::ListParticipantTxnsResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    std::vector<v1::ParticipantTxnInfo> list;
+    {
+      absl::MutexLock lock(&node_->mu_);
+      list = node_->core_->ListTransactions();
+    }
+    for (v1::ParticipantTxnInfo& t : list) *resp->add_transactions() = std::move(t);
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+ private:
+  ParticipantNode* node_;
+};
+
+class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
+ public:
+  explicit QueueService(ParticipantNode* node) : node_(node) {}
+
+  grpc::ServerUnaryReactor* CreateQueue(grpc::CallbackServerContext* ctx,
+                                        const v1::CreateQueueRequest* req,
+                                        v1::CreateQueueResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    node_->WithCore(
+        [&](ParticipantCore& c) { c.CreateQueue(rid, req->name(), node_->clock_.NowMs()); });
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* DeleteQueue(grpc::CallbackServerContext* ctx,
+                                        const v1::DeleteQueueRequest* req,
+                                        v1::DeleteQueueResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    node_->WithCore(
+        [&](ParticipantCore& c) { c.DeleteQueue(rid, req->name(), node_->clock_.NowMs()); });
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* ListQueues(grpc::CallbackServerContext* ctx,
+                                       const v1::ListQueuesRequest* req,
+                                       v1::ListQueuesResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    std::vector<v1::QueueInfo> list;
+    {
+      absl::MutexLock lock(&node_->mu_);
+      list = node_->core_->ListQueues();
+    }
+    for (v1::QueueInfo& q : list) *resp->add_queues() = std::move(q);
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* Receive(grpc::CallbackServerContext* ctx,
+                                    const v1::ReceiveRequest* req,
+                                    v1::ReceiveResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    absl::StatusOr<std::vector<Lease>> leases;
+    node_->WithCore([&](ParticipantCore& c) {
+      leases = c.Receive(req->queue(), req->max_messages(), req->lease_ms(),
+                         node_->clock_.NowMs());
+    });
+    if (!leases.ok()) {
+      reactor->Finish(ToGrpc(leases.status()));
+      return reactor;
+    }
+    // Payloads are read outside the core's mutex: a leased message cannot be
+    // deleted by anyone but this lease's holder.
+    for (const Lease& l : *leases) {
+      absl::StatusOr<std::optional<std::string>> v =
+          node_->storage_->Get(kMessagesDb, MessageKey(l.queue_id, l.sequence));
+      v1::MessageRecord rec;
+      if (!v.ok() || !v->has_value() || !DecodeRecord(**v, &rec).ok()) {
+        LogLine(absl::StrCat("queue ", l.queue, " message ", l.sequence,
+                             " could not be read; left leased"));
+        continue;
+      }
+      v1::Delivery* d = resp->add_deliveries();
+      d->set_queue(l.queue);
+      d->set_sequence(l.sequence);
+      d->set_payload(std::move(*rec.mutable_payload()));
+      *d->mutable_headers() = rec.headers();
+      d->set_delivery_count(l.delivery_count);
+      d->set_lease_token(l.lease_token);
+      d->set_lease_expires_unix_ms(l.expires_ms);
+    }
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* Ack(grpc::CallbackServerContext* ctx, const v1::AckRequest* req,
+                                v1::AckResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    node_->WithCore([&](ParticipantCore& c) {
+      c.Ack(rid, req->queue(), req->sequence(), req->lease_token(), node_->clock_.NowMs());
+    });
+    return reactor;
+  }
+
+ private:
+  ParticipantNode* node_;
+};
+
+ParticipantNode::ParticipantNode(Config config, ServerOptions options, Storage* storage)
+    : options_(options),
+      storage_(storage),
+      view_(std::make_unique<View>(storage)),
+      txn_service_(std::make_unique<TxnService>(this)),
+      queue_service_(std::make_unique<QueueService>(this)) {
+  core_ = std::make_unique<ParticipantCore>(std::move(config), view_.get());
+}
+
+ParticipantNode::~ParticipantNode() { Stop(); }
+
+void ParticipantNode::Stop() {
+  stopped_ = true;
+  timers_.Stop();
+}
+
+grpc::Service* ParticipantNode::txn_service() { return txn_service_.get(); }
+grpc::Service* ParticipantNode::queue_service() { return queue_service_.get(); }
+
+absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config config,
+                                                                         ServerOptions options,
+                                                                         Storage* storage) {
+  std::unique_ptr<ParticipantNode> node(new ParticipantNode(std::move(config), options, storage));
+  RecoveredState state;
+  absl::Status bad;
+  auto decode_all = [&](const char* db, auto* out) -> absl::Status {
+    using Rec = typename std::remove_pointer_t<decltype(out)>::value_type;
+    ATOMQ_RETURN_IF_ERROR(storage->Scan(db, "", [&](std::string_view key, std::string_view value) {
+      Rec rec;
+      absl::Status st = DecodeRecord(value, &rec);
+      if (!st.ok()) {
+        bad = absl::DataLossError(
+            absl::StrCat(db, " record \"", std::string(key), "\": ", st.message()));
+        return false;
+      }
+      out->push_back(std::move(rec));
+      return true;
+    }));
+    return bad;
+  };
+  ATOMQ_RETURN_IF_ERROR(decode_all(kQueuesDb, &state.queues));
+  ATOMQ_RETURN_IF_ERROR(decode_all(kPreparedDb, &state.prepared));
+  ATOMQ_RETURN_IF_ERROR(storage->Scan(kMessagesDb, "", [&](std::string_view key, std::string_view) {
+    if (key.size() != 16) return true;
+    state.messages.emplace_back(DecodeU64(key.substr(0, 8)), DecodeU64(key.substr(8, 8)));
+    return true;
+  }));
+  absl::StatusOr<std::optional<std::string>> meta = storage->Get(kMetaDb, "meta");
+  ATOMQ_RETURN_IF_ERROR(meta.status());
+  if (meta->has_value()) {
+    v1::MetaRecord m;
+    ATOMQ_RETURN_IF_ERROR(DecodeRecord(**meta, &m));
+    state.meta = m;
+  }
+  std::string summary = absl::StrCat("recovered ", state.queues.size(), " queues, ",
+                                     state.messages.size(), " messages, ",
+                                     state.prepared.size(), " prepared transactions");
+  node->WithCore([&](ParticipantCore& c) { c.Recover(std::move(state), node->clock_.NowMs()); });
+  LogLine(summary);
+  return node;
+}
+
+template <typename Fn>
+void ParticipantNode::WithCore(Fn fn) {
+  Output out;
+  {
+    absl::MutexLock lock(&mu_);
+    fn(*core_);
+    out = core_->TakeOutput();
+  }
+  if (!out.empty()) Dispatch(std::move(out));
+}
+
+RequestId ParticipantNode::Expect(ReplyFn fn) {
+  RequestId rid = next_request_++;
+  absl::MutexLock lock(&pending_mu_);
+  pending_[rid] = std::move(fn);
+  return rid;
+}
+
+void ParticipantNode::Dispatch(Output out) {
+  for (const std::string& line : out.log) LogLine(line);
+  for (Batch& batch : out.persist) {
+    uint64_t token = batch.token;
+    bool prepared = CrashArmed("after-prepare-logged") &&
+                    WritesRecord(batch, kPreparedDb, v1::PREPARED);
+    bool committed = CrashArmed("after-commit-applied-before-ack") &&
+                     WritesRecord(batch, kOutcomesDb, v1::STATE_COMMITTED);
+    storage_->Submit(std::move(batch), [this, token, prepared, committed](absl::Status st) {
+      if (st.ok() && prepared) CrashPoint("after-prepare-logged");
+      if (st.ok() && committed) CrashPoint("after-commit-applied-before-ack");
+      WithCore([&](ParticipantCore& c) { c.OnPersisted(token, st, clock_.NowMs()); });
+    });
+  }
+  for (OutQuery& q : out.queries) SendQuery(std::move(q));
+  for (const TimerRequest& t : out.timers) {
+    uint64_t id = t.timer_id;
+    timers_.At(t.at_ms, [this, id] {
+      if (stopped_) return;
+      WithCore([&](ParticipantCore& c) { c.OnTimer(id, clock_.NowMs()); });
+    });
+  }
+  for (const Reply& r : out.replies) {
+    ReplyFn fn;
+    {
+      absl::MutexLock lock(&pending_mu_);
+      auto it = pending_.find(r.request);
+      if (it == pending_.end()) continue;
+      fn = std::move(it->second);
+      pending_.erase(it);
+    }
+    fn(r);
+  }
+}
+
+void ParticipantNode::SendQuery(OutQuery q) {
+  if (stopped_) return;
+  v1::TxnRef ref;
+  ref.set_txn_id(q.txn_id);
+  std::string txn = q.txn_id;
+  std::string target = q.target;
+  auto done = [this, txn, target](const grpc::Status& s, const v1::QueryStateResponse& resp) {
+    absl::StatusOr<v1::QueryStateResponse> r =
+        s.ok() ? absl::StatusOr<v1::QueryStateResponse>(resp) : FromGrpc(s);
+    WithCore([&](ParticipantCore& c) { c.OnQueryReply(txn, target, r, clock_.NowMs()); });
+  };
+  if (q.to_coordinator) {
+    std::shared_ptr<v1::Coordinator::Stub> stub = v1::Coordinator::NewStub(channels_.Get(q.address));
+    AsyncUnary<v1::QueryStateResponse>(
+        ref, options_.rpc_timeout_ms,
+        [stub](auto* ctx, auto* req, auto* resp, auto cb) {
+          stub->async()->QueryState(ctx, req, resp, std::move(cb));
+        },
+        std::move(done));
+  } else {
+    std::shared_ptr<v1::ParticipantTxn::Stub> stub =
+        v1::ParticipantTxn::NewStub(channels_.Get(q.address));
+    AsyncUnary<v1::QueryStateResponse>(
+        ref, options_.rpc_timeout_ms,
+        [stub](auto* ctx, auto* req, auto* resp, auto cb) {
+          stub->async()->QueryState(ctx, req, resp, std::move(cb));
+        },
+        std::move(done));
+  }
+}
+
+}  // namespace atomq::participant

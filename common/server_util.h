@@ -1,0 +1,75 @@
+// What both servers share: gRPC server setup (health, reflection), client
+// channels, status conversion, and flag parsing helpers.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "atomq/v1/records.pb.h"
+#include "common/storage.h"
+#include "grpcpp/grpcpp.h"
+
+namespace atomq {
+
+grpc::Status ToGrpc(const absl::Status& s);
+absl::Status FromGrpc(const grpc::Status& s);
+
+// Channels by address, created on first use and kept.
+class ChannelCache {
+ public:
+  std::shared_ptr<grpc::Channel> Get(const std::string& address);
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
+};
+
+// Builds and starts a server on `listen` (host:port) with health checking
+// and reflection. FAILED_PRECONDITION if the address cannot be bound.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
+    const std::string& listen, const std::vector<grpc::Service*>& services,
+    uint32_t message_bytes_max);
+
+// "p1=127.0.0.1:7101,p2=..." -> map; INVALID_ARGUMENT with the bad entry.
+absl::StatusOr<std::map<std::string, std::string>> ParsePeerList(const std::string& s);
+
+// Reads the "meta" record of `meta_db` (key "meta"), checks that the data
+// dir belongs to node `id`, raises the boot count and writes it back (forced).
+// FAILED_PRECONDITION when the dir belongs to another node.
+absl::StatusOr<v1::MetaRecord> BumpBootCount(Storage* storage, const std::string& meta_db,
+                                             const std::string& id, const std::string& data_dir);
+
+// Blocks until SIGINT or SIGTERM. Call InitSignals() first thing in main,
+// before any thread starts, so every thread has them blocked.
+void InitSignals();
+int WaitForSignal();
+
+}  // namespace atomq
+
+namespace atomq {
+
+// Starts one unary RPC on the callback API and calls `done(status, resp)`
+// on a gRPC thread when it finishes. `start(ctx, req, resp, cb)` issues it
+// (typically stub->async()->Method(...)). Nothing blocks.
+template <typename Resp, typename Req, typename StartFn, typename DoneFn>
+void AsyncUnary(Req req, uint32_t timeout_ms, StartFn start, DoneFn done) {
+  struct CallState {
+    grpc::ClientContext ctx;
+    Req req;
+    Resp resp;
+  };
+  auto* c = new CallState;
+  c->req = std::move(req);
+  c->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+  start(&c->ctx, &c->req, &c->resp, [c, done = std::move(done)](grpc::Status s) {
+    done(s, c->resp);
+    delete c;
+  });
+}
+
+}  // namespace atomq

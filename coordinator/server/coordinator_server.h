@@ -1,0 +1,83 @@
+// The coordinator's gRPC adapter: carries CoordinatorCore outputs out
+// (storage, participant RPCs, timers, client replies) and feeds results back.
+// All core calls happen under one mutex; I/O happens outside it, and no
+// thread is held per transaction (callback API on both sides).
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "atomq/v1/coordinator.grpc.pb.h"
+#include "atomq/v1/participant.grpc.pb.h"
+#include "common/clock.h"
+#include "common/server_util.h"
+#include "common/storage.h"
+#include "common/timer_queue.h"
+#include "coordinator/core/coordinator_core.h"
+
+namespace atomq::coordinator {
+
+struct ServerOptions {
+  uint32_t rpc_timeout_ms = 2000;  // --rpc_timeout_ms: per participant RPC
+};
+
+class CoordinatorServer final : public v1::Coordinator::CallbackService {
+ public:
+  // `storage` must outlive the server. Reads the "txn" database and recovers.
+  static absl::StatusOr<std::unique_ptr<CoordinatorServer>> Create(Config config,
+                                                                   ServerOptions options,
+                                                                   Storage* storage);
+  ~CoordinatorServer() override;
+
+  // Stops timers and outbound work; call after the gRPC server shut down.
+  void Stop();
+
+  grpc::ServerUnaryReactor* Execute(grpc::CallbackServerContext* ctx,
+                                    const v1::ExecuteRequest* req,
+                                    v1::ExecuteResponse* resp) override;
+  grpc::ServerUnaryReactor* GetTransaction(grpc::CallbackServerContext* ctx,
+                                           const v1::GetTransactionRequest* req,
+                                           v1::TransactionInfo* resp) override;
+  grpc::ServerUnaryReactor* ListTransactions(grpc::CallbackServerContext* ctx,
+                                             const v1::ListTransactionsRequest* req,
+                                             v1::ListTransactionsResponse* resp) override;
+  grpc::ServerUnaryReactor* QueryState(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
+                                       v1::QueryStateResponse* resp) override;
+
+ private:
+  class View;
+  struct Pending {
+    grpc::ServerUnaryReactor* reactor;
+    v1::ExecuteResponse* execute = nullptr;
+    v1::QueryStateResponse* state = nullptr;
+  };
+
+  CoordinatorServer(Config config, ServerOptions options, Storage* storage);
+
+  // Carries out `out`; never called with mu_ held.
+  void Dispatch(Output out) ABSL_LOCKS_EXCLUDED(mu_);
+  void Send(OutMessage msg);
+  template <typename Fn>
+  void WithCore(Fn fn) ABSL_LOCKS_EXCLUDED(mu_);
+
+  const ServerOptions options_;
+  Storage* const storage_;
+  RealClock clock_;
+  std::unique_ptr<View> view_;
+  ChannelCache channels_;
+  TimerQueue timers_;
+  std::atomic<bool> stopped_{false};
+  std::atomic<uint64_t> next_request_{1};
+  std::atomic<bool> first_vote_seen_{false};
+
+  absl::Mutex mu_;
+  std::unique_ptr<CoordinatorCore> core_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex pending_mu_;
+  std::map<RequestId, Pending> pending_ ABSL_GUARDED_BY(pending_mu_);
+};
+
+}  // namespace atomq::coordinator
