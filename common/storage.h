@@ -49,13 +49,14 @@ class Storage {
   virtual ~Storage() = default;
   // Queues `batch` for the writer thread; never blocks on I/O.
   virtual void Submit(Batch batch, DoneFn done) = 0;
-  // Submit and wait.
+  // Submit and wait. Not from a DoneFn: that runs on the writer thread.
   absl::Status Write(Batch batch);
   // A committed value, or nullopt.
   virtual absl::StatusOr<std::optional<std::string>> Get(const std::string& db,
                                                          const std::string& key) = 0;
   // Visits every committed key/value of `db` in key order (keys with `prefix`
-  // only). `fn` returns false to stop early.
+  // only). `fn` returns false to stop early; its views are valid only during
+  // the call.
   virtual absl::Status Scan(const std::string& db, const std::string& prefix,
                             const std::function<bool(std::string_view key,
                                                      std::string_view value)>& fn) = 0;

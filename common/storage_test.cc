@@ -322,6 +322,7 @@ TEST(StorageTest, MapFullFailsOnlyTheBatchThatDoesNotFit) {
     EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
     EXPECT_TRUE(Mentions(st, "map is full")) << st;
     EXPECT_TRUE(Mentions(st, "MDB_MAP_FULL")) << st;
+    std::printf("batch %d: %s\n", full_at, st.ToString().c_str());
 
     // Still serving: reads work, the failed batch is wholly absent.
     for (int i = 0; i < 8; ++i) {

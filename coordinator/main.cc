@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/crash.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/server_util.h"
 #include "common/validate.h"
 #include "coordinator/server/coordinator_server.h"
@@ -72,6 +73,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1u, 1000000u))->capture_default_str();
   app.add_option("--message_bytes_max", message_bytes_max, "largest gRPC request accepted")
       ->check(CLI::Range(1024u, 1u << 30))->capture_default_str();
+  std::string metrics_listen;
+  app.add_option("--metrics_listen", metrics_listen,
+                 "host:port to serve Prometheus /metrics on (default: off)");
   CLI11_PARSE(app, argc, argv);
 
   if (absl::Status st = atomq::ValidateNodeId(id); !st.ok()) return Fail(absl::StrCat("--id: ", st.message()));
@@ -106,8 +110,17 @@ int main(int argc, char** argv) {
   atomq::LogLine(absl::StrCat("atomq-coordinator ", id, " serving on ", listen, " (boot ",
                               meta->boot_count(), ", ", peers->size(), " participants)"));
 
+  std::unique_ptr<atomq::MetricsServer> metrics;
+  if (!metrics_listen.empty()) {
+    auto* target = (*service).get();
+    auto m = atomq::MetricsServer::Start(metrics_listen, [target] { return target->RenderMetrics(); });
+    if (!m.ok()) return Fail(std::string(m.status().message()));
+    metrics = std::move(*m);
+  }
+
   int sig = atomq::WaitForSignal();
   atomq::LogLine(absl::StrCat("signal ", sig, ": shutting down"));
+  metrics.reset();
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   (*service)->Stop();
   server->reset();

@@ -4,6 +4,7 @@
 #include "common/codec.h"
 #include "common/crash.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/status.h"
 
 namespace atomq::coordinator {
@@ -49,6 +50,33 @@ CoordinatorServer::CoordinatorServer(Config config, ServerOptions options, Stora
 }
 
 CoordinatorServer::~CoordinatorServer() { Stop(); }
+
+std::string CoordinatorServer::RenderMetrics() {
+  std::string out;
+  StorageStats st = storage_->Stats();
+  AppendMetric(&out, "atomq_storage_fsyncs_total", "counter",
+               "LMDB write transactions committed (one fsync each).", st.commits);
+  AppendMetric(&out, "atomq_storage_batches_total", "counter", "Batches written.", st.batches);
+  AppendMetric(&out, "atomq_storage_write_failures_total", "counter", "Failed batches.",
+               st.failures);
+  out += "# HELP atomq_execute_replies_total Execute replies by outcome.\n"
+         "# TYPE atomq_execute_replies_total counter\n";
+  absl::StrAppend(&out, "atomq_execute_replies_total{outcome=\"committed\"} ",
+                  replies_committed_.load(), "\n");
+  absl::StrAppend(&out, "atomq_execute_replies_total{outcome=\"aborted\"} ",
+                  replies_aborted_.load(), "\n");
+  absl::StrAppend(&out, "atomq_execute_replies_total{outcome=\"error\"} ",
+                  replies_failed_.load(), "\n");
+  size_t in_flight;
+  {
+    absl::MutexLock lock(&mu_);
+    in_flight = core_->in_flight();
+  }
+  AppendMetric(&out, "atomq_transactions_in_flight", "gauge", "Undecided or unanswered.",
+               double(in_flight));
+  out += ProcessMetrics();
+  return out;
+}
 
 void CoordinatorServer::Stop() {
   stopped_ = true;
@@ -133,6 +161,13 @@ void CoordinatorServer::Dispatch(Output out) {
       if (it == pending_.end()) continue;
       p = it->second;
       pending_.erase(it);
+    }
+    if (!r.status.ok()) {
+      ++replies_failed_;
+    } else if (r.response.outcome() == v1::COMMITTED) {
+      ++replies_committed_;
+    } else {
+      ++replies_aborted_;
     }
     if (r.status.ok()) *p.execute = std::move(r.response);
     p.reactor->Finish(ToGrpc(r.status));

@@ -35,6 +35,8 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
 
   // Stops timers and outbound work; call after the gRPC server shut down.
   void Stop();
+  // Prometheus text: storage, replies, transactions in flight, process.
+  std::string RenderMetrics();
 
   grpc::ServerUnaryReactor* Execute(grpc::CallbackServerContext* ctx,
                                     const v1::ExecuteRequest* req,
@@ -73,6 +75,9 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   std::atomic<bool> stopped_{false};
   std::atomic<uint64_t> next_request_{1};
   std::atomic<bool> first_vote_seen_{false};
+  std::atomic<uint64_t> replies_committed_{0};
+  std::atomic<uint64_t> replies_aborted_{0};
+  std::atomic<uint64_t> replies_failed_{0};
 
   absl::Mutex mu_;
   std::unique_ptr<CoordinatorCore> core_ ABSL_GUARDED_BY(mu_);

@@ -4,6 +4,7 @@
 #include "common/codec.h"
 #include "common/crash.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/status.h"
 
 namespace atomq::participant {
@@ -230,6 +231,18 @@ ParticipantNode::~ParticipantNode() { Stop(); }
 void ParticipantNode::Stop() {
   stopped_ = true;
   timers_.Stop();
+}
+
+std::string ParticipantNode::RenderMetrics() {
+  std::string out;
+  StorageStats st = storage_->Stats();
+  AppendMetric(&out, "atomq_storage_fsyncs_total", "counter",
+               "LMDB write transactions committed (one fsync each).", st.commits);
+  AppendMetric(&out, "atomq_storage_batches_total", "counter", "Batches written.", st.batches);
+  AppendMetric(&out, "atomq_storage_write_failures_total", "counter", "Failed batches.",
+               st.failures);
+  out += ProcessMetrics();
+  return out;
 }
 
 grpc::Service* ParticipantNode::txn_service() { return txn_service_.get(); }

@@ -35,6 +35,8 @@ class ParticipantNode {
                                                                  Storage* storage);
   ~ParticipantNode();
   void Stop();
+  // Prometheus text: storage, process.
+  std::string RenderMetrics();
 
   grpc::Service* txn_service();
   grpc::Service* queue_service();

@@ -1,0 +1,67 @@
+#include "common/metrics.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "httplib.h"
+
+namespace atomq {
+
+void AppendMetric(std::string* out, const std::string& name, const std::string& type,
+                  const std::string& help, double value, const std::string& labels) {
+  absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+  absl::StrAppend(out, name, labels.empty() ? "" : "{" + labels + "}", " ",
+                  absl::StrFormat("%.17g", value), "\n");
+}
+
+std::string ProcessMetrics() {
+  std::string out;
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  double cpu = ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+               (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  AppendMetric(&out, "process_cpu_seconds_total", "counter", "User and system CPU seconds.", cpu);
+  double rss = 0;
+  std::ifstream statm("/proc/self/statm");
+  uint64_t pages_total = 0, pages_rss = 0;
+  if (statm >> pages_total >> pages_rss) rss = double(pages_rss) * sysconf(_SC_PAGESIZE);
+  AppendMetric(&out, "process_resident_memory_bytes", "gauge", "Resident memory.", rss);
+  AppendMetric(&out, "process_max_resident_memory_bytes", "gauge", "Peak resident memory.",
+               double(ru.ru_maxrss) * 1024);
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
+    const std::string& listen, std::function<std::string()> render) {
+  size_t colon = listen.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) ||
+      port <= 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("metrics address \"", listen,
+                                                   "\": want host:port"));
+  }
+  std::unique_ptr<MetricsServer> m(new MetricsServer);
+  m->server_ = std::make_unique<httplib::Server>();
+  m->server_->Get("/metrics", [render](const httplib::Request&, httplib::Response& res) {
+    res.set_content(render(), "text/plain; version=0.0.4");
+  });
+  if (!m->server_->bind_to_port(listen.substr(0, colon).c_str(), port)) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot listen on ", listen, " for metrics"));
+  }
+  httplib::Server* s = m->server_.get();
+  m->thread_ = std::thread([s] { s->listen_after_bind(); });
+  return m;
+}
+
+MetricsServer::~MetricsServer() {
+  if (server_) server_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace atomq

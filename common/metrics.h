@@ -1,0 +1,40 @@
+// Prometheus text exposition over HTTP (GET /metrics), on its own port.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace atomq {
+
+// Appends one sample in Prometheus text format ("# TYPE" line included once
+// per call; call once per metric name).
+void AppendMetric(std::string* out, const std::string& name, const std::string& type,
+                  const std::string& help, double value, const std::string& labels = "");
+
+// process_cpu_seconds_total, process_resident_memory_bytes,
+// process_max_resident_memory_bytes of this process, from /proc.
+std::string ProcessMetrics();
+
+class MetricsServer {
+ public:
+  // Serves GET /metrics on `listen` (host:port) with whatever `render`
+  // returns. FAILED_PRECONDITION if the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
+      const std::string& listen, std::function<std::string()> render);
+  ~MetricsServer();
+
+ private:
+  MetricsServer() = default;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread thread_;
+};
+
+}  // namespace atomq
