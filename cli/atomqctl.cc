@@ -35,11 +35,22 @@ int Error(const std::string& msg) {
 }
 
 int RpcError(const char* what, const grpc::Status& s) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-                                 "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-                                 "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+  static const char* kNames[] = {"OK",
+                                 "CANCELLED",
+                                 "UNKNOWN",
+                                 "INVALID_ARGUMENT",
+                                 "DEADLINE_EXCEEDED",
+                                 "NOT_FOUND",
+                                 "ALREADY_EXISTS",
+                                 "PERMISSION_DENIED",
+                                 "RESOURCE_EXHAUSTED",
+                                 "FAILED_PRECONDITION",
+                                 "ABORTED",
+                                 "OUT_OF_RANGE",
+                                 "UNIMPLEMENTED",
+                                 "INTERNAL",
+                                 "UNAVAILABLE",
+                                 "DATA_LOSS",
                                  "UNAUTHENTICATED"};
   int code = s.error_code();
   const char* name = code >= 0 && code <= 16 ? kNames[code] : "?";
@@ -53,8 +64,7 @@ std::shared_ptr<grpc::Channel> Connect(const std::string& addr) {
 }
 
 void SetDeadline(grpc::ClientContext* ctx, const Globals& g) {
-  ctx->set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::milliseconds(g.rpc_timeout_ms));
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(g.rpc_timeout_ms));
 }
 
 void PrintJson(const google::protobuf::Message& m) {
@@ -69,14 +79,22 @@ void PrintJson(const google::protobuf::Message& m) {
 
 std::string StateName(v1::TxnState s) {
   switch (s) {
-    case v1::PREPARING: return "preparing";
-    case v1::PREPARED: return "prepared";
-    case v1::PRECOMMITTED: return "precommitted";
-    case v1::STATE_COMMITTED: return "committed";
-    case v1::STATE_ABORTED: return "aborted";
-    case v1::ENDED: return "ended";
-    case v1::UNKNOWN: return "unknown";
-    default: return "unspecified";
+    case v1::PREPARING:
+      return "preparing";
+    case v1::PREPARED:
+      return "prepared";
+    case v1::PRECOMMITTED:
+      return "precommitted";
+    case v1::STATE_COMMITTED:
+      return "committed";
+    case v1::STATE_ABORTED:
+      return "aborted";
+    case v1::ENDED:
+      return "ended";
+    case v1::UNKNOWN:
+      return "unknown";
+    default:
+      return "unspecified";
   }
 }
 
@@ -129,8 +147,10 @@ int TxnExec(const Globals& g, const std::string& protocol, const std::string& id
   v1::ExecuteRequest req;
   req.set_txn_id(id);
   req.set_timeout_ms(timeout_ms);
-  if (protocol == "3pc") req.set_protocol(v1::THREE_PC);
-  else if (protocol == "2pc") req.set_protocol(v1::TWO_PC);
+  if (protocol == "3pc")
+    req.set_protocol(v1::THREE_PC);
+  else if (protocol == "2pc")
+    req.set_protocol(v1::TWO_PC);
   std::string err;
   for (const std::string& e : enqueues) {
     if (!ParseEnqueue(e, req.add_ops(), &err)) return Error(err);
@@ -166,10 +186,11 @@ int TxnExec(const Globals& g, const std::string& protocol, const std::string& id
 
 bool ParseStateFilter(const std::string& s, std::vector<v1::TxnState>* out) {
   if (s.empty() || s == "in-doubt" || s == "unfinished") return true;  // server default
-  static const std::pair<const char*, v1::TxnState> kStates[] = {
-      {"preparing", v1::PREPARING},       {"precommitted", v1::PRECOMMITTED},
-      {"committed", v1::STATE_COMMITTED}, {"aborted", v1::STATE_ABORTED},
-      {"ended", v1::ENDED}};
+  static const std::pair<const char*, v1::TxnState> kStates[] = {{"preparing", v1::PREPARING},
+                                                                 {"precommitted", v1::PRECOMMITTED},
+                                                                 {"committed", v1::STATE_COMMITTED},
+                                                                 {"aborted", v1::STATE_ABORTED},
+                                                                 {"ended", v1::ENDED}};
   for (const auto& [name, st] : kStates) {
     if (s == name) {
       out->push_back(st);
@@ -208,7 +229,8 @@ int TxnList(const Globals& g, const std::string& state) {
     }
     return 0;
   }
-  if (g.coordinator.empty()) return Error("txn list needs --coordinator=ADDR or --participant=ADDR");
+  if (g.coordinator.empty())
+    return Error("txn list needs --coordinator=ADDR or --participant=ADDR");
   v1::ListTransactionsRequest req;
   std::vector<v1::TxnState> states;
   if (!ParseStateFilter(state, &states)) {
@@ -254,19 +276,20 @@ int TxnShow(const Globals& g, const std::string& id) {
         PrintJson(t);
         return 0;
       }
-      std::printf("txn %s\n  protocol     %s\n  state        %s%s\n  prepared     %s ago\n"
-                  "  coordinator  %s (%s)\n  participants",
-                  t.txn_id().c_str(), ProtocolName(t.protocol()).c_str(),
-                  StateName(t.state()).c_str(), t.in_doubt() ? " (in doubt)" : "",
-                  Age(t.prepared_unix_ms()).c_str(), t.coordinator_id().c_str(),
-                  t.coordinator_address().c_str());
+      std::printf(
+          "txn %s\n  protocol     %s\n  state        %s%s\n  prepared     %s ago\n"
+          "  coordinator  %s (%s)\n  participants",
+          t.txn_id().c_str(), ProtocolName(t.protocol()).c_str(), StateName(t.state()).c_str(),
+          t.in_doubt() ? " (in doubt)" : "", Age(t.prepared_unix_ms()).c_str(),
+          t.coordinator_id().c_str(), t.coordinator_address().c_str());
       for (const auto& p : t.participants()) std::printf(" %s", p.participant().c_str());
       std::printf("\n  ops          %d\n", t.ops_size());
       return 0;
     }
     return Error(absl::StrCat("txn ", id, " is not prepared on this participant"));
   }
-  if (g.coordinator.empty()) return Error("txn show needs --coordinator=ADDR or --participant=ADDR");
+  if (g.coordinator.empty())
+    return Error("txn show needs --coordinator=ADDR or --participant=ADDR");
   auto stub = v1::Coordinator::NewStub(Connect(g.coordinator));
   grpc::ClientContext ctx;
   SetDeadline(&ctx, g);
@@ -295,8 +318,8 @@ int TxnShow(const Globals& g, const std::string& id) {
       std::printf("  op %d: enqueue %s:%s (%zu bytes)", i, op.participant().c_str(),
                   op.enqueue().queue().c_str(), op.enqueue().payload().size());
     } else {
-      std::printf("  op %d: ack %s:%s #%llu", i, op.participant().c_str(),
-                  op.ack().queue().c_str(), static_cast<unsigned long long>(op.ack().sequence()));
+      std::printf("  op %d: ack %s:%s #%llu", i, op.participant().c_str(), op.ack().queue().c_str(),
+                  static_cast<unsigned long long>(op.ack().sequence()));
     }
     if (seq != 0) std::printf(" -> sequence %llu", static_cast<unsigned long long>(seq));
     std::printf("\n");
@@ -316,8 +339,10 @@ int QueueCmd(const Globals& g, const std::string& cmd, const std::string& name, 
     v1::CreateQueueResponse resp;
     grpc::Status s = stub->CreateQueue(&ctx, req, &resp);
     if (!s.ok()) return RpcError("CreateQueue", s);
-    if (g.json) PrintJson(resp);
-    else std::printf("queue %s created\n", name.c_str());
+    if (g.json)
+      PrintJson(resp);
+    else
+      std::printf("queue %s created\n", name.c_str());
     return 0;
   }
   if (cmd == "delete") {
@@ -326,8 +351,10 @@ int QueueCmd(const Globals& g, const std::string& cmd, const std::string& name, 
     v1::DeleteQueueResponse resp;
     grpc::Status s = stub->DeleteQueue(&ctx, req, &resp);
     if (!s.ok()) return RpcError("DeleteQueue", s);
-    if (!g.json) std::printf("queue %s deleted\n", name.c_str());
-    else PrintJson(resp);
+    if (!g.json)
+      std::printf("queue %s deleted\n", name.c_str());
+    else
+      PrintJson(resp);
     return 0;
   }
   if (cmd == "list") {
@@ -376,8 +403,10 @@ int QueueCmd(const Globals& g, const std::string& cmd, const std::string& name, 
                   d.payload().c_str());
     }
   }
-  if (g.json) PrintJson(resp);
-  else if (resp.deliveries_size() == 0) std::printf("no messages ready in %s\n", name.c_str());
+  if (g.json)
+    PrintJson(resp);
+  else if (resp.deliveries_size() == 0)
+    std::printf("no messages ready in %s\n", name.c_str());
   return 0;
 }
 

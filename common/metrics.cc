@@ -24,8 +24,8 @@ std::string ProcessMetrics() {
   std::string out;
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
-  double cpu = ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
-               (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+  double cpu =
+      ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
   AppendMetric(&out, "process_cpu_seconds_total", "counter", "User and system CPU seconds.", cpu);
   double rss = 0;
   std::ifstream statm("/proc/self/statm");
@@ -43,8 +43,8 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   int port = 0;
   if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) ||
       port <= 0 || port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("metrics address \"", listen,
-                                                   "\": want host:port"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics address \"", listen, "\": want host:port"));
   }
   std::unique_ptr<MetricsServer> m(new MetricsServer);
   m->server_ = std::make_unique<httplib::Server>();

@@ -27,8 +27,8 @@ class MetricsServer {
  public:
   // Serves GET /metrics on `listen` (host:port) with whatever `render`
   // returns. FAILED_PRECONDITION if the address cannot be bound.
-  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
-      const std::string& listen, std::function<std::string()> render);
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const std::string& listen,
+                                                              std::function<std::string()> render);
   ~MetricsServer();
 
  private:

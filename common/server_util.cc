@@ -63,7 +63,8 @@ absl::StatusOr<std::map<std::string, std::string>> ParsePeerList(const std::stri
     }
     absl::Status st = ValidateNodeId(kv.first);
     if (!st.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("participant \"", kv.first, "\": ", st.message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("participant \"", kv.first, "\": ", st.message()));
     }
     if (!out.emplace(kv.first, kv.second).second) {
       return absl::InvalidArgumentError(absl::StrCat("participant ", kv.first, " listed twice"));

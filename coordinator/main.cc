@@ -44,46 +44,62 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--txn_timeout_ms", cfg.txn_timeout_ms,
                  "default time to collect votes before aborting")
-      ->check(CLI::Range(1u, 3600000u))->capture_default_str();
+      ->check(CLI::Range(1u, 3600000u))
+      ->capture_default_str();
   app.add_option("--txn_timeout_ms_max", cfg.txn_timeout_ms_max, "largest timeout a client may ask")
-      ->check(CLI::Range(1u, 3600000u))->capture_default_str();
+      ->check(CLI::Range(1u, 3600000u))
+      ->capture_default_str();
   app.add_option("--ops_per_txn_max", cfg.ops_per_txn_max, "ops in one transaction")
-      ->check(CLI::Range(1u, 1000000u))->capture_default_str();
+      ->check(CLI::Range(1u, 1000000u))
+      ->capture_default_str();
   app.add_option("--payload_bytes_max", cfg.payload_bytes_max, "payload bytes of one enqueue")
-      ->check(CLI::Range(0u, 64u << 20))->capture_default_str();
+      ->check(CLI::Range(0u, 64u << 20))
+      ->capture_default_str();
   app.add_option("--headers_max", cfg.headers_max, "headers of one enqueue")
-      ->check(CLI::Range(0u, 100000u))->capture_default_str();
+      ->check(CLI::Range(0u, 100000u))
+      ->capture_default_str();
   app.add_option("--txns_in_flight_max", cfg.txns_in_flight_max,
                  "transactions undecided or unanswered at once; more get RESOURCE_EXHAUSTED")
-      ->check(CLI::Range(1u, 10000000u))->capture_default_str();
+      ->check(CLI::Range(1u, 10000000u))
+      ->capture_default_str();
   app.add_option("--resend_initial_ms", cfg.resend_initial_ms,
                  "first wait before resending an unacknowledged commit/abort")
-      ->check(CLI::Range(1u, 600000u))->capture_default_str();
+      ->check(CLI::Range(1u, 600000u))
+      ->capture_default_str();
   app.add_option("--resend_max_ms", cfg.resend_max_ms, "longest wait between resends")
-      ->check(CLI::Range(1u, 3600000u))->capture_default_str();
+      ->check(CLI::Range(1u, 3600000u))
+      ->capture_default_str();
   app.add_option("--finished_cache_max", cfg.finished_cache_max,
                  "finished transactions kept in memory (older ones are read from disk)")
-      ->check(CLI::Range(0u, 100000000u))->capture_default_str();
+      ->check(CLI::Range(0u, 100000000u))
+      ->capture_default_str();
   app.add_option("--rpc_timeout_ms", opts.rpc_timeout_ms, "deadline of one participant RPC")
-      ->check(CLI::Range(1u, 600000u))->capture_default_str();
+      ->check(CLI::Range(1u, 600000u))
+      ->capture_default_str();
   app.add_option("--lmdb_map_size_mb", map_size_mb, "LMDB map size (the log's largest size)")
-      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24))->capture_default_str();
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24))
+      ->capture_default_str();
   app.add_option("--group_commit_batches_max", batches_per_commit_max,
                  "batches applied in one LMDB transaction / fsync")
-      ->check(CLI::Range(1u, 1000000u))->capture_default_str();
+      ->check(CLI::Range(1u, 1000000u))
+      ->capture_default_str();
   app.add_option("--message_bytes_max", message_bytes_max, "largest gRPC request accepted")
-      ->check(CLI::Range(1024u, 1u << 30))->capture_default_str();
+      ->check(CLI::Range(1024u, 1u << 30))
+      ->capture_default_str();
   std::string metrics_listen;
   app.add_option("--metrics_listen", metrics_listen,
                  "host:port to serve Prometheus /metrics on (default: off)");
   CLI11_PARSE(app, argc, argv);
 
-  if (absl::Status st = atomq::ValidateNodeId(id); !st.ok()) return Fail(absl::StrCat("--id: ", st.message()));
+  if (absl::Status st = atomq::ValidateNodeId(id); !st.ok())
+    return Fail(absl::StrCat("--id: ", st.message()));
   absl::StatusOr<std::map<std::string, std::string>> peers = atomq::ParsePeerList(participants);
   if (!peers.ok()) return Fail(absl::StrCat("--participants: ", peers.status().message()));
   if (peers->empty()) return Fail("--participants: at least one participant is needed");
-  if (cfg.txn_timeout_ms > cfg.txn_timeout_ms_max) return Fail("--txn_timeout_ms exceeds --txn_timeout_ms_max");
-  if (cfg.resend_initial_ms > cfg.resend_max_ms) return Fail("--resend_initial_ms exceeds --resend_max_ms");
+  if (cfg.txn_timeout_ms > cfg.txn_timeout_ms_max)
+    return Fail("--txn_timeout_ms exceeds --txn_timeout_ms_max");
+  if (cfg.resend_initial_ms > cfg.resend_max_ms)
+    return Fail("--resend_initial_ms exceeds --resend_max_ms");
 
   atomq::LmdbOptions lo;
   lo.dir = data_dir;
@@ -113,7 +129,8 @@ int main(int argc, char** argv) {
   std::unique_ptr<atomq::MetricsServer> metrics;
   if (!metrics_listen.empty()) {
     auto* target = (*service).get();
-    auto m = atomq::MetricsServer::Start(metrics_listen, [target] { return target->RenderMetrics(); });
+    auto m =
+        atomq::MetricsServer::Start(metrics_listen, [target] { return target->RenderMetrics(); });
     if (!m.ok()) return Fail(std::string(m.status().message()));
     metrics = std::move(*m);
   }

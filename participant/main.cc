@@ -37,41 +37,57 @@ int main(int argc, char** argv) {
   app.add_option("--listen", listen, "host:port to serve gRPC on")->required();
   app.add_option("--data_dir", data_dir, "directory of the queues and log (LMDB)")->required();
   app.add_option("--ops_per_txn_max", cfg.ops_per_txn_max, "ops of one transaction on this node")
-      ->check(CLI::Range(1u, 1000000u))->capture_default_str();
+      ->check(CLI::Range(1u, 1000000u))
+      ->capture_default_str();
   app.add_option("--payload_bytes_max", cfg.payload_bytes_max, "payload bytes of one message")
-      ->check(CLI::Range(0u, 64u << 20))->capture_default_str();
+      ->check(CLI::Range(0u, 64u << 20))
+      ->capture_default_str();
   app.add_option("--headers_max", cfg.headers_max, "headers of one message")
-      ->check(CLI::Range(0u, 100000u))->capture_default_str();
+      ->check(CLI::Range(0u, 100000u))
+      ->capture_default_str();
   app.add_option("--prepared_max", cfg.prepared_max,
                  "transactions prepared here at once; more vote NO with RESOURCE_EXHAUSTED")
-      ->check(CLI::Range(1u, 10000000u))->capture_default_str();
+      ->check(CLI::Range(1u, 10000000u))
+      ->capture_default_str();
   app.add_option("--queues_max", cfg.queues_max, "queues on this node")
-      ->check(CLI::Range(1u, 10000000u))->capture_default_str();
+      ->check(CLI::Range(1u, 10000000u))
+      ->capture_default_str();
   app.add_option("--lease_ms", cfg.lease_ms, "default lease of a received message")
-      ->check(CLI::Range(1u, 86400000u))->capture_default_str();
+      ->check(CLI::Range(1u, 86400000u))
+      ->capture_default_str();
   app.add_option("--lease_ms_max", cfg.lease_ms_max, "longest lease a consumer may ask")
-      ->check(CLI::Range(1u, 86400000u))->capture_default_str();
+      ->check(CLI::Range(1u, 86400000u))
+      ->capture_default_str();
   app.add_option("--receive_max", cfg.receive_max, "messages one Receive may return")
-      ->check(CLI::Range(1u, 1000000u))->capture_default_str();
+      ->check(CLI::Range(1u, 1000000u))
+      ->capture_default_str();
   app.add_option("--in_doubt_after_ms", cfg.in_doubt_after_ms,
                  "time prepared without an outcome before asking the coordinator and peers")
-      ->check(CLI::Range(1u, 3600000u))->capture_default_str();
+      ->check(CLI::Range(1u, 3600000u))
+      ->capture_default_str();
   app.add_option("--resend_initial_ms", cfg.resend_initial_ms, "first wait between outcome queries")
-      ->check(CLI::Range(1u, 600000u))->capture_default_str();
+      ->check(CLI::Range(1u, 600000u))
+      ->capture_default_str();
   app.add_option("--resend_max_ms", cfg.resend_max_ms, "longest wait between outcome queries")
-      ->check(CLI::Range(1u, 3600000u))->capture_default_str();
+      ->check(CLI::Range(1u, 3600000u))
+      ->capture_default_str();
   app.add_option("--outcome_cache_max", cfg.outcome_cache_max,
                  "finished transactions kept in memory (older ones are read from disk)")
-      ->check(CLI::Range(0u, 100000000u))->capture_default_str();
+      ->check(CLI::Range(0u, 100000000u))
+      ->capture_default_str();
   app.add_option("--rpc_timeout_ms", opts.rpc_timeout_ms, "deadline of one outbound query")
-      ->check(CLI::Range(1u, 600000u))->capture_default_str();
+      ->check(CLI::Range(1u, 600000u))
+      ->capture_default_str();
   app.add_option("--lmdb_map_size_mb", map_size_mb, "LMDB map size (the store's largest size)")
-      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24))->capture_default_str();
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24))
+      ->capture_default_str();
   app.add_option("--group_commit_batches_max", batches_per_commit_max,
                  "batches applied in one LMDB transaction / fsync")
-      ->check(CLI::Range(1u, 1000000u))->capture_default_str();
+      ->check(CLI::Range(1u, 1000000u))
+      ->capture_default_str();
   app.add_option("--message_bytes_max", message_bytes_max, "largest gRPC request accepted")
-      ->check(CLI::Range(1024u, 1u << 30))->capture_default_str();
+      ->check(CLI::Range(1024u, 1u << 30))
+      ->capture_default_str();
   std::string metrics_listen;
   app.add_option("--metrics_listen", metrics_listen,
                  "host:port to serve Prometheus /metrics on (default: off)");
@@ -110,7 +126,8 @@ int main(int argc, char** argv) {
   std::unique_ptr<atomq::MetricsServer> metrics;
   if (!metrics_listen.empty()) {
     auto* target = (*node).get();
-    auto m = atomq::MetricsServer::Start(metrics_listen, [target] { return target->RenderMetrics(); });
+    auto m =
+        atomq::MetricsServer::Start(metrics_listen, [target] { return target->RenderMetrics(); });
     if (!m.ok()) return Fail(std::string(m.status().message()));
     metrics = std::move(*m);
   }

@@ -59,14 +59,15 @@ std::string CoordinatorServer::RenderMetrics() {
   AppendMetric(&out, "atomq_storage_batches_total", "counter", "Batches written.", st.batches);
   AppendMetric(&out, "atomq_storage_write_failures_total", "counter", "Failed batches.",
                st.failures);
-  out += "# HELP atomq_execute_replies_total Execute replies by outcome.\n"
-         "# TYPE atomq_execute_replies_total counter\n";
+  out +=
+      "# HELP atomq_execute_replies_total Execute replies by outcome.\n"
+      "# TYPE atomq_execute_replies_total counter\n";
   absl::StrAppend(&out, "atomq_execute_replies_total{outcome=\"committed\"} ",
                   replies_committed_.load(), "\n");
   absl::StrAppend(&out, "atomq_execute_replies_total{outcome=\"aborted\"} ",
                   replies_aborted_.load(), "\n");
-  absl::StrAppend(&out, "atomq_execute_replies_total{outcome=\"error\"} ",
-                  replies_failed_.load(), "\n");
+  absl::StrAppend(&out, "atomq_execute_replies_total{outcome=\"error\"} ", replies_failed_.load(),
+                  "\n");
   size_t in_flight;
   {
     absl::MutexLock lock(&mu_);
@@ -83,22 +84,24 @@ void CoordinatorServer::Stop() {
   timers_.Stop();
 }
 
-absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Create(
-    Config config, ServerOptions options, Storage* storage) {
-  std::unique_ptr<CoordinatorServer> s(
-      new CoordinatorServer(std::move(config), options, storage));
+absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Create(Config config,
+                                                                             ServerOptions options,
+                                                                             Storage* storage) {
+  std::unique_ptr<CoordinatorServer> s(new CoordinatorServer(std::move(config), options, storage));
   std::vector<v1::CoordinatorTxnRecord> records;
   absl::Status bad;
-  ATOMQ_RETURN_IF_ERROR(storage->Scan(kTxnDb, "", [&](std::string_view key, std::string_view value) {
-    v1::CoordinatorTxnRecord rec;
-    absl::Status st = DecodeRecord(value, &rec);
-    if (!st.ok()) {
-      bad = absl::DataLossError(absl::StrCat("txn record \"", std::string(key), "\": ", st.message()));
-      return false;
-    }
-    records.push_back(std::move(rec));
-    return true;
-  }));
+  ATOMQ_RETURN_IF_ERROR(
+      storage->Scan(kTxnDb, "", [&](std::string_view key, std::string_view value) {
+        v1::CoordinatorTxnRecord rec;
+        absl::Status st = DecodeRecord(value, &rec);
+        if (!st.ok()) {
+          bad = absl::DataLossError(
+              absl::StrCat("txn record \"", std::string(key), "\": ", st.message()));
+          return false;
+        }
+        records.push_back(std::move(rec));
+        return true;
+      }));
   ATOMQ_RETURN_IF_ERROR(bad);
   size_t n = records.size();
   s->WithCore([&](CoordinatorCore& c) { c.Recover(std::move(records), s->clock_.NowMs()); });
@@ -113,13 +116,16 @@ void CoordinatorServer::WithCore(Fn fn) {
     absl::MutexLock lock(&mu_);
     fn(*core_);
     out = core_->TakeOutput();
+    // Under the lock: batches must reach the writer in the order the core
+    // made them (a later batch may rewrite a key an earlier one wrote).
+    Persist(std::move(out.persist));
+    out.persist.clear();
   }
   if (!out.empty()) Dispatch(std::move(out));
 }
 
-void CoordinatorServer::Dispatch(Output out) {
-  for (const std::string& line : out.log) LogLine(line);
-  for (Batch& batch : out.persist) {
+void CoordinatorServer::Persist(std::vector<Batch> batches) {
+  for (Batch& batch : batches) {
     uint64_t token = batch.token;
     bool decision = CrashArmed("after-decision-logged") && HasDecision(batch);
     storage_->Submit(std::move(batch), [this, token, decision](absl::Status st) {
@@ -127,6 +133,10 @@ void CoordinatorServer::Dispatch(Output out) {
       WithCore([&](CoordinatorCore& c) { c.OnPersisted(token, st, clock_.NowMs()); });
     });
   }
+}
+
+void CoordinatorServer::Dispatch(Output out) {
+  for (const std::string& line : out.log) LogLine(line);
   int commits = 0;
   for (const OutMessage& m : out.send) commits += m.type == MsgType::kCommit;
   bool crash_mid_fanout = commits >= 2 && CrashArmed("mid-commit-fanout");
@@ -240,9 +250,8 @@ void CoordinatorServer::Send(OutMessage m) {
             stub->async()->Abort(ctx, req, resp, std::move(cb));
           },
           [this, txn, p](const grpc::Status& s, const v1::AbortResponse&) {
-            WithCore([&](CoordinatorCore& c) {
-              c.OnAbortReply(txn, p, FromGrpc(s), clock_.NowMs());
-            });
+            WithCore(
+                [&](CoordinatorCore& c) { c.OnAbortReply(txn, p, FromGrpc(s), clock_.NowMs()); });
           });
       break;
   }

@@ -38,8 +38,7 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   // Prometheus text: storage, replies, transactions in flight, process.
   std::string RenderMetrics();
 
-  grpc::ServerUnaryReactor* Execute(grpc::CallbackServerContext* ctx,
-                                    const v1::ExecuteRequest* req,
+  grpc::ServerUnaryReactor* Execute(grpc::CallbackServerContext* ctx, const v1::ExecuteRequest* req,
                                     v1::ExecuteResponse* resp) override;
   grpc::ServerUnaryReactor* GetTransaction(grpc::CallbackServerContext* ctx,
                                            const v1::GetTransactionRequest* req,
@@ -62,6 +61,8 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
 
   // Carries out `out`; never called with mu_ held.
   void Dispatch(Output out) ABSL_LOCKS_EXCLUDED(mu_);
+  // Hands batches to the writer; called with mu_ held, never blocks.
+  void Persist(std::vector<Batch> batches) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Send(OutMessage msg);
   template <typename Fn>
   void WithCore(Fn fn) ABSL_LOCKS_EXCLUDED(mu_);

@@ -113,6 +113,9 @@ struct Lease {
 };
 
 struct Output {
+  // Submit in this order, across calls: a later batch may rewrite a key an
+  // earlier one wrote (a queue's next_sequence only grows batch by batch).
+  // Every token is reported once through OnPersisted.
   std::vector<Batch> persist;
   std::vector<OutQuery> queries;  // report OnQueryReply
   std::vector<TimerRequest> timers;

@@ -1,0 +1,1141 @@
+#include "participant/core/participant_core.h"
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/codec.h"
+#include "gtest/gtest.h"
+
+namespace atomq::participant {
+namespace {
+
+using ::testing::Test;
+
+// The disk: sub-database -> key -> value, changed only by applied batches.
+class FakeStore : public DurableView {
+ public:
+  void Apply(const Batch& b) {
+    for (const Write& w : b.writes) {
+      if (w.erase) {
+        dbs_[w.db].erase(w.key);
+      } else {
+        dbs_[w.db][w.key] = w.value;
+      }
+    }
+  }
+
+  std::optional<v1::OutcomeRecord> FindOutcome(const std::string& id) const override {
+    auto db = dbs_.find(kOutcomesDb);
+    if (db == dbs_.end()) return std::nullopt;
+    auto it = db->second.find(id);
+    if (it == db->second.end()) return std::nullopt;
+    v1::OutcomeRecord rec;
+    EXPECT_TRUE(DecodeRecord(it->second, &rec).ok());
+    return rec;
+  }
+
+  template <typename T>
+  std::optional<T> Get(const std::string& db, const std::string& key) const {
+    auto d = dbs_.find(db);
+    if (d == dbs_.end()) return std::nullopt;
+    auto it = d->second.find(key);
+    if (it == d->second.end()) return std::nullopt;
+    T rec;
+    EXPECT_TRUE(DecodeRecord(it->second, &rec).ok());
+    return rec;
+  }
+
+  size_t Count(const std::string& db) const {
+    auto d = dbs_.find(db);
+    return d == dbs_.end() ? 0 : d->second.size();
+  }
+
+  // What the adapter would read at start.
+  RecoveredState Recovered() const {
+    RecoveredState st;
+    st.meta = Get<v1::MetaRecord>(kMetaDb, "meta");
+    for (const auto& [db, kv] : dbs_) {
+      for (const auto& [key, value] : kv) {
+        if (db == kQueuesDb) {
+          st.queues.emplace_back();
+          EXPECT_TRUE(DecodeRecord(value, &st.queues.back()).ok());
+        } else if (db == kMessagesDb) {
+          st.messages.emplace_back(DecodeU64(key), DecodeU64(key.substr(8)));
+        } else if (db == kPreparedDb) {
+          st.prepared.emplace_back();
+          EXPECT_TRUE(DecodeRecord(value, &st.prepared.back()).ok());
+        }
+      }
+    }
+    return st;
+  }
+
+ private:
+  std::map<std::string, std::map<std::string, std::string>> dbs_;
+};
+
+v1::Op EnqueueOp(const std::string& queue, const std::string& payload,
+                 const std::string& participant = "p1") {
+  v1::Op op;
+  op.set_participant(participant);
+  op.mutable_enqueue()->set_queue(queue);
+  op.mutable_enqueue()->set_payload(payload);
+  return op;
+}
+
+v1::Op AckOp(const std::string& queue, uint64_t seq, const std::string& token) {
+  v1::Op op;
+  op.set_participant("p1");
+  op.mutable_ack()->set_queue(queue);
+  op.mutable_ack()->set_sequence(seq);
+  op.mutable_ack()->set_lease_token(token);
+  return op;
+}
+
+v1::PrepareRequest PrepareReq(const std::string& txn, std::vector<v1::Op> ops) {
+  v1::PrepareRequest req;
+  req.set_txn_id(txn);
+  req.set_protocol(v1::TWO_PC);
+  req.set_coordinator_id("c1");
+  req.set_coordinator_address("coord:1");
+  req.set_participant("p1");
+  for (const char* p : {"p1", "p2", "p3"}) {
+    v1::PeerAddress* peer = req.add_participants();
+    peer->set_participant(p);
+    peer->set_address(absl::StrCat(p, ":1"));
+  }
+  for (v1::Op& op : ops) *req.add_ops() = std::move(op);
+  return req;
+}
+
+v1::QueryStateResponse StateReply(v1::TxnState s) {
+  v1::QueryStateResponse r;
+  r.set_state(s);
+  return r;
+}
+
+class ParticipantCoreTest : public Test {
+ protected:
+  ParticipantCoreTest() {
+    config_.participant_id = "p1";
+    config_.boot_count = 7;
+  }
+
+  void Start() { Restart(); }
+
+  // A fresh core over what is on disk; batches in flight are lost.
+  void Restart() {
+    in_flight_.clear();
+    core_ = std::make_unique<ParticipantCore>(config_, &store_);
+    core_->Recover(store_.Recovered(), now_);
+    last_ = Collect();
+  }
+
+  Output Collect() {
+    Output o = core_->TakeOutput();
+    for (const Batch& b : o.persist) in_flight_.push_back(b);
+    for (const std::string& l : o.log) log_.push_back(l);
+    return o;
+  }
+
+  // Reports every batch in flight, in order, with `status`; returns all
+  // output not yet collected.
+  Output Persist(absl::Status status = absl::OkStatus()) {
+    Output before = Collect();
+    std::vector<Batch> batches = std::move(in_flight_);
+    in_flight_.clear();
+    for (const Batch& b : batches) {
+      if (status.ok()) store_.Apply(b);
+      core_->OnPersisted(b.token, status, now_);
+    }
+    Output after = Collect();
+    Append(before.persist, after.persist);
+    Append(before.queries, after.queries);
+    Append(before.timers, after.timers);
+    Append(before.replies, after.replies);
+    Append(before.log, after.log);
+    return before;
+  }
+
+  template <typename T>
+  static void Append(std::vector<T>& to, std::vector<T>& from) {
+    for (T& x : from) to.push_back(std::move(x));
+  }
+
+  static const Reply* Find(const Output& o, RequestId r) {
+    const Reply* found = nullptr;
+    for (const Reply& reply : o.replies) {
+      if (reply.request == r) {
+        EXPECT_EQ(found, nullptr) << "two replies to request " << r;
+        found = &reply;
+      }
+    }
+    return found;
+  }
+
+  template <typename T>
+  static T Body(const Output& o, RequestId r) {
+    const Reply* reply = Find(o, r);
+    EXPECT_NE(reply, nullptr) << "no reply to request " << r;
+    if (reply == nullptr) return T();
+    EXPECT_TRUE(reply->status.ok()) << reply->status;
+    EXPECT_TRUE(std::holds_alternative<T>(reply->body));
+    return std::holds_alternative<T>(reply->body) ? std::get<T>(reply->body) : T();
+  }
+
+  static absl::Status StatusOf(const Output& o, RequestId r) {
+    const Reply* reply = Find(o, r);
+    EXPECT_NE(reply, nullptr) << "no reply to request " << r;
+    return reply ? reply->status : absl::UnknownError("no reply");
+  }
+
+  void CreateQueue(const std::string& name) {
+    core_->CreateQueue(next_req_, name, now_);
+    Output o = Collect();
+    EXPECT_EQ(Find(o, next_req_), nullptr);
+    o = Persist();
+    EXPECT_TRUE(StatusOf(o, next_req_).ok());
+    next_req_++;
+  }
+
+  v1::PrepareResponse Prepare(const v1::PrepareRequest& req) {
+    RequestId r = next_req_++;
+    core_->Prepare(r, req, now_);
+    Output o = Collect();
+    if (Find(o, r) == nullptr) o = Persist();
+    return Body<v1::PrepareResponse>(o, r);
+  }
+
+  std::vector<uint64_t> Commit(const std::string& txn) {
+    RequestId r = next_req_++;
+    core_->Commit(r, txn, now_);
+    Output o = Collect();
+    if (Find(o, r) == nullptr) o = Persist();
+    v1::CommitResponse resp = Body<v1::CommitResponse>(o, r);
+    return {resp.sequences().begin(), resp.sequences().end()};
+  }
+
+  absl::Status Abort(const std::string& txn) {
+    RequestId r = next_req_++;
+    core_->Abort(r, txn, now_);
+    Output o = Collect();
+    if (Find(o, r) == nullptr) o = Persist();
+    return StatusOf(o, r);
+  }
+
+  std::vector<Lease> Receive(const std::string& queue, uint32_t max = 10, uint32_t lease_ms = 0) {
+    absl::StatusOr<std::vector<Lease>> got = core_->Receive(queue, max, lease_ms, now_);
+    EXPECT_TRUE(got.ok()) << got.status();
+    return got.ok() ? *got : std::vector<Lease>();
+  }
+
+  // Enqueues one message per payload in one committed transaction.
+  std::vector<uint64_t> Produce(const std::string& txn, const std::string& queue,
+                                std::vector<std::string> payloads) {
+    std::vector<v1::Op> ops;
+    for (const std::string& p : payloads) ops.push_back(EnqueueOp(queue, p));
+    EXPECT_EQ(Prepare(PrepareReq(txn, ops)).vote(), v1::YES);
+    return Commit(txn);
+  }
+
+  v1::QueueInfo Info(const std::string& name) {
+    for (const v1::QueueInfo& i : core_->ListQueues()) {
+      if (i.name() == name) return i;
+    }
+    ADD_FAILURE() << "no queue " << name;
+    return v1::QueueInfo();
+  }
+
+  std::optional<v1::ParticipantTxnInfo> Txn(const std::string& id) {
+    for (const v1::ParticipantTxnInfo& t : core_->ListTransactions()) {
+      if (t.txn_id() == id) return t;
+    }
+    return std::nullopt;
+  }
+
+  bool Logged(const std::string& needle) const {
+    for (const std::string& l : log_) {
+      if (absl::StrContains(l, needle)) return true;
+    }
+    return false;
+  }
+
+  Config config_;
+  FakeStore store_;
+  std::unique_ptr<ParticipantCore> core_;
+  std::vector<Batch> in_flight_;
+  std::vector<std::string> log_;
+  Output last_;
+  int64_t now_ = 1'000'000;
+  RequestId next_req_ = 1;
+};
+
+// --- Prepare ---
+
+TEST_F(ParticipantCoreTest, PrepareVotesYesOnlyAfterRecordIsDurable) {
+  Start();
+  CreateQueue("q");
+  core_->Prepare(100, PrepareReq("t1", {EnqueueOp("q", "a")}), now_);
+  Output o = Collect();
+  ASSERT_EQ(o.persist.size(), 1u);
+  ASSERT_EQ(o.persist[0].writes.size(), 1u);
+  EXPECT_EQ(o.persist[0].writes[0].db, kPreparedDb);
+  EXPECT_EQ(o.persist[0].writes[0].key, "t1");
+  EXPECT_TRUE(o.replies.empty());
+  EXPECT_TRUE(o.timers.empty());
+  EXPECT_FALSE(Txn("t1").has_value());  // not prepared until durable
+
+  o = Persist();
+  EXPECT_EQ(Body<v1::PrepareResponse>(o, 100).vote(), v1::YES);
+  ASSERT_EQ(o.timers.size(), 1u);
+  EXPECT_EQ(o.timers[0].at_ms, now_ + config_.in_doubt_after_ms);
+  auto rec = store_.Get<v1::PreparedRecord>(kPreparedDb, "t1");
+  ASSERT_TRUE(rec.has_value());
+  EXPECT_EQ(rec->state(), v1::PREPARED);
+  EXPECT_EQ(rec->coordinator_address(), "coord:1");
+  ASSERT_TRUE(Txn("t1").has_value());
+  EXPECT_EQ(Txn("t1")->state(), v1::PREPARED);
+  EXPECT_FALSE(Txn("t1")->in_doubt());
+  EXPECT_EQ(Info("q").pending_in_txn(), 1u);
+  EXPECT_EQ(Info("q").ready(), 0u);
+}
+
+TEST_F(ParticipantCoreTest, PrepareVotesNoForMissingQueue) {
+  Start();
+  core_->Prepare(1, PrepareReq("t1", {EnqueueOp("nope", "a")}), now_);
+  Output o = Collect();
+  EXPECT_TRUE(o.persist.empty());
+  v1::PrepareResponse r = Body<v1::PrepareResponse>(o, 1);
+  EXPECT_EQ(r.vote(), v1::NO);
+  EXPECT_EQ(r.reason(), "queue \"nope\" does not exist on p1");
+  EXPECT_TRUE(core_->ListTransactions().empty());
+}
+
+TEST_F(ParticipantCoreTest, PrepareVotesNoForSizeLimits) {
+  config_.payload_bytes_max = 4;
+  config_.headers_max = 1;
+  config_.ops_per_txn_max = 2;
+  Start();
+  CreateQueue("q");
+  v1::PrepareResponse r = Prepare(PrepareReq("t1", {EnqueueOp("q", "12345")}));
+  EXPECT_EQ(r.vote(), v1::NO);
+  EXPECT_TRUE(absl::StrContains(r.reason(), "payload_bytes_max")) << r.reason();
+
+  v1::Op op = EnqueueOp("q", "1");
+  (*op.mutable_enqueue()->mutable_headers())["a"] = "1";
+  (*op.mutable_enqueue()->mutable_headers())["b"] = "2";
+  r = Prepare(PrepareReq("t2", {op}));
+  EXPECT_EQ(r.vote(), v1::NO);
+  EXPECT_TRUE(absl::StrContains(r.reason(), "headers_max")) << r.reason();
+
+  r = Prepare(PrepareReq("t3", {EnqueueOp("q", "1"), EnqueueOp("q", "2"), EnqueueOp("q", "3")}));
+  EXPECT_EQ(r.vote(), v1::NO);
+  EXPECT_TRUE(absl::StrContains(r.reason(), "ops_per_txn_max")) << r.reason();
+
+  EXPECT_EQ(Prepare(PrepareReq("t4", {EnqueueOp("q", "1234")})).vote(), v1::YES);
+}
+
+TEST_F(ParticipantCoreTest, MalformedPrepareIsInvalidArgument) {
+  Start();
+  CreateQueue("q");
+  core_->Prepare(1, PrepareReq("bad id", {EnqueueOp("q", "a")}), now_);
+  core_->Prepare(2, PrepareReq("t2", {EnqueueOp("q", "a", "p2")}), now_);
+  v1::PrepareRequest wrong_node = PrepareReq("t3", {});
+  wrong_node.set_participant("p9");
+  core_->Prepare(3, wrong_node, now_);
+  v1::PrepareRequest no_kind = PrepareReq("t4", {});
+  no_kind.add_ops()->set_participant("p1");
+  core_->Prepare(4, no_kind, now_);
+  Output o = Collect();
+  EXPECT_TRUE(o.persist.empty());
+  for (RequestId r : {1, 2, 3, 4}) {
+    EXPECT_EQ(StatusOf(o, r).code(), absl::StatusCode::kInvalidArgument) << r;
+  }
+}
+
+TEST_F(ParticipantCoreTest, EmptyOpsVoteReadOnlyAndKeepNothing) {
+  Start();
+  core_->Prepare(1, PrepareReq("t1", {}), now_);
+  Output o = Collect();
+  EXPECT_EQ(Body<v1::PrepareResponse>(o, 1).vote(), v1::READ_ONLY);
+  EXPECT_TRUE(o.persist.empty());
+  EXPECT_TRUE(core_->ListTransactions().empty());
+}
+
+TEST_F(ParticipantCoreTest, PreparedMaxIsResourceExhausted) {
+  config_.prepared_max = 1;
+  Start();
+  CreateQueue("q");
+  EXPECT_EQ(Prepare(PrepareReq("t1", {EnqueueOp("q", "a")})).vote(), v1::YES);
+  core_->Prepare(50, PrepareReq("t2", {EnqueueOp("q", "b")}), now_);
+  Output o = Collect();
+  EXPECT_EQ(StatusOf(o, 50).code(), absl::StatusCode::kResourceExhausted);
+  // A retry of the prepared one still answers.
+  EXPECT_EQ(Prepare(PrepareReq("t1", {EnqueueOp("q", "a")})).vote(), v1::YES);
+}
+
+TEST_F(ParticipantCoreTest, AckOpVotesNoForStaleForeignPinnedOrMissing) {
+  Start();
+  CreateQueue("q");
+  Produce("p", "q", {"m1", "m2"});
+  std::vector<Lease> got = Receive("q", 2, 1000);
+  ASSERT_EQ(got.size(), 2u);
+
+  // Foreign token.
+  v1::PrepareResponse r = Prepare(PrepareReq("t1", {AckOp("q", 1, "someone-else")}));
+  EXPECT_EQ(r.vote(), v1::NO);
+  EXPECT_TRUE(absl::StrContains(r.reason(), "not the current lease")) << r.reason();
+  // Missing message.
+  r = Prepare(PrepareReq("t2", {AckOp("q", 99, got[0].lease_token)}));
+  EXPECT_EQ(r.vote(), v1::NO);
+  EXPECT_TRUE(absl::StrContains(r.reason(), "q/99 does not exist")) << r.reason();
+  // The same message twice.
+  r = Prepare(
+      PrepareReq("t3", {AckOp("q", 1, got[0].lease_token), AckOp("q", 1, got[0].lease_token)}));
+  EXPECT_EQ(r.vote(), v1::NO);
+  // Pinned by another transaction.
+  EXPECT_EQ(Prepare(PrepareReq("t4", {AckOp("q", 1, got[0].lease_token)})).vote(), v1::YES);
+  r = Prepare(PrepareReq("t5", {AckOp("q", 1, got[0].lease_token)}));
+  EXPECT_EQ(r.vote(), v1::NO);
+  EXPECT_TRUE(absl::StrContains(r.reason(), "held by prepared transaction t4")) << r.reason();
+  // Stale: the lease expired.
+  now_ += 1000;
+  r = Prepare(PrepareReq("t6", {AckOp("q", 2, got[1].lease_token)}));
+  EXPECT_EQ(r.vote(), v1::NO);
+  EXPECT_TRUE(absl::StrContains(r.reason(), "expired")) << r.reason();
+  // Stale: redelivered under a new token.
+  std::vector<Lease> again = Receive("q");
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].sequence, 2u);
+  r = Prepare(PrepareReq("t7", {AckOp("q", 2, got[1].lease_token)}));
+  EXPECT_EQ(r.vote(), v1::NO);
+  EXPECT_EQ(Prepare(PrepareReq("t8", {AckOp("q", 2, again[0].lease_token)})).vote(), v1::YES);
+}
+
+TEST_F(ParticipantCoreTest, DuplicatePrepareSameOpsAnswersAsFirstOtherOpsVoteNo) {
+  Start();
+  CreateQueue("q");
+  v1::PrepareRequest req = PrepareReq("t1", {EnqueueOp("q", "a")});
+  core_->Prepare(1, req, now_);
+  core_->Prepare(2, req, now_);  // while the record is in flight
+  Output o = Collect();
+  EXPECT_EQ(o.persist.size(), 1u);
+  EXPECT_TRUE(o.replies.empty());
+  o = Persist();
+  EXPECT_EQ(Body<v1::PrepareResponse>(o, 1).vote(), v1::YES);
+  EXPECT_EQ(Body<v1::PrepareResponse>(o, 2).vote(), v1::YES);
+
+  core_->Prepare(3, req, now_);  // after: at once, nothing new persisted
+  o = Collect();
+  EXPECT_TRUE(o.persist.empty());
+  EXPECT_EQ(Body<v1::PrepareResponse>(o, 3).vote(), v1::YES);
+
+  v1::PrepareResponse r = Prepare(PrepareReq("t1", {EnqueueOp("q", "other")}));
+  EXPECT_EQ(r.vote(), v1::NO);
+  EXPECT_TRUE(absl::StrContains(r.reason(), "other ops")) << r.reason();
+  EXPECT_EQ(Info("q").pending_in_txn(), 1u);  // the NO did not disturb t1
+
+  // Once committed, a duplicate Prepare still answers YES.
+  Commit("t1");
+  EXPECT_EQ(Prepare(req).vote(), v1::YES);
+}
+
+// --- Commit and Abort ---
+
+TEST_F(ParticipantCoreTest, CommitAssignsSequencesInCommitOrder) {
+  Start();
+  CreateQueue("q");
+  CreateQueue("r");
+  EXPECT_EQ(
+      Prepare(PrepareReq("A", {EnqueueOp("q", "a1"), EnqueueOp("r", "a2"), EnqueueOp("q", "a3")}))
+          .vote(),
+      v1::YES);
+  EXPECT_EQ(Prepare(PrepareReq("B", {EnqueueOp("q", "b1"), EnqueueOp("q", "b2")})).vote(), v1::YES);
+  EXPECT_EQ(Commit("B"), (std::vector<uint64_t>{1, 2}));
+  EXPECT_EQ(Commit("A"), (std::vector<uint64_t>{3, 1, 4}));
+  EXPECT_EQ(Info("q").version(), 5u);
+  EXPECT_EQ(Info("r").version(), 2u);
+  EXPECT_EQ(Info("q").ready(), 4u);
+  EXPECT_EQ(Info("q").pending_in_txn(), 0u);
+
+  auto msg = store_.Get<v1::MessageRecord>(kMessagesDb, MessageKey(1, 3));
+  ASSERT_TRUE(msg.has_value());
+  EXPECT_EQ(msg->payload(), "a1");
+  EXPECT_EQ(msg->txn_id(), "A");
+  auto out = store_.Get<v1::OutcomeRecord>(kOutcomesDb, "A");
+  ASSERT_TRUE(out.has_value());
+  EXPECT_EQ(out->state(), v1::STATE_COMMITTED);
+  EXPECT_EQ(store_.Count(kPreparedDb), 0u);
+  EXPECT_EQ(store_.Get<v1::QueueRecord>(kQueuesDb, "q")->next_sequence(), 5u);
+
+  std::vector<Lease> got = Receive("q", 10);
+  ASSERT_EQ(got.size(), 4u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(got[i].sequence, uint64_t(i + 1));
+  EXPECT_TRUE(Logged("txn A COMMITTED here (3 enqueues, 0 acks)"));
+  EXPECT_TRUE(Logged("txn B COMMITTED here (2 enqueues, 0 acks)"));
+}
+
+TEST_F(ParticipantCoreTest, MessagesInvisibleUntilCommitDurableAndAfterAbort) {
+  Start();
+  CreateQueue("q");
+  EXPECT_EQ(Prepare(PrepareReq("t1", {EnqueueOp("q", "a")})).vote(), v1::YES);
+  EXPECT_TRUE(Receive("q").empty());
+  core_->Commit(9, "t1", now_);
+  Output o = Collect();
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_EQ(Find(o, 9), nullptr);
+  EXPECT_TRUE(Receive("q").empty());  // not durable yet
+  EXPECT_EQ(Info("q").ready(), 0u);
+  o = Persist();
+  EXPECT_EQ(Body<v1::CommitResponse>(o, 9).sequences_size(), 1);
+  EXPECT_EQ(Receive("q").size(), 1u);
+
+  EXPECT_EQ(Prepare(PrepareReq("t2", {EnqueueOp("q", "b")})).vote(), v1::YES);
+  EXPECT_TRUE(Abort("t2").ok());
+  EXPECT_TRUE(Receive("q").empty());
+  EXPECT_EQ(Info("q").pending_in_txn(), 0u);
+  EXPECT_EQ(Info("q").version(), 2u);  // the abort used no sequence
+  EXPECT_EQ(store_.Get<v1::OutcomeRecord>(kOutcomesDb, "t2")->state(), v1::STATE_ABORTED);
+  EXPECT_EQ(store_.Count(kPreparedDb), 0u);
+  EXPECT_TRUE(Logged("txn t2 ABORTED here (1 enqueue, 0 acks)"));
+}
+
+TEST_F(ParticipantCoreTest, CommitIsIdempotentEvenAfterTheCacheForgets) {
+  config_.outcome_cache_max = 0;  // every answer comes from the DurableView
+  Start();
+  CreateQueue("q");
+  EXPECT_EQ(Prepare(PrepareReq("t1", {EnqueueOp("q", "a"), EnqueueOp("q", "b")})).vote(), v1::YES);
+  core_->Commit(1, "t1", now_);
+  core_->Commit(2, "t1", now_);  // joins the batch in flight
+  Output o = Collect();
+  EXPECT_EQ(o.persist.size(), 1u);
+  o = Persist();
+  EXPECT_EQ(Body<v1::CommitResponse>(o, 1).sequences_size(), 2);
+  EXPECT_EQ(Body<v1::CommitResponse>(o, 2).sequences_size(), 2);
+  EXPECT_EQ(Commit("t1"), (std::vector<uint64_t>{1, 2}));
+  EXPECT_TRUE(Collect().persist.empty());
+  EXPECT_EQ(Info("q").ready(), 2u);
+
+  // Abort of a committed transaction is refused; a late PreCommit is acked.
+  core_->Abort(3, "t1", now_);
+  core_->PreCommit(4, "t1", now_);
+  o = Collect();
+  EXPECT_EQ(StatusOf(o, 3).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(StatusOf(o, 4).ok());
+  EXPECT_TRUE(Logged("protocol alarm"));
+}
+
+TEST_F(ParticipantCoreTest, CommitUnknownAnswersEmptyCommitAbortedRefuses) {
+  Start();
+  core_->Commit(1, "ghost", now_);
+  Output o = Collect();
+  EXPECT_TRUE(o.persist.empty());
+  EXPECT_EQ(Body<v1::CommitResponse>(o, 1).sequences_size(), 0);
+  EXPECT_TRUE(Logged("txn ghost Commit for a transaction unknown here"));
+
+  CreateQueue("q");
+  EXPECT_EQ(Prepare(PrepareReq("t1", {EnqueueOp("q", "a")})).vote(), v1::YES);
+  EXPECT_TRUE(Abort("t1").ok());
+  core_->Commit(2, "t1", now_);
+  o = Collect();
+  EXPECT_EQ(StatusOf(o, 2).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(Logged("txn t1 protocol alarm"));
+  EXPECT_TRUE(Abort("t1").ok());  // idempotent
+}
+
+TEST_F(ParticipantCoreTest, AbortUnknownIsRecordedSoLatePrepareVotesNo) {
+  Start();
+  CreateQueue("q");
+  core_->Abort(1, "t1", now_);
+  Output o = Collect();
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_EQ(o.persist[0].writes[0].db, kOutcomesDb);
+  EXPECT_EQ(Find(o, 1), nullptr);  // only once durable
+  // A late Prepare while the record is in flight already votes NO.
+  core_->Prepare(2, PrepareReq("t1", {EnqueueOp("q", "a")}), now_);
+  o = Collect();
+  EXPECT_EQ(Body<v1::PrepareResponse>(o, 2).vote(), v1::NO);
+  o = Persist();
+  EXPECT_TRUE(StatusOf(o, 1).ok());
+  v1::PrepareResponse r = Prepare(PrepareReq("t1", {EnqueueOp("q", "a")}));
+  EXPECT_EQ(r.vote(), v1::NO);
+  EXPECT_EQ(r.reason(), "already aborted here");
+  EXPECT_EQ(Info("q").pending_in_txn(), 0u);
+}
+
+TEST_F(ParticipantCoreTest, PreCommitPersistsThenAcks) {
+  Start();
+  CreateQueue("q");
+  core_->PreCommit(1, "ghost", now_);
+  Output o = Collect();
+  EXPECT_EQ(StatusOf(o, 1).code(), absl::StatusCode::kFailedPrecondition);
+
+  v1::PrepareRequest req = PrepareReq("t1", {EnqueueOp("q", "a")});
+  req.set_protocol(v1::THREE_PC);
+  EXPECT_EQ(Prepare(req).vote(), v1::YES);
+  core_->PreCommit(2, "t1", now_);
+  o = Collect();
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_EQ(Find(o, 2), nullptr);
+  o = Persist();
+  EXPECT_TRUE(StatusOf(o, 2).ok());
+  EXPECT_EQ(store_.Get<v1::PreparedRecord>(kPreparedDb, "t1")->state(), v1::PRECOMMITTED);
+  EXPECT_EQ(Txn("t1")->state(), v1::PRECOMMITTED);
+  core_->PreCommit(3, "t1", now_);
+  o = Collect();
+  EXPECT_TRUE(o.persist.empty());
+  EXPECT_TRUE(StatusOf(o, 3).ok());
+  EXPECT_EQ(Commit("t1"), std::vector<uint64_t>{1});
+}
+
+TEST_F(ParticipantCoreTest, RequestsDuringAPrepareInFlightWaitForIt) {
+  Start();
+  CreateQueue("q");
+  core_->Prepare(1, PrepareReq("t1", {EnqueueOp("q", "a")}), now_);
+  core_->QueryState(2, "t1", now_);
+  core_->Abort(3, "t1", now_);
+  Output o = Collect();
+  EXPECT_TRUE(o.replies.empty());
+  EXPECT_EQ(o.persist.size(), 1u);
+  o = Persist();
+  EXPECT_EQ(Body<v1::PrepareResponse>(o, 1).vote(), v1::YES);
+  EXPECT_EQ(Body<v1::QueryStateResponse>(o, 2).state(), v1::PREPARED);
+  EXPECT_EQ(Find(o, 3), nullptr);  // the abort record is now in flight
+  o = Persist();
+  EXPECT_TRUE(StatusOf(o, 3).ok());
+  EXPECT_EQ(store_.Get<v1::OutcomeRecord>(kOutcomesDb, "t1")->state(), v1::STATE_ABORTED);
+}
+
+TEST_F(ParticipantCoreTest, ConflictingRequestsWhileADecisionIsInFlight) {
+  Start();
+  CreateQueue("q");
+  EXPECT_EQ(Prepare(PrepareReq("t1", {EnqueueOp("q", "a")})).vote(), v1::YES);
+  EXPECT_EQ(Prepare(PrepareReq("t2", {EnqueueOp("q", "b")})).vote(), v1::YES);
+  core_->Commit(1, "t1", now_);
+  core_->Abort(2, "t1", now_);
+  core_->QueryState(3, "t1", now_);
+  core_->Abort(4, "t2", now_);
+  core_->Commit(5, "t2", now_);
+  core_->Prepare(6, PrepareReq("t2", {EnqueueOp("q", "b")}), now_);
+  Output o = Collect();
+  EXPECT_EQ(o.persist.size(), 2u);
+  // The record is durable, so the duplicate Prepare still says YES.
+  EXPECT_EQ(Body<v1::PrepareResponse>(o, 6).vote(), v1::YES);
+  EXPECT_EQ(o.replies.size(), 1u);
+  o = Persist();
+  EXPECT_EQ(Body<v1::CommitResponse>(o, 1).sequences_size(), 1);
+  EXPECT_EQ(StatusOf(o, 2).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Body<v1::QueryStateResponse>(o, 3).state(), v1::STATE_COMMITTED);
+  EXPECT_TRUE(StatusOf(o, 4).ok());
+  EXPECT_EQ(StatusOf(o, 5).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(o.persist.empty());
+  EXPECT_EQ(Info("q").ready(), 1u);
+}
+
+// --- transactional acks and leases ---
+
+TEST_F(ParticipantCoreTest, AckInTransactionPinsUntilCommitDeletesIt) {
+  Start();
+  CreateQueue("q");
+  Produce("p", "q", {"m"});
+  std::vector<Lease> got = Receive("q", 1, 100);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(
+      Prepare(PrepareReq("t1", {AckOp("q", 1, got[0].lease_token), EnqueueOp("q", "out")})).vote(),
+      v1::YES);
+  EXPECT_EQ(Info("q").pending_in_txn(), 2u);
+  EXPECT_EQ(Info("q").leased(), 0u);
+  now_ += 1000;  // the lease expires while in doubt
+  EXPECT_TRUE(Receive("q").empty());
+  // A plain Ack cannot take it either.
+  core_->Ack(5, "q", 1, got[0].lease_token, now_);
+  EXPECT_EQ(StatusOf(Collect(), 5).code(), absl::StatusCode::kFailedPrecondition);
+
+  EXPECT_EQ(Commit("t1"), (std::vector<uint64_t>{0, 2}));
+  EXPECT_FALSE(store_.Get<v1::MessageRecord>(kMessagesDb, MessageKey(1, 1)).has_value());
+  std::vector<Lease> next = Receive("q");
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_EQ(next[0].sequence, 2u);
+  EXPECT_EQ(Info("q").pending_in_txn(), 0u);
+  EXPECT_TRUE(Logged("txn t1 COMMITTED here (1 enqueue, 1 ack)"));
+}
+
+TEST_F(ParticipantCoreTest, AbortReturnsPinnedMessageToItsLease) {
+  Start();
+  CreateQueue("q");
+  Produce("p", "q", {"m1", "m2"});
+  std::vector<Lease> got = Receive("q", 2, 100);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(Prepare(PrepareReq("t1", {AckOp("q", 1, got[0].lease_token)})).vote(), v1::YES);
+  EXPECT_EQ(Prepare(PrepareReq("t2", {AckOp("q", 2, got[1].lease_token)})).vote(), v1::YES);
+  // t1 aborts while its lease still holds: leased again, same token.
+  EXPECT_TRUE(Abort("t1").ok());
+  EXPECT_EQ(Info("q").leased(), 1u);
+  EXPECT_TRUE(Receive("q").empty());
+  core_->Ack(7, "q", 1, got[0].lease_token, now_);
+  Collect();
+  EXPECT_TRUE(StatusOf(Persist(), 7).ok());
+  // t2 aborts after its lease expired: ready again.
+  now_ += 200;
+  EXPECT_TRUE(Abort("t2").ok());
+  EXPECT_EQ(Info("q").ready(), 1u);
+  std::vector<Lease> again = Receive("q");
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].sequence, 2u);
+  EXPECT_EQ(again[0].delivery_count, 2u);
+}
+
+TEST_F(ParticipantCoreTest, ExpiredLeaseRedeliversWithHigherDeliveryCount) {
+  Start();
+  CreateQueue("q");
+  Produce("p", "q", {"m1", "m2", "m3"});
+  std::vector<Lease> first = Receive("q", 2, 50);
+  ASSERT_EQ(first.size(), 2u);
+  EXPECT_EQ(first[0].delivery_count, 1u);
+  EXPECT_EQ(first[0].expires_ms, now_ + 50);
+  EXPECT_EQ(first[0].lease_token.rfind("7-", 0), 0u);  // carries the boot count
+  EXPECT_NE(first[0].lease_token, first[1].lease_token);
+  EXPECT_EQ(Info("q").leased(), 2u);
+  EXPECT_EQ(Info("q").ready(), 1u);
+  now_ += 49;
+  std::vector<Lease> mid = Receive("q", 5);
+  ASSERT_EQ(mid.size(), 1u);
+  EXPECT_EQ(mid[0].sequence, 3u);
+  EXPECT_EQ(mid[0].expires_ms, now_ + config_.lease_ms);
+  now_ += 1;
+  std::vector<Lease> again = Receive("q", 5);
+  ASSERT_EQ(again.size(), 2u);
+  EXPECT_EQ(again[0].sequence, 1u);
+  EXPECT_EQ(again[0].delivery_count, 2u);
+  EXPECT_EQ(again[1].delivery_count, 2u);
+  EXPECT_NE(again[0].lease_token, first[0].lease_token);
+}
+
+TEST_F(ParticipantCoreTest, AckRequiresTheCurrentLeaseAndWaitsForDurability) {
+  Start();
+  CreateQueue("q");
+  Produce("p", "q", {"m"});
+  std::vector<Lease> first = Receive("q", 1, 10);
+  now_ += 10;
+  std::vector<Lease> second = Receive("q", 1, 1000);
+  ASSERT_EQ(second.size(), 1u);
+  core_->Ack(1, "q", 1, first[0].lease_token, now_);
+  core_->Ack(2, "q", 1, "", now_);
+  core_->Ack(3, "q", 9, second[0].lease_token, now_);
+  core_->Ack(4, "nope", 1, second[0].lease_token, now_);
+  Output o = Collect();
+  EXPECT_TRUE(o.persist.empty());
+  EXPECT_EQ(StatusOf(o, 1).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(StatusOf(o, 2).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(StatusOf(o, 3).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(StatusOf(o, 4).code(), absl::StatusCode::kNotFound);
+
+  core_->Ack(5, "q", 1, second[0].lease_token, now_);
+  o = Collect();
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_TRUE(o.persist[0].writes[0].erase);
+  EXPECT_EQ(Find(o, 5), nullptr);
+  now_ += 5000;  // the lease expires before the deletion is durable
+  EXPECT_TRUE(Receive("q").empty());
+  o = Persist();
+  EXPECT_TRUE(StatusOf(o, 5).ok());
+  EXPECT_EQ(store_.Count(kMessagesDb), 0u);
+  EXPECT_EQ(Info("q").ready() + Info("q").leased(), 0u);
+  core_->Ack(6, "q", 1, second[0].lease_token, now_);
+  EXPECT_EQ(StatusOf(Collect(), 6).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ParticipantCoreTest, ReceiveValidatesLimits) {
+  config_.receive_max = 3;
+  config_.lease_ms_max = 100;
+  config_.lease_ms = 40;
+  Start();
+  EXPECT_EQ(core_->Receive("nope", 1, 0, now_).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(core_->Receive("bad name", 1, 0, now_).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  CreateQueue("q");
+  Produce("p", "q", {"a", "b", "c", "d"});
+  EXPECT_EQ(core_->Receive("q", 4, 0, now_).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->Receive("q", 1, 101, now_).status().code(), absl::StatusCode::kInvalidArgument);
+  std::vector<Lease> one = Receive("q", 0, 0);
+  ASSERT_EQ(one.size(), 1u);
+  EXPECT_EQ(one[0].expires_ms, now_ + 40);
+  EXPECT_EQ(Receive("q", 3, 100).size(), 3u);
+}
+
+// --- queues ---
+
+TEST_F(ParticipantCoreTest, QueueCreateListDelete) {
+  config_.queues_max = 2;
+  Start();
+  core_->CreateQueue(1, "q", now_);
+  Output o = Collect();
+  EXPECT_EQ(Find(o, 1), nullptr);
+  EXPECT_TRUE(core_->ListQueues().empty());  // usable once durable
+  core_->CreateQueue(2, "q", now_);
+  EXPECT_EQ(StatusOf(Collect(), 2).code(), absl::StatusCode::kAlreadyExists);
+  o = Persist();
+  v1::CreateQueueResponse created = Body<v1::CreateQueueResponse>(o, 1);
+  EXPECT_EQ(created.queue().name(), "q");
+  EXPECT_EQ(created.queue().version(), 1u);
+  EXPECT_EQ(created.queue().created_unix_ms(), now_);
+  EXPECT_EQ(store_.Get<v1::MetaRecord>(kMetaDb, "meta")->next_queue_id(), 2u);
+  EXPECT_EQ(store_.Get<v1::QueueRecord>(kQueuesDb, "q")->id(), 1u);
+
+  core_->CreateQueue(3, "bad/name", now_);
+  core_->CreateQueue(4, "q", now_);
+  o = Collect();
+  EXPECT_EQ(StatusOf(o, 3).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(StatusOf(o, 4).code(), absl::StatusCode::kAlreadyExists);
+  CreateQueue("r");
+  core_->CreateQueue(5, "s", now_);
+  EXPECT_EQ(StatusOf(Collect(), 5).code(), absl::StatusCode::kResourceExhausted);
+
+  Produce("p", "q", {"a", "b", "c"});
+  Receive("q", 1);
+  EXPECT_EQ(Prepare(PrepareReq("t1", {EnqueueOp("q", "x")})).vote(), v1::YES);
+  std::vector<v1::QueueInfo> all = core_->ListQueues();
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0].name(), "q");
+  EXPECT_EQ(all[0].version(), 4u);
+  EXPECT_EQ(all[0].ready(), 2u);
+  EXPECT_EQ(all[0].leased(), 1u);
+  EXPECT_EQ(all[0].pending_in_txn(), 1u);
+  EXPECT_EQ(all[1].name(), "r");
+
+  core_->DeleteQueue(6, "nope", now_);
+  core_->DeleteQueue(7, "q", now_);  // t1 is prepared on it
+  o = Collect();
+  EXPECT_EQ(StatusOf(o, 6).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(StatusOf(o, 7).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(o.persist.empty());
+  Commit("t1");
+
+  core_->DeleteQueue(8, "q", now_);
+  o = Collect();
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_EQ(o.persist[0].writes.size(), 5u);  // the record and 4 messages
+  EXPECT_EQ(Find(o, 8), nullptr);
+  // Gone for new work at once, answered once durable.
+  EXPECT_EQ(core_->Receive("q", 1, 0, now_).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Prepare(PrepareReq("t2", {EnqueueOp("q", "x")})).vote(), v1::NO);
+  o = Persist();
+  EXPECT_TRUE(StatusOf(o, 8).ok());
+  EXPECT_EQ(store_.Count(kMessagesDb), 0u);
+  EXPECT_FALSE(store_.Get<v1::QueueRecord>(kQueuesDb, "q").has_value());
+  ASSERT_EQ(core_->ListQueues().size(), 1u);
+
+  // Re-created: a new id, so old keys cannot collide.
+  CreateQueue("q");
+  EXPECT_EQ(store_.Get<v1::QueueRecord>(kQueuesDb, "q")->id(), 3u);
+  EXPECT_EQ(Produce("p2", "q", {"z"}), std::vector<uint64_t>{1});
+}
+
+// --- recovery and in doubt ---
+
+TEST_F(ParticipantCoreTest, InDoubtTimerQueriesCoordinatorAndStaleTimersAreIgnored) {
+  Start();
+  CreateQueue("q");
+  core_->Prepare(1, PrepareReq("t1", {EnqueueOp("q", "a")}), now_);
+  Collect();
+  Output o = Persist();
+  ASSERT_EQ(o.timers.size(), 1u);
+  uint64_t timer = o.timers[0].timer_id;
+  now_ = o.timers[0].at_ms;
+  core_->OnTimer(timer, now_);
+  o = Collect();
+  ASSERT_EQ(o.queries.size(), 1u);
+  EXPECT_TRUE(o.queries[0].to_coordinator);
+  EXPECT_EQ(o.queries[0].target, "c1");
+  EXPECT_EQ(o.queries[0].address, "coord:1");
+  ASSERT_EQ(o.timers.size(), 1u);
+  EXPECT_EQ(o.timers[0].at_ms, now_ + config_.resend_initial_ms);
+  EXPECT_TRUE(Txn("t1")->in_doubt());
+  core_->OnTimer(timer, now_);  // fired already
+  EXPECT_TRUE(Collect().empty());
+
+  uint64_t retry = o.timers[0].timer_id;
+  EXPECT_EQ(Commit("t1"), std::vector<uint64_t>{1});
+  core_->OnTimer(retry, now_ + 1000);  // the transaction is settled
+  EXPECT_TRUE(Collect().empty());
+  core_->OnTimer(12345, now_);
+  EXPECT_TRUE(Collect().empty());
+}
+
+TEST_F(ParticipantCoreTest, RecoveredPreparedAsksCoordinatorAndAppliesCommit) {
+  Start();
+  CreateQueue("q");
+  Produce("p", "q", {"old"});
+  std::vector<Lease> got = Receive("q");
+  EXPECT_EQ(
+      Prepare(PrepareReq("t1", {EnqueueOp("q", "new"), AckOp("q", 1, got[0].lease_token)})).vote(),
+      v1::YES);
+  now_ += 100'000;
+  Restart();
+  // In doubt at once, with a timer due now; the pinned ack stays pinned.
+  ASSERT_EQ(last_.timers.size(), 1u);
+  EXPECT_EQ(last_.timers[0].at_ms, now_);
+  ASSERT_TRUE(Txn("t1").has_value());
+  EXPECT_TRUE(Txn("t1")->in_doubt());
+  EXPECT_TRUE(Receive("q").empty());
+  EXPECT_EQ(Info("q").pending_in_txn(), 2u);
+
+  core_->OnTimer(last_.timers[0].timer_id, now_);
+  Output o = Collect();
+  ASSERT_EQ(o.queries.size(), 1u);
+  EXPECT_TRUE(o.queries[0].to_coordinator);
+  core_->OnQueryReply("t1", "c1", StateReply(v1::STATE_COMMITTED), now_);
+  o = Collect();
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_TRUE(o.replies.empty());
+  EXPECT_TRUE(Receive("q").empty());  // not before durable
+  Persist();
+  EXPECT_FALSE(Txn("t1").has_value());
+  std::vector<Lease> now_visible = Receive("q");
+  ASSERT_EQ(now_visible.size(), 1u);
+  EXPECT_EQ(now_visible[0].sequence, 2u);
+  EXPECT_TRUE(Logged("txn t1 COMMITTED here (1 enqueue, 1 ack; settled by coordinator c1)"));
+  EXPECT_EQ(Commit("t1"), (std::vector<uint64_t>{2, 0}));  // the coordinator's late Commit
+}
+
+TEST_F(ParticipantCoreTest, RecoveredPrecommittedAppliesCoordinatorAbort) {
+  Start();
+  CreateQueue("q");
+  Produce("p", "q", {"old"});
+  std::vector<Lease> got = Receive("q");
+  v1::PrepareRequest req = PrepareReq("t1", {AckOp("q", 1, got[0].lease_token)});
+  req.set_protocol(v1::THREE_PC);
+  EXPECT_EQ(Prepare(req).vote(), v1::YES);
+  core_->PreCommit(1, "t1", now_);
+  Collect();
+  Persist();
+  Restart();
+  EXPECT_EQ(Txn("t1")->state(), v1::PRECOMMITTED);
+  EXPECT_EQ(Txn("t1")->protocol(), v1::THREE_PC);
+  core_->OnTimer(last_.timers[0].timer_id, now_);
+  Collect();
+  core_->OnQueryReply("t1", "c1", StateReply(v1::STATE_ABORTED), now_);
+  Persist();
+  EXPECT_FALSE(Txn("t1").has_value());
+  std::vector<Lease> again = Receive("q");  // the ack is undone
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].delivery_count, 1u);  // leases do not survive a restart
+  EXPECT_TRUE(Logged("txn t1 ABORTED here (0 enqueues, 1 ack; settled by coordinator c1)"));
+}
+
+TEST_F(ParticipantCoreTest, UnreachableCoordinatorThenPeerCommitSettles) {
+  Start();
+  CreateQueue("q");
+  EXPECT_EQ(Prepare(PrepareReq("t1", {EnqueueOp("q", "a")})).vote(), v1::YES);
+  Restart();
+  core_->OnTimer(last_.timers[0].timer_id, now_);
+  Collect();
+  core_->OnQueryReply("t1", "c1", absl::UnavailableError("connection refused"), now_);
+  Output o = Collect();
+  ASSERT_EQ(o.queries.size(), 2u);  // every peer but itself
+  EXPECT_EQ(o.queries[0].target, "p2");
+  EXPECT_EQ(o.queries[0].address, "p2:1");
+  EXPECT_FALSE(o.queries[0].to_coordinator);
+  EXPECT_EQ(o.queries[1].target, "p3");
+  core_->OnQueryReply("t1", "p2", StateReply(v1::PREPARED), now_);
+  EXPECT_TRUE(Collect().empty());
+  core_->OnQueryReply("t1", "p3", StateReply(v1::STATE_COMMITTED), now_);
+  o = Collect();
+  ASSERT_EQ(o.persist.size(), 1u);
+  // A second definitive answer while the commit is in flight changes nothing.
+  core_->OnQueryReply("t1", "c1", StateReply(v1::STATE_COMMITTED), now_);
+  EXPECT_TRUE(Collect().persist.empty());
+  Persist();
+  EXPECT_TRUE(Collect().persist.empty());
+  EXPECT_EQ(Receive("q").size(), 1u);
+  EXPECT_TRUE(Logged("settled by peer p3"));
+  EXPECT_EQ(store_.Get<v1::OutcomeRecord>(kOutcomesDb, "t1")->state(), v1::STATE_COMMITTED);
+}
+
+TEST_F(ParticipantCoreTest, AllUncertainStaysInDoubtWithBackoff) {
+  config_.resend_initial_ms = 100;
+  config_.resend_max_ms = 300;
+  Start();
+  CreateQueue("q");
+  EXPECT_EQ(Prepare(PrepareReq("t1", {EnqueueOp("q", "a")})).vote(), v1::YES);
+  Restart();
+  uint64_t timer = last_.timers[0].timer_id;
+  std::vector<int64_t> delays;
+  for (int round = 0; round < 5; ++round) {
+    core_->OnTimer(timer, now_);
+    Output o = Collect();
+    ASSERT_EQ(o.timers.size(), 1u);
+    delays.push_back(o.timers[0].at_ms - now_);
+    timer = o.timers[0].timer_id;
+    // Round 0 asks the coordinator only; later rounds ask the peers too.
+    ASSERT_EQ(o.queries.size(), round == 0 ? 1u : 3u) << round;
+    core_->OnQueryReply("t1", "c1", absl::DeadlineExceededError("timeout"), now_);
+    Output peers = Collect();
+    EXPECT_EQ(peers.queries.size(), round == 0 ? 2u : 0u);
+    core_->OnQueryReply("t1", "p2", StateReply(v1::PREPARED), now_);
+    core_->OnQueryReply("t1", "p3", StateReply(v1::PRECOMMITTED), now_);
+    EXPECT_TRUE(Collect().empty());
+    now_ = o.timers[0].at_ms;
+  }
+  EXPECT_EQ(delays, (std::vector<int64_t>{100, 200, 300, 300, 300}));
+  ASSERT_TRUE(Txn("t1").has_value());
+  EXPECT_TRUE(Txn("t1")->in_doubt());
+  EXPECT_EQ(Info("q").pending_in_txn(), 1u);
+}
+
+TEST_F(ParticipantCoreTest, CoordinatorPreparingThreeTimesAsksPeers) {
+  Start();
+  CreateQueue("q");
+  EXPECT_EQ(Prepare(PrepareReq("t1", {EnqueueOp("q", "a")})).vote(), v1::YES);
+  Restart();
+  uint64_t timer = last_.timers[0].timer_id;
+  for (int i = 1; i <= 3; ++i) {
+    core_->OnTimer(timer, now_);
+    Output o = Collect();
+    timer = o.timers[0].timer_id;
+    core_->OnQueryReply("t1", "c1", StateReply(v1::PREPARING), now_);
+    EXPECT_EQ(Collect().queries.size(), i == 3 ? 2u : 0u) << i;
+  }
+  core_->OnQueryReply("t1", "p2", StateReply(v1::STATE_ABORTED), now_);
+  Persist();
+  EXPECT_FALSE(Txn("t1").has_value());
+  EXPECT_TRUE(Logged("txn t1 ABORTED here (1 enqueue, 0 acks; settled by peer p2)"));
+}
+
+TEST_F(ParticipantCoreTest, QueryStateAnswersWhatIsDurable) {
+  Start();
+  CreateQueue("q");
+  core_->QueryState(1, "unknown", now_);
+  Output o = Collect();
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_EQ(Find(o, 1), nullptr);  // the ABORTED record comes first
+  core_->QueryState(2, "unknown", now_);
+  EXPECT_TRUE(Collect().empty());
+  o = Persist();
+  EXPECT_EQ(Body<v1::QueryStateResponse>(o, 1).state(), v1::STATE_ABORTED);
+  EXPECT_EQ(Body<v1::QueryStateResponse>(o, 2).state(), v1::STATE_ABORTED);
+  EXPECT_EQ(store_.Get<v1::OutcomeRecord>(kOutcomesDb, "unknown")->state(), v1::STATE_ABORTED);
+  EXPECT_EQ(Prepare(PrepareReq("unknown", {EnqueueOp("q", "a")})).vote(), v1::NO);
+
+  EXPECT_EQ(Prepare(PrepareReq("t1", {EnqueueOp("q", "a")})).vote(), v1::YES);
+  core_->QueryState(3, "t1", now_);
+  EXPECT_EQ(Body<v1::QueryStateResponse>(Collect(), 3).state(), v1::PREPARED);
+  Commit("t1");
+  core_->QueryState(4, "t1", now_);
+  EXPECT_EQ(Body<v1::QueryStateResponse>(Collect(), 4).state(), v1::STATE_COMMITTED);
+  core_->QueryState(5, "bad id", now_);
+  EXPECT_EQ(StatusOf(Collect(), 5).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// --- storage failures ---
+
+TEST_F(ParticipantCoreTest, PersistFailuresAnswerWithErrorsAndChangeNothing) {
+  Start();
+  const absl::Status disk_full = absl::ResourceExhaustedError("MDB_MAP_FULL");
+  core_->CreateQueue(1, "q", now_);
+  Collect();
+  EXPECT_EQ(StatusOf(Persist(disk_full), 1).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(core_->ListQueues().empty());
+  CreateQueue("q");
+  Produce("p", "q", {"m"});
+  std::vector<Lease> got = Receive("q", 1, 1000);
+
+  // Prepare: NO with the storage error; the ack is not pinned.
+  core_->Prepare(2, PrepareReq("t1", {AckOp("q", 1, got[0].lease_token), EnqueueOp("q", "x")}),
+                 now_);
+  Collect();
+  Output o = Persist(disk_full);
+  v1::PrepareResponse r = Body<v1::PrepareResponse>(o, 2);
+  EXPECT_EQ(r.vote(), v1::NO);
+  EXPECT_TRUE(absl::StrContains(r.reason(), "MDB_MAP_FULL")) << r.reason();
+  EXPECT_TRUE(o.timers.empty());
+  EXPECT_FALSE(Txn("t1").has_value());
+  EXPECT_EQ(Info("q").pending_in_txn(), 0u);
+  EXPECT_EQ(Info("q").leased(), 1u);
+
+  // Commit: an error; still prepared, nothing visible; a retry commits.
+  EXPECT_EQ(
+      Prepare(PrepareReq("t1", {AckOp("q", 1, got[0].lease_token), EnqueueOp("q", "x")})).vote(),
+      v1::YES);
+  core_->Commit(3, "t1", now_);
+  Collect();
+  o = Persist(disk_full);
+  EXPECT_EQ(StatusOf(o, 3).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Txn("t1")->state(), v1::PREPARED);
+  EXPECT_TRUE(Receive("q").empty());
+  EXPECT_EQ(Info("q").pending_in_txn(), 2u);
+  std::vector<uint64_t> seqs = Commit("t1");
+  ASSERT_EQ(seqs.size(), 2u);
+  EXPECT_EQ(seqs[0], 0u);
+  EXPECT_GE(seqs[1], 2u);  // a failed commit may burn a sequence, never reuse one
+
+  // Plain Ack: an error; still leased.
+  got = Receive("q", 1, 1000);
+  ASSERT_EQ(got.size(), 1u);
+  core_->Ack(4, "q", got[0].sequence, got[0].lease_token, now_);
+  Collect();
+  EXPECT_EQ(StatusOf(Persist(disk_full), 4).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Info("q").leased(), 1u);
+
+  // Abort of an unknown id: an error, and not remembered as aborted.
+  core_->Abort(5, "t9", now_);
+  Collect();
+  EXPECT_EQ(StatusOf(Persist(disk_full), 5).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Prepare(PrepareReq("t9", {EnqueueOp("q", "y")})).vote(), v1::YES);
+
+  // Abort of a prepared one: an error; still prepared.
+  core_->Abort(6, "t9", now_);
+  Collect();
+  EXPECT_EQ(StatusOf(Persist(disk_full), 6).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(Txn("t9").has_value());
+
+  // PreCommit: an error; still PREPARED.
+  core_->PreCommit(8, "t9", now_);
+  Collect();
+  EXPECT_EQ(StatusOf(Persist(disk_full), 8).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Txn("t9")->state(), v1::PREPARED);
+
+  // QueryState of an unknown id: an error, not an answer.
+  core_->QueryState(9, "t10", now_);
+  Collect();
+  EXPECT_EQ(StatusOf(Persist(disk_full), 9).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_FALSE(store_.FindOutcome("t10").has_value());
+
+  // DeleteQueue: an error; still there.
+  EXPECT_TRUE(Abort("t9").ok());
+  core_->DeleteQueue(7, "q", now_);
+  Collect();
+  EXPECT_EQ(StatusOf(Persist(disk_full), 7).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(core_->ListQueues().size(), 1u);
+}
+
+TEST_F(ParticipantCoreTest, SequencesAreNeverReusedAfterRecover) {
+  Start();
+  CreateQueue("q");
+  EXPECT_EQ(Produce("a", "q", {"1", "2"}), (std::vector<uint64_t>{1, 2}));
+  // A commit whose batch never reached the disk.
+  EXPECT_EQ(Prepare(PrepareReq("b", {EnqueueOp("q", "3")})).vote(), v1::YES);
+  core_->Commit(1, "b", now_);
+  Collect();
+  Restart();
+  EXPECT_EQ(Info("q").version(), 3u);
+  std::vector<Lease> got = Receive("q");
+  ASSERT_EQ(got.size(), 2u);  // every message is ready after a restart
+  core_->OnTimer(last_.timers[0].timer_id, now_);
+  Collect();
+  core_->OnQueryReply("b", "c1", StateReply(v1::STATE_COMMITTED), now_);
+  Persist();
+  EXPECT_EQ(Commit("b"), std::vector<uint64_t>{3});
+  EXPECT_EQ(Produce("c", "q", {"4"}), std::vector<uint64_t>{4});
+  Restart();
+  CreateQueue("r");
+  EXPECT_EQ(store_.Get<v1::QueueRecord>(kQueuesDb, "r")->id(), 2u);  // queue ids too
+  EXPECT_EQ(Produce("d", "q", {"5"}), std::vector<uint64_t>{5});
+  EXPECT_EQ(Info("q").ready(), 5u);
+}
+
+}  // namespace
+}  // namespace atomq::participant

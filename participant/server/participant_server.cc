@@ -67,8 +67,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
  public:
   explicit TxnService(ParticipantNode* node) : node_(node) {}
 
-  grpc::ServerUnaryReactor* Prepare(grpc::CallbackServerContext* ctx,
-                                    const v1::PrepareRequest* req,
+  grpc::ServerUnaryReactor* Prepare(grpc::CallbackServerContext* ctx, const v1::PrepareRequest* req,
                                     v1::PrepareResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
     auto deliver = ReplyTo(reactor, resp);
@@ -167,14 +166,12 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
     reactor->Finish(grpc::Status::OK);
     return reactor;
   }
-  grpc::ServerUnaryReactor* Receive(grpc::CallbackServerContext* ctx,
-                                    const v1::ReceiveRequest* req,
+  grpc::ServerUnaryReactor* Receive(grpc::CallbackServerContext* ctx, const v1::ReceiveRequest* req,
                                     v1::ReceiveResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
     absl::StatusOr<std::vector<Lease>> leases;
     node_->WithCore([&](ParticipantCore& c) {
-      leases = c.Receive(req->queue(), req->max_messages(), req->lease_ms(),
-                         node_->clock_.NowMs());
+      leases = c.Receive(req->queue(), req->max_messages(), req->lease_ms(), node_->clock_.NowMs());
     });
     if (!leases.ok()) {
       reactor->Finish(ToGrpc(leases.status()));
@@ -283,9 +280,9 @@ absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config 
     ATOMQ_RETURN_IF_ERROR(DecodeRecord(**meta, &m));
     state.meta = m;
   }
-  std::string summary = absl::StrCat("recovered ", state.queues.size(), " queues, ",
-                                     state.messages.size(), " messages, ",
-                                     state.prepared.size(), " prepared transactions");
+  std::string summary =
+      absl::StrCat("recovered ", state.queues.size(), " queues, ", state.messages.size(),
+                   " messages, ", state.prepared.size(), " prepared transactions");
   node->WithCore([&](ParticipantCore& c) { c.Recover(std::move(state), node->clock_.NowMs()); });
   LogLine(summary);
   return node;
@@ -298,6 +295,10 @@ void ParticipantNode::WithCore(Fn fn) {
     absl::MutexLock lock(&mu_);
     fn(*core_);
     out = core_->TakeOutput();
+    // Under the lock: batches must reach the writer in the order the core
+    // made them (a later batch may rewrite a key an earlier one wrote).
+    Persist(std::move(out.persist));
+    out.persist.clear();
   }
   if (!out.empty()) Dispatch(std::move(out));
 }
@@ -309,12 +310,11 @@ RequestId ParticipantNode::Expect(ReplyFn fn) {
   return rid;
 }
 
-void ParticipantNode::Dispatch(Output out) {
-  for (const std::string& line : out.log) LogLine(line);
-  for (Batch& batch : out.persist) {
+void ParticipantNode::Persist(std::vector<Batch> batches) {
+  for (Batch& batch : batches) {
     uint64_t token = batch.token;
-    bool prepared = CrashArmed("after-prepare-logged") &&
-                    WritesRecord(batch, kPreparedDb, v1::PREPARED);
+    bool prepared =
+        CrashArmed("after-prepare-logged") && WritesRecord(batch, kPreparedDb, v1::PREPARED);
     bool committed = CrashArmed("after-commit-applied-before-ack") &&
                      WritesRecord(batch, kOutcomesDb, v1::STATE_COMMITTED);
     storage_->Submit(std::move(batch), [this, token, prepared, committed](absl::Status st) {
@@ -323,6 +323,10 @@ void ParticipantNode::Dispatch(Output out) {
       WithCore([&](ParticipantCore& c) { c.OnPersisted(token, st, clock_.NowMs()); });
     });
   }
+}
+
+void ParticipantNode::Dispatch(Output out) {
+  for (const std::string& line : out.log) LogLine(line);
   for (OutQuery& q : out.queries) SendQuery(std::move(q));
   for (const TimerRequest& t : out.timers) {
     uint64_t id = t.timer_id;
@@ -356,7 +360,8 @@ void ParticipantNode::SendQuery(OutQuery q) {
     WithCore([&](ParticipantCore& c) { c.OnQueryReply(txn, target, r, clock_.NowMs()); });
   };
   if (q.to_coordinator) {
-    std::shared_ptr<v1::Coordinator::Stub> stub = v1::Coordinator::NewStub(channels_.Get(q.address));
+    std::shared_ptr<v1::Coordinator::Stub> stub =
+        v1::Coordinator::NewStub(channels_.Get(q.address));
     AsyncUnary<v1::QueryStateResponse>(
         ref, options_.rpc_timeout_ms,
         [stub](auto* ctx, auto* req, auto* resp, auto cb) {

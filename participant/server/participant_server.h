@@ -52,6 +52,8 @@ class ParticipantNode {
   template <typename Fn>
   void WithCore(Fn fn) ABSL_LOCKS_EXCLUDED(mu_);
   void Dispatch(Output out) ABSL_LOCKS_EXCLUDED(mu_);
+  // Hands batches to the writer; called with mu_ held, never blocks.
+  void Persist(std::vector<Batch> batches) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SendQuery(OutQuery q);
   // Registers how the reply to a request is delivered; returns its id.
   RequestId Expect(ReplyFn fn);

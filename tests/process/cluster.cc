@@ -1,0 +1,285 @@
+#include "tests/process/cluster.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+
+#ifndef ATOMQ_BIN_DIR
+#error "ATOMQ_BIN_DIR must name the directory of the binaries"
+#endif
+
+namespace atomq::testing {
+namespace {
+
+std::shared_ptr<grpc::Channel> Channel(const std::string& addr) {
+  return grpc::CreateChannel(addr, grpc::InsecureChannelCredentials());
+}
+
+void Deadline(grpc::ClientContext* ctx, int ms) {
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
+}
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
+  char tmpl[] = "/tmp/atomq-test-XXXXXX";
+  dir_ = mkdtemp(tmpl);
+  coordinator_port_ = FreePort();
+  for (int i = 0; i < options_.participants; ++i) participant_ports_.push_back(FreePort());
+  participant_procs_.resize(options_.participants);
+}
+
+Cluster::~Cluster() {
+  Kill(&coordinator_);
+  for (Proc& p : participant_procs_) Kill(&p);
+  const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  bool failed = info != nullptr && info->result()->Failed();
+  if (failed) {
+    std::cerr << "test failed; process logs follow (data kept in " << dir_ << ")\n";
+    for (const auto& entry : std::filesystem::directory_iterator(dir_)) {
+      if (entry.path().extension() != ".log") continue;
+      std::ifstream in(entry.path());
+      std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (content.size() > 6000) content = "..." + content.substr(content.size() - 6000);
+      std::cerr << "==== " << entry.path().filename() << "\n" << content;
+    }
+  } else {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+}
+
+std::string Cluster::coordinator_address() const {
+  return absl::StrCat("127.0.0.1:", coordinator_port_);
+}
+std::string Cluster::participant_address(int i) const {
+  return absl::StrCat("127.0.0.1:", participant_ports_[i - 1]);
+}
+
+pid_t Cluster::Spawn(const std::string& binary, const std::vector<std::string>& args,
+                     const std::map<std::string, std::string>& env, const std::string& log) {
+  std::string path = std::string(ATOMQ_BIN_DIR) + "/" + binary;
+  pid_t pid = fork();
+  if (pid == 0) {
+    int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
+    std::vector<char*> argv;
+    argv.push_back(const_cast<char*>(path.c_str()));
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(path.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+void Cluster::WaitReady(const std::string& what, const std::function<bool()>& probe) {
+  int64_t end = NowMs() + 15000;
+  while (NowMs() < end) {
+    if (probe()) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ADD_FAILURE() << what << " did not answer within 15 s";
+}
+
+void Cluster::StartCoordinator(const std::map<std::string, std::string>& env, bool wait) {
+  Kill(&coordinator_);
+  std::string parts;
+  for (int i = 1; i <= options_.participants; ++i) {
+    absl::StrAppend(&parts, i > 1 ? "," : "", participant_id(i), "=", participant_address(i));
+  }
+  std::vector<std::string> args = {"--id=c1",
+                                   "--listen=" + coordinator_address(),
+                                   "--data_dir=" + dir_ + "/c1",
+                                   "--participants=" + parts,
+                                   "--resend_initial_ms=20",
+                                   "--resend_max_ms=300",
+                                   "--rpc_timeout_ms=1000",
+                                   "--txn_timeout_ms=3000"};
+  for (const std::string& a : options_.coordinator_args) args.push_back(a);
+  coordinator_.log = dir_ + "/c1.log";
+  coordinator_.pid = Spawn("atomq-coordinator", args, env, coordinator_.log);
+  if (!wait) return;
+  WaitReady("coordinator", [this] {
+    grpc::ClientContext ctx;
+    Deadline(&ctx, 200);
+    v1::ListTransactionsResponse resp;
+    return coordinator()->ListTransactions(&ctx, v1::ListTransactionsRequest(), &resp).ok();
+  });
+}
+
+void Cluster::StartParticipant(int i, const std::map<std::string, std::string>& env, bool wait) {
+  Proc& p = participant_procs_[i - 1];
+  Kill(&p);
+  std::vector<std::string> args = {"--id=" + participant_id(i),
+                                   "--listen=" + participant_address(i),
+                                   "--data_dir=" + dir_ + "/" + participant_id(i),
+                                   "--in_doubt_after_ms=300",
+                                   "--resend_initial_ms=50",
+                                   "--resend_max_ms=300",
+                                   "--rpc_timeout_ms=1000"};
+  for (const std::string& a : options_.participant_args) args.push_back(a);
+  p.log = dir_ + "/" + participant_id(i) + ".log";
+  p.pid = Spawn("atomq-participant", args, env, p.log);
+  if (!wait) return;
+  WaitReady(participant_id(i), [this, i] {
+    grpc::ClientContext ctx;
+    Deadline(&ctx, 200);
+    v1::ListQueuesResponse resp;
+    return queue(i)->ListQueues(&ctx, v1::ListQueuesRequest(), &resp).ok();
+  });
+}
+
+void Cluster::StartAll() {
+  for (int i = 1; i <= options_.participants; ++i) StartParticipant(i);
+  StartCoordinator();
+}
+
+void Cluster::Kill(Proc* p) {
+  if (p->pid <= 0) return;
+  kill(p->pid, SIGKILL);
+  waitpid(p->pid, nullptr, 0);
+  p->pid = -1;
+}
+
+void Cluster::KillCoordinator() { Kill(&coordinator_); }
+void Cluster::KillParticipant(int i) { Kill(&participant_procs_[i - 1]); }
+
+std::optional<int> Cluster::WaitExit(Proc* p, int timeout_ms) {
+  if (p->pid <= 0) return std::nullopt;
+  int64_t end = NowMs() + timeout_ms;
+  while (NowMs() < end) {
+    int status = 0;
+    pid_t r = waitpid(p->pid, &status, WNOHANG);
+    if (r == p->pid) {
+      p->pid = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return std::nullopt;
+}
+
+std::optional<int> Cluster::WaitCoordinatorExit(int timeout_ms) {
+  return WaitExit(&coordinator_, timeout_ms);
+}
+std::optional<int> Cluster::WaitParticipantExit(int i, int timeout_ms) {
+  return WaitExit(&participant_procs_[i - 1], timeout_ms);
+}
+bool Cluster::CoordinatorRunning() const { return coordinator_.pid > 0; }
+
+std::unique_ptr<v1::Coordinator::Stub> Cluster::coordinator() {
+  return v1::Coordinator::NewStub(Channel(coordinator_address()));
+}
+std::unique_ptr<v1::Queue::Stub> Cluster::queue(int i) {
+  return v1::Queue::NewStub(Channel(participant_address(i)));
+}
+std::unique_ptr<v1::ParticipantTxn::Stub> Cluster::txn(int i) {
+  return v1::ParticipantTxn::NewStub(Channel(participant_address(i)));
+}
+
+void Cluster::CreateQueue(int i, const std::string& name) {
+  grpc::ClientContext ctx;
+  Deadline(&ctx, 5000);
+  v1::CreateQueueRequest req;
+  req.set_name(name);
+  v1::CreateQueueResponse resp;
+  grpc::Status s = queue(i)->CreateQueue(&ctx, req, &resp);
+  ASSERT_TRUE(s.ok()) << "CreateQueue " << name << " on p" << i << ": " << s.error_message();
+}
+
+std::vector<std::string> Cluster::Drain(int i, const std::string& name) {
+  std::vector<std::string> out;
+  auto stub = queue(i);
+  for (;;) {
+    grpc::ClientContext ctx;
+    Deadline(&ctx, 5000);
+    v1::ReceiveRequest req;
+    req.set_queue(name);
+    req.set_max_messages(100);
+    v1::ReceiveResponse resp;
+    grpc::Status s = stub->Receive(&ctx, req, &resp);
+    EXPECT_TRUE(s.ok()) << "Receive " << name << " on p" << i << ": " << s.error_message();
+    if (!s.ok() || resp.deliveries_size() == 0) break;
+    for (const v1::Delivery& d : resp.deliveries()) {
+      out.push_back(d.payload());
+      grpc::ClientContext actx;
+      Deadline(&actx, 5000);
+      v1::AckRequest ack;
+      ack.set_queue(d.queue());
+      ack.set_sequence(d.sequence());
+      ack.set_lease_token(d.lease_token());
+      v1::AckResponse aresp;
+      grpc::Status as = stub->Ack(&actx, ack, &aresp);
+      EXPECT_TRUE(as.ok()) << "Ack: " << as.error_message();
+    }
+  }
+  return out;
+}
+
+v1::TxnState Cluster::AwaitOutcome(int i, const std::string& txn_id, int timeout_ms) {
+  int64_t end = NowMs() + timeout_ms;
+  v1::TxnState last = v1::UNKNOWN;
+  while (NowMs() < end) {
+    grpc::ClientContext ctx;
+    Deadline(&ctx, 1000);
+    v1::ListParticipantTxnsResponse list;
+    if (txn(i)->ListTransactions(&ctx, v1::ListParticipantTxnsRequest(), &list).ok()) {
+      bool pending = false;
+      for (const auto& t : list.transactions()) {
+        if (t.txn_id() == txn_id) {
+          pending = true;
+          last = t.state();
+        }
+      }
+      if (!pending) {
+        grpc::ClientContext qctx;
+        Deadline(&qctx, 1000);
+        v1::TxnRef ref;
+        ref.set_txn_id(txn_id);
+        v1::QueryStateResponse st;
+        if (txn(i)->QueryState(&qctx, ref, &st).ok()) return st.state();
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return last;
+}
+
+}  // namespace atomq::testing

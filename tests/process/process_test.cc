@@ -1,0 +1,265 @@
+// Real binaries on loopback: commits, aborts, bad input, and a kill at every
+// crash point under both protocols, then agreement and exactly-once checks.
+#include <cstdio>
+#include <future>
+#include <string>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "tests/process/cluster.h"
+
+namespace atomq::testing {
+namespace {
+
+constexpr int kCrashExit = 86;
+
+v1::Op Enqueue(const std::string& participant, const std::string& queue,
+               const std::string& payload) {
+  v1::Op op;
+  op.set_participant(participant);
+  op.mutable_enqueue()->set_queue(queue);
+  op.mutable_enqueue()->set_payload(payload);
+  return op;
+}
+
+struct Result {
+  grpc::Status status;
+  v1::ExecuteResponse response;
+};
+
+Result Execute(Cluster& c, const v1::ExecuteRequest& req, int deadline_ms = 15000) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
+  Result r;
+  r.status = c.coordinator()->Execute(&ctx, req, &r.response);
+  return r;
+}
+
+v1::ExecuteRequest ThreeWay(const std::string& id, v1::Protocol protocol) {
+  v1::ExecuteRequest req;
+  req.set_txn_id(id);
+  req.set_protocol(protocol);
+  *req.add_ops() = Enqueue("p1", "orders", id + "/order");
+  *req.add_ops() = Enqueue("p2", "audit", id + "/audit");
+  *req.add_ops() = Enqueue("p3", "billing", id + "/invoice");
+  return req;
+}
+
+void CreateDemoQueues(Cluster& c) {
+  c.CreateQueue(1, "orders");
+  c.CreateQueue(2, "audit");
+  c.CreateQueue(3, "billing");
+}
+
+std::string RunCommand(const std::string& cmd) {
+  std::string out;
+  FILE* f = popen(cmd.c_str(), "r");
+  if (f == nullptr) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  pclose(f);
+  return out;
+}
+
+class ProtocolTest : public ::testing::TestWithParam<v1::Protocol> {};
+
+TEST_P(ProtocolTest, CommitsAcrossThreeParticipants) {
+  Cluster c;
+  c.StartAll();
+  CreateDemoQueues(c);
+  Result r = Execute(c, ThreeWay("t1", GetParam()));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.response.outcome(), v1::COMMITTED) << r.response.reason();
+  ASSERT_EQ(r.response.results_size(), 3);
+  for (const auto& res : r.response.results()) EXPECT_EQ(res.sequence(), 1u);
+
+  // A retry with the same id returns the first outcome and enqueues nothing.
+  Result again = Execute(c, ThreeWay("t1", GetParam()));
+  ASSERT_TRUE(again.status.ok());
+  EXPECT_EQ(again.response.outcome(), v1::COMMITTED);
+
+  // The same id with other ops is refused.
+  v1::ExecuteRequest other = ThreeWay("t1", GetParam());
+  other.mutable_ops(0)->mutable_enqueue()->set_payload("different");
+  EXPECT_EQ(Execute(c, other).status.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+
+  EXPECT_EQ(c.Drain(1, "orders"), std::vector<std::string>{"t1/order"});
+  EXPECT_EQ(c.Drain(2, "audit"), std::vector<std::string>{"t1/audit"});
+  EXPECT_EQ(c.Drain(3, "billing"), std::vector<std::string>{"t1/invoice"});
+
+  // A second transaction gets the next sequence numbers.
+  Result r2 = Execute(c, ThreeWay("t2", GetParam()));
+  ASSERT_TRUE(r2.status.ok());
+  ASSERT_EQ(r2.response.outcome(), v1::COMMITTED);
+  for (const auto& res : r2.response.results()) EXPECT_EQ(res.sequence(), 2u);
+}
+
+TEST_P(ProtocolTest, AbortsWhenOnePartCannotApply) {
+  Cluster c;
+  c.StartAll();
+  c.CreateQueue(1, "orders");
+  c.CreateQueue(2, "audit");  // no "billing" on p3
+  Result r = Execute(c, ThreeWay("t-missing", GetParam()));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.response.outcome(), v1::ABORTED);
+  EXPECT_NE(r.response.reason().find("billing"), std::string::npos) << r.response.reason();
+  EXPECT_TRUE(c.Drain(1, "orders").empty());
+  EXPECT_TRUE(c.Drain(2, "audit").empty());
+  for (int i = 1; i <= 3; ++i) {
+    EXPECT_EQ(c.AwaitOutcome(i, "t-missing", 5000), v1::STATE_ABORTED) << "p" << i;
+  }
+  // Queues are unchanged: versions did not move.
+  grpc::ClientContext ctx;
+  v1::ListQueuesResponse qs;
+  ASSERT_TRUE(c.queue(1)->ListQueues(&ctx, v1::ListQueuesRequest(), &qs).ok());
+  ASSERT_EQ(qs.queues_size(), 1);
+  EXPECT_EQ(qs.queues(0).ready(), 0u);
+  EXPECT_EQ(qs.queues(0).pending_in_txn(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Protocols, ProtocolTest, ::testing::Values(v1::TWO_PC, v1::THREE_PC),
+                         [](const auto& info) {
+                           return info.param == v1::TWO_PC ? "TwoPC" : "ThreePC";
+                         });
+
+TEST(ProcessTest, BadInputGetsClearErrors) {
+  Cluster c;
+  c.StartAll();
+  CreateDemoQueues(c);
+  v1::ExecuteRequest bad_id = ThreeWay("bad id!", v1::TWO_PC);
+  Result r = Execute(c, bad_id);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(r.status.error_message().find("transaction id"), std::string::npos)
+      << r.status.error_message();
+
+  v1::ExecuteRequest unknown;
+  *unknown.add_ops() = Enqueue("p9", "orders", "x");
+  r = Execute(c, unknown);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(r.status.error_message().find("p9"), std::string::npos) << r.status.error_message();
+
+  EXPECT_EQ(Execute(c, v1::ExecuteRequest()).status.error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  // Nothing above changed any queue.
+  EXPECT_TRUE(c.Drain(1, "orders").empty());
+}
+
+// --- crash points ---------------------------------------------------------
+
+struct CrashCase {
+  std::string point;
+  bool coordinator;  // which process carries the point (else participant p2)
+  v1::Protocol protocol;
+};
+
+std::string CaseName(const CrashCase& c) {
+  std::string n = c.point + (c.protocol == v1::TWO_PC ? "_2pc" : "_3pc");
+  for (char& ch : n) {
+    if (ch == '-') ch = '_';
+  }
+  return n;
+}
+
+class CrashTest : public ::testing::TestWithParam<CrashCase> {};
+
+TEST_P(CrashTest, EveryParticipantAgreesAfterRestart) {
+  const CrashCase& cc = GetParam();
+  Cluster c;
+  std::map<std::string, std::string> env = {{"ATOMQ_CRASH_AT", cc.point}};
+  for (int i = 1; i <= 3; ++i)
+    c.StartParticipant(i, !cc.coordinator && i == 2 ? env : std::map<std::string, std::string>{});
+  c.StartCoordinator(cc.coordinator ? env : std::map<std::string, std::string>{});
+  CreateDemoQueues(c);
+
+  const std::string id = "crash-" + CaseName(cc);
+  auto pending =
+      std::async(std::launch::async, [&] { return Execute(c, ThreeWay(id, cc.protocol)); });
+
+  std::optional<int> code =
+      cc.coordinator ? c.WaitCoordinatorExit(10000) : c.WaitParticipantExit(2, 10000);
+  ASSERT_TRUE(code.has_value()) << cc.point << " was never reached";
+  EXPECT_EQ(*code, kCrashExit);
+  if (cc.coordinator) {
+    c.StartCoordinator();
+  } else {
+    c.StartParticipant(2);
+  }
+  Result r = pending.get();
+
+  v1::TxnState first = c.AwaitOutcome(1, id, 20000);
+  ASSERT_TRUE(first == v1::STATE_COMMITTED || first == v1::STATE_ABORTED)
+      << "p1 still undecided: " << first;
+  for (int i = 2; i <= 3; ++i) {
+    EXPECT_EQ(c.AwaitOutcome(i, id, 20000), first) << "p" << i << " disagrees with p1";
+  }
+  if (r.status.ok()) {
+    // What the client was told is what happened.
+    EXPECT_EQ(r.response.outcome() == v1::COMMITTED, first == v1::STATE_COMMITTED);
+  }
+  bool committed = first == v1::STATE_COMMITTED;
+  auto expect = [&](const std::string& payload) {
+    return committed ? std::vector<std::string>{payload} : std::vector<std::string>{};
+  };
+  EXPECT_EQ(c.Drain(1, "orders"), expect(id + "/order"));
+  EXPECT_EQ(c.Drain(2, "audit"), expect(id + "/audit"));
+  EXPECT_EQ(c.Drain(3, "billing"), expect(id + "/invoice"));
+}
+
+std::vector<CrashCase> AllCrashCases() {
+  std::vector<CrashCase> out;
+  for (v1::Protocol p : {v1::TWO_PC, v1::THREE_PC}) {
+    for (const char* point : {"after-prepare-sent", "after-decision-logged", "mid-commit-fanout"}) {
+      out.push_back({point, true, p});
+    }
+    for (const char* point :
+         {"after-prepare-logged", "before-vote-sent", "after-commit-applied-before-ack"}) {
+      out.push_back({point, false, p});
+    }
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Points, CrashTest, ::testing::ValuesIn(AllCrashCases()),
+                         [](const auto& info) { return CaseName(info.param); });
+
+TEST(ProcessTest, AtomqctlShowsInDoubtWhileCoordinatorIsDown) {
+  Cluster c;
+  for (int i = 1; i <= 3; ++i) c.StartParticipant(i);
+  c.StartCoordinator({{"ATOMQ_CRASH_AT", "after-prepare-sent"}});
+  CreateDemoQueues(c);
+  auto pending =
+      std::async(std::launch::async, [&] { return Execute(c, ThreeWay("doubt-1", v1::TWO_PC)); });
+  ASSERT_EQ(c.WaitCoordinatorExit(10000), std::optional<int>(kCrashExit));
+  pending.get();
+
+  const std::string ctl = std::string(ATOMQ_BIN_DIR) + "/atomqctl --participant=";
+  std::string out;
+  int found_at = -1;
+  for (int i = 1; i <= 3 && found_at < 0; ++i) {
+    for (int tries = 0; tries < 50; ++tries) {
+      out = RunCommand(ctl + c.participant_address(i) + " txn list --state=in-doubt");
+      if (out.find("doubt-1") != std::string::npos) {
+        found_at = i;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  ASSERT_GE(found_at, 1) << "no participant listed doubt-1 as in doubt; last output:\n" << out;
+  EXPECT_NE(out.find("yes"), std::string::npos) << out;
+  std::string json = RunCommand(ctl + c.participant_address(found_at) + " --json txn list");
+  EXPECT_NE(json.find("\"txn_id\": \"doubt-1\""), std::string::npos) << json;
+  // Staged messages stay invisible while in doubt.
+  EXPECT_TRUE(c.Drain(1, "orders").empty());
+
+  // The coordinator returns, has no decision, and everyone aborts.
+  c.StartCoordinator();
+  for (int i = 1; i <= 3; ++i) EXPECT_EQ(c.AwaitOutcome(i, "doubt-1", 20000), v1::STATE_ABORTED);
+  out = RunCommand(ctl + c.participant_address(found_at) + " txn list --state=in-doubt");
+  EXPECT_EQ(out.find("doubt-1"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace atomq::testing
