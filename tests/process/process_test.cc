@@ -152,6 +152,7 @@ struct CrashCase {
   std::string point;
   bool coordinator;  // which process carries the point (else participant p2)
   v1::Protocol protocol;
+  v1::TxnState expected;  // what the protocol must decide
 };
 
 std::string CaseName(const CrashCase& c) {
@@ -194,6 +195,7 @@ TEST_P(CrashTest, EveryParticipantAgreesAfterRestart) {
   for (int i = 2; i <= 3; ++i) {
     EXPECT_EQ(c.AwaitOutcome(i, id, 20000), first) << "p" << i << " disagrees with p1";
   }
+  EXPECT_EQ(first, cc.expected) << "decided otherwise than the protocol requires";
   if (r.status.ok()) {
     // What the client was told is what happened.
     EXPECT_EQ(r.response.outcome() == v1::COMMITTED, first == v1::STATE_COMMITTED);
@@ -210,13 +212,14 @@ TEST_P(CrashTest, EveryParticipantAgreesAfterRestart) {
 std::vector<CrashCase> AllCrashCases() {
   std::vector<CrashCase> out;
   for (v1::Protocol p : {v1::TWO_PC, v1::THREE_PC}) {
-    for (const char* point : {"after-prepare-sent", "after-decision-logged", "mid-commit-fanout"}) {
-      out.push_back({point, true, p});
-    }
-    for (const char* point :
-         {"after-prepare-logged", "before-vote-sent", "after-commit-applied-before-ack"}) {
-      out.push_back({point, false, p});
-    }
+    // No decision was logged: presumed abort.
+    out.push_back({"after-prepare-sent", true, p, v1::STATE_ABORTED});
+    out.push_back({"after-decision-logged", true, p, v1::STATE_COMMITTED});
+    out.push_back({"mid-commit-fanout", true, p, v1::STATE_COMMITTED});
+    // p2 dies before its vote arrives: the coordinator aborts.
+    out.push_back({"after-prepare-logged", false, p, v1::STATE_ABORTED});
+    out.push_back({"before-vote-sent", false, p, v1::STATE_ABORTED});
+    out.push_back({"after-commit-applied-before-ack", false, p, v1::STATE_COMMITTED});
   }
   return out;
 }
@@ -224,40 +227,44 @@ std::vector<CrashCase> AllCrashCases() {
 INSTANTIATE_TEST_SUITE_P(Points, CrashTest, ::testing::ValuesIn(AllCrashCases()),
                          [](const auto& info) { return CaseName(info.param); });
 
+// The coordinator dies after logging COMMIT and before telling anyone: every
+// participant is prepared and uncertain, so all block (2PC) and say so.
 TEST(ProcessTest, AtomqctlShowsInDoubtWhileCoordinatorIsDown) {
   Cluster c;
   for (int i = 1; i <= 3; ++i) c.StartParticipant(i);
-  c.StartCoordinator({{"ATOMQ_CRASH_AT", "after-prepare-sent"}});
+  c.StartCoordinator({{"ATOMQ_CRASH_AT", "after-decision-logged"}});
   CreateDemoQueues(c);
   auto pending =
       std::async(std::launch::async, [&] { return Execute(c, ThreeWay("doubt-1", v1::TWO_PC)); });
   ASSERT_EQ(c.WaitCoordinatorExit(10000), std::optional<int>(kCrashExit));
-  pending.get();
+  EXPECT_FALSE(pending.get().status.ok());
 
   const std::string ctl = std::string(ATOMQ_BIN_DIR) + "/atomqctl --participant=";
-  std::string out;
-  int found_at = -1;
-  for (int i = 1; i <= 3 && found_at < 0; ++i) {
+  for (int i = 1; i <= 3; ++i) {
+    std::string out;
     for (int tries = 0; tries < 50; ++tries) {
       out = RunCommand(ctl + c.participant_address(i) + " txn list --state=in-doubt");
-      if (out.find("doubt-1") != std::string::npos) {
-        found_at = i;
-        break;
-      }
+      if (out.find("doubt-1") != std::string::npos) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
+    ASSERT_NE(out.find("doubt-1"), std::string::npos) << "p" << i << " does not list doubt-1:\n"
+                                                      << out;
+    EXPECT_NE(out.find("yes"), std::string::npos) << out;
   }
-  ASSERT_GE(found_at, 1) << "no participant listed doubt-1 as in doubt; last output:\n" << out;
-  EXPECT_NE(out.find("yes"), std::string::npos) << out;
-  std::string json = RunCommand(ctl + c.participant_address(found_at) + " --json txn list");
+  std::string json = RunCommand(ctl + c.participant_address(2) + " --json txn list");
   EXPECT_NE(json.find("\"txn_id\": \"doubt-1\""), std::string::npos) << json;
+  std::string show = RunCommand(ctl + c.participant_address(2) + " txn show doubt-1");
+  EXPECT_NE(show.find("in doubt"), std::string::npos) << show;
   // Staged messages stay invisible while in doubt.
   EXPECT_TRUE(c.Drain(1, "orders").empty());
 
-  // The coordinator returns, has no decision, and everyone aborts.
+  // The coordinator returns with COMMIT in its log and finishes the job.
   c.StartCoordinator();
-  for (int i = 1; i <= 3; ++i) EXPECT_EQ(c.AwaitOutcome(i, "doubt-1", 20000), v1::STATE_ABORTED);
-  out = RunCommand(ctl + c.participant_address(found_at) + " txn list --state=in-doubt");
+  for (int i = 1; i <= 3; ++i) {
+    EXPECT_EQ(c.AwaitOutcome(i, "doubt-1", 20000), v1::STATE_COMMITTED) << "p" << i;
+  }
+  EXPECT_EQ(c.Drain(1, "orders"), std::vector<std::string>{"doubt-1/order"});
+  std::string out = RunCommand(ctl + c.participant_address(1) + " txn list --state=in-doubt");
   EXPECT_EQ(out.find("doubt-1"), std::string::npos) << out;
 }
 
