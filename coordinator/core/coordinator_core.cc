@@ -1,0 +1,1208 @@
+#include "coordinator/core/coordinator_core.h"
+
+#include <algorithm>
+#include <deque>
+#include <unordered_map>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/check.h"
+#include "common/codec.h"
+#include "common/validate.h"
+
+namespace atomq::coordinator {
+namespace {
+
+enum class Vote { kPending, kYes, kNo, kReadOnly, kFailed, kUnknown };
+
+// Where the coordinator's decision stands. A phase ending in "-ing" has its
+// record written but not yet reported durable.
+enum class Phase {
+  kPreparing,      // votes being collected
+  kPrecommitting,  // 3PC: PRECOMMITTED record in flight
+  kPrecommitted,   // 3PC: PRECOMMITTED durable, PreCommit sent
+  kCommitting,     // COMMITTED record in flight
+  kCommitted,      // COMMITTED durable (or all READ_ONLY), Commit sent
+  kAborted,        // decided; the record may still be in flight
+};
+
+enum class RecordKind { kPrecommit, kCommit, kAbort, kEnd };
+enum class TimerKind { kDeadline, kResend, kPersistRetry };
+
+struct Party {
+  std::string id;
+  std::string address;
+  std::vector<int> ops;  // request op indices, in request order
+  Vote vote = Vote::kPending;
+  bool precommit_acked = false;
+  // Needs no further outcome message: acknowledged it, or never needed one
+  // (voted NO or READ_ONLY).
+  bool acked = false;
+  // Answered the outcome with FAILED_PRECONDITION: it holds the other outcome.
+  bool alarm = false;
+  uint32_t backoff_ms = 0;
+  uint64_t resend_timer = 0;
+};
+
+struct Waiter {
+  RequestId request;
+  int op_count;  // results to return (a presumed-abort txn has no ops of its own)
+};
+
+struct Txn {
+  std::string id;
+  v1::Protocol protocol = v1::TWO_PC;
+  uint64_t digest = 0;
+  // Created by QueryState for an id nobody knew: its ops are unknown, so any
+  // later Execute with the id gets this (aborted) outcome.
+  bool presumed = false;
+  int64_t created_ms = 0;
+  int64_t deadline_ms = 0;
+  int64_t decided_ms = 0;
+  uint32_t timeout_ms = 0;
+  google::protobuf::RepeatedPtrField<v1::Op> ops;  // cleared when finished
+  std::vector<Party> parties;
+  std::vector<uint32_t> op_party;   // per request op
+  std::vector<uint64_t> sequences;  // per request op
+  Phase phase = Phase::kPreparing;
+  std::string reason;
+  bool precommit_durable = false;
+  bool decision_durable = false;
+  bool commit_sent = false;
+  bool replied = false;
+  bool in_flight = false;  // counted in in_flight_
+  bool ended = false;      // ENDED written (or durable as the decision record)
+  bool finished = false;   // in the finished FIFO
+  std::vector<Waiter> waiters;
+  std::vector<RequestId> state_waiters;
+  uint64_t deadline_timer = 0;
+  uint64_t decision_token = 0;  // batch of the latest decision record
+  uint64_t retry_timer = 0;
+  uint32_t retry_backoff_ms = 0;
+  RecordKind retry_kind = RecordKind::kAbort;
+};
+
+struct TokenRef {
+  std::string txn_id;
+  RecordKind kind;
+};
+
+struct TimerRef {
+  std::string txn_id;
+  TimerKind kind;
+  size_t party = 0;
+};
+
+const char* ProtocolName(v1::Protocol p) { return p == v1::THREE_PC ? "3pc" : "2pc"; }
+
+bool AllAcked(const Txn& t) {
+  for (const Party& p : t.parties) {
+    if (!p.acked) return false;
+  }
+  return true;
+}
+
+size_t CountVotes(const Txn& t, Vote v) {
+  size_t n = 0;
+  for (const Party& p : t.parties) n += p.vote == v ? 1 : 0;
+  return n;
+}
+
+// 3PC: acks of a majority of all participants decide; with fewer YES voters
+// than a majority, all of them.
+size_t PrecommitAcksNeeded(const Txn& t) {
+  return std::min(t.parties.size() / 2 + 1, CountVotes(t, Vote::kYes));
+}
+
+size_t PrecommitAcks(const Txn& t) {
+  size_t n = 0;
+  for (const Party& p : t.parties) n += p.precommit_acked ? 1 : 0;
+  return n;
+}
+
+// Records have no outcome field; every abort carries a reason and no commit
+// does, which tells an ENDED record's outcome.
+bool RecordCommitted(const v1::CoordinatorTxnRecord& r) {
+  switch (r.state()) {
+    case v1::STATE_COMMITTED:
+      return true;
+    case v1::ENDED:
+      return r.reason().empty();
+    default:
+      return false;
+  }
+}
+
+v1::TxnState QueryAnswerFromRecord(const v1::CoordinatorTxnRecord& r) {
+  switch (r.state()) {
+    case v1::PRECOMMITTED:
+      return v1::PRECOMMITTED;
+    case v1::STATE_COMMITTED:
+    case v1::ENDED:
+      return RecordCommitted(r) ? v1::STATE_COMMITTED : v1::STATE_ABORTED;
+    case v1::STATE_ABORTED:
+      return v1::STATE_ABORTED;
+    default:
+      // Not a state this coordinator writes: do not guess an outcome.
+      return v1::PREPARING;
+  }
+}
+
+absl::Status ValidateOp(const Config& config, int i, const v1::Op& op) {
+  std::string at = absl::StrCat("op ", i, ": ");
+  if (config.participants.find(op.participant()) == config.participants.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(at, "participant \"", op.participant(),
+                                                   "\" is not known to this coordinator"));
+  }
+  switch (op.kind_case()) {
+    case v1::Op::kEnqueue: {
+      const v1::Enqueue& e = op.enqueue();
+      absl::Status s = ValidateQueueName(e.queue());
+      if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(at, s.message()));
+      if (e.payload().size() > config.payload_bytes_max) {
+        return absl::InvalidArgumentError(absl::StrCat(at, "payload is ", e.payload().size(),
+                                                       " bytes; at most ", config.payload_bytes_max,
+                                                       " allowed"));
+      }
+      if (static_cast<size_t>(e.headers().size()) > config.headers_max) {
+        return absl::InvalidArgumentError(absl::StrCat(at, e.headers().size(), " headers; at most ",
+                                                       config.headers_max, " allowed"));
+      }
+      return absl::OkStatus();
+    }
+    case v1::Op::kAck: {
+      const v1::Ack& a = op.ack();
+      absl::Status s = ValidateQueueName(a.queue());
+      if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(at, s.message()));
+      if (a.sequence() == 0) {
+        return absl::InvalidArgumentError(absl::StrCat(at, "ack sequence must be > 0"));
+      }
+      if (a.lease_token().empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(at, "ack lease_token is empty"));
+      }
+      return absl::OkStatus();
+    }
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(at, "neither enqueue nor ack is set"));
+  }
+}
+
+}  // namespace
+
+struct CoordinatorCore::Impl {
+  Config config;
+  const DurableView* view;
+  Output out;
+  std::map<std::string, Txn> txns;  // ordered: ListTransactions is deterministic
+  std::deque<std::string> finished;
+  std::unordered_map<uint64_t, TokenRef> tokens;
+  std::unordered_map<uint64_t, TimerRef> timers;
+  uint64_t next_token = 1;
+  uint64_t next_timer = 1;
+  uint64_t next_minted = 1;
+  size_t in_flight = 0;
+  bool started = false;
+
+  Impl(Config c, const DurableView* v) : config(std::move(c)), view(v) {}
+
+  // ---- plumbing ----
+
+  uint64_t SetTimer(const Txn& t, TimerKind kind, size_t party, int64_t at_ms) {
+    uint64_t id = next_timer++;
+    timers.emplace(id, TimerRef{t.id, kind, party});
+    out.timers.push_back(TimerRequest{id, at_ms});
+    return id;
+  }
+
+  v1::CoordinatorTxnRecord MakeRecord(const Txn& t, v1::TxnState state) const {
+    v1::CoordinatorTxnRecord r;
+    r.set_txn_id(t.id);
+    r.set_protocol(t.protocol);
+    r.set_state(state);
+    r.set_created_unix_ms(t.created_ms);
+    r.set_ops_digest(t.digest);
+    for (const Party& p : t.parties) {
+      r.add_participants(p.id);
+      if (p.acked) r.add_acknowledged(p.id);
+    }
+    r.set_reason(t.reason);
+    for (uint64_t s : t.sequences) r.add_sequences(s);
+    for (uint32_t i : t.op_party) r.add_op_participant(i);
+    r.set_decided_unix_ms(t.decided_ms);
+    return r;
+  }
+
+  void Persist(Txn& t, RecordKind kind, v1::TxnState state) {
+    uint64_t token = next_token++;
+    tokens.emplace(token, TokenRef{t.id, kind});
+    Batch b;
+    b.token = token;
+    b.writes.push_back(Write{kTxnDb, t.id, EncodeRecord(MakeRecord(t, state)), false});
+    out.persist.push_back(std::move(b));
+    if (kind != RecordKind::kEnd) t.decision_token = token;
+  }
+
+  void Send(Txn& t, size_t i, MsgType type, int64_t now_ms) {
+    Party& p = t.parties[i];
+    if (type == MsgType::kCommit) {
+      ATOMQ_CHECK(t.phase == Phase::kCommitted && t.decision_durable,
+                  "Commit sent before the commit record is durable");
+      t.commit_sent = true;
+    }
+    if (type == MsgType::kAbort) {
+      ATOMQ_CHECK(t.phase == Phase::kAborted && !t.commit_sent && !t.precommit_durable,
+                  "Abort sent after a COMMITTED/PRECOMMITTED decision");
+    }
+    if (type == MsgType::kPreCommit) {
+      ATOMQ_CHECK(t.precommit_durable, "PreCommit sent before PRECOMMITTED is durable");
+    }
+    OutMessage m;
+    m.participant = p.id;
+    m.address = p.address;
+    m.type = type;
+    m.txn_id = t.id;
+    out.send.push_back(std::move(m));
+    p.resend_timer = SetTimer(t, TimerKind::kResend, i, now_ms + p.backoff_ms);
+  }
+
+  // First message of a round: backoff restarts.
+  void SendRound(Txn& t, size_t i, MsgType type, int64_t now_ms) {
+    t.parties[i].alarm = false;  // a refusal of the previous round's message
+    t.parties[i].backoff_ms = std::max<uint32_t>(1, config.resend_initial_ms);
+    Send(t, i, type, now_ms);
+  }
+
+  void Log(std::string line) { out.log.push_back(std::move(line)); }
+
+  // ---- replies ----
+
+  v1::ExecuteResponse Response(const Txn& t, int op_count) const {
+    v1::ExecuteResponse r;
+    r.set_txn_id(t.id);
+    bool committed = t.phase == Phase::kCommitted;
+    r.set_outcome(committed ? v1::COMMITTED : v1::ABORTED);
+    if (!committed) r.set_reason(t.reason);
+    for (int i = 0; i < op_count; ++i) {
+      uint64_t seq = committed && static_cast<size_t>(i) < t.sequences.size() ? t.sequences[i] : 0;
+      r.add_results()->set_sequence(seq);
+    }
+    return r;
+  }
+
+  void ReplyError(RequestId request, absl::Status status, const std::string& txn_id) {
+    ExecuteReply r;
+    r.request = request;
+    r.status = std::move(status);
+    r.response.set_txn_id(txn_id);
+    out.replies.push_back(std::move(r));
+  }
+
+  // Whether a client may be told the outcome now.
+  bool OutcomeReady(const Txn& t) const {
+    if (t.phase == Phase::kAborted) return t.decision_durable;
+    if (t.phase == Phase::kCommitted) return t.decision_durable && t.replied;
+    return false;
+  }
+
+  void ReplyAll(Txn& t) {
+    ATOMQ_CHECK(t.decision_durable, "client reply before the decision is durable");
+    for (const Waiter& w : t.waiters) {
+      out.replies.push_back(ExecuteReply{w.request, absl::OkStatus(), Response(t, w.op_count)});
+    }
+    t.waiters.clear();
+    t.replied = true;
+    if (t.in_flight) {
+      ATOMQ_CHECK(in_flight > 0, "in-flight count underflow");
+      t.in_flight = false;
+      --in_flight;
+    }
+  }
+
+  void MaybeReplyCommitted(Txn& t, int64_t now_ms) {
+    if (t.phase != Phase::kCommitted || !t.decision_durable) return;
+    if (t.replied && t.waiters.empty()) return;
+    if (t.replied || AllAcked(t) || now_ms >= t.deadline_ms) ReplyAll(t);
+  }
+
+  void ReplyStates(Txn& t) {
+    ATOMQ_CHECK(t.phase == Phase::kAborted && t.decision_durable,
+                "state reply before the abort is durable");
+    for (RequestId r : t.state_waiters)
+      out.state_replies.push_back(StateReply{r, v1::STATE_ABORTED});
+    t.state_waiters.clear();
+  }
+
+  // ---- lifecycle ----
+
+  void MaybeEnd(Txn& t) {
+    if (t.ended || !t.decision_durable || !AllAcked(t)) return;
+    if (t.phase != Phase::kCommitted && t.phase != Phase::kAborted) return;
+    t.ended = true;
+    // Not waited on: without it, recovery merely resends an outcome.
+    Persist(t, RecordKind::kEnd, v1::ENDED);
+  }
+
+  void MaybeFinish(Txn& t) {
+    if (t.finished || !t.ended || !t.replied || !t.waiters.empty() || !t.state_waiters.empty()) {
+      return;
+    }
+    t.finished = true;
+    t.deadline_timer = 0;
+    t.retry_timer = 0;
+    for (Party& p : t.parties) p.resend_timer = 0;
+    // Payloads can be large and finished transactions many.
+    t.ops.Clear();
+    finished.push_back(t.id);
+  }
+
+  // Called last in every input, so no reference into `txns` outlives it.
+  void EvictFinished() {
+    while (finished.size() > config.finished_cache_max) {
+      auto it = txns.find(finished.front());
+      finished.pop_front();
+      if (it != txns.end() && it->second.finished) txns.erase(it);
+    }
+  }
+
+  // ---- decisions ----
+
+  void Abort(Txn& t, std::string reason, int64_t now_ms) {
+    ATOMQ_CHECK(t.phase == Phase::kPreparing || t.phase == Phase::kPrecommitting ||
+                    t.phase == Phase::kCommitting,
+                "abort of a decided transaction");
+    ATOMQ_CHECK(!t.precommit_durable && !t.commit_sent,
+                "abort after a durable PRECOMMITTED/COMMITTED decision");
+    ATOMQ_CHECK(!reason.empty(), "an abort needs a reason (it tells ENDED records apart)");
+    t.phase = Phase::kAborted;
+    t.reason = std::move(reason);
+    t.decided_ms = now_ms;
+    t.deadline_timer = 0;
+    Log(absl::StrCat("txn ", t.id, " ABORTED: ", t.reason));
+    size_t targets = 0;
+    for (size_t i = 0; i < t.parties.size(); ++i) {
+      Party& p = t.parties[i];
+      // NO and READ_ONLY voters kept nothing; everyone else may have prepared.
+      if (p.vote == Vote::kNo || p.vote == Vote::kReadOnly) {
+        p.acked = true;
+      } else {
+        p.acked = false;
+        ++targets;
+        SendRound(t, i, MsgType::kAbort, now_ms);
+      }
+    }
+    ATOMQ_CHECK(targets >= CountVotes(t, Vote::kYes), "a YES voter left without an Abort");
+    Persist(t, RecordKind::kAbort, v1::STATE_ABORTED);
+  }
+
+  void PersistCommit(Txn& t) {
+    ATOMQ_CHECK(CountVotes(t, Vote::kYes) + CountVotes(t, Vote::kReadOnly) == t.parties.size() &&
+                    CountVotes(t, Vote::kYes) > 0,
+                "COMMIT without all YES/READ_ONLY votes");
+    ATOMQ_CHECK(t.protocol != v1::THREE_PC ||
+                    (t.precommit_durable && PrecommitAcks(t) >= PrecommitAcksNeeded(t)),
+                "3PC COMMIT before a majority acknowledged PRECOMMITTED");
+    t.phase = Phase::kCommitting;
+    Persist(t, RecordKind::kCommit, v1::STATE_COMMITTED);
+  }
+
+  // Every participant voted YES or READ_ONLY.
+  void DecideCommit(Txn& t, int64_t now_ms) {
+    size_t yes = CountVotes(t, Vote::kYes);
+    ATOMQ_CHECK(yes + CountVotes(t, Vote::kReadOnly) == t.parties.size(),
+                "commit decision with a vote missing");
+    t.decided_ms = now_ms;
+    for (Party& p : t.parties) p.acked = p.vote == Vote::kReadOnly;
+    if (yes == 0) {
+      // Nothing changes anywhere, so nothing needs forcing and no second round.
+      // ENDED is still written (not waited on) so a retry finds the outcome.
+      t.phase = Phase::kCommitted;
+      t.decision_durable = true;
+      Log(absl::StrCat("txn ", t.id, " COMMITTED (", ProtocolName(t.protocol), ", ",
+                       t.parties.size(), " participants, read-only)"));
+      ReplyAll(t);
+      MaybeEnd(t);
+      MaybeFinish(t);
+      return;
+    }
+    if (t.protocol == v1::THREE_PC) {
+      t.phase = Phase::kPrecommitting;
+      Persist(t, RecordKind::kPrecommit, v1::PRECOMMITTED);
+    } else {
+      PersistCommit(t);
+    }
+  }
+
+  void OnCommitDurable(Txn& t, int64_t now_ms) {
+    ATOMQ_CHECK(t.phase == Phase::kCommitting, "commit record durable outside kCommitting");
+    t.phase = Phase::kCommitted;
+    t.decision_durable = true;
+    Log(absl::StrCat("txn ", t.id, " COMMITTED (", ProtocolName(t.protocol), ", ", t.parties.size(),
+                     " participants)"));
+    for (size_t i = 0; i < t.parties.size(); ++i) {
+      if (!t.parties[i].acked) SendRound(t, i, MsgType::kCommit, now_ms);
+    }
+    MaybeReplyCommitted(t, now_ms);
+    MaybeEnd(t);
+    MaybeFinish(t);
+  }
+
+  void ScheduleRetry(Txn& t, RecordKind kind, const absl::Status& status, int64_t now_ms) {
+    Log(absl::StrCat("txn ", t.id, ": decision log write failed, retrying: ", status.ToString()));
+    t.retry_kind = kind;
+    t.retry_backoff_ms = t.retry_backoff_ms == 0
+                             ? std::max<uint32_t>(1, config.resend_initial_ms)
+                             : std::min(t.retry_backoff_ms * 2, config.resend_max_ms);
+    t.retry_timer = SetTimer(t, TimerKind::kPersistRetry, 0, now_ms + t.retry_backoff_ms);
+  }
+
+  Txn* Find(const std::string& id) {
+    auto it = txns.find(id);
+    return it == txns.end() ? nullptr : &it->second;
+  }
+
+  // Index of `participant` in `t`, or -1.
+  static int PartyIndex(const Txn& t, const std::string& participant) {
+    for (size_t i = 0; i < t.parties.size(); ++i) {
+      if (t.parties[i].id == participant) return static_cast<int>(i);
+    }
+    return -1;
+  }
+
+  // ---- info ----
+
+  static v1::TxnState TxnStateOf(const Txn& t) {
+    if (t.ended) return v1::ENDED;
+    switch (t.phase) {
+      case Phase::kPreparing:
+      case Phase::kPrecommitting:
+        return v1::PREPARING;
+      case Phase::kPrecommitted:
+        return v1::PRECOMMITTED;
+      case Phase::kCommitting:
+        return t.precommit_durable ? v1::PRECOMMITTED : v1::PREPARING;
+      case Phase::kCommitted:
+        return v1::STATE_COMMITTED;
+      case Phase::kAborted:
+        return v1::STATE_ABORTED;
+    }
+    return v1::TXN_STATE_UNSPECIFIED;
+  }
+
+  static v1::TxnState PartyStateOf(const Txn& t, const Party& p) {
+    if (p.vote == Vote::kReadOnly) return v1::ENDED;  // left the transaction
+    if (p.vote == Vote::kNo) return v1::STATE_ABORTED;
+    if (t.phase == Phase::kCommitted && p.acked) {
+      return p.alarm ? v1::STATE_ABORTED : v1::STATE_COMMITTED;
+    }
+    if (t.phase == Phase::kAborted && p.acked) {
+      return p.alarm ? v1::STATE_COMMITTED : v1::STATE_ABORTED;
+    }
+    if (p.precommit_acked) return v1::PRECOMMITTED;
+    switch (p.vote) {
+      case Vote::kPending:
+        // Once decided, an unanswered Prepare may or may not have prepared it.
+        return t.phase == Phase::kPreparing ? v1::PREPARING : v1::UNKNOWN;
+      case Vote::kYes:
+      case Vote::kUnknown:
+        return v1::PREPARED;
+      default:
+        return v1::UNKNOWN;
+    }
+  }
+
+  v1::TransactionInfo InfoOf(const Txn& t, bool with_ops) const {
+    v1::TransactionInfo info;
+    info.set_txn_id(t.id);
+    info.set_protocol(t.protocol);
+    info.set_state(TxnStateOf(t));
+    bool committed = t.phase == Phase::kCommitted;
+    info.set_outcome(committed                    ? v1::COMMITTED
+                     : t.phase == Phase::kAborted ? v1::ABORTED
+                                                  : v1::PENDING);
+    info.set_reason(t.reason);
+    info.set_created_unix_ms(t.created_ms);
+    for (const Party& p : t.parties) {
+      v1::ParticipantStatus* ps = info.add_participants();
+      ps->set_participant(p.id);
+      ps->set_state(PartyStateOf(t, p));
+      ps->set_acknowledged(p.acked && (t.phase == Phase::kCommitted || t.phase == Phase::kAborted));
+    }
+    for (uint64_t s : t.sequences) info.add_results()->set_sequence(committed ? s : 0);
+    if (with_ops) *info.mutable_ops() = t.ops;
+    return info;
+  }
+
+  static v1::TransactionInfo InfoOfRecord(const v1::CoordinatorTxnRecord& r) {
+    v1::TransactionInfo info;
+    info.set_txn_id(r.txn_id());
+    info.set_protocol(r.protocol());
+    info.set_state(r.state());
+    bool committed = RecordCommitted(r);
+    bool aborted = r.state() == v1::STATE_ABORTED || (r.state() == v1::ENDED && !committed);
+    info.set_outcome(committed ? v1::COMMITTED : aborted ? v1::ABORTED : v1::PENDING);
+    info.set_reason(r.reason());
+    info.set_created_unix_ms(r.created_unix_ms());
+    for (const std::string& id : r.participants()) {
+      bool acked =
+          std::find(r.acknowledged().begin(), r.acknowledged().end(), id) != r.acknowledged().end();
+      v1::ParticipantStatus* ps = info.add_participants();
+      ps->set_participant(id);
+      ps->set_acknowledged(acked && (committed || aborted));
+      if (acked && committed) {
+        ps->set_state(v1::STATE_COMMITTED);
+      } else if (acked && aborted) {
+        ps->set_state(v1::STATE_ABORTED);
+      } else {
+        ps->set_state(r.state() == v1::PRECOMMITTED ? v1::PRECOMMITTED : v1::PREPARED);
+      }
+    }
+    for (uint64_t s : r.sequences()) info.add_results()->set_sequence(committed ? s : 0);
+    return info;
+  }
+
+  // ---- recovery ----
+
+  void RecoverOne(const v1::CoordinatorTxnRecord& r, int64_t now_ms, std::map<int, int>* counts) {
+    if (r.txn_id().empty() || txns.count(r.txn_id()) > 0) return;
+    Txn t;
+    t.id = r.txn_id();
+    t.protocol = r.protocol() == v1::THREE_PC ? v1::THREE_PC : v1::TWO_PC;
+    t.digest = r.ops_digest();
+    t.presumed = r.participants_size() == 0;
+    t.created_ms = r.created_unix_ms();
+    t.decided_ms = r.decided_unix_ms();
+    t.reason = r.reason();
+    t.replied = true;  // the original client is gone; retries get the outcome at once
+    for (const std::string& id : r.participants()) {
+      Party p;
+      p.id = id;
+      auto a = config.participants.find(id);
+      if (a != config.participants.end()) {
+        p.address = a->second;
+      } else {
+        Log(absl::StrCat("txn ", t.id, ": participant \"", id,
+                         "\" is no longer configured; its messages have no address"));
+      }
+      p.acked =
+          std::find(r.acknowledged().begin(), r.acknowledged().end(), id) != r.acknowledged().end();
+      t.parties.push_back(std::move(p));
+    }
+    for (int i = 0; i < r.op_participant_size(); ++i) {
+      uint32_t pi = r.op_participant(i);
+      if (pi >= t.parties.size()) {
+        Log(absl::StrCat("txn ", t.id, ": record maps op ", i, " to participant index ", pi, " of ",
+                         t.parties.size(), "; op sequences dropped"));
+        t.op_party.clear();
+        for (Party& p : t.parties) p.ops.clear();
+        break;
+      }
+      t.op_party.push_back(pi);
+      t.parties[pi].ops.push_back(i);
+    }
+    t.sequences.assign(t.op_party.size(), 0);
+    for (size_t i = 0; i < t.sequences.size() && static_cast<int>(i) < r.sequences_size(); ++i) {
+      t.sequences[i] = r.sequences(i);
+    }
+
+    auto [it, inserted] = txns.emplace(t.id, std::move(t));
+    Txn& x = it->second;
+    ++(*counts)[r.state()];
+    switch (r.state()) {
+      case v1::PRECOMMITTED:
+        // Acknowledged here means READ_ONLY: they take no part in the rounds.
+        for (Party& p : x.parties) p.vote = p.acked ? Vote::kReadOnly : Vote::kYes;
+        if (CountVotes(x, Vote::kYes) == 0) {
+          // Not a record this coordinator writes; include everyone to be safe.
+          for (Party& p : x.parties) {
+            p.vote = Vote::kYes;
+            p.acked = false;
+          }
+        }
+        x.phase = Phase::kPrecommitted;
+        x.precommit_durable = true;
+        x.replied = false;  // a retry waits for the commit
+        for (size_t i = 0; i < x.parties.size(); ++i) {
+          if (x.parties[i].vote == Vote::kYes) SendRound(x, i, MsgType::kPreCommit, now_ms);
+        }
+        break;
+      case v1::STATE_COMMITTED:
+        for (Party& p : x.parties) p.vote = Vote::kYes;
+        x.phase = Phase::kCommitted;
+        x.decision_durable = true;
+        for (size_t i = 0; i < x.parties.size(); ++i) {
+          if (!x.parties[i].acked) SendRound(x, i, MsgType::kCommit, now_ms);
+        }
+        MaybeEnd(x);
+        MaybeFinish(x);
+        break;
+      case v1::STATE_ABORTED:
+        for (Party& p : x.parties) p.vote = Vote::kUnknown;
+        x.phase = Phase::kAborted;
+        x.decision_durable = true;
+        if (x.reason.empty()) x.reason = "aborted before a restart";
+        for (size_t i = 0; i < x.parties.size(); ++i) {
+          if (!x.parties[i].acked) SendRound(x, i, MsgType::kAbort, now_ms);
+        }
+        MaybeEnd(x);
+        MaybeFinish(x);
+        break;
+      case v1::ENDED:
+        for (Party& p : x.parties) {
+          p.vote = Vote::kUnknown;
+          p.acked = true;
+        }
+        x.phase = RecordCommitted(r) ? Phase::kCommitted : Phase::kAborted;
+        x.decision_durable = true;
+        x.ended = true;
+        MaybeFinish(x);
+        break;
+      default:
+        Log(absl::StrCat("txn ", x.id, ": record state ", v1::TxnState_Name(r.state()),
+                         " is not one the coordinator writes; ignored"));
+        txns.erase(it);
+        break;
+    }
+  }
+
+  // ---- inputs ----
+
+  absl::Status Validate(const v1::ExecuteRequest& req) const {
+    if (!req.txn_id().empty()) {
+      absl::Status s = ValidateTxnId(req.txn_id());
+      if (!s.ok()) return s;
+    }
+    if (req.ops_size() == 0) {
+      return absl::InvalidArgumentError("ops is empty: a transaction needs at least one op");
+    }
+    if (static_cast<size_t>(req.ops_size()) > config.ops_per_txn_max) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(req.ops_size(), " ops; at most ", config.ops_per_txn_max, " allowed"));
+    }
+    if (req.protocol() != v1::PROTOCOL_UNSPECIFIED && req.protocol() != v1::TWO_PC &&
+        req.protocol() != v1::THREE_PC) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("protocol ", static_cast<int>(req.protocol()), " is unknown"));
+    }
+    for (int i = 0; i < req.ops_size(); ++i) {
+      absl::Status s = ValidateOp(config, i, req.ops(i));
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  std::string MintId() {
+    for (;;) {
+      std::string id =
+          absl::StrCat(config.coordinator_id, "-", config.boot_count, "-", next_minted++);
+      // A client may have picked an id of this shape.
+      if (txns.count(id) == 0 && !(view != nullptr && view->FindTxn(id).has_value())) return id;
+    }
+  }
+
+  void ReplyFromRecord(RequestId request, const v1::CoordinatorTxnRecord& r, int op_count) {
+    if (r.state() == v1::PRECOMMITTED) {
+      ReplyError(request,
+                 absl::UnavailableError(
+                     absl::StrCat("transaction ", r.txn_id(), " is being recovered; retry")),
+                 r.txn_id());
+      return;
+    }
+    v1::ExecuteResponse resp;
+    resp.set_txn_id(r.txn_id());
+    bool committed = RecordCommitted(r);
+    resp.set_outcome(committed ? v1::COMMITTED : v1::ABORTED);
+    if (!committed) resp.set_reason(r.reason());
+    for (int i = 0; i < op_count; ++i) {
+      resp.add_results()->set_sequence(committed && i < r.sequences_size() ? r.sequences(i) : 0);
+    }
+    out.replies.push_back(ExecuteReply{request, absl::OkStatus(), std::move(resp)});
+  }
+
+  void Attach(Txn& t, RequestId request, int op_count) {
+    if (OutcomeReady(t)) {
+      out.replies.push_back(ExecuteReply{request, absl::OkStatus(), Response(t, op_count)});
+      return;
+    }
+    t.waiters.push_back(Waiter{request, op_count});
+  }
+
+  void Execute(RequestId request, const v1::ExecuteRequest& req, int64_t now_ms) {
+    absl::Status s = Validate(req);
+    if (!s.ok()) return ReplyError(request, s, req.txn_id());
+    uint64_t digest = OpsDigest(req.ops());
+    if (!req.txn_id().empty()) {
+      const std::string& id = req.txn_id();
+      if (Txn* t = Find(id)) {
+        if (!t->presumed && t->digest != digest) {
+          return ReplyError(request,
+                            absl::AlreadyExistsError(absl::StrCat(
+                                "transaction id \"", id, "\" was already used with different ops")),
+                            id);
+        }
+        return Attach(*t, request, req.ops_size());
+      }
+      if (view != nullptr) {
+        if (std::optional<v1::CoordinatorTxnRecord> r = view->FindTxn(id)) {
+          if (r->participants_size() > 0 && r->ops_digest() != digest) {
+            return ReplyError(
+                request,
+                absl::AlreadyExistsError(absl::StrCat("transaction id \"", id,
+                                                      "\" was already used with different ops")),
+                id);
+          }
+          return ReplyFromRecord(request, *r, req.ops_size());
+        }
+      }
+    }
+    if (in_flight >= config.txns_in_flight_max) {
+      return ReplyError(request,
+                        absl::ResourceExhaustedError(absl::StrCat(
+                            in_flight, " transactions in flight; at most ",
+                            config.txns_in_flight_max, " allowed (--txns_in_flight_max)")),
+                        req.txn_id());
+    }
+
+    Txn t;
+    t.id = req.txn_id().empty() ? MintId() : req.txn_id();
+    t.protocol =
+        req.protocol() == v1::PROTOCOL_UNSPECIFIED ? config.default_protocol : req.protocol();
+    t.digest = digest;
+    t.created_ms = now_ms;
+    t.timeout_ms = req.timeout_ms() == 0 ? config.txn_timeout_ms : req.timeout_ms();
+    t.timeout_ms = std::min(t.timeout_ms, config.txn_timeout_ms_max);
+    t.deadline_ms = now_ms + t.timeout_ms;
+    t.ops = req.ops();
+    std::map<std::string, uint32_t> index;
+    for (int i = 0; i < req.ops_size(); ++i) {
+      const std::string& pid = req.ops(i).participant();
+      auto [it, fresh] = index.emplace(pid, static_cast<uint32_t>(t.parties.size()));
+      if (fresh) {
+        Party p;
+        p.id = pid;
+        p.address = config.participants.at(pid);
+        t.parties.push_back(std::move(p));
+      }
+      t.op_party.push_back(it->second);
+      t.parties[it->second].ops.push_back(i);
+    }
+    t.sequences.assign(req.ops_size(), 0);
+    ATOMQ_CHECK(!t.parties.empty() && t.op_party.size() == static_cast<size_t>(req.ops_size()),
+                "every op maps to a participant");
+    t.waiters.push_back(Waiter{request, req.ops_size()});
+    t.in_flight = true;
+    ++in_flight;
+
+    auto [it, inserted] = txns.emplace(t.id, std::move(t));
+    ATOMQ_CHECK(inserted, "a new transaction id is not in memory");
+    Txn& x = it->second;
+    for (size_t i = 0; i < x.parties.size(); ++i) {
+      const Party& p = x.parties[i];
+      OutMessage m;
+      m.participant = p.id;
+      m.address = p.address;
+      m.type = MsgType::kPrepare;
+      m.txn_id = x.id;
+      v1::PrepareRequest& pr = m.prepare;
+      pr.set_txn_id(x.id);
+      pr.set_protocol(x.protocol);
+      pr.set_coordinator_id(config.coordinator_id);
+      pr.set_coordinator_address(config.coordinator_address);
+      pr.set_participant(p.id);
+      for (const Party& q : x.parties) {
+        v1::PeerAddress* pa = pr.add_participants();
+        pa->set_participant(q.id);
+        pa->set_address(q.address);
+      }
+      for (int op : p.ops) *pr.add_ops() = x.ops.Get(op);
+      out.send.push_back(std::move(m));
+    }
+    x.deadline_timer = SetTimer(x, TimerKind::kDeadline, 0, x.deadline_ms);
+  }
+
+  void OnPrepareReply(const std::string& txn_id, const std::string& participant,
+                      const absl::StatusOr<v1::PrepareResponse>& reply, int64_t now_ms) {
+    Txn* t = Find(txn_id);
+    if (t == nullptr || t->phase != Phase::kPreparing) return;  // late: decided already
+    int i = PartyIndex(*t, participant);
+    if (i < 0 || t->parties[i].vote != Vote::kPending) return;  // stray or duplicate
+    Party& p = t->parties[i];
+    if (!reply.ok()) {
+      p.vote = Vote::kFailed;
+      absl::StatusCode c = reply.status().code();
+      const char* what = c == absl::StatusCode::kUnavailable ||
+                                 c == absl::StatusCode::kDeadlineExceeded ||
+                                 c == absl::StatusCode::kCancelled
+                             ? " unreachable: "
+                             : " failed to prepare: ";
+      return Abort(*t, absl::StrCat(p.id, what, reply.status().ToString()), now_ms);
+    }
+    switch (reply->vote()) {
+      case v1::YES:
+        p.vote = Vote::kYes;
+        break;
+      case v1::READ_ONLY:
+        p.vote = Vote::kReadOnly;
+        break;
+      case v1::NO:
+        p.vote = Vote::kNo;
+        return Abort(*t,
+                     reply->reason().empty() ? absl::StrCat(p.id, " voted NO")
+                                             : absl::StrCat(p.id, " voted NO: ", reply->reason()),
+                     now_ms);
+      default:
+        // Not a vote: it may still have prepared, so it gets an Abort.
+        p.vote = Vote::kFailed;
+        return Abort(*t,
+                     absl::StrCat(p.id, " sent vote ", static_cast<int>(reply->vote()),
+                                  ", which is not a vote"),
+                     now_ms);
+    }
+    if (CountVotes(*t, Vote::kPending) == 0) DecideCommit(*t, now_ms);
+  }
+
+  void OnPreCommitReply(const std::string& txn_id, const std::string& participant,
+                        const absl::Status& status, int64_t now_ms) {
+    Txn* t = Find(txn_id);
+    if (t == nullptr || !t->precommit_durable || t->phase == Phase::kCommitted) return;
+    int i = PartyIndex(*t, participant);
+    if (i < 0) return;
+    Party& p = t->parties[i];
+    if (p.vote != Vote::kYes || p.precommit_acked || p.alarm) return;
+    if (status.code() == absl::StatusCode::kFailedPrecondition) {
+      // It was settled otherwise (e.g. a termination round): resending cannot help.
+      p.alarm = true;
+      p.resend_timer = 0;
+      Log(absl::StrCat("ALARM txn ", t->id, ": ", p.id, " refused PreCommit: ", status.ToString()));
+      return;
+    }
+    if (!status.ok()) return;  // the resend timer tries again
+    p.precommit_acked = true;
+    p.resend_timer = 0;
+    if (t->phase == Phase::kPrecommitted && PrecommitAcks(*t) >= PrecommitAcksNeeded(*t)) {
+      PersistCommit(*t);
+    }
+  }
+
+  void OnCommitReply(const std::string& txn_id, const std::string& participant,
+                     const absl::StatusOr<v1::CommitResponse>& reply, int64_t now_ms) {
+    Txn* t = Find(txn_id);
+    if (t == nullptr || t->phase != Phase::kCommitted || !t->commit_sent) return;
+    int i = PartyIndex(*t, participant);
+    if (i < 0 || t->parties[i].acked) return;
+    Party& p = t->parties[i];
+    if (!reply.ok()) {
+      if (reply.status().code() != absl::StatusCode::kFailedPrecondition) return;  // resend
+      Log(absl::StrCat("ALARM txn ", t->id, ": ", p.id,
+                       " refused Commit (it aborted): ", reply.status().ToString()));
+      p.alarm = true;
+    } else {
+      // Its sequences follow its ops in request order (the PrepareRequest's order).
+      for (size_t k = 0; k < p.ops.size() && static_cast<int>(k) < reply->sequences_size(); ++k) {
+        t->sequences[p.ops[k]] = reply->sequences(static_cast<int>(k));
+      }
+    }
+    p.acked = true;
+    p.resend_timer = 0;
+    MaybeReplyCommitted(*t, now_ms);
+    MaybeEnd(*t);
+    MaybeFinish(*t);
+  }
+
+  void OnAbortReply(const std::string& txn_id, const std::string& participant,
+                    const absl::Status& status, int64_t now_ms) {
+    Txn* t = Find(txn_id);
+    if (t == nullptr || t->phase != Phase::kAborted) return;
+    int i = PartyIndex(*t, participant);
+    if (i < 0 || t->parties[i].acked) return;
+    Party& p = t->parties[i];
+    if (!status.ok()) {
+      if (status.code() != absl::StatusCode::kFailedPrecondition) return;  // resend
+      Log(absl::StrCat("ALARM txn ", t->id, ": ", p.id,
+                       " refused Abort (it committed): ", status.ToString()));
+      p.alarm = true;
+    }
+    p.acked = true;
+    p.resend_timer = 0;
+    MaybeEnd(*t);
+    MaybeFinish(*t);
+  }
+
+  void OnTimer(uint64_t timer_id, int64_t now_ms) {
+    auto tit = timers.find(timer_id);
+    if (tit == timers.end()) return;
+    TimerRef ref = std::move(tit->second);
+    timers.erase(tit);
+    Txn* t = Find(ref.txn_id);
+    if (t == nullptr) return;
+    switch (ref.kind) {
+      case TimerKind::kDeadline: {
+        if (t->deadline_timer != timer_id) return;
+        t->deadline_timer = 0;
+        if (t->phase == Phase::kPreparing) {
+          std::vector<std::string> missing;
+          for (const Party& p : t->parties) {
+            if (p.vote == Vote::kPending) missing.push_back(p.id);
+          }
+          ATOMQ_CHECK(!missing.empty(), "still preparing with every vote in");
+          return Abort(*t,
+                       absl::StrCat("prepare timed out after ", t->timeout_ms, " ms waiting for ",
+                                    absl::StrJoin(missing, ", ")),
+                       now_ms);
+        }
+        MaybeReplyCommitted(*t, now_ms);
+        return MaybeFinish(*t);
+      }
+      case TimerKind::kResend: {
+        if (ref.party >= t->parties.size()) return;
+        Party& p = t->parties[ref.party];
+        if (p.resend_timer != timer_id) return;
+        p.resend_timer = 0;
+        MsgType type;
+        if (t->phase == Phase::kPrecommitted || t->phase == Phase::kCommitting) {
+          if (p.precommit_acked || p.alarm || !t->precommit_durable) return;
+          type = MsgType::kPreCommit;
+        } else if (t->phase == Phase::kCommitted) {
+          if (p.acked) return;
+          type = MsgType::kCommit;
+        } else if (t->phase == Phase::kAborted) {
+          if (p.acked) return;
+          type = MsgType::kAbort;
+        } else {
+          return;
+        }
+        p.backoff_ms = std::min(std::max<uint32_t>(1, p.backoff_ms) * 2, config.resend_max_ms);
+        return Send(*t, ref.party, type, now_ms);
+      }
+      case TimerKind::kPersistRetry: {
+        if (t->retry_timer != timer_id) return;
+        t->retry_timer = 0;
+        if (t->retry_kind == RecordKind::kCommit) {
+          ATOMQ_CHECK(t->phase == Phase::kCommitting && t->precommit_durable,
+                      "commit record retried outside 3PC kCommitting");
+          return Persist(*t, RecordKind::kCommit, v1::STATE_COMMITTED);
+        }
+        ATOMQ_CHECK(t->phase == Phase::kAborted && !t->decision_durable,
+                    "abort record retried when not pending");
+        return Persist(*t, RecordKind::kAbort, v1::STATE_ABORTED);
+      }
+    }
+  }
+
+  void OnPersisted(uint64_t token, const absl::Status& status, int64_t now_ms) {
+    auto kit = tokens.find(token);
+    if (kit == tokens.end()) return;
+    TokenRef ref = std::move(kit->second);
+    tokens.erase(kit);
+    Txn* t = Find(ref.txn_id);
+    if (t == nullptr) return;
+    if (ref.kind == RecordKind::kEnd) {
+      if (!status.ok()) {
+        Log(absl::StrCat("txn ", t->id,
+                         ": ENDED record write failed (recovery will resend "
+                         "the outcome): ",
+                         status.ToString()));
+      }
+      return;
+    }
+    if (t->decision_token != token) return;  // superseded
+    t->decision_token = 0;
+    switch (ref.kind) {
+      case RecordKind::kPrecommit:
+        ATOMQ_CHECK(t->phase == Phase::kPrecommitting, "PRECOMMITTED durable out of phase");
+        if (!status.ok()) {
+          return Abort(*t, absl::StrCat("decision log write failed: ", status.ToString()), now_ms);
+        }
+        t->phase = Phase::kPrecommitted;
+        t->precommit_durable = true;
+        for (size_t i = 0; i < t->parties.size(); ++i) {
+          if (t->parties[i].vote == Vote::kYes) SendRound(*t, i, MsgType::kPreCommit, now_ms);
+        }
+        return;
+      case RecordKind::kCommit:
+        if (!status.ok()) {
+          // After PRECOMMITTED the outcome is commit: only the record is missing.
+          if (t->precommit_durable) return ScheduleRetry(*t, RecordKind::kCommit, status, now_ms);
+          return Abort(*t, absl::StrCat("decision log write failed: ", status.ToString()), now_ms);
+        }
+        t->retry_backoff_ms = 0;
+        return OnCommitDurable(*t, now_ms);
+      case RecordKind::kAbort:
+        ATOMQ_CHECK(t->phase == Phase::kAborted, "abort record durable out of phase");
+        if (!status.ok()) {
+          // The reply must wait: a retry with this id after a restart would
+          // otherwise find nothing and could commit.
+          return ScheduleRetry(*t, RecordKind::kAbort, status, now_ms);
+        }
+        t->retry_backoff_ms = 0;
+        t->decision_durable = true;
+        ReplyAll(*t);
+        ReplyStates(*t);
+        MaybeEnd(*t);
+        return MaybeFinish(*t);
+      case RecordKind::kEnd:
+        return;
+    }
+  }
+
+  void QueryState(RequestId request, const std::string& txn_id, int64_t now_ms) {
+    if (!ValidateTxnId(txn_id).ok()) {
+      // No transaction can have this id, so none can commit with it.
+      out.state_replies.push_back(StateReply{request, v1::STATE_ABORTED});
+      return;
+    }
+    if (Txn* t = Find(txn_id)) {
+      v1::TxnState s = v1::PREPARING;
+      switch (t->phase) {
+        case Phase::kPreparing:
+        case Phase::kPrecommitting:
+          s = v1::PREPARING;
+          break;
+        case Phase::kPrecommitted:
+          s = v1::PRECOMMITTED;
+          break;
+        case Phase::kCommitting:
+          s = t->precommit_durable ? v1::PRECOMMITTED : v1::PREPARING;
+          break;
+        case Phase::kCommitted:
+          s = v1::STATE_COMMITTED;
+          break;
+        case Phase::kAborted:
+          if (!t->decision_durable) {
+            t->state_waiters.push_back(request);
+            return;
+          }
+          s = v1::STATE_ABORTED;
+          break;
+      }
+      out.state_replies.push_back(StateReply{request, s});
+      return;
+    }
+    if (view != nullptr) {
+      if (std::optional<v1::CoordinatorTxnRecord> r = view->FindTxn(txn_id)) {
+        out.state_replies.push_back(StateReply{request, QueryAnswerFromRecord(*r)});
+        return;
+      }
+    }
+    // Presumed abort, made durable so that the id can never commit later.
+    Txn t;
+    t.id = txn_id;
+    t.presumed = true;
+    t.protocol = config.default_protocol;
+    t.created_ms = now_ms;
+    t.replied = true;
+    t.state_waiters.push_back(request);
+    auto [it, inserted] = txns.emplace(txn_id, std::move(t));
+    Abort(it->second, "presumed abort: the coordinator has no decision for it", now_ms);
+  }
+};
+
+CoordinatorCore::CoordinatorCore(Config config, const DurableView* view)
+    : impl_(std::make_unique<Impl>(std::move(config), view)) {}
+
+CoordinatorCore::~CoordinatorCore() = default;
+
+void CoordinatorCore::Recover(std::vector<v1::CoordinatorTxnRecord> records, int64_t now_ms) {
+  ATOMQ_CHECK(!impl_->started, "Recover must be the first input, once");
+  impl_->started = true;
+  std::map<int, int> counts;
+  for (const v1::CoordinatorTxnRecord& r : records) impl_->RecoverOne(r, now_ms, &counts);
+  impl_->Log(absl::StrCat("recovered ", records.size(),
+                          " transaction records: ", counts[v1::STATE_COMMITTED],
+                          " committed (resending Commit), ", counts[v1::STATE_ABORTED],
+                          " aborted (resending Abort), ", counts[v1::PRECOMMITTED],
+                          " precommitted (resending PreCommit), ", counts[v1::ENDED], " ended"));
+  impl_->EvictFinished();
+}
+
+void CoordinatorCore::Execute(RequestId request, const v1::ExecuteRequest& req, int64_t now_ms) {
+  impl_->started = true;
+  impl_->Execute(request, req, now_ms);
+  impl_->EvictFinished();
+}
+
+void CoordinatorCore::OnPrepareReply(const std::string& txn_id, const std::string& participant,
+                                     const absl::StatusOr<v1::PrepareResponse>& reply,
+                                     int64_t now_ms) {
+  impl_->started = true;
+  impl_->OnPrepareReply(txn_id, participant, reply, now_ms);
+  impl_->EvictFinished();
+}
+
+void CoordinatorCore::OnPreCommitReply(const std::string& txn_id, const std::string& participant,
+                                       const absl::Status& status, int64_t now_ms) {
+  impl_->started = true;
+  impl_->OnPreCommitReply(txn_id, participant, status, now_ms);
+  impl_->EvictFinished();
+}
+
+void CoordinatorCore::OnCommitReply(const std::string& txn_id, const std::string& participant,
+                                    const absl::StatusOr<v1::CommitResponse>& reply,
+                                    int64_t now_ms) {
+  impl_->started = true;
+  impl_->OnCommitReply(txn_id, participant, reply, now_ms);
+  impl_->EvictFinished();
+}
+
+void CoordinatorCore::OnAbortReply(const std::string& txn_id, const std::string& participant,
+                                   const absl::Status& status, int64_t now_ms) {
+  impl_->started = true;
+  impl_->OnAbortReply(txn_id, participant, status, now_ms);
+  impl_->EvictFinished();
+}
+
+void CoordinatorCore::OnTimer(uint64_t timer_id, int64_t now_ms) {
+  impl_->started = true;
+  impl_->OnTimer(timer_id, now_ms);
+  impl_->EvictFinished();
+}
+
+void CoordinatorCore::OnPersisted(uint64_t token, const absl::Status& status, int64_t now_ms) {
+  impl_->started = true;
+  impl_->OnPersisted(token, status, now_ms);
+  impl_->EvictFinished();
+}
+
+void CoordinatorCore::QueryState(RequestId request, const std::string& txn_id, int64_t now_ms) {
+  impl_->started = true;
+  impl_->QueryState(request, txn_id, now_ms);
+  impl_->EvictFinished();
+}
+
+absl::StatusOr<v1::TransactionInfo> CoordinatorCore::GetTransaction(
+    const std::string& txn_id) const {
+  absl::Status s = ValidateTxnId(txn_id);
+  if (!s.ok()) return s;
+  auto it = impl_->txns.find(txn_id);
+  if (it != impl_->txns.end()) return impl_->InfoOf(it->second, true);
+  if (impl_->view != nullptr) {
+    if (std::optional<v1::CoordinatorTxnRecord> r = impl_->view->FindTxn(txn_id)) {
+      return Impl::InfoOfRecord(*r);
+    }
+  }
+  return absl::NotFoundError(absl::StrCat("transaction ", txn_id, " is not known"));
+}
+
+std::vector<v1::TransactionInfo> CoordinatorCore::ListTransactions(
+    const std::vector<v1::TxnState>& states, size_t limit) const {
+  if (limit == 0) limit = 1000;
+  std::vector<v1::TransactionInfo> result;
+  for (const auto& [id, t] : impl_->txns) {
+    if (result.size() >= limit) break;
+    v1::TxnState s = Impl::TxnStateOf(t);
+    bool wanted = states.empty() ? s != v1::ENDED
+                                 : std::find(states.begin(), states.end(), s) != states.end();
+    if (wanted) result.push_back(impl_->InfoOf(t, false));
+  }
+  return result;
+}
+
+size_t CoordinatorCore::in_flight() const { return impl_->in_flight; }
+
+Output CoordinatorCore::TakeOutput() {
+  Output o = std::move(impl_->out);
+  impl_->out = Output();
+  return o;
+}
+
+}  // namespace atomq::coordinator

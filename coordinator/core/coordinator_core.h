@@ -21,8 +21,9 @@
 //   acknowledged, persist COMMIT and continue as 2PC. After PRECOMMITTED the
 //   coordinator never aborts.
 //   Read-only voters (READ_ONLY) get no second-round message.
-//   If every participant voted READ_ONLY, the transaction commits with no
-//   record at all.
+//   If every participant voted READ_ONLY, the transaction commits and the
+//   client is answered at once, with no forced record (an ENDED record follows,
+//   not waited on, so that a retry with the same id finds the outcome).
 #pragma once
 
 #include <cstdint>
@@ -41,6 +42,11 @@
 
 namespace atomq::coordinator {
 
+// Values in kTxnDb (key = txn id) are v1::CoordinatorTxnRecord (EncodeRecord).
+// `participants` lists every participant; `acknowledged` those that need no
+// further message (acknowledged the outcome, or voted NO/READ_ONLY). Every
+// abort has a non-empty `reason` and no commit has one: that is how an ENDED
+// record tells its outcome.
 inline constexpr char kTxnDb[] = "txn";
 inline constexpr char kMetaDb[] = "meta";
 
