@@ -163,6 +163,8 @@ std::string CaseName(const CrashCase& c) {
   return n;
 }
 
+void PrintTo(const CrashCase& c, std::ostream* os) { *os << CaseName(c); }
+
 class CrashTest : public ::testing::TestWithParam<CrashCase> {};
 
 TEST_P(CrashTest, EveryParticipantAgreesAfterRestart) {
