@@ -76,6 +76,13 @@ int main(int argc, char** argv) {
   app.add_option("--rpc_timeout_ms", opts.rpc_timeout_ms, "deadline of one participant RPC")
       ->check(CLI::Range(1u, 600000u))
       ->capture_default_str();
+  app.add_option("--participant_calls_in_flight_max", opts.participant_calls_in_flight_max,
+                 "Batch calls under way to one participant (messages meanwhile are batched)")
+      ->check(CLI::Range(1u, 1024u))
+      ->capture_default_str();
+  app.add_option("--batch_items_max", opts.batch_items_max, "protocol messages in one Batch call")
+      ->check(CLI::Range(1u, 1000000u))
+      ->capture_default_str();
   app.add_option("--lmdb_map_size_mb", map_size_mb, "LMDB map size (the log's largest size)")
       ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24))
       ->capture_default_str();

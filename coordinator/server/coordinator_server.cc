@@ -1,5 +1,7 @@
 #include "coordinator/server/coordinator_server.h"
 
+#include <deque>
+
 #include "absl/strings/str_cat.h"
 #include "common/codec.h"
 #include "common/crash.h"
@@ -196,65 +198,130 @@ void CoordinatorServer::Dispatch(Output out) {
   }
 }
 
+// Carries protocol messages to one participant, many per Batch call: while
+// calls are in flight, new messages wait and leave together in the next one,
+// so the number of RPCs falls as load rises.
+class CoordinatorServer::Link {
+ public:
+  Link(CoordinatorServer* server, std::shared_ptr<grpc::Channel> channel)
+      : server_(server), stub_(v1::ParticipantTxn::NewStub(std::move(channel))) {}
+
+  void Send(OutMessage m) {
+    std::vector<OutMessage> batch;
+    {
+      absl::MutexLock lock(&mu_);
+      queued_.push_back(std::move(m));
+      if (in_flight_ >= server_->options_.participant_calls_in_flight_max) return;
+      batch = TakeLocked();
+    }
+    Start(std::move(batch));
+  }
+
+ private:
+  std::vector<OutMessage> TakeLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::vector<OutMessage> out;
+    size_t n = std::min<size_t>(queued_.size(), server_->options_.batch_items_max);
+    out.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      out.push_back(std::move(queued_.front()));
+      queued_.pop_front();
+    }
+    ++in_flight_;
+    return out;
+  }
+
+  void Start(std::vector<OutMessage> msgs) {
+    v1::BatchRequest req;
+    auto sent = std::make_shared<std::vector<Sent>>();
+    sent->reserve(msgs.size());
+    for (OutMessage& m : msgs) {
+      v1::BatchItem* item = req.add_items();
+      switch (m.type) {
+        case MsgType::kPrepare: *item->mutable_prepare() = std::move(m.prepare); break;
+        case MsgType::kPreCommit: item->mutable_pre_commit()->set_txn_id(m.txn_id); break;
+        case MsgType::kCommit: item->mutable_commit()->set_txn_id(m.txn_id); break;
+        case MsgType::kAbort: item->mutable_abort()->set_txn_id(m.txn_id); break;
+      }
+      sent->push_back(Sent{m.type, std::move(m.txn_id), std::move(m.participant)});
+    }
+    v1::ParticipantTxn::Stub* stub = stub_.get();
+    AsyncUnary<v1::BatchResponse>(
+        std::move(req), server_->options_.rpc_timeout_ms,
+        [stub](auto* ctx, auto* r, auto* resp, auto cb) {
+          stub->async()->Batch(ctx, r, resp, std::move(cb));
+        },
+        [this, sent](const grpc::Status& status, const v1::BatchResponse& resp) {
+          server_->OnBatchReply(*sent, status, resp);
+          std::vector<OutMessage> next;
+          {
+            absl::MutexLock lock(&mu_);
+            --in_flight_;
+            if (!queued_.empty() && !server_->stopped_) next = TakeLocked();
+          }
+          if (!next.empty()) Start(std::move(next));
+        });
+  }
+
+  CoordinatorServer* const server_;
+  const std::unique_ptr<v1::ParticipantTxn::Stub> stub_;
+  absl::Mutex mu_;
+  std::deque<OutMessage> queued_ ABSL_GUARDED_BY(mu_);
+  uint32_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 void CoordinatorServer::Send(OutMessage m) {
   if (stopped_) return;
-  std::shared_ptr<v1::ParticipantTxn::Stub> stub =
-      v1::ParticipantTxn::NewStub(channels_.Get(m.address));
-  std::string txn = m.txn_id;
-  std::string p = m.participant;
-  uint32_t timeout = options_.rpc_timeout_ms;
-  v1::TxnRef ref;
-  ref.set_txn_id(txn);
-  switch (m.type) {
-    case MsgType::kPrepare:
-      AsyncUnary<v1::PrepareResponse>(
-          std::move(m.prepare), timeout,
-          [stub](auto* ctx, auto* req, auto* resp, auto cb) {
-            stub->async()->Prepare(ctx, req, resp, std::move(cb));
-          },
-          [this, txn, p](const grpc::Status& s, const v1::PrepareResponse& resp) {
-            if (!first_vote_seen_.exchange(true)) CrashPoint("after-prepare-sent");
-            absl::StatusOr<v1::PrepareResponse> r =
-                s.ok() ? absl::StatusOr<v1::PrepareResponse>(resp) : FromGrpc(s);
-            WithCore([&](CoordinatorCore& c) { c.OnPrepareReply(txn, p, r, clock_.NowMs()); });
-          });
-      break;
-    case MsgType::kPreCommit:
-      AsyncUnary<v1::PreCommitResponse>(
-          ref, timeout,
-          [stub](auto* ctx, auto* req, auto* resp, auto cb) {
-            stub->async()->PreCommit(ctx, req, resp, std::move(cb));
-          },
-          [this, txn, p](const grpc::Status& s, const v1::PreCommitResponse&) {
-            WithCore([&](CoordinatorCore& c) {
-              c.OnPreCommitReply(txn, p, FromGrpc(s), clock_.NowMs());
-            });
-          });
-      break;
-    case MsgType::kCommit:
-      AsyncUnary<v1::CommitResponse>(
-          ref, timeout,
-          [stub](auto* ctx, auto* req, auto* resp, auto cb) {
-            stub->async()->Commit(ctx, req, resp, std::move(cb));
-          },
-          [this, txn, p](const grpc::Status& s, const v1::CommitResponse& resp) {
-            absl::StatusOr<v1::CommitResponse> r =
-                s.ok() ? absl::StatusOr<v1::CommitResponse>(resp) : FromGrpc(s);
-            WithCore([&](CoordinatorCore& c) { c.OnCommitReply(txn, p, r, clock_.NowMs()); });
-          });
-      break;
-    case MsgType::kAbort:
-      AsyncUnary<v1::AbortResponse>(
-          ref, timeout,
-          [stub](auto* ctx, auto* req, auto* resp, auto cb) {
-            stub->async()->Abort(ctx, req, resp, std::move(cb));
-          },
-          [this, txn, p](const grpc::Status& s, const v1::AbortResponse&) {
-            WithCore(
-                [&](CoordinatorCore& c) { c.OnAbortReply(txn, p, FromGrpc(s), clock_.NowMs()); });
-          });
-      break;
+  Link* link;
+  {
+    absl::MutexLock lock(&links_mu_);
+    std::unique_ptr<Link>& l = links_[m.address];
+    if (l == nullptr) l = std::make_unique<Link>(this, channels_.Get(m.address));
+    link = l.get();
   }
+  link->Send(std::move(m));
+}
+
+void CoordinatorServer::OnBatchReply(const std::vector<Sent>& sent, const grpc::Status& status,
+                                     const v1::BatchResponse& resp) {
+  bool any_prepare = false;
+  for (const Sent& s : sent) any_prepare |= s.type == MsgType::kPrepare;
+  if (any_prepare && !first_vote_seen_.exchange(true)) CrashPoint("after-prepare-sent");
+  int64_t now = clock_.NowMs();
+  WithCore([&](CoordinatorCore& c) {
+    for (size_t i = 0; i < sent.size(); ++i) {
+      const Sent& s = sent[i];
+      absl::Status st = FromGrpc(status);
+      const v1::BatchResult* r = nullptr;
+      if (status.ok()) {
+        if (i < static_cast<size_t>(resp.results_size())) {
+          r = &resp.results(i);
+          st = absl::Status(static_cast<absl::StatusCode>(r->code()), r->message());
+        } else {
+          st = absl::InternalError("participant answered fewer batch items than sent");
+        }
+      }
+      switch (s.type) {
+        case MsgType::kPrepare:
+          c.OnPrepareReply(s.txn_id, s.participant,
+                           st.ok() ? absl::StatusOr<v1::PrepareResponse>(r->prepare())
+                                   : absl::StatusOr<v1::PrepareResponse>(st),
+                           now);
+          break;
+        case MsgType::kPreCommit:
+          c.OnPreCommitReply(s.txn_id, s.participant, st, now);
+          break;
+        case MsgType::kCommit:
+          c.OnCommitReply(s.txn_id, s.participant,
+                          st.ok() ? absl::StatusOr<v1::CommitResponse>(r->commit())
+                                  : absl::StatusOr<v1::CommitResponse>(st),
+                          now);
+          break;
+        case MsgType::kAbort:
+          c.OnAbortReply(s.txn_id, s.participant, st, now);
+          break;
+      }
+    }
+  });
 }
 
 grpc::ServerUnaryReactor* CoordinatorServer::Execute(grpc::CallbackServerContext* ctx,

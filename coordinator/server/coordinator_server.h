@@ -23,6 +23,10 @@ namespace atomq::coordinator {
 
 struct ServerOptions {
   uint32_t rpc_timeout_ms = 2000;  // --rpc_timeout_ms: per participant RPC
+  // --participant_calls_in_flight_max: Batch calls under way to one
+  // participant; messages made meanwhile wait and leave together.
+  uint32_t participant_calls_in_flight_max = 2;
+  uint32_t batch_items_max = 4096;  // --batch_items_max: messages in one Batch call
 };
 
 class CoordinatorServer final : public v1::Coordinator::CallbackService {
@@ -51,6 +55,12 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
 
  private:
   class View;
+  class Link;
+  struct Sent {
+    MsgType type;
+    std::string txn_id;
+    std::string participant;
+  };
   struct Pending {
     grpc::ServerUnaryReactor* reactor;
     v1::ExecuteResponse* execute = nullptr;
@@ -64,6 +74,8 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   // Hands batches to the writer; called with mu_ held, never blocks.
   void Persist(std::vector<Batch> batches) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Send(OutMessage msg);
+  void OnBatchReply(const std::vector<Sent>& sent, const grpc::Status& status,
+                    const v1::BatchResponse& resp);
   template <typename Fn>
   void WithCore(Fn fn) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -79,6 +91,9 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   std::atomic<uint64_t> replies_committed_{0};
   std::atomic<uint64_t> replies_aborted_{0};
   std::atomic<uint64_t> replies_failed_{0};
+
+  absl::Mutex links_mu_;
+  std::map<std::string, std::unique_ptr<Link>> links_ ABSL_GUARDED_BY(links_mu_);
 
   absl::Mutex mu_;
   std::unique_ptr<CoordinatorCore> core_ ABSL_GUARDED_BY(mu_);

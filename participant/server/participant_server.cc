@@ -113,6 +113,71 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
         [&](ParticipantCore& c) { c.QueryState(rid, req->txn_id(), node_->clock_.NowMs()); });
     return reactor;
   }
+  grpc::ServerUnaryReactor* Batch(grpc::CallbackServerContext* ctx, const v1::BatchRequest* req,
+                                  v1::BatchResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    const int n = req->items_size();
+    if (n > static_cast<int>(node_->options_.batch_items_max)) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                   absl::StrCat("batch of ", n, " items; at most ",
+                                                node_->options_.batch_items_max, " allowed")));
+      return reactor;
+    }
+    if (n == 0) {
+      reactor->Finish(grpc::Status::OK);
+      return reactor;
+    }
+    for (int i = 0; i < n; ++i) resp->add_results();
+    // Items are answered on whatever thread releases them; each writes only
+    // its own result, and the last one finishes the call.
+    auto remaining = std::make_shared<std::atomic<int>>(n);
+    auto done = [reactor, remaining] {
+      if (remaining->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
+    };
+    std::vector<RequestId> rids(n, 0);
+    for (int i = 0; i < n; ++i) {
+      if (req->items(i).kind_case() == v1::BatchItem::KIND_NOT_SET) continue;
+      v1::BatchResult* result = resp->mutable_results(i);
+      rids[i] = node_->Expect([result, done](const Reply& r) {
+        result->set_code(static_cast<int>(r.status.code()));
+        result->set_message(std::string(r.status.message()));
+        if (r.status.ok()) {
+          if (const auto* b = std::get_if<v1::PrepareResponse>(&r.body)) {
+            if (b->vote() == v1::YES) CrashPoint("before-vote-sent");
+            *result->mutable_prepare() = *b;
+          } else if (const auto* b = std::get_if<v1::PreCommitResponse>(&r.body)) {
+            *result->mutable_pre_commit() = *b;
+          } else if (const auto* b = std::get_if<v1::CommitResponse>(&r.body)) {
+            *result->mutable_commit() = *b;
+          } else if (const auto* b = std::get_if<v1::AbortResponse>(&r.body)) {
+            *result->mutable_abort() = *b;
+          }
+        }
+        done();
+      });
+    }
+    node_->WithCore([&](ParticipantCore& c) {
+      int64_t now = node_->clock_.NowMs();
+      for (int i = 0; i < n; ++i) {
+        const v1::BatchItem& item = req->items(i);
+        switch (item.kind_case()) {
+          case v1::BatchItem::kPrepare: c.Prepare(rids[i], item.prepare(), now); break;
+          case v1::BatchItem::kPreCommit: c.PreCommit(rids[i], item.pre_commit().txn_id(), now); break;
+          case v1::BatchItem::kCommit: c.Commit(rids[i], item.commit().txn_id(), now); break;
+          case v1::BatchItem::kAbort: c.Abort(rids[i], item.abort().txn_id(), now); break;
+          case v1::BatchItem::KIND_NOT_SET: break;
+        }
+      }
+    });
+    for (int i = 0; i < n; ++i) {
+      if (req->items(i).kind_case() != v1::BatchItem::KIND_NOT_SET) continue;
+      resp->mutable_results(i)->set_code(static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+      resp->mutable_results(i)->set_message(absl::StrCat("batch item ", i, " is empty"));
+      done();
+    }
+    return reactor;
+  }
+
   grpc::ServerUnaryReactor* ListTransactions(grpc::CallbackServerContext* ctx,
                                              const v1::ListParticipantTxnsRequest* req,
                                              v1::ListParticipantTxnsResponse* resp) override {

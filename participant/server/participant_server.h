@@ -24,6 +24,7 @@ namespace atomq::participant {
 
 struct ServerOptions {
   uint32_t rpc_timeout_ms = 2000;  // --rpc_timeout_ms: per outbound query
+  uint32_t batch_items_max = 10000;  // --batch_items_max: items in one Batch call
 };
 
 // Owns the core and its I/O; exposes the two gRPC services.
