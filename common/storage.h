@@ -29,6 +29,10 @@ struct Write {
 struct Batch {
   uint64_t token = 0;  // the core's handle; storage does not interpret it
   std::vector<Write> writes;
+  // false: nobody is waiting on it, so it may wait up to
+  // LmdbOptions::lazy_delay_ms for a synced batch to share its fsync. It is
+  // still fsync'd before done() runs.
+  bool sync = true;
 };
 
 // Called once per batch, on the writer thread, after the LMDB transaction
@@ -93,6 +97,7 @@ struct LmdbOptions {
   std::vector<std::string> dbs;     // named sub-databases, created if missing
   uint64_t map_size_mb = 65536;     // --lmdb_map_size_mb: LMDB's map (virtual) size
   uint32_t batches_per_commit_max = 4096;  // --group_commit_batches_max
+  uint32_t lazy_delay_ms = 20;  // --lazy_write_delay_ms: how long an unsynced batch may wait
 };
 
 // Opens (creating if needed) the environment and starts the writer thread.

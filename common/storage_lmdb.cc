@@ -96,6 +96,7 @@ class LmdbStorage : public Storage {
     {
       absl::MutexLock l(&mu_);
       if (!stop_) {
+        if (batch.sync) ++sync_pending_;
         queue_.push_back(Pending{std::move(batch), std::move(done)});
         return;
       }
@@ -291,10 +292,19 @@ class LmdbStorage : public Storage {
         };
         mu_.Await(absl::Condition(&ready));
         if (queue_.empty()) return;  // stop_ and drained
+        // Only lazy batches: give a synced one a moment to come and share
+        // the fsync.
+        auto urgent = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stop_ || sync_pending_ > 0;
+        };
+        if (!urgent()) {
+          mu_.AwaitWithTimeout(absl::Condition(&urgent), absl::Milliseconds(options_.lazy_delay_ms));
+        }
         size_t n = std::min<size_t>(queue_.size(),
                                     std::max<uint32_t>(1, options_.batches_per_commit_max));
         group.reserve(n);
         for (size_t i = 0; i < n; ++i) {
+          if (queue_.front().batch.sync) --sync_pending_;
           group.push_back(std::move(queue_.front()));
           queue_.pop_front();
         }
@@ -312,6 +322,7 @@ class LmdbStorage : public Storage {
   absl::Mutex mu_;
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  size_t sync_pending_ ABSL_GUARDED_BY(mu_) = 0;  // queued batches with sync
 
   std::atomic<uint64_t> batches_{0};
   std::atomic<uint64_t> commits_{0};

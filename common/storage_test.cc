@@ -368,6 +368,49 @@ TEST(StorageTest, MapFullFailsOnlyTheBatchThatDoesNotFit) {
   EXPECT_EQ(MustGet(*s, "txn", "b0/1"), value);
 }
 
+TEST(StorageTest, LazyBatchSharesTheNextSyncedCommit) {
+  TempDir tmp;
+  LmdbOptions o = Options(tmp.path());
+  o.lazy_delay_ms = 5000;  // longer than the test: only the synced batch can release it
+  std::unique_ptr<Storage> s = MustOpen(o);
+  ASSERT_NE(s, nullptr);
+  uint64_t before = s->Stats().commits;
+  absl::Notification lazy_done;
+  Batch lazy;
+  lazy.sync = false;
+  lazy.writes.push_back(Put("txn", "end", "lazy"));
+  s->Submit(std::move(lazy), [&](absl::Status st) {
+    EXPECT_TRUE(st.ok()) << st;
+    lazy_done.Notify();
+  });
+  EXPECT_FALSE(lazy_done.WaitForNotificationWithTimeout(absl::Milliseconds(100)));
+  Batch forced;
+  forced.writes.push_back(Put("txn", "commit", "forced"));
+  ASSERT_TRUE(s->Write(std::move(forced)).ok());
+  ASSERT_TRUE(lazy_done.WaitForNotificationWithTimeout(absl::Seconds(2)));
+  EXPECT_EQ(s->Stats().commits - before, 1u);
+  EXPECT_EQ(MustGet(*s, "txn", "end"), std::optional<std::string>("lazy"));
+}
+
+TEST(StorageTest, LazyBatchAloneIsSyncedAfterItsDelay) {
+  TempDir tmp;
+  LmdbOptions o = Options(tmp.path());
+  o.lazy_delay_ms = 50;
+  std::unique_ptr<Storage> s = MustOpen(o);
+  ASSERT_NE(s, nullptr);
+  absl::Time start = absl::Now();
+  Batch lazy;
+  lazy.sync = false;
+  lazy.writes.push_back(Put("txn", "end", "lazy"));
+  ASSERT_TRUE(s->Write(std::move(lazy)).ok());
+  absl::Duration took = absl::Now() - start;
+  EXPECT_GE(took, absl::Milliseconds(40));
+  EXPECT_LT(took, absl::Seconds(2));
+  s.reset();
+  s = MustOpen(o);
+  EXPECT_EQ(MustGet(*s, "txn", "end"), std::optional<std::string>("lazy"));
+}
+
 TEST(StorageTest, SecondOpenOfALockedDirFails) {
   TempDir tmp;
   LmdbOptions o = Options(tmp.path());

@@ -5,6 +5,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/crash.h"
 #include "common/log.h"
 #include "common/metrics.h"
@@ -24,7 +25,11 @@ int Fail(const std::string& msg) {
 int main(int argc, char** argv) {
   atomq::InitSignals();
   atomq::InitCrashPoints();
+  // Abseil's deadlock detector keeps a lock graph on every Mutex operation;
+  // the lock order here is fixed and small, so that work buys nothing.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
+  atomq::LmdbOptions lo;
   CLI::App app{"atomq-participant: a durable queue node in atomq transactions"};
   std::string id, listen, data_dir;
   atomq::participant::Config cfg;
@@ -71,6 +76,19 @@ int main(int argc, char** argv) {
   app.add_option("--resend_max_ms", cfg.resend_max_ms, "longest wait between outcome queries")
       ->check(CLI::Range(1u, 3600000u))
       ->capture_default_str();
+  app.add_option("--staged_txns_max", cfg.staged_txns_max,
+                 "interactive transactions with staged (unprepared) work; more get "
+                 "RESOURCE_EXHAUSTED")
+      ->check(CLI::Range(1u, 10000000u))
+      ->capture_default_str();
+  app.add_option("--staged_bytes_max", cfg.staged_bytes_max,
+                 "payload and header bytes staged in memory, all transactions together")
+      ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 40))
+      ->capture_default_str();
+  app.add_option("--stage_timeout_ms_max", cfg.stage_timeout_ms_max,
+                 "longest time staged work is kept, whatever its expires_unix_ms says")
+      ->check(CLI::Range(1u, 86400000u))
+      ->capture_default_str();
   app.add_option("--outcome_cache_max", cfg.outcome_cache_max,
                  "finished transactions kept in memory (older ones are read from disk)")
       ->check(CLI::Range(0u, 100000000u))
@@ -83,6 +101,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--lmdb_map_size_mb", map_size_mb, "LMDB map size (the store's largest size)")
       ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24))
+      ->capture_default_str();
+  app.add_option("--lazy_write_delay_ms", lo.lazy_delay_ms,
+                 "how long a write nobody waits on may wait to share an fsync")
+      ->check(CLI::Range(0u, 10000u))
       ->capture_default_str();
   app.add_option("--group_commit_batches_max", batches_per_commit_max,
                  "batches applied in one LMDB transaction / fsync")
@@ -105,7 +127,6 @@ int main(int argc, char** argv) {
   }
 
   namespace p = atomq::participant;
-  atomq::LmdbOptions lo;
   lo.dir = data_dir;
   lo.dbs = {p::kQueuesDb, p::kMessagesDb, p::kPreparedDb, p::kOutcomesDb, p::kDedupDb, p::kMetaDb};
   lo.map_size_mb = map_size_mb;
