@@ -70,4 +70,39 @@ void TimerQueue::Run() {
   }
 }
 
+void TimerSet::Add(uint64_t id, int64_t at_ms) {
+  bool wake = false;
+  {
+    absl::MutexLock lock(&mu_);
+    timers_.emplace(at_ms, id);
+    if (at_ms < wake_at_) {
+      wake_at_ = at_ms;
+      wake = true;
+    }
+  }
+  if (wake) queue_->At(at_ms, [this] { Wake(); });
+}
+
+void TimerSet::Wake() {
+  std::vector<uint64_t> due;
+  int64_t next = INT64_MAX;
+  {
+    absl::MutexLock lock(&mu_);
+    int64_t now = RealClock().NowMs();
+    auto end = timers_.upper_bound(now);
+    for (auto it = timers_.begin(); it != end; ++it) due.push_back(it->second);
+    timers_.erase(timers_.begin(), end);
+    // Earlier wake-ups may still be queued; ask again only if none covers
+    // the new earliest timer.
+    if (!timers_.empty() && (wake_at_ <= now || timers_.begin()->first < wake_at_)) {
+      next = timers_.begin()->first;
+      wake_at_ = next;
+    } else if (timers_.empty()) {
+      wake_at_ = INT64_MAX;
+    }
+  }
+  if (next != INT64_MAX) queue_->At(next, [this] { Wake(); });
+  if (!due.empty()) fire_(std::move(due));
+}
+
 }  // namespace atomq

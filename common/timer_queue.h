@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -34,6 +35,27 @@ class TimerQueue {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   absl::Mutex join_mu_;  // serializes joining thread_ across Stop() callers
   std::thread thread_;
+};
+
+// The cores' timers, by id: fires every timer that is due in one call, so an
+// adapter takes its core's lock once per wake-up instead of once per timer,
+// and asks the TimerQueue for a wake-up only when the earliest one moves.
+class TimerSet {
+ public:
+  // `fire` runs on the TimerQueue's thread with the due ids, oldest first.
+  TimerSet(TimerQueue* queue, std::function<void(std::vector<uint64_t>)> fire)
+      : queue_(queue), fire_(std::move(fire)) {}
+  void Add(uint64_t id, int64_t at_ms);
+
+ private:
+  void Wake();
+
+  TimerQueue* const queue_;
+  const std::function<void(std::vector<uint64_t>)> fire_;
+  absl::Mutex mu_;
+  std::multimap<int64_t, uint64_t> timers_ ABSL_GUARDED_BY(mu_);
+  // The earliest wake-up asked of queue_ and not yet run.
+  int64_t wake_at_ ABSL_GUARDED_BY(mu_) = INT64_MAX;
 };
 
 }  // namespace atomq

@@ -92,3 +92,44 @@ TEST(TimerQueueTest, StopFromCallback) {
 
 }  // namespace
 }  // namespace atomq
+
+namespace atomq {
+namespace {
+
+TEST(TimerSetTest, FiresEveryTimerOnceNotEarlyAndInFewCalls) {
+  TimerQueue queue;
+  absl::Mutex mu;
+  std::map<uint64_t, int64_t> fired_at;
+  int calls = 0;
+  TimerSet set(&queue, [&](std::vector<uint64_t> ids) {
+    int64_t now = RealClock().NowMs();
+    absl::MutexLock lock(&mu);
+    ++calls;
+    for (uint64_t id : ids) {
+      EXPECT_TRUE(fired_at.emplace(id, now).second) << "timer " << id << " fired twice";
+    }
+  });
+  std::map<uint64_t, int64_t> due;
+  int64_t start = RealClock().NowMs();
+  for (uint64_t id = 1; id <= 200; ++id) {
+    int64_t at = start + 20 + static_cast<int64_t>((id * 7919) % 60);
+    due[id] = at;
+    set.Add(id, at);
+  }
+  set.Add(999, start + 5);  // an earlier one after later ones moves the wake-up
+  due[999] = start + 5;
+  for (int i = 0; i < 200; ++i) {
+    {
+      absl::MutexLock lock(&mu);
+      if (fired_at.size() == due.size()) break;
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  absl::MutexLock lock(&mu);
+  ASSERT_EQ(fired_at.size(), due.size());
+  for (const auto& [id, at] : due) EXPECT_GE(fired_at[id], at) << "timer " << id << " fired early";
+  EXPECT_LT(calls, 100) << "timers were not fired together";
+}
+
+}  // namespace
+}  // namespace atomq
