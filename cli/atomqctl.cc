@@ -327,15 +327,198 @@ int TxnShow(const Globals& g, const std::string& id) {
   return 0;
 }
 
-int QueueCmd(const Globals& g, const std::string& cmd, const std::string& name, uint32_t max,
-             uint32_t lease_ms, bool no_ack) {
+// --- interactive transactions: begin / stage / commit / rollback ---
+
+int TxnBegin(const Globals& g, const std::string& protocol, const std::string& id,
+             uint32_t timeout_ms) {
+  if (g.coordinator.empty()) return Error("txn begin needs --coordinator=ADDR");
+  v1::BeginTxnRequest req;
+  req.set_txn_id(id);
+  req.set_timeout_ms(timeout_ms);
+  if (protocol == "3pc") req.set_protocol(v1::THREE_PC);
+  if (protocol == "2pc") req.set_protocol(v1::TWO_PC);
+  auto stub = v1::Coordinator::NewStub(Connect(g.coordinator));
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, g);
+  v1::BeginTxnResponse resp;
+  grpc::Status s = stub->Begin(&ctx, req, &resp);
+  if (!s.ok()) return RpcError("Begin", s);
+  if (g.json) {
+    PrintJson(resp);
+  } else {
+    std::printf("%s expires_unix_ms=%lld\n", resp.txn_id().c_str(),
+                static_cast<long long>(resp.expires_unix_ms()));
+  }
+  return 0;
+}
+
+// "p1" or "p1:3" (3 ops staged there).
+bool ParseStagedAt(const std::string& spec, v1::TxnParticipant* p, std::string* err) {
+  std::vector<std::string> parts = absl::StrSplit(spec, absl::MaxSplits(':', 1));
+  uint32_t n = 0;
+  if (parts[0].empty() || (parts.size() == 2 && !absl::SimpleAtoi(parts[1], &n))) {
+    *err = absl::StrCat("--staged \"", spec, "\": want PARTICIPANT or PARTICIPANT:OPS");
+    return false;
+  }
+  p->set_participant(parts[0]);
+  p->set_staged_ops(n);
+  return true;
+}
+
+int TxnCommit(const Globals& g, const std::string& id, const std::vector<std::string>& staged) {
+  if (g.coordinator.empty()) return Error("txn commit needs --coordinator=ADDR");
+  v1::CommitTxnRequest req;
+  req.set_txn_id(id);
+  std::string err;
+  for (const std::string& sp : staged) {
+    if (!ParseStagedAt(sp, req.add_participants(), &err)) return Error(err);
+  }
+  if (req.participants_size() == 0) return Error("txn commit needs --staged=PARTICIPANT[:OPS]");
+  auto stub = v1::Coordinator::NewStub(Connect(g.coordinator));
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, g);
+  v1::ExecuteResponse resp;
+  grpc::Status s = stub->Commit(&ctx, req, &resp);
+  if (!s.ok()) return RpcError("Commit", s);
+  bool committed = resp.outcome() == v1::COMMITTED;
+  if (g.json) {
+    PrintJson(resp);
+  } else {
+    std::printf("%s %s", resp.txn_id().c_str(), committed ? "COMMITTED" : "ABORTED");
+    if (!resp.reason().empty()) std::printf(": %s", resp.reason().c_str());
+    std::printf("\n");
+    for (const v1::StagedResult& r : resp.staged()) {
+      if (!committed) continue;
+      std::string seqs;
+      for (uint64_t q : r.sequences()) absl::StrAppend(&seqs, seqs.empty() ? "" : " ", q);
+      std::printf("  %s sequences [%s]\n", r.participant().c_str(), seqs.c_str());
+    }
+  }
+  return committed ? 0 : 1;
+}
+
+int TxnRollback(const Globals& g, const std::string& id, const std::vector<std::string>& staged) {
+  if (g.coordinator.empty()) return Error("txn rollback needs --coordinator=ADDR");
+  v1::RollbackTxnRequest req;
+  req.set_txn_id(id);
+  std::string err;
+  for (const std::string& sp : staged) {
+    if (!ParseStagedAt(sp, req.add_participants(), &err)) return Error(err);
+  }
+  auto stub = v1::Coordinator::NewStub(Connect(g.coordinator));
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, g);
+  v1::RollbackTxnResponse resp;
+  grpc::Status s = stub->Rollback(&ctx, req, &resp);
+  if (!s.ok()) return RpcError("Rollback", s);
+  if (g.json) {
+    PrintJson(resp);
+  } else {
+    std::printf("%s rolled back\n", id.c_str());
+  }
+  return 0;
+}
+
+int TxnStage(const Globals& g, const std::string& id, const std::vector<std::string>& enqueues,
+             const std::vector<std::string>& acks, int64_t expires_unix_ms, uint32_t batch) {
+  if (g.participant.empty()) return Error("txn stage needs --participant=ADDR");
+  v1::StageRequest req;
+  req.set_txn_id(id);
+  req.set_expires_unix_ms(expires_unix_ms);
+  req.set_batch(batch);
+  for (const std::string& e : enqueues) {
+    size_t eq = e.find('=');
+    if (eq == std::string::npos) {
+      return Error(absl::StrCat("--enqueue \"", e, "\": want QUEUE=PAYLOAD"));
+    }
+    v1::Op* op = req.add_ops();  // participant left empty: the node fills in its own id
+    op->mutable_enqueue()->set_queue(e.substr(0, eq));
+    op->mutable_enqueue()->set_payload(e.substr(eq + 1));
+  }
+  for (const std::string& a : acks) {
+    std::vector<std::string> parts = absl::StrSplit(a, absl::MaxSplits(':', 2));
+    uint64_t seq = 0;
+    if (parts.size() != 3 || !absl::SimpleAtoi(parts[1], &seq)) {
+      return Error(absl::StrCat("--ack \"", a, "\": want QUEUE:SEQUENCE:LEASE_TOKEN"));
+    }
+    v1::Op* op = req.add_ops();
+    op->mutable_ack()->set_queue(parts[0]);
+    op->mutable_ack()->set_sequence(seq);
+    op->mutable_ack()->set_lease_token(parts[2]);
+  }
+  if (req.ops_size() == 0) return Error("txn stage needs at least one --enqueue or --ack");
+  auto stub = v1::ParticipantTxn::NewStub(Connect(g.participant));
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, g);
+  v1::StageResponse resp;
+  grpc::Status s = stub->Stage(&ctx, req, &resp);
+  if (!s.ok()) return RpcError("Stage", s);
+  if (g.json) {
+    PrintJson(resp);
+  } else {
+    std::printf("%s: %u ops staged here, kept until %lld\n", id.c_str(), resp.ops_staged(),
+                static_cast<long long>(resp.expires_unix_ms()));
+  }
+  return 0;
+}
+
+// Arguments of every `queue` subcommand.
+struct QueueArgs {
+  std::string name;
+  uint32_t max = 1;
+  uint32_t lease_ms = 0;
+  std::string wait;  // a duration: "500ms", "5s", "1m"; a bare number is ms
+  bool no_ack = false;
+  bool auto_ack = false;
+  uint32_t max_deliveries = 0;
+  std::string dead_letter_queue;
+  std::string payload;
+  std::vector<std::string> headers;  // KEY=VALUE
+  std::string producer_id;
+  uint64_t producer_sequence = 0;
+  uint64_t sequence = 0;
+  std::string token;
+  bool dead_letter = false;
+  std::string reason;
+};
+
+bool ParseWait(const std::string& s, uint32_t* ms) {
+  if (s.empty()) {
+    *ms = 0;
+    return true;
+  }
+  if (absl::SimpleAtoi(s, ms)) return true;
+  absl::Duration d;
+  if (!absl::ParseDuration(s, &d) || d < absl::ZeroDuration() || d > absl::Hours(1)) return false;
+  *ms = static_cast<uint32_t>(absl::ToInt64Milliseconds(d));
+  return true;
+}
+
+void PrintQueues(const v1::ListQueuesResponse& resp) {
+  std::printf("%-30s %10s %8s %8s %8s %8s %s\n", "QUEUE", "VERSION", "READY", "LEASED", "IN-TXN",
+              "MAX-DEL", "DEAD-LETTER");
+  for (const auto& q : resp.queues()) {
+    std::printf("%-30s %10llu %8llu %8llu %8llu %8s %s\n", q.name().c_str(),
+                static_cast<unsigned long long>(q.version()),
+                static_cast<unsigned long long>(q.ready()),
+                static_cast<unsigned long long>(q.leased()),
+                static_cast<unsigned long long>(q.pending_in_txn()),
+                q.max_deliveries() == 0 ? "-" : absl::StrCat(q.max_deliveries()).c_str(),
+                q.dead_letter_queue().empty() ? "-" : q.dead_letter_queue().c_str());
+  }
+}
+
+int QueueCmd(const Globals& g, const std::string& cmd, const QueueArgs& a) {
   if (g.participant.empty()) return Error(absl::StrCat("queue ", cmd, " needs --participant=ADDR"));
   auto stub = v1::Queue::NewStub(Connect(g.participant));
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, g);
+  if (cmd != "receive") SetDeadline(&ctx, g);
+  const std::string& name = a.name;
   if (cmd == "create") {
     v1::CreateQueueRequest req;
     req.set_name(name);
+    req.set_max_deliveries(a.max_deliveries);
+    req.set_dead_letter_queue(a.dead_letter_queue);
     v1::CreateQueueResponse resp;
     grpc::Status s = stub->CreateQueue(&ctx, req, &resp);
     if (!s.ok()) return RpcError("CreateQueue", s);
@@ -357,35 +540,124 @@ int QueueCmd(const Globals& g, const std::string& cmd, const std::string& name, 
       PrintJson(resp);
     return 0;
   }
-  if (cmd == "list") {
+  if (cmd == "list" || cmd == "info") {
     v1::ListQueuesResponse resp;
     grpc::Status s = stub->ListQueues(&ctx, v1::ListQueuesRequest(), &resp);
     if (!s.ok()) return RpcError("ListQueues", s);
+    if (cmd == "info") {
+      v1::ListQueuesResponse only;
+      for (const auto& q : resp.queues()) {
+        if (q.name() == name) *only.add_queues() = q;
+      }
+      if (only.queues_size() == 0) {
+        return Error(absl::StrCat("queue ", name, " does not exist on ", g.participant));
+      }
+      if (g.json) {
+        PrintJson(only.queues(0));
+        return 0;
+      }
+      const v1::QueueInfo& q = only.queues(0);
+      std::printf(
+          "queue %s\n  version          %llu\n  ready            %llu\n  leased           %llu\n"
+          "  pending in txn   %llu\n  max deliveries   %s\n  dead-letter      %s\n"
+          "  created          %s ago\n",
+          q.name().c_str(), static_cast<unsigned long long>(q.version()),
+          static_cast<unsigned long long>(q.ready()), static_cast<unsigned long long>(q.leased()),
+          static_cast<unsigned long long>(q.pending_in_txn()),
+          q.max_deliveries() == 0 ? "unlimited" : absl::StrCat(q.max_deliveries()).c_str(),
+          q.dead_letter_queue().empty() ? "-" : q.dead_letter_queue().c_str(),
+          Age(q.created_unix_ms()).c_str());
+      return 0;
+    }
     if (g.json) {
       PrintJson(resp);
       return 0;
     }
-    std::printf("%-30s %10s %8s %8s %8s\n", "QUEUE", "VERSION", "READY", "LEASED", "IN-TXN");
-    for (const auto& q : resp.queues()) {
-      std::printf("%-30s %10llu %8llu %8llu %8llu\n", q.name().c_str(),
-                  static_cast<unsigned long long>(q.version()),
-                  static_cast<unsigned long long>(q.ready()),
-                  static_cast<unsigned long long>(q.leased()),
-                  static_cast<unsigned long long>(q.pending_in_txn()));
+    PrintQueues(resp);
+    return 0;
+  }
+  if (cmd == "send") {
+    v1::SendRequest req;
+    req.set_queue(name);
+    req.set_payload(a.payload);
+    for (const std::string& h : a.headers) {
+      size_t eq = h.find('=');
+      if (eq == std::string::npos) return Error(absl::StrCat("--header \"", h, "\": want KEY=VALUE"));
+      (*req.mutable_headers())[h.substr(0, eq)] = h.substr(eq + 1);
+    }
+    req.set_producer_id(a.producer_id);
+    req.set_producer_sequence(a.producer_sequence);
+    v1::SendResponse resp;
+    grpc::Status s = stub->Send(&ctx, req, &resp);
+    if (!s.ok()) return RpcError("Send", s);
+    if (g.json) {
+      PrintJson(resp);
+    } else if (resp.duplicate()) {
+      std::printf("%s: duplicate (already sent as sequence %llu); nothing enqueued\n", name.c_str(),
+                  static_cast<unsigned long long>(resp.sequence()));
+    } else {
+      std::printf("%s sequence %llu\n", name.c_str(),
+                  static_cast<unsigned long long>(resp.sequence()));
+    }
+    return 0;
+  }
+  if (cmd == "ack") {
+    v1::AckRequest req;
+    req.set_queue(name);
+    req.set_sequence(a.sequence);
+    req.set_lease_token(a.token);
+    v1::AckResponse resp;
+    grpc::Status s = stub->Ack(&ctx, req, &resp);
+    if (!s.ok()) return RpcError("Ack", s);
+    if (g.json)
+      PrintJson(resp);
+    else
+      std::printf("%s #%llu acked\n", name.c_str(), static_cast<unsigned long long>(a.sequence));
+    return 0;
+  }
+  if (cmd == "nack") {
+    v1::NackRequest req;
+    req.set_queue(name);
+    req.set_sequence(a.sequence);
+    req.set_lease_token(a.token);
+    req.set_dead_letter(a.dead_letter);
+    req.set_reason(a.reason);
+    v1::NackResponse resp;
+    grpc::Status s = stub->Nack(&ctx, req, &resp);
+    if (!s.ok()) return RpcError("Nack", s);
+    if (g.json) {
+      PrintJson(resp);
+    } else if (resp.dead_lettered()) {
+      std::printf("%s #%llu dead-lettered (sequence %llu there)\n", name.c_str(),
+                  static_cast<unsigned long long>(a.sequence),
+                  static_cast<unsigned long long>(resp.dead_letter_sequence()));
+    } else {
+      std::printf("%s #%llu returned to the queue\n", name.c_str(),
+                  static_cast<unsigned long long>(a.sequence));
     }
     return 0;
   }
   // receive
+  uint32_t wait_ms = 0;
+  if (!ParseWait(a.wait, &wait_ms)) {
+    return Error(absl::StrCat("--wait \"", a.wait, "\": want a duration such as 500ms, 5s, 1m"));
+  }
+  if (a.auto_ack && a.no_ack) return Error("--auto-ack and --no-ack exclude each other");
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(uint64_t{g.rpc_timeout_ms} + wait_ms));
   v1::ReceiveRequest req;
   req.set_queue(name);
-  req.set_max_messages(max);
-  req.set_lease_ms(lease_ms);
+  req.set_max_messages(a.max);
+  req.set_lease_ms(a.lease_ms);
+  req.set_wait_ms(wait_ms);
+  req.set_auto_ack(a.auto_ack);
   req.set_consumer("atomqctl");
   v1::ReceiveResponse resp;
   grpc::Status s = stub->Receive(&ctx, req, &resp);
   if (!s.ok()) return RpcError("Receive", s);
+  const bool client_ack = !a.auto_ack && !a.no_ack;
   for (const v1::Delivery& d : resp.deliveries()) {
-    if (!no_ack) {
+    if (client_ack) {
       grpc::ClientContext actx;
       SetDeadline(&actx, g);
       v1::AckRequest ack;
@@ -397,9 +669,9 @@ int QueueCmd(const Globals& g, const std::string& cmd, const std::string& name, 
       if (!as.ok()) return RpcError("Ack", as);
     }
     if (!g.json) {
+      std::string how = a.no_ack ? absl::StrCat(", lease ", d.lease_token()) : ", acked";
       std::printf("%s #%llu (delivery %u%s): %s\n", d.queue().c_str(),
-                  static_cast<unsigned long long>(d.sequence()), d.delivery_count(),
-                  no_ack ? absl::StrCat(", lease ", d.lease_token()).c_str() : ", acked",
+                  static_cast<unsigned long long>(d.sequence()), d.delivery_count(), how.c_str(),
                   d.payload().c_str());
     }
   }
@@ -448,26 +720,98 @@ int main(int argc, char** argv) {
   show->add_option("ID", show_id, "transaction id")->required();
   show->callback([&] { rc = TxnShow(g, show_id); });
 
+  // Interactive transactions: begin (coordinator), stage (participant),
+  // commit / rollback (coordinator).
+  CLI::App* begin = txn->add_subcommand("begin", "open an interactive transaction (coordinator)");
+  std::string begin_protocol, begin_id;
+  uint32_t begin_timeout_ms = 0;
+  begin->add_option("--protocol", begin_protocol, "2pc or 3pc (default: the coordinator's)")
+      ->check(CLI::IsMember({"2pc", "3pc"}));
+  begin->add_option("--id", begin_id, "transaction id (default: minted by the coordinator)");
+  begin->add_option("--timeout_ms", begin_timeout_ms,
+                    "how long it stays open (default: the coordinator's --txn_timeout_ms)");
+  begin->callback([&] { rc = TxnBegin(g, begin_protocol, begin_id, begin_timeout_ms); });
+
+  CLI::App* stage =
+      txn->add_subcommand("stage", "stage ops under an open transaction (participant)");
+  std::string stage_id;
+  std::vector<std::string> stage_enqueues, stage_acks;
+  int64_t stage_expires = 0;
+  uint32_t stage_batch = 0;
+  stage->add_option("ID", stage_id, "transaction id from txn begin")->required();
+  stage->add_option("--enqueue", stage_enqueues, "QUEUE=PAYLOAD (repeatable)");
+  stage->add_option("--ack", stage_acks, "QUEUE:SEQUENCE:LEASE_TOKEN (repeatable)");
+  stage->add_option("--expires_unix_ms", stage_expires,
+                    "from txn begin (default: the participant's --stage_timeout_ms_max)");
+  stage->add_option("--batch", stage_batch,
+                    "1-based number of this stage call, so a retry applies once (0: none)");
+  stage->callback(
+      [&] { rc = TxnStage(g, stage_id, stage_enqueues, stage_acks, stage_expires, stage_batch); });
+
+  std::string end_id;
+  std::vector<std::string> end_staged;
+  CLI::App* commit =
+      txn->add_subcommand("commit", "commit an interactive transaction (coordinator)");
+  commit->add_option("ID", end_id, "transaction id")->required();
+  commit->add_option("--staged", end_staged,
+                     "PARTICIPANT[:OPS] that staged work, with its op count (repeatable)");
+  commit->callback([&] { rc = TxnCommit(g, end_id, end_staged); });
+  CLI::App* rollback =
+      txn->add_subcommand("rollback", "roll back an interactive transaction (coordinator)");
+  rollback->add_option("ID", end_id, "transaction id")->required();
+  rollback->add_option("--staged", end_staged,
+                       "PARTICIPANT that may hold staged work (repeatable)");
+  rollback->callback([&] { rc = TxnRollback(g, end_id, end_staged); });
+
   CLI::App* queue = app.add_subcommand("queue", "queues on a participant");
   queue->require_subcommand(1);
-  std::string qname;
-  uint32_t max = 1, lease_ms = 0;
-  bool no_ack = false;
-  for (const char* c : {"create", "delete"}) {
-    CLI::App* sub = queue->add_subcommand(c, std::string(c) + " a queue");
-    sub->add_option("NAME", qname, "queue name")->required();
-    std::string cmd = c;
-    sub->callback([&, cmd] { rc = QueueCmd(g, cmd, qname, 0, 0, false); });
+  QueueArgs qa;
+  auto queue_sub = [&](const char* cmd, const char* what) {
+    CLI::App* sub = queue->add_subcommand(cmd, what);
+    std::string c = cmd;
+    sub->callback([&, c] { rc = QueueCmd(g, c, qa); });
+    return sub;
+  };
+  CLI::App* create = queue_sub("create", "create a queue");
+  create->add_option("NAME", qa.name, "queue name")->required();
+  create->add_option("--max_deliveries", qa.max_deliveries,
+                     "deliveries before a message is dead-lettered (0 = unlimited)");
+  create->add_option("--dead_letter_queue", qa.dead_letter_queue,
+                     "an existing queue that takes dead-lettered messages");
+  queue_sub("delete", "delete a queue and its messages")
+      ->add_option("NAME", qa.name, "queue name")
+      ->required();
+  queue_sub("list", "queues with version and counts");
+  queue_sub("info", "one queue: version, counts, options")
+      ->add_option("NAME", qa.name, "queue name")
+      ->required();
+  CLI::App* send = queue_sub("send", "enqueue one message outside a transaction (durable)");
+  send->add_option("NAME", qa.name, "queue name")->required();
+  send->add_option("PAYLOAD", qa.payload, "message payload")->required();
+  send->add_option("--header", qa.headers, "KEY=VALUE (repeatable)");
+  send->add_option("--producer_id", qa.producer_id, "producer id, for deduplication of retries");
+  send->add_option("--producer_sequence", qa.producer_sequence,
+                   "this message's number from that producer (not above the last: duplicate)");
+  CLI::App* recv = queue_sub("receive", "receive messages (acked after printing by default)");
+  recv->add_option("NAME", qa.name, "queue name")->required();
+  recv->add_option("--max", qa.max, "messages at most")->capture_default_str();
+  recv->add_option("--wait", qa.wait, "wait this long for a message (e.g. 500ms, 5s)");
+  recv->add_option("--lease_ms", qa.lease_ms, "lease (default: the participant's)");
+  recv->add_flag("--no-ack", qa.no_ack, "leave them leased (prints the lease tokens)");
+  recv->add_flag("--auto-ack", qa.auto_ack,
+                 "the participant deletes them (durably) before answering");
+  for (const char* c : {"ack", "nack"}) {
+    CLI::App* sub = queue_sub(c, std::string(c) == "ack" ? "ack (delete) a leased message"
+                                                          : "return a leased message, or "
+                                                            "dead-letter it");
+    sub->add_option("NAME", qa.name, "queue name")->required();
+    sub->add_option("SEQUENCE", qa.sequence, "message sequence")->required();
+    sub->add_option("LEASE_TOKEN", qa.token, "lease token from receive --no-ack")->required();
+    if (std::string(c) == "nack") {
+      sub->add_flag("--dead-letter", qa.dead_letter, "to the queue's dead-letter queue");
+      sub->add_option("--reason", qa.reason, "recorded with a dead-lettered message");
+    }
   }
-  queue->add_subcommand("list", "queues with version and counts")->callback([&] {
-    rc = QueueCmd(g, "list", "", 0, 0, false);
-  });
-  CLI::App* recv = queue->add_subcommand("receive", "receive messages and ack them");
-  recv->add_option("NAME", qname, "queue name")->required();
-  recv->add_option("--max", max, "messages at most")->capture_default_str();
-  recv->add_option("--lease_ms", lease_ms, "lease (default: the participant's)");
-  recv->add_flag("--no-ack", no_ack, "leave them leased (prints the lease tokens)");
-  recv->callback([&] { rc = QueueCmd(g, "receive", qname, max, lease_ms, no_ack); });
 
   try {
     app.parse(argc, argv);

@@ -74,6 +74,10 @@ int main(int argc, char** argv) {
   app.add_option("--resend_max_ms", cfg.resend_max_ms, "longest wait between resends")
       ->check(CLI::Range(1u, 3600000u))
       ->capture_default_str();
+  app.add_option("--termination_after_ms", cfg.termination_after_ms,
+                 "3PC: precommitted this long without a decision, run a termination round")
+      ->check(CLI::Range(1u, 3600000u))
+      ->capture_default_str();
   app.add_option("--finished_cache_max", cfg.finished_cache_max,
                  "finished transactions kept in memory (older ones are read from disk)")
       ->check(CLI::Range(0u, 100000000u))

@@ -63,6 +63,30 @@ int main(int argc, char** argv) {
   app.add_option("--lease_ms_max", cfg.lease_ms_max, "longest lease a consumer may ask")
       ->check(CLI::Range(1u, 86400000u))
       ->capture_default_str();
+  app.add_option("--max_deliveries_max", cfg.max_deliveries_max,
+                 "largest max_deliveries a queue may be created with")
+      ->check(CLI::Range(1u, 1000000u))
+      ->capture_default_str();
+  app.add_option("--producers_max", cfg.producers_max,
+                 "producers remembered for Send deduplication (least recently used evicted)")
+      ->check(CLI::Range(1u, 100000000u))
+      ->capture_default_str();
+  app.add_option("--receive_wait_ms_max", opts.receive_wait_ms_max,
+                 "longest a Receive may wait for a message (long-poll)")
+      ->check(CLI::Range(0u, 3600000u))
+      ->capture_default_str();
+  app.add_option("--waiters_max", opts.waiters_max,
+                 "long-poll Receives waiting at once; more get RESOURCE_EXHAUSTED")
+      ->check(CLI::Range(0u, 10000000u))
+      ->capture_default_str();
+  app.add_option("--subscriptions_max", opts.subscriptions_max,
+                 "Subscribe streams open at once; more get RESOURCE_EXHAUSTED")
+      ->check(CLI::Range(0u, 10000000u))
+      ->capture_default_str();
+  app.add_option("--lease_sweep_ms", opts.lease_sweep_ms,
+                 "how often expired leases return their messages (and wake consumers)")
+      ->check(CLI::Range(1u, 60000u))
+      ->capture_default_str();
   app.add_option("--receive_max", cfg.receive_max, "messages one Receive may return")
       ->check(CLI::Range(1u, 1000000u))
       ->capture_default_str();
@@ -159,6 +183,7 @@ int main(int argc, char** argv) {
   int sig = atomq::WaitForSignal();
   atomq::LogLine(absl::StrCat("signal ", sig, ": shutting down"));
   metrics.reset();
+  (*node)->StopConsumers();
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   (*node)->Stop();
   server->reset();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <set>
 #include <unordered_map>
 #include <utility>
 
@@ -27,8 +28,23 @@ enum class Phase {
   kAborted,        // decided; the record may still be in flight
 };
 
-enum class RecordKind { kPrecommit, kCommit, kAbort, kEnd };
-enum class TimerKind { kDeadline, kResend, kPersistRetry };
+// kBallot: a PRECOMMITTED record carrying a new termination ballot.
+enum class RecordKind { kPrecommit, kCommit, kAbort, kEnd, kBallot };
+enum class TimerKind { kDeadline, kResend, kPersistRetry, kTerminate };
+
+// A 3PC termination round the coordinator leads (its ballot is on disk
+// before any message carries it). Parties by index.
+struct Term {
+  uint64_t ballot = 0;  // 0: none running
+  bool accepting = false;
+  v1::TxnState value = v1::TXN_STATE_UNSPECIFIED;
+  std::set<size_t> promised;
+  std::set<size_t> accepted;
+  bool has_best = false;
+  uint64_t best_ballot = 0;
+  v1::TxnState best_value = v1::TXN_STATE_UNSPECIFIED;
+  uint64_t highest_seen = 0;
+};
 
 struct Party {
   std::string id;
@@ -57,6 +73,9 @@ struct Txn {
   // Created by QueryState for an id nobody knew: its ops are unknown, so any
   // later Execute with the id gets this (aborted) outcome.
   bool presumed = false;
+  // Begun by Begin and committed/rolled back by Commit/Rollback: it has no
+  // ops here; each participant prepares what it staged.
+  bool interactive = false;
   int64_t created_ms = 0;
   int64_t deadline_ms = 0;
   int64_t decided_ms = 0;
@@ -81,6 +100,19 @@ struct Txn {
   uint64_t retry_timer = 0;
   uint32_t retry_backoff_ms = 0;
   RecordKind retry_kind = RecordKind::kAbort;
+  // 3PC termination.
+  Term term;
+  uint64_t ballot = 0;         // highest ballot used (in the record)
+  uint64_t ballot_token = 0;   // its record in flight
+  uint64_t term_timer = 0;
+  uint32_t term_backoff_ms = 0;
+  // Dueling proposers never finish: a round of its own, or a higher ballot
+  // seen from a participant's round, gets time to complete.
+  int64_t term_started_ms = 0;
+  int64_t foreign_ballot_ms = INT64_MIN / 2;
+  bool commit_chosen = false;  // a round chose COMMIT
+  std::optional<std::pair<RecordKind, v1::TxnState>> after_ballot;  // a decision record waiting
+  bool abort_chosen = false;   // a round chose ABORT after PRECOMMITTED
 };
 
 struct TokenRef {
@@ -230,17 +262,31 @@ struct CoordinatorCore::Impl {
     for (uint64_t s : t.sequences) r.add_sequences(s);
     for (uint32_t i : t.op_party) r.add_op_participant(i);
     r.set_decided_unix_ms(t.decided_ms);
+    r.set_ballot(t.ballot);
+    r.set_interactive(t.interactive);
     return r;
   }
 
   void Persist(Txn& t, RecordKind kind, v1::TxnState state) {
+    // One write per transaction in flight, so that storage order never
+    // matters: a decision waits for a termination ballot's record.
+    if ((kind == RecordKind::kCommit || kind == RecordKind::kAbort) && t.ballot_token != 0) {
+      t.after_ballot = std::make_pair(kind, state);
+      return;
+    }
     uint64_t token = next_token++;
     tokens.emplace(token, TokenRef{t.id, kind});
     Batch b;
     b.token = token;
     b.writes.push_back(Write{kTxnDb, t.id, EncodeRecord(MakeRecord(t, state)), false});
+    // Nobody waits on END (presumed abort): let it share a later fsync.
+    b.sync = kind != RecordKind::kEnd;
     out.persist.push_back(std::move(b));
-    if (kind != RecordKind::kEnd) t.decision_token = token;
+    if (kind == RecordKind::kBallot) {
+      t.ballot_token = token;
+    } else if (kind != RecordKind::kEnd) {
+      t.decision_token = token;
+    }
   }
 
   void Send(Txn& t, size_t i, MsgType type, int64_t now_ms) {
@@ -251,7 +297,8 @@ struct CoordinatorCore::Impl {
       t.commit_sent = true;
     }
     if (type == MsgType::kAbort) {
-      ATOMQ_CHECK(t.phase == Phase::kAborted && !t.commit_sent && !t.precommit_durable,
+      ATOMQ_CHECK(t.phase == Phase::kAborted && !t.commit_sent &&
+                      (!t.precommit_durable || t.abort_chosen),
                   "Abort sent after a COMMITTED/PRECOMMITTED decision");
     }
     if (type == MsgType::kPreCommit) {
@@ -287,6 +334,7 @@ struct CoordinatorCore::Impl {
       uint64_t seq = committed && static_cast<size_t>(i) < t.sequences.size() ? t.sequences[i] : 0;
       r.add_results()->set_sequence(seq);
     }
+    if (t.interactive) AddStagedResults(t, committed, &r);
     return r;
   }
 
@@ -400,8 +448,9 @@ struct CoordinatorCore::Impl {
                     CountVotes(t, Vote::kYes) > 0,
                 "COMMIT without all YES/READ_ONLY votes");
     ATOMQ_CHECK(t.protocol != v1::THREE_PC ||
-                    (t.precommit_durable && PrecommitAcks(t) >= PrecommitAcksNeeded(t)),
-                "3PC COMMIT before a majority acknowledged PRECOMMITTED");
+                    (t.precommit_durable &&
+                     (t.commit_chosen || PrecommitAcks(t) >= PrecommitAcksNeeded(t))),
+                "3PC COMMIT before a majority acknowledged PRECOMMITTED or a round chose it");
     t.phase = Phase::kCommitting;
     Persist(t, RecordKind::kCommit, v1::STATE_COMMITTED);
   }
@@ -561,6 +610,156 @@ struct CoordinatorCore::Impl {
     return info;
   }
 
+  // ---- 3PC termination: the coordinator as a proposer ----
+
+  static bool Decided(v1::TxnState s) {
+    return s == v1::STATE_COMMITTED || s == v1::STATE_ABORTED;
+  }
+
+  static size_t Majority(const Txn& t) { return t.parties.size() / 2 + 1; }
+
+  uint32_t TerminationPatienceMs() const {
+    return std::max({config.termination_after_ms, config.resend_max_ms, 1u});
+  }
+
+  void ArmTermination(Txn& t, int64_t now_ms) {
+    t.term_backoff_ms = t.term_backoff_ms == 0
+                            ? std::max<uint32_t>(1, config.termination_after_ms)
+                            : std::min(t.term_backoff_ms * 2, TerminationPatienceMs());
+    t.term_timer = SetTimer(t, TimerKind::kTerminate, 0, now_ms + t.term_backoff_ms);
+  }
+
+  // Writes a ballot above every ballot seen, in the coordinator's ballot
+  // space (multiples of participants + 1); the round begins once durable.
+  void StartTermination(Txn& t, int64_t now_ms) {
+    if (t.phase != Phase::kPrecommitted || t.ballot_token != 0 || t.parties.empty()) return;
+    const int64_t patience = TerminationPatienceMs();
+    if (t.term.ballot != 0 && now_ms - t.term_started_ms < patience) return;
+    if (now_ms - t.foreign_ballot_ms < patience) return;
+    const uint64_t n = t.parties.size() + 1;
+    const uint64_t seen = std::max(t.ballot, t.term.highest_seen);
+    const uint64_t ballot = (seen / n + 1) * n;
+    ATOMQ_CHECK(ballot > seen && ballot % n == 0, "a coordinator ballot is fresh and its own");
+    t.ballot = ballot;
+    t.term = Term{};
+    t.term.highest_seen = seen;
+    Log(absl::StrCat("txn ", t.id, ": 3PC termination round, ballot ", ballot));
+    Persist(t, RecordKind::kBallot, v1::PRECOMMITTED);
+  }
+
+  void SendBallot(const Txn& t, size_t i, MsgType type, uint64_t ballot, v1::TxnState value) {
+    OutMessage m;
+    m.participant = t.parties[i].id;
+    m.address = t.parties[i].address;
+    m.type = type;
+    m.txn_id = t.id;
+    m.ballot = ballot;
+    m.value = value;
+    out.send.push_back(std::move(m));
+  }
+
+  void BeginTermination(Txn& t, int64_t now_ms) {
+    const uint64_t seen = t.term.highest_seen;
+    t.term = Term{};
+    t.term.highest_seen = seen;
+    t.term.ballot = t.ballot;
+    t.term_started_ms = now_ms;
+    for (size_t i = 0; i < t.parties.size(); ++i) {
+      // A READ_ONLY voter (only in records from before 3PC participants
+      // always prepared) kept nothing: it could only answer ABORTED.
+      if (t.parties[i].vote == Vote::kReadOnly) continue;
+      SendBallot(t, i, MsgType::kPromise, t.ballot, v1::TXN_STATE_UNSPECIFIED);
+    }
+  }
+
+  // What a round (or a participant that decided) says is chosen.
+  void Learn(Txn& t, v1::TxnState value, const std::string& how, int64_t now_ms) {
+    if (t.phase != Phase::kPrecommitted) return;
+    const uint64_t seen = t.term.highest_seen;
+    t.term = Term{};
+    t.term.highest_seen = seen;
+    if (value == v1::STATE_COMMITTED) {
+      t.commit_chosen = true;
+      Log(absl::StrCat("txn ", t.id, ": 3PC termination learnt COMMIT (", how, ")"));
+      return PersistCommit(t);
+    }
+    AbortChosen(t, absl::StrCat("a 3PC termination round chose ABORT (", how, ")"), now_ms);
+  }
+
+  void AbortChosen(Txn& t, std::string reason, int64_t now_ms) {
+    ATOMQ_CHECK(t.phase == Phase::kPrecommitted && !t.commit_sent,
+                "a chosen ABORT reaches a coordinator that did not commit");
+    t.abort_chosen = true;
+    t.phase = Phase::kAborted;
+    t.reason = std::move(reason);
+    t.decided_ms = now_ms;
+    t.deadline_timer = 0;
+    t.term_timer = 0;
+    Log(absl::StrCat("txn ", t.id, " ABORTED: ", t.reason));
+    for (size_t i = 0; i < t.parties.size(); ++i) {
+      Party& p = t.parties[i];
+      if (p.vote == Vote::kNo || p.vote == Vote::kReadOnly) {
+        p.acked = true;
+      } else {
+        p.acked = false;
+        SendRound(t, i, MsgType::kAbort, now_ms);
+      }
+    }
+    Persist(t, RecordKind::kAbort, v1::STATE_ABORTED);
+  }
+
+  void OnPromiseReply(const std::string& txn_id, const std::string& participant, uint64_t ballot,
+                      const absl::StatusOr<v1::PromiseResponse>& reply, int64_t now_ms) {
+    Txn* t = Find(txn_id);
+    if (t == nullptr || t->phase != Phase::kPrecommitted) return;
+    Term& r = t->term;
+    const int i = PartyIndex(*t, participant);
+    if (i < 0 || r.ballot == 0 || r.ballot != ballot || r.accepting || !reply.ok()) return;
+    if (Decided(reply->state())) {
+      return Learn(*t, reply->state(), absl::StrCat(participant, " decided it"), now_ms);
+    }
+    if (!reply->promised()) {
+      r.highest_seen = std::max(r.highest_seen, reply->promised_ballot());
+      t->foreign_ballot_ms = now_ms;
+      return;
+    }
+    if (!r.promised.insert(static_cast<size_t>(i)).second) return;
+    if (Decided(reply->accepted_value()) &&
+        (!r.has_best || reply->accepted_ballot() > r.best_ballot)) {
+      r.has_best = true;
+      r.best_ballot = reply->accepted_ballot();
+      r.best_value = reply->accepted_value();
+    }
+    if (r.promised.size() < Majority(*t)) return;
+    r.accepting = true;
+    r.value = r.has_best ? r.best_value : v1::STATE_ABORTED;
+    for (size_t k = 0; k < t->parties.size(); ++k) {
+      if (t->parties[k].vote == Vote::kReadOnly) continue;
+      SendBallot(*t, k, MsgType::kAccept, r.ballot, r.value);
+    }
+  }
+
+  void OnAcceptReply(const std::string& txn_id, const std::string& participant, uint64_t ballot,
+                     const absl::StatusOr<v1::AcceptResponse>& reply, int64_t now_ms) {
+    Txn* t = Find(txn_id);
+    if (t == nullptr || t->phase != Phase::kPrecommitted) return;
+    Term& r = t->term;
+    const int i = PartyIndex(*t, participant);
+    if (i < 0 || r.ballot == 0 || r.ballot != ballot || !r.accepting || !reply.ok()) return;
+    if (Decided(reply->state())) {
+      return Learn(*t, reply->state(), absl::StrCat(participant, " decided it"), now_ms);
+    }
+    if (!reply->accepted()) {
+      r.highest_seen = std::max(r.highest_seen, reply->promised_ballot());
+      t->foreign_ballot_ms = now_ms;
+      return;
+    }
+    r.accepted.insert(static_cast<size_t>(i));
+    if (r.accepted.size() >= Majority(*t)) {
+      Learn(*t, r.value, absl::StrCat("ballot ", r.ballot, " accepted by a majority"), now_ms);
+    }
+  }
+
   // ---- recovery ----
 
   void RecoverOne(const v1::CoordinatorTxnRecord& r, int64_t now_ms, std::map<int, int>* counts) {
@@ -570,6 +769,7 @@ struct CoordinatorCore::Impl {
     t.protocol = r.protocol() == v1::THREE_PC ? v1::THREE_PC : v1::TWO_PC;
     t.digest = r.ops_digest();
     t.presumed = r.participants_size() == 0;
+    t.interactive = r.interactive();
     t.created_ms = r.created_unix_ms();
     t.decided_ms = r.decided_unix_ms();
     t.reason = r.reason();
@@ -621,10 +821,12 @@ struct CoordinatorCore::Impl {
         }
         x.phase = Phase::kPrecommitted;
         x.precommit_durable = true;
-        x.replied = false;  // a retry waits for the commit
-        for (size_t i = 0; i < x.parties.size(); ++i) {
-          if (x.parties[i].vote == Vote::kYes) SendRound(x, i, MsgType::kPreCommit, now_ms);
-        }
+        x.replied = false;  // a retry waits for the decision
+        x.ballot = r.ballot();
+        // Which participants accepted ballot 0 is not known: a round learns
+        // the decision (it may be ABORT, if participants ran one meanwhile).
+        StartTermination(x, now_ms);
+        ArmTermination(x, now_ms);
         break;
       case v1::STATE_COMMITTED:
         for (Party& p : x.parties) p.vote = Vote::kYes;
@@ -696,7 +898,10 @@ struct CoordinatorCore::Impl {
       std::string id =
           absl::StrCat(config.coordinator_id, "-", config.boot_count, "-", next_minted++);
       // A client may have picked an id of this shape.
-      if (txns.count(id) == 0 && !(view != nullptr && view->FindTxn(id).has_value())) return id;
+      if (txns.count(id) == 0 && open.count(id) == 0 &&
+          !(view != nullptr && view->FindTxn(id).has_value())) {
+        return id;
+      }
     }
   }
 
@@ -733,6 +938,12 @@ struct CoordinatorCore::Impl {
     uint64_t digest = OpsDigest(req.ops());
     if (!req.txn_id().empty()) {
       const std::string& id = req.txn_id();
+      if (open.count(id) > 0) {
+        return ReplyError(request,
+                          absl::AlreadyExistsError(absl::StrCat(
+                              "transaction id \"", id, "\" is open (begun by Begin); use Commit")),
+                          id);
+      }
       if (Txn* t = Find(id)) {
         if (!t->presumed && t->digest != digest) {
           return ReplyError(request,
@@ -845,6 +1056,11 @@ struct CoordinatorCore::Impl {
         p.vote = Vote::kReadOnly;
         break;
       case v1::NO:
+        // TEST ONLY: a broken coordinator, for tests/sim to show its checker catches it.
+        if (config.plant == "commit-without-votes") {
+          p.vote = Vote::kYes;
+          break;
+        }
         p.vote = Vote::kNo;
         return Abort(*t,
                      reply->reason().empty() ? absl::StrCat(p.id, " voted NO")
@@ -864,7 +1080,12 @@ struct CoordinatorCore::Impl {
   void OnPreCommitReply(const std::string& txn_id, const std::string& participant,
                         const absl::Status& status, int64_t now_ms) {
     Txn* t = Find(txn_id);
-    if (t == nullptr || !t->precommit_durable || t->phase == Phase::kCommitted) return;
+    // Late acks after the decision (COMMIT, or ABORT chosen by a round) must
+    // not touch the outcome's resend timers.
+    if (t == nullptr || !t->precommit_durable ||
+        (t->phase != Phase::kPrecommitted && t->phase != Phase::kCommitting)) {
+      return;
+    }
     int i = PartyIndex(*t, participant);
     if (i < 0) return;
     Party& p = t->parties[i];
@@ -873,7 +1094,15 @@ struct CoordinatorCore::Impl {
       // It was settled otherwise (e.g. a termination round): resending cannot help.
       p.alarm = true;
       p.resend_timer = 0;
-      Log(absl::StrCat("ALARM txn ", t->id, ": ", p.id, " refused PreCommit: ", status.ToString()));
+      Log(absl::StrCat("txn ", t->id, ": ", p.id, " refused PreCommit: ", status.ToString()));
+      size_t possible = 0;
+      for (const Party& q : t->parties) {
+        possible += q.vote == Vote::kYes && (q.precommit_acked || !q.alarm) ? 1 : 0;
+      }
+      // A majority of ballot-0 accepts cannot come: a round decides.
+      if (t->phase == Phase::kPrecommitted && possible < PrecommitAcksNeeded(*t)) {
+        StartTermination(*t, now_ms);
+      }
       return;
     }
     if (!status.ok()) return;  // the resend timer tries again
@@ -897,6 +1126,7 @@ struct CoordinatorCore::Impl {
                        " refused Commit (it aborted): ", reply.status().ToString()));
       p.alarm = true;
     } else {
+      AdoptStagedOps(*t, static_cast<size_t>(i), reply->sequences_size());
       // Its sequences follow its ops in request order (the PrepareRequest's order).
       for (size_t k = 0; k < p.ops.size() && static_cast<int>(k) < reply->sequences_size(); ++k) {
         t->sequences[p.ops[k]] = reply->sequences(static_cast<int>(k));
@@ -974,6 +1204,13 @@ struct CoordinatorCore::Impl {
         p.backoff_ms = std::min(std::max<uint32_t>(1, p.backoff_ms) * 2, config.resend_max_ms);
         return Send(*t, ref.party, type, now_ms);
       }
+      case TimerKind::kTerminate: {
+        if (t->term_timer != timer_id) return;
+        t->term_timer = 0;
+        if (t->phase != Phase::kPrecommitted) return;
+        StartTermination(*t, now_ms);
+        return ArmTermination(*t, now_ms);
+      }
       case TimerKind::kPersistRetry: {
         if (t->retry_timer != timer_id) return;
         t->retry_timer = 0;
@@ -996,6 +1233,17 @@ struct CoordinatorCore::Impl {
     tokens.erase(kit);
     Txn* t = Find(ref.txn_id);
     if (t == nullptr) return;
+    if (ref.kind == RecordKind::kBallot) {
+      if (t->ballot_token == token) t->ballot_token = 0;
+      if (t->after_ballot) {
+        const auto [kind, state] = *t->after_ballot;
+        t->after_ballot.reset();
+        return Persist(*t, kind, state);
+      }
+      // A failed write: the termination timer tries again.
+      if (status.ok() && t->phase == Phase::kPrecommitted) BeginTermination(*t, now_ms);
+      return;
+    }
     if (ref.kind == RecordKind::kEnd) {
       if (!status.ok()) {
         Log(absl::StrCat("txn ", t->id,
@@ -1018,6 +1266,7 @@ struct CoordinatorCore::Impl {
         for (size_t i = 0; i < t->parties.size(); ++i) {
           if (t->parties[i].vote == Vote::kYes) SendRound(*t, i, MsgType::kPreCommit, now_ms);
         }
+        ArmTermination(*t, now_ms);
         return;
       case RecordKind::kCommit:
         if (!status.ok()) {
@@ -1041,6 +1290,7 @@ struct CoordinatorCore::Impl {
         MaybeEnd(*t);
         return MaybeFinish(*t);
       case RecordKind::kEnd:
+      case RecordKind::kBallot:
         return;
     }
   }
@@ -1095,6 +1345,358 @@ struct CoordinatorCore::Impl {
     auto [it, inserted] = txns.emplace(txn_id, std::move(t));
     Abort(it->second, "presumed abort: the coordinator has no decision for it", now_ms);
   }
+
+  // ---- interactive transactions: Begin / Commit / Rollback ----
+  // An open transaction is memory only: a crash forgets it, and presumed
+  // abort plus the participants' expiry of staged work cover that. Commit
+  // turns it into an ordinary Txn whose Prepares say use_staged.
+
+  struct OpenTxn {
+    v1::Protocol protocol = v1::TWO_PC;
+    uint32_t timeout_ms = 0;
+    int64_t expires_ms = 0;
+    uint64_t timer = 0;
+  };
+  std::map<std::string, OpenTxn> open;
+  std::unordered_map<uint64_t, std::string> open_timers;  // expiry timer -> txn id
+
+  using Parts = google::protobuf::RepeatedPtrField<v1::TxnParticipant>;
+
+  // Tells a Commit retry with the same participants from one with others.
+  static uint64_t PartsDigest(const Parts& parts) {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a
+    auto mix = [&h](const std::string& s) {
+      for (unsigned char c : s) {
+        h ^= c;
+        h *= 1099511628211ull;
+      }
+      h ^= 0xff;
+      h *= 1099511628211ull;
+    };
+    mix("interactive");
+    for (const v1::TxnParticipant& p : parts) {
+      mix(p.participant());
+      mix(std::to_string(p.staged_ops()));
+    }
+    return h;
+  }
+
+  absl::Status ValidateParts(const Parts& parts, bool allow_empty) const {
+    if (parts.empty() && !allow_empty) {
+      return absl::InvalidArgumentError(
+          "participants is empty: name every participant that staged work");
+    }
+    std::set<std::string> seen;
+    for (const v1::TxnParticipant& p : parts) {
+      if (config.participants.find(p.participant()) == config.participants.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "participant \"", p.participant(), "\" is not known to this coordinator"));
+      }
+      if (!seen.insert(p.participant()).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("participant \"", p.participant(), "\" is named twice"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<v1::BeginTxnResponse> Begin(const v1::BeginTxnRequest& req, int64_t now_ms) {
+    if (!req.txn_id().empty()) {
+      absl::Status s = ValidateTxnId(req.txn_id());
+      if (!s.ok()) return s;
+    }
+    if (req.protocol() != v1::PROTOCOL_UNSPECIFIED && req.protocol() != v1::TWO_PC &&
+        req.protocol() != v1::THREE_PC) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("protocol ", static_cast<int>(req.protocol()), " is unknown"));
+    }
+    v1::BeginTxnResponse resp;
+    if (!req.txn_id().empty()) {
+      const std::string& id = req.txn_id();
+      auto it = open.find(id);
+      if (it != open.end()) {  // a retry of this Begin
+        resp.set_txn_id(id);
+        resp.set_expires_unix_ms(it->second.expires_ms);
+        return resp;
+      }
+      if (Find(id) != nullptr || (view != nullptr && view->FindTxn(id).has_value())) {
+        return absl::AlreadyExistsError(
+            absl::StrCat("transaction id \"", id, "\" was already used"));
+      }
+    }
+    if (in_flight >= config.txns_in_flight_max) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(in_flight, " transactions open or in flight; at most ",
+                       config.txns_in_flight_max, " allowed (--txns_in_flight_max)"));
+    }
+    OpenTxn o;
+    o.protocol =
+        req.protocol() == v1::PROTOCOL_UNSPECIFIED ? config.default_protocol : req.protocol();
+    o.timeout_ms = std::min(req.timeout_ms() == 0 ? config.txn_timeout_ms : req.timeout_ms(),
+                            config.txn_timeout_ms_max);
+    o.expires_ms = now_ms + o.timeout_ms;
+    const std::string id = req.txn_id().empty() ? MintId() : req.txn_id();
+    o.timer = next_timer++;
+    open_timers.emplace(o.timer, id);
+    out.timers.push_back(TimerRequest{o.timer, o.expires_ms});
+    ++in_flight;  // handed on to the Txn that Commit/Rollback/expiry makes of it
+    open.emplace(id, o);
+    resp.set_txn_id(id);
+    resp.set_expires_unix_ms(o.expires_ms);
+    return resp;
+  }
+
+  // A Txn for an interactive transaction. `counted`: it was open, and its
+  // in-flight slot passes to the Txn.
+  Txn& Enlist(const std::string& id, v1::Protocol protocol, const Parts& parts, bool counted,
+              int64_t now_ms) {
+    ATOMQ_CHECK(open.count(id) == 0 && txns.count(id) == 0, "an id is open or a Txn, not both");
+    Txn t;
+    t.id = id;
+    t.interactive = true;
+    t.protocol = protocol;
+    t.digest = PartsDigest(parts);
+    t.created_ms = now_ms;
+    t.timeout_ms = config.txn_timeout_ms;
+    t.deadline_ms = now_ms + t.timeout_ms;
+    for (const v1::TxnParticipant& tp : parts) {
+      Party p;
+      p.id = tp.participant();
+      p.address = config.participants.at(p.id);
+      t.parties.push_back(std::move(p));
+    }
+    t.in_flight = counted;
+    auto [it, inserted] = txns.emplace(id, std::move(t));
+    return it->second;
+  }
+
+  OpenTxn Close(std::map<std::string, OpenTxn>::iterator it) {
+    OpenTxn o = it->second;
+    open_timers.erase(o.timer);
+    open.erase(it);
+    return o;
+  }
+
+  // Returns true when `timer_id` was an open transaction's expiry.
+  bool OnOpenTimer(uint64_t timer_id, int64_t now_ms) {
+    auto tit = open_timers.find(timer_id);
+    if (tit == open_timers.end()) return false;
+    const std::string id = tit->second;
+    auto it = open.find(id);
+    if (it == open.end() || it->second.timer != timer_id) {
+      open_timers.erase(tit);
+      return true;
+    }
+    OpenTxn o = Close(it);
+    // Recorded aborted, so a late Commit (even after a restart) learns why.
+    // No participant is known: each drops its staged work at the same expiry.
+    Txn& t = Enlist(id, o.protocol, Parts(), true, now_ms);
+    t.presumed = true;
+    Abort(t,
+          absl::StrCat("transaction expired: not committed within its ", o.timeout_ms,
+                       " ms timeout"),
+          now_ms);
+    return true;
+  }
+
+  // Abort messages, not tracked, to `parts` outside `t`: they may hold staged
+  // work for an id already aborted here (it also expires on its own).
+  void TellToDrop(const Txn& t, const Parts& parts) {
+    for (const v1::TxnParticipant& tp : parts) {
+      if (PartyIndex(t, tp.participant()) >= 0) continue;
+      OutMessage m;
+      m.participant = tp.participant();
+      m.address = config.participants.at(tp.participant());
+      m.type = MsgType::kAbort;
+      m.txn_id = t.id;
+      out.send.push_back(std::move(m));
+    }
+  }
+
+  void SendStagedPrepares(Txn& x, const Parts& parts) {
+    ATOMQ_CHECK(x.interactive && x.parties.size() == static_cast<size_t>(parts.size()),
+                "one party per named participant");
+    for (size_t i = 0; i < x.parties.size(); ++i) {
+      const Party& p = x.parties[i];
+      OutMessage m;
+      m.participant = p.id;
+      m.address = p.address;
+      m.type = MsgType::kPrepare;
+      m.txn_id = x.id;
+      v1::PrepareRequest& pr = m.prepare;
+      pr.set_txn_id(x.id);
+      pr.set_protocol(x.protocol);
+      pr.set_coordinator_id(config.coordinator_id);
+      pr.set_coordinator_address(config.coordinator_address);
+      pr.set_participant(p.id);
+      for (const Party& q : x.parties) {
+        v1::PeerAddress* pa = pr.add_participants();
+        pa->set_participant(q.id);
+        pa->set_address(q.address);
+      }
+      pr.set_use_staged(true);
+      pr.set_staged_ops(parts.Get(static_cast<int>(i)).staged_ops());
+      out.send.push_back(std::move(m));
+    }
+    x.deadline_timer = SetTimer(x, TimerKind::kDeadline, 0, x.deadline_ms);
+  }
+
+  void AddStagedResults(const Txn& t, bool committed, v1::ExecuteResponse* r) const {
+    for (const Party& p : t.parties) {
+      v1::StagedResult* sr = r->add_staged();
+      sr->set_participant(p.id);
+      if (!committed) continue;
+      for (int op : p.ops) {
+        sr->add_sequences(static_cast<size_t>(op) < t.sequences.size() ? t.sequences[op] : 0);
+      }
+    }
+  }
+
+  // The commit reply of an interactive party lists its staged ops: they
+  // become the party's ops (and the record's), in staging order.
+  void AdoptStagedOps(Txn& t, size_t party, int count) {
+    if (!t.interactive || party >= t.parties.size() || !t.parties[party].ops.empty()) return;
+    for (int k = 0; k < count; ++k) {
+      t.parties[party].ops.push_back(static_cast<int>(t.sequences.size()));
+      t.op_party.push_back(static_cast<uint32_t>(party));
+      t.sequences.push_back(0);
+    }
+    ATOMQ_CHECK(t.op_party.size() == t.sequences.size(), "one party per adopted op");
+  }
+
+  void ReplyInteractiveFromRecord(RequestId request, const v1::CoordinatorTxnRecord& r) {
+    v1::ExecuteResponse resp;
+    resp.set_txn_id(r.txn_id());
+    bool committed = RecordCommitted(r);
+    resp.set_outcome(committed ? v1::COMMITTED : v1::ABORTED);
+    if (!committed) resp.set_reason(r.reason());
+    for (int pi = 0; pi < r.participants_size(); ++pi) {
+      v1::StagedResult* sr = resp.add_staged();
+      sr->set_participant(r.participants(pi));
+      if (!committed) continue;
+      for (int i = 0; i < r.op_participant_size() && i < r.sequences_size(); ++i) {
+        if (r.op_participant(i) == static_cast<uint32_t>(pi)) sr->add_sequences(r.sequences(i));
+      }
+    }
+    out.replies.push_back(ExecuteReply{request, absl::OkStatus(), std::move(resp)});
+  }
+
+  void CommitInteractive(RequestId request, const v1::CommitTxnRequest& req, int64_t now_ms) {
+    absl::Status s = ValidateTxnId(req.txn_id());
+    if (s.ok()) s = ValidateParts(req.participants(), false);
+    if (!s.ok()) return ReplyError(request, s, req.txn_id());
+    const std::string& id = req.txn_id();
+    auto oit = open.find(id);
+    if (oit != open.end()) {
+      OpenTxn o = Close(oit);
+      Txn& t = Enlist(id, o.protocol, req.participants(), true, now_ms);
+      t.waiters.push_back(Waiter{request, 0});
+      if (now_ms >= o.expires_ms) {
+        return Abort(t,
+                     absl::StrCat("transaction expired: Commit came ", now_ms - o.expires_ms,
+                                  " ms after its ", o.timeout_ms, " ms timeout"),
+                     now_ms);
+      }
+      return SendStagedPrepares(t, req.participants());
+    }
+    if (Txn* t = Find(id)) {
+      if (!t->interactive) {
+        return ReplyError(request,
+                          absl::FailedPreconditionError(absl::StrCat(
+                              "transaction ", id,
+                              " was run by Execute; Commit is for transactions begun by Begin")),
+                          id);
+      }
+      if (t->phase == Phase::kAborted) {
+        TellToDrop(*t, req.participants());
+      } else if (t->digest != PartsDigest(req.participants())) {
+        return ReplyError(request,
+                          absl::AlreadyExistsError(absl::StrCat(
+                              "transaction ", id, " is committing with other participants")),
+                          id);
+      }
+      return Attach(*t, request, 0);
+    }
+    if (view != nullptr) {
+      if (std::optional<v1::CoordinatorTxnRecord> r = view->FindTxn(id)) {
+        if (!r->interactive() && r->participants_size() > 0) {
+          return ReplyError(request,
+                            absl::FailedPreconditionError(absl::StrCat(
+                                "transaction ", id,
+                                " was run by Execute; Commit is for transactions begun by Begin")),
+                            id);
+        }
+        if (RecordCommitted(*r) && r->ops_digest() != PartsDigest(req.participants())) {
+          return ReplyError(request,
+                            absl::AlreadyExistsError(absl::StrCat(
+                                "transaction ", id, " committed with other participants")),
+                            id);
+        }
+        return ReplyInteractiveFromRecord(request, *r);
+      }
+    }
+    Txn& t = Enlist(id, config.default_protocol, req.participants(), false, now_ms);
+    t.waiters.push_back(Waiter{request, 0});
+    Abort(t,
+          absl::StrCat("transaction ", id,
+                       " is not open at this coordinator (never begun, expired and forgotten, "
+                       "or lost in a coordinator restart)"),
+          now_ms);
+  }
+
+  void RollbackInteractive(RequestId request, const v1::RollbackTxnRequest& req, int64_t now_ms) {
+    absl::Status s = ValidateTxnId(req.txn_id());
+    if (s.ok()) s = ValidateParts(req.participants(), true);
+    if (!s.ok()) return ReplyError(request, s, req.txn_id());
+    const std::string& id = req.txn_id();
+    auto oit = open.find(id);
+    if (oit != open.end()) {
+      OpenTxn o = Close(oit);
+      Txn& t = Enlist(id, o.protocol, req.participants(), true, now_ms);
+      t.waiters.push_back(Waiter{request, 0});
+      return Abort(t, "rolled back by the client", now_ms);
+    }
+    auto refuse = [&] {
+      ReplyError(request,
+                 absl::FailedPreconditionError(absl::StrCat(
+                     "transaction ", id, " committed (or its commit is decided); it cannot be "
+                     "rolled back")),
+                 id);
+    };
+    if (Txn* t = Find(id)) {
+      if (!t->interactive && !t->presumed) {
+        return ReplyError(request,
+                          absl::FailedPreconditionError(absl::StrCat(
+                              "transaction ", id,
+                              " was run by Execute; Rollback is for transactions begun by Begin")),
+                          id);
+      }
+      if (t->phase == Phase::kPreparing) {
+        Abort(*t, "rolled back by the client while its commit was preparing", now_ms);
+      }
+      if (t->phase != Phase::kAborted) return refuse();
+      TellToDrop(*t, req.participants());
+      return Attach(*t, request, 0);
+    }
+    if (view != nullptr) {
+      if (std::optional<v1::CoordinatorTxnRecord> r = view->FindTxn(id)) {
+        if (RecordCommitted(*r) || r->state() == v1::PRECOMMITTED) return refuse();
+        out.replies.push_back(ExecuteReply{request, absl::OkStatus(), v1::ExecuteResponse()});
+        return;
+      }
+    }
+    Txn& t = Enlist(id, config.default_protocol, req.participants(), false, now_ms);
+    t.waiters.push_back(Waiter{request, 0});
+    Abort(t, "rolled back by the client (it was not open at this coordinator)", now_ms);
+  }
+
+  // A participant asking about an open id: undecided, and it cannot commit
+  // without a Commit here.
+  bool AnswerOpen(RequestId request, const std::string& txn_id) {
+    if (open.count(txn_id) == 0) return false;
+    out.state_replies.push_back(StateReply{request, v1::PREPARING});
+    return true;
+  }
 };
 
 CoordinatorCore::CoordinatorCore(Config config, const DurableView* view)
@@ -1111,7 +1713,7 @@ void CoordinatorCore::Recover(std::vector<v1::CoordinatorTxnRecord> records, int
                           " transaction records: ", counts[v1::STATE_COMMITTED],
                           " committed (resending Commit), ", counts[v1::STATE_ABORTED],
                           " aborted (resending Abort), ", counts[v1::PRECOMMITTED],
-                          " precommitted (resending PreCommit), ", counts[v1::ENDED], " ended"));
+                          " precommitted (termination round), ", counts[v1::ENDED], " ended"));
   impl_->EvictFinished();
 }
 
@@ -1151,9 +1753,27 @@ void CoordinatorCore::OnAbortReply(const std::string& txn_id, const std::string&
   impl_->EvictFinished();
 }
 
+void CoordinatorCore::OnPromiseReply(const std::string& txn_id, const std::string& participant,
+                                     uint64_t ballot,
+                                     const absl::StatusOr<v1::PromiseResponse>& reply,
+                                     int64_t now_ms) {
+  impl_->started = true;
+  impl_->OnPromiseReply(txn_id, participant, ballot, reply, now_ms);
+  impl_->EvictFinished();
+}
+
+void CoordinatorCore::OnAcceptReply(const std::string& txn_id, const std::string& participant,
+                                    uint64_t ballot,
+                                    const absl::StatusOr<v1::AcceptResponse>& reply,
+                                    int64_t now_ms) {
+  impl_->started = true;
+  impl_->OnAcceptReply(txn_id, participant, ballot, reply, now_ms);
+  impl_->EvictFinished();
+}
+
 void CoordinatorCore::OnTimer(uint64_t timer_id, int64_t now_ms) {
   impl_->started = true;
-  impl_->OnTimer(timer_id, now_ms);
+  if (!impl_->OnOpenTimer(timer_id, now_ms)) impl_->OnTimer(timer_id, now_ms);
   impl_->EvictFinished();
 }
 
@@ -1165,9 +1785,32 @@ void CoordinatorCore::OnPersisted(uint64_t token, const absl::Status& status, in
 
 void CoordinatorCore::QueryState(RequestId request, const std::string& txn_id, int64_t now_ms) {
   impl_->started = true;
-  impl_->QueryState(request, txn_id, now_ms);
+  if (!impl_->AnswerOpen(request, txn_id)) impl_->QueryState(request, txn_id, now_ms);
   impl_->EvictFinished();
 }
+
+absl::StatusOr<v1::BeginTxnResponse> CoordinatorCore::Begin(const v1::BeginTxnRequest& req,
+                                                            int64_t now_ms) {
+  impl_->started = true;
+  absl::StatusOr<v1::BeginTxnResponse> r = impl_->Begin(req, now_ms);
+  impl_->EvictFinished();
+  return r;
+}
+
+void CoordinatorCore::Commit(RequestId request, const v1::CommitTxnRequest& req, int64_t now_ms) {
+  impl_->started = true;
+  impl_->CommitInteractive(request, req, now_ms);
+  impl_->EvictFinished();
+}
+
+void CoordinatorCore::Rollback(RequestId request, const v1::RollbackTxnRequest& req,
+                               int64_t now_ms) {
+  impl_->started = true;
+  impl_->RollbackInteractive(request, req, now_ms);
+  impl_->EvictFinished();
+}
+
+size_t CoordinatorCore::open_transactions() const { return impl_->open.size(); }
 
 absl::StatusOr<v1::TransactionInfo> CoordinatorCore::GetTransaction(
     const std::string& txn_id) const {

@@ -18,8 +18,15 @@
 //   same outcome).
 //   3PC: after all YES, persist PRECOMMITTED (forced), send PreCommit to the
 //   YES voters, resend until acknowledged; when a majority of all participants
-//   acknowledged, persist COMMIT and continue as 2PC. After PRECOMMITTED the
-//   coordinator never aborts.
+//   acknowledged, persist COMMIT and continue as 2PC. PreCommit is ballot 0's
+//   accept of COMMIT in the participants' quorum termination (Paxos): a
+//   participant that promised a higher ballot refuses it, and a refusal is
+//   not counted. When a majority of acks cannot come any more, after
+//   Config::termination_after_ms without a decision, and at recovery of a
+//   PRECOMMITTED record, the coordinator runs a termination round itself
+//   (its ballots are the multiples of participants + 1, written to its log
+//   before use): the value it learns, COMMIT or ABORT, is the decision. After
+//   PRECOMMITTED it aborts only when a round chose ABORT.
 //   Read-only voters (READ_ONLY) get no second-round message.
 //   If every participant voted READ_ONLY, the transaction commits and the
 //   client is answered at once, with no forced record (an ENDED record follows,
@@ -67,6 +74,12 @@ struct Config {
   uint32_t resend_initial_ms = 50;     // --resend_initial_ms: backoff start
   uint32_t resend_max_ms = 2000;       // --resend_max_ms: backoff cap
   uint32_t finished_cache_max = 100000;  // --finished_cache_max: ended txns kept in memory
+  // --termination_after_ms: 3PC, PRECOMMITTED this long without a decision:
+  // run a termination round (and again every this long).
+  uint32_t termination_after_ms = 2000;
+  // TEST ONLY (tests/sim plants a known bug to show its checker catches it):
+  // "commit-without-votes" counts a NO vote as YES. Empty everywhere else.
+  std::string plant;
 };
 
 // Read-only access to what is durable, for ids no longer in memory
@@ -80,7 +93,8 @@ class DurableView {
 // Adapter-chosen handle of a pending client call or query.
 using RequestId = uint64_t;
 
-enum class MsgType { kPrepare, kPreCommit, kCommit, kAbort };
+// kPromise/kAccept: 3PC termination round messages (participant.proto).
+enum class MsgType { kPrepare, kPreCommit, kCommit, kAbort, kPromise, kAccept };
 
 struct OutMessage {
   std::string participant;  // id
@@ -88,6 +102,8 @@ struct OutMessage {
   MsgType type;
   std::string txn_id;
   v1::PrepareRequest prepare;  // kPrepare only
+  uint64_t ballot = 0;                             // kPromise, kAccept
+  v1::TxnState value = v1::TXN_STATE_UNSPECIFIED;  // kAccept
 };
 
 struct TimerRequest {
@@ -126,7 +142,7 @@ class CoordinatorCore {
 
   // Once, before any other input: every record found in the "txn" database.
   // COMMIT without END -> resend Commit; ABORT without END -> resend Abort;
-  // PRECOMMITTED -> resend PreCommit, then commit (3PC through the coordinator).
+  // PRECOMMITTED -> a termination round decides (never a blind commit).
   void Recover(std::vector<v1::CoordinatorTxnRecord> records, int64_t now_ms);
 
   // A client's Execute. The reply comes in Output::replies.
@@ -143,6 +159,12 @@ class CoordinatorCore {
   void OnAbortReply(const std::string& txn_id, const std::string& participant,
                     const absl::Status& status, int64_t now_ms);
 
+  // Answers to kPromise / kAccept messages (`ballot` as sent).
+  void OnPromiseReply(const std::string& txn_id, const std::string& participant, uint64_t ballot,
+                      const absl::StatusOr<v1::PromiseResponse>& reply, int64_t now_ms);
+  void OnAcceptReply(const std::string& txn_id, const std::string& participant, uint64_t ballot,
+                     const absl::StatusOr<v1::AcceptResponse>& reply, int64_t now_ms);
+
   void OnTimer(uint64_t timer_id, int64_t now_ms);
   // `status` non-OK: the batch is not on disk (e.g. disk full).
   void OnPersisted(uint64_t token, const absl::Status& status, int64_t now_ms);
@@ -151,6 +173,22 @@ class CoordinatorCore {
   // ABORT record is persisted first, so a later Execute with that id cannot
   // commit. Undecided ids answer PREPARING.
   void QueryState(RequestId request, const std::string& txn_id, int64_t now_ms);
+
+  // --- interactive transactions (coordinator.proto: Begin, Commit, Rollback) ---
+  // Opens a transaction in memory only and sets its expiry timer; the answer
+  // is immediate (nothing is persisted). Counts toward txns_in_flight_max.
+  // At expiry it is recorded ABORTED (not forced).
+  absl::StatusOr<v1::BeginTxnResponse> Begin(const v1::BeginTxnRequest& req, int64_t now_ms);
+  // Prepares the named participants with use_staged and runs the protocol as
+  // for Execute; the reply (Output::replies) has `staged` instead of
+  // `results`. An id not open (expired, unknown, lost in a restart) aborts,
+  // with Abort sent to the named participants so they drop staged work.
+  void Commit(RequestId request, const v1::CommitTxnRequest& req, int64_t now_ms);
+  // Aborts an open or still preparing transaction; the reply (an
+  // ExecuteReply whose body means nothing) is OK once the abort is durable,
+  // FAILED_PRECONDITION if the commit is decided.
+  void Rollback(RequestId request, const v1::RollbackTxnRequest& req, int64_t now_ms);
+  size_t open_transactions() const;
 
   // For GetTransaction / ListTransactions. NOT_FOUND if unknown.
   absl::StatusOr<v1::TransactionInfo> GetTransaction(const std::string& txn_id) const;

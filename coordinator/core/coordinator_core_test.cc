@@ -858,7 +858,7 @@ TEST_F(CoordinatorCoreTest, ThreePcPreCommitResentUntilAcknowledged) {
   core().OnPrepareReply("t1", "p2", Vote(v1::YES), now);
   Durable(Take().persist.at(0));
   Output o = Take();
-  ASSERT_EQ(o.timers.size(), 2u);
+  ASSERT_EQ(o.timers.size(), 3u);  // a resend per PreCommit, then the termination timer
   core().OnPreCommitReply("t1", "p1", absl::OkStatus(), now);
   core().OnPreCommitReply("t1", "p2", absl::UnavailableError("down"), now);
   EXPECT_TRUE(Take().empty());  // 1 of 2 is not a majority
@@ -904,6 +904,57 @@ TEST_F(CoordinatorCoreTest, ThreePcCommitWriteFailureRetriesInsteadOfAborting) {
   EXPECT_EQ(Rec(o.persist[0]).state(), v1::STATE_COMMITTED);
   Durable(o.persist[0]);
   EXPECT_EQ(Targets(Take(), MsgType::kCommit), (Strs{"p1", "p2"}));
+}
+
+// A participant that promised a termination ballot refuses PreCommit (ballot
+// 0); when a majority of acks cannot come, the coordinator runs a round, and
+// a round that finds nothing accepted chose ABORT: the client is told so.
+TEST_F(CoordinatorCoreTest, ThreePcRefusedPreCommitRunsARoundThatCanAbort) {
+  core().Execute(1, Req("t1", {Enq("p1", "q", "a"), Enq("p2", "q", "b"), Enq("p3", "q", "c")},
+                        v1::THREE_PC),
+                 now);
+  Take();
+  for (const char* p : {"p1", "p2", "p3"}) core().OnPrepareReply("t1", p, Vote(v1::YES), now);
+  Durable(Take().persist.at(0));
+  Take();
+  const absl::Status refused = absl::FailedPreconditionError("promised ballot 5");
+  core().OnPreCommitReply("t1", "p1", refused, now);
+  EXPECT_TRUE(Take().persist.empty());  // 2 of 3 may still accept
+  core().OnPreCommitReply("t1", "p2", refused, now);
+  Output o = Take();
+  ASSERT_EQ(o.persist.size(), 1u);  // the round's ballot first
+  EXPECT_EQ(Rec(o.persist[0]).state(), v1::PRECOMMITTED);
+  const uint64_t b = Rec(o.persist[0]).ballot();
+  EXPECT_EQ(b % 4, 0u);  // the coordinator's ballots: multiples of participants + 1
+  EXPECT_TRUE(o.send.empty());
+  Durable(o.persist[0]);
+  o = Take();
+  EXPECT_EQ(Targets(o, MsgType::kPromise), (Strs{"p1", "p2", "p3"}));
+  // Stale or refused answers do not count.
+  v1::PromiseResponse none;
+  none.set_promised(true);
+  none.set_state(v1::PREPARED);
+  core().OnPromiseReply("t1", "p1", b + 4, none, now);
+  EXPECT_TRUE(Take().empty());
+  core().OnPromiseReply("t1", "p1", b, none, now);
+  core().OnPromiseReply("t1", "p2", b, none, now);
+  o = Take();
+  EXPECT_EQ(Targets(o, MsgType::kAccept), (Strs{"p1", "p2", "p3"}));
+  EXPECT_EQ(o.send.at(0).value, v1::STATE_ABORTED);
+  v1::AcceptResponse yes;
+  yes.set_accepted(true);
+  core().OnAcceptReply("t1", "p1", b, yes, now);
+  core().OnAcceptReply("t1", "p3", b, yes, now);
+  o = Take();
+  EXPECT_EQ(Targets(o, MsgType::kAbort), (Strs{"p1", "p2", "p3"}));
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_EQ(Rec(o.persist[0]).state(), v1::STATE_ABORTED);
+  EXPECT_TRUE(o.replies.empty());  // not before the abort is durable
+  Durable(o.persist[0]);
+  o = Take();
+  ASSERT_EQ(o.replies.size(), 1u);
+  EXPECT_EQ(o.replies[0].response.outcome(), v1::ABORTED);
+  EXPECT_TRUE(Contains(o.replies[0].response.reason(), "termination round chose ABORT"));
 }
 
 // --------------------------------------------------------------- recovery
@@ -956,13 +1007,17 @@ TEST_F(CoordinatorCoreTest, RecoverResendsOutcomes) {
   EXPECT_EQ(Targets(o, MsgType::kCommit), (Strs{"p2"}));
   EXPECT_EQ(sent["a"], (Strs{"p1"}));
   EXPECT_EQ(Targets(o, MsgType::kAbort), (Strs{"p1"}));
-  EXPECT_EQ(sent["pc"], (Strs{"p1", "p2"}));
-  EXPECT_EQ(Targets(o, MsgType::kPreCommit), (Strs{"p1", "p2"}));
+  // PRECOMMITTED: no blind PreCommit; a termination round, whose ballot is
+  // written first (ballots of a 3-participant transaction: multiples of 4).
+  EXPECT_EQ(sent.count("pc"), 0u);
+  EXPECT_TRUE(Targets(o, MsgType::kPreCommit).empty());
   EXPECT_EQ(sent.count("e"), 0u);
-  EXPECT_EQ(o.timers.size(), o.send.size());  // every resend is timed
-  EXPECT_TRUE(o.persist.empty());
-  ASSERT_EQ(o.log.size(), 1u);
-  EXPECT_TRUE(Contains(o.log[0], "recovered 4"));
+  EXPECT_EQ(o.timers.size(), o.send.size() + 1);  // every resend is timed, and the round
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_EQ(Rec(o.persist[0]).state(), v1::PRECOMMITTED);
+  EXPECT_EQ(Rec(o.persist[0]).ballot(), 4u);
+  ASSERT_EQ(o.log.size(), 2u);
+  EXPECT_TRUE(Contains(o.log[1], "recovered 4"));
 
   // A client retrying "c" learns the outcome at once.
   core().Execute(1, creq, now);
@@ -992,9 +1047,30 @@ TEST_F(CoordinatorCoreTest, RecoverResendsOutcomes) {
 
   core().QueryState(2, "pc", now);
   EXPECT_EQ(Take().state_replies.at(0).state, v1::PRECOMMITTED);
-  core().OnPreCommitReply("pc", "p1", absl::OkStatus(), now);
+  // The round begins once its ballot is durable; p3 (READ_ONLY) is left out.
+  Durable(o.persist[0]);
+  x = Take();
+  EXPECT_EQ(Targets(x, MsgType::kPromise), (Strs{"p1", "p2"}));
+  EXPECT_EQ(x.send.at(0).ballot, 4u);
+  v1::PromiseResponse pr;
+  pr.set_promised(true);
+  pr.set_state(v1::PRECOMMITTED);
+  pr.set_accepted_ballot(0);
+  pr.set_accepted_value(v1::STATE_COMMITTED);  // p1 accepted ballot 0 (PreCommit)
+  core().OnPromiseReply("pc", "p1", 4, pr, now);
   EXPECT_TRUE(Take().empty());  // majority of 3 is 2
-  core().OnPreCommitReply("pc", "p2", absl::OkStatus(), now);
+  v1::PromiseResponse none;
+  none.set_promised(true);
+  none.set_state(v1::PREPARED);
+  core().OnPromiseReply("pc", "p2", 4, none, now);
+  x = Take();
+  EXPECT_EQ(Targets(x, MsgType::kAccept), (Strs{"p1", "p2"}));
+  EXPECT_EQ(x.send.at(0).value, v1::STATE_COMMITTED);  // the accepted value, not ABORT
+  v1::AcceptResponse ar;
+  ar.set_accepted(true);
+  core().OnAcceptReply("pc", "p1", 4, ar, now);
+  EXPECT_TRUE(Take().empty());
+  core().OnAcceptReply("pc", "p2", 4, ar, now);
   x = Take();
   ASSERT_EQ(x.persist.size(), 1u);
   EXPECT_EQ(Rec(x.persist[0]).state(), v1::STATE_COMMITTED);
@@ -1236,7 +1312,9 @@ class Sim {
       Collect();
     }
     EXPECT_TRUE(events_.empty());
-    EXPECT_TRUE(core_->ListTransactions({}, 0).empty()) << "a transaction did not end";
+    for (const v1::TransactionInfo& t : core_->ListTransactions({}, 0)) {
+      ADD_FAILURE() << "a transaction did not end: " << t.ShortDebugString();
+    }
     // Participants left in doubt (a Prepare that came after the end) ask.
     for (auto& [participant, txns] : parts_) {
       for (auto& [txn, st] : txns) {
@@ -1270,12 +1348,14 @@ class Sim {
   }
 
  private:
-  enum class Kind { kPrepare, kPreCommit, kCommit, kAbort, kPersisted, kTimer };
+  enum class Kind { kPrepare, kPreCommit, kCommit, kAbort, kPersisted, kTimer, kPromise, kAccept };
   struct Event {
     Kind kind = Kind::kTimer;
     std::string txn;
     std::string participant;
     v1::PrepareRequest prepare;
+    uint64_t ballot = 0;                             // kPromise, kAccept
+    v1::TxnState value = v1::TXN_STATE_UNSPECIFIED;  // kAccept
     Batch batch;
     TimerRequest timer{0, 0};
   };
@@ -1353,7 +1433,11 @@ class Sim {
         e.kind = m.type == MsgType::kPrepare     ? Kind::kPrepare
                  : m.type == MsgType::kPreCommit ? Kind::kPreCommit
                  : m.type == MsgType::kCommit    ? Kind::kCommit
+                 : m.type == MsgType::kPromise   ? Kind::kPromise
+                 : m.type == MsgType::kAccept    ? Kind::kAccept
                                                  : Kind::kAbort;
+        e.ballot = m.ballot;
+        e.value = m.value;
         e.txn = m.txn_id;
         e.participant = m.participant;
         e.prepare = m.prepare;
@@ -1404,8 +1488,8 @@ class Sim {
           if (chaos_ && roll < 8) {
             r.set_vote(v1::NO);
             r.set_reason("no");
-          } else if (roll < 15) {
-            r.set_vote(v1::READ_ONLY);
+          } else if (roll < 15 && e.prepare.protocol() != v1::THREE_PC) {
+            r.set_vote(v1::READ_ONLY);  // under 3PC a participant always prepares
           } else {
             r.set_vote(v1::YES);
             st = kPrepared;
@@ -1415,11 +1499,61 @@ class Sim {
         core_->OnPrepareReply(e.txn, e.participant, r, now_);
         return;
       }
-      case Kind::kPreCommit:
+      case Kind::kPreCommit: {
+        // Ballot 0's accept of COMMIT, refused after a higher promise.
+        auto& acc = accepted_[e.participant][e.txn];
+        if (promised_[e.participant][e.txn] > 0 && !(acc.first == 0 && acc.second == v1::STATE_COMMITTED)) {
+          core_->OnPreCommitReply(e.txn, e.participant, absl::FailedPreconditionError("promised"),
+                                  now_);
+          return;
+        }
         ASSERT_NE(st, kAborted) << e.txn << " " << e.participant;
-        if (st == kPrepared) st = kPrecommitted;
+        if (st == kPrepared) {
+          st = kPrecommitted;
+          acc = {0, v1::STATE_COMMITTED};
+        }
         core_->OnPreCommitReply(e.txn, e.participant, absl::OkStatus(), now_);
         return;
+      }
+      case Kind::kPromise: {
+        // An acceptor of the coordinator's termination round.
+        v1::PromiseResponse r;
+        uint64_t& promised = promised_[e.participant][e.txn];
+        auto& acc = accepted_[e.participant][e.txn];
+        if (st == kNone) st = kAborted;  // never prepared: presumed abort, recorded
+        if (st == kCommitted || st == kAborted) {
+          r.set_promised(true);
+          r.set_state(st == kCommitted ? v1::STATE_COMMITTED : v1::STATE_ABORTED);
+        } else {
+          r.set_promised(e.ballot >= promised);
+          promised = std::max(promised, e.ballot);
+          r.set_state(st == kPrecommitted ? v1::PRECOMMITTED : v1::PREPARED);
+          r.set_promised_ballot(promised);
+          r.set_accepted_ballot(acc.first);
+          r.set_accepted_value(acc.second);
+        }
+        core_->OnPromiseReply(e.txn, e.participant, e.ballot, r, now_);
+        return;
+      }
+      case Kind::kAccept: {
+        v1::AcceptResponse r;
+        uint64_t& promised = promised_[e.participant][e.txn];
+        if (st == kNone && e.value == v1::STATE_ABORTED) st = kAborted;
+        if (st == kCommitted || st == kAborted) {
+          r.set_accepted(true);
+          r.set_state(st == kCommitted ? v1::STATE_COMMITTED : v1::STATE_ABORTED);
+        } else if (st != kNone && e.ballot >= promised) {
+          promised = e.ballot;
+          accepted_[e.participant][e.txn] = {e.ballot, e.value};
+          st = e.value == v1::STATE_COMMITTED ? kPrecommitted : kPrepared;
+          r.set_accepted(true);
+          r.set_state(st == kPrecommitted ? v1::PRECOMMITTED : v1::PREPARED);
+        } else {
+          r.set_promised_ballot(promised);
+        }
+        core_->OnAcceptReply(e.txn, e.participant, e.ballot, r, now_);
+        return;
+      }
       case Kind::kCommit:
         ASSERT_NE(st, kAborted) << "agreement: " << e.txn << " " << e.participant;
         ASSERT_NE(st, kNone) << "commit without a YES vote: " << e.txn << " " << e.participant;
@@ -1428,7 +1562,10 @@ class Sim {
         return;
       case Kind::kAbort:
         ASSERT_NE(st, kCommitted) << "agreement: " << e.txn << " " << e.participant;
-        ASSERT_NE(st, kPrecommitted) << "abort after precommit: " << e.txn;
+        // After PreCommit only when a termination round chose ABORT.
+        if (st == kPrecommitted) {
+          ASSERT_NE(accepted_[e.participant][e.txn].first, 0u) << "abort after precommit: " << e.txn;
+        }
         st = kAborted;
         core_->OnAbortReply(e.txn, e.participant, absl::OkStatus(), now_);
         return;
@@ -1461,6 +1598,9 @@ class Sim {
   std::map<std::string, std::map<std::string, PState>> parts_;
   std::map<std::string, std::set<std::string>> read_only_;
   std::vector<StateReply> state_replies_;
+  // Termination rounds: participant -> txn -> promised / accepted (ballot, value).
+  std::map<std::string, std::map<std::string, uint64_t>> promised_;
+  std::map<std::string, std::map<std::string, std::pair<uint64_t, v1::TxnState>>> accepted_;
 };
 
 TEST(CoordinatorCoreSimTest, SeededRunsKeepTheInvariants) {
@@ -1470,6 +1610,284 @@ TEST(CoordinatorCoreSimTest, SeededRunsKeepTheInvariants) {
     sim.Run();
     if (::testing::Test::HasFailure()) break;
   }
+}
+
+
+// ---------------------------------------------------------------- interactive transactions
+
+v1::CommitTxnRequest CommitReq(const std::string& id,
+                               std::vector<std::pair<std::string, uint32_t>> parts) {
+  v1::CommitTxnRequest r;
+  r.set_txn_id(id);
+  for (const auto& [p, n] : parts) {
+    v1::TxnParticipant* tp = r.add_participants();
+    tp->set_participant(p);
+    tp->set_staged_ops(n);
+  }
+  return r;
+}
+
+v1::RollbackTxnRequest RollbackReq(const std::string& id, std::vector<std::string> parts) {
+  v1::RollbackTxnRequest r;
+  r.set_txn_id(id);
+  for (const std::string& p : parts) r.add_participants()->set_participant(p);
+  return r;
+}
+
+v1::BeginTxnRequest BeginReq(const std::string& id = "", uint32_t timeout_ms = 0) {
+  v1::BeginTxnRequest r;
+  r.set_txn_id(id);
+  r.set_timeout_ms(timeout_ms);
+  return r;
+}
+
+std::vector<std::vector<uint64_t>> StagedSeqs(const v1::ExecuteResponse& r) {
+  std::vector<std::vector<uint64_t>> v;
+  for (const v1::StagedResult& s : r.staged()) {
+    v.emplace_back(s.sequences().begin(), s.sequences().end());
+  }
+  return v;
+}
+
+TEST_F(CoordinatorCoreTest, InteractiveBeginCommitPreparesStagedWorkOnly) {
+  absl::StatusOr<v1::BeginTxnResponse> b = core().Begin(BeginReq("", 4000), now);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->txn_id(), "c1-7-1");
+  EXPECT_EQ(b->expires_unix_ms(), now + 4000);
+  Output o = Take();
+  ASSERT_EQ(o.timers.size(), 1u);  // the expiry
+  EXPECT_TRUE(o.persist.empty()) << "an open transaction is memory only";
+  EXPECT_EQ(core().in_flight(), 1u);
+  EXPECT_EQ(core().open_transactions(), 1u);
+  const std::string id = b->txn_id();
+
+  core().Commit(1, CommitReq(id, {{"p2", 1}, {"p1", 2}}), now);
+  o = Take();
+  ASSERT_EQ(o.send.size(), 2u);
+  for (const OutMessage& m : o.send) {
+    EXPECT_EQ(m.type, MsgType::kPrepare);
+    EXPECT_TRUE(m.prepare.use_staged());
+    EXPECT_EQ(m.prepare.ops_size(), 0);
+    EXPECT_EQ(m.prepare.staged_ops(), m.participant == "p1" ? 2u : 1u);
+    EXPECT_EQ(m.prepare.participants_size(), 2);
+  }
+  EXPECT_EQ(core().open_transactions(), 0u);
+  core().OnPrepareReply(id, "p1", Vote(v1::YES), now);
+  core().OnPrepareReply(id, "p2", Vote(v1::YES), now);
+  o = Take();
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_EQ(Rec(o.persist[0]).state(), v1::STATE_COMMITTED);
+  EXPECT_TRUE(Rec(o.persist[0]).interactive());
+  Durable(o.persist[0]);
+  o = Take();
+  EXPECT_EQ(Targets(o, MsgType::kCommit), (Strs{"p1", "p2"}));
+  core().OnCommitReply(id, "p1", Seqs({5, 0}), now);
+  core().OnCommitReply(id, "p2", Seqs({9}), now);
+  o = Take();
+  ASSERT_EQ(o.replies.size(), 1u);
+  const v1::ExecuteResponse r = o.replies[0].response;
+  EXPECT_EQ(r.outcome(), v1::COMMITTED);
+  EXPECT_EQ(r.results_size(), 0);
+  ASSERT_EQ(r.staged_size(), 2);
+  EXPECT_EQ(r.staged(0).participant(), "p2");  // the request's order
+  EXPECT_EQ(StagedSeqs(r), (std::vector<std::vector<uint64_t>>{{9}, {5, 0}}));
+  ASSERT_EQ(o.persist.size(), 1u);
+  v1::CoordinatorTxnRecord ended = Rec(o.persist[0]);
+  EXPECT_EQ(ended.state(), v1::ENDED);
+  EXPECT_EQ(ended.sequences_size(), 3);
+  Durable(o.persist[0]);
+  EXPECT_EQ(core().in_flight(), 0u);
+
+  // A retry gets the first outcome; other participants or an Execute with the id are refused.
+  core().Commit(2, CommitReq(id, {{"p2", 1}, {"p1", 2}}), now);
+  o = Take();
+  ASSERT_EQ(o.replies.size(), 1u);
+  EXPECT_EQ(StagedSeqs(o.replies[0].response), StagedSeqs(r));
+  EXPECT_TRUE(o.send.empty());
+  core().Commit(3, CommitReq(id, {{"p1", 2}}), now);
+  EXPECT_EQ(Take().replies.at(0).status.code(), absl::StatusCode::kAlreadyExists);
+  core().Execute(4, Req(id, {Enq("p1", "q", "x")}), now);
+  EXPECT_EQ(Take().replies.at(0).status.code(), absl::StatusCode::kAlreadyExists);
+  core().Rollback(5, RollbackReq(id, {}), now);
+  EXPECT_EQ(Take().replies.at(0).status.code(), absl::StatusCode::kFailedPrecondition);
+
+  // After a restart the record answers, sequences included.
+  Restart();
+  Take();
+  core().Commit(6, CommitReq(id, {{"p2", 1}, {"p1", 2}}), now);
+  o = Take();
+  ASSERT_EQ(o.replies.size(), 1u);
+  EXPECT_EQ(o.replies[0].response.outcome(), v1::COMMITTED);
+  EXPECT_EQ(StagedSeqs(o.replies[0].response), StagedSeqs(r));
+}
+
+TEST_F(CoordinatorCoreTest, InteractiveNoVoteAbortsWithTheParticipantsReason) {
+  ASSERT_TRUE(core().Begin(BeginReq("i-no"), now).ok());
+  Take();
+  core().Commit(1, CommitReq("i-no", {{"p1", 1}, {"p2", 1}}), now);
+  Take();
+  core().OnPrepareReply("i-no", "p1",
+                        Vote(v1::NO, "nothing staged for txn i-no on p1 (expired or lost in a "
+                                     "restart)"),
+                        now);
+  Output o = Take();
+  EXPECT_EQ(Targets(o, MsgType::kAbort), (Strs{"p2"}));
+  ASSERT_EQ(o.persist.size(), 1u);
+  Durable(o.persist[0]);
+  o = Take();
+  ASSERT_EQ(o.replies.size(), 1u);
+  EXPECT_EQ(o.replies[0].response.outcome(), v1::ABORTED);
+  EXPECT_TRUE(Contains(o.replies[0].response.reason(), "p1 voted NO: nothing staged"));
+}
+
+TEST_F(CoordinatorCoreTest, InteractiveExpiryAbortsAndALateCommitLearnsWhy) {
+  absl::StatusOr<v1::BeginTxnResponse> b = core().Begin(BeginReq("i-exp", 1000), now);
+  ASSERT_TRUE(b.ok());
+  Output o = Take();
+  ASSERT_EQ(o.timers.size(), 1u);
+  EXPECT_EQ(o.timers[0].at_ms, now + 1000);
+  Fire(o.timers[0]);
+  EXPECT_EQ(core().open_transactions(), 0u);
+  o = Take();
+  ASSERT_EQ(o.persist.size(), 1u);
+  v1::CoordinatorTxnRecord rec = Rec(o.persist[0]);
+  EXPECT_EQ(rec.state(), v1::STATE_ABORTED);
+  EXPECT_TRUE(rec.interactive());
+  EXPECT_TRUE(Contains(rec.reason(), "expired"));
+  EXPECT_TRUE(o.send.empty());  // no participant is known yet
+  Durable(o.persist[0]);
+  for (const Batch& x : Take().persist) Durable(x);
+  EXPECT_EQ(core().in_flight(), 0u);
+
+  // A late Commit: ABORTED, and the named participants are told to drop staged work.
+  core().Commit(1, CommitReq("i-exp", {{"p1", 1}, {"p3", 1}}), now);
+  o = Take();
+  ASSERT_EQ(o.replies.size(), 1u);
+  EXPECT_EQ(o.replies[0].response.outcome(), v1::ABORTED);
+  EXPECT_TRUE(Contains(o.replies[0].response.reason(), "expired"));
+  EXPECT_EQ(Targets(o, MsgType::kAbort), (Strs{"p1", "p3"}));
+  // So does one after a restart, from the record.
+  Restart();
+  Take();
+  core().Commit(2, CommitReq("i-exp", {{"p1", 1}}), now);
+  o = Take();
+  ASSERT_EQ(o.replies.size(), 1u);
+  EXPECT_TRUE(Contains(o.replies[0].response.reason(), "expired"));
+
+  // A Commit that comes after the expiry time, before the timer fired, aborts too.
+  ASSERT_TRUE(core().Begin(BeginReq("i-late", 500), now).ok());
+  Take();
+  now += 501;
+  core().Commit(3, CommitReq("i-late", {{"p1", 1}}), now);
+  o = Take();
+  EXPECT_EQ(Targets(o, MsgType::kPrepare), Strs{});
+  EXPECT_EQ(Targets(o, MsgType::kAbort), (Strs{"p1"}));
+  ASSERT_EQ(o.persist.size(), 1u);
+  Durable(o.persist[0]);
+  o = Take();
+  ASSERT_EQ(o.replies.size(), 1u);
+  EXPECT_TRUE(Contains(o.replies[0].response.reason(), "expired"));
+}
+
+TEST_F(CoordinatorCoreTest, InteractiveRollbackAndCommitOfAnUnknownId) {
+  ASSERT_TRUE(core().Begin(BeginReq("i-rb"), now).ok());
+  Take();
+  core().Rollback(1, RollbackReq("i-rb", {"p2"}), now);
+  Output o = Take();
+  EXPECT_EQ(Targets(o, MsgType::kAbort), (Strs{"p2"}));
+  EXPECT_TRUE(o.replies.empty()) << "answered only once the abort is durable";
+  ASSERT_EQ(o.persist.size(), 1u);
+  Durable(o.persist[0]);
+  o = Take();
+  ASSERT_EQ(o.replies.size(), 1u);
+  EXPECT_TRUE(o.replies[0].status.ok());
+  core().Commit(2, CommitReq("i-rb", {{"p2", 1}}), now);
+  o = Take();
+  ASSERT_EQ(o.replies.size(), 1u);
+  EXPECT_EQ(o.replies[0].response.outcome(), v1::ABORTED);
+  EXPECT_TRUE(Contains(o.replies[0].response.reason(), "rolled back"));
+  core().Rollback(3, RollbackReq("i-rb", {}), now);
+  o = Take();
+  ASSERT_EQ(o.replies.size(), 1u);
+  EXPECT_TRUE(o.replies[0].status.ok()) << "rolling back twice is fine";
+
+  // Begun, then the coordinator restarted: the open transaction is gone.
+  ASSERT_TRUE(core().Begin(BeginReq("i-lost"), now).ok());
+  Restart();
+  Take();
+  core().Commit(4, CommitReq("i-lost", {{"p1", 1}, {"p3", 2}}), now);
+  o = Take();
+  EXPECT_EQ(Targets(o, MsgType::kAbort), (Strs{"p1", "p3"}));
+  ASSERT_EQ(o.persist.size(), 1u);
+  Durable(o.persist[0]);
+  o = Take();
+  ASSERT_EQ(o.replies.size(), 1u);
+  EXPECT_EQ(o.replies[0].response.outcome(), v1::ABORTED);
+  EXPECT_TRUE(Contains(o.replies[0].response.reason(), "not open"));
+  // The id can never be begun again.
+  EXPECT_EQ(core().Begin(BeginReq("i-lost"), now).status().code(),
+            absl::StatusCode::kAlreadyExists);
+
+  // Rollback while the commit is preparing aborts it; after the decision it is refused.
+  ASSERT_TRUE(core().Begin(BeginReq("i-prep"), now).ok());
+  core().Commit(5, CommitReq("i-prep", {{"p1", 1}, {"p2", 1}}), now);
+  Take();
+  core().OnPrepareReply("i-prep", "p1", Vote(v1::YES), now);
+  core().Rollback(6, RollbackReq("i-prep", {}), now);
+  o = Take();
+  EXPECT_EQ(Targets(o, MsgType::kAbort), (Strs{"p1", "p2"}));
+  ASSERT_EQ(o.persist.size(), 1u);
+  Durable(o.persist[0]);
+  o = Take();
+  ASSERT_EQ(o.replies.size(), 2u);  // the Commit (ABORTED) and the Rollback (OK)
+  for (const ExecuteReply& rep : o.replies) {
+    EXPECT_TRUE(rep.status.ok());
+    EXPECT_EQ(rep.response.outcome(), v1::ABORTED);
+  }
+}
+
+TEST_F(CoordinatorCoreTest, InteractiveBadInputAndLimits) {
+  config.txns_in_flight_max = 2;
+  ASSERT_TRUE(core().Begin(BeginReq("a"), now).ok());
+  absl::StatusOr<v1::BeginTxnResponse> again = core().Begin(BeginReq("a"), now + 10);
+  ASSERT_TRUE(again.ok()) << "a repeated Begin of an open id answers as the first";
+  EXPECT_EQ(again->expires_unix_ms(), now + 5000);
+  ASSERT_TRUE(core().Begin(BeginReq("b"), now).ok());
+  EXPECT_EQ(core().Begin(BeginReq("c"), now).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(core().Begin(BeginReq("bad id!"), now).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  core().Execute(1, Req("a", {Enq("p1", "q", "x")}), now);
+  EXPECT_EQ(Take().replies.at(0).status.code(), absl::StatusCode::kAlreadyExists);
+
+  core().Commit(2, CommitReq("a", {}), now);
+  core().Commit(3, CommitReq("a", {{"p9", 1}}), now);
+  core().Commit(4, CommitReq("a", {{"p1", 1}, {"p1", 1}}), now);
+  core().Commit(5, CommitReq("bad id!", {{"p1", 1}}), now);
+  Output o = Take();
+  ASSERT_EQ(o.replies.size(), 4u);
+  for (const ExecuteReply& r : o.replies) {
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument) << r.status;
+  }
+  EXPECT_TRUE(Contains(std::string(o.replies[1].status.message()), "p9"));
+  EXPECT_TRUE(Contains(std::string(o.replies[2].status.message()), "twice"));
+  EXPECT_TRUE(o.send.empty() && o.persist.empty()) << "bad input changes nothing";
+  EXPECT_EQ(core().open_transactions(), 2u);
+
+  // A participant asking about an open id hears "undecided", nothing is recorded.
+  core().QueryState(6, "a", now);
+  o = Take();
+  ASSERT_EQ(o.state_replies.size(), 1u);
+  EXPECT_EQ(o.state_replies[0].state, v1::PREPARING);
+  EXPECT_TRUE(o.persist.empty());
+
+  // Commit on an id run by Execute is refused.
+  config.txns_in_flight_max = 100;
+  Restart();
+  Take();
+  CommitAll(7, Req("ex", {Enq("p1", "q", "x")}), {{"p1", {1}}});
+  core().Commit(8, CommitReq("ex", {{"p1", 1}}), now);
+  EXPECT_EQ(Take().replies.at(0).status.code(), absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

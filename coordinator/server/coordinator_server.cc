@@ -137,6 +137,14 @@ void CoordinatorServer::Persist(std::vector<Batch> batches) {
   }
 }
 
+void CoordinatorServer::FireTimers(const std::vector<uint64_t>& ids) {
+  if (stopped_) return;
+  WithCore([&](CoordinatorCore& c) {
+    int64_t now = clock_.NowMs();
+    for (uint64_t id : ids) c.OnTimer(id, now);
+  });
+}
+
 void CoordinatorServer::Dispatch(Output out) {
   for (const std::string& line : out.log) LogLine(line);
   int commits = 0;
@@ -158,13 +166,7 @@ void CoordinatorServer::Dispatch(Output out) {
     }
     Send(std::move(m));
   }
-  for (const TimerRequest& t : out.timers) {
-    uint64_t id = t.timer_id;
-    timers_.At(t.at_ms, [this, id] {
-      if (stopped_) return;
-      WithCore([&](CoordinatorCore& c) { c.OnTimer(id, clock_.NowMs()); });
-    });
-  }
+  for (const TimerRequest& t : out.timers) core_timers_.Add(t.timer_id, t.at_ms);
   for (ExecuteReply& r : out.replies) {
     Pending p;
     {
@@ -181,7 +183,8 @@ void CoordinatorServer::Dispatch(Output out) {
     } else {
       ++replies_aborted_;
     }
-    if (r.status.ok()) *p.execute = std::move(r.response);
+    // Rollback has no body to fill (execute == nullptr).
+    if (r.status.ok() && p.execute != nullptr) *p.execute = std::move(r.response);
     p.reactor->Finish(ToGrpc(r.status));
   }
   for (const StateReply& r : out.state_replies) {
@@ -241,6 +244,8 @@ class CoordinatorServer::Link {
         case MsgType::kPreCommit: item->mutable_pre_commit()->set_txn_id(m.txn_id); break;
         case MsgType::kCommit: item->mutable_commit()->set_txn_id(m.txn_id); break;
         case MsgType::kAbort: item->mutable_abort()->set_txn_id(m.txn_id); break;
+        case MsgType::kPromise:  // never batched: SendTermination
+        case MsgType::kAccept: break;
       }
       sent->push_back(Sent{m.type, std::move(m.txn_id), std::move(m.participant)});
     }
@@ -271,6 +276,9 @@ class CoordinatorServer::Link {
 
 void CoordinatorServer::Send(OutMessage m) {
   if (stopped_) return;
+  if (m.type == MsgType::kPromise || m.type == MsgType::kAccept) {
+    return SendTermination(std::move(m));
+  }
   Link* link;
   {
     absl::MutexLock lock(&links_mu_);
@@ -281,11 +289,58 @@ void CoordinatorServer::Send(OutMessage m) {
   link->Send(std::move(m));
 }
 
+// 3PC termination rounds the coordinator leads: one RPC per message.
+void CoordinatorServer::SendTermination(OutMessage m) {
+  std::shared_ptr<v1::ParticipantTxn::Stub> stub =
+      v1::ParticipantTxn::NewStub(channels_.Get(m.address));
+  const std::string txn = m.txn_id, p = m.participant;
+  const uint64_t ballot = m.ballot;
+  if (m.type == MsgType::kPromise) {
+    v1::PromiseRequest req;
+    req.set_txn_id(txn);
+    req.set_ballot(ballot);
+    AsyncUnary<v1::PromiseResponse>(
+        std::move(req), options_.rpc_timeout_ms,
+        [stub](auto* ctx, auto* r, auto* resp, auto cb) {
+          stub->async()->Promise(ctx, r, resp, std::move(cb));
+        },
+        [this, txn, p, ballot](const grpc::Status& s, const v1::PromiseResponse& resp) {
+          absl::StatusOr<v1::PromiseResponse> r =
+              s.ok() ? absl::StatusOr<v1::PromiseResponse>(resp) : FromGrpc(s);
+          WithCore(
+              [&](CoordinatorCore& c) { c.OnPromiseReply(txn, p, ballot, r, clock_.NowMs()); });
+        });
+    return;
+  }
+  v1::AcceptRequest req;
+  req.set_txn_id(txn);
+  req.set_ballot(ballot);
+  req.set_value(m.value);
+  AsyncUnary<v1::AcceptResponse>(
+      std::move(req), options_.rpc_timeout_ms,
+      [stub](auto* ctx, auto* r, auto* resp, auto cb) {
+        stub->async()->Accept(ctx, r, resp, std::move(cb));
+      },
+      [this, txn, p, ballot](const grpc::Status& s, const v1::AcceptResponse& resp) {
+        absl::StatusOr<v1::AcceptResponse> r =
+            s.ok() ? absl::StatusOr<v1::AcceptResponse>(resp) : FromGrpc(s);
+        WithCore([&](CoordinatorCore& c) { c.OnAcceptReply(txn, p, ballot, r, clock_.NowMs()); });
+      });
+}
+
 void CoordinatorServer::OnBatchReply(const std::vector<Sent>& sent, const grpc::Status& status,
                                      const v1::BatchResponse& resp) {
   bool any_prepare = false;
   for (const Sent& s : sent) any_prepare |= s.type == MsgType::kPrepare;
   if (any_prepare && !first_vote_seen_.exchange(true)) CrashPoint("after-prepare-sent");
+  if (status.ok() && CrashArmed("after-precommit-sent")) {
+    // The first PreCommit a participant acknowledged, before it is counted.
+    for (size_t i = 0; i < sent.size() && i < static_cast<size_t>(resp.results_size()); ++i) {
+      if (sent[i].type == MsgType::kPreCommit && resp.results(i).code() == 0) {
+        CrashPoint("after-precommit-sent");
+      }
+    }
+  }
   int64_t now = clock_.NowMs();
   WithCore([&](CoordinatorCore& c) {
     for (size_t i = 0; i < sent.size(); ++i) {
@@ -319,6 +374,9 @@ void CoordinatorServer::OnBatchReply(const std::vector<Sent>& sent, const grpc::
         case MsgType::kAbort:
           c.OnAbortReply(s.txn_id, s.participant, st, now);
           break;
+        case MsgType::kPromise:
+        case MsgType::kAccept:
+          break;  // not batched
       }
     }
   });
@@ -338,6 +396,55 @@ grpc::ServerUnaryReactor* CoordinatorServer::Execute(grpc::CallbackServerContext
     pending_[rid] = Pending{reactor, resp, nullptr};
   }
   WithCore([&](CoordinatorCore& c) { c.Execute(rid, *req, clock_.NowMs()); });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* CoordinatorServer::Begin(grpc::CallbackServerContext* ctx,
+                                                   const v1::BeginTxnRequest* req,
+                                                   v1::BeginTxnResponse* resp) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (stopped_) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator is shutting down"));
+    return reactor;
+  }
+  absl::StatusOr<v1::BeginTxnResponse> r;
+  WithCore([&](CoordinatorCore& c) { r = c.Begin(*req, clock_.NowMs()); });
+  if (r.ok()) *resp = std::move(*r);
+  reactor->Finish(ToGrpc(r.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* CoordinatorServer::Commit(grpc::CallbackServerContext* ctx,
+                                                    const v1::CommitTxnRequest* req,
+                                                    v1::ExecuteResponse* resp) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (stopped_) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator is shutting down"));
+    return reactor;
+  }
+  RequestId rid = next_request_++;
+  {
+    absl::MutexLock lock(&pending_mu_);
+    pending_[rid] = Pending{reactor, resp, nullptr};
+  }
+  WithCore([&](CoordinatorCore& c) { c.Commit(rid, *req, clock_.NowMs()); });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* CoordinatorServer::Rollback(grpc::CallbackServerContext* ctx,
+                                                      const v1::RollbackTxnRequest* req,
+                                                      v1::RollbackTxnResponse*) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (stopped_) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator is shutting down"));
+    return reactor;
+  }
+  RequestId rid = next_request_++;
+  {
+    absl::MutexLock lock(&pending_mu_);
+    pending_[rid] = Pending{reactor, nullptr, nullptr};
+  }
+  WithCore([&](CoordinatorCore& c) { c.Rollback(rid, *req, clock_.NowMs()); });
   return reactor;
 }
 

@@ -52,6 +52,15 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
                                              v1::ListTransactionsResponse* resp) override;
   grpc::ServerUnaryReactor* QueryState(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
                                        v1::QueryStateResponse* resp) override;
+  // Interactive transactions.
+  grpc::ServerUnaryReactor* Begin(grpc::CallbackServerContext* ctx, const v1::BeginTxnRequest* req,
+                                  v1::BeginTxnResponse* resp) override;
+  grpc::ServerUnaryReactor* Commit(grpc::CallbackServerContext* ctx,
+                                   const v1::CommitTxnRequest* req,
+                                   v1::ExecuteResponse* resp) override;
+  grpc::ServerUnaryReactor* Rollback(grpc::CallbackServerContext* ctx,
+                                     const v1::RollbackTxnRequest* req,
+                                     v1::RollbackTxnResponse* resp) override;
 
  private:
   class View;
@@ -71,9 +80,11 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
 
   // Carries out `out`; never called with mu_ held.
   void Dispatch(Output out) ABSL_LOCKS_EXCLUDED(mu_);
+  void FireTimers(const std::vector<uint64_t>& ids) ABSL_LOCKS_EXCLUDED(mu_);
   // Hands batches to the writer; called with mu_ held, never blocks.
   void Persist(std::vector<Batch> batches) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Send(OutMessage msg);
+  void SendTermination(OutMessage msg);
   void OnBatchReply(const std::vector<Sent>& sent, const grpc::Status& status,
                     const v1::BatchResponse& resp);
   template <typename Fn>
@@ -85,6 +96,8 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   std::unique_ptr<View> view_;
   ChannelCache channels_;
   TimerQueue timers_;
+  // Every due core timer in one locked call.
+  TimerSet core_timers_{&timers_, [this](std::vector<uint64_t> ids) { FireTimers(ids); }};
   std::atomic<bool> stopped_{false};
   std::atomic<uint64_t> next_request_{1};
   std::atomic<bool> first_vote_seen_{false};

@@ -47,7 +47,20 @@ struct Queue {
   uint64_t delete_token = 0;                      // a DeleteQueue in flight
 };
 
-enum class ReplyKind { kPrepare, kPreCommit, kCommit, kAbort, kQuery, kCreate, kDelete, kAck };
+enum class ReplyKind {
+  kPrepare,
+  kPreCommit,
+  kCommit,
+  kAbort,
+  kQuery,
+  kCreate,
+  kDelete,
+  kAck,
+  kPromise,
+  kAccept,
+  kNack,
+  kSend
+};
 
 struct Waiter {
   ReplyKind kind;
@@ -62,7 +75,10 @@ enum class BatchKind {
   kAbortUnknown,
   kCreate,
   kDelete,
-  kAck
+  kAck,
+  kMove,  // dead-lettering: a message to its queue's dead-letter queue
+  kSend,  // Queue.Send: one message outside any transaction
+  kBallot  // 3PC termination: a PREPARED record with a new promised/accepted/proposed ballot
 };
 
 // A batch handed to the adapter and not yet reported.
@@ -73,16 +89,42 @@ struct Pending {
   uint64_t sequence = 0;
   std::string settled_by;  // in-doubt resolution: who told us
   std::vector<Waiter> waiters;
+  uint64_t lead_ballot = 0;  // kBallot: a termination round this node leads, begun once durable
 };
 
 // A request on a transaction that arrived while a batch for it was in flight;
 // replayed once that batch is reported, so each transaction has at most one
 // batch in flight and every answer reflects durable state.
-enum class Call { kPreCommit, kCommit, kAbort, kQuery, kSettleCommit, kSettleAbort };
+enum class Call {
+  kPreCommit,
+  kCommit,
+  kAbort,
+  kQuery,
+  kSettleCommit,
+  kSettleAbort,
+  kPromise,
+  kAccept
+};
 struct Deferred {
   Call call;
   RequestId request = 0;
   std::string by;
+  uint64_t ballot = 0;                          // kPromise, kAccept
+  v1::TxnState value = v1::TXN_STATE_UNSPECIFIED;  // kAccept
+};
+
+// A 3PC termination round this node leads (memory only; its ballot is on disk
+// as proposed_ballot before any message carries it).
+struct Round {
+  uint64_t ballot = 0;  // 0: none running
+  bool accepting = false;
+  v1::TxnState value = v1::TXN_STATE_UNSPECIFIED;  // proposed in phase 2
+  std::set<std::string> promised;
+  std::set<std::string> accepted;
+  bool has_best = false;  // some promise reported an accepted value
+  uint64_t best_ballot = 0;
+  v1::TxnState best_value = v1::TXN_STATE_UNSPECIFIED;
+  uint64_t highest_seen = 0;  // highest ballot any acceptor reported
 };
 
 struct Txn {
@@ -100,6 +142,13 @@ struct Txn {
   uint64_t timer_id = 0;
   uint32_t backoff_ms = 0;
   uint32_t preparing_streak = 0;
+  // 3PC termination.
+  Round round;
+  v1::PreparedRecord writing;  // what the kBallot batch in flight writes
+  // Dueling leaders never finish: a node that promised another leader's
+  // ballot, or runs a round of its own, lets it work for resend_max_ms.
+  int64_t round_started_ms = 0;
+  int64_t foreign_ballot_ms = INT64_MIN / 2;
 };
 
 struct CachedOutcome {
@@ -174,6 +223,14 @@ struct ParticipantCore::Impl {
         return v1::DeleteQueueResponse();
       case ReplyKind::kAck:
         return v1::AckResponse();
+      case ReplyKind::kPromise:
+        return v1::PromiseResponse();
+      case ReplyKind::kAccept:
+        return v1::AcceptResponse();
+      case ReplyKind::kNack:
+        return v1::NackResponse();
+      case ReplyKind::kSend:
+        return v1::SendResponse();
     }
     return v1::AckResponse();
   }
@@ -258,23 +315,28 @@ struct ParticipantCore::Impl {
 
   // Puts a message that is neither pinned nor being acked back where its
   // lease says.
-  static void Restore(Queue& q, uint64_t seq, Message& m, int64_t now_ms) {
+  void Restore(Queue& q, uint64_t seq, Message& m, int64_t now_ms) {
     ATOMQ_CHECK(m.pinned_by.empty() && m.ack_token == 0, "restoring a held message");
     if (!m.lease_token.empty() && !Expired(m, now_ms)) {
       q.leases.insert({m.lease_expires_ms, seq});
     } else {
       m.lease_token.clear();
       q.ready.insert(seq);
+      Woke(q);
     }
   }
 
+  // Expired leases: back to ready, or to the dead-letter queue once the
+  // message reached max_deliveries.
   void ExpireLeases(Queue& q, int64_t now_ms) {
     while (!q.leases.empty() && q.leases.begin()->first <= now_ms) {
       uint64_t seq = q.leases.begin()->second;
       q.leases.erase(q.leases.begin());
       Message& m = q.messages.at(seq);
       m.lease_token.clear();
+      if (MaxedOut(q, m) && StartMove(q, seq, "max-deliveries", std::nullopt, now_ms)) continue;
       q.ready.insert(seq);
+      Woke(q);
     }
   }
 
@@ -286,6 +348,8 @@ struct ParticipantCore::Impl {
     info.set_leased(q.messages.size() - q.ready.size() - q.pinned);
     info.set_pending_in_txn(q.staged + q.pinned);
     info.set_created_unix_ms(q.rec.created_unix_ms());
+    info.set_max_deliveries(q.rec.max_deliveries());
+    info.set_dead_letter_queue(q.rec.dead_letter_queue());
     return info;
   }
 
@@ -459,7 +523,10 @@ struct ParticipantCore::Impl {
       }
       return Vote(r, v1::YES);
     }
-    if (req.ops_size() == 0) return Vote(r, v1::READ_ONLY);
+    // Under 3PC a participant with nothing to change still prepares: it is
+    // an acceptor of termination rounds, and one that kept nothing would
+    // answer a Promise with a presumed ABORT.
+    if (req.ops_size() == 0 && req.protocol() != v1::THREE_PC) return Vote(r, v1::READ_ONLY);
     std::string reason = CheckOps(req, now_ms);
     if (!reason.empty()) return Vote(r, v1::NO, std::move(reason));
     if (txns.size() >= config.prepared_max) {
@@ -507,10 +574,20 @@ struct ParticipantCore::Impl {
     if (it != txns.end()) {
       Txn& t = it->second;
       if (DeferIfBusy(t, BatchKind::kPreCommit, w, Call::kPreCommit, "")) return;
-      if (t.rec.state() == v1::PRECOMMITTED)
+      const auto [accepted_ballot, accepted_value] = AcceptedOf(t.rec);
+      if (accepted_ballot == 0 && accepted_value == v1::STATE_COMMITTED)
         return Send(r, absl::OkStatus(), v1::PreCommitResponse());
+      // PreCommit is ballot 0's accept of COMMIT: a promise of a higher
+      // ballot (a termination round) refuses it.
+      if (t.rec.promised_ballot() > 0) {
+        return Fail(w, absl::FailedPreconditionError(absl::StrCat(
+                           "transaction ", id, ": a termination round holds ballot ",
+                           t.rec.promised_ballot(), " here; PreCommit (ballot 0) refused")));
+      }
       v1::PreparedRecord rec = t.rec;
       rec.set_state(v1::PRECOMMITTED);
+      rec.set_accepted_ballot(0);
+      rec.set_accepted_value(v1::STATE_COMMITTED);
       t.pending =
           Submit({Put(kPreparedDb, id, rec)}, Pending{BatchKind::kPreCommit, id, 0, 0, "", {w}});
       return;
@@ -640,6 +717,9 @@ struct ParticipantCore::Impl {
       return;
     }
     if (w.kind == ReplyKind::kQuery) return SendState(w.request, v1::STATE_ABORTED);
+    if (w.kind == ReplyKind::kPromise || w.kind == ReplyKind::kAccept) {
+      return SendDecided(w, v1::STATE_ABORTED);
+    }
     Send(w.request, absl::OkStatus(), v1::AbortResponse());
   }
 
@@ -689,6 +769,12 @@ struct ParticipantCore::Impl {
         case Call::kSettleAbort:
           AbortTxn(std::nullopt, id, now_ms, d.by);
           break;
+        case Call::kPromise:
+          Promise(d.request, id, d.ballot, now_ms);
+          break;
+        case Call::kAccept:
+          Accept(d.request, id, d.ballot, d.value, now_ms);
+          break;
       }
     }
   }
@@ -704,7 +790,8 @@ struct ParticipantCore::Impl {
       case BatchKind::kPrepare:
       case BatchKind::kPreCommit:
       case BatchKind::kCommit:
-      case BatchKind::kAbort: {
+      case BatchKind::kAbort:
+      case BatchKind::kBallot: {
         Txn& t = txns.at(p.key);
         ATOMQ_CHECK(t.pending == token, "one batch in flight per transaction");
         t.pending = 0;
@@ -714,6 +801,7 @@ struct ParticipantCore::Impl {
         if (p.kind == BatchKind::kPreCommit) PreCommitDone(t, p, status);
         if (p.kind == BatchKind::kCommit) CommitDone(t, p, status);
         if (p.kind == BatchKind::kAbort) AbortDone(t, p, status, now_ms);
+        if (p.kind == BatchKind::kBallot) BallotDone(t, p, status, now_ms);
         Replay(std::move(deferred), p.key, now_ms);
         break;
       }
@@ -728,6 +816,12 @@ struct ParticipantCore::Impl {
         break;
       case BatchKind::kAck:
         AckDone(p, status, now_ms);
+        break;
+      case BatchKind::kMove:
+        MoveDone(token, status, now_ms);
+        break;
+      case BatchKind::kSend:
+        SendDone(token, status);
         break;
     }
   }
@@ -748,7 +842,11 @@ struct ParticipantCore::Impl {
   }
 
   void PreCommitDone(Txn& t, const Pending& p, const absl::Status& status) {
-    if (status.ok()) t.rec.set_state(v1::PRECOMMITTED);
+    if (status.ok()) {
+      t.rec.set_state(v1::PRECOMMITTED);
+      t.rec.set_accepted_ballot(0);
+      t.rec.set_accepted_value(v1::STATE_COMMITTED);
+    }
     for (const Waiter& w : p.waiters) {
       if (status.ok()) {
         Send(w.request, absl::OkStatus(), v1::PreCommitResponse());
@@ -794,6 +892,7 @@ struct ParticipantCore::Impl {
       // Visible only now: the batch carrying it is durable.
       q.messages.emplace(seq, Message{});
       q.ready.insert(seq);
+      Woke(q);
       q.staged--;
       q.durable_next_sequence = std::max(q.durable_next_sequence, seq + 1);
     }
@@ -837,6 +936,8 @@ struct ParticipantCore::Impl {
     for (const Waiter& w : p.waiters) {
       if (w.kind == ReplyKind::kQuery) {
         SendState(w.request, v1::STATE_ABORTED);
+      } else if (w.kind == ReplyKind::kPromise || w.kind == ReplyKind::kAccept) {
+        SendDecided(w, v1::STATE_ABORTED);
       } else {
         Send(w.request, absl::OkStatus(), v1::AbortResponse());
       }
@@ -889,6 +990,8 @@ struct ParticipantCore::Impl {
       bool peers_already = txn.ask_peers;
       QueryCoordinator(txn);
       if (peers_already) QueryPeers(txn);
+      // 3PC does not wait for the coordinator: a new round every time.
+      if (txn.rec.protocol() == v1::THREE_PC) StartRound(txn, now_ms);
     }
     ArmTimer(txn, now_ms + txn.backoff_ms);
     txn.backoff_ms =
@@ -929,9 +1032,320 @@ struct ParticipantCore::Impl {
     }
   }
 
+  // --- 3PC quorum termination (single-decree Paxos over the participants) ---
+
+  static bool Decided(TxnState s) { return s == v1::STATE_COMMITTED || s == v1::STATE_ABORTED; }
+
+  // (ballot, value) accepted; a PRECOMMITTED record from before ballots were
+  // recorded accepted COMMIT at ballot 0.
+  static std::pair<uint64_t, TxnState> AcceptedOf(const v1::PreparedRecord& rec) {
+    if (rec.accepted_value() == v1::TXN_STATE_UNSPECIFIED && rec.state() == v1::PRECOMMITTED) {
+      return {0, v1::STATE_COMMITTED};
+    }
+    return {rec.accepted_ballot(), rec.accepted_value()};
+  }
+
+  static size_t Majority(const Txn& t) {
+    return static_cast<size_t>(t.rec.participants_size()) / 2 + 1;
+  }
+
+  static int SelfIndex(const Txn& t) {
+    for (int i = 0; i < t.rec.participants_size(); ++i) {
+      if (t.rec.participants(i).participant() == t.rec.participant()) return i;
+    }
+    return -1;
+  }
+
+  static bool IsParticipant(const Txn& t, const std::string& id) {
+    for (const v1::PeerAddress& p : t.rec.participants()) {
+      if (p.participant() == id) return true;
+    }
+    return false;
+  }
+
+  static absl::Status NotThreePc(const std::string& id) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "transaction ", id, " runs 2PC here: no termination rounds (ask with QueryState)"));
+  }
+
+  void SendPromiseReply(RequestId r, const Txn& t, bool promised) {
+    v1::PromiseResponse resp;
+    resp.set_promised(promised);
+    resp.set_state(t.rec.state());
+    resp.set_promised_ballot(t.rec.promised_ballot());
+    const auto [ballot, value] = AcceptedOf(t.rec);
+    resp.set_accepted_ballot(ballot);
+    resp.set_accepted_value(value);
+    Send(r, absl::OkStatus(), resp);
+  }
+
+  void SendAcceptReply(RequestId r, TxnState state, bool accepted, uint64_t promised) {
+    v1::AcceptResponse resp;
+    resp.set_accepted(accepted);
+    resp.set_state(state);
+    resp.set_promised_ballot(promised);
+    Send(r, absl::OkStatus(), resp);
+  }
+
+  // A Promise or Accept answered by a node that decided `outcome` (durable).
+  void SendDecided(const Waiter& w, TxnState outcome) {
+    if (w.kind == ReplyKind::kPromise) {
+      v1::PromiseResponse resp;
+      resp.set_promised(true);
+      resp.set_state(outcome);
+      return Send(w.request, absl::OkStatus(), resp);
+    }
+    ATOMQ_CHECK(w.kind == ReplyKind::kAccept, "a decided answer goes to Promise or Accept");
+    SendAcceptReply(w.request, outcome, true, 0);
+  }
+
+  // Ballot calls wait for the transaction's batch in flight, like the others.
+  bool DeferBallot(Txn& t, Call call, RequestId r, uint64_t ballot, TxnState value) {
+    if (t.pending == 0) return false;
+    Deferred d{call, r, ""};
+    d.ballot = ballot;
+    d.value = value;
+    t.deferred.push_back(std::move(d));
+    return true;
+  }
+
+  void WriteBallot(Txn& t, v1::PreparedRecord rec, std::optional<Waiter> w, uint64_t lead) {
+    ATOMQ_CHECK(t.durable && t.pending == 0, "a ballot is written over a durable PREPARED record");
+    ATOMQ_CHECK(rec.promised_ballot() >= t.rec.promised_ballot(), "promised ballots only grow");
+    const std::string id = rec.txn_id();
+    t.writing = rec;
+    Pending p{BatchKind::kBallot, id, 0, 0, "", {}};
+    if (w) p.waiters.push_back(*w);
+    p.lead_ballot = lead;
+    t.pending = Submit({Put(kPreparedDb, id, rec)}, std::move(p));
+  }
+
+  void BallotDone(Txn& t, const Pending& p, const absl::Status& status, int64_t now_ms) {
+    if (!status.ok()) {
+      for (const Waiter& w : p.waiters) Fail(w, status);
+      return;  // a round this node meant to lead starts again at the next timer
+    }
+    t.rec = std::move(t.writing);
+    t.writing.Clear();
+    if (!p.waiters.empty() && t.rec.promised_ballot() != t.round.ballot) {
+      t.foreign_ballot_ms = now_ms;
+    }
+    for (const Waiter& w : p.waiters) {
+      if (w.kind == ReplyKind::kPromise) {
+        SendPromiseReply(w.request, t, true);
+      } else {
+        ATOMQ_CHECK(w.kind == ReplyKind::kAccept, "a ballot write answers Promise or Accept");
+        SendAcceptReply(w.request, t.rec.state(), true, t.rec.promised_ballot());
+      }
+    }
+    if (p.lead_ballot != 0) BeginRound(t, p.lead_ballot, now_ms);
+  }
+
+  void Promise(RequestId r, const std::string& id, uint64_t ballot, int64_t now_ms) {
+    const Waiter w{ReplyKind::kPromise, r};
+    if (ballot == 0) {
+      return Fail(w, absl::InvalidArgumentError(
+                         "ballot 0 is the coordinator's PreCommit; a Promise needs a ballot > 0"));
+    }
+    auto it = txns.find(id);
+    if (it != txns.end()) {
+      Txn& t = it->second;
+      if (DeferBallot(t, Call::kPromise, r, ballot, v1::TXN_STATE_UNSPECIFIED)) return;
+      if (t.rec.protocol() != v1::THREE_PC) return Fail(w, NotThreePc(id));
+      if (ballot <= t.rec.promised_ballot()) {
+        return SendPromiseReply(r, t, ballot == t.rec.promised_ballot());
+      }
+      v1::PreparedRecord rec = t.rec;
+      rec.set_promised_ballot(ballot);
+      return WriteBallot(t, std::move(rec), w, 0);
+    }
+    std::optional<CachedOutcome> o = FindOutcome(id);
+    if (o && o->rec.state() == v1::STATE_COMMITTED) return SendDecided(w, v1::STATE_COMMITTED);
+    if (o) return AnswerAborted(w, *o);
+    // Never prepared here, so never voted YES: presumed abort, made durable
+    // so that this node votes NO should the Prepare arrive later.
+    AbortUnknown(w, id, now_ms);
+  }
+
+  void Accept(RequestId r, const std::string& id, uint64_t ballot, TxnState value,
+              int64_t now_ms) {
+    const Waiter w{ReplyKind::kAccept, r};
+    if (ballot == 0) {
+      return Fail(w, absl::InvalidArgumentError(
+                         "ballot 0 is the coordinator's PreCommit; an Accept needs a ballot > 0"));
+    }
+    if (!Decided(value)) {
+      return Fail(w, absl::InvalidArgumentError(absl::StrCat(
+                         "value ", v1::TxnState_Name(value),
+                         " is not STATE_COMMITTED or STATE_ABORTED")));
+    }
+    auto it = txns.find(id);
+    if (it != txns.end()) {
+      Txn& t = it->second;
+      if (DeferBallot(t, Call::kAccept, r, ballot, value)) return;
+      if (t.rec.protocol() != v1::THREE_PC) return Fail(w, NotThreePc(id));
+      if (ballot < t.rec.promised_ballot()) {
+        return SendAcceptReply(r, t.rec.state(), false, t.rec.promised_ballot());
+      }
+      const auto [accepted_ballot, accepted_value] = AcceptedOf(t.rec);
+      if (ballot == accepted_ballot && value == accepted_value) {
+        return SendAcceptReply(r, t.rec.state(), true, t.rec.promised_ballot());
+      }
+      v1::PreparedRecord rec = t.rec;
+      rec.set_promised_ballot(ballot);
+      rec.set_accepted_ballot(ballot);
+      rec.set_accepted_value(value);
+      rec.set_state(value == v1::STATE_COMMITTED ? v1::PRECOMMITTED : v1::PREPARED);
+      return WriteBallot(t, std::move(rec), w, 0);
+    }
+    std::optional<CachedOutcome> o = FindOutcome(id);
+    if (o && o->rec.state() == value) {
+      if (value == v1::STATE_COMMITTED) return SendDecided(w, value);
+      return AnswerAborted(w, *o);
+    }
+    if (o) {
+      if (o->token != 0) {
+        return Fail(w, absl::UnavailableError(
+                           absl::StrCat("transaction ", id, ": its outcome is being written; retry")));
+      }
+      Log(absl::StrCat("txn ", id, " protocol alarm: asked to accept ", v1::TxnState_Name(value),
+                       " at ballot ", ballot, " but it is ", v1::TxnState_Name(o->rec.state()),
+                       " here"));
+      return SendAcceptReply(r, o->rec.state(), false, 0);
+    }
+    if (value == v1::STATE_ABORTED) return AbortUnknown(w, id, now_ms);
+    Log(absl::StrCat("txn ", id, " protocol alarm: asked to accept COMMIT at ballot ", ballot,
+                     " but it was never prepared here"));
+    SendAcceptReply(r, v1::UNKNOWN, false, 0);
+  }
+
+  // Writes a ballot above every ballot seen, in this node's ballot space
+  // (ballot mod (participants + 1) == 1 + its index), with its own promise;
+  // the round begins once that is durable.
+  void StartRound(Txn& t, int64_t now_ms) {
+    if (t.rec.protocol() != v1::THREE_PC || !t.durable || t.pending != 0) return;
+    const int64_t patience = std::max<uint32_t>(config.resend_max_ms, config.resend_initial_ms);
+    if (t.round.ballot != 0 && now_ms - t.round_started_ms < patience) return;
+    if (now_ms - t.foreign_ballot_ms < patience) return;
+    const int self = SelfIndex(t);
+    if (self < 0) return;  // not in its own participant list: cannot lead
+    const uint64_t n = static_cast<uint64_t>(t.rec.participants_size()) + 1;
+    const uint64_t seen = std::max({t.rec.promised_ballot(), t.rec.proposed_ballot(),
+                                    t.rec.accepted_ballot(), t.round.highest_seen});
+    const uint64_t ballot = (seen / n + 1) * n + static_cast<uint64_t>(self) + 1;
+    ATOMQ_CHECK(ballot > seen && ballot % n == static_cast<uint64_t>(self) + 1,
+                "a new ballot is fresh and in this node's ballot space");
+    t.round = Round{};
+    v1::PreparedRecord rec = t.rec;
+    rec.set_proposed_ballot(ballot);
+    rec.set_promised_ballot(ballot);
+    WriteBallot(t, std::move(rec), std::nullopt, ballot);
+  }
+
+  void BeginRound(Txn& t, uint64_t ballot, int64_t now_ms) {
+    ATOMQ_CHECK(t.rec.proposed_ballot() == ballot && t.rec.promised_ballot() == ballot,
+                "a round begins with its ballot durable");
+    Round& r = t.round;
+    r = Round{};
+    r.ballot = ballot;
+    t.round_started_ms = now_ms;
+    r.promised.insert(t.rec.participant());
+    const auto [accepted_ballot, accepted_value] = AcceptedOf(t.rec);
+    if (Decided(accepted_value)) {
+      r.has_best = true;
+      r.best_ballot = accepted_ballot;
+      r.best_value = accepted_value;
+    }
+    for (const v1::PeerAddress& p : t.rec.participants()) {
+      if (p.participant() == t.rec.participant()) continue;
+      out.peer_msgs.push_back(OutPeerMsg{PeerMsgType::kPromise, t.rec.txn_id(), p.participant(),
+                                         p.address(), ballot, v1::TXN_STATE_UNSPECIFIED});
+    }
+    MaybeAccept(t);
+  }
+
+  void MaybeAccept(Txn& t) {
+    Round& r = t.round;
+    if (r.accepting || r.promised.size() < Majority(t)) return;
+    r.accepting = true;
+    r.value = r.has_best ? r.best_value : v1::STATE_ABORTED;
+    // TEST ONLY: a broken leader, for tests/sim to show its checker catches it.
+    if (config.plant == "leader-ignores-accepted") r.value = v1::STATE_ABORTED;
+    ATOMQ_CHECK(Decided(r.value), "a round proposes COMMIT or ABORT");
+    for (const v1::PeerAddress& p : t.rec.participants()) {
+      out.peer_msgs.push_back(OutPeerMsg{PeerMsgType::kAccept, t.rec.txn_id(), p.participant(),
+                                         p.address(), r.ballot, r.value});
+    }
+  }
+
+  void OnPromiseReply(const std::string& id, const std::string& from, uint64_t ballot,
+                      const absl::StatusOr<v1::PromiseResponse>& reply, int64_t now_ms) {
+    auto it = txns.find(id);
+    if (it == txns.end()) return;
+    Txn& t = it->second;
+    Round& r = t.round;
+    if (r.ballot == 0 || r.ballot != ballot || r.accepting || !IsParticipant(t, from)) return;
+    if (!reply.ok()) return;  // the next timer starts another round
+    if (Decided(reply->state())) {
+      return DecideRound(t, reply->state(), absl::StrCat("peer ", from, ", which decided"), now_ms);
+    }
+    if (!reply->promised()) {
+      r.highest_seen = std::max(r.highest_seen, reply->promised_ballot());
+      return;
+    }
+    if (!r.promised.insert(from).second) return;
+    if (Decided(reply->accepted_value()) &&
+        (!r.has_best || reply->accepted_ballot() > r.best_ballot)) {
+      r.has_best = true;
+      r.best_ballot = reply->accepted_ballot();
+      r.best_value = reply->accepted_value();
+    }
+    MaybeAccept(t);
+  }
+
+  void OnAcceptReply(const std::string& id, const std::string& from, uint64_t ballot,
+                     const absl::StatusOr<v1::AcceptResponse>& reply, int64_t now_ms) {
+    auto it = txns.find(id);
+    if (it == txns.end()) return;
+    Txn& t = it->second;
+    Round& r = t.round;
+    if (r.ballot == 0 || r.ballot != ballot || !r.accepting || !IsParticipant(t, from)) return;
+    if (!reply.ok()) return;
+    if (Decided(reply->state())) {
+      return DecideRound(t, reply->state(), absl::StrCat("peer ", from, ", which decided"), now_ms);
+    }
+    if (!reply->accepted()) {
+      r.highest_seen = std::max(r.highest_seen, reply->promised_ballot());
+      return;
+    }
+    r.accepted.insert(from);
+    if (r.accepted.size() >= Majority(t)) {
+      DecideRound(t, r.value, absl::StrCat("termination ballot ", r.ballot), now_ms);
+    }
+  }
+
+  // `value` is chosen: settle here and tell the others.
+  void DecideRound(Txn& t, TxnState value, const std::string& by, int64_t now_ms) {
+    ATOMQ_CHECK(Decided(value), "a round decides COMMIT or ABORT");
+    const std::string id = t.rec.txn_id();
+    const uint64_t seen = t.round.highest_seen;
+    t.round = Round{};
+    t.round.highest_seen = seen;
+    const PeerMsgType type =
+        value == v1::STATE_COMMITTED ? PeerMsgType::kCommit : PeerMsgType::kAbort;
+    for (const v1::PeerAddress& p : t.rec.participants()) {
+      if (p.participant() == t.rec.participant()) continue;
+      out.peer_msgs.push_back(OutPeerMsg{type, id, p.participant(), p.address(), 0,
+                                         v1::TXN_STATE_UNSPECIFIED});
+    }
+    if (value == v1::STATE_COMMITTED) return CommitTxn(std::nullopt, id, now_ms, by);
+    AbortTxn(std::nullopt, id, now_ms, by);
+  }
+
   // --- queues ---
 
-  void CreateQueue(RequestId r, const std::string& name, int64_t now_ms) {
+  void CreateQueue(RequestId r, const v1::CreateQueueRequest& req, int64_t now_ms) {
+    const std::string& name = req.name();
     const Waiter w{ReplyKind::kCreate, r};
     absl::Status s = ValidateQueueName(name);
     if (!s.ok()) return Fail(w, s);
@@ -949,7 +1363,11 @@ struct ParticipantCore::Impl {
           w, absl::ResourceExhaustedError(absl::StrCat(
                  queues.size() + creating.size(), " queues; --queues_max=", config.queues_max)));
     }
+    s = ValidateQueueOptions(req);
+    if (!s.ok()) return Fail(w, s);
     v1::QueueRecord rec;
+    rec.set_max_deliveries(req.max_deliveries());
+    rec.set_dead_letter_queue(req.dead_letter_queue());
     rec.set_name(name);
     rec.set_id(next_queue_id++);
     rec.set_next_sequence(1);  // 0 means "no sequence" in CommitResponse
@@ -998,10 +1416,13 @@ struct ParticipantCore::Impl {
                          "queue \"", name, "\" is used by ", Plural(q.txn_refs, "transaction"),
                          " prepared here; retry when they finish")));
     }
+    s = CheckDeletable(q);
+    if (!s.ok()) return Fail(w, s);
     std::vector<Write> writes;
     writes.push_back(Erase(kQueuesDb, name));
     for (const auto& [seq, m] : q.messages)
       writes.push_back(Erase(kMessagesDb, MessageKey(q.rec.id(), seq)));
+    EraseProducers(q.rec.id(), &writes);
     q.delete_token =
         Submit(std::move(writes), Pending{BatchKind::kDelete, name, q.rec.id(), 0, "", {w}});
   }
@@ -1015,6 +1436,7 @@ struct ParticipantCore::Impl {
       return;
     }
     ATOMQ_CHECK(q->txn_refs == 0, "no transaction prepared on a deleted queue");
+    ForgetProducers(p.queue_id);
     queue_names.erase(p.queue_id);
     queues.erase(p.key);
     for (const Waiter& w : p.waiters) Send(w.request, absl::OkStatus(), v1::DeleteQueueResponse());
@@ -1043,6 +1465,7 @@ struct ParticipantCore::Impl {
       q->ready.erase(q->ready.begin());
       Message& m = q->messages.at(seq);
       ATOMQ_CHECK(m.pinned_by.empty() && m.ack_token == 0, "a held message is never delivered");
+      if (MaxedOut(*q, m) && StartMove(*q, seq, "max-deliveries", std::nullopt, now_ms)) continue;
       m.delivery_count++;
       m.lease_token = absl::StrCat(config.boot_count, "-", next_lease++);
       m.lease_expires_ms = now_ms + lease_ms;
@@ -1109,6 +1532,421 @@ struct ParticipantCore::Impl {
     }
   }
 
+  // --- consumers and producers: dead letters, nack, Send ---
+
+  // A dead-lettering in flight: the message is held (ack_token) in its queue
+  // until the batch that copies it to the dead-letter queue is durable.
+  struct Move {
+    uint64_t from_queue_id = 0;
+    uint64_t from_sequence = 0;
+    uint64_t to_queue_id = 0;
+    uint64_t to_sequence = 0;
+    std::optional<RequestId> nack;  // a Nack waiting for it
+  };
+  // A Send in flight, with the requests waiting for it (the Send itself and
+  // duplicates that arrived meanwhile).
+  struct InFlightSend {
+    uint64_t queue_id = 0;
+    uint64_t sequence = 0;
+    std::string producer_key;  // empty: no deduplication
+    uint64_t producer_sequence = 0;
+    std::vector<std::pair<RequestId, v1::SendResponse>> waits;
+  };
+  // Dedup state of one (queue, producer). `last`/`msg_sequence` include a
+  // Send in flight (`token`); the durable_* fields are what the disk holds.
+  struct Producer {
+    uint64_t last = 0;
+    uint64_t msg_sequence = 0;
+    uint64_t used = 0;  // key in producer_lru
+    uint64_t token = 0;
+    bool durable = false;
+    uint64_t durable_last = 0;
+    uint64_t durable_msg_sequence = 0;
+  };
+
+  std::set<std::string> woke;  // names already in out.ready_queues
+  std::map<uint64_t, Move> moves;                 // batch token ->
+  std::map<uint64_t, InFlightSend> sends;         // batch token ->
+  std::map<uint64_t, uint32_t> inbound;           // queue id -> Sends and moves in flight into it
+  std::map<std::string, Producer> producers;      // EncodeU64(queue id) + producer id ->
+  std::map<uint64_t, std::string> producer_lru;   // recency stamp -> producers key
+  uint64_t next_used = 1;
+
+  void Woke(const Queue& q) {
+    if (woke.insert(q.rec.name()).second) out.ready_queues.push_back(q.rec.name());
+  }
+
+  static bool MaxedOut(const Queue& q, const Message& m) {
+    return q.rec.max_deliveries() > 0 && m.delivery_count >= q.rec.max_deliveries() &&
+           !q.rec.dead_letter_queue().empty();
+  }
+
+  absl::Status ValidateQueueOptions(const v1::CreateQueueRequest& req) const {
+    if (req.max_deliveries() > config.max_deliveries_max) {
+      return absl::InvalidArgumentError(absl::StrCat("max_deliveries is ", req.max_deliveries(),
+                                                     "; at most --max_deliveries_max=",
+                                                     config.max_deliveries_max));
+    }
+    const std::string& dlq = req.dead_letter_queue();
+    if (dlq.empty()) {
+      if (req.max_deliveries() == 0) return absl::OkStatus();
+      return absl::InvalidArgumentError(
+          "max_deliveries needs a dead_letter_queue (where messages go after it)");
+    }
+    absl::Status s = ValidateQueueName(dlq);
+    if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("dead_letter_queue: ", s.message()));
+    if (dlq == req.name()) {
+      return absl::InvalidArgumentError("a queue cannot be its own dead_letter_queue");
+    }
+    auto it = queues.find(dlq);
+    if (it == queues.end() || it->second.delete_token != 0) {
+      return absl::NotFoundError(absl::StrCat("dead-letter queue \"", dlq,
+                                              "\" does not exist on ", config.participant_id,
+                                              "; create it first"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status CheckDeletable(const Queue& q) const {
+    auto in = inbound.find(q.rec.id());
+    if (in != inbound.end() && in->second > 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("queue \"", q.rec.name(), "\" has ", Plural(in->second, "message"),
+                       " being written (Send or dead-lettering); retry"));
+    }
+    auto names_it = [&](const v1::QueueRecord& rec) {
+      return rec.dead_letter_queue() == q.rec.name() && rec.name() != q.rec.name();
+    };
+    for (const auto& [name, other] : queues) {
+      if (other.delete_token == 0 && names_it(other.rec)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "queue \"", q.rec.name(), "\" is the dead-letter queue of \"", name, "\""));
+      }
+    }
+    for (const auto& [name, c] : creating) {
+      if (names_it(c.first)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "queue \"", q.rec.name(), "\" is the dead-letter queue of \"", name, "\""));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Copies a free message of `q` to its dead-letter queue and erases it, in
+  // one batch; the message is held until the batch is reported. False (the
+  // caller keeps the message) when there is no dead-letter queue or the
+  // payload cannot be read.
+  bool StartMove(Queue& q, uint64_t seq, const std::string& reason,
+                 std::optional<RequestId> nack, int64_t now_ms) {
+    Message& m = q.messages.at(seq);
+    ATOMQ_CHECK(m.pinned_by.empty() && m.ack_token == 0, "only a free message is dead-lettered");
+    Queue* dlq = FindQueue(q.rec.dead_letter_queue());
+    if (dlq == nullptr) return false;
+    std::optional<v1::MessageRecord> rec =
+        view == nullptr ? std::nullopt : view->FindMessage(q.rec.id(), seq);
+    if (!rec) {
+      Log(absl::StrCat("queue ", q.rec.name(), " message ", seq,
+                       " could not be read for dead-lettering; left in the queue"));
+      return false;
+    }
+    auto& headers = *rec->mutable_headers();
+    headers["x-dead-letter-queue"] = q.rec.name();
+    headers["x-dead-letter-sequence"] = absl::StrCat(seq);
+    headers["x-dead-letter-reason"] = reason;
+    headers["x-delivery-count"] = absl::StrCat(m.delivery_count);
+    rec->set_enqueued_unix_ms(now_ms);
+    const uint64_t to_seq = dlq->rec.next_sequence();
+    ATOMQ_CHECK(dlq->messages.count(to_seq) == 0 && to_seq >= dlq->durable_next_sequence,
+                "a sequence is never reused");
+    dlq->rec.set_next_sequence(to_seq + 1);
+    Detach(q, seq, m);
+    m.lease_token.clear();
+    m.ack_token = Submit({Put(kMessagesDb, MessageKey(dlq->rec.id(), to_seq), *rec),
+                          Put(kQueuesDb, dlq->rec.name(), dlq->rec),
+                          Erase(kMessagesDb, MessageKey(q.rec.id(), seq))},
+                         Pending{BatchKind::kMove, q.rec.name(), q.rec.id(), seq, "", {}});
+    moves[m.ack_token] = Move{q.rec.id(), seq, dlq->rec.id(), to_seq, nack};
+    inbound[dlq->rec.id()]++;
+    return true;
+  }
+
+  void MoveDone(uint64_t token, const absl::Status& status, int64_t now_ms) {
+    auto it = moves.find(token);
+    ATOMQ_CHECK(it != moves.end(), "a move in flight is tracked");
+    const Move mv = it->second;
+    moves.erase(it);
+    if (--inbound[mv.to_queue_id] == 0) inbound.erase(mv.to_queue_id);
+    Queue* from = FindQueueById(mv.from_queue_id);
+    Message* m = nullptr;
+    if (from != nullptr) {
+      auto f = from->messages.find(mv.from_sequence);
+      if (f != from->messages.end() && f->second.ack_token == token) m = &f->second;
+    }
+    if (!status.ok()) {
+      if (m != nullptr) {
+        m->ack_token = 0;
+        Restore(*from, mv.from_sequence, *m, now_ms);
+      }
+      if (mv.nack) Send(*mv.nack, status, v1::NackResponse());
+      return;
+    }
+    if (m != nullptr) from->messages.erase(mv.from_sequence);
+    Queue* to = FindQueueById(mv.to_queue_id);
+    ATOMQ_CHECK(to != nullptr, "a dead-letter queue outlives the moves into it");
+    to->messages.emplace(mv.to_sequence, Message{});
+    to->ready.insert(mv.to_sequence);
+    to->durable_next_sequence = std::max(to->durable_next_sequence, mv.to_sequence + 1);
+    Woke(*to);
+    if (mv.nack) {
+      v1::NackResponse resp;
+      resp.set_dead_lettered(true);
+      resp.set_dead_letter_sequence(mv.to_sequence);
+      Send(*mv.nack, absl::OkStatus(), resp);
+    }
+  }
+
+  void Nack(RequestId r, const v1::NackRequest& req, int64_t now_ms) {
+    const Waiter w{ReplyKind::kNack, r};
+    const std::string& name = req.queue();
+    const uint64_t seq = req.sequence();
+    absl::Status s = ValidateQueueName(name);
+    if (!s.ok()) return Fail(w, s);
+    if (req.reason().size() > config.payload_bytes_max) {
+      return Fail(w, absl::InvalidArgumentError(absl::StrCat(
+                         "reason is ", req.reason().size(),
+                         " bytes; at most --payload_bytes_max=", config.payload_bytes_max)));
+    }
+    Queue* q = FindQueue(name);
+    if (q == nullptr) return Fail(w, NoQueue(name));
+    const std::string msg = MessageName(name, seq);
+    auto it = q->messages.find(seq);
+    if (it == q->messages.end()) {
+      return Fail(w, absl::FailedPreconditionError(absl::StrCat(
+                         "message ", msg, " is not leased (already acked, or never delivered)")));
+    }
+    Message& m = it->second;
+    if (!m.pinned_by.empty()) {
+      return Fail(w, absl::FailedPreconditionError(absl::StrCat(
+                         "message ", msg, " is held by prepared transaction ", m.pinned_by)));
+    }
+    if (m.lease_token.empty() || m.lease_token != req.lease_token() || m.ack_token != 0) {
+      return Fail(w, absl::FailedPreconditionError(absl::StrCat(
+                         "lease token \"", req.lease_token(), "\" is not the current lease of ",
+                         msg)));
+    }
+    if (Expired(m, now_ms)) {
+      return Fail(w, absl::FailedPreconditionError(absl::StrCat("lease on ", msg, " expired at ",
+                                                                m.lease_expires_ms, " ms")));
+    }
+    if (req.dead_letter() && q->rec.dead_letter_queue().empty()) {
+      return Fail(w, absl::FailedPreconditionError(
+                         absl::StrCat("queue \"", name, "\" has no dead-letter queue")));
+    }
+    if (req.dead_letter() || MaxedOut(*q, m)) {
+      const std::string reason = !req.dead_letter()    ? "max-deliveries"
+                                 : req.reason().empty() ? "nack"
+                                                        : req.reason();
+      if (StartMove(*q, seq, reason, r, now_ms)) return;
+      if (req.dead_letter()) {
+        return Fail(w, absl::InternalError(absl::StrCat("message ", msg,
+                                                        " could not be read; not moved")));
+      }
+    }
+    Detach(*q, seq, m);
+    m.lease_token.clear();
+    q->ready.insert(seq);
+    Woke(*q);
+    Send(r, absl::OkStatus(), v1::NackResponse());
+  }
+
+  void ExpireAllLeases(int64_t now_ms) {
+    for (auto& [name, q] : queues) {
+      if (q.delete_token == 0 && !q.leases.empty() && q.leases.begin()->first <= now_ms) {
+        ExpireLeases(q, now_ms);
+      }
+    }
+  }
+
+  // --- Send and producer deduplication ---
+
+  static std::string ProducerKey(uint64_t queue_id, const std::string& producer) {
+    return EncodeU64(queue_id) + producer;
+  }
+
+  void Touch(const std::string& key, Producer& p) {
+    if (p.used != 0) producer_lru.erase(p.used);
+    p.used = next_used++;
+    producer_lru[p.used] = key;
+  }
+
+  // Evicts least recently used producers (none with a Send in flight) until
+  // one more fits; their records are erased by `writes`.
+  absl::Status MakeRoomForProducer(std::vector<Write>* writes) {
+    while (producers.size() >= config.producers_max) {
+      auto victim = producer_lru.begin();
+      while (victim != producer_lru.end() && producers.at(victim->second).token != 0) ++victim;
+      if (victim == producer_lru.end()) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "--producers_max=", config.producers_max, " producers, each with a Send in flight"));
+      }
+      writes->push_back(Erase(kDedupDb, victim->second));
+      producers.erase(victim->second);
+      producer_lru.erase(victim);
+    }
+    return absl::OkStatus();
+  }
+
+  void EraseProducers(uint64_t queue_id, std::vector<Write>* writes) const {
+    const std::string prefix = EncodeU64(queue_id);
+    for (auto it = producers.lower_bound(prefix);
+         it != producers.end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it) {
+      writes->push_back(Erase(kDedupDb, it->first));
+    }
+  }
+
+  void ForgetProducers(uint64_t queue_id) {
+    const std::string prefix = EncodeU64(queue_id);
+    auto it = producers.lower_bound(prefix);
+    while (it != producers.end() && it->first.compare(0, prefix.size(), prefix) == 0) {
+      producer_lru.erase(it->second.used);
+      it = producers.erase(it);
+    }
+  }
+
+  void SendMessage(RequestId r, const v1::SendRequest& req, int64_t now_ms) {
+    const Waiter w{ReplyKind::kSend, r};
+    absl::Status s = ValidateQueueName(req.queue());
+    if (!s.ok()) return Fail(w, s);
+    Queue* q = FindQueue(req.queue());
+    if (q == nullptr) return Fail(w, NoQueue(req.queue()));
+    if (req.payload().size() > config.payload_bytes_max) {
+      return Fail(w, absl::InvalidArgumentError(absl::StrCat(
+                         "payload is ", req.payload().size(),
+                         " bytes; at most --payload_bytes_max=", config.payload_bytes_max)));
+    }
+    if (static_cast<uint64_t>(req.headers_size()) > config.headers_max) {
+      return Fail(w, absl::InvalidArgumentError(absl::StrCat(
+                         req.headers_size(), " headers; at most --headers_max=", config.headers_max)));
+    }
+    std::string key;
+    if (!req.producer_id().empty()) {
+      s = ValidateNodeId(req.producer_id());
+      if (!s.ok()) return Fail(w, absl::InvalidArgumentError(
+                                      absl::StrCat("producer_id: ", s.message())));
+      key = ProducerKey(q->rec.id(), req.producer_id());
+      auto p = producers.find(key);
+      if (p != producers.end() && req.producer_sequence() <= p->second.last) {
+        v1::SendResponse resp;
+        resp.set_duplicate(true);
+        if (req.producer_sequence() == p->second.last) resp.set_sequence(p->second.msg_sequence);
+        Touch(key, p->second);
+        // Not "done" before the original is durable.
+        if (p->second.token != 0) {
+          sends.at(p->second.token).waits.emplace_back(r, std::move(resp));
+          return;
+        }
+        return Send(r, absl::OkStatus(), std::move(resp));
+      }
+    } else if (req.producer_sequence() != 0) {
+      return Fail(w, absl::InvalidArgumentError("producer_sequence without producer_id"));
+    }
+    std::vector<Write> writes;
+    if (!key.empty() && producers.count(key) == 0) {
+      s = MakeRoomForProducer(&writes);
+      if (!s.ok()) return Fail(w, s);
+    }
+    const uint64_t seq = q->rec.next_sequence();
+    ATOMQ_CHECK(q->messages.count(seq) == 0 && seq >= q->durable_next_sequence,
+                "a sequence is never reused");
+    q->rec.set_next_sequence(seq + 1);
+    v1::MessageRecord m;
+    m.set_payload(req.payload());
+    *m.mutable_headers() = req.headers();
+    m.set_enqueued_unix_ms(now_ms);
+    writes.push_back(Put(kMessagesDb, MessageKey(q->rec.id(), seq), m));
+    writes.push_back(Put(kQueuesDb, q->rec.name(), q->rec));
+    if (!key.empty()) {
+      Producer& p = producers[key];
+      p.last = req.producer_sequence();
+      p.msg_sequence = seq;
+      Touch(key, p);
+      v1::DedupRecord rec;
+      rec.set_queue_id(q->rec.id());
+      rec.set_producer_id(req.producer_id());
+      rec.set_producer_sequence(p.last);
+      rec.set_sequence(seq);
+      rec.set_used(p.used);
+      writes.push_back(Put(kDedupDb, key, rec));
+    }
+    const uint64_t token = Submit(std::move(writes), Pending{BatchKind::kSend, q->rec.name(),
+                                                             q->rec.id(), seq, "", {}});
+    if (!key.empty()) producers.at(key).token = token;
+    v1::SendResponse resp;
+    resp.set_sequence(seq);
+    InFlightSend& f = sends[token];
+    f.queue_id = q->rec.id();
+    f.sequence = seq;
+    f.producer_key = key;
+    f.producer_sequence = req.producer_sequence();
+    f.waits.emplace_back(r, std::move(resp));
+    inbound[q->rec.id()]++;
+  }
+
+  void SendDone(uint64_t token, const absl::Status& status) {
+    auto it = sends.find(token);
+    ATOMQ_CHECK(it != sends.end(), "a Send in flight is tracked");
+    InFlightSend f = std::move(it->second);
+    sends.erase(it);
+    if (--inbound[f.queue_id] == 0) inbound.erase(f.queue_id);
+    auto p = f.producer_key.empty() ? producers.end() : producers.find(f.producer_key);
+    if (!status.ok()) {
+      // The sequence stays burnt; the dedup entry goes back to what is durable.
+      if (p != producers.end() && p->second.token == token) {
+        if (p->second.durable) {
+          p->second.last = p->second.durable_last;
+          p->second.msg_sequence = p->second.durable_msg_sequence;
+          p->second.token = 0;
+        } else {
+          producer_lru.erase(p->second.used);
+          producers.erase(p);
+        }
+      }
+      for (const auto& [request, resp] : f.waits) Send(request, status, v1::SendResponse());
+      return;
+    }
+    if (p != producers.end()) {
+      if (!p->second.durable || f.producer_sequence >= p->second.durable_last) {
+        p->second.durable_last = f.producer_sequence;
+        p->second.durable_msg_sequence = f.sequence;
+      }
+      p->second.durable = true;
+      if (p->second.token == token) p->second.token = 0;
+    }
+    Queue* q = FindQueueById(f.queue_id);
+    ATOMQ_CHECK(q != nullptr, "a queue outlives the Sends into it");
+    ATOMQ_CHECK(q->messages.count(f.sequence) == 0, "a sent message gets a fresh sequence");
+    q->messages.emplace(f.sequence, Message{});
+    q->ready.insert(f.sequence);
+    q->durable_next_sequence = std::max(q->durable_next_sequence, f.sequence + 1);
+    Woke(*q);
+    for (const auto& [request, resp] : f.waits) Send(request, absl::OkStatus(), resp);
+  }
+
+  void RecoverProducers(std::vector<v1::DedupRecord> recs) {
+    std::sort(recs.begin(), recs.end(), [](const v1::DedupRecord& a, const v1::DedupRecord& b) {
+      return a.used() < b.used();
+    });
+    for (const v1::DedupRecord& rec : recs) {
+      if (FindQueueById(rec.queue_id()) == nullptr) continue;  // erased with its queue
+      const std::string key = ProducerKey(rec.queue_id(), rec.producer_id());
+      Producer& p = producers[key];
+      p.last = p.durable_last = rec.producer_sequence();
+      p.msg_sequence = p.durable_msg_sequence = rec.sequence();
+      p.durable = true;
+      Touch(key, p);
+    }
+  }
+
   // --- recovery and listing ---
 
   void Recover(RecoveredState state, int64_t now_ms) {
@@ -1132,6 +1970,7 @@ struct ParticipantCore::Impl {
       q->ready.insert(seq);
     }
     for (auto& [name, q] : queues) q.durable_next_sequence = q.rec.next_sequence();
+    RecoverProducers(std::move(state.dedup));
     for (v1::PreparedRecord& rec : state.prepared) {
       const std::string id = rec.txn_id();
       ATOMQ_CHECK(txns.count(id) == 0, "one prepared record per transaction");
@@ -1172,6 +2011,274 @@ struct ParticipantCore::Impl {
     return infos;
   }
 
+  // --- interactive transactions: staged work (memory only) ---
+  // Staged ops hold what a prepared transaction holds (pinned acks, staged
+  // enqueue counts, queue references) so that the Prepare that takes them
+  // cannot fail on a lease that expired meanwhile: the pin kept the message.
+
+  struct StagedTxn {
+    google::protobuf::RepeatedPtrField<v1::Op> ops;
+    std::vector<uint64_t> batches;  // OpsDigest of each applied Stage call
+    int64_t expires_ms = 0;
+    uint64_t timer_id = 0;
+    uint64_t bytes = 0;
+  };
+  std::map<std::string, StagedTxn> stage_txns;
+  std::map<uint64_t, std::string> stage_timers;  // expiry timer -> txn id
+  uint64_t stage_bytes = 0;
+
+  static const std::string& OpQueue(const v1::Op& op) {
+    return op.has_enqueue() ? op.enqueue().queue() : op.ack().queue();
+  }
+
+  void PinStagedOp(const std::string& id, const v1::Op& op) {
+    Queue& q = queues.at(OpQueue(op));
+    q.txn_refs++;
+    if (op.has_enqueue()) {
+      q.staged++;
+      return;
+    }
+    Message& m = q.messages.at(op.ack().sequence());
+    ATOMQ_CHECK(m.pinned_by.empty() && m.ack_token == 0, "a staged ack pins a free message");
+    Detach(q, op.ack().sequence(), m);
+    m.pinned_by = id;
+    q.pinned++;
+  }
+
+  // Undoes PinStagedOp for every op; `restore` puts acked messages back
+  // where their leases say (else the caller pins them again at once).
+  void ReleaseStaged(const std::string& id, StagedTxn& st, bool restore, int64_t now_ms) {
+    for (const v1::Op& op : st.ops) {
+      Queue& q = queues.at(OpQueue(op));
+      ATOMQ_CHECK(q.txn_refs > 0, "staged ops hold their queues");
+      q.txn_refs--;
+      if (op.has_enqueue()) {
+        ATOMQ_CHECK(q.staged > 0, "staged count covers staged enqueues");
+        q.staged--;
+        continue;
+      }
+      auto m = q.messages.find(op.ack().sequence());
+      if (m == q.messages.end() || m->second.pinned_by != id) continue;
+      m->second.pinned_by.clear();
+      q.pinned--;
+      if (restore) Restore(q, m->first, m->second, now_ms);
+    }
+    ATOMQ_CHECK(stage_bytes >= st.bytes, "staged bytes add up");
+    stage_bytes -= st.bytes;
+    stage_timers.erase(st.timer_id);
+  }
+
+  void DropStaged(const std::string& id, int64_t now_ms, const char* why) {
+    auto it = stage_txns.find(id);
+    if (it == stage_txns.end()) return;
+    ReleaseStaged(id, it->second, true, now_ms);
+    Log(absl::StrCat("txn ", id, " staged work dropped (", Plural(it->second.ops.size(), "op"),
+                     "): ", why));
+    stage_txns.erase(it);
+  }
+
+  bool OnStageTimer(uint64_t timer_id, int64_t now_ms) {
+    auto it = stage_timers.find(timer_id);
+    if (it == stage_timers.end()) return false;
+    const std::string id = it->second;
+    stage_timers.erase(it);
+    auto st = stage_txns.find(id);
+    if (st != stage_txns.end() && st->second.timer_id == timer_id) {
+      DropStaged(id, now_ms, "expired before a Prepare took it");
+    }
+    return true;
+  }
+
+  absl::StatusOr<v1::StageResponse> StageOps(const v1::StageRequest& req, int64_t now_ms) {
+    const std::string& id = req.txn_id();
+    absl::Status s = ValidateTxnId(id);
+    if (!s.ok()) return s;
+    if (req.ops_size() == 0) {
+      return absl::InvalidArgumentError("ops is empty: stage at least one op");
+    }
+    uint64_t bytes = 0;
+    for (int i = 0; i < req.ops_size(); ++i) {
+      const v1::Op& op = req.ops(i);
+      const std::string at = absl::StrCat("op ", i, ": ");
+      if (!op.participant().empty() && op.participant() != config.participant_id) {
+        return absl::InvalidArgumentError(absl::StrCat(at, "for participant \"", op.participant(),
+                                                       "\", not \"", config.participant_id, "\""));
+      }
+      if (!op.has_enqueue() && !op.has_ack()) {
+        return absl::InvalidArgumentError(absl::StrCat(at, "neither enqueue nor ack"));
+      }
+      s = ValidateQueueName(OpQueue(op));
+      if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(at, s.message()));
+      if (op.has_enqueue()) {
+        const v1::Enqueue& e = op.enqueue();
+        if (e.payload().size() > config.payload_bytes_max) {
+          return absl::InvalidArgumentError(absl::StrCat(at, "payload is ", e.payload().size(),
+                                                         " bytes; at most --payload_bytes_max=",
+                                                         config.payload_bytes_max));
+        }
+        if (static_cast<uint64_t>(e.headers_size()) > config.headers_max) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              at, e.headers_size(), " headers; at most --headers_max=", config.headers_max));
+        }
+        bytes += e.payload().size();
+        for (const auto& [k, v] : e.headers()) bytes += k.size() + v.size();
+      } else if (op.ack().sequence() == 0 || op.ack().lease_token().empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(at, "an ack needs a sequence > 0 and a lease_token"));
+      }
+    }
+    if (txns.count(id) > 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("transaction ", id,
+                       " is already prepared here; it takes no more staged work"));
+    }
+    if (std::optional<CachedOutcome> o = FindOutcome(id)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "transaction ", id, " already ",
+          o->rec.state() == v1::STATE_COMMITTED ? "committed" : "aborted", " here"));
+    }
+    const int64_t cap = now_ms + config.stage_timeout_ms_max;
+    const int64_t expires =
+        req.expires_unix_ms() == 0 ? cap : std::min<int64_t>(req.expires_unix_ms(), cap);
+    if (expires <= now_ms) {
+      return absl::FailedPreconditionError(absl::StrCat("transaction ", id, " expired at ",
+                                                        req.expires_unix_ms(), " (now ", now_ms,
+                                                        "); begin a new one"));
+    }
+    const uint64_t digest = OpsDigest(req.ops());
+    auto it = stage_txns.find(id);
+    const size_t applied = it == stage_txns.end() ? 0 : it->second.batches.size();
+    if (req.batch() != 0) {
+      if (req.batch() <= applied) {
+        if (it->second.batches[req.batch() - 1] != digest) {
+          return absl::AlreadyExistsError(absl::StrCat("Stage batch ", req.batch(), " of ", id,
+                                                       " was applied here with other ops"));
+        }
+        return StagedResponse(it->second);  // a retry: applied once already
+      }
+      if (req.batch() > applied + 1) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "Stage batch ", req.batch(), " of ", id, ", but ", applied,
+            " applied here: earlier staged work was lost (restart or expiry); roll back"));
+      }
+    }
+    if (it == stage_txns.end() && stage_txns.size() >= config.staged_txns_max) {
+      return absl::ResourceExhaustedError(absl::StrCat(stage_txns.size(),
+                                                       " transactions staged here; "
+                                                       "--staged_txns_max=",
+                                                       config.staged_txns_max));
+    }
+    const size_t have = it == stage_txns.end() ? 0 : it->second.ops.size();
+    if (have + req.ops_size() > config.ops_per_txn_max) {
+      return absl::ResourceExhaustedError(absl::StrCat(have + req.ops_size(), " ops staged for ",
+                                                       id, "; --ops_per_txn_max=",
+                                                       config.ops_per_txn_max));
+    }
+    if (stage_bytes + bytes > config.staged_bytes_max) {
+      return absl::ResourceExhaustedError(absl::StrCat(stage_bytes + bytes,
+                                                       " bytes would be staged here; "
+                                                       "--staged_bytes_max=",
+                                                       config.staged_bytes_max));
+    }
+    for (const v1::Op& op : req.ops()) {
+      if (FindQueue(OpQueue(op)) == nullptr) return NoQueue(OpQueue(op));
+    }
+    v1::PrepareRequest probe;
+    *probe.mutable_ops() = req.ops();
+    std::string reason = CheckOps(probe, now_ms);
+    if (!reason.empty()) return absl::FailedPreconditionError(reason);
+
+    StagedTxn& st = stage_txns[id];
+    for (const v1::Op& op : req.ops()) {
+      v1::Op* kept = st.ops.Add();
+      *kept = op;
+      kept->set_participant(config.participant_id);
+      PinStagedOp(id, *kept);
+    }
+    st.batches.push_back(digest);
+    st.bytes += bytes;
+    stage_bytes += bytes;
+    if (st.timer_id == 0 || expires < st.expires_ms) {
+      stage_timers.erase(st.timer_id);
+      st.expires_ms = expires;
+      st.timer_id = next_timer_id++;
+      stage_timers[st.timer_id] = id;
+      out.timers.push_back(TimerRequest{st.timer_id, expires});
+    }
+    return StagedResponse(st);
+  }
+
+  static v1::StageResponse StagedResponse(const StagedTxn& st) {
+    v1::StageResponse resp;
+    resp.set_ops_staged(static_cast<uint32_t>(st.ops.size()));
+    resp.set_expires_unix_ms(st.expires_ms);
+    return resp;
+  }
+
+  // A Prepare with use_staged: prepares exactly the staged ops.
+  void PrepareStaged(RequestId r, const v1::PrepareRequest& req, int64_t now_ms) {
+    absl::Status s = ValidatePrepare(req);
+    if (s.ok() && req.ops_size() > 0) {
+      s = absl::InvalidArgumentError("a Prepare with use_staged carries no ops");
+    }
+    if (!s.ok()) return Fail({ReplyKind::kPrepare, r}, s);
+    const std::string& id = req.txn_id();
+    auto it = txns.find(id);
+    if (it != txns.end()) {  // a repeated Prepare
+      Txn& t = it->second;
+      if (!t.durable) {
+        Pending& p = pending.at(t.pending);
+        ATOMQ_CHECK(p.kind == BatchKind::kPrepare, "a transaction is durable once prepared");
+        p.waiters.push_back({ReplyKind::kPrepare, r});
+        return;
+      }
+      return Vote(r, v1::YES);
+    }
+    if (std::optional<CachedOutcome> o = FindOutcome(id)) {
+      if (o->rec.state() == v1::STATE_ABORTED) return Vote(r, v1::NO, "already aborted here");
+      return Vote(r, v1::YES);
+    }
+    auto st = stage_txns.find(id);
+    if (st == stage_txns.end()) {
+      return Vote(r, v1::NO,
+                  absl::StrCat("nothing staged for txn ", id, " on ", config.participant_id,
+                               " (expired or lost in a restart)"));
+    }
+    const uint32_t have = static_cast<uint32_t>(st->second.ops.size());
+    if (req.staged_ops() != 0 && req.staged_ops() != have) {
+      std::string reason = absl::StrCat(Plural(have, "op"), " staged for txn ", id, " on ",
+                                        config.participant_id, ", the client staged ",
+                                        req.staged_ops(), " (staged work lost in a restart)");
+      DropStaged(id, now_ms, "the client staged another count");
+      return Vote(r, v1::NO, std::move(reason));
+    }
+    if (txns.size() >= config.prepared_max) {
+      return Fail(
+          {ReplyKind::kPrepare, r},
+          absl::ResourceExhaustedError(absl::StrCat(
+              txns.size(), " transactions prepared here; --prepared_max=", config.prepared_max)));
+    }
+    // The pins pass from the staged work to the prepared transaction.
+    ReleaseStaged(id, st->second, false, now_ms);
+    google::protobuf::RepeatedPtrField<v1::Op> ops = std::move(st->second.ops);
+    stage_txns.erase(st);
+
+    Txn& t = txns[id];
+    t.rec.set_txn_id(id);
+    t.rec.set_protocol(req.protocol());
+    t.rec.set_state(v1::PREPARED);
+    t.rec.set_coordinator_id(req.coordinator_id());
+    t.rec.set_coordinator_address(req.coordinator_address());
+    t.rec.set_participant(req.participant());
+    *t.rec.mutable_participants() = req.participants();
+    *t.rec.mutable_ops() = std::move(ops);
+    t.rec.set_ops_digest(OpsDigest(t.rec.ops()));
+    t.rec.set_prepared_unix_ms(now_ms);
+    Stage(t);
+    t.pending = Submit({Put(kPreparedDb, id, t.rec)},
+                       Pending{BatchKind::kPrepare, id, 0, 0, "", {{ReplyKind::kPrepare, r}}});
+  }
+
   absl::Status ValidateId(const Waiter& w, const std::string& id) {
     absl::Status s = ValidateTxnId(id);
     if (!s.ok()) Fail(w, s);
@@ -1190,6 +2297,9 @@ void ParticipantCore::Recover(RecoveredState state, int64_t now_ms) {
 
 void ParticipantCore::Prepare(RequestId request, const v1::PrepareRequest& req, int64_t now_ms) {
   impl_->RequireRecovered();
+  if (req.use_staged()) return impl_->PrepareStaged(request, req, now_ms);
+  // Staged work under an id prepared with explicit ops can never be taken.
+  impl_->DropStaged(req.txn_id(), now_ms, "a Prepare with explicit ops came for the id");
   impl_->Prepare(request, req, now_ms);
 }
 
@@ -1210,13 +2320,47 @@ void ParticipantCore::Abort(RequestId request, const std::string& txn_id, int64_
   impl_->RequireRecovered();
   const Waiter w{ReplyKind::kAbort, request};
   if (!impl_->ValidateId(w, txn_id).ok()) return;
+  impl_->DropStaged(txn_id, now_ms, "aborted");
   impl_->AbortTxn(w, txn_id, now_ms, "");
 }
 
 void ParticipantCore::QueryState(RequestId request, const std::string& txn_id, int64_t now_ms) {
   impl_->RequireRecovered();
   if (!impl_->ValidateId({ReplyKind::kQuery, request}, txn_id).ok()) return;
+  // The answer for an id not prepared here is ABORTED, recorded: staged work
+  // under it could never commit.
+  impl_->DropStaged(txn_id, now_ms, "its outcome was asked before it was prepared");
   impl_->QueryState(request, txn_id, now_ms);
+}
+
+void ParticipantCore::Promise(RequestId request, const std::string& txn_id, uint64_t ballot,
+                              int64_t now_ms) {
+  impl_->RequireRecovered();
+  if (!impl_->ValidateId({ReplyKind::kPromise, request}, txn_id).ok()) return;
+  impl_->Promise(request, txn_id, ballot, now_ms);
+}
+
+void ParticipantCore::Accept(RequestId request, const std::string& txn_id, uint64_t ballot,
+                             v1::TxnState value, int64_t now_ms) {
+  impl_->RequireRecovered();
+  if (!impl_->ValidateId({ReplyKind::kAccept, request}, txn_id).ok()) return;
+  impl_->Accept(request, txn_id, ballot, value, now_ms);
+}
+
+void ParticipantCore::OnPromiseReply(const std::string& txn_id, const std::string& from,
+                                     uint64_t ballot,
+                                     const absl::StatusOr<v1::PromiseResponse>& reply,
+                                     int64_t now_ms) {
+  impl_->RequireRecovered();
+  impl_->OnPromiseReply(txn_id, from, ballot, reply, now_ms);
+}
+
+void ParticipantCore::OnAcceptReply(const std::string& txn_id, const std::string& from,
+                                    uint64_t ballot,
+                                    const absl::StatusOr<v1::AcceptResponse>& reply,
+                                    int64_t now_ms) {
+  impl_->RequireRecovered();
+  impl_->OnAcceptReply(txn_id, from, ballot, reply, now_ms);
 }
 
 void ParticipantCore::OnQueryReply(const std::string& txn_id, const std::string& target,
@@ -1228,8 +2372,17 @@ void ParticipantCore::OnQueryReply(const std::string& txn_id, const std::string&
 
 void ParticipantCore::OnTimer(uint64_t timer_id, int64_t now_ms) {
   impl_->RequireRecovered();
+  if (impl_->OnStageTimer(timer_id, now_ms)) return;
   impl_->OnTimer(timer_id, now_ms);
 }
+
+absl::StatusOr<v1::StageResponse> ParticipantCore::Stage(const v1::StageRequest& req,
+                                                         int64_t now_ms) {
+  impl_->RequireRecovered();
+  return impl_->StageOps(req, now_ms);
+}
+
+size_t ParticipantCore::staged_transactions() const { return impl_->stage_txns.size(); }
 
 void ParticipantCore::OnPersisted(uint64_t token, const absl::Status& status, int64_t now_ms) {
   impl_->RequireRecovered();
@@ -1238,7 +2391,30 @@ void ParticipantCore::OnPersisted(uint64_t token, const absl::Status& status, in
 
 void ParticipantCore::CreateQueue(RequestId request, const std::string& name, int64_t now_ms) {
   impl_->RequireRecovered();
-  impl_->CreateQueue(request, name, now_ms);
+  v1::CreateQueueRequest req;
+  req.set_name(name);
+  impl_->CreateQueue(request, req, now_ms);
+}
+
+void ParticipantCore::CreateQueue(RequestId request, const v1::CreateQueueRequest& req,
+                                  int64_t now_ms) {
+  impl_->RequireRecovered();
+  impl_->CreateQueue(request, req, now_ms);
+}
+
+void ParticipantCore::Nack(RequestId request, const v1::NackRequest& req, int64_t now_ms) {
+  impl_->RequireRecovered();
+  impl_->Nack(request, req, now_ms);
+}
+
+void ParticipantCore::Send(RequestId request, const v1::SendRequest& req, int64_t now_ms) {
+  impl_->RequireRecovered();
+  impl_->SendMessage(request, req, now_ms);
+}
+
+void ParticipantCore::ExpireLeases(int64_t now_ms) {
+  impl_->RequireRecovered();
+  impl_->ExpireAllLeases(now_ms);
 }
 
 void ParticipantCore::DeleteQueue(RequestId request, const std::string& name, int64_t now_ms) {
@@ -1265,6 +2441,9 @@ std::vector<v1::ParticipantTxnInfo> ParticipantCore::ListTransactions() const {
   return impl_->ListTransactions();
 }
 
-Output ParticipantCore::TakeOutput() { return std::exchange(impl_->out, Output{}); }
+Output ParticipantCore::TakeOutput() {
+  impl_->woke.clear();
+  return std::exchange(impl_->out, Output{});
+}
 
 }  // namespace atomq::participant

@@ -18,6 +18,16 @@
 // a peer that never prepared it answers ABORTED and records that it did (so
 // that it votes NO should the Prepare arrive later). If every peer is
 // uncertain too, it stays in doubt and keeps asking.
+//
+// 3PC quorum termination (DESIGN.md section 3): besides asking, an in-doubt
+// 3PC transaction starts a termination round on every in-doubt timer: it
+// writes a fresh ballot (proposed_ballot) to its PREPARED record, sends
+// Promise to every participant (itself included), and on promises from a
+// majority proposes the value accepted at the highest ballot, else ABORT
+// (Accept). A majority of accepts decides: it settles itself and sends
+// Commit/Abort to the others. As an acceptor it answers Promise/Accept only
+// after the promised/accepted ballot is durable, and refuses the
+// coordinator's PreCommit (ballot 0) once it promised a higher ballot.
 #pragma once
 
 #include <cstdint>
@@ -53,10 +63,20 @@ struct Config {
   uint32_t lease_ms = 30000;             // --lease_ms: default lease
   uint32_t lease_ms_max = 3600000;       // --lease_ms_max
   uint32_t receive_max = 1000;           // --receive_max: messages per Receive
+  uint32_t max_deliveries_max = 1000;    // --max_deliveries_max: a queue's max_deliveries
+  uint32_t producers_max = 100000;       // --producers_max: dedup entries (queue, producer)
   uint32_t in_doubt_after_ms = 2000;     // --in_doubt_after_ms
   uint32_t resend_initial_ms = 100;      // --resend_initial_ms
   uint32_t resend_max_ms = 5000;         // --resend_max_ms
   uint32_t outcome_cache_max = 100000;   // --outcome_cache_max: outcomes kept in memory
+  // Interactive transactions (Stage): staged work is memory only.
+  uint32_t staged_txns_max = 10000;            // --staged_txns_max: transactions with staged work
+  uint64_t staged_bytes_max = 256ull << 20;    // --staged_bytes_max: payload bytes staged, all txns
+  uint32_t stage_timeout_ms_max = 60000;       // --stage_timeout_ms_max: longest life of staged work
+  // TEST ONLY (tests/sim plants a known bug to show its checker catches it):
+  // "leader-ignores-accepted" makes a termination leader propose ABORT
+  // whatever was accepted. Empty (the default) everywhere else.
+  std::string plant;
 };
 
 // Read-only access to what is durable, for transactions no longer in memory.
@@ -64,6 +84,12 @@ class DurableView {
  public:
   virtual ~DurableView() = default;
   virtual std::optional<v1::OutcomeRecord> FindOutcome(const std::string& txn_id) const = 0;
+  // A committed message (payload and headers), for dead-lettering, which
+  // copies it to another queue. nullopt: unreadable; the message then stays.
+  virtual std::optional<v1::MessageRecord> FindMessage(uint64_t /*queue_id*/,
+                                                       uint64_t /*sequence*/) const {
+    return std::nullopt;
+  }
 };
 
 // Everything found in storage at start.
@@ -73,6 +99,7 @@ struct RecoveredState {
   // (queue id, sequence) of every stored message, in key order.
   std::vector<std::pair<uint64_t, uint64_t>> messages;
   std::vector<v1::PreparedRecord> prepared;
+  std::vector<v1::DedupRecord> dedup;  // producer deduplication, any order
 };
 
 using RequestId = uint64_t;
@@ -93,8 +120,9 @@ struct TimerRequest {
 // The reply to a request, typed by what was asked.
 using ReplyBody = std::variant<v1::PrepareResponse, v1::PreCommitResponse, v1::CommitResponse,
                                v1::AbortResponse, v1::QueryStateResponse,
+                               v1::PromiseResponse, v1::AcceptResponse,
                                v1::CreateQueueResponse, v1::DeleteQueueResponse,
-                               v1::AckResponse>;
+                               v1::AckResponse, v1::NackResponse, v1::SendResponse>;
 
 struct Reply {
   RequestId request;
@@ -112,19 +140,37 @@ struct Lease {
   int64_t expires_ms;
 };
 
+// A message of a 3PC termination round this node leads, to one participant
+// of the transaction (itself included for Promise/Accept). Report the answer
+// of a Promise through OnPromiseReply and of an Accept through OnAcceptReply;
+// Commit/Abort (the decision) need no report.
+enum class PeerMsgType { kPromise, kAccept, kCommit, kAbort };
+struct OutPeerMsg {
+  PeerMsgType type;
+  std::string txn_id;
+  std::string target;   // participant id
+  std::string address;
+  uint64_t ballot = 0;                              // kPromise, kAccept
+  v1::TxnState value = v1::TXN_STATE_UNSPECIFIED;   // kAccept
+};
+
 struct Output {
   // Submit in this order, across calls: a later batch may rewrite a key an
   // earlier one wrote (a queue's next_sequence only grows batch by batch).
   // Every token is reported once through OnPersisted.
   std::vector<Batch> persist;
   std::vector<OutQuery> queries;  // report OnQueryReply
+  std::vector<OutPeerMsg> peer_msgs;  // 3PC termination rounds
   std::vector<TimerRequest> timers;
   std::vector<Reply> replies;
   std::vector<std::string> log;   // one line per outcome
+  // Queues that gained ready messages (a commit, a Send, a nack, an expired
+  // lease, a dead-lettering): wake their waiting consumers. Each name once.
+  std::vector<std::string> ready_queues;
 
   bool empty() const {
     return persist.empty() && queries.empty() && timers.empty() && replies.empty() &&
-           log.empty();
+           log.empty() && peer_msgs.empty() && ready_queues.empty();
   }
 };
 
@@ -151,6 +197,18 @@ class ParticipantCore {
   // ABORTED outcome is persisted (this node will then vote NO).
   void QueryState(RequestId request, const std::string& txn_id, int64_t now_ms);
 
+  // 3PC termination, as an acceptor (from a peer leading a round, or the
+  // coordinator). Answered after the promise/accept is durable; see
+  // PromiseRequest/AcceptRequest in participant.proto for the contract.
+  void Promise(RequestId request, const std::string& txn_id, uint64_t ballot, int64_t now_ms);
+  void Accept(RequestId request, const std::string& txn_id, uint64_t ballot, v1::TxnState value,
+              int64_t now_ms);
+  // Answers to this node's OutPeerMsg Promise/Accept (`from` = its target).
+  void OnPromiseReply(const std::string& txn_id, const std::string& from, uint64_t ballot,
+                      const absl::StatusOr<v1::PromiseResponse>& reply, int64_t now_ms);
+  void OnAcceptReply(const std::string& txn_id, const std::string& from, uint64_t ballot,
+                     const absl::StatusOr<v1::AcceptResponse>& reply, int64_t now_ms);
+
   // The answer to an OutQuery.
   void OnQueryReply(const std::string& txn_id, const std::string& target,
                     const absl::StatusOr<v1::QueryStateResponse>& reply, int64_t now_ms);
@@ -171,8 +229,39 @@ class ParticipantCore {
   void Ack(RequestId request, const std::string& queue, uint64_t sequence,
            const std::string& lease_token, int64_t now_ms);
 
+  // --- consumers and producers (Queue service; see participant.proto) ---
+  // CreateQueue with options: max_deliveries (<= max_deliveries_max, needs a
+  // dead-letter queue) and dead_letter_queue (an existing queue, not itself).
+  void CreateQueue(RequestId request, const v1::CreateQueueRequest& req, int64_t now_ms);
+  // Requeue: answered at once (leases are memory only). Dead-letter (asked,
+  // or the queue's max_deliveries reached): the message moves to the
+  // dead-letter queue in one batch (new sequence there, x-dead-letter-*
+  // headers) and the reply waits for it. Same lease checks as Ack.
+  void Nack(RequestId request, const v1::NackRequest& req, int64_t now_ms);
+  // One message in one batch with its queue record and, with a producer id,
+  // its dedup record; answered once durable. Duplicates answer at once (or
+  // when the original's batch is durable).
+  void Send(RequestId request, const v1::SendRequest& req, int64_t now_ms);
+  // Returns messages of expired leases to ready, or dead-letters those that
+  // reached their queue's max_deliveries. Receive does this for its queue;
+  // the adapter calls this periodically so that waiting consumers wake and
+  // counts stay true. Delivery counts live in memory: a restart resets them.
+  void ExpireLeases(int64_t now_ms);
+
   // Prepared and in-doubt transactions, for the CLI.
   std::vector<v1::ParticipantTxnInfo> ListTransactions() const;
+
+  // --- interactive transactions (StageRequest in participant.proto) ---
+  // Validates `req.ops` as a Prepare would (queue, sizes, current lease,
+  // message not held), pins acked messages, and keeps the ops in memory under
+  // the id until a Prepare with use_staged takes them, an Abort or outcome
+  // query for the id drops them, or they expire (a timer in Output::timers).
+  // Nothing is persisted, so the answer is immediate. A Prepare with
+  // use_staged prepares exactly the staged ops (NO if none, or if
+  // staged_ops is set and differs); a plain Prepare for the id drops them.
+  absl::StatusOr<v1::StageResponse> Stage(const v1::StageRequest& req, int64_t now_ms);
+  // Transactions holding staged (not yet prepared) work.
+  size_t staged_transactions() const;
 
   Output TakeOutput();
 

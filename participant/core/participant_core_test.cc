@@ -1,5 +1,6 @@
 #include "participant/core/participant_core.h"
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -25,6 +26,10 @@ class FakeStore : public DurableView {
         dbs_[w.db][w.key] = w.value;
       }
     }
+  }
+
+  std::optional<v1::MessageRecord> FindMessage(uint64_t queue_id, uint64_t seq) const override {
+    return Get<v1::MessageRecord>(kMessagesDb, MessageKey(queue_id, seq));
   }
 
   std::optional<v1::OutcomeRecord> FindOutcome(const std::string& id) const override {
@@ -67,6 +72,9 @@ class FakeStore : public DurableView {
         } else if (db == kPreparedDb) {
           st.prepared.emplace_back();
           EXPECT_TRUE(DecodeRecord(value, &st.prepared.back()).ok());
+        } else if (db == kDedupDb) {
+          st.dedup.emplace_back();
+          EXPECT_TRUE(DecodeRecord(value, &st.dedup.back()).ok());
         }
       }
     }
@@ -134,8 +142,12 @@ class ParticipantCoreTest : public Test {
     last_ = Collect();
   }
 
+  // The latest timer the core asked for.
+  uint64_t last_timer() const { return timer_ids_.empty() ? 0 : timer_ids_.back(); }
+
   Output Collect() {
     Output o = core_->TakeOutput();
+    for (const TimerRequest& t : o.timers) timer_ids_.push_back(t.timer_id);
     for (const Batch& b : o.persist) in_flight_.push_back(b);
     for (const std::string& l : o.log) log_.push_back(l);
     return o;
@@ -156,7 +168,9 @@ class ParticipantCoreTest : public Test {
     Append(before.queries, after.queries);
     Append(before.timers, after.timers);
     Append(before.replies, after.replies);
+    Append(before.peer_msgs, after.peer_msgs);
     Append(before.log, after.log);
+    Append(before.ready_queues, after.ready_queues);
     return before;
   }
 
@@ -267,6 +281,7 @@ class ParticipantCoreTest : public Test {
   FakeStore store_;
   std::unique_ptr<ParticipantCore> core_;
   std::vector<Batch> in_flight_;
+  std::vector<uint64_t> timer_ids_;
   std::vector<std::string> log_;
   Output last_;
   int64_t now_ = 1'000'000;
@@ -918,7 +933,8 @@ TEST_F(ParticipantCoreTest, RecoveredPrecommittedAppliesCoordinatorAbort) {
   core_->OnTimer(last_.timers[0].timer_id, now_);
   Collect();
   core_->OnQueryReply("t1", "c1", StateReply(v1::STATE_ABORTED), now_);
-  Persist();
+  Persist();  // the termination ballot the timer wrote (3PC: a round starts too)
+  Persist();  // then the abort, which waited for it
   EXPECT_FALSE(Txn("t1").has_value());
   std::vector<Lease> again = Receive("q");  // the ack is undone
   ASSERT_EQ(again.size(), 1u);
@@ -1135,6 +1151,776 @@ TEST_F(ParticipantCoreTest, SequencesAreNeverReusedAfterRecover) {
   EXPECT_EQ(store_.Get<v1::QueueRecord>(kQueuesDb, "r")->id(), 2u);  // queue ids too
   EXPECT_EQ(Produce("d", "q", {"5"}), std::vector<uint64_t>{5});
   EXPECT_EQ(Info("q").ready(), 5u);
+}
+
+// --- consumers and producers: dead letters, nack, Send, dedup ---
+
+class QueueFeaturesTest : public ParticipantCoreTest {
+ protected:
+  absl::Status CreateQueueWith(const std::string& name, uint32_t max_deliveries,
+                               const std::string& dlq) {
+    v1::CreateQueueRequest req;
+    req.set_name(name);
+    req.set_max_deliveries(max_deliveries);
+    req.set_dead_letter_queue(dlq);
+    RequestId r = next_req_++;
+    core_->CreateQueue(r, req, now_);
+    Output o = Collect();
+    if (Find(o, r) == nullptr) o = Persist();
+    return StatusOf(o, r);
+  }
+
+  // The reply to a Nack, persisting first when it waits for a batch.
+  std::pair<absl::Status, v1::NackResponse> Nack(const Lease& l, bool dead_letter,
+                                                 const std::string& token = "") {
+    v1::NackRequest req;
+    req.set_queue(l.queue);
+    req.set_sequence(l.sequence);
+    req.set_lease_token(token.empty() ? l.lease_token : token);
+    req.set_dead_letter(dead_letter);
+    RequestId r = next_req_++;
+    core_->Nack(r, req, now_);
+    Output o = Collect();
+    if (Find(o, r) == nullptr) o = Persist();
+    const Reply* reply = Find(o, r);
+    if (reply == nullptr) return {absl::UnknownError("no reply"), {}};
+    const auto* body = std::get_if<v1::NackResponse>(&reply->body);
+    return {reply->status, body ? *body : v1::NackResponse()};
+  }
+
+  static v1::SendRequest SendReq(const std::string& queue, const std::string& payload,
+                                 const std::string& producer = "", uint64_t pseq = 0) {
+    v1::SendRequest req;
+    req.set_queue(queue);
+    req.set_payload(payload);
+    req.set_producer_id(producer);
+    req.set_producer_sequence(pseq);
+    return req;
+  }
+
+  std::pair<absl::Status, v1::SendResponse> SendMsg(const v1::SendRequest& req) {
+    RequestId r = next_req_++;
+    core_->Send(r, req, now_);
+    Output o = Collect();
+    if (Find(o, r) == nullptr) o = Persist();
+    const Reply* reply = Find(o, r);
+    if (reply == nullptr) return {absl::UnknownError("no reply"), {}};
+    const auto* body = std::get_if<v1::SendResponse>(&reply->body);
+    return {reply->status, body ? *body : v1::SendResponse()};
+  }
+
+  std::optional<v1::MessageRecord> Stored(const std::string& queue, uint64_t seq) {
+    auto rec = store_.Get<v1::QueueRecord>(kQueuesDb, queue);
+    if (!rec) return std::nullopt;
+    return store_.Get<v1::MessageRecord>(kMessagesDb, MessageKey(rec->id(), seq));
+  }
+
+  static bool Has(const std::vector<std::string>& v, const std::string& x) {
+    return std::find(v.begin(), v.end(), x) != v.end();
+  }
+};
+
+TEST_F(QueueFeaturesTest, CreateQueueOptionsAreValidatedAndShown) {
+  config_.max_deliveries_max = 10;
+  Start();
+  EXPECT_EQ(CreateQueueWith("q", 3, "").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CreateQueueWith("q", 3, "dlq").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(CreateQueueWith("q", 0, "q").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CreateQueueWith("q", 0, "bad name").code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(CreateQueueWith("dlq", 0, "").ok());
+  EXPECT_EQ(CreateQueueWith("q", 11, "dlq").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_->ListQueues().size(), 1u);  // nothing above created anything
+  ASSERT_TRUE(CreateQueueWith("q", 3, "dlq").ok());
+  EXPECT_EQ(Info("q").max_deliveries(), 3u);
+  EXPECT_EQ(Info("q").dead_letter_queue(), "dlq");
+  EXPECT_EQ(store_.Get<v1::QueueRecord>(kQueuesDb, "q")->max_deliveries(), 3u);
+
+  // A dead-letter queue in use cannot be deleted.
+  core_->DeleteQueue(50, "dlq", now_);
+  EXPECT_EQ(StatusOf(Collect(), 50).code(), absl::StatusCode::kFailedPrecondition);
+  // Options survive a restart.
+  Restart();
+  EXPECT_EQ(Info("q").max_deliveries(), 3u);
+  EXPECT_EQ(Info("q").dead_letter_queue(), "dlq");
+}
+
+TEST_F(QueueFeaturesTest, ExpiredLeasesRedeliverThenDeadLetterAtMaxDeliveries) {
+  Start();
+  ASSERT_TRUE(CreateQueueWith("dlq", 0, "").ok());
+  ASSERT_TRUE(CreateQueueWith("q", 2, "dlq").ok());
+  v1::Op op = EnqueueOp("q", "poison");
+  (*op.mutable_enqueue()->mutable_headers())["k"] = "v";
+  ASSERT_EQ(Prepare(PrepareReq("t1", {op})).vote(), v1::YES);
+  ASSERT_EQ(Commit("t1"), std::vector<uint64_t>{1});
+
+  std::vector<Lease> got = Receive("q", 10, 100);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].delivery_count, 1u);
+  now_ += 100;
+  core_->ExpireLeases(now_);
+  Output o = Collect();
+  EXPECT_TRUE(o.persist.empty());  // below the maximum: just ready again
+  EXPECT_TRUE(Has(o.ready_queues, "q"));
+  EXPECT_EQ(Info("q").ready(), 1u);
+  got = Receive("q", 10, 100);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].delivery_count, 2u);
+
+  // The second expiry reaches max_deliveries: one batch moves it.
+  now_ += 100;
+  core_->ExpireLeases(now_);
+  o = Collect();
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_FALSE(Has(o.ready_queues, "dlq"));  // not before the move is durable
+  EXPECT_TRUE(Receive("q").empty());
+  EXPECT_TRUE(Receive("dlq").empty());
+  o = Persist();
+  EXPECT_TRUE(Has(o.ready_queues, "dlq"));
+  EXPECT_FALSE(Stored("q", 1).has_value());
+  std::optional<v1::MessageRecord> moved = Stored("dlq", 1);
+  ASSERT_TRUE(moved.has_value());
+  EXPECT_EQ(moved->payload(), "poison");
+  EXPECT_EQ(moved->headers().at("k"), "v");
+  EXPECT_EQ(moved->headers().at("x-dead-letter-queue"), "q");
+  EXPECT_EQ(moved->headers().at("x-dead-letter-sequence"), "1");
+  EXPECT_EQ(moved->headers().at("x-dead-letter-reason"), "max-deliveries");
+  EXPECT_EQ(moved->headers().at("x-delivery-count"), "2");
+  EXPECT_EQ(Info("q").ready() + Info("q").leased(), 0u);
+  EXPECT_EQ(Info("dlq").version(), 2u);
+  got = Receive("dlq");
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].sequence, 1u);
+  EXPECT_EQ(got[0].delivery_count, 1u);
+
+  // The dead-letter queue's sequence is durable: never reused after a restart.
+  Restart();
+  EXPECT_EQ(Produce("t2", "dlq", {"x"}), std::vector<uint64_t>{2});
+}
+
+TEST_F(QueueFeaturesTest, NackRequeuesAtOnceOrDeadLetters) {
+  Start();
+  ASSERT_TRUE(CreateQueueWith("dlq", 0, "").ok());
+  ASSERT_TRUE(CreateQueueWith("q", 0, "dlq").ok());
+  CreateQueue("plain");
+  Produce("t1", "q", {"a", "b"});
+  Produce("t2", "plain", {"c"});
+
+  std::vector<Lease> got = Receive("q", 1);
+  ASSERT_EQ(got.size(), 1u);
+  // Requeue needs nothing durable: answered at once, ready at once.
+  v1::NackRequest req;
+  req.set_queue("q");
+  req.set_sequence(got[0].sequence);
+  req.set_lease_token(got[0].lease_token);
+  core_->Nack(10, req, now_);
+  Output o = Collect();
+  EXPECT_TRUE(o.persist.empty());
+  EXPECT_TRUE(StatusOf(o, 10).ok());
+  EXPECT_FALSE(std::get<v1::NackResponse>(Find(o, 10)->body).dead_lettered());
+  EXPECT_TRUE(Has(o.ready_queues, "q"));
+  // The old token is dead; the message comes first again (sequence order).
+  EXPECT_EQ(Nack(got[0], false).first.code(), absl::StatusCode::kFailedPrecondition);
+  got = Receive("q", 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].sequence, 1u);
+  EXPECT_EQ(got[0].delivery_count, 2u);
+
+  EXPECT_EQ(Nack(got[0], false, "1-bogus").first.code(), absl::StatusCode::kFailedPrecondition);
+  auto [status, resp] = Nack(got[0], true);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_TRUE(resp.dead_lettered());
+  EXPECT_EQ(resp.dead_letter_sequence(), 1u);
+  std::optional<v1::MessageRecord> moved = Stored("dlq", 1);
+  ASSERT_TRUE(moved.has_value());
+  EXPECT_EQ(moved->payload(), "a");
+  EXPECT_EQ(moved->headers().at("x-dead-letter-reason"), "nack");
+  EXPECT_EQ(Info("q").ready(), 1u);  // "b" stays
+
+  // No dead-letter queue: refused, and the lease is untouched.
+  std::vector<Lease> p = Receive("plain");
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_EQ(Nack(p[0], true).first.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Info("plain").leased(), 1u);
+  EXPECT_TRUE(Nack(p[0], false).first.ok());
+  EXPECT_EQ(Info("plain").ready(), 1u);
+}
+
+TEST_F(QueueFeaturesTest, NackRequeueAtMaxDeliveriesDeadLetters) {
+  Start();
+  ASSERT_TRUE(CreateQueueWith("dlq", 0, "").ok());
+  ASSERT_TRUE(CreateQueueWith("q", 1, "dlq").ok());
+  Produce("t1", "q", {"a"});
+  std::vector<Lease> got = Receive("q");
+  ASSERT_EQ(got.size(), 1u);
+  auto [status, resp] = Nack(got[0], false);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_TRUE(resp.dead_lettered());
+  EXPECT_EQ(Stored("dlq", 1)->headers().at("x-dead-letter-reason"), "max-deliveries");
+  EXPECT_TRUE(Receive("q").empty());
+}
+
+TEST_F(QueueFeaturesTest, FailedMoveLeavesTheMessageInItsQueue) {
+  Start();
+  ASSERT_TRUE(CreateQueueWith("dlq", 0, "").ok());
+  ASSERT_TRUE(CreateQueueWith("q", 0, "dlq").ok());
+  Produce("t1", "q", {"a"});
+  std::vector<Lease> got = Receive("q");
+  v1::NackRequest req;
+  req.set_queue("q");
+  req.set_sequence(1);
+  req.set_lease_token(got[0].lease_token);
+  req.set_dead_letter(true);
+  core_->Nack(10, req, now_);
+  Output o = Persist(absl::ResourceExhaustedError("disk full"));
+  EXPECT_EQ(StatusOf(o, 10).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(Stored("q", 1).has_value());
+  EXPECT_EQ(Info("dlq").ready(), 0u);
+  got = Receive("q");
+  ASSERT_EQ(got.size(), 1u);  // back in its queue, deliverable
+}
+
+TEST_F(QueueFeaturesTest, ReadyQueuesNameQueuesThatGainedMessagesOnce) {
+  Start();
+  CreateQueue("q");
+  CreateQueue("r");
+  ASSERT_EQ(Prepare(PrepareReq("t1", {EnqueueOp("q", "a"), EnqueueOp("q", "b")})).vote(),
+            v1::YES);
+  core_->Commit(5, "t1", now_);
+  Output o = Collect();
+  EXPECT_TRUE(o.ready_queues.empty());  // staged and in-flight messages wake nobody
+  o = Persist();
+  EXPECT_EQ(o.ready_queues, std::vector<std::string>{"q"});
+  std::vector<Lease> got = Receive("q", 10, 50);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_TRUE(Collect().ready_queues.empty());
+  now_ += 49;
+  core_->ExpireLeases(now_);
+  EXPECT_TRUE(Collect().ready_queues.empty());
+  now_ += 1;
+  core_->ExpireLeases(now_);
+  EXPECT_EQ(Collect().ready_queues, std::vector<std::string>{"q"});
+  EXPECT_EQ(Info("q").ready(), 2u);
+  EXPECT_EQ(Info("q").leased(), 0u);
+}
+
+// DESIGN.md section 4: a message under a pending transactional ack is not
+// redelivered, acked or nacked by anyone while in doubt, even after its lease
+// expires; an abort returns it.
+TEST_F(QueueFeaturesTest, PinnedMessageSurvivesLeaseExpiryWhileInDoubt) {
+  Start();
+  ASSERT_TRUE(CreateQueueWith("dlq", 0, "").ok());
+  ASSERT_TRUE(CreateQueueWith("q", 1, "dlq").ok());
+  Produce("t0", "q", {"a"});
+  std::vector<Lease> got = Receive("q", 1, 100);
+  ASSERT_EQ(got.size(), 1u);
+  ASSERT_EQ(Prepare(PrepareReq("t1", {AckOp("q", 1, got[0].lease_token)})).vote(), v1::YES);
+  now_ += 1000;
+  core_->ExpireLeases(now_);
+  Output o = Collect();
+  EXPECT_TRUE(o.persist.empty());  // not dead-lettered
+  EXPECT_TRUE(o.ready_queues.empty());
+  EXPECT_TRUE(Receive("q").empty());
+  EXPECT_EQ(Nack(got[0], false).first.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Info("q").pending_in_txn(), 1u);
+  ASSERT_TRUE(Abort("t1").ok());
+  // Back, and at its maximum: the next look moves it instead of delivering.
+  EXPECT_TRUE(Receive("q").empty());
+  Persist();
+  EXPECT_EQ(Info("dlq").ready(), 1u);
+}
+
+TEST_F(QueueFeaturesTest, SendIsDurableBeforeItsReplyAndVisibleAfter) {
+  Start();
+  CreateQueue("q");
+  v1::SendRequest req = SendReq("q", "hello");
+  (*req.mutable_headers())["h"] = "1";
+  core_->Send(10, req, now_);
+  Output o = Collect();
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_EQ(Find(o, 10), nullptr);
+  EXPECT_TRUE(Receive("q").empty());
+  o = Persist();
+  v1::SendResponse resp = Body<v1::SendResponse>(o, 10);
+  EXPECT_EQ(resp.sequence(), 1u);
+  EXPECT_FALSE(resp.duplicate());
+  EXPECT_TRUE(Has(o.ready_queues, "q"));
+  EXPECT_EQ(Stored("q", 1)->payload(), "hello");
+  EXPECT_EQ(store_.Get<v1::QueueRecord>(kQueuesDb, "q")->next_sequence(), 2u);
+  EXPECT_EQ(store_.Count(kDedupDb), 0u);  // no producer id: nothing to remember
+  EXPECT_EQ(Info("q").version(), 2u);
+  // Sends and transactions share the queue's sequence.
+  EXPECT_EQ(Produce("t1", "q", {"x"}), std::vector<uint64_t>{2});
+  EXPECT_EQ(SendMsg(SendReq("q", "again")).second.sequence(), 3u);
+}
+
+TEST_F(QueueFeaturesTest, SendRejectsBadInputAndChangesNothing) {
+  config_.payload_bytes_max = 4;
+  config_.headers_max = 1;
+  Start();
+  CreateQueue("q");
+  EXPECT_EQ(SendMsg(SendReq("nope", "a")).first.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(SendMsg(SendReq("bad name", "a")).first.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SendMsg(SendReq("q", "12345")).first.code(), absl::StatusCode::kInvalidArgument);
+  v1::SendRequest h = SendReq("q", "a");
+  (*h.mutable_headers())["a"] = "1";
+  (*h.mutable_headers())["b"] = "2";
+  EXPECT_EQ(SendMsg(h).first.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SendMsg(SendReq("q", "a", "bad producer!", 1)).first.code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SendMsg(SendReq("q", "a", "", 7)).first.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(in_flight_.empty());
+  EXPECT_EQ(Info("q").version(), 1u);
+  EXPECT_EQ(SendMsg(SendReq("q", "ok")).second.sequence(), 1u);
+}
+
+TEST_F(QueueFeaturesTest, ProducerRetriesAreDuplicatesAlsoAfterRestart) {
+  Start();
+  CreateQueue("q");
+  CreateQueue("r");
+  auto [s1, first] = SendMsg(SendReq("q", "m5", "prod-1", 5));
+  ASSERT_TRUE(s1.ok()) << s1;
+  EXPECT_EQ(first.sequence(), 1u);
+  EXPECT_FALSE(first.duplicate());
+
+  // The same sequence again: the first answer, nothing enqueued.
+  RequestId r = next_req_++;
+  core_->Send(r, SendReq("q", "m5", "prod-1", 5), now_);
+  Output o = Collect();
+  EXPECT_TRUE(o.persist.empty());
+  v1::SendResponse dup = Body<v1::SendResponse>(o, r);
+  EXPECT_TRUE(dup.duplicate());
+  EXPECT_EQ(dup.sequence(), 1u);
+  // A lower sequence is a duplicate too (its message sequence is unknown).
+  auto [s2, lower] = SendMsg(SendReq("q", "m3", "prod-1", 3));
+  EXPECT_TRUE(lower.duplicate());
+  EXPECT_EQ(lower.sequence(), 0u);
+  // Per queue: the same producer sequence on another queue is new.
+  EXPECT_FALSE(SendMsg(SendReq("r", "m5", "prod-1", 5)).second.duplicate());
+  // A gap is fine.
+  auto [s3, next] = SendMsg(SendReq("q", "m9", "prod-1", 9));
+  EXPECT_FALSE(next.duplicate());
+  EXPECT_EQ(next.sequence(), 2u);
+  EXPECT_EQ(Info("q").ready(), 2u);
+
+  Restart();
+  auto [s4, after] = SendMsg(SendReq("q", "m9", "prod-1", 9));
+  EXPECT_TRUE(after.duplicate());
+  EXPECT_EQ(after.sequence(), 2u);
+  EXPECT_TRUE(SendMsg(SendReq("q", "m5", "prod-1", 5)).second.duplicate());
+  EXPECT_EQ(SendMsg(SendReq("q", "m10", "prod-1", 10)).second.sequence(), 3u);
+  EXPECT_EQ(Info("q").ready(), 3u);
+}
+
+TEST_F(QueueFeaturesTest, DuplicateOfASendInFlightWaitsForItsBatch) {
+  Start();
+  CreateQueue("q");
+  core_->Send(10, SendReq("q", "a", "p", 1), now_);
+  core_->Send(11, SendReq("q", "a", "p", 1), now_);
+  Output o = Collect();
+  EXPECT_EQ(o.persist.size(), 1u);
+  EXPECT_TRUE(o.replies.empty());
+  o = Persist();
+  EXPECT_FALSE(Body<v1::SendResponse>(o, 10).duplicate());
+  EXPECT_TRUE(Body<v1::SendResponse>(o, 11).duplicate());
+  EXPECT_EQ(Body<v1::SendResponse>(o, 11).sequence(), 1u);
+
+  // A failed Send is forgotten: the retry enqueues.
+  core_->Send(12, SendReq("q", "b", "p", 2), now_);
+  o = Persist(absl::ResourceExhaustedError("disk full"));
+  EXPECT_EQ(StatusOf(o, 12).code(), absl::StatusCode::kResourceExhausted);
+  auto [s, retry] = SendMsg(SendReq("q", "b", "p", 2));
+  EXPECT_FALSE(retry.duplicate());
+  EXPECT_EQ(retry.sequence(), 3u);  // 2 stays burnt
+  EXPECT_TRUE(SendMsg(SendReq("q", "a", "p", 1)).second.duplicate());
+}
+
+TEST_F(QueueFeaturesTest, ProducersMaxEvictsTheLeastRecentlyUsed) {
+  config_.producers_max = 2;
+  Start();
+  CreateQueue("q");
+  SendMsg(SendReq("q", "a", "A", 1));
+  SendMsg(SendReq("q", "b", "B", 1));
+  EXPECT_TRUE(SendMsg(SendReq("q", "a", "A", 1)).second.duplicate());  // A is now recent
+  SendMsg(SendReq("q", "c", "C", 1));                                   // evicts B
+  EXPECT_EQ(store_.Count(kDedupDb), 2u);
+  EXPECT_TRUE(SendMsg(SendReq("q", "a", "A", 1)).second.duplicate());
+  EXPECT_TRUE(SendMsg(SendReq("q", "c", "C", 1)).second.duplicate());
+  Restart();
+  EXPECT_TRUE(SendMsg(SendReq("q", "c", "C", 1)).second.duplicate());
+  // B was forgotten: its retry is taken as new (the documented cost of the bound).
+  EXPECT_FALSE(SendMsg(SendReq("q", "b", "B", 1)).second.duplicate());
+}
+
+TEST_F(QueueFeaturesTest, DeleteQueueErasesItsProducersAndWaitsForSends) {
+  Start();
+  CreateQueue("q");
+  SendMsg(SendReq("q", "a", "A", 1));
+  core_->Send(10, SendReq("q", "b", "A", 2), now_);
+  core_->DeleteQueue(11, "q", now_);
+  Output o = Collect();
+  EXPECT_EQ(StatusOf(o, 11).code(), absl::StatusCode::kFailedPrecondition);  // Send in flight
+  Persist();
+  core_->DeleteQueue(12, "q", now_);
+  o = Persist();
+  EXPECT_TRUE(StatusOf(o, 12).ok());
+  EXPECT_EQ(store_.Count(kDedupDb), 0u);
+  EXPECT_EQ(store_.Count(kMessagesDb), 0u);
+  CreateQueue("q");  // a new queue: a new id, no memory of A
+  EXPECT_FALSE(SendMsg(SendReq("q", "a", "A", 1)).second.duplicate());
+}
+
+
+// --- interactive transactions: Stage, expiry, Prepare with use_staged ---
+
+v1::StageRequest StageReq(const std::string& txn, std::vector<v1::Op> ops, int64_t expires_ms,
+                          uint32_t batch = 0) {
+  v1::StageRequest r;
+  r.set_txn_id(txn);
+  for (v1::Op& op : ops) *r.add_ops() = std::move(op);
+  r.set_expires_unix_ms(expires_ms);
+  r.set_batch(batch);
+  return r;
+}
+
+v1::PrepareRequest StagedPrepareReq(const std::string& txn, uint32_t staged_ops) {
+  v1::PrepareRequest req = PrepareReq(txn, {});
+  req.set_use_staged(true);
+  req.set_staged_ops(staged_ops);
+  return req;
+}
+
+TEST_F(ParticipantCoreTest, StagePinsAcksAndPrepareTakesExactlyTheStagedOps) {
+  Start();
+  CreateQueue("in");
+  CreateQueue("out");
+  Produce("p", "in", {"m1", "m2"});
+  std::vector<Lease> got = Receive("in", 2, 100);
+  ASSERT_EQ(got.size(), 2u);
+
+  absl::StatusOr<v1::StageResponse> r = core_->Stage(
+      StageReq("s1", {AckOp("in", 1, got[0].lease_token), EnqueueOp("out", "x", "")}, now_ + 5000,
+               1),
+      now_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->ops_staged(), 2u);
+  EXPECT_EQ(r->expires_unix_ms(), now_ + 5000);
+  Output o = Collect();
+  EXPECT_TRUE(o.persist.empty()) << "staged work is memory only";
+  ASSERT_EQ(o.timers.size(), 1u);
+  EXPECT_EQ(o.timers[0].at_ms, now_ + 5000);
+  EXPECT_EQ(core_->staged_transactions(), 1u);
+  EXPECT_EQ(Info("in").pending_in_txn(), 1u);
+  EXPECT_EQ(Info("out").pending_in_txn(), 1u);
+  // Pinned: a plain Ack cannot take it, and an expired lease does not redeliver it.
+  core_->Ack(50, "in", 1, got[0].lease_token, now_);
+  EXPECT_EQ(StatusOf(Collect(), 50).code(), absl::StatusCode::kFailedPrecondition);
+  // Nor can another transaction stage or prepare an ack of it.
+  EXPECT_EQ(core_->Stage(StageReq("s2", {AckOp("in", 1, got[0].lease_token)}, now_ + 5000), now_)
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+
+  // A retried batch applies once; a reused number with other ops, or a gap, is refused.
+  r = core_->Stage(
+      StageReq("s1", {AckOp("in", 1, got[0].lease_token), EnqueueOp("out", "x", "")}, now_ + 5000,
+               1),
+      now_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->ops_staged(), 2u);
+  EXPECT_EQ(core_->Stage(StageReq("s1", {EnqueueOp("out", "other")}, now_ + 5000, 1), now_)
+                .status()
+                .code(),
+            absl::StatusCode::kAlreadyExists);
+  absl::Status gap = core_->Stage(StageReq("s1", {EnqueueOp("out", "z")}, now_ + 5000, 3), now_)
+                         .status();
+  EXPECT_EQ(gap.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(gap.message(), "lost")) << gap;
+  r = core_->Stage(StageReq("s1", {EnqueueOp("out", "y")}, now_ + 5000, 2), now_);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->ops_staged(), 3u);
+
+  now_ += 1000;  // past the lease, within the transaction's life
+  EXPECT_TRUE(Receive("in").size() == 1u) << "m2 only: m1 stays pinned";
+  EXPECT_EQ(Prepare(StagedPrepareReq("s1", 3)).vote(), v1::YES);
+  EXPECT_EQ(core_->staged_transactions(), 0u);
+  auto rec = store_.Get<v1::PreparedRecord>(kPreparedDb, "s1");
+  ASSERT_TRUE(rec.has_value());
+  ASSERT_EQ(rec->ops_size(), 3);
+  for (const v1::Op& op : rec->ops()) EXPECT_EQ(op.participant(), "p1");
+  EXPECT_EQ(Prepare(StagedPrepareReq("s1", 3)).vote(), v1::YES) << "a repeated Prepare";
+  EXPECT_EQ(Commit("s1"), (std::vector<uint64_t>{0, 1, 2}));
+  EXPECT_FALSE(store_.Get<v1::MessageRecord>(kMessagesDb, MessageKey(1, 1)).has_value());
+  EXPECT_EQ(Info("out").ready(), 2u);
+  EXPECT_EQ(Info("in").pending_in_txn(), 0u);
+  EXPECT_EQ(Info("out").pending_in_txn(), 0u);
+  absl::Status after = core_->Stage(StageReq("s1", {EnqueueOp("out", "w")}, now_ + 5000), now_)
+                           .status();
+  EXPECT_EQ(after.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(after.message(), "already committed")) << after;
+}
+
+TEST_F(ParticipantCoreTest, StageRefusesBadOpsAndLimitsAndStagesNothing) {
+  config_.staged_txns_max = 1;
+  config_.ops_per_txn_max = 2;
+  config_.staged_bytes_max = 10;
+  Start();
+  CreateQueue("in");
+  Produce("p", "in", {"m1"});
+  std::vector<Lease> got = Receive("in", 1, 100);
+  ASSERT_EQ(got.size(), 1u);
+  auto code = [&](const v1::StageRequest& req) { return core_->Stage(req, now_).status(); };
+  const int64_t exp = now_ + 5000;
+
+  absl::Status s = code(StageReq("a", {AckOp("in", 1, "7-999")}, exp));
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(s.message(), "stale or foreign")) << s;
+  EXPECT_EQ(code(StageReq("a", {EnqueueOp("nope", "x")}, exp)).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(code(StageReq("a", {EnqueueOp("in", "x", "p2")}, exp)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(StageReq("a", {}, exp)).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(StageReq("bad id!", {EnqueueOp("in", "x")}, exp)).code(),
+            absl::StatusCode::kInvalidArgument);
+  s = code(StageReq("a", {EnqueueOp("in", "x")}, now_ - 1));
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(s.message(), "expired")) << s;
+  // One bad op refuses the whole call: the good ack beside it is not pinned.
+  EXPECT_EQ(code(StageReq("a", {AckOp("in", 1, got[0].lease_token), EnqueueOp("nope", "x")}, exp))
+                .code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(core_->staged_transactions(), 0u);
+  EXPECT_EQ(Info("in").pending_in_txn(), 0u);
+  EXPECT_TRUE(Collect().timers.empty());
+
+  // Limits.
+  EXPECT_EQ(code(StageReq("a", {EnqueueOp("in", "12345678901")}, exp)).code(),
+            absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(code(StageReq("a", {EnqueueOp("in", "x"), EnqueueOp("in", "y")}, exp)).ok());
+  EXPECT_EQ(code(StageReq("a", {EnqueueOp("in", "z")}, exp)).code(),
+            absl::StatusCode::kResourceExhausted);  // ops_per_txn_max
+  EXPECT_EQ(code(StageReq("b", {EnqueueOp("in", "z")}, exp)).code(),
+            absl::StatusCode::kResourceExhausted);  // staged_txns_max
+  EXPECT_EQ(core_->staged_transactions(), 1u);
+}
+
+TEST_F(ParticipantCoreTest, StagedWorkExpiresAndPrepareThenVotesNo) {
+  Start();
+  CreateQueue("in");
+  Produce("p", "in", {"m1"});
+  std::vector<Lease> got = Receive("in", 1, 100);
+  ASSERT_TRUE(core_
+                  ->Stage(StageReq("s1", {AckOp("in", 1, got[0].lease_token), EnqueueOp("in", "x")},
+                                   now_ + 1000),
+                          now_)
+                  .ok());
+  Output o = Collect();
+  ASSERT_EQ(o.timers.size(), 1u);
+  now_ = o.timers[0].at_ms;
+  core_->OnTimer(o.timers[0].timer_id, now_);
+  Collect();
+  EXPECT_EQ(core_->staged_transactions(), 0u);
+  EXPECT_TRUE(Logged("txn s1 staged work dropped (2 ops): expired"));
+  EXPECT_EQ(Info("in").pending_in_txn(), 0u);
+  EXPECT_EQ(Receive("in").size(), 1u) << "the pin is gone and the lease expired";
+  v1::PrepareResponse v = Prepare(StagedPrepareReq("s1", 2));
+  EXPECT_EQ(v.vote(), v1::NO);
+  EXPECT_EQ(v.reason(), "nothing staged for txn s1 on p1 (expired or lost in a restart)");
+  EXPECT_TRUE(in_flight_.empty()) << "a NO writes nothing";
+}
+
+TEST_F(ParticipantCoreTest, StagedCountMismatchAbortAndRestartDropStagedWork) {
+  Start();
+  CreateQueue("in");
+  Produce("p", "in", {"m1", "m2"});
+  std::vector<Lease> got = Receive("in", 2, 10000);
+  const int64_t exp = now_ + 5000;
+
+  // The client staged 2 ops, this node holds 1 (e.g. the first was lost in a restart).
+  ASSERT_TRUE(core_->Stage(StageReq("s1", {AckOp("in", 1, got[0].lease_token)}, exp), now_).ok());
+  v1::PrepareResponse v = Prepare(StagedPrepareReq("s1", 2));
+  EXPECT_EQ(v.vote(), v1::NO);
+  EXPECT_TRUE(absl::StrContains(v.reason(), "1 op staged for txn s1 on p1, the client staged 2"))
+      << v.reason();
+  EXPECT_EQ(core_->staged_transactions(), 0u);
+  EXPECT_EQ(Info("in").leased(), 2u) << "the pin went back to its (current) lease";
+
+  // Abort drops staged work and records the outcome: the id takes no more work.
+  ASSERT_TRUE(core_->Stage(StageReq("s2", {AckOp("in", 2, got[1].lease_token)}, exp), now_).ok());
+  EXPECT_EQ(Info("in").pending_in_txn(), 1u);
+  EXPECT_TRUE(Abort("s2").ok());
+  EXPECT_EQ(core_->staged_transactions(), 0u);
+  EXPECT_EQ(Info("in").pending_in_txn(), 0u);
+  EXPECT_EQ(core_->Stage(StageReq("s2", {EnqueueOp("in", "x")}, exp), now_).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Prepare(StagedPrepareReq("s2", 1)).vote(), v1::NO);
+
+  // A plain Prepare for an id with staged work drops it.
+  ASSERT_TRUE(core_->Stage(StageReq("s3", {AckOp("in", 2, got[1].lease_token)}, exp), now_).ok());
+  EXPECT_EQ(Prepare(PrepareReq("s3", {EnqueueOp("in", "y")})).vote(), v1::YES);
+  EXPECT_EQ(core_->staged_transactions(), 0u);
+  EXPECT_TRUE(Abort("s3").ok());
+
+  // A restart loses staged work (memory only).
+  ASSERT_TRUE(core_->Stage(StageReq("s4", {EnqueueOp("in", "z")}, exp), now_).ok());
+  Restart();
+  EXPECT_EQ(core_->staged_transactions(), 0u);
+  EXPECT_EQ(Info("in").pending_in_txn(), 0u);
+  EXPECT_EQ(Prepare(StagedPrepareReq("s4", 1)).vote(), v1::NO);
+}
+
+
+// ------------------------------------------------- 3PC quorum termination
+
+v1::PrepareRequest ThreePcReq(const std::string& txn) {
+  v1::PrepareRequest req = PrepareReq(txn, {EnqueueOp("q", "m")});
+  req.set_protocol(v1::THREE_PC);
+  return req;
+}
+
+TEST_F(ParticipantCoreTest, PromiseIsDurableBeforeTheAnswerAndRefusesPreCommit) {
+  Start();
+  CreateQueue("q");
+  ASSERT_EQ(Prepare(ThreePcReq("t1")).vote(), v1::YES);
+  core_->Promise(50, "t1", 6, now_);
+  Output o = Collect();
+  EXPECT_EQ(Find(o, 50), nullptr);  // not before the ballot is on disk
+  o = Persist();
+  v1::PromiseResponse p = Body<v1::PromiseResponse>(o, 50);
+  EXPECT_TRUE(p.promised());
+  EXPECT_EQ(p.state(), v1::PREPARED);
+  EXPECT_EQ(p.accepted_value(), v1::TXN_STATE_UNSPECIFIED);
+  EXPECT_EQ(store_.Get<v1::PreparedRecord>(kPreparedDb, "t1")->promised_ballot(), 6u);
+  // A lower ballot is refused, with the one promised.
+  core_->Promise(51, "t1", 5, now_);
+  p = Body<v1::PromiseResponse>(Collect(), 51);
+  EXPECT_FALSE(p.promised());
+  EXPECT_EQ(p.promised_ballot(), 6u);
+  // The coordinator's PreCommit is ballot 0: refused now.
+  core_->PreCommit(52, "t1", now_);
+  EXPECT_EQ(StatusOf(Collect(), 52).code(), absl::StatusCode::kFailedPrecondition);
+  // Accept at the promised ballot: durable, then answered.
+  core_->Accept(53, "t1", 6, v1::STATE_ABORTED, now_);
+  EXPECT_EQ(Find(Collect(), 53), nullptr);
+  v1::AcceptResponse a = Body<v1::AcceptResponse>(Persist(), 53);
+  EXPECT_TRUE(a.accepted());
+  auto rec = store_.Get<v1::PreparedRecord>(kPreparedDb, "t1");
+  EXPECT_EQ(rec->accepted_ballot(), 6u);
+  EXPECT_EQ(rec->accepted_value(), v1::STATE_ABORTED);
+  // Ballots survive a restart.
+  Restart();
+  core_->Promise(54, "t1", 6, now_);
+  p = Body<v1::PromiseResponse>(Collect(), 54);
+  EXPECT_TRUE(p.promised());
+  EXPECT_EQ(p.accepted_ballot(), 6u);
+  EXPECT_EQ(p.accepted_value(), v1::STATE_ABORTED);
+}
+
+TEST_F(ParticipantCoreTest, PromiseForUnknownTransactionRecordsAbort) {
+  Start();
+  CreateQueue("q");
+  core_->Promise(60, "never", 5, now_);
+  EXPECT_EQ(Find(Collect(), 60), nullptr);
+  v1::PromiseResponse p = Body<v1::PromiseResponse>(Persist(), 60);
+  EXPECT_EQ(p.state(), v1::STATE_ABORTED);
+  EXPECT_EQ(store_.Get<v1::OutcomeRecord>(kOutcomesDb, "never")->state(), v1::STATE_ABORTED);
+  EXPECT_EQ(Prepare(ThreePcReq("never")).vote(), v1::NO);
+  // Bad input changes nothing.
+  core_->Promise(61, "x", 0, now_);
+  EXPECT_EQ(StatusOf(Collect(), 61).code(), absl::StatusCode::kInvalidArgument);
+  core_->Accept(62, "x", 5, v1::PREPARED, now_);
+  EXPECT_EQ(StatusOf(Collect(), 62).code(), absl::StatusCode::kInvalidArgument);
+  // 2PC transactions have no rounds.
+  ASSERT_EQ(Prepare(PrepareReq("two", {EnqueueOp("q", "m")})).vote(), v1::YES);
+  core_->Promise(63, "two", 5, now_);
+  EXPECT_EQ(StatusOf(Collect(), 63).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_FALSE(store_.Get<v1::OutcomeRecord>(kOutcomesDb, "x").has_value());
+}
+
+// p1 leads: promises from a majority; the value accepted at the highest
+// ballot wins; accepts from a majority decide.
+TEST_F(ParticipantCoreTest, TerminationLeaderAdoptsTheAcceptedValue) {
+  Start();
+  CreateQueue("q");
+  ASSERT_EQ(Prepare(ThreePcReq("t1")).vote(), v1::YES);
+  Output o = Collect();
+  now_ += config_.in_doubt_after_ms;
+  core_->OnTimer(last_timer(), now_);
+  o = Persist();  // the ballot, with p1's own promise
+  auto rec = store_.Get<v1::PreparedRecord>(kPreparedDb, "t1");
+  const uint64_t b = rec->proposed_ballot();
+  EXPECT_EQ(b % 4, 1u);  // p1 is index 0 of 3: ballots 4k+1
+  EXPECT_EQ(rec->promised_ballot(), b);
+  std::vector<std::string> promise_to;
+  for (const OutPeerMsg& m : o.peer_msgs) {
+    if (m.type == PeerMsgType::kPromise) promise_to.push_back(m.target);
+  }
+  EXPECT_EQ(promise_to, (std::vector<std::string>{"p2", "p3"}));
+  v1::PromiseResponse p2;
+  p2.set_promised(true);
+  p2.set_state(v1::PRECOMMITTED);
+  p2.set_accepted_ballot(0);
+  p2.set_accepted_value(v1::STATE_COMMITTED);  // p2 got the coordinator's PreCommit
+  core_->OnPromiseReply("t1", "p2", b, p2, now_);
+  o = Collect();
+  ASSERT_EQ(o.peer_msgs.size(), 3u);  // Accept to all three, itself included
+  for (const OutPeerMsg& m : o.peer_msgs) {
+    EXPECT_EQ(m.type, PeerMsgType::kAccept);
+    EXPECT_EQ(m.value, v1::STATE_COMMITTED);
+    EXPECT_EQ(m.ballot, b);
+  }
+  v1::AcceptResponse yes;
+  yes.set_accepted(true);
+  core_->OnAcceptReply("t1", "p2", b, yes, now_);
+  EXPECT_TRUE(Collect().peer_msgs.empty());  // 1 of 3
+  core_->OnAcceptReply("t1", "p3", b, yes, now_);
+  o = Persist();
+  EXPECT_EQ(store_.Get<v1::OutcomeRecord>(kOutcomesDb, "t1")->state(), v1::STATE_COMMITTED);
+  std::vector<std::string> told;
+  for (const OutPeerMsg& m : o.peer_msgs) {
+    EXPECT_EQ(m.type, PeerMsgType::kCommit);
+    told.push_back(m.target);
+  }
+  EXPECT_EQ(told, (std::vector<std::string>{"p2", "p3"}));
+}
+
+TEST_F(ParticipantCoreTest, TerminationLeaderProposesAbortWhenNothingWasAccepted) {
+  Start();
+  CreateQueue("q");
+  ASSERT_EQ(Prepare(ThreePcReq("t1")).vote(), v1::YES);
+  Collect();
+  now_ += config_.in_doubt_after_ms;
+  core_->OnTimer(last_timer(), now_);
+  Persist();
+  const uint64_t b = store_.Get<v1::PreparedRecord>(kPreparedDb, "t1")->proposed_ballot();
+  // A refusal (a higher ballot elsewhere) does not count.
+  v1::PromiseResponse no;
+  no.set_promised(false);
+  no.set_promised_ballot(b + 1);
+  core_->OnPromiseReply("t1", "p3", b, no, now_);
+  EXPECT_TRUE(Collect().peer_msgs.empty());
+  v1::PromiseResponse p2;
+  p2.set_promised(true);
+  p2.set_state(v1::PREPARED);
+  core_->OnPromiseReply("t1", "p2", b, p2, now_);
+  Output o = Collect();
+  ASSERT_FALSE(o.peer_msgs.empty());
+  EXPECT_EQ(o.peer_msgs[0].value, v1::STATE_ABORTED);
+  // A peer that decided settles it at once.
+  v1::AcceptResponse decided;
+  decided.set_state(v1::STATE_ABORTED);
+  core_->OnAcceptReply("t1", "p2", b, decided, now_);
+  Persist();
+  EXPECT_EQ(store_.Get<v1::OutcomeRecord>(kOutcomesDb, "t1")->state(), v1::STATE_ABORTED);
+}
+
+TEST_F(ParticipantCoreTest, NoEmptyReadOnlyVoteUnder3pc) {
+  Start();
+  v1::PrepareRequest req = PrepareReq("t1", {});
+  EXPECT_EQ(Prepare(req).vote(), v1::READ_ONLY);
+  req = PrepareReq("t2", {});
+  req.set_protocol(v1::THREE_PC);
+  EXPECT_EQ(Prepare(req).vote(), v1::YES);  // an acceptor of termination rounds
+  EXPECT_TRUE(store_.Get<v1::PreparedRecord>(kPreparedDb, "t2").has_value());
 }
 
 }  // namespace

@@ -12,6 +12,14 @@ namespace atomq::participant {
 class ParticipantNode::View : public DurableView {
  public:
   explicit View(Storage* storage) : storage_(storage) {}
+  std::optional<v1::MessageRecord> FindMessage(uint64_t queue_id,
+                                               uint64_t sequence) const override {
+    absl::StatusOr<std::optional<std::string>> v =
+        storage_->Get(kMessagesDb, MessageKey(queue_id, sequence));
+    v1::MessageRecord rec;
+    if (!v.ok() || !v->has_value() || !DecodeRecord(**v, &rec).ok()) return std::nullopt;
+    return rec;
+  }
   std::optional<v1::OutcomeRecord> FindOutcome(const std::string& txn_id) const override {
     absl::StatusOr<std::optional<std::string>> v = storage_->Get(kOutcomesDb, txn_id);
     if (!v.ok() || !v->has_value()) return std::nullopt;
@@ -113,6 +121,25 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
         [&](ParticipantCore& c) { c.QueryState(rid, req->txn_id(), node_->clock_.NowMs()); });
     return reactor;
   }
+  grpc::ServerUnaryReactor* Promise(grpc::CallbackServerContext* ctx,
+                                    const v1::PromiseRequest* req,
+                                    v1::PromiseResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    node_->WithCore([&](ParticipantCore& c) {
+      c.Promise(rid, req->txn_id(), req->ballot(), node_->clock_.NowMs());
+    });
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* Accept(grpc::CallbackServerContext* ctx, const v1::AcceptRequest* req,
+                                   v1::AcceptResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    node_->WithCore([&](ParticipantCore& c) {
+      c.Accept(rid, req->txn_id(), req->ballot(), req->value(), node_->clock_.NowMs());
+    });
+    return reactor;
+  }
   grpc::ServerUnaryReactor* Batch(grpc::CallbackServerContext* ctx, const v1::BatchRequest* req,
                                   v1::BatchResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
@@ -178,6 +205,17 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
     return reactor;
   }
 
+  // Staged work is memory only, so the core answers at once.
+  grpc::ServerUnaryReactor* Stage(grpc::CallbackServerContext* ctx, const v1::StageRequest* req,
+                                  v1::StageResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    absl::StatusOr<v1::StageResponse> r;
+    node_->WithCore([&](ParticipantCore& c) { r = c.Stage(*req, node_->clock_.NowMs()); });
+    if (r.ok()) *resp = std::move(*r);
+    reactor->Finish(ToGrpc(r.status()));
+    return reactor;
+  }
+
   grpc::ServerUnaryReactor* ListTransactions(grpc::CallbackServerContext* ctx,
                                              const v1::ListParticipantTxnsRequest* req,
                                              v1::ListParticipantTxnsResponse* resp) override {
@@ -205,8 +243,7 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
                                         v1::CreateQueueResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
     RequestId rid = node_->Expect(ReplyTo(reactor, resp));
-    node_->WithCore(
-        [&](ParticipantCore& c) { c.CreateQueue(rid, req->name(), node_->clock_.NowMs()); });
+    node_->WithCore([&](ParticipantCore& c) { c.CreateQueue(rid, *req, node_->clock_.NowMs()); });
     return reactor;
   }
   grpc::ServerUnaryReactor* DeleteQueue(grpc::CallbackServerContext* ctx,
@@ -231,38 +268,27 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
     reactor->Finish(grpc::Status::OK);
     return reactor;
   }
+  // Long-poll, auto-ack and payload reads: queue_consumers.cc.
   grpc::ServerUnaryReactor* Receive(grpc::CallbackServerContext* ctx, const v1::ReceiveRequest* req,
                                     v1::ReceiveResponse* resp) override {
+    return node_->StartReceive(ctx, req, resp);
+  }
+  grpc::ServerBidiReactor<v1::SubscribeRequest, v1::SubscribeResponse>* Subscribe(
+      grpc::CallbackServerContext* ctx) override {
+    return node_->StartSubscribe(ctx);
+  }
+  grpc::ServerUnaryReactor* Nack(grpc::CallbackServerContext* ctx, const v1::NackRequest* req,
+                                 v1::NackResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    absl::StatusOr<std::vector<Lease>> leases;
-    node_->WithCore([&](ParticipantCore& c) {
-      leases = c.Receive(req->queue(), req->max_messages(), req->lease_ms(), node_->clock_.NowMs());
-    });
-    if (!leases.ok()) {
-      reactor->Finish(ToGrpc(leases.status()));
-      return reactor;
-    }
-    // Payloads are read outside the core's mutex: a leased message cannot be
-    // deleted by anyone but this lease's holder.
-    for (const Lease& l : *leases) {
-      absl::StatusOr<std::optional<std::string>> v =
-          node_->storage_->Get(kMessagesDb, MessageKey(l.queue_id, l.sequence));
-      v1::MessageRecord rec;
-      if (!v.ok() || !v->has_value() || !DecodeRecord(**v, &rec).ok()) {
-        LogLine(absl::StrCat("queue ", l.queue, " message ", l.sequence,
-                             " could not be read; left leased"));
-        continue;
-      }
-      v1::Delivery* d = resp->add_deliveries();
-      d->set_queue(l.queue);
-      d->set_sequence(l.sequence);
-      d->set_payload(std::move(*rec.mutable_payload()));
-      *d->mutable_headers() = rec.headers();
-      d->set_delivery_count(l.delivery_count);
-      d->set_lease_token(l.lease_token);
-      d->set_lease_expires_unix_ms(l.expires_ms);
-    }
-    reactor->Finish(grpc::Status::OK);
+    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    node_->WithCore([&](ParticipantCore& c) { c.Nack(rid, *req, node_->clock_.NowMs()); });
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* Send(grpc::CallbackServerContext* ctx, const v1::SendRequest* req,
+                                 v1::SendResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    node_->WithCore([&](ParticipantCore& c) { c.Send(rid, *req, node_->clock_.NowMs()); });
     return reactor;
   }
   grpc::ServerUnaryReactor* Ack(grpc::CallbackServerContext* ctx, const v1::AckRequest* req,
@@ -313,7 +339,9 @@ grpc::Service* ParticipantNode::queue_service() { return queue_service_.get(); }
 absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config config,
                                                                          ServerOptions options,
                                                                          Storage* storage) {
+  const uint32_t receive_max = config.receive_max;
   std::unique_ptr<ParticipantNode> node(new ParticipantNode(std::move(config), options, storage));
+  node->core_receive_max_ = receive_max;
   RecoveredState state;
   absl::Status bad;
   auto decode_all = [&](const char* db, auto* out) -> absl::Status {
@@ -333,6 +361,7 @@ absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config 
   };
   ATOMQ_RETURN_IF_ERROR(decode_all(kQueuesDb, &state.queues));
   ATOMQ_RETURN_IF_ERROR(decode_all(kPreparedDb, &state.prepared));
+  ATOMQ_RETURN_IF_ERROR(decode_all(kDedupDb, &state.dedup));
   ATOMQ_RETURN_IF_ERROR(storage->Scan(kMessagesDb, "", [&](std::string_view key, std::string_view) {
     if (key.size() != 16) return true;
     state.messages.emplace_back(DecodeU64(key.substr(0, 8)), DecodeU64(key.substr(8, 8)));
@@ -350,6 +379,7 @@ absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config 
                    " messages, ", state.prepared.size(), " prepared transactions");
   node->WithCore([&](ParticipantCore& c) { c.Recover(std::move(state), node->clock_.NowMs()); });
   LogLine(summary);
+  node->SweepLeases();
   return node;
 }
 
@@ -366,6 +396,10 @@ void ParticipantNode::WithCore(Fn fn) {
     out.persist.clear();
   }
   if (!out.empty()) Dispatch(std::move(out));
+}
+
+void ParticipantNode::RunCore(const std::function<void(ParticipantCore&)>& fn) {
+  WithCore([&](ParticipantCore& c) { fn(c); });
 }
 
 RequestId ParticipantNode::Expect(ReplyFn fn) {
@@ -390,16 +424,20 @@ void ParticipantNode::Persist(std::vector<Batch> batches) {
   }
 }
 
+void ParticipantNode::FireTimers(const std::vector<uint64_t>& ids) {
+  if (stopped_) return;
+  WithCore([&](ParticipantCore& c) {
+    int64_t now = clock_.NowMs();
+    for (uint64_t id : ids) c.OnTimer(id, now);
+  });
+}
+
 void ParticipantNode::Dispatch(Output out) {
   for (const std::string& line : out.log) LogLine(line);
+  if (!out.ready_queues.empty()) WakeQueues(out.ready_queues);
   for (OutQuery& q : out.queries) SendQuery(std::move(q));
-  for (const TimerRequest& t : out.timers) {
-    uint64_t id = t.timer_id;
-    timers_.At(t.at_ms, [this, id] {
-      if (stopped_) return;
-      WithCore([&](ParticipantCore& c) { c.OnTimer(id, clock_.NowMs()); });
-    });
-  }
+  for (OutPeerMsg& m : out.peer_msgs) SendPeerMsg(std::move(m));
+  for (const TimerRequest& t : out.timers) core_timers_.Add(t.timer_id, t.at_ms);
   for (const Reply& r : out.replies) {
     ReplyFn fn;
     {
@@ -410,6 +448,76 @@ void ParticipantNode::Dispatch(Output out) {
       pending_.erase(it);
     }
     fn(r);
+  }
+}
+
+// 3PC termination messages of a round this node leads (to itself too).
+void ParticipantNode::SendPeerMsg(OutPeerMsg m) {
+  if (stopped_) return;
+  std::shared_ptr<v1::ParticipantTxn::Stub> stub =
+      v1::ParticipantTxn::NewStub(channels_.Get(m.address));
+  const std::string txn = m.txn_id, target = m.target;
+  const uint64_t ballot = m.ballot;
+  switch (m.type) {
+    case PeerMsgType::kPromise: {
+      v1::PromiseRequest req;
+      req.set_txn_id(txn);
+      req.set_ballot(ballot);
+      AsyncUnary<v1::PromiseResponse>(
+          std::move(req), options_.rpc_timeout_ms,
+          [stub](auto* ctx, auto* r, auto* resp, auto cb) {
+            stub->async()->Promise(ctx, r, resp, std::move(cb));
+          },
+          [this, txn, target, ballot](const grpc::Status& s, const v1::PromiseResponse& resp) {
+            absl::StatusOr<v1::PromiseResponse> r =
+                s.ok() ? absl::StatusOr<v1::PromiseResponse>(resp) : FromGrpc(s);
+            WithCore([&](ParticipantCore& c) {
+              c.OnPromiseReply(txn, target, ballot, r, clock_.NowMs());
+            });
+          });
+      return;
+    }
+    case PeerMsgType::kAccept: {
+      v1::AcceptRequest req;
+      req.set_txn_id(txn);
+      req.set_ballot(ballot);
+      req.set_value(m.value);
+      AsyncUnary<v1::AcceptResponse>(
+          std::move(req), options_.rpc_timeout_ms,
+          [stub](auto* ctx, auto* r, auto* resp, auto cb) {
+            stub->async()->Accept(ctx, r, resp, std::move(cb));
+          },
+          [this, txn, target, ballot](const grpc::Status& s, const v1::AcceptResponse& resp) {
+            absl::StatusOr<v1::AcceptResponse> r =
+                s.ok() ? absl::StatusOr<v1::AcceptResponse>(resp) : FromGrpc(s);
+            WithCore([&](ParticipantCore& c) {
+              c.OnAcceptReply(txn, target, ballot, r, clock_.NowMs());
+            });
+          });
+      return;
+    }
+    case PeerMsgType::kCommit:
+    case PeerMsgType::kAbort: {
+      // The decision: peers that miss it run a round of their own.
+      v1::TxnRef ref;
+      ref.set_txn_id(txn);
+      if (m.type == PeerMsgType::kCommit) {
+        AsyncUnary<v1::CommitResponse>(
+            std::move(ref), options_.rpc_timeout_ms,
+            [stub](auto* ctx, auto* r, auto* resp, auto cb) {
+              stub->async()->Commit(ctx, r, resp, std::move(cb));
+            },
+            [](const grpc::Status&, const v1::CommitResponse&) {});
+      } else {
+        AsyncUnary<v1::AbortResponse>(
+            std::move(ref), options_.rpc_timeout_ms,
+            [stub](auto* ctx, auto* r, auto* resp, auto cb) {
+              stub->async()->Abort(ctx, r, resp, std::move(cb));
+            },
+            [](const grpc::Status&, const v1::AbortResponse&) {});
+      }
+      return;
+    }
   }
 }
 

@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -25,6 +26,11 @@ namespace atomq::participant {
 struct ServerOptions {
   uint32_t rpc_timeout_ms = 2000;  // --rpc_timeout_ms: per outbound query
   uint32_t batch_items_max = 10000;  // --batch_items_max: items in one Batch call
+  // Consumers (queue_consumers.cc).
+  uint32_t receive_wait_ms_max = 60000;  // --receive_wait_ms_max: longest long-poll
+  uint32_t waiters_max = 10000;          // --waiters_max: long-poll Receives parked at once
+  uint32_t subscriptions_max = 1000;     // --subscriptions_max: Subscribe streams open at once
+  uint32_t lease_sweep_ms = 100;         // --lease_sweep_ms: how often expired leases return
 };
 
 // Owns the core and its I/O; exposes the two gRPC services.
@@ -36,6 +42,9 @@ class ParticipantNode {
                                                                  Storage* storage);
   ~ParticipantNode();
   void Stop();
+  // Ends waiting consumers (long-poll Receives answer with what is ready,
+  // streams end with UNAVAILABLE) so that a server shutdown need not wait.
+  void StopConsumers();
   // Prometheus text: storage, process.
   std::string RenderMetrics();
 
@@ -53,11 +62,44 @@ class ParticipantNode {
   template <typename Fn>
   void WithCore(Fn fn) ABSL_LOCKS_EXCLUDED(mu_);
   void Dispatch(Output out) ABSL_LOCKS_EXCLUDED(mu_);
+  void FireTimers(const std::vector<uint64_t>& ids) ABSL_LOCKS_EXCLUDED(mu_);
   // Hands batches to the writer; called with mu_ held, never blocks.
   void Persist(std::vector<Batch> batches) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SendQuery(OutQuery q);
+  void SendPeerMsg(OutPeerMsg m);
   // Registers how the reply to a request is delivered; returns its id.
   RequestId Expect(ReplyFn fn);
+
+  // --- consumers: long-poll Receive and Subscribe streams (queue_consumers.cc) ---
+  class Waiting;       // something that waits for a queue to gain ready messages
+  class LongPoll;      // a Receive with wait_ms
+  class Subscription;  // a Subscribe stream's state
+  class SubscribeReactor;
+  // WithCore for code outside participant_server.cc.
+  void RunCore(const std::function<void(ParticipantCore&)>& fn) ABSL_LOCKS_EXCLUDED(mu_);
+  grpc::ServerUnaryReactor* StartReceive(grpc::CallbackServerContext* ctx,
+                                         const v1::ReceiveRequest* req, v1::ReceiveResponse* resp);
+  grpc::ServerBidiReactor<v1::SubscribeRequest, v1::SubscribeResponse>* StartSubscribe(
+      grpc::CallbackServerContext* ctx);
+  // Registers `w` to be woken when `queue` gains ready messages. Call under
+  // mu_ right after a Receive found nothing, so no wake is missed. False when
+  // --waiters_max long-polls are parked already (streams are not counted).
+  bool Park(const std::string& queue, const std::shared_ptr<Waiting>& w, bool long_poll)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Unpark(const std::string& queue, uint64_t waiter_id);
+  // From Dispatch: wakes (on the timer thread) everything parked on `queues`.
+  void WakeQueues(const std::vector<std::string>& queues);
+  void SweepLeases();
+  absl::Mutex waiters_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::map<std::string, std::map<uint64_t, std::shared_ptr<Waiting>>> waiters_
+      ABSL_GUARDED_BY(waiters_mu_);
+  uint32_t parked_long_polls_ ABSL_GUARDED_BY(waiters_mu_) = 0;
+  std::set<uint64_t> long_poll_ids_ ABSL_GUARDED_BY(waiters_mu_);  // parked long-polls
+  std::atomic<uint32_t> open_subscriptions_{0};
+  uint32_t core_receive_max_ = 1000;  // Config::receive_max: bounds a stream's window
+  std::map<uint64_t, std::weak_ptr<Subscription>> subscriptions_ ABSL_GUARDED_BY(waiters_mu_);
+  std::atomic<uint64_t> next_waiter_{1};
+  std::atomic<bool> consumers_stopped_{false};
 
   const ServerOptions options_;
   Storage* const storage_;
@@ -67,6 +109,8 @@ class ParticipantNode {
   std::unique_ptr<QueueService> queue_service_;
   ChannelCache channels_;
   TimerQueue timers_;
+  // Every due core timer in one locked call.
+  TimerSet core_timers_{&timers_, [this](std::vector<uint64_t> ids) { FireTimers(ids); }};
   std::atomic<bool> stopped_{false};
   std::atomic<uint64_t> next_request_{1};
 

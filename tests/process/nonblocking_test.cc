@@ -1,0 +1,88 @@
+// Non-blocking 3PC with real processes: the coordinator dies after PreCommit
+// reached a participant and stays down, one of three participants is down
+// too, and the other two still finish the transaction (quorum termination);
+// the third agrees when it returns.
+#include <future>
+#include <string>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "tests/process/cluster.h"
+
+namespace atomq::testing {
+namespace {
+
+constexpr int kCrashExit = 86;
+
+v1::Op Enqueue(const std::string& participant, const std::string& queue,
+               const std::string& payload) {
+  v1::Op op;
+  op.set_participant(participant);
+  op.mutable_enqueue()->set_queue(queue);
+  op.mutable_enqueue()->set_payload(payload);
+  return op;
+}
+
+bool Decided(v1::TxnState s) { return s == v1::STATE_COMMITTED || s == v1::STATE_ABORTED; }
+
+TEST(NonBlockingTest, MajorityFinishesWithCoordinatorAndOneParticipantDown) {
+  // The Cluster's participants are in doubt after 300 ms and start rounds at
+  // most 300 ms apart.
+  Cluster c;
+  for (int i = 1; i <= 3; ++i) c.StartParticipant(i);
+  c.CreateQueue(1, "orders");
+  c.CreateQueue(2, "audit");
+  c.CreateQueue(3, "billing");
+  c.StartCoordinator({{"ATOMQ_CRASH_AT", "after-precommit-sent"}});
+
+  v1::ExecuteRequest req;
+  req.set_txn_id("nb-1");
+  req.set_protocol(v1::THREE_PC);
+  *req.add_ops() = Enqueue("p1", "orders", "nb-1/order");
+  *req.add_ops() = Enqueue("p2", "audit", "nb-1/audit");
+  *req.add_ops() = Enqueue("p3", "billing", "nb-1/invoice");
+  auto call = std::async(std::launch::async, [&c, req] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::ExecuteResponse resp;
+    return c.coordinator()->Execute(&ctx, req, &resp);
+  });
+  // The coordinator dies once a participant acknowledged PreCommit, and stays down.
+  ASSERT_EQ(c.WaitCoordinatorExit(15000), kCrashExit);
+  EXPECT_FALSE(call.get().ok()) << "the client cannot have been told an outcome";
+  c.KillParticipant(3);
+
+  // p1 and p2, a majority of three, decide without the coordinator.
+  const v1::TxnState s1 = c.AwaitOutcome(1, "nb-1", 20000);
+  const v1::TxnState s2 = c.AwaitOutcome(2, "nb-1", 20000);
+  ASSERT_TRUE(Decided(s1)) << v1::TxnState_Name(s1);
+  EXPECT_EQ(s1, s2);
+
+  // p3 returns, still without the coordinator, and agrees.
+  c.StartParticipant(3);
+  EXPECT_EQ(c.AwaitOutcome(3, "nb-1", 20000), s1);
+
+  const size_t expect = s1 == v1::STATE_COMMITTED ? 1 : 0;
+  EXPECT_EQ(c.Drain(1, "orders").size(), expect);
+  EXPECT_EQ(c.Drain(2, "audit").size(), expect);
+  EXPECT_EQ(c.Drain(3, "billing").size(), expect);
+
+  // The coordinator comes back: its PRECOMMITTED record is settled by a
+  // termination round, to the same outcome, and a retry reports it.
+  c.StartCoordinator();
+  v1::ExecuteResponse resp;
+  grpc::Status st;
+  for (int attempt = 0; attempt < 40; ++attempt) {
+    grpc::ClientContext actx;
+    actx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    st = c.coordinator()->Execute(&actx, req, &resp);
+    if (st.ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(resp.outcome(), s1 == v1::STATE_COMMITTED ? v1::COMMITTED : v1::ABORTED)
+      << resp.reason();
+}
+
+}  // namespace
+}  // namespace atomq::testing

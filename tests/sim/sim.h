@@ -1,0 +1,58 @@
+// A deterministic simulator of an atomq cluster (DESIGN.md section 2): the
+// real CoordinatorCore and ParticipantCore driven as the gRPC adapters drive
+// them, over a simulated network (drop, duplicate, delay, reorder, partition
+// and heal), simulated disks (group commit; a crash loses what was not
+// synced; slow fsyncs) and a simulated clock, with crashes and restarts of
+// any process at any step. Everything derives from one seed: the same seed
+// replays the same run (RunSeed returns a hash of the event trace).
+//
+// A checker (checker.h) observes every durable write and every reply and
+// checks the invariants of DESIGN.md section 4 after every step. At the end
+// a liveness phase heals everything and requires every transaction decided;
+// under 3PC first with the coordinator and one participant down (every 3PC
+// transaction with a majority of its participants up must decide).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace atomq::sim {
+
+enum class ProtocolMode { k2pc, k3pc, kMixed };
+
+struct Options {
+  uint64_t seed = 1;
+  ProtocolMode mode = ProtocolMode::kMixed;
+  // A deliberately broken behaviour (see Plants()); empty = none.
+  std::string plant;
+  bool verbose = false;  // the event trace and the cores' log lines to stderr
+};
+
+struct Result {
+  uint64_t seed = 0;
+  uint64_t txns = 0;
+  uint64_t commits = 0;  // as the client was told
+  uint64_t aborts = 0;
+  uint64_t steps = 0;
+  uint64_t trace_hash = 0;
+  std::vector<std::string> violations;  // safety: agreement, validity, durability, duplicates
+  std::vector<std::string> blocked;     // liveness: undecided after the healing phases
+};
+
+Result RunSeed(const Options& options);
+
+// Names accepted by Options::plant:
+//   commit-without-votes     the coordinator counts a NO vote as YES
+//   reply-before-durable     the coordinator's adapter answers COMMITTED as
+//                            soon as the COMMIT record is submitted, before it is synced
+//   leader-ignores-accepted  a participant's termination leader proposes ABORT
+//                            whatever a majority accepted
+//   forget-prepared          a participant loses its PREPARED records at a crash
+const std::vector<std::string>& Plants();
+
+const char* ModeName(ProtocolMode mode);
+// "build/bin/atomq-sim --seed=S --protocol=P [--plant=X]"
+std::string ReplayCommand(const Options& options);
+
+}  // namespace atomq::sim
