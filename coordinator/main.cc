@@ -9,6 +9,7 @@
 #include "common/crash.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/server_flags.h"
 #include "common/server_util.h"
 #include "common/validate.h"
 #include "coordinator/server/coordinator_server.h"
@@ -29,19 +30,15 @@ int main(int argc, char** argv) {
   // the lock order here is fixed and small, so that work buys nothing.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
-  atomq::LmdbOptions lo;
   CLI::App app{"atomq-coordinator: atomic enqueue across queue nodes (2PC / 3PC)"};
-  std::string id, listen, advertise, data_dir, participants, protocol = "2pc";
+  atomq::ServerFlags sf;
+  atomq::AddServerFlags(app, &sf, "coordinator id; minted transaction ids begin with it",
+                        "directory of the decision log (LMDB)");
+  std::string advertise, participants, protocol = "2pc";
   atomq::coordinator::Config cfg;
   atomq::coordinator::ServerOptions opts;
-  uint64_t map_size_mb = 65536;
-  uint32_t batches_per_commit_max = 4096;
-  uint32_t message_bytes_max = 64 << 20;
-  app.add_option("--id", id, "coordinator id; minted transaction ids begin with it")->required();
-  app.add_option("--listen", listen, "host:port to serve gRPC on")->required();
   app.add_option("--advertise", advertise,
                  "host:port participants reach this coordinator at (default: --listen)");
-  app.add_option("--data_dir", data_dir, "directory of the decision log (LMDB)")->required();
   app.add_option("--participants", participants, "id=host:port,... of every participant")
       ->required();
   app.add_option("--default_protocol", protocol, "2pc or 3pc, for requests that name none")
@@ -92,27 +89,8 @@ int main(int argc, char** argv) {
   app.add_option("--batch_items_max", opts.batch_items_max, "protocol messages in one Batch call")
       ->check(CLI::Range(1u, 1000000u))
       ->capture_default_str();
-  app.add_option("--lmdb_map_size_mb", map_size_mb, "LMDB map size (the log's largest size)")
-      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24))
-      ->capture_default_str();
-  app.add_option("--lazy_write_delay_ms", lo.lazy_delay_ms,
-                 "how long a write nobody waits on may wait to share an fsync")
-      ->check(CLI::Range(0u, 10000u))
-      ->capture_default_str();
-  app.add_option("--group_commit_batches_max", batches_per_commit_max,
-                 "batches applied in one LMDB transaction / fsync")
-      ->check(CLI::Range(1u, 1000000u))
-      ->capture_default_str();
-  app.add_option("--message_bytes_max", message_bytes_max, "largest gRPC request accepted")
-      ->check(CLI::Range(1024u, 1u << 30))
-      ->capture_default_str();
-  std::string metrics_listen;
-  app.add_option("--metrics_listen", metrics_listen,
-                 "host:port to serve Prometheus /metrics on (default: off)");
   CLI11_PARSE(app, argc, argv);
 
-  if (absl::Status st = atomq::ValidateNodeId(id); !st.ok())
-    return Fail(absl::StrCat("--id: ", st.message()));
   absl::StatusOr<std::map<std::string, std::string>> peers = atomq::ParsePeerList(participants);
   if (!peers.ok()) return Fail(absl::StrCat("--participants: ", peers.status().message()));
   if (peers->empty()) return Fail("--participants: at least one participant is needed");
@@ -121,16 +99,13 @@ int main(int argc, char** argv) {
   if (cfg.resend_initial_ms > cfg.resend_max_ms)
     return Fail("--resend_initial_ms exceeds --resend_max_ms");
 
-  lo.dir = data_dir;
-  lo.dbs = {atomq::coordinator::kTxnDb, atomq::coordinator::kMetaDb};
-  lo.map_size_mb = map_size_mb;
-  lo.batches_per_commit_max = batches_per_commit_max;
-  absl::StatusOr<std::unique_ptr<atomq::Storage>> storage = atomq::OpenLmdbStorage(lo);
-  if (!storage.ok()) return Fail(std::string(storage.status().message()));
-
-  absl::StatusOr<atomq::v1::MetaRecord> meta =
-      atomq::BumpBootCount(storage->get(), atomq::coordinator::kMetaDb, id, data_dir);
-  if (!meta.ok()) return Fail(std::string(meta.status().message()));
+  absl::StatusOr<atomq::Store> store = atomq::OpenStore(
+      sf, {atomq::coordinator::kTxnDb, atomq::coordinator::kMetaDb}, atomq::coordinator::kMetaDb);
+  if (!store.ok()) return Fail(std::string(store.status().message()));
+  const std::string& id = sf.id;
+  const std::string& listen = sf.listen;
+  const atomq::v1::MetaRecord* meta = &store->meta;
+  std::unique_ptr<atomq::Storage>* storage = &store->storage;
 
   cfg.coordinator_id = id;
   cfg.coordinator_address = advertise.empty() ? listen : advertise;
@@ -140,13 +115,13 @@ int main(int argc, char** argv) {
 
   auto service = atomq::coordinator::CoordinatorServer::Create(cfg, opts, storage->get());
   if (!service.ok()) return Fail(absl::StrCat("recovery failed: ", service.status().message()));
-  auto server = atomq::StartServer(listen, {service->get()}, message_bytes_max);
+  auto server = atomq::StartServer(listen, {service->get()}, sf.message_bytes_max);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   atomq::LogLine(absl::StrCat("atomq-coordinator ", id, " serving on ", listen, " (boot ",
                               meta->boot_count(), ", ", peers->size(), " participants)"));
 
   std::unique_ptr<atomq::MetricsServer> metrics;
-  if (!metrics_listen.empty()) {
+  if (const std::string& metrics_listen = sf.metrics_listen; !metrics_listen.empty()) {
     auto* target = (*service).get();
     auto m =
         atomq::MetricsServer::Start(metrics_listen, [target] { return target->RenderMetrics(); });

@@ -9,6 +9,7 @@
 #include "common/crash.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/server_flags.h"
 #include "common/server_util.h"
 #include "common/validate.h"
 #include "participant/server/participant_server.h"
@@ -29,18 +30,12 @@ int main(int argc, char** argv) {
   // the lock order here is fixed and small, so that work buys nothing.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
-  atomq::LmdbOptions lo;
   CLI::App app{"atomq-participant: a durable queue node in atomq transactions"};
-  std::string id, listen, data_dir;
+  atomq::ServerFlags sf;
+  atomq::AddServerFlags(app, &sf, "participant id (as the coordinator's --participants names it)",
+                        "directory of the queues and log (LMDB)");
   atomq::participant::Config cfg;
   atomq::participant::ServerOptions opts;
-  uint64_t map_size_mb = 65536;
-  uint32_t batches_per_commit_max = 4096;
-  uint32_t message_bytes_max = 64 << 20;
-  app.add_option("--id", id, "participant id (as the coordinator's --participants names it)")
-      ->required();
-  app.add_option("--listen", listen, "host:port to serve gRPC on")->required();
-  app.add_option("--data_dir", data_dir, "directory of the queues and log (LMDB)")->required();
   app.add_option("--ops_per_txn_max", cfg.ops_per_txn_max, "ops of one transaction on this node")
       ->check(CLI::Range(1u, 1000000u))
       ->capture_default_str();
@@ -113,6 +108,10 @@ int main(int argc, char** argv) {
                  "longest time staged work is kept, whatever its expires_unix_ms says")
       ->check(CLI::Range(1u, 86400000u))
       ->capture_default_str();
+  app.add_option("--operator_note_bytes_max", cfg.operator_note_bytes_max,
+                 "longest operator note of a Resolve (heuristic outcome)")
+      ->check(CLI::Range(0u, 1048576u))
+      ->capture_default_str();
   app.add_option("--outcome_cache_max", cfg.outcome_cache_max,
                  "finished transactions kept in memory (older ones are read from disk)")
       ->check(CLI::Range(0u, 100000000u))
@@ -123,56 +122,36 @@ int main(int argc, char** argv) {
   app.add_option("--batch_items_max", opts.batch_items_max, "protocol messages in one Batch call")
       ->check(CLI::Range(1u, 1000000u))
       ->capture_default_str();
-  app.add_option("--lmdb_map_size_mb", map_size_mb, "LMDB map size (the store's largest size)")
-      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24))
-      ->capture_default_str();
-  app.add_option("--lazy_write_delay_ms", lo.lazy_delay_ms,
-                 "how long a write nobody waits on may wait to share an fsync")
-      ->check(CLI::Range(0u, 10000u))
-      ->capture_default_str();
-  app.add_option("--group_commit_batches_max", batches_per_commit_max,
-                 "batches applied in one LMDB transaction / fsync")
-      ->check(CLI::Range(1u, 1000000u))
-      ->capture_default_str();
-  app.add_option("--message_bytes_max", message_bytes_max, "largest gRPC request accepted")
-      ->check(CLI::Range(1024u, 1u << 30))
-      ->capture_default_str();
-  std::string metrics_listen;
-  app.add_option("--metrics_listen", metrics_listen,
-                 "host:port to serve Prometheus /metrics on (default: off)");
   CLI11_PARSE(app, argc, argv);
 
-  if (absl::Status st = atomq::ValidateNodeId(id); !st.ok()) {
-    return Fail(absl::StrCat("--id: ", st.message()));
-  }
   if (cfg.lease_ms > cfg.lease_ms_max) return Fail("--lease_ms exceeds --lease_ms_max");
   if (cfg.resend_initial_ms > cfg.resend_max_ms) {
     return Fail("--resend_initial_ms exceeds --resend_max_ms");
   }
 
   namespace p = atomq::participant;
-  lo.dir = data_dir;
-  lo.dbs = {p::kQueuesDb, p::kMessagesDb, p::kPreparedDb, p::kOutcomesDb, p::kDedupDb, p::kMetaDb};
-  lo.map_size_mb = map_size_mb;
-  lo.batches_per_commit_max = batches_per_commit_max;
-  absl::StatusOr<std::unique_ptr<atomq::Storage>> storage = atomq::OpenLmdbStorage(lo);
-  if (!storage.ok()) return Fail(std::string(storage.status().message()));
-  absl::StatusOr<atomq::v1::MetaRecord> meta =
-      atomq::BumpBootCount(storage->get(), p::kMetaDb, id, data_dir);
-  if (!meta.ok()) return Fail(std::string(meta.status().message()));
+  absl::StatusOr<atomq::Store> store = atomq::OpenStore(
+      sf, {p::kQueuesDb, p::kMessagesDb, p::kPreparedDb, p::kOutcomesDb, p::kDedupDb, p::kMetaDb,
+           p::kHeuristicDb},
+      p::kMetaDb);
+  if (!store.ok()) return Fail(std::string(store.status().message()));
+  const std::string& id = sf.id;
+  const std::string& listen = sf.listen;
+  const atomq::v1::MetaRecord* meta = &store->meta;
+  std::unique_ptr<atomq::Storage>* storage = &store->storage;
 
   cfg.participant_id = id;
   cfg.boot_count = meta->boot_count();
   auto node = p::ParticipantNode::Create(cfg, opts, storage->get());
   if (!node.ok()) return Fail(absl::StrCat("recovery failed: ", node.status().message()));
   auto server = atomq::StartServer(listen, {(*node)->txn_service(), (*node)->queue_service()},
-                                   message_bytes_max);
+                                   sf.message_bytes_max);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   atomq::LogLine(absl::StrCat("atomq-participant ", id, " serving on ", listen, " (boot ",
                               meta->boot_count(), ")"));
 
   std::unique_ptr<atomq::MetricsServer> metrics;
-  if (!metrics_listen.empty()) {
+  if (const std::string& metrics_listen = sf.metrics_listen; !metrics_listen.empty()) {
     auto* target = (*node).get();
     auto m =
         atomq::MetricsServer::Start(metrics_listen, [target] { return target->RenderMetrics(); });

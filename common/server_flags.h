@@ -1,0 +1,40 @@
+// Flags and start-up steps both servers share: identity, listening address,
+// the LMDB store, gRPC message size and the metrics endpoint.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
+#include "atomq/v1/records.pb.h"
+#include "common/storage.h"
+
+namespace atomq {
+
+struct ServerFlags {
+  std::string id;
+  std::string listen;
+  std::string data_dir;
+  std::string metrics_listen;  // empty: no /metrics
+  LmdbOptions lmdb;            // dir and dbs are set by OpenStore
+  uint32_t message_bytes_max = 64 << 20;
+};
+
+// Registers --id, --listen, --data_dir, --metrics_listen, --lmdb_map_size_mb,
+// --lazy_write_delay_ms, --group_commit_batches_max and --message_bytes_max.
+void AddServerFlags(CLI::App& app, ServerFlags* flags, const std::string& id_help,
+                    const std::string& data_dir_help);
+
+struct Store {
+  std::unique_ptr<Storage> storage;
+  v1::MetaRecord meta;  // with this start's boot count
+};
+
+// Validates --id, opens the LMDB environment with `dbs` and raises the boot
+// count in `meta_db`. The error message is ready to print.
+absl::StatusOr<Store> OpenStore(ServerFlags& flags, std::vector<std::string> dbs,
+                                const std::string& meta_db);
+
+}  // namespace atomq
