@@ -98,6 +98,15 @@ std::string StateName(v1::TxnState s) {
   }
 }
 
+std::string OutcomeName(v1::Outcome o) {
+  switch (o) {
+    case v1::COMMITTED: return "committed";
+    case v1::ABORTED: return "aborted";
+    case v1::PENDING: return "pending";
+    default: return "-";
+  }
+}
+
 std::string ProtocolName(v1::Protocol p) {
   return p == v1::THREE_PC ? "3pc" : p == v1::TWO_PC ? "2pc" : "-";
 }
@@ -249,15 +258,17 @@ int TxnList(const Globals& g, const std::string& state) {
     PrintJson(resp);
     return 0;
   }
-  std::printf("%-40s %-5s %-13s %-9s %s\n", "TXN", "PROTO", "STATE", "AGE", "WAITING FOR");
+  std::printf("%-40s %-5s %-13s %-10s %-9s %s\n", "TXN", "PROTO", "STATE", "OUTCOME", "AGE",
+              "WAITING FOR");
   for (const auto& t : resp.transactions()) {
     std::string waiting;
     for (const auto& p : t.participants()) {
       if (!p.acknowledged()) absl::StrAppend(&waiting, waiting.empty() ? "" : ",", p.participant());
     }
-    std::printf("%-40s %-5s %-13s %-9s %s\n", t.txn_id().c_str(),
+    std::printf("%-40s %-5s %-13s %-10s %-9s %s\n", t.txn_id().c_str(),
                 ProtocolName(t.protocol()).c_str(), StateName(t.state()).c_str(),
-                Age(t.created_unix_ms()).c_str(), waiting.c_str());
+                OutcomeName(t.outcome()).c_str(), Age(t.created_unix_ms()).c_str(),
+                waiting.c_str());
   }
   return 0;
 }
@@ -302,8 +313,9 @@ int TxnShow(const Globals& g, const std::string& id) {
     PrintJson(t);
     return 0;
   }
-  std::printf("txn %s\n  protocol  %s\n  state     %s\n  age       %s\n", t.txn_id().c_str(),
-              ProtocolName(t.protocol()).c_str(), StateName(t.state()).c_str(),
+  std::printf("txn %s\n  protocol  %s\n  state     %s\n  outcome   %s\n  age       %s\n",
+              t.txn_id().c_str(), ProtocolName(t.protocol()).c_str(),
+              StateName(t.state()).c_str(), OutcomeName(t.outcome()).c_str(),
               Age(t.created_unix_ms()).c_str());
   if (!t.reason().empty()) std::printf("  reason    %s\n", t.reason().c_str());
   std::printf("  participants:\n");
