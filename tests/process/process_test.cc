@@ -229,6 +229,44 @@ std::vector<CrashCase> AllCrashCases() {
 INSTANTIATE_TEST_SUITE_P(Points, CrashTest, ::testing::ValuesIn(AllCrashCases()),
                          [](const auto& info) { return CaseName(info.param); });
 
+// A participant dies after applying the commit and before acknowledging it:
+// the coordinator lists the transaction as committed and waiting for it
+// until it returns.
+TEST(ProcessTest, CoordinatorListsWhoHasNotAcknowledged) {
+  Cluster c;
+  c.StartParticipant(1);
+  c.StartParticipant(2);
+  c.StartParticipant(3, {{"ATOMQ_CRASH_AT", "after-commit-applied-before-ack"}});
+  c.StartCoordinator();
+  CreateDemoQueues(c);
+  auto pending =
+      std::async(std::launch::async, [&] { return Execute(c, ThreeWay("wait-1", v1::TWO_PC)); });
+  ASSERT_EQ(c.WaitParticipantExit(3, 10000), std::optional<int>(kCrashExit));
+  Result r = pending.get();
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.response.outcome(), v1::COMMITTED);
+
+  const std::string ctl =
+      std::string(ATOMQ_BIN_DIR) + "/atomqctl --coordinator=" + c.coordinator_address();
+  std::string list = RunCommand(ctl + " txn list --state=in-doubt");
+  EXPECT_NE(list.find("wait-1"), std::string::npos) << list;
+  EXPECT_NE(list.find("committed"), std::string::npos) << list;
+  EXPECT_NE(list.find("p3"), std::string::npos) << list;
+  std::string show = RunCommand(ctl + " txn show wait-1");
+  EXPECT_NE(show.find("not acknowledged"), std::string::npos) << show;
+  EXPECT_NE(show.find("outcome   committed"), std::string::npos) << show;
+
+  c.StartParticipant(3);
+  std::string after;
+  for (int tries = 0; tries < 100; ++tries) {
+    after = RunCommand(ctl + " txn list --state=in-doubt");
+    if (after.find("wait-1") == std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(after.find("wait-1"), std::string::npos) << after;
+  EXPECT_EQ(c.Drain(3, "billing"), std::vector<std::string>{"wait-1/invoice"});
+}
+
 // The coordinator dies after logging COMMIT and before telling anyone: every
 // participant is prepared and uncertain, so all block (2PC) and say so.
 TEST(ProcessTest, AtomqctlShowsInDoubtWhileCoordinatorIsDown) {
