@@ -193,6 +193,40 @@ int TxnExec(const Globals& g, const std::string& protocol, const std::string& id
   return committed ? 0 : 1;
 }
 
+// Heuristic outcomes (txn resolve) at a participant.
+const char kHeuristicWarning[] =
+    "WARNING: this is a heuristic decision: it overrides the commit protocol. If the\n"
+    "coordinator or another participant decided otherwise, the transaction ends up\n"
+    "committed at some participants and aborted at others. Use it only when the\n"
+    "coordinator's log is lost for good, and resolve every participant the same way.\n";
+
+void PrintHeuristic(const v1::HeuristicOutcome& h) {
+  std::printf("txn %s\n  outcome       %s (HEURISTIC: decided by an operator)\n", h.txn_id().c_str(),
+              StateName(h.state()).c_str());
+  std::printf("  resolved      %s ago, was %s\n", Age(h.resolved_unix_ms()).c_str(),
+              StateName(h.resolved_from()).c_str());
+  std::printf("  note          %s\n", h.operator_note().empty() ? "-" : h.operator_note().c_str());
+  std::printf("  coordinator   %s\n  participants ", h.coordinator_id().c_str());
+  for (const auto& p : h.participants()) std::printf(" %s", p.participant().c_str());
+  std::printf("\n");
+  if (h.conflicting_state() != v1::TXN_STATE_UNSPECIFIED) {
+    std::printf("  MIXED         %s says %s (%s ago): repair by hand\n", h.conflict_by().c_str(),
+                StateName(h.conflicting_state()).c_str(), Age(h.conflict_unix_ms()).c_str());
+  }
+}
+
+void PrintHeuristicTable(const v1::ListParticipantTxnsResponse& resp) {
+  std::printf("%-40s %-9s %-9s %-28s %s\n", "HEURISTIC TXN", "OUTCOME", "AGE", "MIXED", "NOTE");
+  for (const auto& h : resp.heuristic()) {
+    std::string mixed = "no";
+    if (h.conflicting_state() != v1::TXN_STATE_UNSPECIFIED) {
+      mixed = absl::StrCat("YES: ", StateName(h.conflicting_state()), " elsewhere");
+    }
+    std::printf("%-40s %-9s %-9s %-28s %s\n", h.txn_id().c_str(), StateName(h.state()).c_str(),
+                Age(h.resolved_unix_ms()).c_str(), mixed.c_str(), h.operator_note().c_str());
+  }
+}
+
 bool ParseStateFilter(const std::string& s, std::vector<v1::TxnState>* out) {
   if (s.empty() || s == "in-doubt" || s == "unfinished") return true;  // server default
   static const std::pair<const char*, v1::TxnState> kStates[] = {{"preparing", v1::PREPARING},
@@ -224,6 +258,11 @@ int TxnList(const Globals& g, const std::string& state) {
       }
       resp = only;
     }
+    if (state == "heuristic") resp.clear_transactions();
+    if (state == "heuristic" && !g.json) {
+      PrintHeuristicTable(resp);
+      return 0;
+    }
     if (g.json) {
       PrintJson(resp);
       return 0;
@@ -235,6 +274,10 @@ int TxnList(const Globals& g, const std::string& state) {
                   ProtocolName(t.protocol()).c_str(), StateName(t.state()).c_str(),
                   t.in_doubt() ? "yes" : "no", Age(t.prepared_unix_ms()).c_str(),
                   t.coordinator_id().c_str(), t.coordinator_address().c_str());
+    }
+    if (resp.heuristic_size() > 0) {
+      std::printf("\n");
+      PrintHeuristicTable(resp);
     }
     return 0;
   }
@@ -297,6 +340,15 @@ int TxnShow(const Globals& g, const std::string& id) {
       std::printf("\n  ops          %d\n", t.ops_size());
       return 0;
     }
+    for (const auto& h : resp.heuristic()) {
+      if (h.txn_id() != id) continue;
+      if (g.json) {
+        PrintJson(h);
+      } else {
+        PrintHeuristic(h);
+      }
+      return 0;
+    }
     return Error(absl::StrCat("txn ", id, " is not prepared on this participant"));
   }
   if (g.coordinator.empty())
@@ -336,6 +388,71 @@ int TxnShow(const Globals& g, const std::string& id) {
     if (seq != 0) std::printf(" -> sequence %llu", static_cast<unsigned long long>(seq));
     std::printf("\n");
   }
+  return 0;
+}
+
+// --- operator resolution of in-doubt transactions (heuristic outcomes) ---
+
+int TxnResolve(const Globals& g, const std::string& id, bool commit, bool abort,
+               const std::string& note, bool yes) {
+  if (g.participant.empty()) return Error("txn resolve needs --participant=ADDR");
+  if (commit == abort) return Error("txn resolve needs exactly one of --commit and --abort");
+  auto stub = v1::ParticipantTxn::NewStub(Connect(g.participant));
+  if (!yes) {
+    std::printf("would resolve txn %s at %s: %s it here (heuristic)\n", id.c_str(),
+                g.participant.c_str(), commit ? "COMMIT" : "ABORT");
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, g);
+    v1::ListParticipantTxnsResponse resp;
+    grpc::Status s = stub->ListTransactions(&ctx, v1::ListParticipantTxnsRequest(), &resp);
+    bool found = false;
+    if (!s.ok()) resp.Clear();
+    for (const auto& t : resp.transactions()) {
+      if (t.txn_id() != id) continue;
+      found = true;
+      std::printf("  state        %s%s, prepared %s ago\n  coordinator  %s (%s)\n"
+                  "  participants",
+                  StateName(t.state()).c_str(), t.in_doubt() ? " (in doubt)" : " (NOT in doubt)",
+                  Age(t.prepared_unix_ms()).c_str(), t.coordinator_id().c_str(),
+                  t.coordinator_address().c_str());
+      for (const auto& p : t.participants()) std::printf(" %s", p.participant().c_str());
+      std::printf("\n  ops          %d\n", t.ops_size());
+      if (t.state() == v1::PRECOMMITTED && abort) {
+        std::printf("  note: it is PRECOMMITTED (3PC): every participant voted YES and a\n"
+                    "  commit was under way; aborting it likely contradicts the others.\n");
+      }
+    }
+    if (!s.ok()) {
+      std::printf("  (its state could not be read: %s)\n", s.error_message().c_str());
+    } else if (!found) {
+      std::printf("  it is not prepared on this participant: the call would be refused\n");
+    }
+    std::printf("%s", kHeuristicWarning);
+    std::fflush(stdout);
+    return Error("refusing without --yes");
+  }
+  v1::ResolveRequest req;
+  req.set_txn_id(id);
+  req.set_outcome(commit ? v1::COMMITTED : v1::ABORTED);
+  req.set_operator_note(note);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, g);
+  v1::ResolveResponse resp;
+  grpc::Status s = stub->Resolve(&ctx, req, &resp);
+  if (!s.ok()) return RpcError("Resolve", s);
+  if (g.json) {
+    PrintJson(resp);
+    return 0;
+  }
+  std::printf("%s %s here (%s)\n", id.c_str(),
+              resp.state() == v1::STATE_COMMITTED ? "COMMITTED" : "ABORTED",
+              resp.heuristic() ? "heuristic, durable" : "already, by the protocol: not heuristic");
+  if (resp.state() == v1::STATE_COMMITTED) {
+    std::string seqs;
+    for (uint64_t q : resp.sequences()) absl::StrAppend(&seqs, seqs.empty() ? "" : " ", q);
+    std::printf("  sequences [%s]\n", seqs.c_str());
+  }
+  std::printf("  resolve every other participant of %s the same way\n", id.c_str());
   return 0;
 }
 
@@ -724,13 +841,29 @@ int main(int argc, char** argv) {
   CLI::App* list = txn->add_subcommand("list", "transactions not finished, with state and age");
   std::string state;
   list->add_option("--state", state,
-                   "in-doubt (default), preparing, precommitted, committed, aborted, ended");
+                   "in-doubt (default), preparing, precommitted, committed, aborted, ended; "
+                   "heuristic (participant: outcomes decided by an operator)");
   list->callback([&] { rc = TxnList(g, state); });
 
   CLI::App* show = txn->add_subcommand("show", "one transaction with each participant's state");
   std::string show_id;
   show->add_option("ID", show_id, "transaction id")->required();
   show->callback([&] { rc = TxnShow(g, show_id); });
+
+  CLI::App* resolve = txn->add_subcommand(
+      "resolve", "last resort: commit or abort an in-doubt transaction here (heuristic)");
+  std::string resolve_id, resolve_note;
+  bool resolve_commit = false, resolve_abort = false, resolve_yes = false;
+  resolve->add_option("ID", resolve_id, "transaction id (from txn list --state=in-doubt)")
+      ->required();
+  resolve->add_flag("--commit", resolve_commit, "commit it here");
+  resolve->add_flag("--abort", resolve_abort, "abort it here");
+  resolve->add_option("--note", resolve_note, "why and who, kept with the outcome");
+  resolve->add_flag("--yes", resolve_yes,
+                    "really do it (without: print what would be done and refuse)");
+  resolve->callback([&] {
+    rc = TxnResolve(g, resolve_id, resolve_commit, resolve_abort, resolve_note, resolve_yes);
+  });
 
   // Interactive transactions: begin (coordinator), stage (participant),
   // commit / rollback (coordinator).

@@ -75,6 +75,10 @@ int main(int argc, char** argv) {
                  "3PC: precommitted this long without a decision, run a termination round")
       ->check(CLI::Range(1u, 3600000u))
       ->capture_default_str();
+  app.add_option("--one_phase", cfg.one_phase,
+                 "commit a transaction with a single participant in one round (its own commit "
+                 "record decides); false: full 2PC/3PC")
+      ->capture_default_str();
   app.add_option("--finished_cache_max", cfg.finished_cache_max,
                  "finished transactions kept in memory (older ones are read from disk)")
       ->check(CLI::Range(0u, 100000000u))

@@ -76,6 +76,11 @@ struct Txn {
   // Begun by Begin and committed/rolled back by Commit/Rollback: it has no
   // ops here; each participant prepares what it staged.
   bool interactive = false;
+  // One-phase commit (a single participant; see "one-phase commit" below).
+  bool one_phase = false;
+  bool fencing = false;          // outcome unknown: Abort sent to learn or settle it
+  bool fence_committed = false;  // that Abort was refused (it committed): Prepare resent
+  std::string fence_reason;      // the abort's reason should the Abort be accepted
   int64_t created_ms = 0;
   int64_t deadline_ms = 0;
   int64_t decided_ms = 0;
@@ -1000,6 +1005,7 @@ struct CoordinatorCore::Impl {
     t.sequences.assign(req.ops_size(), 0);
     ATOMQ_CHECK(!t.parties.empty() && t.op_party.size() == static_cast<size_t>(req.ops_size()),
                 "every op maps to a participant");
+    t.one_phase = OnePhaseFor(t);
     t.waiters.push_back(Waiter{request, req.ops_size()});
     t.in_flight = true;
     ++in_flight;
@@ -1026,6 +1032,7 @@ struct CoordinatorCore::Impl {
         pa->set_address(q.address);
       }
       for (int op : p.ops) *pr.add_ops() = x.ops.Get(op);
+      if (x.one_phase) pr = OnePhasePrepare(x, i);
       out.send.push_back(std::move(m));
     }
     x.deadline_timer = SetTimer(x, TimerKind::kDeadline, 0, x.deadline_ms);
@@ -1037,6 +1044,7 @@ struct CoordinatorCore::Impl {
     if (t == nullptr || t->phase != Phase::kPreparing) return;  // late: decided already
     int i = PartyIndex(*t, participant);
     if (i < 0 || t->parties[i].vote != Vote::kPending) return;  // stray or duplicate
+    if (t->one_phase) return OnOnePhaseReply(*t, static_cast<size_t>(i), reply, now_ms);
     Party& p = t->parties[i];
     if (!reply.ok()) {
       p.vote = Vote::kFailed;
@@ -1075,6 +1083,175 @@ struct CoordinatorCore::Impl {
                      now_ms);
     }
     if (CountVotes(*t, Vote::kPending) == 0) DecideCommit(*t, now_ms);
+  }
+
+  // ---- one-phase commit (a single participant; PrepareRequest.one_phase) ----
+  // The participant's own durable COMMITTED outcome is the decision, so this
+  // path forces nothing here: a YES (it carries the sequences) is answered
+  // COMMITTED at once, and an ENDED record follows, not waited on, so that a
+  // retry with the same id finds the outcome. A crash before that record is
+  // durable forgets the transaction; a retry with the same id then sends the
+  // same one-phase Prepare, which the participant answers from its outcome
+  // (the same sequences, or NO): it never commits twice. The participant is
+  // never in doubt, so it never asks QueryState about the id (which would
+  // presume abort here).
+  // A NO is final at the participant (it records ABORTED before it answers),
+  // so the abort is decided as under 2PC. An unknown outcome (a failed
+  // Prepare RPC, a reply that is no vote, the deadline) is NOT an abort: the
+  // participant may have committed. Abort is then sent until answered: OK
+  // means ABORTED is durable there and it can never commit, so the abort is
+  // decided; FAILED_PRECONDITION means it committed, and the one-phase
+  // Prepare is resent until its YES brings the sequences.
+
+  bool OnePhaseFor(const Txn& t) const {
+    if (!config.one_phase || t.interactive) return false;
+    // TEST ONLY: "one-phase-multi" commits every participant on its own.
+    return t.parties.size() == 1 || config.plant == "one-phase-multi";
+  }
+
+  v1::PrepareRequest OnePhasePrepare(const Txn& t, size_t i) const {
+    const Party& p = t.parties[i];
+    v1::PrepareRequest pr;
+    pr.set_txn_id(t.id);
+    pr.set_protocol(t.protocol);
+    pr.set_coordinator_id(config.coordinator_id);
+    pr.set_coordinator_address(config.coordinator_address);
+    pr.set_participant(p.id);
+    v1::PeerAddress* pa = pr.add_participants();  // the only one (but under the plant)
+    pa->set_participant(p.id);
+    pa->set_address(p.address);
+    for (int op : p.ops) *pr.add_ops() = t.ops.Get(op);
+    pr.set_one_phase(true);
+    return pr;
+  }
+
+  void SendOnePhase(Txn& t, size_t i, MsgType type, int64_t now_ms) {
+    ATOMQ_CHECK(t.one_phase && t.phase == Phase::kPreparing && t.fencing,
+                "one-phase resends only while the outcome is unknown");
+    ATOMQ_CHECK(type == (t.fence_committed ? MsgType::kPrepare : MsgType::kAbort),
+                "Abort until it is refused, then the Prepare that reports the commit");
+    Party& p = t.parties[i];
+    OutMessage m;
+    m.participant = p.id;
+    m.address = p.address;
+    m.type = type;
+    m.txn_id = t.id;
+    if (type == MsgType::kPrepare) m.prepare = OnePhasePrepare(t, i);
+    out.send.push_back(std::move(m));
+    p.resend_timer = SetTimer(t, TimerKind::kResend, i, now_ms + p.backoff_ms);
+  }
+
+  void OnOnePhaseReply(Txn& t, size_t i, const absl::StatusOr<v1::PrepareResponse>& reply,
+                       int64_t now_ms) {
+    Party& p = t.parties[i];
+    if (!reply.ok()) {
+      return FenceOnePhase(t, absl::StrCat(p.id, " did not answer the one-phase prepare: ",
+                                           reply.status().ToString()),
+                           now_ms);
+    }
+    switch (reply->vote()) {
+      case v1::YES:
+        return OnePhaseYes(t, i, *reply, now_ms);
+      case v1::READ_ONLY:
+        p.vote = Vote::kReadOnly;
+        return MaybeCommitOnePhase(t, now_ms);
+      case v1::NO:
+        // TEST ONLY: a broken coordinator, for tests/sim to show its checker catches it.
+        if (config.plant == "commit-without-votes") {
+          return OnePhaseYes(t, i, v1::PrepareResponse(), now_ms);
+        }
+        p.vote = Vote::kNo;
+        t.fencing = false;
+        return Abort(t,
+                     reply->reason().empty() ? absl::StrCat(p.id, " voted NO")
+                                             : absl::StrCat(p.id, " voted NO: ", reply->reason()),
+                     now_ms);
+      default:
+        return FenceOnePhase(t,
+                             absl::StrCat(p.id, " sent vote ", static_cast<int>(reply->vote()),
+                                          ", which is not a vote"),
+                             now_ms);
+    }
+  }
+
+  void OnePhaseYes(Txn& t, size_t i, const v1::PrepareResponse& resp, int64_t now_ms) {
+    Party& p = t.parties[i];
+    p.vote = Vote::kYes;
+    p.resend_timer = 0;
+    // Its sequences follow its ops in request order (the PrepareRequest's order).
+    for (size_t k = 0; k < p.ops.size() && static_cast<int>(k) < resp.sequences_size(); ++k) {
+      t.sequences[p.ops[k]] = resp.sequences(static_cast<int>(k));
+    }
+    MaybeCommitOnePhase(t, now_ms);
+  }
+
+  void MaybeCommitOnePhase(Txn& t, int64_t now_ms) {
+    if (CountVotes(t, Vote::kPending) > 0) return;  // only under the plant
+    if (CountVotes(t, Vote::kYes) == 0) return DecideCommit(t, now_ms);  // read-only
+    ATOMQ_CHECK(CountVotes(t, Vote::kYes) + CountVotes(t, Vote::kReadOnly) == t.parties.size(),
+                "a one-phase commit with every vote YES or READ_ONLY");
+    t.phase = Phase::kCommitted;
+    t.decision_durable = true;  // the participant's COMMITTED outcome, durable before its YES
+    t.decided_ms = now_ms;
+    t.deadline_timer = 0;
+    t.fencing = false;
+    for (Party& q : t.parties) {
+      q.acked = true;  // nothing more to tell anyone
+      q.resend_timer = 0;
+    }
+    Log(absl::StrCat("txn ", t.id, " COMMITTED (one phase at ", t.parties[0].id, ", ",
+                     ProtocolName(t.protocol), ")"));
+    ReplyAll(t);
+    MaybeEnd(t);
+    MaybeFinish(t);
+  }
+
+  void FenceOnePhase(Txn& t, std::string reason, int64_t now_ms) {
+    if (t.fencing) return;  // the resend timers carry on
+    // TEST ONLY: "one-phase-presumed-abort" decides ABORT at once, the bug
+    // this path exists to avoid (the participant may have committed).
+    if (config.plant == "one-phase-presumed-abort") {
+      for (Party& p : t.parties) p.vote = p.vote == Vote::kPending ? Vote::kFailed : p.vote;
+      return Abort(t, std::move(reason), now_ms);
+    }
+    t.fencing = true;
+    t.fence_committed = false;
+    t.fence_reason = std::move(reason);
+    t.deadline_timer = 0;
+    Log(absl::StrCat("txn ", t.id, ": one-phase outcome unknown (", t.fence_reason,
+                     "); sending Abort to learn or settle it"));
+    for (size_t i = 0; i < t.parties.size(); ++i) {
+      if (t.parties[i].vote != Vote::kPending) continue;
+      t.parties[i].backoff_ms = std::max<uint32_t>(1, config.resend_initial_ms);
+      SendOnePhase(t, i, MsgType::kAbort, now_ms);
+    }
+  }
+
+  void ResendOnePhase(Txn& t, size_t i, int64_t now_ms) {
+    Party& p = t.parties[i];
+    if (p.vote != Vote::kPending) return;
+    p.backoff_ms = std::min(std::max<uint32_t>(1, p.backoff_ms) * 2, config.resend_max_ms);
+    SendOnePhase(t, i, t.fence_committed ? MsgType::kPrepare : MsgType::kAbort, now_ms);
+  }
+
+  void OnFenceReply(Txn& t, const std::string& participant, const absl::Status& status,
+                    int64_t now_ms) {
+    const int i = PartyIndex(t, participant);
+    if (i < 0 || t.parties[i].vote != Vote::kPending || t.fence_committed) return;
+    Party& p = t.parties[i];
+    if (status.ok()) {
+      // ABORTED is durable there: it kept nothing and never will commit.
+      p.vote = Vote::kNo;
+      p.resend_timer = 0;
+      t.fencing = false;
+      return Abort(t, t.fence_reason, now_ms);
+    }
+    if (status.code() != absl::StatusCode::kFailedPrecondition) return;  // resend
+    // It committed: the same one-phase Prepare is answered YES with the sequences.
+    Log(absl::StrCat("txn ", t.id, ": ", p.id, " committed it in one phase; asking for the sequences"));
+    t.fence_committed = true;
+    p.backoff_ms = std::max<uint32_t>(1, config.resend_initial_ms);
+    SendOnePhase(t, static_cast<size_t>(i), MsgType::kPrepare, now_ms);
   }
 
   void OnPreCommitReply(const std::string& txn_id, const std::string& participant,
@@ -1142,6 +1319,9 @@ struct CoordinatorCore::Impl {
   void OnAbortReply(const std::string& txn_id, const std::string& participant,
                     const absl::Status& status, int64_t now_ms) {
     Txn* t = Find(txn_id);
+    if (t != nullptr && t->fencing && t->phase == Phase::kPreparing) {
+      return OnFenceReply(*t, participant, status, now_ms);
+    }
     if (t == nullptr || t->phase != Phase::kAborted) return;
     int i = PartyIndex(*t, participant);
     if (i < 0 || t->parties[i].acked) return;
@@ -1175,6 +1355,12 @@ struct CoordinatorCore::Impl {
             if (p.vote == Vote::kPending) missing.push_back(p.id);
           }
           ATOMQ_CHECK(!missing.empty(), "still preparing with every vote in");
+          if (t->one_phase) {
+            return FenceOnePhase(*t,
+                                 absl::StrCat("one-phase prepare timed out after ", t->timeout_ms,
+                                              " ms waiting for ", absl::StrJoin(missing, ", ")),
+                                 now_ms);
+          }
           return Abort(*t,
                        absl::StrCat("prepare timed out after ", t->timeout_ms, " ms waiting for ",
                                     absl::StrJoin(missing, ", ")),
@@ -1188,6 +1374,7 @@ struct CoordinatorCore::Impl {
         Party& p = t->parties[ref.party];
         if (p.resend_timer != timer_id) return;
         p.resend_timer = 0;
+        if (t->fencing && t->phase == Phase::kPreparing) return ResendOnePhase(*t, ref.party, now_ms);
         MsgType type;
         if (t->phase == Phase::kPrecommitted || t->phase == Phase::kCommitting) {
           if (p.precommit_acked || p.alarm || !t->precommit_durable) return;

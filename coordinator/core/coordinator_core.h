@@ -31,6 +31,14 @@
 //   If every participant voted READ_ONLY, the transaction commits and the
 //   client is answered at once, with no forced record (an ENDED record follows,
 //   not waited on, so that a retry with the same id finds the outcome).
+//   One phase (Config::one_phase): an Execute with a single participant
+//   (2PC or 3PC) sends it one Prepare with one_phase; the participant's own
+//   durable COMMITTED outcome is the decision. YES (with the sequences) ->
+//   reply COMMITTED at once, ENDED written lazily, nothing forced here;
+//   NO -> ABORT as above. An unknown outcome (failed RPC, deadline) is never
+//   presumed aborted: Abort is sent until answered; OK -> ABORT decided,
+//   FAILED_PRECONDITION (it committed) -> the Prepare is resent for the
+//   sequences. Interactive Commit (use_staged) always runs 2PC/3PC.
 #pragma once
 
 #include <cstdint>
@@ -77,8 +85,15 @@ struct Config {
   // --termination_after_ms: 3PC, PRECOMMITTED this long without a decision:
   // run a termination round (and again every this long).
   uint32_t termination_after_ms = 2000;
+  // --one_phase: an Execute with a single participant commits in one round
+  // (PrepareRequest.one_phase; see the protocol notes above). false: 2PC/3PC
+  // as for several participants.
+  bool one_phase = true;
   // TEST ONLY (tests/sim plants a known bug to show its checker catches it):
-  // "commit-without-votes" counts a NO vote as YES. Empty everywhere else.
+  // "commit-without-votes" counts a NO vote as YES; "one-phase-multi" sends
+  // every participant of every Execute a one-phase Prepare naming it alone;
+  // "one-phase-presumed-abort" aborts when a one-phase vote is lost or late.
+  // Empty everywhere else.
   std::string plant;
 };
 

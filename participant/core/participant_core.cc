@@ -73,12 +73,14 @@ enum class BatchKind {
   kCommit,
   kAbort,
   kAbortUnknown,
+  kOnePhase,  // a one-phase Prepare's commit: messages, acks and COMMITTED outcome in one batch
   kCreate,
   kDelete,
   kAck,
   kMove,  // dead-lettering: a message to its queue's dead-letter queue
   kSend,  // Queue.Send: one message outside any transaction
-  kBallot  // 3PC termination: a PREPARED record with a new promised/accepted/proposed ballot
+  kBallot,  // 3PC termination: a PREPARED record with a new promised/accepted/proposed ballot
+  kHeuristic  // a heuristic outcome that learnt of a conflicting one (Resolve)
 };
 
 // A batch handed to the adapter and not yet reported.
@@ -125,10 +127,14 @@ struct Round {
   uint64_t best_ballot = 0;
   v1::TxnState best_value = v1::TXN_STATE_UNSPECIFIED;
   uint64_t highest_seen = 0;  // highest ballot any acceptor reported
+  uint32_t awaiting = 0;      // Promise/Accept messages sent, not answered yet
 };
 
 struct Txn {
   v1::PreparedRecord rec;
+  // Committed by a one-phase Prepare: in `txns` only while its one batch is
+  // in flight; `rec` is never written (no PREPARED, never in doubt).
+  bool one_phase = false;
   bool durable = false;  // some version of rec is on disk (the YES is given)
   uint64_t pending = 0;  // token of the batch in flight for it
   std::vector<Deferred> deferred;
@@ -504,6 +510,7 @@ struct ParticipantCore::Impl {
     auto it = txns.find(id);
     if (it != txns.end()) {
       Txn& t = it->second;
+      if (t.one_phase) return Vote(r, v1::NO, OnePhaseOnly(id));
       if (t.rec.ops_digest() != digest) {
         return Vote(r, v1::NO,
                     absl::StrCat("transaction ", id, " is prepared here with other ops"));
@@ -518,6 +525,7 @@ struct ParticipantCore::Impl {
     }
     if (std::optional<CachedOutcome> o = FindOutcome(id)) {
       if (o->rec.state() == v1::STATE_ABORTED) return Vote(r, v1::NO, "already aborted here");
+      if (o->rec.one_phase()) return Vote(r, v1::NO, OnePhaseOnly(id));
       if (o->rec.ops_digest() != digest) {
         return Vote(r, v1::NO, absl::StrCat("transaction ", id, " committed here with other ops"));
       }
@@ -550,6 +558,148 @@ struct ParticipantCore::Impl {
     Stage(t);
     t.pending = Submit({Put(kPreparedDb, id, t.rec)},
                        Pending{BatchKind::kPrepare, id, 0, 0, "", {{ReplyKind::kPrepare, r}}});
+  }
+
+  // --- one-phase commit (PrepareRequest.one_phase) ---
+  // This node is the transaction's single participant, so its own COMMITTED
+  // outcome is the decision (DESIGN.md section 3, "One participant"):
+  // - YES is released only once one batch with the messages, the acks and
+  //   the COMMITTED outcome (marked one_phase) is durable; it carries the
+  //   sequences. Nothing is ever PREPARED: never in doubt here, so this node
+  //   never asks the coordinator, which keeps no record before its lazy
+  //   ENDED and would presume abort.
+  // - NO is released only once an ABORTED outcome is durable: a duplicated
+  //   or delayed copy of the Prepare, arriving after the coordinator told
+  //   the client ABORTED, must find the id settled and never commit.
+  // - A failed write answers an error, not a NO: nothing is kept, and the
+  //   coordinator settles the id with an Abort (ABORTED unless committed).
+  // - A retry with the same id and ops (a coordinator crash before ENDED)
+  //   gets the first answer: the same sequences, or NO. Other ops, or a
+  //   two-phase Prepare, get a NO that writes nothing: the id is settled.
+
+  static std::string OnePhaseOnly(const std::string& id) {
+    return absl::StrCat("transaction ", id,
+                        " is committed (or being committed) here in one phase; only a one-phase "
+                        "Prepare with the same ops gets its outcome");
+  }
+
+  void VoteCommitted(RequestId r, const google::protobuf::RepeatedField<uint64_t>& seqs) {
+    v1::PrepareResponse resp;
+    resp.set_vote(v1::YES);
+    *resp.mutable_sequences() = seqs;
+    Send(r, absl::OkStatus(), resp);
+  }
+
+  void PrepareOnePhase(RequestId r, const v1::PrepareRequest& req, int64_t now_ms) {
+    const Waiter w{ReplyKind::kPrepare, r};
+    absl::Status s = ValidatePrepare(req);
+    if (s.ok() && req.use_staged()) {
+      s = absl::InvalidArgumentError(
+          "one_phase with use_staged: a one-phase Prepare carries its ops");
+    }
+    if (s.ok() && req.participants_size() > 1) {
+      s = absl::InvalidArgumentError(absl::StrCat("one_phase with ", req.participants_size(),
+                                                  " participants; a one-phase commit has one"));
+    }
+    if (!s.ok()) return Fail(w, s);
+    const std::string& id = req.txn_id();
+    DropStaged(id, now_ms, "a Prepare with explicit ops came for the id");
+    const uint64_t digest = OpsDigest(req.ops());
+    auto it = txns.find(id);
+    if (it != txns.end()) {
+      Txn& t = it->second;
+      if (t.one_phase && t.rec.ops_digest() == digest) {
+        Pending& p = pending.at(t.pending);
+        ATOMQ_CHECK(p.kind == BatchKind::kOnePhase,
+                    "a one-phase transaction is kept only while its batch is in flight");
+        p.waiters.push_back(w);  // a duplicate gets the same answer, once durable
+        return;
+      }
+      // Prepared by an earlier two-phase attempt with this id (its
+      // coordinator forgot it undecided), or other ops committing in one
+      // phase: that transaction's own outcome settles the id.
+      return Vote(r, v1::NO,
+                  absl::StrCat("transaction ", id,
+                               t.one_phase ? " is being committed here with other ops"
+                                           : " is prepared here (two-phase); it cannot commit "
+                                             "in one phase"));
+    }
+    if (std::optional<CachedOutcome> o = FindOutcome(id)) {
+      if (o->rec.state() == v1::STATE_ABORTED) {
+        if (o->token != 0) return pending.at(o->token).waiters.push_back(w);
+        return Vote(r, v1::NO, "already aborted here");
+      }
+      if (!o->rec.one_phase() || o->rec.ops_digest() != digest) {
+        return Vote(r, v1::NO,
+                    absl::StrCat("transaction ", id, " committed here with other ops",
+                                 o->rec.one_phase() ? "" : " (two-phase)"));
+      }
+      ATOMQ_CHECK(o->token == 0, "a committed outcome is remembered once durable");
+      return VoteCommitted(r, o->rec.sequences());
+    }
+    if (req.ops_size() == 0) return Vote(r, v1::READ_ONLY);  // nothing to keep or refuse
+    std::string reason = CheckOps(req, now_ms);
+    if (!reason.empty()) return OnePhaseNo(w, id, digest, std::move(reason), now_ms);
+    if (txns.size() >= config.prepared_max) {
+      return Fail(w, absl::ResourceExhaustedError(absl::StrCat(
+                         txns.size(), " transactions prepared here; --prepared_max=",
+                         config.prepared_max)));
+    }
+    Txn& t = txns[id];
+    t.one_phase = true;
+    t.rec.set_txn_id(id);
+    t.rec.set_protocol(req.protocol());
+    t.rec.set_state(v1::PREPARED);  // memory only: every call on the id waits for the batch
+    t.rec.set_coordinator_id(req.coordinator_id());
+    t.rec.set_coordinator_address(req.coordinator_address());
+    t.rec.set_participant(req.participant());
+    *t.rec.mutable_participants() = req.participants();
+    *t.rec.mutable_ops() = req.ops();
+    t.rec.set_ops_digest(digest);
+    t.rec.set_prepared_unix_ms(now_ms);
+    Stage(t);
+    StartCommit(t, w, now_ms, "a one-phase Prepare");
+    ATOMQ_CHECK(t.pending != 0 && pending.at(t.pending).kind == BatchKind::kOnePhase,
+                "a one-phase commit is one batch in flight");
+  }
+
+  // A one-phase NO, recorded before it is told (see above).
+  void OnePhaseNo(const Waiter& w, const std::string& id, uint64_t digest, std::string reason,
+                  int64_t now_ms) {
+    v1::OutcomeRecord o;
+    o.set_txn_id(id);
+    o.set_state(v1::STATE_ABORTED);
+    o.set_decided_unix_ms(now_ms);
+    o.set_ops_digest(digest);
+    o.set_one_phase(true);
+    const uint64_t token = Submit({Put(kOutcomesDb, id, o)},
+                                  Pending{BatchKind::kAbortUnknown, id, 0, 0, reason, {w}});
+    RememberOutcome(std::move(o), token);
+  }
+
+  void OnePhaseDone(Txn& t, const Pending& p, const absl::Status& status, int64_t now_ms) {
+    const std::string id = t.rec.txn_id();
+    if (!status.ok()) {
+      // Nothing is on disk. The assigned sequences stay burnt (as in CommitDone).
+      t.sequences.clear();
+      Unstage(t, now_ms);
+      EraseTxn(id);
+      Log(absl::StrCat("txn ", id, " one-phase commit not written: ", status.ToString()));
+      for (const Waiter& w : p.waiters) {
+        Fail(w, absl::Status(status.code(),
+                             absl::StrCat("transaction ", id, ": the one-phase commit was not "
+                                          "written, nothing changed here: ",
+                                          status.message())));
+      }
+      return;
+    }
+    ATOMQ_CHECK(t.outcome.one_phase() && t.outcome.state() == v1::STATE_COMMITTED,
+                "a one-phase batch writes a one-phase COMMITTED outcome");
+    const google::protobuf::RepeatedField<uint64_t> seqs = t.outcome.sequences();
+    Pending applied = p;
+    applied.waiters.clear();
+    CommitDone(t, applied, status);  // applies it and forgets `t`
+    for (const Waiter& w : p.waiters) VoteCommitted(w.request, seqs);
   }
 
   // --- transaction transitions ---
@@ -626,6 +776,9 @@ struct ParticipantCore::Impl {
       if (w) SendSequences(w->request, o->rec.sequences());
       return;
     }
+    if (o->rec.has_heuristic()) {
+      HeuristicMixed(*o, v1::STATE_COMMITTED, w ? "a Commit (coordinator or peer)" : by, now_ms);
+    }
     Log(absl::StrCat("txn ", id, " protocol alarm: told to commit by ", w ? "Commit" : by,
                      " but it ABORTED here"));
     if (w) {
@@ -641,6 +794,7 @@ struct ParticipantCore::Impl {
     for (uint64_t s : t.sequences) o.add_sequences(s);
     o.set_decided_unix_ms(now_ms);
     o.set_ops_digest(t.rec.ops_digest());
+    o.set_one_phase(t.one_phase);
     return o;
   }
 
@@ -674,10 +828,10 @@ struct ParticipantCore::Impl {
     for (const std::string& name : touched) {
       writes.push_back(Put(kQueuesDb, name, queues.at(name).rec));
     }
-    writes.push_back(Erase(kPreparedDb, id));
+    if (!t.one_phase) writes.push_back(Erase(kPreparedDb, id));  // one phase wrote no PREPARED
     t.outcome = DecidedOutcome(t, v1::STATE_COMMITTED, now_ms);
     writes.push_back(Put(kOutcomesDb, id, t.outcome));
-    Pending p{BatchKind::kCommit, id, 0, 0, by, {}};
+    Pending p{t.one_phase ? BatchKind::kOnePhase : BatchKind::kCommit, id, 0, 0, by, {}};
     if (w) p.waiters.push_back(*w);
     t.pending = Submit(std::move(writes), std::move(p));
   }
@@ -697,6 +851,9 @@ struct ParticipantCore::Impl {
     }
     std::optional<CachedOutcome> o = FindOutcome(id);
     if (o && o->rec.state() == v1::STATE_COMMITTED) {
+      if (o->rec.has_heuristic()) {
+        HeuristicMixed(*o, v1::STATE_ABORTED, w ? "an Abort (coordinator or peer)" : by, now_ms);
+      }
       Log(absl::StrCat("txn ", id, " protocol alarm: told to abort by ", w ? "Abort" : by,
                        " but it COMMITTED here"));
       if (w) {
@@ -791,7 +948,8 @@ struct ParticipantCore::Impl {
       case BatchKind::kPreCommit:
       case BatchKind::kCommit:
       case BatchKind::kAbort:
-      case BatchKind::kBallot: {
+      case BatchKind::kBallot:
+      case BatchKind::kOnePhase: {
         Txn& t = txns.at(p.key);
         ATOMQ_CHECK(t.pending == token, "one batch in flight per transaction");
         t.pending = 0;
@@ -802,6 +960,7 @@ struct ParticipantCore::Impl {
         if (p.kind == BatchKind::kCommit) CommitDone(t, p, status);
         if (p.kind == BatchKind::kAbort) AbortDone(t, p, status, now_ms);
         if (p.kind == BatchKind::kBallot) BallotDone(t, p, status, now_ms);
+        if (p.kind == BatchKind::kOnePhase) OnePhaseDone(t, p, status, now_ms);
         Replay(std::move(deferred), p.key, now_ms);
         break;
       }
@@ -823,7 +982,11 @@ struct ParticipantCore::Impl {
       case BatchKind::kSend:
         SendDone(token, status);
         break;
+      case BatchKind::kHeuristic:
+        HeuristicDone(token, p, status);
+        break;
     }
+    ResolveDone(token, status);
   }
 
   void PrepareDone(Txn& t, const Pending& p, const absl::Status& status, int64_t now_ms) {
@@ -932,12 +1095,16 @@ struct ParticipantCore::Impl {
     }
     ATOMQ_CHECK(it->second.rec.state() == v1::STATE_ABORTED, "presumed abort records ABORTED");
     it->second.token = 0;
-    Log(absl::StrCat("txn ", p.key, " ABORTED here (never prepared here; presumed abort)"));
+    Log(absl::StrCat("txn ", p.key, " ABORTED here (",
+                     p.settled_by.empty() ? "never prepared here; presumed abort" : p.settled_by,
+                     ")"));
     for (const Waiter& w : p.waiters) {
       if (w.kind == ReplyKind::kQuery) {
         SendState(w.request, v1::STATE_ABORTED);
       } else if (w.kind == ReplyKind::kPromise || w.kind == ReplyKind::kAccept) {
         SendDecided(w, v1::STATE_ABORTED);
+      } else if (w.kind == ReplyKind::kPrepare) {
+        Vote(w.request, v1::NO, p.settled_by.empty() ? "already aborted here" : p.settled_by);
       } else {
         Send(w.request, absl::OkStatus(), v1::AbortResponse());
       }
@@ -1002,7 +1169,7 @@ struct ParticipantCore::Impl {
   void OnQueryReply(const std::string& id, const std::string& target,
                     const absl::StatusOr<v1::QueryStateResponse>& reply, int64_t now_ms) {
     auto it = txns.find(id);
-    if (it == txns.end()) return;  // settled meanwhile
+    if (it == txns.end()) return HeuristicQueryReply(id, target, reply, now_ms);  // settled meanwhile
     Txn& t = it->second;
     bool from_peer = false;
     for (const v1::PeerAddress& p : t.rec.participants()) {
@@ -1208,6 +1375,12 @@ struct ParticipantCore::Impl {
         return Fail(w, absl::UnavailableError(
                            absl::StrCat("transaction ", id, ": its outcome is being written; retry")));
       }
+      if (o->rec.has_heuristic()) {
+        Log(absl::StrCat("ALARM heuristic mixed: txn ", id, " was resolved ",
+                         v1::TxnState_Name(o->rec.state()), " here by an operator, but a "
+                         "termination round proposes ", v1::TxnState_Name(value), " at ballot ",
+                         ballot));
+      }
       Log(absl::StrCat("txn ", id, " protocol alarm: asked to accept ", v1::TxnState_Name(value),
                        " at ballot ", ballot, " but it is ", v1::TxnState_Name(o->rec.state()),
                        " here"));
@@ -1260,6 +1433,7 @@ struct ParticipantCore::Impl {
       if (p.participant() == t.rec.participant()) continue;
       out.peer_msgs.push_back(OutPeerMsg{PeerMsgType::kPromise, t.rec.txn_id(), p.participant(),
                                          p.address(), ballot, v1::TXN_STATE_UNSPECIFIED});
+      r.awaiting++;
     }
     MaybeAccept(t);
   }
@@ -1275,6 +1449,7 @@ struct ParticipantCore::Impl {
     for (const v1::PeerAddress& p : t.rec.participants()) {
       out.peer_msgs.push_back(OutPeerMsg{PeerMsgType::kAccept, t.rec.txn_id(), p.participant(),
                                          p.address(), r.ballot, r.value});
+      r.awaiting++;
     }
   }
 
@@ -1284,6 +1459,7 @@ struct ParticipantCore::Impl {
     if (it == txns.end()) return;
     Txn& t = it->second;
     Round& r = t.round;
+    if (r.ballot != 0 && r.ballot == ballot && r.awaiting > 0) r.awaiting--;
     if (r.ballot == 0 || r.ballot != ballot || r.accepting || !IsParticipant(t, from)) return;
     if (!reply.ok()) return;  // the next timer starts another round
     if (Decided(reply->state())) {
@@ -1309,6 +1485,7 @@ struct ParticipantCore::Impl {
     if (it == txns.end()) return;
     Txn& t = it->second;
     Round& r = t.round;
+    if (r.ballot != 0 && r.ballot == ballot && r.awaiting > 0) r.awaiting--;
     if (r.ballot == 0 || r.ballot != ballot || !r.accepting || !IsParticipant(t, from)) return;
     if (!reply.ok()) return;
     if (Decided(reply->state())) {
@@ -1971,6 +2148,7 @@ struct ParticipantCore::Impl {
     }
     for (auto& [name, q] : queues) q.durable_next_sequence = q.rec.next_sequence();
     RecoverProducers(std::move(state.dedup));
+    for (v1::HeuristicOutcome& h : state.heuristic) heuristics[h.txn_id()] = std::move(h);
     for (v1::PreparedRecord& rec : state.prepared) {
       const std::string id = rec.txn_id();
       ATOMQ_CHECK(txns.count(id) == 0, "one prepared record per transaction");
@@ -2226,6 +2404,7 @@ struct ParticipantCore::Impl {
     auto it = txns.find(id);
     if (it != txns.end()) {  // a repeated Prepare
       Txn& t = it->second;
+      if (t.one_phase) return Vote(r, v1::NO, OnePhaseOnly(id));
       if (!t.durable) {
         Pending& p = pending.at(t.pending);
         ATOMQ_CHECK(p.kind == BatchKind::kPrepare, "a transaction is durable once prepared");
@@ -2236,6 +2415,7 @@ struct ParticipantCore::Impl {
     }
     if (std::optional<CachedOutcome> o = FindOutcome(id)) {
       if (o->rec.state() == v1::STATE_ABORTED) return Vote(r, v1::NO, "already aborted here");
+      if (o->rec.one_phase()) return Vote(r, v1::NO, OnePhaseOnly(id));
       return Vote(r, v1::YES);
     }
     auto st = stage_txns.find(id);
@@ -2279,6 +2459,235 @@ struct ParticipantCore::Impl {
                        Pending{BatchKind::kPrepare, id, 0, 0, "", {{ReplyKind::kPrepare, r}}});
   }
 
+  // --- operator resolution: heuristic outcomes (ParticipantTxn.Resolve) ---
+
+  std::map<std::string, v1::HeuristicOutcome> heuristics;  // durable ones, by txn id
+  // Resolve batches in flight (a commit or abort): token -> (request, record).
+  std::map<uint64_t, std::pair<RequestId, v1::HeuristicOutcome>> resolving;
+  // kHeuristic batches in flight: token -> the outcome record they write.
+  std::map<uint64_t, v1::OutcomeRecord> mixing;
+
+  static const char* Word(TxnState s) {
+    return s == v1::STATE_COMMITTED ? "committed" : s == v1::STATE_ABORTED ? "aborted" : "undecided";
+  }
+
+  void ResolveReply(RequestId r, absl::Status s, const v1::OutcomeRecord* o = nullptr) {
+    v1::ResolveResponse resp;
+    if (o != nullptr) {
+      resp.set_state(o->state());
+      resp.set_heuristic(o->has_heuristic());
+      *resp.mutable_sequences() = o->sequences();
+    }
+    Send(r, std::move(s), std::move(resp));
+  }
+
+  // A 3PC round this node leads whose messages are not all answered yet.
+  bool RoundUnderWay(const Txn& t, int64_t now_ms) const {
+    const int64_t patience = std::max<uint32_t>(config.resend_max_ms, config.resend_initial_ms);
+    return t.round.ballot != 0 && t.round.awaiting > 0 && now_ms - t.round_started_ms < patience;
+  }
+
+  void Resolve(RequestId r, const v1::ResolveRequest& req, int64_t now_ms) {
+    const std::string& id = req.txn_id();
+    absl::Status s = ValidateTxnId(id);
+    if (!s.ok()) return ResolveReply(r, s);
+    const TxnState outcome = req.outcome() == v1::COMMITTED ? v1::STATE_COMMITTED
+                             : req.outcome() == v1::ABORTED ? v1::STATE_ABORTED
+                                                            : v1::TXN_STATE_UNSPECIFIED;
+    if (!Decided(outcome)) {
+      return ResolveReply(r, absl::InvalidArgumentError(absl::StrCat(
+                                 "outcome is ", v1::Outcome_Name(req.outcome()),
+                                 "; want COMMITTED or ABORTED")));
+    }
+    if (req.operator_note().size() > config.operator_note_bytes_max) {
+      return ResolveReply(r, absl::InvalidArgumentError(absl::StrCat(
+                                 "operator_note is ", req.operator_note().size(),
+                                 " bytes; at most --operator_note_bytes_max=",
+                                 config.operator_note_bytes_max)));
+    }
+    auto it = txns.find(id);
+    if (it == txns.end()) return ResolveNotPrepared(r, id, outcome);
+    Txn& t = it->second;
+    const auto refuse = [&](const std::string& why) {
+      ResolveReply(r, absl::FailedPreconditionError(absl::StrCat("transaction ", id, " ", why)));
+    };
+    if (!t.durable) return refuse("is still being prepared here: not in doubt");
+    if (t.pending != 0) {
+      const Pending& p = pending.at(t.pending);
+      if (p.kind == BatchKind::kCommit || p.kind == BatchKind::kAbort) {
+        const std::string who =
+            p.settled_by.empty() ? "" : absl::StrCat(" (told by ", p.settled_by, ")");
+        return refuse(absl::StrCat("is being ",
+                                   p.kind == BatchKind::kCommit ? "committed" : "aborted",
+                                   " here", who, ": not in doubt"));
+      }
+      if (p.kind == BatchKind::kBallot && p.lead_ballot != 0) {
+        return refuse(absl::StrCat("is starting a 3PC termination round led here (ballot ",
+                                   p.lead_ballot, "); retry when it ends"));
+      }
+      return ResolveReply(r, absl::UnavailableError(absl::StrCat(
+                                 "transaction ", id, ": a write for it is in flight here; retry")));
+    }
+    if (!t.in_doubt) {
+      return refuse(absl::StrCat("was prepared here ", now_ms - t.rec.prepared_unix_ms(),
+                                 " ms ago and is not in doubt yet (the coordinator may still "
+                                 "settle it; in doubt after --in_doubt_after_ms=",
+                                 config.in_doubt_after_ms, "); retry later"));
+    }
+    if (RoundUnderWay(t, now_ms)) {
+      return refuse(absl::StrCat("has a 3PC termination round led here (ballot ", t.round.ballot,
+                                 ") waiting for ", Plural(t.round.awaiting, "answer"),
+                                 "; retry when it ends"));
+    }
+    v1::HeuristicOutcome h;
+    h.set_txn_id(id);
+    h.set_state(outcome);
+    h.set_resolved_unix_ms(now_ms);
+    h.set_operator_note(req.operator_note());
+    h.set_resolved_from(t.rec.state());
+    h.set_coordinator_id(t.rec.coordinator_id());
+    *h.mutable_participants() = t.rec.participants();
+    // The protocol's own path: same batch, sequences, acks, then the marks.
+    const std::string by = "an operator (heuristic)";
+    if (outcome == v1::STATE_COMMITTED) {
+      CommitTxn(std::nullopt, id, now_ms, by);
+    } else {
+      AbortTxn(std::nullopt, id, now_ms, by);
+    }
+    ATOMQ_CHECK(t.pending != 0 && t.outcome.state() == outcome,
+                "a resolution submits its outcome at once");
+    MarkHeuristic(t, h);
+    resolving[t.pending] = {r, std::move(h)};
+  }
+
+  // Marks the outcome of the batch just submitted for `t` heuristic, and
+  // keeps the mark in kHeuristicDb too, in the same batch.
+  void MarkHeuristic(Txn& t, const v1::HeuristicOutcome& h) {
+    const std::string& id = t.rec.txn_id();
+    *t.outcome.mutable_heuristic() = h;
+    for (Batch& b : out.persist) {
+      if (b.token != t.pending) continue;
+      for (Write& w : b.writes) {
+        if (w.db != kOutcomesDb || w.key != id || w.erase) continue;
+        w.value = EncodeRecord(t.outcome);
+        b.writes.push_back(Put(kHeuristicDb, id, h));
+        return;
+      }
+    }
+    ATOMQ_CHECK(false, "a resolution's batch writes the outcome");
+  }
+
+  // Resolve for an id not prepared here: settled, staged only, or unknown.
+  void ResolveNotPrepared(RequestId r, const std::string& id, TxnState outcome) {
+    if (std::optional<CachedOutcome> o = FindOutcome(id)) {
+      if (o->token != 0) {
+        return ResolveReply(r, absl::UnavailableError(absl::StrCat(
+                                   "transaction ", id, ": its outcome is being written; retry")));
+      }
+      // A retry, or the protocol got there first (e.g. a peer resolved by
+      // an operator answered this node's query): the outcome asked for holds.
+      if (o->rec.state() == outcome) return ResolveReply(r, absl::OkStatus(), &o->rec);
+      return ResolveReply(
+          r, absl::FailedPreconditionError(absl::StrCat(
+                 "transaction ", id, " was already ", Word(o->rec.state()), " here",
+                 o->rec.has_heuristic() ? " by an operator (heuristic)" : " by the protocol",
+                 ": not in doubt, nothing to resolve")));
+    }
+    if (stage_txns.count(id) > 0) {
+      return ResolveReply(r, absl::FailedPreconditionError(absl::StrCat(
+                                 "transaction ", id, " is only staged here, not prepared: "
+                                 "nothing is in doubt (roll it back, or let it expire)")));
+    }
+    ResolveReply(r, absl::NotFoundError(absl::StrCat("transaction ", id,
+                                                     " is not prepared here and has no "
+                                                     "outcome here")));
+  }
+
+  void ResolveDone(uint64_t token, const absl::Status& status) {
+    auto it = resolving.find(token);
+    if (it == resolving.end()) return;
+    const RequestId r = it->second.first;
+    v1::HeuristicOutcome h = std::move(it->second.second);
+    resolving.erase(it);
+    const std::string id = h.txn_id();
+    if (!status.ok()) {
+      Log(absl::StrCat("txn ", id, " heuristic resolution not written (still in doubt): ",
+                       status.ToString()));
+      return ResolveReply(r, status);
+    }
+    std::optional<CachedOutcome> o = FindOutcome(id);
+    ATOMQ_CHECK(o && o->rec.has_heuristic() && o->rec.state() == h.state(),
+                "a durable resolution leaves its heuristic outcome");
+    Log(absl::StrCat("HEURISTIC DECISION: txn ", id, " ", h.state() == v1::STATE_COMMITTED
+                                                             ? "COMMITTED"
+                                                             : "ABORTED",
+                     " here by an operator (was ", v1::TxnState_Name(h.resolved_from()),
+                     ", coordinator ", h.coordinator_id(), ", note \"", h.operator_note(),
+                     "\"); it may contradict the coordinator and the other participants"));
+    heuristics[id] = std::move(h);
+    ResolveReply(r, absl::OkStatus(), &o->rec);
+  }
+
+  // A heuristic outcome told otherwise by `by`: it stays; the first
+  // conflict is recorded (durably) for the operator to repair by hand.
+  void HeuristicMixed(const CachedOutcome& o, TxnState other, const std::string& by,
+                      int64_t now_ms) {
+    const std::string& id = o.rec.txn_id();
+    Log(absl::StrCat("ALARM heuristic mixed: txn ", id, " was ", Word(o.rec.state()),
+                     " here by an operator, but ", by, " says ", Word(other), "; it stays ",
+                     Word(o.rec.state()), " here: repair by hand (atomqctl txn list)"));
+    if (o.rec.heuristic().conflicting_state() != v1::TXN_STATE_UNSPECIFIED) return;
+    for (const auto& [token, rec] : mixing) {
+      if (rec.txn_id() == id) return;  // being recorded
+    }
+    v1::OutcomeRecord rec = o.rec;
+    v1::HeuristicOutcome* h = rec.mutable_heuristic();
+    h->set_conflicting_state(other);
+    h->set_conflict_by(by);
+    h->set_conflict_unix_ms(now_ms);
+    const uint64_t token = Submit({Put(kOutcomesDb, id, rec), Put(kHeuristicDb, id, *h)},
+                                  Pending{BatchKind::kHeuristic, id, 0, 0, "", {}});
+    mixing[token] = std::move(rec);
+  }
+
+  void HeuristicDone(uint64_t token, const Pending& p, const absl::Status& status) {
+    auto it = mixing.find(token);
+    ATOMQ_CHECK(it != mixing.end() && it->second.txn_id() == p.key,
+                "a heuristic conflict in flight is tracked");
+    v1::OutcomeRecord rec = std::move(it->second);
+    mixing.erase(it);
+    if (!status.ok()) {
+      Log(absl::StrCat("txn ", p.key, " heuristic conflict not recorded: ", status.ToString()));
+      return;
+    }
+    heuristics[p.key] = rec.heuristic();
+    auto cached = outcomes.find(p.key);
+    if (cached != outcomes.end() && cached->second.token == 0) cached->second.rec = std::move(rec);
+  }
+
+  // A QueryState answer after the transaction was settled here.
+  void HeuristicQueryReply(const std::string& id, const std::string& target,
+                           const absl::StatusOr<v1::QueryStateResponse>& reply, int64_t now_ms) {
+    if (!reply.ok() || !Decided(reply->state())) return;
+    std::optional<CachedOutcome> o = FindOutcome(id);
+    if (!o || o->token != 0 || !o->rec.has_heuristic() || o->rec.state() == reply->state()) {
+      return;
+    }
+    const v1::HeuristicOutcome& h = o->rec.heuristic();
+    std::string by;
+    if (target == h.coordinator_id()) by = absl::StrCat("coordinator ", target);
+    for (const v1::PeerAddress& p : h.participants()) {
+      if (p.participant() == target) by = absl::StrCat("peer ", target);
+    }
+    if (!by.empty()) HeuristicMixed(*o, reply->state(), by, now_ms);
+  }
+
+  std::vector<v1::HeuristicOutcome> HeuristicOutcomes() const {
+    std::vector<v1::HeuristicOutcome> list;
+    for (const auto& [id, h] : heuristics) list.push_back(h);
+    return list;
+  }
+
   absl::Status ValidateId(const Waiter& w, const std::string& id) {
     absl::Status s = ValidateTxnId(id);
     if (!s.ok()) Fail(w, s);
@@ -2297,6 +2706,7 @@ void ParticipantCore::Recover(RecoveredState state, int64_t now_ms) {
 
 void ParticipantCore::Prepare(RequestId request, const v1::PrepareRequest& req, int64_t now_ms) {
   impl_->RequireRecovered();
+  if (req.one_phase()) return impl_->PrepareOnePhase(request, req, now_ms);
   if (req.use_staged()) return impl_->PrepareStaged(request, req, now_ms);
   // Staged work under an id prepared with explicit ops can never be taken.
   impl_->DropStaged(req.txn_id(), now_ms, "a Prepare with explicit ops came for the id");
@@ -2439,6 +2849,15 @@ void ParticipantCore::Ack(RequestId request, const std::string& queue, uint64_t 
 
 std::vector<v1::ParticipantTxnInfo> ParticipantCore::ListTransactions() const {
   return impl_->ListTransactions();
+}
+
+void ParticipantCore::Resolve(RequestId request, const v1::ResolveRequest& req, int64_t now_ms) {
+  impl_->RequireRecovered();
+  impl_->Resolve(request, req, now_ms);
+}
+
+std::vector<v1::HeuristicOutcome> ParticipantCore::HeuristicOutcomes() const {
+  return impl_->HeuristicOutcomes();
 }
 
 Output ParticipantCore::TakeOutput() {

@@ -51,6 +51,8 @@ inline constexpr char kPreparedDb[] = "prepared";
 inline constexpr char kOutcomesDb[] = "outcomes";
 inline constexpr char kDedupDb[] = "dedup";
 inline constexpr char kMetaDb[] = "meta";
+// Heuristic outcomes (operator Resolve), key = txn id, value HeuristicOutcome.
+inline constexpr char kHeuristicDb[] = "heuristic";
 
 struct Config {
   std::string participant_id;            // --id
@@ -73,6 +75,7 @@ struct Config {
   uint32_t staged_txns_max = 10000;            // --staged_txns_max: transactions with staged work
   uint64_t staged_bytes_max = 256ull << 20;    // --staged_bytes_max: payload bytes staged, all txns
   uint32_t stage_timeout_ms_max = 60000;       // --stage_timeout_ms_max: longest life of staged work
+  uint32_t operator_note_bytes_max = 4096;     // --operator_note_bytes_max: a Resolve's note
   // TEST ONLY (tests/sim plants a known bug to show its checker catches it):
   // "leader-ignores-accepted" makes a termination leader propose ABORT
   // whatever was accepted. Empty (the default) everywhere else.
@@ -100,6 +103,7 @@ struct RecoveredState {
   std::vector<std::pair<uint64_t, uint64_t>> messages;
   std::vector<v1::PreparedRecord> prepared;
   std::vector<v1::DedupRecord> dedup;  // producer deduplication, any order
+  std::vector<v1::HeuristicOutcome> heuristic;  // sub-database "heuristic", any order
 };
 
 using RequestId = uint64_t;
@@ -122,7 +126,8 @@ using ReplyBody = std::variant<v1::PrepareResponse, v1::PreCommitResponse, v1::C
                                v1::AbortResponse, v1::QueryStateResponse,
                                v1::PromiseResponse, v1::AcceptResponse,
                                v1::CreateQueueResponse, v1::DeleteQueueResponse,
-                               v1::AckResponse, v1::NackResponse, v1::SendResponse>;
+                               v1::AckResponse, v1::NackResponse, v1::SendResponse,
+                               v1::ResolveResponse>;
 
 struct Reply {
   RequestId request;
@@ -189,6 +194,9 @@ class ParticipantCore {
   // message leased with that token and not already pinned by another
   // transaction. NO with a reason otherwise. A repeated Prepare with the same
   // ops answers as the first; with other ops it is a NO.
+  // With one_phase (this node is the only participant) it commits at once:
+  // YES with the sequences once the one commit batch is durable, or NO once
+  // an ABORTED outcome is durable; nothing is ever PREPARED (never in doubt).
   void Prepare(RequestId request, const v1::PrepareRequest& req, int64_t now_ms);
   void PreCommit(RequestId request, const std::string& txn_id, int64_t now_ms);
   void Commit(RequestId request, const std::string& txn_id, int64_t now_ms);
@@ -250,6 +258,17 @@ class ParticipantCore {
 
   // Prepared and in-doubt transactions, for the CLI.
   std::vector<v1::ParticipantTxnInfo> ListTransactions() const;
+
+  // --- operator resolution (ParticipantTxn.Resolve in participant.proto) ---
+  // Applies an operator's outcome to an in-doubt transaction through the
+  // protocol's commit/abort path, marks the outcome heuristic (OutcomeRecord
+  // and kHeuristicDb in the same batch) and answers once that is durable.
+  // A Commit/Abort/Accept that later says otherwise changes nothing: it is
+  // answered as any conflicting outcome, logged "ALARM heuristic mixed" and
+  // recorded in the HeuristicOutcome (conflicting_state).
+  void Resolve(RequestId request, const v1::ResolveRequest& req, int64_t now_ms);
+  // Every heuristic outcome decided here (durable ones), by txn id.
+  std::vector<v1::HeuristicOutcome> HeuristicOutcomes() const;
 
   // --- interactive transactions (StageRequest in participant.proto) ---
   // Validates `req.ops` as a Prepare would (queue, sizes, current lease,

@@ -221,12 +221,25 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
                                              v1::ListParticipantTxnsResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
     std::vector<v1::ParticipantTxnInfo> list;
+    std::vector<v1::HeuristicOutcome> heuristic;
     {
       absl::MutexLock lock(&node_->mu_);
       list = node_->core_->ListTransactions();
+      heuristic = node_->core_->HeuristicOutcomes();
     }
     for (v1::ParticipantTxnInfo& t : list) *resp->add_transactions() = std::move(t);
+    for (v1::HeuristicOutcome& h : heuristic) *resp->add_heuristic() = std::move(h);
     reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  // Operator resolution (heuristic): answered once the outcome is durable.
+  grpc::ServerUnaryReactor* Resolve(grpc::CallbackServerContext* ctx,
+                                    const v1::ResolveRequest* req,
+                                    v1::ResolveResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    node_->WithCore([&](ParticipantCore& c) { c.Resolve(rid, *req, node_->clock_.NowMs()); });
     return reactor;
   }
 
@@ -362,6 +375,7 @@ absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config 
   ATOMQ_RETURN_IF_ERROR(decode_all(kQueuesDb, &state.queues));
   ATOMQ_RETURN_IF_ERROR(decode_all(kPreparedDb, &state.prepared));
   ATOMQ_RETURN_IF_ERROR(decode_all(kDedupDb, &state.dedup));
+  ATOMQ_RETURN_IF_ERROR(decode_all(kHeuristicDb, &state.heuristic));
   ATOMQ_RETURN_IF_ERROR(storage->Scan(kMessagesDb, "", [&](std::string_view key, std::string_view) {
     if (key.size() != 16) return true;
     state.messages.emplace_back(DecodeU64(key.substr(0, 8)), DecodeU64(key.substr(8, 8)));

@@ -308,5 +308,80 @@ TEST(ProcessTest, AtomqctlShowsInDoubtWhileCoordinatorIsDown) {
   EXPECT_EQ(out.find("doubt-1"), std::string::npos) << out;
 }
 
+// --- one-phase commit (a single participant) --------------------------------
+
+v1::ExecuteRequest OnP1(const std::string& id, std::vector<std::string> payloads) {
+  v1::ExecuteRequest req;
+  req.set_txn_id(id);
+  for (const std::string& p : payloads) *req.add_ops() = Enqueue("p1", "orders", p);
+  return req;
+}
+
+std::vector<uint64_t> Sequences(const v1::ExecuteResponse& r) {
+  std::vector<uint64_t> v;
+  for (const auto& res : r.results()) v.push_back(res.sequence());
+  return v;
+}
+
+// The coordinator dies after p1 committed in one phase and answered, before
+// it counted the vote: nothing is in its log. The client's retry with the
+// same id is answered from p1's outcome: the same sequence, enqueued once.
+TEST(ProcessTest, OnePhaseCommitsSingleParticipantAndSurvivesCoordinatorCrash) {
+  Cluster c;
+  c.StartAll();
+  c.CreateQueue(1, "orders");
+  Result r = Execute(c, OnP1("one-1", {"one-1/a"}));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  ASSERT_EQ(r.response.outcome(), v1::COMMITTED) << r.response.reason();
+  EXPECT_EQ(Sequences(r.response), (std::vector<uint64_t>{1}));
+  r = Execute(c, OnP1("one-2", {"one-2/a", "one-2/b"}));
+  ASSERT_EQ(r.response.outcome(), v1::COMMITTED) << r.response.reason();
+  EXPECT_EQ(Sequences(r.response), (std::vector<uint64_t>{2, 3}));
+  EXPECT_EQ(c.AwaitOutcome(1, "one-2", 5000), v1::STATE_COMMITTED);
+
+  c.KillCoordinator();
+  c.StartCoordinator({{"ATOMQ_CRASH_AT", "after-prepare-sent"}});
+  auto pending = std::async(std::launch::async,
+                            [&] { return Execute(c, OnP1("one-crash", {"one-crash/a"})); });
+  std::optional<int> code = c.WaitCoordinatorExit(10000);
+  ASSERT_TRUE(code.has_value()) << "after-prepare-sent was never reached";
+  EXPECT_EQ(*code, kCrashExit);
+  pending.get();  // the connection broke: the client does not know the outcome
+  EXPECT_EQ(c.AwaitOutcome(1, "one-crash", 5000), v1::STATE_COMMITTED);  // p1 decided alone
+  c.StartCoordinator();
+  r = Execute(c, OnP1("one-crash", {"one-crash/a"}));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.response.outcome(), v1::COMMITTED) << r.response.reason();
+  EXPECT_EQ(Sequences(r.response), (std::vector<uint64_t>{4}));
+  // Earlier one-phase transactions are still known (their ENDED records).
+  r = Execute(c, OnP1("one-2", {"one-2/a", "one-2/b"}));
+  EXPECT_EQ(Sequences(r.response), (std::vector<uint64_t>{2, 3}));
+  EXPECT_EQ(c.Drain(1, "orders"),
+            (std::vector<std::string>{"one-1/a", "one-2/a", "one-2/b", "one-crash/a"}));
+}
+
+// p1 dies after its one-phase commit is durable, before it votes: the
+// coordinator does not presume abort; once p1 is back, its Abort is refused
+// (committed) and the Prepare is answered with the sequence.
+TEST(ProcessTest, OnePhaseVoteLostInAParticipantCrashIsLearntNotPresumed) {
+  Cluster c;
+  c.StartParticipant(1, {{"ATOMQ_CRASH_AT", "after-commit-applied-before-ack"}});
+  c.StartParticipant(2);
+  c.StartParticipant(3);
+  c.StartCoordinator();
+  c.CreateQueue(1, "orders");
+  auto pending =
+      std::async(std::launch::async, [&] { return Execute(c, OnP1("lost-vote", {"lost/a"})); });
+  std::optional<int> code = c.WaitParticipantExit(1, 10000);
+  ASSERT_TRUE(code.has_value()) << "after-commit-applied-before-ack was never reached";
+  EXPECT_EQ(*code, kCrashExit);
+  c.StartParticipant(1);
+  Result r = pending.get();
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.response.outcome(), v1::COMMITTED) << r.response.reason();
+  EXPECT_EQ(Sequences(r.response), (std::vector<uint64_t>{1}));
+  EXPECT_EQ(c.Drain(1, "orders"), std::vector<std::string>{"lost/a"});
+}
+
 }  // namespace
 }  // namespace atomq::testing

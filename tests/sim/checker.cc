@@ -106,6 +106,7 @@ void Checker::OnPut(const std::string& node, const std::string& db, const std::s
                                   Name(rec.state())));
     }
     t.outcomes[node] = rec.state();
+    if (rec.state() == v1::STATE_COMMITTED && rec.one_phase()) t.one_phase.insert(node);
     dirty_.insert(key);
     return;
   }
@@ -194,7 +195,9 @@ void Checker::OnClientOutcome(const std::string& txn_id, v1::Outcome outcome) {
   }
   t.told = outcome;
   dirty_.insert(txn_id);
-  // Durability: an outcome told to a client is on disk already.
+  // Durability: an outcome told to a client is on disk already: the
+  // coordinator's decision, or every participant's COMMITTED outcome (a
+  // one-phase commit's only decision record; the coordinator's ENDED is lazy).
   if (outcome == v1::COMMITTED) {
     bool all = !t.parties.empty();
     for (const std::string& p : t.parties) {
@@ -230,11 +233,17 @@ void Checker::AfterStep() {
       Violation(id, absl::StrCat("agreement: committed at ", who_commit, ", aborted at ", who_abort));
     }
     if (commit) {
+      // Validity: every participant voted YES, i.e. made PREPARED durable;
+      // the single participant of a one-phase transaction instead made its
+      // COMMITTED outcome durable, which is its YES and the decision at once.
       for (const std::string& p : t.parties) {
-        if (t.prepared_ever.count(p) == 0 &&
-            !(t.outcomes.count(p) && t.outcomes.at(p) == v1::STATE_COMMITTED)) {
+        const bool one_phase_yes = t.parties.size() == 1 && t.one_phase.count(p) > 0;
+        if (t.prepared_ever.count(p) == 0 && !one_phase_yes) {
           Violation(id, absl::StrCat("validity: committed at ", who_commit, " but ", p,
-                                     " never voted YES (no PREPARED record)"));
+                                     t.one_phase.count(p) > 0
+                                         ? absl::StrCat(" committed in one phase, one of ",
+                                                        t.parties.size(), " participants")
+                                         : std::string(" never voted YES (no PREPARED record)")));
           break;
         }
       }

@@ -64,6 +64,9 @@ class Checker {
     std::vector<std::string> parties;
     std::map<std::string, v1::TxnState> outcomes;  // participant -> durable outcome
     std::set<std::string> prepared_ever;           // participants whose PREPARED became durable
+    // Participants whose COMMITTED outcome came from a one-phase Prepare
+    // (OutcomeRecord.one_phase): valid only as the single participant.
+    std::set<std::string> one_phase;
     std::optional<bool> coordinator_commit;        // the coordinator's durable decision
     std::optional<v1::Outcome> told;
     bool reported = false;  // one violation line per transaction is enough

@@ -335,7 +335,10 @@ void Sim::Boot(Node& n) {
     c.resend_initial_ms = 10;
     c.resend_max_ms = 200;
     c.termination_after_ms = termination_after_ms_;
-    if (options_.plant == "commit-without-votes") c.plant = options_.plant;
+    if (options_.plant == "commit-without-votes" || options_.plant == "one-phase-multi" ||
+        options_.plant == "one-phase-presumed-abort") {
+      c.plant = options_.plant;
+    }
     n.coordinator_view = std::make_unique<CoordinatorView>(&n);
     n.coordinator = std::make_unique<CoordinatorCore>(std::move(c), n.coordinator_view.get());
     std::vector<v1::CoordinatorTxnRecord> records;
@@ -683,12 +686,14 @@ void Sim::IssueTxn(int index) {
                           : options_.mode == ProtocolMode::k3pc ? v1::THREE_PC
                           : rng_.Chance(0.5)                    ? v1::TWO_PC
                                                                 : v1::THREE_PC;
-  // Two or three of the participants, in a random order.
+  // One, two or three of the participants, in a random order. One
+  // participant commits in one phase (its own COMMITTED outcome decides).
   std::vector<std::string> parties(kParticipants, kParticipants + kParticipantCount);
   for (int i = kParticipantCount - 1; i > 0; --i) {
     std::swap(parties[i], parties[rng_.Range(0, i)]);
   }
-  parties.resize(rng_.Chance(0.6) ? 3 : 2);
+  const int64_t shape = rng_.Range(0, 99);
+  parties.resize(shape < 25 ? 1 : shape < 70 ? 3 : 2);
   // Sometimes one part cannot be applied (a missing queue): a NO vote.
   const int no_voter = rng_.Chance(0.15) ? static_cast<int>(rng_.Range(0, parties.size() - 1)) : -1;
   ClientTxn c;
@@ -818,6 +823,7 @@ Result Sim::Run() {
     std::optional<v1::Outcome> o = checker_.told(id);
     r.commits += o == v1::COMMITTED;
     r.aborts += o == v1::ABORTED;
+    r.one_phase_commits += o == v1::COMMITTED && t.request.ops_size() == 1;
   }
   r.steps = steps_;
   r.trace_hash = hash_;
@@ -835,7 +841,8 @@ Result RunSeed(const Options& options) {
 
 const std::vector<std::string>& Plants() {
   static const std::vector<std::string> plants = {"commit-without-votes", "reply-before-durable",
-                                                  "leader-ignores-accepted", "forget-prepared"};
+                                                  "leader-ignores-accepted", "forget-prepared",
+                                                  "one-phase-multi", "one-phase-presumed-abort"};
   return plants;
 }
 

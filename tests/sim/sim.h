@@ -34,6 +34,7 @@ struct Result {
   uint64_t txns = 0;
   uint64_t commits = 0;  // as the client was told
   uint64_t aborts = 0;
+  uint64_t one_phase_commits = 0;  // commits of single-participant transactions (one phase)
   uint64_t steps = 0;
   uint64_t trace_hash = 0;
   std::vector<std::string> violations;  // safety: agreement, validity, durability, duplicates
@@ -49,6 +50,10 @@ Result RunSeed(const Options& options);
 //   leader-ignores-accepted  a participant's termination leader proposes ABORT
 //                            whatever a majority accepted
 //   forget-prepared          a participant loses its PREPARED records at a crash
+//   one-phase-multi          the coordinator commits every participant of a
+//                            transaction in one phase, each on its own
+//   one-phase-presumed-abort the coordinator answers ABORTED when a one-phase
+//                            vote is lost or late (the participant may have committed)
 const std::vector<std::string>& Plants();
 
 const char* ModeName(ProtocolMode mode);
