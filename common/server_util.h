@@ -47,6 +47,9 @@ absl::StatusOr<v1::MetaRecord> BumpBootCount(Storage* storage, const std::string
 // Blocks until SIGINT or SIGTERM. Call InitSignals() first thing in main,
 // before any thread starts, so every thread has them blocked.
 void InitSignals();
+// What every server does first: InitSignals, crash points from the
+// environment, and no Abseil deadlock graph.
+void InitServerProcess();
 int WaitForSignal();
 
 }  // namespace atomq

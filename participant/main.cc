@@ -24,11 +24,7 @@ int Fail(const std::string& msg) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  atomq::InitSignals();
-  atomq::InitCrashPoints();
-  // Abseil's deadlock detector keeps a lock graph on every Mutex operation;
-  // the lock order here is fixed and small, so that work buys nothing.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  atomq::InitServerProcess();
 
   CLI::App app{"atomq-participant: a durable queue node in atomq transactions"};
   atomq::ServerFlags sf;

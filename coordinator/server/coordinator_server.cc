@@ -382,6 +382,13 @@ void CoordinatorServer::OnBatchReply(const std::vector<Sent>& sent, const grpc::
   });
 }
 
+RequestId CoordinatorServer::Expect(Pending p) {
+  RequestId rid = next_request_++;
+  absl::MutexLock lock(&pending_mu_);
+  pending_[rid] = p;
+  return rid;
+}
+
 grpc::ServerUnaryReactor* CoordinatorServer::Execute(grpc::CallbackServerContext* ctx,
                                                      const v1::ExecuteRequest* req,
                                                      v1::ExecuteResponse* resp) {
@@ -390,11 +397,7 @@ grpc::ServerUnaryReactor* CoordinatorServer::Execute(grpc::CallbackServerContext
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator is shutting down"));
     return reactor;
   }
-  RequestId rid = next_request_++;
-  {
-    absl::MutexLock lock(&pending_mu_);
-    pending_[rid] = Pending{reactor, resp, nullptr};
-  }
+  RequestId rid = Expect(Pending{reactor, resp, nullptr});
   WithCore([&](CoordinatorCore& c) { c.Execute(rid, *req, clock_.NowMs()); });
   return reactor;
 }
@@ -422,11 +425,7 @@ grpc::ServerUnaryReactor* CoordinatorServer::Commit(grpc::CallbackServerContext*
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator is shutting down"));
     return reactor;
   }
-  RequestId rid = next_request_++;
-  {
-    absl::MutexLock lock(&pending_mu_);
-    pending_[rid] = Pending{reactor, resp, nullptr};
-  }
+  RequestId rid = Expect(Pending{reactor, resp, nullptr});
   WithCore([&](CoordinatorCore& c) { c.Commit(rid, *req, clock_.NowMs()); });
   return reactor;
 }
@@ -439,11 +438,7 @@ grpc::ServerUnaryReactor* CoordinatorServer::Rollback(grpc::CallbackServerContex
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator is shutting down"));
     return reactor;
   }
-  RequestId rid = next_request_++;
-  {
-    absl::MutexLock lock(&pending_mu_);
-    pending_[rid] = Pending{reactor, nullptr, nullptr};
-  }
+  RequestId rid = Expect(Pending{reactor, nullptr, nullptr});
   WithCore([&](CoordinatorCore& c) { c.Rollback(rid, *req, clock_.NowMs()); });
   return reactor;
 }
@@ -452,11 +447,7 @@ grpc::ServerUnaryReactor* CoordinatorServer::QueryState(grpc::CallbackServerCont
                                                         const v1::TxnRef* req,
                                                         v1::QueryStateResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  RequestId rid = next_request_++;
-  {
-    absl::MutexLock lock(&pending_mu_);
-    pending_[rid] = Pending{reactor, nullptr, resp};
-  }
+  RequestId rid = Expect(Pending{reactor, nullptr, resp});
   WithCore([&](CoordinatorCore& c) { c.QueryState(rid, req->txn_id(), clock_.NowMs()); });
   return reactor;
 }

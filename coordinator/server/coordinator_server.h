@@ -84,6 +84,8 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   // Hands batches to the writer; called with mu_ held, never blocks.
   void Persist(std::vector<Batch> batches) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Send(OutMessage msg);
+  // Registers where the reply to a request goes; returns its id.
+  RequestId Expect(Pending p);
   void SendTermination(OutMessage msg);
   void OnBatchReply(const std::vector<Sent>& sent, const grpc::Status& status,
                     const v1::BatchResponse& resp);
