@@ -284,6 +284,10 @@ struct CoordinatorCore::Impl {
     Batch b;
     b.token = token;
     b.writes.push_back(Write{kTxnDb, t.id, EncodeRecord(MakeRecord(t, state)), false});
+    if (kind == RecordKind::kEnd) {
+      b.writes.push_back(
+          Write{kEndedDb, EncodeU64(static_cast<uint64_t>(t.decided_ms)) + t.id, "", false});
+    }
     // Nobody waits on END (presumed abort): let it share a later fsync.
     b.sync = kind != RecordKind::kEnd;
     out.persist.push_back(std::move(b));

@@ -64,6 +64,10 @@ namespace atomq::coordinator {
 // record tells its outcome.
 inline constexpr char kTxnDb[] = "txn";
 inline constexpr char kMetaDb[] = "meta";
+// Finished transactions by time: key = decided ms (8 bytes BE) + txn id,
+// empty value. Written beside every ENDED record so that records older than
+// the retention window can be found and erased without a full scan.
+inline constexpr char kEndedDb[] = "ended";
 
 struct Config {
   std::string coordinator_id;       // --id

@@ -34,6 +34,7 @@ class FakeView : public DurableView {
   // What a storage adapter does when a batch is durable.
   void Apply(const Batch& b) {
     for (const Write& w : b.writes) {
+      if (w.db == kEndedDb) continue;  // the time index; checked by EndedRecordsAreIndexedByTime
       EXPECT_EQ(w.db, kTxnDb);
       v1::CoordinatorTxnRecord r;
       ASSERT_TRUE(DecodeRecord(w.value, &r).ok());
@@ -92,8 +93,10 @@ v1::CommitResponse Seqs(std::vector<uint64_t> seqs) {
   return r;
 }
 
+// The record a batch writes. An ENDED record comes with its time-index key.
 v1::CoordinatorTxnRecord Rec(const Batch& b) {
-  EXPECT_EQ(b.writes.size(), 1u);
+  EXPECT_TRUE(b.writes.size() == 1u || (b.writes.size() == 2u && b.writes[1].db == kEndedDb))
+      << b.writes.size() << " writes";
   v1::CoordinatorTxnRecord r;
   EXPECT_TRUE(DecodeRecord(b.writes.at(0).value, &r).ok());
   return r;
@@ -270,6 +273,11 @@ TEST_F(CoordinatorCoreTest, TwoPcHappyPathThreeParticipants) {
   EXPECT_EQ(rec.acknowledged_size(), 3);
   EXPECT_EQ(std::vector<uint64_t>(rec.sequences().begin(), rec.sequences().end()),
             (std::vector<uint64_t>{10, 20, 11, 0, 21}));
+  // Beside it, the time-index key that lets old records be found and erased.
+  ASSERT_EQ(o.persist[0].writes.size(), 2u);
+  EXPECT_EQ(o.persist[0].writes[1].db, kEndedDb);
+  EXPECT_EQ(o.persist[0].writes[1].key, EncodeU64(rec.decided_unix_ms()) + "t1");
+  EXPECT_FALSE(o.persist[0].sync);
   EXPECT_EQ(core().in_flight(), 0u);
   Durable(o.persist[0]);
   EXPECT_TRUE(Take().empty());  // ENDED is not waited on

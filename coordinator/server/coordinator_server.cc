@@ -75,6 +75,8 @@ std::string CoordinatorServer::RenderMetrics() {
     absl::MutexLock lock(&mu_);
     in_flight = core_->in_flight();
   }
+  AppendMetric(&out, "atomq_finished_records_erased_total", "counter",
+               "Finished transaction records erased after --retention_ms.", gc_erased_);
   AppendMetric(&out, "atomq_transactions_in_flight", "gauge", "Undecided or unanswered.",
                double(in_flight));
   out += ProcessMetrics();
@@ -108,6 +110,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Create(Con
   size_t n = records.size();
   s->WithCore([&](CoordinatorCore& c) { c.Recover(std::move(records), s->clock_.NowMs()); });
   LogLine(absl::StrCat("recovered ", n, " transaction records"));
+  CoordinatorServer* raw = s.get();
+  raw->timers_.At(raw->clock_.NowMs() + options.gc_interval_ms, [raw] { raw->CollectGarbage(); });
   return s;
 }
 
@@ -380,6 +384,36 @@ void CoordinatorServer::OnBatchReply(const std::vector<Sent>& sent, const grpc::
       }
     }
   });
+}
+
+void CoordinatorServer::CollectGarbage() {
+  if (stopped_) return;
+  const int64_t cutoff = clock_.NowMs() - static_cast<int64_t>(options_.retention_ms);
+  Batch batch;
+  batch.sync = false;  // forgetting is never urgent
+  size_t n = 0;
+  absl::Status st = storage_->Scan(kEndedDb, "", [&](std::string_view key, std::string_view) {
+    if (key.size() < 8 || static_cast<int64_t>(DecodeU64(key)) >= cutoff) return false;
+    batch.writes.push_back(Write{kTxnDb, std::string(key.substr(8)), "", true});
+    batch.writes.push_back(Write{kEndedDb, std::string(key), "", true});
+    return ++n < options_.gc_batch_max;
+  });
+  if (!st.ok()) LogLine(absl::StrCat("finished-record collection failed: ", st.ToString()));
+  if (n > 0) {
+    // Under the core's lock, like every write, so it is ordered after the
+    // ENDED batches it follows.
+    absl::MutexLock lock(&mu_);
+    storage_->Submit(std::move(batch), [this, n](absl::Status s) {
+      if (s.ok()) {
+        gc_erased_ += n;
+      } else {
+        LogLine(absl::StrCat("erasing finished records failed: ", s.ToString()));
+      }
+    });
+  }
+  // A full batch means more is due: look again soon.
+  int64_t next = n >= options_.gc_batch_max ? 10 : options_.gc_interval_ms;
+  timers_.At(clock_.NowMs() + next, [this] { CollectGarbage(); });
 }
 
 RequestId CoordinatorServer::Expect(Pending p) {

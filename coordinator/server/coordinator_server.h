@@ -27,6 +27,12 @@ struct ServerOptions {
   // participant; messages made meanwhile wait and leave together.
   uint32_t participant_calls_in_flight_max = 2;
   uint32_t batch_items_max = 4096;  // --batch_items_max: messages in one Batch call
+  // --retention_ms: ENDED records older than this are erased; a retry of
+  // Execute with the same id is idempotent within it (and after it, as long
+  // as the participants remember their outcome).
+  uint64_t retention_ms = 600000;
+  uint32_t gc_interval_ms = 10000;  // --gc_interval_ms: how often to look
+  uint32_t gc_batch_max = 10000;    // --gc_batch_max: records erased per look
 };
 
 class CoordinatorServer final : public v1::Coordinator::CallbackService {
@@ -84,6 +90,9 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   // Hands batches to the writer; called with mu_ held, never blocks.
   void Persist(std::vector<Batch> batches) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Send(OutMessage msg);
+  // Erases finished records older than the retention window, then looks
+  // again after gc_interval_ms.
+  void CollectGarbage();
   // Registers where the reply to a request goes; returns its id.
   RequestId Expect(Pending p);
   void SendTermination(OutMessage msg);
@@ -106,6 +115,7 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   std::atomic<uint64_t> replies_committed_{0};
   std::atomic<uint64_t> replies_aborted_{0};
   std::atomic<uint64_t> replies_failed_{0};
+  std::atomic<uint64_t> gc_erased_{0};
 
   absl::Mutex links_mu_;
   std::map<std::string, std::unique_ptr<Link>> links_ ABSL_GUARDED_BY(links_mu_);

@@ -229,6 +229,38 @@ std::vector<CrashCase> AllCrashCases() {
 INSTANTIATE_TEST_SUITE_P(Points, CrashTest, ::testing::ValuesIn(AllCrashCases()),
                          [](const auto& info) { return CaseName(info.param); });
 
+// Finished records past --retention_ms are erased; a retry after that still
+// enqueues nothing twice, because the participants remember their outcome.
+TEST(ProcessTest, FinishedRecordsAreForgottenAfterRetentionAndRetriesStaySafe) {
+  ClusterOptions opts;
+  opts.coordinator_args = {"--retention_ms=300", "--gc_interval_ms=100",
+                           "--finished_cache_max=0"};
+  Cluster c(opts);
+  c.StartAll();
+  CreateDemoQueues(c);
+  Result r = Execute(c, ThreeWay("gc-1", v1::TWO_PC));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  ASSERT_EQ(r.response.outcome(), v1::COMMITTED);
+
+  grpc::StatusCode code = grpc::StatusCode::OK;
+  for (int tries = 0; tries < 100 && code != grpc::StatusCode::NOT_FOUND; ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    grpc::ClientContext ctx;
+    v1::GetTransactionRequest req;
+    req.set_txn_id("gc-1");
+    v1::TransactionInfo info;
+    code = c.coordinator()->GetTransaction(&ctx, req, &info).error_code();
+  }
+  EXPECT_EQ(code, grpc::StatusCode::NOT_FOUND) << "gc-1 was never forgotten";
+
+  Result again = Execute(c, ThreeWay("gc-1", v1::TWO_PC));
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.response.outcome(), v1::COMMITTED) << again.response.reason();
+  EXPECT_EQ(c.Drain(1, "orders"), std::vector<std::string>{"gc-1/order"});
+  EXPECT_EQ(c.Drain(2, "audit"), std::vector<std::string>{"gc-1/audit"});
+  EXPECT_EQ(c.Drain(3, "billing"), std::vector<std::string>{"gc-1/invoice"});
+}
+
 // A participant dies after applying the commit and before acknowledging it:
 // the coordinator lists the transaction as committed and waiting for it
 // until it returns.
