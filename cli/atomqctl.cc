@@ -149,6 +149,14 @@ bool ParseAck(const std::string& spec, v1::Op* op, std::string* err) {
   return true;
 }
 
+// "ID COMMITTED" or "ID ABORTED: reason".
+void PrintOutcomeLine(const v1::ExecuteResponse& resp) {
+  std::printf("%s %s", resp.txn_id().c_str(),
+              resp.outcome() == v1::COMMITTED ? "COMMITTED" : "ABORTED");
+  if (!resp.reason().empty()) std::printf(": %s", resp.reason().c_str());
+  std::printf("\n");
+}
+
 int TxnExec(const Globals& g, const std::string& protocol, const std::string& id,
             uint32_t timeout_ms, const std::vector<std::string>& enqueues,
             const std::vector<std::string>& acks) {
@@ -178,9 +186,7 @@ int TxnExec(const Globals& g, const std::string& protocol, const std::string& id
   if (g.json) {
     PrintJson(resp);
   } else {
-    std::printf("%s %s", resp.txn_id().c_str(), committed ? "COMMITTED" : "ABORTED");
-    if (!resp.reason().empty()) std::printf(": %s", resp.reason().c_str());
-    std::printf("\n");
+    PrintOutcomeLine(resp);
     for (int i = 0; i < req.ops_size() && i < resp.results_size(); ++i) {
       const v1::Op& op = req.ops(i);
       if (op.has_enqueue() && committed) {
@@ -513,9 +519,7 @@ int TxnCommit(const Globals& g, const std::string& id, const std::vector<std::st
   if (g.json) {
     PrintJson(resp);
   } else {
-    std::printf("%s %s", resp.txn_id().c_str(), committed ? "COMMITTED" : "ABORTED");
-    if (!resp.reason().empty()) std::printf(": %s", resp.reason().c_str());
-    std::printf("\n");
+    PrintOutcomeLine(resp);
     for (const v1::StagedResult& r : resp.staged()) {
       if (!committed) continue;
       std::string seqs;
