@@ -4,6 +4,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -11,6 +12,8 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "atomq/v1/records.pb.h"
+#include "common/codec.h"
+#include "common/log.h"
 #include "common/storage.h"
 #include "grpcpp/grpcpp.h"
 
@@ -55,6 +58,20 @@ int WaitForSignal();
 }  // namespace atomq
 
 namespace atomq {
+
+// The decoded record under `key` in `db`, or nullopt when it is missing or
+// cannot be read (a corrupt one is logged): what the cores' DurableViews see.
+template <typename Record>
+std::optional<Record> FindRecord(Storage* storage, const std::string& db, const std::string& key) {
+  absl::StatusOr<std::optional<std::string>> v = storage->Get(db, key);
+  if (!v.ok() || !v->has_value()) return std::nullopt;
+  Record rec;
+  if (absl::Status st = DecodeRecord(**v, &rec); !st.ok()) {
+    LogLine("record in " + db + " is unreadable; treating it as missing: " + st.ToString());
+    return std::nullopt;
+  }
+  return rec;
+}
 
 // Starts one unary RPC on the callback API and calls `done(status, resp)`
 // on a gRPC thread when it finishes. `start(ctx, req, resp, cb)` issues it

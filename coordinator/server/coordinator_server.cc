@@ -15,14 +15,7 @@ class CoordinatorServer::View : public DurableView {
  public:
   explicit View(Storage* storage) : storage_(storage) {}
   std::optional<v1::CoordinatorTxnRecord> FindTxn(const std::string& txn_id) const override {
-    absl::StatusOr<std::optional<std::string>> v = storage_->Get(kTxnDb, txn_id);
-    if (!v.ok() || !v->has_value()) return std::nullopt;
-    v1::CoordinatorTxnRecord rec;
-    if (!DecodeRecord(**v, &rec).ok()) {
-      LogLine(absl::StrCat("txn record ", txn_id, " is corrupt; treating as unknown"));
-      return std::nullopt;
-    }
-    return rec;
+    return FindRecord<v1::CoordinatorTxnRecord>(storage_, kTxnDb, txn_id);
   }
 
  private:
@@ -416,6 +409,12 @@ void CoordinatorServer::CollectGarbage() {
   timers_.At(clock_.NowMs() + next, [this] { CollectGarbage(); });
 }
 
+bool CoordinatorServer::RejectIfStopped(grpc::ServerUnaryReactor* reactor) {
+  if (!stopped_) return false;
+  reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator is shutting down"));
+  return true;
+}
+
 RequestId CoordinatorServer::Expect(Pending p) {
   RequestId rid = next_request_++;
   absl::MutexLock lock(&pending_mu_);
@@ -427,10 +426,7 @@ grpc::ServerUnaryReactor* CoordinatorServer::Execute(grpc::CallbackServerContext
                                                      const v1::ExecuteRequest* req,
                                                      v1::ExecuteResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  if (stopped_) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator is shutting down"));
-    return reactor;
-  }
+  if (RejectIfStopped(reactor)) return reactor;
   RequestId rid = Expect(Pending{reactor, resp, nullptr});
   WithCore([&](CoordinatorCore& c) { c.Execute(rid, *req, clock_.NowMs()); });
   return reactor;
@@ -440,10 +436,7 @@ grpc::ServerUnaryReactor* CoordinatorServer::Begin(grpc::CallbackServerContext* 
                                                    const v1::BeginTxnRequest* req,
                                                    v1::BeginTxnResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  if (stopped_) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator is shutting down"));
-    return reactor;
-  }
+  if (RejectIfStopped(reactor)) return reactor;
   absl::StatusOr<v1::BeginTxnResponse> r;
   WithCore([&](CoordinatorCore& c) { r = c.Begin(*req, clock_.NowMs()); });
   if (r.ok()) *resp = std::move(*r);
@@ -455,10 +448,7 @@ grpc::ServerUnaryReactor* CoordinatorServer::Commit(grpc::CallbackServerContext*
                                                     const v1::CommitTxnRequest* req,
                                                     v1::ExecuteResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  if (stopped_) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator is shutting down"));
-    return reactor;
-  }
+  if (RejectIfStopped(reactor)) return reactor;
   RequestId rid = Expect(Pending{reactor, resp, nullptr});
   WithCore([&](CoordinatorCore& c) { c.Commit(rid, *req, clock_.NowMs()); });
   return reactor;
@@ -468,10 +458,7 @@ grpc::ServerUnaryReactor* CoordinatorServer::Rollback(grpc::CallbackServerContex
                                                       const v1::RollbackTxnRequest* req,
                                                       v1::RollbackTxnResponse*) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  if (stopped_) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator is shutting down"));
-    return reactor;
-  }
+  if (RejectIfStopped(reactor)) return reactor;
   RequestId rid = Expect(Pending{reactor, nullptr, nullptr});
   WithCore([&](CoordinatorCore& c) { c.Rollback(rid, *req, clock_.NowMs()); });
   return reactor;

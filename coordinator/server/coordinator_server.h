@@ -95,6 +95,8 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   void CollectGarbage();
   // Registers where the reply to a request goes; returns its id.
   RequestId Expect(Pending p);
+  // Answers UNAVAILABLE once Stop() ran; true if it did.
+  bool RejectIfStopped(grpc::ServerUnaryReactor* reactor);
   void SendTermination(OutMessage msg);
   void OnBatchReply(const std::vector<Sent>& sent, const grpc::Status& status,
                     const v1::BatchResponse& resp);

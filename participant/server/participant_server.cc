@@ -14,21 +14,10 @@ class ParticipantNode::View : public DurableView {
   explicit View(Storage* storage) : storage_(storage) {}
   std::optional<v1::MessageRecord> FindMessage(uint64_t queue_id,
                                                uint64_t sequence) const override {
-    absl::StatusOr<std::optional<std::string>> v =
-        storage_->Get(kMessagesDb, MessageKey(queue_id, sequence));
-    v1::MessageRecord rec;
-    if (!v.ok() || !v->has_value() || !DecodeRecord(**v, &rec).ok()) return std::nullopt;
-    return rec;
+    return FindRecord<v1::MessageRecord>(storage_, kMessagesDb, MessageKey(queue_id, sequence));
   }
   std::optional<v1::OutcomeRecord> FindOutcome(const std::string& txn_id) const override {
-    absl::StatusOr<std::optional<std::string>> v = storage_->Get(kOutcomesDb, txn_id);
-    if (!v.ok() || !v->has_value()) return std::nullopt;
-    v1::OutcomeRecord rec;
-    if (!DecodeRecord(**v, &rec).ok()) {
-      LogLine(absl::StrCat("outcome record ", txn_id, " is corrupt; treating as unknown"));
-      return std::nullopt;
-    }
-    return rec;
+    return FindRecord<v1::OutcomeRecord>(storage_, kOutcomesDb, txn_id);
   }
 
  private:
