@@ -235,6 +235,8 @@ struct CoordinatorCore::Impl {
   std::deque<std::string> finished;
   std::unordered_map<uint64_t, TokenRef> tokens;
   std::unordered_map<uint64_t, TimerRef> timers;
+  // END notices waiting for the next message to their participant.
+  std::map<std::string, std::vector<OutMessage>> held_forgets;
   uint64_t next_token = 1;
   uint64_t next_timer = 1;
   uint64_t next_minted = 1;
@@ -398,6 +400,59 @@ struct CoordinatorCore::Impl {
     t.ended = true;
     // Not waited on: without it, recovery merely resends an outcome.
     Persist(t, RecordKind::kEnd, v1::ENDED);
+  }
+
+  // Participants may collect their outcome once ENDED is durable, not
+  // before: until then a crash here recovers the COMMIT/ABORT record and
+  // resends the outcome, and a one-phase commit has no record at all, so a
+  // client retry would run the id again and must find the outcome there.
+  // READ_ONLY voters keep nothing. Not resent: a lost one leaves an outcome.
+  // A notice waits for the next protocol message to its participant and
+  // leaves with it (TakeOutput), so that it never calls an idle participant
+  // on its own: a call to one that is down would put the channel into
+  // reconnect backoff and fail the next Prepare after it is back. Held
+  // notices are bounded by the transactions in flight: each one that ends
+  // sent its participant a message first, which took the older notices.
+  void SendForget(const Txn& t) {
+    for (const Party& p : t.parties) {
+      if (p.vote != Vote::kReadOnly) Forget(t.id, p.id, p.address);
+    }
+  }
+  // The same from the durable record (votes unknown: every participant).
+  void SendForget(const std::string& id) {
+    std::optional<v1::CoordinatorTxnRecord> rec = view ? view->FindTxn(id) : std::nullopt;
+    if (!rec || rec->state() != v1::ENDED) return;
+    for (const std::string& p : rec->participants()) {
+      auto it = config.participants.find(p);
+      if (it != config.participants.end()) Forget(id, p, it->second);
+    }
+  }
+  void Forget(const std::string& id, const std::string& participant, const std::string& address) {
+    OutMessage m;
+    m.participant = participant;
+    m.address = address;
+    m.type = MsgType::kForget;
+    m.txn_id = id;
+    held_forgets[participant].push_back(std::move(m));
+  }
+
+  // Held notices join the messages to their participants that leave now.
+  void ReleaseForgets() {
+    if (held_forgets.empty()) return;
+    std::set<std::string> called;
+    for (const OutMessage& m : out.send) {
+      // Promise/Accept go one RPC each; the others share Batch calls.
+      if (m.type != MsgType::kPromise && m.type != MsgType::kAccept &&
+          m.type != MsgType::kForget) {
+        called.insert(m.participant);
+      }
+    }
+    for (const std::string& p : called) {
+      auto it = held_forgets.find(p);
+      if (it == held_forgets.end()) continue;
+      for (OutMessage& m : it->second) out.send.push_back(std::move(m));
+      held_forgets.erase(it);
+    }
   }
 
   void MaybeFinish(Txn& t) {
@@ -1423,7 +1478,11 @@ struct CoordinatorCore::Impl {
     TokenRef ref = std::move(kit->second);
     tokens.erase(kit);
     Txn* t = Find(ref.txn_id);
-    if (t == nullptr) return;
+    if (t == nullptr) {
+      // Evicted from memory already (a small --finished_cache_max).
+      if (ref.kind == RecordKind::kEnd && status.ok()) SendForget(ref.txn_id);
+      return;
+    }
     if (ref.kind == RecordKind::kBallot) {
       if (t->ballot_token == token) t->ballot_token = 0;
       if (t->after_ballot) {
@@ -1441,8 +1500,9 @@ struct CoordinatorCore::Impl {
                          ": ENDED record write failed (recovery will resend "
                          "the outcome): ",
                          status.ToString()));
+        return;
       }
-      return;
+      return SendForget(*t);
     }
     if (t->decision_token != token) return;  // superseded
     t->decision_token = 0;
@@ -2034,6 +2094,7 @@ std::vector<v1::TransactionInfo> CoordinatorCore::ListTransactions(
 size_t CoordinatorCore::in_flight() const { return impl_->in_flight; }
 
 Output CoordinatorCore::TakeOutput() {
+  impl_->ReleaseForgets();
   Output o = std::move(impl_->out);
   impl_->out = Output();
   return o;

@@ -11,7 +11,10 @@
 //   2PC, presumed abort: Prepare to all -> all YES/READ_ONLY -> persist COMMIT
 //   (forced) -> reply to the client once every participant acknowledged the
 //   commit (or at the deadline, without the missing sequences) -> Commit
-//   fan-out, resent with backoff until acknowledged -> persist ENDED.
+//   fan-out, resent with backoff until acknowledged -> persist ENDED (lazy)
+//   -> once it is durable, Forget to each participant that may keep an
+//   outcome (all but READ_ONLY voters), so that it can collect it; the
+//   notice leaves with the next message to that participant.
 //   Any NO, failed prepare, or deadline -> ABORT: Abort is sent at once to
 //   every participant that may have prepared; the ABORT record is persisted
 //   and the client reply waits for it (so a retry with the same id returns the
@@ -113,7 +116,13 @@ class DurableView {
 using RequestId = uint64_t;
 
 // kPromise/kAccept: 3PC termination round messages (participant.proto).
-enum class MsgType { kPrepare, kPreCommit, kCommit, kAbort, kPromise, kAccept };
+// kForget: the transaction's ENDED record is durable, so the participant may
+// erase its outcome after its retention window (BatchItem.forget). Held until
+// the core sends that participant another Batch-carried message (kPrepare,
+// kPreCommit, kCommit or kAbort) and output beside it; sent once, never
+// resent, and its reply needs no report: a lost one only means that
+// participant keeps the outcome.
+enum class MsgType { kPrepare, kPreCommit, kCommit, kAbort, kPromise, kAccept, kForget };
 
 struct OutMessage {
   std::string participant;  // id

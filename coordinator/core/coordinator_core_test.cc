@@ -280,7 +280,8 @@ TEST_F(CoordinatorCoreTest, TwoPcHappyPathThreeParticipants) {
   EXPECT_FALSE(o.persist[0].sync);
   EXPECT_EQ(core().in_flight(), 0u);
   Durable(o.persist[0]);
-  EXPECT_TRUE(Take().empty());  // ENDED is not waited on
+  // ENDED is not waited on; its END notices wait for the next message.
+  EXPECT_TRUE(Take().empty());
 }
 
 TEST_F(CoordinatorCoreTest, NoVoteAbortsAndAbortGoesOnlyToThoseThatMayHavePrepared) {
@@ -754,7 +755,95 @@ TEST_F(CoordinatorCoreTest, ReadOnlyVoterGetsNoSecondRound) {
   o = Take();
   ASSERT_EQ(o.replies.size(), 1u);
   EXPECT_EQ(Results(o.replies[0].response), (std::vector<uint64_t>{12, 0}));
-  EXPECT_EQ(o.persist.size(), 1u);
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_TRUE(o.send.empty());
+  Durable(o.persist[0]);
+  EXPECT_TRUE(Take().empty());
+  // A read-only voter kept nothing: the next messages to p1 and p2 carry an
+  // END notice for t1 to p1 only.
+  core().Execute(2, Req("t2", {Enq("p1", "q", "b"), Enq("p2", "q", "c")}), now);
+  o = Take();
+  EXPECT_EQ(Targets(o, MsgType::kPrepare), (Strs{"p1", "p2"}));
+  EXPECT_EQ(Targets(o, MsgType::kForget), (Strs{"p1"}));
+  for (const OutMessage& m : o.send) {
+    if (m.type == MsgType::kForget) {
+      EXPECT_EQ(m.txn_id, "t1");
+    }
+  }
+}
+
+TEST_F(CoordinatorCoreTest, EndNoticesGoOnlyAfterADurableEndWithTheNextMessage) {
+  auto commit = [&](RequestId r, const std::string& id, const Strs& parts) {
+    std::vector<v1::Op> ops;
+    for (const std::string& p : parts) ops.push_back(Enq(p, "q", id));
+    core().Execute(r, Req(id, ops), now);
+    Output o = Take();
+    for (const std::string& p : parts) core().OnPrepareReply(id, p, Vote(v1::YES), now);
+    o = Take();
+    Durable(o.persist.at(0));
+    Take();
+    for (const std::string& p : parts) core().OnCommitReply(id, p, Seqs({1}), now);
+    return Take();  // the reply and the ENDED record, not yet durable
+  };
+  auto forgets = [](const Output& o) {
+    Strs v;
+    for (const OutMessage& m : o.send) {
+      if (m.type == MsgType::kForget) v.push_back(m.participant + ":" + m.txn_id);
+    }
+    std::sort(v.begin(), v.end());
+    return v;
+  };
+
+  // Not before ENDED is durable, not for one whose write failed (recovery
+  // resends its outcome instead), and not without another message.
+  Output o = commit(1, "t1", {"p1", "p2"});
+  ASSERT_EQ(o.persist.size(), 1u);
+  ASSERT_EQ(Rec(o.persist[0]).state(), v1::ENDED);
+  core().OnPersisted(o.persist[0].token, absl::ResourceExhaustedError("disk full"), now);
+  o = commit(2, "t2", {"p1", "p2"});
+  EXPECT_TRUE(forgets(o).empty());
+  Durable(o.persist.at(0));
+  EXPECT_TRUE(Take().empty());
+  // t3's Prepare to p1 takes t2's notice to p1 along; p2's waits.
+  o = commit(3, "t3", {"p1", "p3"});
+  Durable(o.persist.at(0));
+  core().Execute(4, Req("t4", {Enq("p1", "q", "x")}), now);
+  o = Take();
+  EXPECT_EQ(Targets(o, MsgType::kPrepare), (Strs{"p1"}));
+  EXPECT_EQ(forgets(o), (Strs{"p1:t3"}));
+  core().Execute(5, Req("t5", {Enq("p2", "q", "x"), Enq("p3", "q", "y")}), now);
+  o = Take();
+  EXPECT_EQ(forgets(o), (Strs{"p2:t2", "p3:t3"}));
+  EXPECT_EQ(o.timers.size(), 1u);  // t5's deadline: notices get no resend timer
+
+  // Evicted from memory before its ENDED is durable: the notice comes from
+  // the durable record, to every participant it names (votes are not in it,
+  // so the read-only p2 hears it too).
+  config.finished_cache_max = 0;
+  Restart();
+  Take();
+  core().Execute(6, Req("t6", {Enq("p1", "q", "a"), AckOp("p2", "q", 3, "l"), Enq("p3", "q", "b")}),
+                 now);
+  Take();
+  core().OnPrepareReply("t6", "p1", Vote(v1::YES), now);
+  core().OnPrepareReply("t6", "p2", Vote(v1::READ_ONLY), now);
+  core().OnPrepareReply("t6", "p3", Vote(v1::YES), now);
+  o = Take();
+  Durable(o.persist.at(0));
+  Take();
+  core().OnCommitReply("t6", "p1", Seqs({1}), now);
+  core().OnCommitReply("t6", "p3", Seqs({2}), now);
+  o = Take();
+  ASSERT_EQ(o.persist.size(), 1u);
+  Durable(o.persist[0]);
+  EXPECT_TRUE(Take().send.empty());
+  core().Execute(7, Req("t7", {Enq("p1", "q", "a"), Enq("p2", "q", "b"), Enq("p3", "q", "c")}),
+                 now);
+  o = Take();
+  EXPECT_EQ(forgets(o), (Strs{"p1:t6", "p2:t6", "p3:t6"}));
+  for (const OutMessage& m : o.send) {
+    EXPECT_EQ(m.address, config.participants.at(m.participant));
+  }
 }
 
 TEST_F(CoordinatorCoreTest, AllReadOnlyCommitsWithoutAForcedRecord) {
@@ -1310,6 +1399,8 @@ class Sim {
     core_->Recover({}, now_);
   }
 
+  uint64_t forgets() const { return forgets_; }
+
   void Run() {
     for (int step = 0; step < 400; ++step) {
       chaos_ = step < 300;
@@ -1437,6 +1528,14 @@ class Sim {
       }
       if (m.type == MsgType::kAbort) {
         ASSERT_FALSE(Committed(m.txn_id)) << m.txn_id;
+      }
+      if (m.type == MsgType::kForget) {
+        // Only once ENDED is durable. (A participant may be prepared by a
+        // late duplicate Prepare after a NO; it ignores the notice then.)
+        auto rec = view_.records.find(m.txn_id);
+        ASSERT_TRUE(rec != view_.records.end() && rec->second.state() == v1::ENDED) << m.txn_id;
+        ++forgets_;
+        continue;  // a notice: nothing answers it
       }
       if (chaos_ && Chance(10)) continue;  // lost
       int copies = chaos_ && Chance(10) ? 2 : 1;
@@ -1610,18 +1709,22 @@ class Sim {
   std::map<std::string, std::map<std::string, PState>> parts_;
   std::map<std::string, std::set<std::string>> read_only_;
   std::vector<StateReply> state_replies_;
+  uint64_t forgets_ = 0;  // END notices sent
   // Termination rounds: participant -> txn -> promised / accepted (ballot, value).
   std::map<std::string, std::map<std::string, uint64_t>> promised_;
   std::map<std::string, std::map<std::string, std::pair<uint64_t, v1::TxnState>>> accepted_;
 };
 
 TEST(CoordinatorCoreSimTest, SeededRunsKeepTheInvariants) {
+  uint64_t forgets = 0;
   for (uint32_t seed = 1; seed <= 300; ++seed) {
     SCOPED_TRACE(absl::StrCat("seed ", seed));
     Sim sim(seed);
     sim.Run();
+    forgets += sim.forgets();
     if (::testing::Test::HasFailure()) break;
   }
+  EXPECT_GT(forgets, 300u);  // END notices went out, each checked in Collect
 }
 
 

@@ -33,13 +33,18 @@ struct Message {
   uint64_t ack_token = 0;  // batch of a plain Ack in flight
 };
 
-// A message sits in exactly one of: `ready`, `leases` (leased, neither pinned
-// nor being acked), or neither (pinned or being acked).
+// A message in memory sits in exactly one of: `ready`, `leases` (leased,
+// neither pinned nor being acked), or neither (pinned or being acked).
+// The backlog on disk: `on_disk` visible messages are in storage only, none
+// below `disk_from`, and every visible message below `disk_from` is in
+// `messages`. While on_disk > 0, ready messages in memory precede them all.
 struct Queue {
   v1::QueueRecord rec;                 // next_sequence: the next one to assign
   uint64_t durable_next_sequence = 1;  // what the disk says; the visible version
   std::map<uint64_t, Message> messages;
   std::set<uint64_t> ready;
+  uint64_t on_disk = 0;
+  uint64_t disk_from = 0;
   std::set<std::pair<int64_t, uint64_t>> leases;  // (expires_ms, sequence)
   uint64_t pinned = 0;                            // messages pinned by prepared transactions
   uint64_t staged = 0;                            // enqueues of prepared transactions
@@ -80,7 +85,9 @@ enum class BatchKind {
   kMove,  // dead-lettering: a message to its queue's dead-letter queue
   kSend,  // Queue.Send: one message outside any transaction
   kBallot,  // 3PC termination: a PREPARED record with a new promised/accepted/proposed ballot
-  kHeuristic  // a heuristic outcome that learnt of a conflicting one (Resolve)
+  kHeuristic,  // a heuristic outcome that learnt of a conflicting one (Resolve)
+  kForgettable,  // a kForgettableDb entry (Forget)
+  kCollect       // kForgettableDb entries and their outcomes erased (CollectOutcomes)
 };
 
 // A batch handed to the adapter and not yet reported.
@@ -168,7 +175,9 @@ constexpr uint32_t kPreparingBeforePeers = 3;
 }  // namespace
 
 struct ParticipantCore::Impl {
-  Impl(Config c, const DurableView* v) : config(std::move(c)), view(v) {}
+  Impl(Config c, const DurableView* v) : config(std::move(c)), view(v) {
+    ATOMQ_CHECK(config.queue_memory_window > 0, "a queue keeps at least one message in memory");
+  }
 
   Config config;
   const DurableView* view;
@@ -293,6 +302,121 @@ struct ParticipantCore::Impl {
     }
   }
 
+  // --- outcome collection ---
+  // A forgotten id is answered exactly as one never heard of. That is safe
+  // because an outcome goes only after the coordinator's ENDED is durable
+  // (every participant acknowledged the outcome, so none is in doubt and the
+  // coordinator decided) and retention_ms after that, longer than a message
+  // to this node stays in flight:
+  // - QueryState, Promise and Accept come from a participant in doubt or a
+  //   termination round, which ENDED rules out. Were one to come, presumed
+  //   abort would record ABORTED for an id that may have committed: that is
+  //   why nothing goes before the END notice.
+  // - Commit comes only until this node acknowledged it; a late copy is
+  //   answered OK with no sequences (CommitTxn), which the coordinator ignores
+  //   once acknowledged, so it never fails the coordinator. Abort comes only
+  //   for aborted ids; a late copy records ABORTED again and is answered OK.
+  // - Prepare after the window is a stale copy or a client's retry of
+  //   Execute with an id the coordinator forgot too: a new transaction, so a
+  //   retry is idempotent only within --retention_ms (README).
+  std::set<std::string> collecting;      // kForgettableDb keys a kCollect batch erases
+  std::set<std::string> collecting_ids;  // outcomes a kCollect batch erases
+  std::map<uint64_t, std::pair<std::vector<std::string>, std::vector<std::string>>>
+      collect_batches;  // token -> (keys, txn ids)
+  uint64_t outcomes_erased = 0;
+
+  static std::string ForgettableKey(int64_t at_ms, const std::string& id) {
+    return EncodeU64(static_cast<uint64_t>(std::max<int64_t>(0, at_ms))) + id;
+  }
+
+  void Forget(const std::string& id, int64_t now_ms) {
+    if (!ValidateTxnId(id).ok() || txns.count(id) > 0 || heuristics.count(id) > 0) return;
+    std::optional<CachedOutcome> o = FindOutcome(id);
+    if (!o || o->token != 0 || o->rec.has_heuristic()) return;
+    Submit({Write{kForgettableDb, ForgettableKey(now_ms, id), "", false}},
+           Pending{BatchKind::kForgettable, id, 0, 0, "", {}});
+    out.persist.back().sync = false;  // forgetting is never urgent
+  }
+
+  // Whether the outcome of `id` may go with a forgettable entry made at `at_ms`.
+  bool Collectable(const std::string& id, int64_t at_ms) const {
+    if (txns.count(id) > 0 || heuristics.count(id) > 0 || collecting_ids.count(id) > 0) {
+      return false;
+    }
+    std::optional<CachedOutcome> o = FindOutcome(id);
+    // A later outcome (the id ran again after an earlier collection) keeps
+    // its own: only its own END notice lets it go.
+    return o && o->token == 0 && !o->rec.has_heuristic() && o->rec.decided_unix_ms() <= at_ms;
+  }
+
+  size_t CollectOutcomes(const std::vector<std::string>& keys, int64_t now_ms) {
+    const int64_t cutoff = now_ms - static_cast<int64_t>(config.retention_ms);
+    std::vector<Write> writes;
+    std::vector<std::string> taken, ids;
+    for (const std::string& key : keys) {
+      if (key.size() > 8 && static_cast<int64_t>(DecodeU64(key)) >= cutoff) break;
+      if (!collecting.insert(key).second) continue;  // its batch is in flight
+      taken.push_back(key);
+      writes.push_back(Erase(kForgettableDb, key));
+      if (key.size() <= 8) continue;  // not a key Forget writes: drop it
+      const std::string id = key.substr(8);
+      if (!Collectable(id, static_cast<int64_t>(DecodeU64(key)))) continue;
+      writes.push_back(Erase(kOutcomesDb, id));
+      collecting_ids.insert(id);
+      ids.push_back(id);
+      // Until the erase is durable, a question reads the outcome from disk.
+      outcomes.erase(id);
+    }
+    if (writes.empty()) return 0;
+    SubmitCollect(std::move(writes), taken, ids);
+    CompactOutcomeOrder();
+    return taken.size();
+  }
+
+  // Collection takes ids out of the cache anywhere in its FIFO: drop those
+  // now and then, so that the FIFO stays within a multiple of the cache.
+  void CompactOutcomeOrder() {
+    if (outcome_order.size() <= 2 * outcomes.size() + 1024) return;
+    std::set<std::string> seen;
+    std::deque<std::string> kept;
+    for (auto it = outcome_order.rbegin(); it != outcome_order.rend(); ++it) {
+      if (outcomes.count(*it) > 0 && seen.insert(*it).second) kept.push_front(*it);
+    }
+    outcome_order.swap(kept);
+  }
+
+  void SubmitCollect(std::vector<Write> writes, std::vector<std::string> keys,
+                     std::vector<std::string> ids) {
+    const uint64_t token =
+        Submit(std::move(writes), Pending{BatchKind::kCollect, "", 0, 0, "", {}});
+    out.persist.back().sync = false;
+    collect_batches[token] = {std::move(keys), std::move(ids)};
+  }
+
+  void CollectDone(uint64_t token, const absl::Status& status) {
+    auto it = collect_batches.find(token);
+    ATOMQ_CHECK(it != collect_batches.end(), "a collection batch is remembered");
+    for (const std::string& k : it->second.first) collecting.erase(k);
+    for (const std::string& id : it->second.second) collecting_ids.erase(id);
+    // On failure the entries stay and the next collection tries again.
+    if (status.ok()) {
+      outcomes_erased += it->second.second.size();
+    } else {
+      Log(absl::StrCat("erasing ", Plural(it->second.second.size(), "outcome"),
+                       " failed: ", status.ToString()));
+    }
+    collect_batches.erase(it);
+  }
+
+  // TEST ONLY ("forget-before-end"): the bug the simulator's checker must
+  // catch, forgetting a commit with nobody's leave.
+  void PlantForget(const std::string& id) {
+    if (config.plant != "forget-before-end") return;
+    outcomes.erase(id);
+    collecting_ids.insert(id);
+    SubmitCollect({Erase(kOutcomesDb, id)}, {}, {id});
+  }
+
   // --- queue model ---
 
   Queue* FindQueue(const std::string& name) {
@@ -325,11 +449,88 @@ struct ParticipantCore::Impl {
     ATOMQ_CHECK(m.pinned_by.empty() && m.ack_token == 0, "restoring a held message");
     if (!m.lease_token.empty() && !Expired(m, now_ms)) {
       q.leases.insert({m.lease_expires_ms, seq});
+    } else if (q.on_disk > 0 && seq >= q.disk_from && m.delivery_count == 0) {
+      // Pinned since recovery, never delivered: back to the backlog on disk,
+      // so that delivery stays in sequence order.
+      q.messages.erase(seq);
+      q.on_disk++;
+      Woke(q);
     } else {
       m.lease_token.clear();
       q.ready.insert(seq);
       Woke(q);
     }
+  }
+
+  // A message a durable batch made visible (commit, Send, dead-lettering).
+  // In memory while the queue's backlog is all there and the window has
+  // room; else on disk only, after the rest of the backlog.
+  void Visible(Queue& q, uint64_t seq) {
+    ATOMQ_CHECK(seq >= q.durable_next_sequence && q.messages.count(seq) == 0,
+                "a queue's sequences become durable in ascending order");
+    q.durable_next_sequence = seq + 1;
+    if (q.on_disk == 0 && q.ready.size() < config.queue_memory_window) {
+      q.messages.emplace(seq, Message{});
+      q.ready.insert(seq);
+    } else {
+      if (q.on_disk == 0) q.disk_from = seq;
+      ATOMQ_CHECK(seq >= q.disk_from, "the backlog on disk grows at its end");
+      q.on_disk++;
+    }
+    Woke(q);
+  }
+
+  // Stored messages of `q` in [from, to), to capped at what is reported
+  // durable (a later batch may be in storage already, not yet reported).
+  absl::StatusOr<std::vector<uint64_t>> ScanDisk(const Queue& q, uint64_t from, uint64_t to,
+                                                 uint32_t limit) const {
+    ATOMQ_CHECK(view != nullptr, "a backlog on disk is read through the DurableView");
+    return view->ScanMessages(q.rec.id(), from, std::min(to, q.durable_next_sequence), limit);
+  }
+
+  // Reads the next part of the backlog on disk into memory, up to the window.
+  absl::Status PageIn(Queue& q) {
+    const uint32_t window = config.queue_memory_window;
+    const uint32_t limit =
+        q.ready.size() < window ? window - static_cast<uint32_t>(q.ready.size()) : 1;
+    absl::StatusOr<std::vector<uint64_t>> seqs =
+        ScanDisk(q, q.disk_from, q.durable_next_sequence, limit);
+    if (!seqs.ok()) {
+      Log(absl::StrCat("queue ", q.rec.name(), ": reading its backlog from storage failed: ",
+                       seqs.status().ToString()));
+      return seqs.status();
+    }
+    for (uint64_t seq : *seqs) {
+      ATOMQ_CHECK(seq >= q.disk_from, "a backlog scan reads ascending from where it stopped");
+      if (!q.messages.emplace(seq, Message{}).second) continue;  // pinned since recovery
+      ATOMQ_CHECK(q.on_disk > 0, "the backlog on disk holds what it counts");
+      q.on_disk--;
+      q.ready.insert(seq);
+    }
+    const bool whole = seqs->size() < limit;
+    q.disk_from = whole ? q.durable_next_sequence : seqs->back() + 1;
+    ATOMQ_CHECK(!whole || q.on_disk == 0, "a whole backlog scan finds every message it counts");
+    return absl::OkStatus();
+  }
+
+  // Erases of the backlog on disk, read in chunks of the window.
+  absl::Status EraseBacklog(const Queue& q, std::vector<Write>* writes) const {
+    const uint32_t chunk = std::max<uint32_t>(1, config.queue_memory_window);
+    uint64_t from = q.disk_from, found = 0;
+    for (;;) {
+      absl::StatusOr<std::vector<uint64_t>> seqs =
+          ScanDisk(q, from, q.durable_next_sequence, chunk);
+      if (!seqs.ok()) return seqs.status();
+      for (uint64_t seq : *seqs) {
+        if (q.messages.count(seq) > 0) continue;  // erased with those in memory
+        writes->push_back(Erase(kMessagesDb, MessageKey(q.rec.id(), seq)));
+        found++;
+      }
+      if (seqs->size() < chunk) break;
+      from = seqs->back() + 1;
+    }
+    ATOMQ_CHECK(found == q.on_disk, "the backlog on disk holds what it counts");
+    return absl::OkStatus();
   }
 
   // Expired leases: back to ready, or to the dead-letter queue once the
@@ -350,7 +551,7 @@ struct ParticipantCore::Impl {
     v1::QueueInfo info;
     info.set_name(q.rec.name());
     info.set_version(q.durable_next_sequence);
-    info.set_ready(q.ready.size());
+    info.set_ready(q.ready.size() + q.on_disk);
     info.set_leased(q.messages.size() - q.ready.size() - q.pinned);
     info.set_pending_in_txn(q.staged + q.pinned);
     info.set_created_unix_ms(q.rec.created_unix_ms());
@@ -478,6 +679,10 @@ struct ParticipantCore::Impl {
         return absl::StrCat("op ", i, ": acks ", msg, " twice");
       }
       auto m = q->messages.find(a.sequence());
+      if (m == q->messages.end() && q->on_disk > 0 && a.sequence() >= q->disk_from &&
+          a.sequence() < q->durable_next_sequence) {
+        return absl::StrCat("message ", msg, " is not leased (stale lease token)");
+      }
       if (m == q->messages.end()) {
         return absl::StrCat("message ", msg, " does not exist on ", config.participant_id,
                             " (already acked, or never committed)");
@@ -985,6 +1190,14 @@ struct ParticipantCore::Impl {
       case BatchKind::kHeuristic:
         HeuristicDone(token, p, status);
         break;
+      case BatchKind::kForgettable:
+        if (!status.ok()) {
+          Log(absl::StrCat("txn ", p.key, " END notice not recorded: ", status.ToString()));
+        }
+        break;
+      case BatchKind::kCollect:
+        CollectDone(token, status);
+        break;
     }
     ResolveDone(token, status);
   }
@@ -1053,17 +1266,15 @@ struct ParticipantCore::Impl {
       ATOMQ_CHECK(seq < q.rec.next_sequence() && q.messages.count(seq) == 0,
                   "a committed message gets a fresh sequence");
       // Visible only now: the batch carrying it is durable.
-      q.messages.emplace(seq, Message{});
-      q.ready.insert(seq);
-      Woke(q);
+      Visible(q, seq);
       q.staged--;
-      q.durable_next_sequence = std::max(q.durable_next_sequence, seq + 1);
     }
     for (const std::string& name : TouchedQueues(t.rec)) queues.at(name).txn_refs--;
     Log(absl::StrCat("txn ", id, " COMMITTED here ", Summary(t, p.settled_by)));
     for (const Waiter& w : p.waiters) SendSequences(w.request, o.sequences());
     EraseTxn(id);
     RememberOutcome(std::move(o), 0);
+    PlantForget(id);
   }
 
   void AbortDone(Txn& t, const Pending& p, const absl::Status& status, int64_t now_ms) {
@@ -1599,6 +1810,10 @@ struct ParticipantCore::Impl {
     writes.push_back(Erase(kQueuesDb, name));
     for (const auto& [seq, m] : q.messages)
       writes.push_back(Erase(kMessagesDb, MessageKey(q.rec.id(), seq)));
+    if (q.on_disk > 0) {
+      s = EraseBacklog(q, &writes);
+      if (!s.ok()) return Fail(w, s);
+    }
     EraseProducers(q.rec.id(), &writes);
     q.delete_token =
         Submit(std::move(writes), Pending{BatchKind::kDelete, name, q.rec.id(), 0, "", {w}});
@@ -1637,11 +1852,18 @@ struct ParticipantCore::Impl {
     }
     ExpireLeases(*q, now_ms);
     std::vector<Lease> leases;
-    while (leases.size() < max_messages && !q->ready.empty()) {
+    absl::Status paged;
+    while (leases.size() < max_messages) {
+      if (paged.ok() && q->on_disk > 0 && q->ready.size() * 2 < config.queue_memory_window) {
+        paged = PageIn(*q);
+      }
+      if (q->ready.empty()) break;
       const uint64_t seq = *q->ready.begin();
       q->ready.erase(q->ready.begin());
       Message& m = q->messages.at(seq);
       ATOMQ_CHECK(m.pinned_by.empty() && m.ack_token == 0, "a held message is never delivered");
+      ATOMQ_CHECK(q->on_disk == 0 || seq < q->disk_from,
+                  "ready messages in memory precede the backlog on disk");
       if (MaxedOut(*q, m) && StartMove(*q, seq, "max-deliveries", std::nullopt, now_ms)) continue;
       m.delivery_count++;
       m.lease_token = absl::StrCat(config.boot_count, "-", next_lease++);
@@ -1650,6 +1872,7 @@ struct ParticipantCore::Impl {
       leases.push_back(
           Lease{name, q->rec.id(), seq, m.delivery_count, m.lease_token, m.lease_expires_ms});
     }
+    if (leases.empty() && !paged.ok()) return paged;
     return leases;
   }
 
@@ -1870,10 +2093,7 @@ struct ParticipantCore::Impl {
     if (m != nullptr) from->messages.erase(mv.from_sequence);
     Queue* to = FindQueueById(mv.to_queue_id);
     ATOMQ_CHECK(to != nullptr, "a dead-letter queue outlives the moves into it");
-    to->messages.emplace(mv.to_sequence, Message{});
-    to->ready.insert(mv.to_sequence);
-    to->durable_next_sequence = std::max(to->durable_next_sequence, mv.to_sequence + 1);
-    Woke(*to);
+    Visible(*to, mv.to_sequence);
     if (mv.nack) {
       v1::NackResponse resp;
       resp.set_dead_lettered(true);
@@ -2102,10 +2322,7 @@ struct ParticipantCore::Impl {
     Queue* q = FindQueueById(f.queue_id);
     ATOMQ_CHECK(q != nullptr, "a queue outlives the Sends into it");
     ATOMQ_CHECK(q->messages.count(f.sequence) == 0, "a sent message gets a fresh sequence");
-    q->messages.emplace(f.sequence, Message{});
-    q->ready.insert(f.sequence);
-    q->durable_next_sequence = std::max(q->durable_next_sequence, f.sequence + 1);
-    Woke(*q);
+    Visible(*q, f.sequence);
     for (const auto& [request, resp] : f.waits) Send(request, absl::OkStatus(), resp);
   }
 
@@ -2138,13 +2355,16 @@ struct ParticipantCore::Impl {
       if (rec.next_sequence() == 0) rec.set_next_sequence(1);
       q.rec = std::move(rec);
     }
-    for (const auto& [queue_id, seq] : state.messages) {
+    for (const auto& [queue_id, backlog] : state.messages) {
       Queue* q = FindQueueById(queue_id);
       if (q == nullptr) continue;  // no queue record: unreachable, and erased with it
       // Guards "never reused" even against a queue record older than its messages.
-      if (seq >= q->rec.next_sequence()) q->rec.set_next_sequence(seq + 1);
-      q->messages.emplace(seq, Message{});
-      q->ready.insert(seq);
+      if (backlog.count > 0 && backlog.last_sequence >= q->rec.next_sequence()) {
+        q->rec.set_next_sequence(backlog.last_sequence + 1);
+      }
+      // All on disk; Receive pages them in.
+      q->on_disk = backlog.count;
+      q->disk_from = 0;
     }
     for (auto& [name, q] : queues) q.durable_next_sequence = q.rec.next_sequence();
     RecoverProducers(std::move(state.dedup));
@@ -2156,9 +2376,26 @@ struct ParticipantCore::Impl {
       t.rec = std::move(rec);
       t.durable = true;
       t.in_doubt = true;
+      LoadAcked(t);
       Stage(t);
       t.backoff_ms = std::max<uint32_t>(1, config.resend_initial_ms);
       ArmTimer(t, now_ms);
+    }
+  }
+
+  // A recovered transaction's acked messages, from the backlog on disk into
+  // memory, for Stage to pin (those gone stay gone: the commit erases nothing).
+  void LoadAcked(const Txn& t) {
+    for (const v1::Op& op : t.rec.ops()) {
+      if (!op.has_ack()) continue;
+      Queue* q = FindQueue(op.ack().queue());
+      const uint64_t seq = op.ack().sequence();
+      if (q == nullptr || q->on_disk == 0 || q->messages.count(seq) > 0) continue;
+      absl::StatusOr<std::vector<uint64_t>> found = ScanDisk(*q, seq, seq + 1, 1);
+      ATOMQ_CHECK(found.ok(), "storage is readable at recovery");
+      if (found->empty()) continue;
+      q->messages.emplace(seq, Message{});
+      q->on_disk--;
     }
   }
 
@@ -2855,6 +3092,18 @@ void ParticipantCore::Resolve(RequestId request, const v1::ResolveRequest& req, 
   impl_->RequireRecovered();
   impl_->Resolve(request, req, now_ms);
 }
+
+void ParticipantCore::Forget(const std::string& txn_id, int64_t now_ms) {
+  impl_->RequireRecovered();
+  impl_->Forget(txn_id, now_ms);
+}
+
+size_t ParticipantCore::CollectOutcomes(const std::vector<std::string>& keys, int64_t now_ms) {
+  impl_->RequireRecovered();
+  return impl_->CollectOutcomes(keys, now_ms);
+}
+
+uint64_t ParticipantCore::outcomes_erased() const { return impl_->outcomes_erased; }
 
 std::vector<v1::HeuristicOutcome> ParticipantCore::HeuristicOutcomes() const {
   return impl_->HeuristicOutcomes();

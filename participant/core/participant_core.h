@@ -1,9 +1,13 @@
 // The participant's protocol state machine and queue model: pure,
 // single-threaded, no I/O, no threads, no clock (DESIGN.md sections 2-5).
 //
-// It holds queue metadata in memory (names, ids, next sequence numbers, the
-// sequence numbers of stored messages, leases); message payloads live only in
-// storage, and the adapter reads them by MessageKey() when it delivers.
+// It holds queue metadata in memory (names, ids, next sequence numbers,
+// leases) and the sequence numbers of a window of each queue's messages:
+// those leased, pinned or delivered, and up to Config::queue_memory_window
+// ready ones. A longer backlog lives only in storage, counted; Receive pages
+// the next ones in, in sequence order, through DurableView::ScanMessages.
+// Message payloads live only in storage, and the adapter reads them by
+// MessageKey() when it delivers.
 //
 // Durability is enforced here: a YES vote, a pre-commit ack, a commit ack, a
 // queue create/delete or a message ack is released (Output::replies) only
@@ -31,6 +35,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -53,6 +58,10 @@ inline constexpr char kDedupDb[] = "dedup";
 inline constexpr char kMetaDb[] = "meta";
 // Heuristic outcomes (operator Resolve), key = txn id, value HeuristicOutcome.
 inline constexpr char kHeuristicDb[] = "heuristic";
+// Outcomes the coordinator ENDED (BatchItem.forget), by time: key = the ms
+// the notice came (8 bytes BE) + txn id, empty value. Entries older than
+// Config::retention_ms are collected with their outcome (CollectOutcomes).
+inline constexpr char kForgettableDb[] = "forgettable";
 
 struct Config {
   std::string participant_id;            // --id
@@ -71,22 +80,39 @@ struct Config {
   uint32_t resend_initial_ms = 100;      // --resend_initial_ms
   uint32_t resend_max_ms = 5000;         // --resend_max_ms
   uint32_t outcome_cache_max = 100000;   // --outcome_cache_max: outcomes kept in memory
+  // --queue_memory_window: ready, never-delivered messages of one queue kept
+  // in memory; beyond it a queue's backlog stays on disk only.
+  uint32_t queue_memory_window = 10000;
   // Interactive transactions (Stage): staged work is memory only.
   uint32_t staged_txns_max = 10000;            // --staged_txns_max: transactions with staged work
   uint64_t staged_bytes_max = 256ull << 20;    // --staged_bytes_max: payload bytes staged, all txns
   uint32_t stage_timeout_ms_max = 60000;       // --stage_timeout_ms_max: longest life of staged work
   uint32_t operator_note_bytes_max = 4096;     // --operator_note_bytes_max: a Resolve's note
+  // --retention_ms: an outcome the coordinator ENDED is erased this long after
+  // the notice (Forget), so that retries and late messages within it still get
+  // the same answer.
+  uint64_t retention_ms = 600000;
   // TEST ONLY (tests/sim plants a known bug to show its checker catches it):
   // "leader-ignores-accepted" makes a termination leader propose ABORT
-  // whatever was accepted. Empty (the default) everywhere else.
+  // whatever was accepted; "forget-before-end" erases every COMMITTED outcome
+  // as soon as it is durable, without waiting for the coordinator's END.
+  // Empty (the default) everywhere else.
   std::string plant;
 };
 
-// Read-only access to what is durable, for transactions no longer in memory.
+// Read-only access to what is durable, for transactions no longer in memory
+// and for queue backlogs kept on disk only.
 class DurableView {
  public:
   virtual ~DurableView() = default;
   virtual std::optional<v1::OutcomeRecord> FindOutcome(const std::string& txn_id) const = 0;
+  // Sequences of the stored messages of `queue_id` in [from_sequence,
+  // to_sequence), ascending, at most `limit` of them. Called synchronously by
+  // the core; it only asks below what OnPersisted already reported durable.
+  virtual absl::StatusOr<std::vector<uint64_t>> ScanMessages(uint64_t queue_id,
+                                                             uint64_t from_sequence,
+                                                             uint64_t to_sequence,
+                                                             uint32_t limit) const = 0;
   // A committed message (payload and headers), for dead-lettering, which
   // copies it to another queue. nullopt: unreadable; the message then stays.
   virtual std::optional<v1::MessageRecord> FindMessage(uint64_t /*queue_id*/,
@@ -99,8 +125,13 @@ class DurableView {
 struct RecoveredState {
   std::optional<v1::MetaRecord> meta;
   std::vector<v1::QueueRecord> queues;
-  // (queue id, sequence) of every stored message, in key order.
-  std::vector<std::pair<uint64_t, uint64_t>> messages;
+  // Stored messages per queue id, counted, not listed: the core pages them
+  // in through DurableView::ScanMessages.
+  struct Backlog {
+    uint64_t count = 0;
+    uint64_t last_sequence = 0;  // the highest stored
+  };
+  std::map<uint64_t, Backlog> messages;
   std::vector<v1::PreparedRecord> prepared;
   std::vector<v1::DedupRecord> dedup;  // producer deduplication, any order
   std::vector<v1::HeuristicOutcome> heuristic;  // sub-database "heuristic", any order
@@ -162,7 +193,9 @@ struct OutPeerMsg {
 struct Output {
   // Submit in this order, across calls: a later batch may rewrite a key an
   // earlier one wrote (a queue's next_sequence only grows batch by batch).
-  // Every token is reported once through OnPersisted.
+  // Every token is reported once through OnPersisted, in this order too (a
+  // queue's sequences then become durable in ascending order, which paging
+  // its backlog from disk relies on).
   std::vector<Batch> persist;
   std::vector<OutQuery> queries;  // report OnQueryReply
   std::vector<OutPeerMsg> peer_msgs;  // 3PC termination rounds
@@ -228,8 +261,11 @@ class ParticipantCore {
   void DeleteQueue(RequestId request, const std::string& name, int64_t now_ms);
   std::vector<v1::QueueInfo> ListQueues() const;
   // Leases up to `max_messages` ready messages in sequence order; expired
-  // leases return their messages to ready first. NOT_FOUND for a missing
-  // queue; INVALID_ARGUMENT for limits.
+  // leases return their messages to ready first, and a backlog on disk is
+  // paged in (DurableView::ScanMessages) once fewer than half the window are
+  // ready in memory. NOT_FOUND for a missing queue; INVALID_ARGUMENT for
+  // limits; a failed read of the backlog answers its error when nothing else
+  // could be leased.
   absl::StatusOr<std::vector<Lease>> Receive(const std::string& queue, uint32_t max_messages,
                                              uint32_t lease_ms, int64_t now_ms);
   // FAILED_PRECONDITION when the lease is not current or the message is
@@ -258,6 +294,23 @@ class ParticipantCore {
 
   // Prepared and in-doubt transactions, for the CLI.
   std::vector<v1::ParticipantTxnInfo> ListTransactions() const;
+
+  // --- outcome collection (BatchItem.forget in participant.proto) ---
+  // The coordinator ENDED the transaction: every participant holds its
+  // outcome, none is in doubt. When the outcome here is durable, not
+  // heuristic and the id is not prepared, a kForgettableDb entry keyed by
+  // now_ms is written (lazily: Batch::sync false); otherwise nothing. Needs
+  // no reply.
+  void Forget(const std::string& txn_id, int64_t now_ms);
+  // `keys`: kForgettableDb keys in key order, as the adapter scanned them
+  // (at most --gc_batch_max). Each one older than retention_ms is erased in
+  // one lazy batch together with its outcome (unless the id was prepared
+  // again, is heuristic, or has a newer outcome), and the outcome leaves the
+  // cache. Keys still inside the window, and keys of a batch in flight, are
+  // skipped. Returns how many keys it took.
+  size_t CollectOutcomes(const std::vector<std::string>& keys, int64_t now_ms);
+  // Outcomes erased by CollectOutcomes batches that are durable.
+  uint64_t outcomes_erased() const;
 
   // --- operator resolution (ParticipantTxn.Resolve in participant.proto) ---
   // Applies an operator's outcome to an in-doubt transaction through the

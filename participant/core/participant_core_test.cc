@@ -33,6 +33,22 @@ class FakeStore : public DurableView {
     return Get<v1::MessageRecord>(kMessagesDb, MessageKey(queue_id, seq));
   }
 
+  absl::StatusOr<std::vector<uint64_t>> ScanMessages(uint64_t queue_id, uint64_t from,
+                                                     uint64_t to,
+                                                     uint32_t limit) const override {
+    scans_++;
+    if (!scan_error_.ok()) return scan_error_;
+    std::vector<uint64_t> seqs;
+    auto d = dbs_.find(kMessagesDb);
+    if (d == dbs_.end()) return seqs;
+    for (auto it = d->second.lower_bound(MessageKey(queue_id, from));
+         it != d->second.end() && seqs.size() < limit; ++it) {
+      if (DecodeU64(it->first) != queue_id || DecodeU64(it->first.substr(8)) >= to) break;
+      seqs.push_back(DecodeU64(it->first.substr(8)));
+    }
+    return seqs;
+  }
+
   std::optional<v1::OutcomeRecord> FindOutcome(const std::string& id) const override {
     auto db = dbs_.find(kOutcomesDb);
     if (db == dbs_.end()) return std::nullopt;
@@ -69,7 +85,9 @@ class FakeStore : public DurableView {
           st.queues.emplace_back();
           EXPECT_TRUE(DecodeRecord(value, &st.queues.back()).ok());
         } else if (db == kMessagesDb) {
-          st.messages.emplace_back(DecodeU64(key), DecodeU64(key.substr(8)));
+          RecoveredState::Backlog& b = st.messages[DecodeU64(key)];
+          b.count++;
+          b.last_sequence = DecodeU64(key.substr(8));
         } else if (db == kPreparedDb) {
           st.prepared.emplace_back();
           EXPECT_TRUE(DecodeRecord(value, &st.prepared.back()).ok());
@@ -84,6 +102,9 @@ class FakeStore : public DurableView {
     }
     return st;
   }
+
+  mutable int scans_ = 0;         // ScanMessages calls
+  absl::Status scan_error_;       // ScanMessages fails with it when set
 
  private:
   std::map<std::string, std::map<std::string, std::string>> dbs_;
@@ -1978,6 +1999,150 @@ class ResolveTest : public ParticipantCoreTest {
   }
 };
 
+// ------------------------------- outcome collection (BatchItem.forget)
+
+std::string ForgettableKey(int64_t at_ms, const std::string& id) {
+  return EncodeU64(static_cast<uint64_t>(at_ms)) + id;
+}
+
+TEST_F(ParticipantCoreTest, EndedOutcomesGoAfterRetentionAndAreThenAnsweredAsUnknownOnes) {
+  config_.retention_ms = 1000;
+  Start();
+  CreateQueue("q");
+  EXPECT_EQ(Produce("t1", "q", {"a"}), (std::vector<uint64_t>{1}));
+  EXPECT_EQ(Prepare(PrepareReq("t2", {EnqueueOp("q", "b")})).vote(), v1::YES);
+  EXPECT_TRUE(Abort("t2").ok());
+
+  // The END notices: one lazy index entry each, nothing answered.
+  const int64_t noticed = now_;
+  core_->Forget("t1", now_);
+  core_->Forget("t2", now_);
+  Output o = Collect();
+  ASSERT_EQ(o.persist.size(), 2u);
+  for (const Batch& b : o.persist) {
+    EXPECT_FALSE(b.sync);
+    ASSERT_EQ(b.writes.size(), 1u);
+    EXPECT_EQ(b.writes[0].db, kForgettableDb);
+    EXPECT_TRUE(b.writes[0].value.empty());
+  }
+  EXPECT_EQ(o.persist[0].writes[0].key, ForgettableKey(noticed, "t1"));
+  EXPECT_TRUE(o.replies.empty());
+  Persist();
+  EXPECT_EQ(store_.Count(kForgettableDb), 2u);
+  Restart();  // the entries and outcomes are on disk; the cache is gone
+  const std::vector<std::string> keys = {ForgettableKey(noticed, "t1"),
+                                         ForgettableKey(noticed, "t2")};
+
+  // Within the window nothing goes.
+  now_ = noticed + 1000;
+  EXPECT_EQ(core_->CollectOutcomes(keys, now_), 0u);
+  EXPECT_TRUE(Collect().persist.empty());
+
+  now_ += 1;
+  EXPECT_EQ(core_->CollectOutcomes(keys, now_), 2u);
+  o = Collect();
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_FALSE(o.persist[0].sync);
+  std::set<std::pair<std::string, std::string>> erased;
+  for (const Write& w : o.persist[0].writes) {
+    EXPECT_TRUE(w.erase);
+    erased.insert({w.db, w.key});
+  }
+  EXPECT_EQ(erased, (std::set<std::pair<std::string, std::string>>{
+                        {kForgettableDb, keys[0]}, {kForgettableDb, keys[1]},
+                        {kOutcomesDb, "t1"}, {kOutcomesDb, "t2"}}));
+  // A second look while that batch is in flight takes nothing.
+  EXPECT_EQ(core_->CollectOutcomes(keys, now_), 0u);
+  EXPECT_TRUE(Collect().persist.empty());
+  // Until the erase is durable the outcome is still read from disk.
+  EXPECT_EQ(Commit("t1"), (std::vector<uint64_t>{1}));
+  EXPECT_EQ(core_->outcomes_erased(), 0u);
+  Persist();
+  EXPECT_EQ(core_->outcomes_erased(), 2u);
+  EXPECT_EQ(store_.Count(kOutcomesDb), 0u);
+  EXPECT_EQ(store_.Count(kForgettableDb), 0u);
+
+  // Now they are answered exactly as an id never heard of ("t9"): a late
+  // Commit is OK with no sequences, a late Abort records ABORTED.
+  for (const char* id : {"t1", "t9"}) {
+    EXPECT_TRUE(Commit(id).empty()) << id;
+    EXPECT_TRUE(Logged(absl::StrCat("txn ", id, " Commit for a transaction unknown here")));
+  }
+  for (const char* id : {"t2", "t9"}) {
+    EXPECT_TRUE(Abort(id).ok()) << id;
+    EXPECT_EQ(store_.Get<v1::OutcomeRecord>(kOutcomesDb, id)->state(), v1::STATE_ABORTED);
+  }
+  EXPECT_EQ(Info("q").ready(), 1u);  // the committed message stays, of course
+}
+
+TEST_F(ParticipantCoreTest, ForgetAndCollectionLeaveWhatMustStay) {
+  config_.retention_ms = 100;
+  Start();
+  CreateQueue("q");
+  // Unknown, invalid, prepared (say, by a late duplicate Prepare after a NO)
+  // or not yet durable: the notice is ignored.
+  core_->Forget("nope", now_);
+  core_->Forget("", now_);
+  EXPECT_EQ(Prepare(PrepareReq("t1", {EnqueueOp("q", "a")})).vote(), v1::YES);
+  core_->Forget("t1", now_);
+  EXPECT_TRUE(Collect().persist.empty());
+  core_->Abort(next_req_++, "t2", now_);  // unknown: ABORTED being recorded
+  EXPECT_EQ(Collect().persist.size(), 1u);
+  core_->Forget("t2", now_);
+  EXPECT_TRUE(Collect().persist.empty());
+  Persist();
+
+  // An entry whose id is prepared again, or whose outcome is newer than the
+  // notice (the id ran again after an earlier collection), loses only itself.
+  EXPECT_EQ(Produce("t3", "q", {"b"}).size(), 1u);
+  const std::vector<std::string> keys = {ForgettableKey(now_ - 1000, "t1"),
+                                         ForgettableKey(now_ - 1, "t3")};
+  now_ += 101;
+  EXPECT_EQ(core_->CollectOutcomes(keys, now_), 2u);
+  Output o = Collect();
+  ASSERT_EQ(o.persist.size(), 1u);
+  for (const Write& w : o.persist[0].writes) EXPECT_EQ(w.db, kForgettableDb);
+  Persist();
+  EXPECT_EQ(core_->outcomes_erased(), 0u);
+  EXPECT_TRUE(Txn("t1").has_value());
+  EXPECT_EQ(store_.Get<v1::OutcomeRecord>(kOutcomesDb, "t3")->state(), v1::STATE_COMMITTED);
+
+  // A failed collection changes nothing: the next one erases.
+  const int64_t noticed = now_;
+  core_->Forget("t3", now_);
+  Persist();
+  now_ += 101;
+  const std::vector<std::string> again = {ForgettableKey(noticed, "t3")};
+  EXPECT_EQ(core_->CollectOutcomes(again, now_), 1u);
+  Persist(absl::ResourceExhaustedError("disk full"));
+  EXPECT_EQ(core_->outcomes_erased(), 0u);
+  EXPECT_EQ(store_.Count(kForgettableDb), 1u);
+  EXPECT_EQ(Commit("t3").size(), 1u);  // still known, from disk
+  EXPECT_EQ(core_->CollectOutcomes(again, now_), 1u);
+  Persist();
+  EXPECT_EQ(core_->outcomes_erased(), 1u);
+  EXPECT_FALSE(store_.Get<v1::OutcomeRecord>(kOutcomesDb, "t3").has_value());
+}
+
+TEST_F(ResolveTest, HeuristicOutcomesAreNeverForgotten) {
+  config_.retention_ms = 100;
+  Start();
+  CreateQueue("q");
+  InDoubt(PrepareReq("t1", {EnqueueOp("q", "a")}));
+  EXPECT_EQ(Resolved(Req("t1", v1::COMMITTED)).state(), v1::STATE_COMMITTED);
+  core_->Forget("t1", now_);
+  EXPECT_TRUE(Collect().persist.empty());
+  now_ += 1000;
+  EXPECT_EQ(core_->CollectOutcomes({ForgettableKey(now_ - 500, "t1")}, now_), 1u);
+  Output o = Collect();
+  ASSERT_EQ(o.persist.size(), 1u);
+  ASSERT_EQ(o.persist[0].writes.size(), 1u);
+  EXPECT_EQ(o.persist[0].writes[0].db, kForgettableDb);
+  Persist();
+  EXPECT_TRUE(store_.Get<v1::OutcomeRecord>(kOutcomesDb, "t1")->has_heuristic());
+  EXPECT_TRUE(Heuristic("t1").has_value());
+}
+
 TEST_F(ResolveTest, CommitMakesMessagesVisibleAndAppliesAcksDurablyAndMarked) {
   Start();
   CreateQueue("q");
@@ -2434,6 +2599,186 @@ TEST_F(ParticipantCoreTest, OnePhaseBadRequestsAndAbortOfAnUnknownIdSettleIt) {
   Output o = Persist();
   EXPECT_EQ(SeqsOf(Body<v1::PrepareResponse>(o, 10)), (std::vector<uint64_t>{1}));
   EXPECT_EQ(StatusOf(o, 11).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// --- paged queues: a backlog beyond --queue_memory_window lives on disk ---
+
+class PagingTest : public QueueFeaturesTest {
+ protected:
+  PagingTest() { config_.queue_memory_window = 4; }
+
+  static std::vector<std::string> Payloads(int from, int to) {
+    std::vector<std::string> p;
+    for (int i = from; i <= to; ++i) p.push_back(absl::StrCat("m", i));
+    return p;
+  }
+
+  // Receives `max` at a time until nothing is left; the sequences in order.
+  std::vector<uint64_t> ReceiveAll(const std::string& queue, uint32_t max) {
+    std::vector<uint64_t> seqs;
+    for (;;) {
+      std::vector<Lease> got = Receive(queue, max, 60000);
+      if (got.empty()) return seqs;
+      for (const Lease& l : got) seqs.push_back(l.sequence);
+    }
+  }
+
+  static std::vector<uint64_t> Range(uint64_t from, uint64_t to) {
+    std::vector<uint64_t> r;
+    for (uint64_t i = from; i <= to; ++i) r.push_back(i);
+    return r;
+  }
+};
+
+TEST_F(PagingTest, BacklogBeyondTheWindowPagesInInSequenceOrderWithExactCounts) {
+  Start();
+  CreateQueue("q");
+  Produce("t1", "q", Payloads(1, 10));
+  EXPECT_EQ(store_.Count(kMessagesDb), 10u);
+  EXPECT_EQ(Info("q").ready(), 10u);
+  // 1..4 are in memory: three Receives need no read of the disk.
+  for (uint64_t seq = 1; seq <= 3; ++seq) {
+    std::vector<Lease> got = Receive("q", 1, 60000);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].sequence, seq);
+    EXPECT_EQ(Info("q").ready(), 10 - seq);
+    EXPECT_EQ(Info("q").leased(), seq);
+  }
+  EXPECT_EQ(store_.scans_, 0);
+  // One ready in memory, fewer than half the window: the next 3 are read in.
+  std::vector<Lease> got = Receive("q", 1, 60000);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].sequence, 4u);
+  EXPECT_EQ(store_.scans_, 1);
+  EXPECT_EQ(Info("q").ready(), 6u);
+  EXPECT_EQ(Info("q").leased(), 4u);
+  EXPECT_EQ(ReceiveAll("q", 3), Range(5, 10));
+  EXPECT_EQ(Info("q").ready(), 0u);
+  EXPECT_EQ(Info("q").leased(), 10u);
+  // More than the window in one Receive pages in as it goes.
+  Produce("t2", "q", Payloads(11, 30));
+  EXPECT_EQ(Info("q").ready(), 20u);
+  EXPECT_EQ(ReceiveAll("q", 20), Range(11, 30));
+}
+
+TEST_F(PagingTest, EnqueuesBehindABacklogOnDiskStayBehindItInOrder) {
+  Start();
+  CreateQueue("q");
+  Produce("t1", "q", Payloads(1, 5));  // 1..4 in memory, 5 on disk
+  std::vector<Lease> first = Receive("q", 3, 100);
+  ASSERT_EQ(first.size(), 3u);
+  ASSERT_EQ(first[0].sequence, 1u);
+  // The window has room (only 4 is ready in memory), but the backlog on
+  // disk comes first: 6 and 7 go behind 5.
+  Produce("t2", "q", {"m6"});
+  EXPECT_EQ(SendMsg(SendReq("q", "m7")).second.sequence(), 7u);
+  EXPECT_EQ(Info("q").ready(), 4u);
+  EXPECT_EQ(Info("q").leased(), 3u);
+  // A nacked message goes first again, then the rest in sequence order.
+  ASSERT_TRUE(Nack(first[0], false).first.ok());
+  EXPECT_EQ(ReceiveAll("q", 2), (std::vector<uint64_t>{1, 4, 5, 6, 7}));
+  EXPECT_EQ(Info("q").ready(), 0u);
+  EXPECT_EQ(Info("q").leased(), 7u);
+}
+
+TEST_F(PagingTest, RestartCountsTheBacklogWithoutReadingItAndDeliversInOrder) {
+  Start();
+  CreateQueue("q");
+  Produce("t1", "q", Payloads(1, 10));
+  ASSERT_EQ(Receive("q", 2, 60000).size(), 2u);
+  Restart();
+  EXPECT_EQ(store_.scans_, 0);  // counted at recovery, nothing loaded
+  EXPECT_EQ(Info("q").ready(), 10u);
+  EXPECT_EQ(Info("q").leased(), 0u);
+  EXPECT_EQ(Info("q").version(), 11u);
+  // Appended after the restart, behind the counted backlog.
+  EXPECT_EQ(Produce("t2", "q", {"m11"}), std::vector<uint64_t>{11});
+  EXPECT_EQ(Info("q").ready(), 11u);
+  std::vector<Lease> got = Receive("q", 3, 60000);
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[0].sequence, 1u);
+  EXPECT_EQ(got[0].delivery_count, 1u);
+  EXPECT_EQ(ReceiveAll("q", 3), Range(4, 11));
+}
+
+TEST_F(PagingTest, RecoveredAckOfAMessageOnDiskIsPinnedAndAnAbortPutsItBackInOrder) {
+  Start();
+  CreateQueue("q");
+  Produce("t0", "q", Payloads(1, 10));
+  std::vector<Lease> got = Receive("q", 10, 60000);
+  ASSERT_EQ(got.size(), 10u);
+  ASSERT_EQ(Prepare(PrepareReq("t1", {AckOp("q", 9, got[8].lease_token)})).vote(), v1::YES);
+  ASSERT_EQ(Prepare(PrepareReq("t2", {AckOp("q", 10, got[9].lease_token)})).vote(), v1::YES);
+  Restart();
+  EXPECT_EQ(Info("q").ready(), 8u);
+  EXPECT_EQ(Info("q").pending_in_txn(), 2u);
+  // t1 aborts before 9 is reached: back on disk, delivered in its place.
+  // t2 commits: 10 is erased.
+  core_->OnTimer(last_.timers[0].timer_id, now_);
+  core_->OnTimer(last_.timers[1].timer_id, now_);
+  Collect();
+  core_->OnQueryReply("t1", "c1", StateReply(v1::STATE_ABORTED), now_);
+  core_->OnQueryReply("t2", "c1", StateReply(v1::STATE_COMMITTED), now_);
+  Persist();
+  EXPECT_FALSE(Txn("t1").has_value());
+  EXPECT_FALSE(Txn("t2").has_value());
+  EXPECT_EQ(Info("q").ready(), 9u);
+  EXPECT_EQ(Info("q").pending_in_txn(), 0u);
+  EXPECT_FALSE(Stored("q", 10).has_value());
+  EXPECT_EQ(ReceiveAll("q", 2), Range(1, 9));
+  EXPECT_EQ(Info("q").leased(), 9u);
+}
+
+TEST_F(PagingTest, DeleteErasesTheBacklogOnDiskAndAFailedReadFailsIt) {
+  Start();
+  CreateQueue("q");
+  Produce("t1", "q", Payloads(1, 10));
+  ASSERT_EQ(Receive("q", 1, 60000).size(), 1u);
+  store_.scan_error_ = absl::InternalError("disk read failed");
+  core_->DeleteQueue(50, "q", now_);
+  Output o = Collect();
+  EXPECT_EQ(StatusOf(o, 50).code(), absl::StatusCode::kInternal);
+  EXPECT_TRUE(o.persist.empty());
+  // Receive serves what is in memory, then answers the read error.
+  EXPECT_EQ(Receive("q", 10, 60000).size(), 3u);
+  absl::StatusOr<std::vector<Lease>> failed = core_->Receive("q", 10, 60000, now_);
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal);
+  Collect();
+  EXPECT_TRUE(Logged("queue q: reading its backlog from storage failed"));
+  EXPECT_EQ(Info("q").ready(), 6u);
+
+  store_.scan_error_ = absl::OkStatus();
+  core_->DeleteQueue(51, "q", now_);
+  o = Collect();
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_EQ(o.persist[0].writes.size(), 11u);  // the record and 10 messages
+  EXPECT_TRUE(StatusOf(Persist(), 51).ok());
+  EXPECT_EQ(store_.Count(kMessagesDb), 0u);
+  Restart();
+  EXPECT_TRUE(core_->ListQueues().empty());
+}
+
+TEST_F(PagingTest, DeadLetteringIntoAndOutOfQueuesWithBacklogsOnDisk) {
+  Start();
+  ASSERT_TRUE(CreateQueueWith("dlq", 0, "").ok());
+  ASSERT_TRUE(CreateQueueWith("q", 0, "dlq").ok());
+  Produce("t1", "dlq", Payloads(1, 6));  // 5 and 6 on disk
+  Produce("t2", "q", Payloads(11, 20));  // sequences 5..10 on disk
+  std::vector<Lease> got = Receive("q", 2, 60000);
+  ASSERT_EQ(got.size(), 2u);
+  auto [status, resp] = Nack(got[1], true);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_TRUE(resp.dead_lettered());
+  EXPECT_EQ(resp.dead_letter_sequence(), 7u);  // behind the dead-letter queue's backlog
+  std::optional<v1::MessageRecord> moved = Stored("dlq", 7);
+  ASSERT_TRUE(moved.has_value());
+  EXPECT_EQ(moved->payload(), "m12");
+  EXPECT_EQ(moved->headers().at("x-dead-letter-sequence"), "2");
+  EXPECT_EQ(Info("dlq").ready(), 7u);
+  EXPECT_EQ(Info("q").ready(), 8u);
+  EXPECT_EQ(Info("q").leased(), 1u);
+  EXPECT_EQ(ReceiveAll("dlq", 2), Range(1, 7));
+  EXPECT_EQ(ReceiveAll("q", 3), Range(3, 10));
 }
 
 }  // namespace

@@ -19,6 +19,32 @@ class ParticipantNode::View : public DurableView {
   std::optional<v1::OutcomeRecord> FindOutcome(const std::string& txn_id) const override {
     return FindRecord<v1::OutcomeRecord>(storage_, kOutcomesDb, txn_id);
   }
+  // Storage::Scan starts at a prefix: walk blocks of 256 sequences (the key
+  // without its last byte), so that a call skips fewer than 256 keys below
+  // `from`. The backlog on disk is dense, so few blocks come back empty.
+  absl::StatusOr<std::vector<uint64_t>> ScanMessages(uint64_t queue_id, uint64_t from,
+                                                     uint64_t to,
+                                                     uint32_t limit) const override {
+    std::vector<uint64_t> seqs;
+    for (uint64_t block = from >> 8; seqs.size() < limit && from < to; ++block) {
+      const std::string prefix = MessageKey(queue_id, block << 8).substr(0, 15);
+      bool past = false;
+      ATOMQ_RETURN_IF_ERROR(storage_->Scan(kMessagesDb, prefix,
+                                           [&](std::string_view key, std::string_view) {
+                                             if (key.size() != 16) return true;
+                                             const uint64_t seq = DecodeU64(key.substr(8));
+                                             if (seq < from) return true;
+                                             if (seq >= to) past = true;
+                                             if (past || seqs.size() >= limit) return false;
+                                             seqs.push_back(seq);
+                                             return true;
+                                           }));
+      const uint64_t next = (block + 1) << 8;
+      if (past || next == 0) break;  // `to` reached, or the last block
+      from = next;
+    }
+    return seqs;
+  }
 
  private:
   Storage* storage_;
@@ -150,9 +176,15 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
     auto done = [reactor, remaining] {
       if (remaining->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
     };
+    // Answered here, not by the core: an empty item is refused, and an END
+    // notice (forget) is best effort with an empty result.
+    auto answered_here = [req](int i) {
+      const v1::BatchItem::KindCase k = req->items(i).kind_case();
+      return k == v1::BatchItem::KIND_NOT_SET || k == v1::BatchItem::kForget;
+    };
     std::vector<RequestId> rids(n, 0);
     for (int i = 0; i < n; ++i) {
-      if (req->items(i).kind_case() == v1::BatchItem::KIND_NOT_SET) continue;
+      if (answered_here(i)) continue;
       v1::BatchResult* result = resp->mutable_results(i);
       rids[i] = node_->Expect([result, done](const Reply& r) {
         result->set_code(static_cast<int>(r.status.code()));
@@ -181,14 +213,17 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
           case v1::BatchItem::kPreCommit: c.PreCommit(rids[i], item.pre_commit().txn_id(), now); break;
           case v1::BatchItem::kCommit: c.Commit(rids[i], item.commit().txn_id(), now); break;
           case v1::BatchItem::kAbort: c.Abort(rids[i], item.abort().txn_id(), now); break;
+          case v1::BatchItem::kForget: c.Forget(item.forget().txn_id(), now); break;
           case v1::BatchItem::KIND_NOT_SET: break;
         }
       }
     });
     for (int i = 0; i < n; ++i) {
-      if (req->items(i).kind_case() != v1::BatchItem::KIND_NOT_SET) continue;
-      resp->mutable_results(i)->set_code(static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
-      resp->mutable_results(i)->set_message(absl::StrCat("batch item ", i, " is empty"));
+      if (!answered_here(i)) continue;
+      if (req->items(i).kind_case() == v1::BatchItem::KIND_NOT_SET) {
+        resp->mutable_results(i)->set_code(static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+        resp->mutable_results(i)->set_message(absl::StrCat("batch item ", i, " is empty"));
+      }
       done();
     }
     return reactor;
@@ -331,8 +366,32 @@ std::string ParticipantNode::RenderMetrics() {
   AppendMetric(&out, "atomq_storage_batches_total", "counter", "Batches written.", st.batches);
   AppendMetric(&out, "atomq_storage_write_failures_total", "counter", "Failed batches.",
                st.failures);
+  uint64_t erased;
+  {
+    absl::MutexLock lock(&mu_);
+    erased = core_->outcomes_erased();
+  }
+  AppendMetric(&out, "atomq_outcomes_erased_total", "counter",
+               "Outcomes of ended transactions erased after --retention_ms.", double(erased));
   out += ProcessMetrics();
   return out;
+}
+
+void ParticipantNode::CollectGarbage() {
+  if (stopped_) return;
+  const int64_t now = clock_.NowMs();
+  const int64_t cutoff = now - static_cast<int64_t>(retention_ms_);
+  std::vector<std::string> keys;
+  absl::Status st = storage_->Scan(kForgettableDb, "", [&](std::string_view key, std::string_view) {
+    if (key.size() > 8 && static_cast<int64_t>(DecodeU64(key)) >= cutoff) return false;
+    keys.emplace_back(key);
+    return keys.size() < options_.gc_batch_max;
+  });
+  if (!st.ok()) LogLine(absl::StrCat("outcome collection failed: ", st.ToString()));
+  if (!keys.empty()) WithCore([&](ParticipantCore& c) { c.CollectOutcomes(keys, now); });
+  // A full scan means more is due: look again soon.
+  const int64_t next = keys.size() >= options_.gc_batch_max ? 10 : options_.gc_interval_ms;
+  timers_.At(clock_.NowMs() + next, [this] { CollectGarbage(); });
 }
 
 grpc::Service* ParticipantNode::txn_service() { return txn_service_.get(); }
@@ -342,8 +401,10 @@ absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config 
                                                                          ServerOptions options,
                                                                          Storage* storage) {
   const uint32_t receive_max = config.receive_max;
+  const uint64_t retention_ms = config.retention_ms;
   std::unique_ptr<ParticipantNode> node(new ParticipantNode(std::move(config), options, storage));
   node->core_receive_max_ = receive_max;
+  node->retention_ms_ = retention_ms;
   RecoveredState state;
   absl::Status bad;
   auto decode_all = [&](const char* db, auto* out) -> absl::Status {
@@ -365,9 +426,20 @@ absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config 
   ATOMQ_RETURN_IF_ERROR(decode_all(kPreparedDb, &state.prepared));
   ATOMQ_RETURN_IF_ERROR(decode_all(kDedupDb, &state.dedup));
   ATOMQ_RETURN_IF_ERROR(decode_all(kHeuristicDb, &state.heuristic));
+  // Counted per queue, not listed: a long backlog costs no memory here.
+  uint64_t stored = 0;
+  RecoveredState::Backlog* backlog = nullptr;
+  uint64_t backlog_queue = 0;
   ATOMQ_RETURN_IF_ERROR(storage->Scan(kMessagesDb, "", [&](std::string_view key, std::string_view) {
     if (key.size() != 16) return true;
-    state.messages.emplace_back(DecodeU64(key.substr(0, 8)), DecodeU64(key.substr(8, 8)));
+    const uint64_t queue_id = DecodeU64(key.substr(0, 8));
+    if (backlog == nullptr || queue_id != backlog_queue) {
+      backlog = &state.messages[queue_id];
+      backlog_queue = queue_id;
+    }
+    backlog->count++;
+    backlog->last_sequence = DecodeU64(key.substr(8, 8));  // keys ascend
+    stored++;
     return true;
   }));
   absl::StatusOr<std::optional<std::string>> meta = storage->Get(kMetaDb, "meta");
@@ -378,11 +450,12 @@ absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config 
     state.meta = m;
   }
   std::string summary =
-      absl::StrCat("recovered ", state.queues.size(), " queues, ", state.messages.size(),
-                   " messages, ", state.prepared.size(), " prepared transactions");
+      absl::StrCat("recovered ", state.queues.size(), " queues, ", stored, " messages, ", state.prepared.size(), " prepared transactions");
   node->WithCore([&](ParticipantCore& c) { c.Recover(std::move(state), node->clock_.NowMs()); });
   LogLine(summary);
   node->SweepLeases();
+  ParticipantNode* raw = node.get();
+  raw->timers_.At(raw->clock_.NowMs() + options.gc_interval_ms, [raw] { raw->CollectGarbage(); });
   return node;
 }
 

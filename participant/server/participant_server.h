@@ -31,6 +31,9 @@ struct ServerOptions {
   uint32_t waiters_max = 10000;          // --waiters_max: long-poll Receives parked at once
   uint32_t subscriptions_max = 1000;     // --subscriptions_max: Subscribe streams open at once
   uint32_t lease_sweep_ms = 100;         // --lease_sweep_ms: how often expired leases return
+  // Outcome collection (Config::retention_ms says how old an entry must be).
+  uint32_t gc_interval_ms = 10000;  // --gc_interval_ms: how often to look
+  uint32_t gc_batch_max = 10000;    // --gc_batch_max: outcomes erased per look
 };
 
 // Owns the core and its I/O; exposes the two gRPC services.
@@ -45,7 +48,7 @@ class ParticipantNode {
   // Ends waiting consumers (long-poll Receives answer with what is ready,
   // streams end with UNAVAILABLE) so that a server shutdown need not wait.
   void StopConsumers();
-  // Prometheus text: storage, process.
+  // Prometheus text: storage, outcomes erased, process.
   std::string RenderMetrics();
 
   grpc::Service* txn_service();
@@ -67,6 +70,9 @@ class ParticipantNode {
   void Persist(std::vector<Batch> batches) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SendQuery(OutQuery q);
   void SendPeerMsg(OutPeerMsg m);
+  // Hands the core the kForgettableDb entries past the retention window (at
+  // most gc_batch_max), then looks again after gc_interval_ms.
+  void CollectGarbage();
   // Registers how the reply to a request is delivered; returns its id.
   RequestId Expect(ReplyFn fn);
 
@@ -97,6 +103,7 @@ class ParticipantNode {
   std::set<uint64_t> long_poll_ids_ ABSL_GUARDED_BY(waiters_mu_);  // parked long-polls
   std::atomic<uint32_t> open_subscriptions_{0};
   uint32_t core_receive_max_ = 1000;  // Config::receive_max: bounds a stream's window
+  uint64_t retention_ms_ = 600000;    // Config::retention_ms: where a collection scan stops
   std::map<uint64_t, std::weak_ptr<Subscription>> subscriptions_ ABSL_GUARDED_BY(waiters_mu_);
   std::atomic<uint64_t> next_waiter_{1};
   std::atomic<bool> consumers_stopped_{false};

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -60,6 +61,7 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   dir_ = mkdtemp(tmpl);
   coordinator_port_ = FreePort();
   for (int i = 0; i < options_.participants; ++i) participant_ports_.push_back(FreePort());
+  for (int i = 0; i < options_.participants; ++i) metrics_ports_.push_back(FreePort());
   participant_procs_.resize(options_.participants);
 }
 
@@ -154,6 +156,9 @@ void Cluster::StartParticipant(int i, const std::map<std::string, std::string>& 
                                    "--resend_initial_ms=50",
                                    "--resend_max_ms=300",
                                    "--rpc_timeout_ms=1000"};
+  if (options_.participant_metrics) {
+    args.push_back(absl::StrCat("--metrics_listen=127.0.0.1:", metrics_ports_[i - 1]));
+  }
   for (const std::string& a : options_.participant_args) args.push_back(a);
   p.log = dir_ + "/" + participant_id(i) + ".log";
   p.pid = Spawn("atomq-participant", args, env, p.log);
@@ -251,6 +256,34 @@ std::vector<std::string> Cluster::Drain(int i, const std::string& name) {
     }
   }
   return out;
+}
+
+double Cluster::ParticipantMetric(int i, const std::string& name) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(metrics_ports_[i - 1]));
+  timeval tv{2, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  const std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
+    close(fd);
+    return -1;
+  }
+  std::string body;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) body.append(buf, static_cast<size_t>(n));
+  close(fd);
+  const std::string line = "\n" + name + " ";
+  size_t at = body.find(line);
+  if (at == std::string::npos) return -1;
+  return std::strtod(body.c_str() + at + line.size(), nullptr);
 }
 
 v1::TxnState Cluster::AwaitOutcome(int i, const std::string& txn_id, int timeout_ms) {

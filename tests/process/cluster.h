@@ -23,6 +23,7 @@ struct ClusterOptions {
   int participants = 3;
   std::vector<std::string> coordinator_args;  // extra flags
   std::vector<std::string> participant_args;  // extra flags for every participant
+  bool participant_metrics = false;  // serve each participant's /metrics (ParticipantMetric)
 };
 
 class Cluster {
@@ -36,6 +37,10 @@ class Cluster {
   void StartParticipant(int i, const std::map<std::string, std::string>& env = {},
                         bool wait = true);
   void StartAll();
+  // The extra flags of participants started from now on.
+  void SetParticipantArgs(std::vector<std::string> args) {
+    options_.participant_args = std::move(args);
+  }
 
   void KillCoordinator();  // SIGKILL and reap
   void KillParticipant(int i);
@@ -62,6 +67,9 @@ class Cluster {
   // Participant i's state of `txn_id` (no side effects: from its transaction list
   // or its outcome), polling until it is COMMITTED or ABORTED or `timeout_ms` passes.
   v1::TxnState AwaitOutcome(int i, const std::string& txn_id, int timeout_ms);
+  // A sample of participant i's /metrics (participant_metrics), or -1 when it
+  // cannot be read.
+  double ParticipantMetric(int i, const std::string& name);
 
  private:
   struct Proc {
@@ -78,6 +86,7 @@ class Cluster {
   std::string dir_;
   int coordinator_port_;
   std::vector<int> participant_ports_;
+  std::vector<int> metrics_ports_;
   Proc coordinator_;
   std::vector<Proc> participant_procs_;
 };

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/storage.h"
 #include "gtest/gtest.h"
 #include "tests/process/cluster.h"
 
@@ -259,6 +260,75 @@ TEST(ProcessTest, FinishedRecordsAreForgottenAfterRetentionAndRetriesStaySafe) {
   EXPECT_EQ(c.Drain(1, "orders"), std::vector<std::string>{"gc-1/order"});
   EXPECT_EQ(c.Drain(2, "audit"), std::vector<std::string>{"gc-1/audit"});
   EXPECT_EQ(c.Drain(3, "billing"), std::vector<std::string>{"gc-1/invoice"});
+}
+
+// Entries of sub-database `db` on participant i's disk (it must be down).
+size_t StoredEntries(Cluster& c, int i, const std::string& db) {
+  LmdbOptions o;
+  o.dir = c.dir() + "/" + c.participant_id(i);
+  o.dbs = {db};
+  absl::StatusOr<std::unique_ptr<Storage>> s = OpenLmdbStorage(o);
+  EXPECT_TRUE(s.ok()) << s.status();
+  if (!s.ok()) return 0;
+  size_t n = 0;
+  absl::Status st = (*s)->Scan(db, "", [&](std::string_view, std::string_view) {
+    ++n;
+    return true;
+  });
+  EXPECT_TRUE(st.ok()) << st;
+  return n;
+}
+
+// Participants erase the outcomes of transactions the coordinator ENDED once
+// --retention_ms has passed since its END notice, which travels with the
+// coordinator's next message to them: the outcomes database shrinks to the
+// last transaction's, atomq_outcomes_erased_total counts them, and the
+// committed messages stay.
+TEST(ProcessTest, ParticipantsForgetEndedOutcomesAfterRetention) {
+  ClusterOptions opts;
+  opts.participant_metrics = true;
+  Cluster c(opts);
+  c.StartAll();  // the default retention: ten minutes
+  CreateDemoQueues(c);
+  const int n = 4;
+  for (int k = 0; k < n; ++k) {
+    Result r = Execute(c, ThreeWay(absl::StrCat("fg-", k), k % 2 ? v1::THREE_PC : v1::TWO_PC));
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    ASSERT_EQ(r.response.outcome(), v1::COMMITTED) << r.response.reason();
+  }
+  // Once their lazy ENDED records are durable, the next transaction's
+  // messages carry the notices; its own notice waits for a later message.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  Result next = Execute(c, ThreeWay("fg-next", v1::TWO_PC));
+  ASSERT_TRUE(next.status.ok()) << next.status.error_message();
+  ASSERT_EQ(next.response.outcome(), v1::COMMITTED) << next.response.reason();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the lazy index entries
+  for (int i = 1; i <= 3; ++i) EXPECT_EQ(c.ParticipantMetric(i, "atomq_outcomes_erased_total"), 0);
+  for (int i = 1; i <= 3; ++i) c.KillParticipant(i);
+  for (int i = 1; i <= 3; ++i) {
+    EXPECT_EQ(StoredEntries(c, i, "outcomes"), static_cast<size_t>(n + 1)) << "p" << i;
+    EXPECT_EQ(StoredEntries(c, i, "forgettable"), static_cast<size_t>(n)) << "p" << i;
+  }
+
+  // Back with a short retention: the index survived the restart.
+  c.SetParticipantArgs({"--retention_ms=300", "--gc_interval_ms=50", "--gc_batch_max=3"});
+  for (int i = 1; i <= 3; ++i) c.StartParticipant(i);
+  for (int i = 1; i <= 3; ++i) {
+    double erased = 0;
+    for (int tries = 0; tries < 200 && erased < n; ++tries) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      erased = c.ParticipantMetric(i, "atomq_outcomes_erased_total");
+    }
+    EXPECT_EQ(erased, n) << "p" << i;
+  }
+  for (int i = 1; i <= 3; ++i) c.KillParticipant(i);
+  for (int i = 1; i <= 3; ++i) {
+    EXPECT_EQ(StoredEntries(c, i, "outcomes"), 1u) << "p" << i;  // fg-next's
+    EXPECT_EQ(StoredEntries(c, i, "forgettable"), 0u) << "p" << i;
+  }
+  for (int i = 1; i <= 3; ++i) c.StartParticipant(i);
+  EXPECT_EQ(c.Drain(1, "orders").size(), static_cast<size_t>(n + 1));
+  EXPECT_EQ(c.Drain(3, "billing").size(), static_cast<size_t>(n + 1));
 }
 
 // A participant dies after applying the commit and before acknowledging it:

@@ -212,6 +212,46 @@ void Checker::OnClientOutcome(const std::string& txn_id, v1::Outcome outcome) {
   }
 }
 
+void Checker::OnDelivered(const std::string& node, uint64_t incarnation, uint64_t sequence,
+                          uint32_t delivery_count) {
+  if (delivery_count != 1) return;  // a redelivery goes first again: it was returned
+  auto [it, fresh] = first_delivered_.try_emplace(node, incarnation, sequence);
+  if (fresh || it->second.first != incarnation) {
+    it->second = {incarnation, sequence};
+    return;
+  }
+  if (sequence <= it->second.second) {
+    violations_.push_back(absl::StrCat(node, ": message ", sequence,
+                                       " first delivered after message ", it->second.second,
+                                       " (out of sequence order, or twice)"));
+  }
+  it->second.second = std::max(it->second.second, sequence);
+}
+
+void Checker::CheckDrained(const std::string& node, uint64_t queue_id,
+                           const std::vector<uint64_t>& drained, uint64_t counted) {
+  std::vector<uint64_t> stored;
+  const Disk& d = disk_(node);
+  auto db = d.find(participant::kMessagesDb);
+  if (db != d.end()) {
+    const std::string prefix = EncodeU64(queue_id);
+    for (auto it = db->second.lower_bound(prefix);
+         it != db->second.end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it) {
+      stored.push_back(DecodeU64(it->first.substr(8)));
+    }
+  }
+  if (counted != stored.size()) {
+    violations_.push_back(absl::StrCat(node, ": the queue counts ", counted,
+                                       " ready and leased messages, its disk holds ",
+                                       stored.size()));
+  }
+  if (drained != stored) {
+    violations_.push_back(absl::StrCat(node, ": draining the queue returned ", drained.size(),
+                                       " messages, not its ", stored.size(),
+                                       " stored ones in sequence order"));
+  }
+}
+
 void Checker::AfterStep() {
   for (const std::string& id : dirty_) {
     Txn& t = T(id);
@@ -289,8 +329,14 @@ void Checker::CheckAllDecided() {
         break;
       }
       if (*t.told == v1::COMMITTED) {
+        // An outcome collected after the coordinator's END counts: it was
+        // durable (t.outcomes keeps it), and a different one would have
+        // been caught when it was written.
         std::optional<v1::OutcomeRecord> o = Outcome(p, id);
-        if (!o || o->state() != v1::STATE_COMMITTED) {
+        auto known = t.outcomes.find(p);
+        const bool collected =
+            !o && known != t.outcomes.end() && known->second == v1::STATE_COMMITTED;
+        if (!collected && (!o || o->state() != v1::STATE_COMMITTED)) {
           violations_.push_back(absl::StrCat("txn ", id,
                                              ": durability: the client was told COMMITTED but ",
                                              p, " has no COMMITTED outcome"));

@@ -42,6 +42,17 @@ class Checker {
                   v1::TxnState state);
   // What the client was told (COMMITTED/ABORTED).
   void OnClientOutcome(const std::string& txn_id, v1::Outcome outcome);
+  // A lease a participant's Receive returned during its `incarnation`: first
+  // deliveries come in ascending sequence (commit) order, also when the
+  // queue's backlog is paged in from disk.
+  void OnDelivered(const std::string& node, uint64_t incarnation, uint64_t sequence,
+                   uint32_t delivery_count);
+  // At the end, with every lease expired: `drained` is what Receive returned
+  // until it returned nothing and `counted` the queue's ready + leased count
+  // before. Both must match the messages of `queue_id` on the node's disk,
+  // drained in sequence order.
+  void CheckDrained(const std::string& node, uint64_t queue_id,
+                    const std::vector<uint64_t>& drained, uint64_t counted);
 
   // The invariants over every transaction touched since the last call.
   void AfterStep();
@@ -86,6 +97,8 @@ class Checker {
   // simulation acks, so none may ever be erased.
   std::map<std::pair<std::string, std::string>, std::string> committed_messages_;
   std::map<std::pair<std::string, std::string>, std::string> payloads_;  // (node, payload) -> key
+  // node -> (incarnation, highest sequence first delivered in it)
+  std::map<std::string, std::pair<uint64_t, uint64_t>> first_delivered_;
   std::vector<std::string> violations_;
   std::vector<std::string> blocked_;
 };

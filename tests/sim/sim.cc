@@ -53,7 +53,17 @@ class Rng {
   std::mt19937_64 gen_;
 };
 
-enum class Kind { kPrepare, kPreCommit, kCommit, kAbort, kQuery, kPromise, kAccept, kExecute };
+enum class Kind {
+  kPrepare,
+  kPreCommit,
+  kCommit,
+  kAbort,
+  kQuery,
+  kPromise,
+  kAccept,
+  kExecute,
+  kForget  // the coordinator's END notice: one way, nothing answers it
+};
 
 const char* KindName(Kind k) {
   switch (k) {
@@ -65,6 +75,7 @@ const char* KindName(Kind k) {
     case Kind::kPromise: return "Promise";
     case Kind::kAccept: return "Accept";
     case Kind::kExecute: return "Execute";
+    case Kind::kForget: return "Forget";
   }
   return "?";
 }
@@ -146,6 +157,21 @@ class ParticipantView : public participant::DurableView {
   std::optional<v1::OutcomeRecord> FindOutcome(const std::string& txn_id) const override {
     return Lookup<v1::OutcomeRecord>(n_->disk, participant::kOutcomesDb, txn_id);
   }
+  absl::StatusOr<std::vector<uint64_t>> ScanMessages(uint64_t queue_id, uint64_t from,
+                                                     uint64_t to,
+                                                     uint32_t limit) const override {
+    std::vector<uint64_t> seqs;
+    auto d = n_->disk.find(participant::kMessagesDb);
+    if (d == n_->disk.end()) return seqs;
+    for (auto it = d->second.lower_bound(MessageKey(queue_id, from));
+         it != d->second.end() && seqs.size() < limit; ++it) {
+      if (it->first.size() != 16 || DecodeU64(it->first) != queue_id) break;
+      const uint64_t seq = DecodeU64(it->first.substr(8));
+      if (seq >= to) break;
+      seqs.push_back(seq);
+    }
+    return seqs;
+  }
 
  private:
   const Node* n_;
@@ -210,6 +236,12 @@ class Sim {
   void IssueTxn(int index);
   void SendExecute(const std::string& txn_id);
   void Fault();
+  // A participant's outcome collection, as its adapter runs it: every
+  // gc_interval_ms_, the durable forgettable entries past the retention.
+  void CollectOutcomes(const std::string& id);
+  // A consumer that leases from "q" on a participant and never acks.
+  void Consume();
+  void DrainQueues();
 
   Options options_;
   Rng rng_;
@@ -231,6 +263,13 @@ class Sim {
   double drop_ = 0, duplicate_ = 0, slow_net_ = 0, slow_fsync_ = 0;
   uint32_t in_doubt_after_ms_ = 100;
   uint32_t termination_after_ms_ = 200;
+  // Outcome collection: a retention longer than any message stays in flight
+  // (at most 200 ms), and short enough that outcomes go during the run.
+  uint32_t retention_ms_ = 500;
+  uint32_t gc_interval_ms_ = 100;
+  uint32_t gc_batch_max_ = 2;
+  uint64_t outcomes_collected_ = 0;
+  uint32_t queue_memory_window_ = 2;  // tiny, so that backlogs page in from disk
 };
 
 void Sim::RunUntil(int64_t until) {
@@ -290,6 +329,10 @@ void Sim::Handle(const std::string& to, uint64_t call, const Request& req) {
   if (to == kClient) return;
   Node& n = node(to);
   if (!n.up) return;
+  if (req.kind == Kind::kForget) {
+    n.participant->Forget(req.txn_id, now_);
+    return Drain(n);
+  }
   const uint64_t rid = n.next_request++;
   n.routes[rid] = Route{call, req.kind, req.txn_id, req.ballot};
   if (n.is_coordinator) {
@@ -305,7 +348,8 @@ void Sim::Handle(const std::string& to, uint64_t call, const Request& req) {
       case Kind::kQuery: c.QueryState(rid, req.txn_id, now_); break;
       case Kind::kPromise: c.Promise(rid, req.txn_id, req.ballot, now_); break;
       case Kind::kAccept: c.Accept(rid, req.txn_id, req.ballot, req.value, now_); break;
-      case Kind::kExecute: break;
+      case Kind::kExecute:
+      case Kind::kForget: break;
     }
   }
   Drain(n);
@@ -355,7 +399,11 @@ void Sim::Boot(Node& n) {
     c.in_doubt_after_ms = in_doubt_after_ms_;
     c.resend_initial_ms = 10;
     c.resend_max_ms = 200;
-    if (options_.plant == "leader-ignores-accepted") c.plant = options_.plant;
+    c.queue_memory_window = queue_memory_window_;
+    c.retention_ms = retention_ms_;
+    if (options_.plant == "leader-ignores-accepted" || options_.plant == "forget-before-end") {
+      c.plant = options_.plant;
+    }
     n.participant_view = std::make_unique<ParticipantView>(&n);
     n.participant = std::make_unique<ParticipantCore>(std::move(c), n.participant_view.get());
     // As the adapter does: every record of every database.
@@ -367,7 +415,10 @@ void Sim::Boot(Node& n) {
       state.queues.push_back(std::move(rec));
     }
     for (const auto& [key, value] : n.disk[participant::kMessagesDb]) {
-      if (key.size() == 16) state.messages.emplace_back(DecodeU64(key.substr(0, 8)), DecodeU64(key.substr(8)));
+      if (key.size() != 16) continue;
+      participant::RecoveredState::Backlog& b = state.messages[DecodeU64(key.substr(0, 8))];
+      b.count++;
+      b.last_sequence = DecodeU64(key.substr(8));
     }
     for (const auto& [key, value] : n.disk[participant::kPreparedDb]) {
       v1::PreparedRecord rec;
@@ -423,7 +474,8 @@ void Sim::SyncDone(const std::string& id, uint64_t incarnation) {
     for (const Write& w : b.writes) {
       if (w.erase) {
         checker_.OnErase(n.id, w.db, w.key);
-        n.disk[w.db].erase(w.key);
+        const size_t gone = n.disk[w.db].erase(w.key);
+        if (w.db == participant::kOutcomesDb) outcomes_collected_ += gone;
       } else {
         checker_.OnPut(n.id, w.db, w.key, w.value);
         n.disk[w.db][w.key] = w.value;
@@ -496,6 +548,7 @@ void Sim::DrainCoordinator(Node& n) {
       case coordinator::MsgType::kAbort: req.kind = Kind::kAbort; break;
       case coordinator::MsgType::kPromise: req.kind = Kind::kPromise; break;
       case coordinator::MsgType::kAccept: req.kind = Kind::kAccept; break;
+      case coordinator::MsgType::kForget: req.kind = Kind::kForget; break;
     }
     const Kind kind = req.kind;
     const std::string txn = m.txn_id, p = m.participant;
@@ -743,6 +796,66 @@ void Sim::Fault() {
   At(now_ + rng_.Range(30, 400), [this] { Fault(); });
 }
 
+void Sim::Consume() {
+  if (!faults_) return;
+  Node& n = node(kParticipants[rng_.Range(0, kParticipantCount - 1)]);
+  if (n.up) {
+    const uint32_t max = static_cast<uint32_t>(rng_.Range(1, 3));
+    const uint32_t lease_ms = static_cast<uint32_t>(rng_.Range(20, 300));
+    absl::StatusOr<std::vector<participant::Lease>> got =
+        n.participant->Receive("q", max, lease_ms, now_);
+    ATOMQ_CHECK(got.ok(), "a simulated participant's queue can be received from");
+    for (const participant::Lease& l : *got) {
+      Trace(absl::StrCat(n.id, ": delivered q/", l.sequence, " (delivery ", l.delivery_count, ")"));
+      checker_.OnDelivered(n.id, n.incarnation, l.sequence, l.delivery_count);
+    }
+    Drain(n);
+  }
+  At(now_ + rng_.Range(20, 300), [this] { Consume(); });
+}
+
+// Every lease has expired by now: all of "q" is ready again.
+void Sim::DrainQueues() {
+  for (const char* p : kParticipants) {
+    Node& n = node(p);
+    if (!n.up) continue;
+    uint64_t counted = 0;
+    for (const v1::QueueInfo& q : n.participant->ListQueues()) {
+      if (q.name() == "q") counted = q.ready() + q.leased();
+    }
+    std::vector<uint64_t> drained;
+    for (;;) {
+      absl::StatusOr<std::vector<participant::Lease>> got =
+          n.participant->Receive("q", 1000, 60000, now_);
+      ATOMQ_CHECK(got.ok(), "a simulated participant's queue can be received from");
+      if (got->empty()) break;
+      for (const participant::Lease& l : *got) drained.push_back(l.sequence);
+    }
+    Drain(n);
+    checker_.CheckDrained(n.id, 1, drained, counted);
+  }
+}
+
+void Sim::CollectOutcomes(const std::string& id) {
+  Node& n = node(id);
+  if (n.up) {
+    const int64_t cutoff = now_ - static_cast<int64_t>(retention_ms_);
+    std::vector<std::string> keys;
+    for (const auto& [key, value] : n.disk[participant::kForgettableDb]) {
+      if (keys.size() >= gc_batch_max_ ||
+          (key.size() > 8 && static_cast<int64_t>(DecodeU64(key)) >= cutoff)) {
+        break;
+      }
+      keys.push_back(key);
+    }
+    if (!keys.empty()) {
+      n.participant->CollectOutcomes(keys, now_);
+      Drain(n);
+    }
+  }
+  At(now_ + gc_interval_ms_, [this, id] { CollectOutcomes(id); });
+}
+
 Result Sim::Run() {
   // Per-seed knobs, so that seeds differ in kind, not only in order.
   drop_ = std::vector<double>{0, 0.01, 0.03, 0.1}[rng_.Range(0, 3)];
@@ -751,6 +864,10 @@ Result Sim::Run() {
   slow_fsync_ = std::vector<double>{0, 0.05, 0.3}[rng_.Range(0, 2)];
   in_doubt_after_ms_ = static_cast<uint32_t>(rng_.Range(20, 400));
   termination_after_ms_ = static_cast<uint32_t>(rng_.Range(30, 400));
+  queue_memory_window_ = static_cast<uint32_t>(rng_.Range(1, 3));
+  retention_ms_ = static_cast<uint32_t>(rng_.Range(250, 1500));
+  gc_interval_ms_ = static_cast<uint32_t>(rng_.Range(20, 300));
+  gc_batch_max_ = static_cast<uint32_t>(rng_.Range(1, 4));
 
   Node& c = nodes_[kCoordinator];
   c.id = kCoordinator;
@@ -774,6 +891,8 @@ Result Sim::Run() {
   const int txns = static_cast<int>(rng_.Range(3, 8));
   for (int i = 1; i <= txns; ++i) At(rng_.Range(0, kIssueMs), [this, i] { IssueTxn(i); });
   At(rng_.Range(0, 100), [this] { Fault(); });
+  for (const char* p : kParticipants) At(rng_.Range(0, 300), [this, p] { CollectOutcomes(p); });
+  At(rng_.Range(0, 300), [this] { Consume(); });
   RunUntil(kChaosMs);
 
   // Liveness. Faults stop; the network heals.
@@ -815,6 +934,7 @@ Result Sim::Run() {
   }
   RunUntil(end);
   checker_.CheckAllDecided();
+  DrainQueues();
 
   Result r;
   r.seed = options_.seed;
@@ -826,6 +946,7 @@ Result Sim::Run() {
     r.one_phase_commits += o == v1::COMMITTED && t.request.ops_size() == 1;
   }
   r.steps = steps_;
+  r.outcomes_collected = outcomes_collected_;
   r.trace_hash = hash_;
   r.violations = checker_.violations();
   r.blocked = checker_.blocked();
@@ -842,7 +963,8 @@ Result RunSeed(const Options& options) {
 const std::vector<std::string>& Plants() {
   static const std::vector<std::string> plants = {"commit-without-votes", "reply-before-durable",
                                                   "leader-ignores-accepted", "forget-prepared",
-                                                  "one-phase-multi", "one-phase-presumed-abort"};
+                                                  "one-phase-multi", "one-phase-presumed-abort",
+                                                  "forget-before-end"};
   return plants;
 }
 

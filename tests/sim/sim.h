@@ -11,6 +11,13 @@
 // a liveness phase heals everything and requires every transaction decided;
 // under 3PC first with the coordinator and one participant down (every 3PC
 // transaction with a majority of its participants up must decide).
+// Participants collect the outcomes of transactions the coordinator ENDED
+// after a short retention (the END notice and the collection are modelled);
+// the checker remembers every outcome that was ever durable.
+// A consumer leases (never acks) from the participants' queue, whose memory
+// window is 1 to 3 messages so that backlogs page in from disk; first
+// deliveries must come in sequence order, and at the end each queue is
+// drained and must match its disk, in order and in count.
 #pragma once
 
 #include <cstdint>
@@ -35,6 +42,7 @@ struct Result {
   uint64_t commits = 0;  // as the client was told
   uint64_t aborts = 0;
   uint64_t one_phase_commits = 0;  // commits of single-participant transactions (one phase)
+  uint64_t outcomes_collected = 0;  // participants' outcomes erased from disk
   uint64_t steps = 0;
   uint64_t trace_hash = 0;
   std::vector<std::string> violations;  // safety: agreement, validity, durability, duplicates
@@ -54,6 +62,8 @@ Result RunSeed(const Options& options);
 //                            transaction in one phase, each on its own
 //   one-phase-presumed-abort the coordinator answers ABORTED when a one-phase
 //                            vote is lost or late (the participant may have committed)
+//   forget-before-end        a participant erases its COMMITTED outcome as soon
+//                            as it is durable, without the coordinator's END
 const std::vector<std::string>& Plants();
 
 const char* ModeName(ProtocolMode mode);

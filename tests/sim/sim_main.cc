@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
   options.verbose = verbose;
 
   uint64_t run = 0, txns = 0, commits = 0, aborts = 0, violations = 0, blocked = 0, failed = 0;
-  uint64_t steps = 0, one_phase = 0;
+  uint64_t steps = 0, one_phase = 0, collected = 0;
   uint64_t caught = 0;  // seeds with a safety violation
   for (uint64_t s = first; s < first + seeds; ++s) {
     options.seed = s;
@@ -81,6 +81,7 @@ int main(int argc, char** argv) {
     commits += r.commits;
     aborts += r.aborts;
     one_phase += r.one_phase_commits;
+    collected += r.outcomes_collected;
     steps += r.steps;
     violations += r.violations.size();
     blocked += r.blocked.empty() ? 0 : 1;
@@ -100,11 +101,11 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "seeds %llu (protocol %s%s%s): transactions %llu, commits %llu (one phase %llu), aborts "
-      "%llu, steps %llu, violations %llu, runs still blocked %llu\n",
+      "%llu, outcomes collected %llu, steps %llu, violations %llu, runs still blocked %llu\n",
       static_cast<unsigned long long>(run), protocol.c_str(), plant.empty() ? "" : ", plant ",
       plant.c_str(), static_cast<unsigned long long>(txns),
       static_cast<unsigned long long>(commits), static_cast<unsigned long long>(one_phase),
-      static_cast<unsigned long long>(aborts),
+      static_cast<unsigned long long>(aborts), static_cast<unsigned long long>(collected),
       static_cast<unsigned long long>(steps), static_cast<unsigned long long>(violations),
       static_cast<unsigned long long>(blocked));
   if (expect_violation) {

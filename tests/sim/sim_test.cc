@@ -23,7 +23,7 @@ TEST(SimTest, SameSeedReplaysTheSameRun) {
 }
 
 TEST(SimTest, CleanSeedsCommitAndAbortWithoutViolations) {
-  uint64_t commits = 0, aborts = 0;
+  uint64_t commits = 0, aborts = 0, collected = 0;
   for (ProtocolMode mode : {ProtocolMode::k2pc, ProtocolMode::k3pc}) {
     for (uint64_t seed = 1; seed <= 50; ++seed) {
       Options o;
@@ -34,11 +34,14 @@ TEST(SimTest, CleanSeedsCommitAndAbortWithoutViolations) {
       EXPECT_TRUE(r.blocked.empty()) << ReplayCommand(o) << ": " << r.blocked.front();
       commits += r.commits;
       aborts += r.aborts;
+      collected += r.outcomes_collected;
     }
   }
   // The workload exercises both outcomes.
   EXPECT_GT(commits, 50u);
   EXPECT_GT(aborts, 10u);
+  // Participants collect the outcomes the coordinator ENDED, with no violation.
+  EXPECT_GT(collected, commits);
 }
 
 // The planted bugs are caught by the CTest entries sim_plant_* (atomq-sim
