@@ -28,6 +28,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -725,6 +726,36 @@ struct Worker {
   std::atomic<int> outstanding{0};
 };
 
+// Counts one finished Execute (reply or error) in `w`'s figures.
+void Record(Worker* w, const grpc::Status& status, const ExecuteResponse& resp,
+            Clock::time_point start) {
+  auto end = Clock::now();
+  Load* load = w->load;
+  load->completed.fetch_add(1, std::memory_order_relaxed);
+  if (!status.ok()) load->errors.fetch_add(1, std::memory_order_relaxed);
+  if (load->phase.load() != kMeasure) return;
+  uint64_t us =
+      uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(end - start).count());
+  std::lock_guard<std::mutex> l(w->stats.mu);
+  if (!status.ok()) {
+    ++w->stats.errors;
+    std::string kind = StatusText(status);
+    if (w->stats.error_kinds.size() < 20 || w->stats.error_kinds.count(kind)) {
+      ++w->stats.error_kinds[kind];
+    }
+  } else if (resp.outcome() == atomq::v1::COMMITTED) {
+    ++w->stats.committed;
+    w->stats.latency.Add(us);
+  } else {
+    ++w->stats.aborted;
+    w->stats.latency.Add(us);
+    const std::string& r = resp.reason();
+    if (w->stats.abort_reasons.size() < 20 || w->stats.abort_reasons.count(r)) {
+      ++w->stats.abort_reasons[r];
+    }
+  }
+}
+
 void StartCall(Client* c) {
   std::lock_guard<std::mutex> l(c->mu);
   c->ctx = std::make_unique<grpc::ClientContext>();
@@ -747,31 +778,7 @@ void RunWorker(Worker* w) {
     if (c->in_alarm) {
       c->in_alarm = false;
     } else {
-      auto end = Clock::now();
-      load->completed.fetch_add(1, std::memory_order_relaxed);
-      if (!c->status.ok()) load->errors.fetch_add(1, std::memory_order_relaxed);
-      if (load->phase.load() == kMeasure) {
-        uint64_t us = uint64_t(std::chrono::duration_cast<std::chrono::microseconds>(
-                                   end - c->start).count());
-        std::lock_guard<std::mutex> l(w->stats.mu);
-        if (!c->status.ok()) {
-          ++w->stats.errors;
-          std::string kind = StatusText(c->status);
-          if (w->stats.error_kinds.size() < 20 || w->stats.error_kinds.count(kind)) {
-            ++w->stats.error_kinds[kind];
-          }
-        } else if (c->resp.outcome() == atomq::v1::COMMITTED) {
-          ++w->stats.committed;
-          w->stats.latency.Add(us);
-        } else {
-          ++w->stats.aborted;
-          w->stats.latency.Add(us);
-          const std::string& r = c->resp.reason();
-          if (w->stats.abort_reasons.size() < 20 || w->stats.abort_reasons.count(r)) {
-            ++w->stats.abort_reasons[r];
-          }
-        }
-      }
+      Record(w, c->status, c->resp, c->start);
       // A failing cluster would otherwise be hammered in a hot loop.
       if (!c->status.ok() && load->phase.load() < kStop) {
         c->in_alarm = true;
@@ -789,6 +796,151 @@ void RunWorker(Worker* w) {
   while (w->cq.Next(&tag, &ok)) {
   }
 }
+
+// --api=stream: the clients of one channel share one ExecuteStream call.
+// Each still runs one transaction at a time; requests that become due while a
+// write is under way leave together in the next message.
+class StreamDriver final
+    : public grpc::ClientBidiReactor<atomq::v1::ExecuteStreamRequest,
+                                     atomq::v1::ExecuteStreamResponse> {
+ public:
+  StreamDriver(Worker* w, Coordinator::Stub* stub, int clients)
+      : w_(w), starts_(size_t(clients)) {
+    w_->outstanding.fetch_add(clients);
+    stub->async()->ExecuteStream(&ctx_, this);
+    StartRead(&in_);
+    AddHold();  // writes also start outside reactions (the retry alarm)
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (int i = 0; i < clients; ++i) QueueLocked(uint64_t(i));
+      WriteLocked();
+    }
+    StartCall();
+  }
+
+  void Cancel() { ctx_.TryCancel(); }
+  // True once the call ended (OnDone ran).
+  bool WaitDone(Clock::time_point until) {
+    std::unique_lock<std::mutex> l(mu_);
+    return done_cv_.wait_until(l, until, [this] { return done_; });
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the call is ending; OnDone follows once the hold is gone
+      std::lock_guard<std::mutex> l(mu_);
+      if (!closed_) {
+        closed_ = true;
+        RemoveHold();
+      }
+      return;
+    }
+    std::vector<uint64_t> failed;
+    for (const atomq::v1::StreamedResult& r : in_.results()) {
+      if (r.tag() >= starts_.size()) continue;
+      grpc::Status st(static_cast<grpc::StatusCode>(r.code()), r.message());
+      Record(w_, st, r.response(), starts_[r.tag()]);
+      if (!st.ok()) failed.push_back(r.tag());
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (const atomq::v1::StreamedResult& r : in_.results()) {
+        if (r.tag() >= starts_.size()) continue;
+        if (w_->load->phase.load() >= kStop) {
+          FinishClientLocked();
+        } else if (r.code() == 0) {
+          QueueLocked(r.tag());
+        } else {
+          parked_.push_back(r.tag());
+        }
+      }
+      WriteLocked();
+      // A failing cluster would otherwise be hammered in a hot loop.
+      if (!parked_.empty() && !alarm_set_) {
+        alarm_set_ = true;
+        AddHold();
+        alarm_.Set(std::chrono::system_clock::now() + std::chrono::milliseconds(10),
+                   [this](bool) { Unpark(); });
+      }
+    }
+    StartRead(&in_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> l(mu_);
+    writing_ = false;
+    if (ok) WriteLocked();
+  }
+
+  void OnDone(const grpc::Status& s) override {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!s.ok() && w_->load->phase.load() < kStop) {
+      std::fprintf(stderr, "atomq-bench: ExecuteStream ended: %s\n", StatusText(s).c_str());
+    }
+    w_->outstanding.fetch_sub(int(active_));
+    active_ = 0;
+    done_ = true;
+    done_cv_.notify_all();
+  }
+
+ private:
+  void Unpark() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      alarm_set_ = false;
+      for (uint64_t tag : parked_) {
+        if (w_->load->phase.load() >= kStop) {
+          FinishClientLocked();
+        } else {
+          QueueLocked(tag);
+        }
+      }
+      parked_.clear();
+      WriteLocked();
+    }
+    RemoveHold();
+  }
+
+  void QueueLocked(uint64_t tag) {
+    starts_[tag] = Clock::now();
+    atomq::v1::StreamedExecute* item = next_.add_items();
+    item->set_tag(tag);
+    *item->mutable_request() = *w_->load->request;
+  }
+
+  // One client stops for good; the last one closes the call.
+  void FinishClientLocked() {
+    --active_;
+    w_->outstanding.fetch_sub(1);
+    if (active_ == 0 && !closed_) {
+      closed_ = true;
+      StartWritesDone();
+      RemoveHold();
+    }
+  }
+
+  void WriteLocked() {
+    if (writing_ || closed_ || next_.items_size() == 0) return;
+    writing_ = true;
+    sending_.Swap(&next_);
+    next_.Clear();
+    StartWrite(&sending_);
+  }
+
+  Worker* const w_;
+  grpc::ClientContext ctx_;
+  atomq::v1::ExecuteStreamResponse in_;
+  std::mutex mu_;
+  std::condition_variable done_cv_;
+  std::vector<Clock::time_point> starts_;  // by tag (the client's index)
+  atomq::v1::ExecuteStreamRequest next_, sending_;
+  std::vector<uint64_t> parked_;  // clients waiting out an error
+  grpc::Alarm alarm_;
+  size_t active_ = starts_.size();
+  bool alarm_set_ = false;
+  bool writing_ = false;
+  bool closed_ = false;
+  bool done_ = false;
+};
 
 // ---------------------------------------------------------------------------
 // Reporting.
@@ -864,6 +1016,7 @@ int main(int argc, char** argv) {
   double duration = 10, warmup = 1, disk_probe_seconds = 1;
   int rpc_timeout_ms = 30000;
   uint32_t txn_timeout_ms = 0;
+  std::string api = "unary";
   bool keep_data = false;
   std::vector<std::string> coordinator_args, participant_args;
   app.add_flag("--spawn", spawn,
@@ -898,6 +1051,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 64))->capture_default_str();
   app.add_option("--channels", channels, "gRPC connections to the coordinator")
       ->check(CLI::Range(1, 256))->capture_default_str();
+  app.add_option("--api", api,
+                 "unary: one Execute call per transaction; stream: each channel's clients "
+                 "share one ExecuteStream call")
+      ->check(CLI::IsMember({"unary", "stream"}))->capture_default_str();
   app.add_option("--rpc_timeout_ms", rpc_timeout_ms, "deadline of one Execute call")
       ->check(CLI::Range(1, 3600000))->capture_default_str();
   app.add_option("--txn_timeout_ms", txn_timeout_ms,
@@ -1059,13 +1216,16 @@ int main(int argc, char** argv) {
   for (int i = 0; i < channels; ++i) {
     stubs.push_back(Coordinator::NewStub(MakeChannel(cluster.coordinator.grpc_address, i + 1)));
   }
+  const bool streamed = api == "stream";
   std::vector<std::unique_ptr<Worker>> workers;
-  for (int i = 0; i < threads; ++i) {
+  // With streams, a worker only keeps one call's figures (gRPC's threads run it).
+  for (int i = 0; i < (streamed ? std::min(channels, clients) : threads); ++i) {
     workers.push_back(std::make_unique<Worker>());
     workers.back()->load = &load;
   }
   std::vector<std::unique_ptr<Client>> client_objs;
-  for (int i = 0; i < clients; ++i) {
+  std::vector<std::unique_ptr<StreamDriver>> drivers;
+  for (int i = 0; i < clients && !streamed; ++i) {
     auto c = std::make_unique<Client>();
     c->worker = workers[size_t(i % threads)].get();
     c->stub = stubs[size_t(i % channels)].get();
@@ -1118,9 +1278,19 @@ int main(int argc, char** argv) {
     }
   };
 
-  for (auto& w : workers) {
-    Worker* wp = w.get();
-    wp->thread = std::thread([wp] { RunWorker(wp); });
+  if (streamed) {
+    const size_t n = workers.size();
+    for (size_t i = 0; i < n; ++i) {
+      // Clients spread evenly over the calls.
+      int share = clients / int(n) + (int(i) < clients % int(n) ? 1 : 0);
+      drivers.push_back(
+          std::make_unique<StreamDriver>(workers[i].get(), stubs[i].get(), share));
+    }
+  } else {
+    for (auto& w : workers) {
+      Worker* wp = w.get();
+      wp->thread = std::thread([wp] { RunWorker(wp); });
+    }
   }
 
   wait_until(run_start + std::chrono::duration_cast<Clock::duration>(
@@ -1152,7 +1322,15 @@ int main(int argc, char** argv) {
     std::lock_guard<std::mutex> l(c->mu);
     if (c->ctx) c->ctx->TryCancel();
   }
-  for (auto& w : workers) w->thread.join();
+  for (auto& d : drivers) {
+    if (!d->WaitDone(Clock::now() + std::chrono::seconds(1))) {
+      d->Cancel();
+      d->WaitDone(Clock::now() + std::chrono::seconds(10));
+    }
+  }
+  for (auto& w : workers) {
+    if (w->thread.joinable()) w->thread.join();
+  }
   double window = Seconds(t1 - t0);
 
   stop_servers();
@@ -1177,6 +1355,7 @@ int main(int argc, char** argv) {
   double total_cpu = 0, total_fsyncs = 0, total_batches = 0;
   bool cpu_complete = !scraped.empty(), fsync_complete = !scraped.empty();
   double coord_committed = NAN, coord_aborted = NAN, coord_errors = NAN;
+  double batch_calls = NAN, batch_items = NAN;  // coordinator -> participants
   for (size_t i = 0; i < scraped.size(); ++i) {
     ServerFigures f;
     f.name = scraped[i].name;
@@ -1203,6 +1382,10 @@ int main(int argc, char** argv) {
                         a.Series("atomq_execute_replies_total{outcome=\"aborted\"}");
         coord_errors = b.Series("atomq_execute_replies_total{outcome=\"error\"}") -
                        a.Series("atomq_execute_replies_total{outcome=\"error\"}");
+        batch_calls = b.Get("atomq_participant_batch_calls_total") -
+                      a.Get("atomq_participant_batch_calls_total");
+        batch_items = b.Get("atomq_participant_batch_items_total") -
+                      a.Get("atomq_participant_batch_items_total");
       }
     }
     figs.push_back(f);
@@ -1235,6 +1418,10 @@ int main(int argc, char** argv) {
   std::printf("  CPU ms / txn   servers %s  bench %s\n",
               Fmt(server_cpu_per_txn * kMs, 3).c_str(),
               Fmt(bench_cpu_per_txn * kMs, 3).c_str());
+  if (std::isfinite(batch_calls) && committed > 0 && batch_calls > 0) {
+    std::printf("  participant calls / txn  %.3f  (%.1f messages per Batch call)\n",
+                batch_calls / double(committed), batch_items / batch_calls);
+  }
   if (std::isfinite(coord_committed)) {
     std::printf("  coordinator replies in window: committed %.0f aborted %.0f error %.0f\n",
                 coord_committed, coord_aborted, coord_errors);
@@ -1298,6 +1485,8 @@ int main(int argc, char** argv) {
     field("server_cpu_s_per_txn", JsonNumber(server_cpu_per_txn));
     field("bench_cpu_s_per_txn", JsonNumber(bench_cpu_per_txn));
     field("bench_cpu_s", JsonNumber(bench_cpu));
+    field("participant_batch_calls", JsonNumber(batch_calls));
+    field("participant_batch_items", JsonNumber(batch_items));
     field("bench_peak_rss_bytes", JsonNumber(PeakRssSelf()));
     field("coordinator_replies",
           absl::StrCat("{\"committed\": ", JsonNumber(coord_committed),

@@ -100,6 +100,14 @@ int main(int argc, char** argv) {
   app.add_option("--batch_items_max", opts.batch_items_max, "protocol messages in one Batch call")
       ->check(CLI::Range(1u, 1000000u))
       ->capture_default_str();
+  app.add_option("--stream_items_max", opts.stream_items_max,
+                 "transactions in one ExecuteStream message")
+      ->check(CLI::Range(1u, 1000000u))
+      ->capture_default_str();
+  app.add_option("--stream_in_flight_max", opts.stream_in_flight_max,
+                 "unanswered transactions of one ExecuteStream call before it is read no further")
+      ->check(CLI::Range(1u, 1000000u))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   absl::StatusOr<std::map<std::string, std::string>> peers = atomq::ParsePeerList(participants);

@@ -39,6 +39,152 @@ bool HasDecision(const Batch& batch) {
 
 }  // namespace
 
+// One ExecuteStream call. Outlives its gRPC reactor role while replies are
+// owed (Pending entries hold it); after OnDone it drops them.
+class CoordinatorServer::ExecuteStreamCall final
+    : public grpc::ServerBidiReactor<v1::ExecuteStreamRequest, v1::ExecuteStreamResponse>,
+      public std::enable_shared_from_this<ExecuteStreamCall> {
+ public:
+  explicit ExecuteStreamCall(CoordinatorServer* server) : server_(server) {}
+
+  void Start() {
+    self_ = shared_from_this();
+    absl::MutexLock lock(&mu_);
+    StartRead(&in_);
+  }
+
+  // Results for items of this call; written as one message when no write is
+  // under way, else with the next one.
+  void Deliver(std::vector<v1::StreamedResult> results) {
+    absl::MutexLock lock(&mu_);
+    unanswered_ -= std::min<uint64_t>(unanswered_, results.size());
+    if (done_ || finish_wanted_) return;
+    for (v1::StreamedResult& r : results) *out_.add_results() = std::move(r);
+    WriteNextLocked();
+    if (read_paused_ && unanswered_ < server_->options_.stream_in_flight_max) {
+      read_paused_ = false;
+      StartRead(&in_);
+    }
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      absl::MutexLock lock(&mu_);
+      reads_done_ = true;
+      WriteNextLocked();
+      return;
+    }
+    const int n = in_.items_size();
+    std::string refused;
+    if (static_cast<uint32_t>(n) > server_->options_.stream_items_max) {
+      refused = absl::StrCat("ExecuteStreamRequest has ", n, " items; --stream_items_max is ",
+                             server_->options_.stream_items_max);
+    } else if (server_->stopped_) {
+      refused = "coordinator is shutting down";
+    }
+    if (!refused.empty()) {
+      std::vector<v1::StreamedResult> results(static_cast<size_t>(n));
+      for (int i = 0; i < n; ++i) {
+        results[static_cast<size_t>(i)].set_tag(in_.items(i).tag());
+        results[static_cast<size_t>(i)].set_code(
+            static_cast<int32_t>(server_->stopped_ ? absl::StatusCode::kUnavailable
+                                                   : absl::StatusCode::kInvalidArgument));
+        results[static_cast<size_t>(i)].set_message(refused);
+      }
+      server_->replies_failed_ += static_cast<uint64_t>(n);
+      {
+        absl::MutexLock lock(&mu_);
+        unanswered_ += static_cast<uint64_t>(n);
+      }
+      Deliver(std::move(results));
+    } else if (n > 0) {
+      {
+        absl::MutexLock lock(&mu_);
+        unanswered_ += static_cast<uint64_t>(n);
+      }
+      std::vector<RequestId> rids(static_cast<size_t>(n));
+      for (int i = 0; i < n; ++i) {
+        rids[static_cast<size_t>(i)] =
+            server_->Expect(Pending{nullptr, nullptr, nullptr, self_, in_.items(i).tag()});
+      }
+      server_->WithCore([&](CoordinatorCore& c) {
+        const int64_t now = server_->clock_.NowMs();
+        for (int i = 0; i < n; ++i) {
+          c.Execute(rids[static_cast<size_t>(i)], in_.items(i).request(), now);
+        }
+      });
+    }
+    absl::MutexLock lock(&mu_);
+    if (done_ || finish_wanted_) return;
+    if (unanswered_ < server_->options_.stream_in_flight_max) {
+      StartRead(&in_);
+    } else {
+      read_paused_ = true;
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) {
+      finish_wanted_ = true;
+      finish_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
+    }
+    WriteNextLocked();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    if (finish_wanted_) return;
+    finish_wanted_ = true;
+    finish_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+    WriteNextLocked();
+  }
+
+  void OnDone() override {
+    std::shared_ptr<ExecuteStreamCall> self;
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+      self.swap(self_);
+    }
+    // `self` may be the last reference: it goes when this returns.
+  }
+
+ private:
+  void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (done_ || writing_ || finishing_) return;
+    if (out_.results_size() > 0 && !finish_wanted_) {
+      writing_ = true;
+      writing_msg_.Swap(&out_);
+      out_.Clear();
+      StartWrite(&writing_msg_);
+      return;
+    }
+    // The client closed its side and everything it asked was answered.
+    if (!finish_wanted_ && reads_done_ && unanswered_ == 0) finish_wanted_ = true;
+    if (finish_wanted_) {
+      finishing_ = true;
+      Finish(finish_status_);
+    }
+  }
+
+  CoordinatorServer* const server_;
+  std::shared_ptr<ExecuteStreamCall> self_;  // until OnDone
+  v1::ExecuteStreamRequest in_;
+  absl::Mutex mu_;
+  v1::ExecuteStreamResponse out_ ABSL_GUARDED_BY(mu_);
+  v1::ExecuteStreamResponse writing_msg_ ABSL_GUARDED_BY(mu_);
+  uint64_t unanswered_ ABSL_GUARDED_BY(mu_) = 0;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool finish_wanted_ ABSL_GUARDED_BY(mu_) = false;
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status finish_status_ ABSL_GUARDED_BY(mu_);
+};
+
 CoordinatorServer::CoordinatorServer(Config config, ServerOptions options, Storage* storage)
     : options_(options), storage_(storage), view_(std::make_unique<View>(storage)) {
   core_ = std::make_unique<CoordinatorCore>(std::move(config), view_.get());
@@ -70,6 +216,10 @@ std::string CoordinatorServer::RenderMetrics() {
   }
   AppendMetric(&out, "atomq_finished_records_erased_total", "counter",
                "Finished transaction records erased after --retention_ms.", gc_erased_);
+  AppendMetric(&out, "atomq_participant_batch_calls_total", "counter",
+               "Batch calls made to participants.", batch_calls_);
+  AppendMetric(&out, "atomq_participant_batch_items_total", "counter",
+               "Protocol messages those Batch calls carried.", batch_items_);
   AppendMetric(&out, "atomq_transactions_in_flight", "gauge", "Undecided or unanswered.",
                double(in_flight));
   out += ProcessMetrics();
@@ -164,6 +314,8 @@ void CoordinatorServer::Dispatch(Output out) {
     Send(std::move(m));
   }
   for (const TimerRequest& t : out.timers) core_timers_.Add(t.timer_id, t.at_ms);
+  // Results of one stream leave together.
+  std::map<std::shared_ptr<ExecuteStreamCall>, std::vector<v1::StreamedResult>> streamed;
   for (ExecuteReply& r : out.replies) {
     Pending p;
     {
@@ -180,10 +332,19 @@ void CoordinatorServer::Dispatch(Output out) {
     } else {
       ++replies_aborted_;
     }
+    if (p.stream != nullptr) {
+      v1::StreamedResult& res = streamed[p.stream].emplace_back();
+      res.set_tag(p.tag);
+      res.set_code(static_cast<int32_t>(r.status.code()));
+      res.set_message(std::string(r.status.message()));
+      if (r.status.ok()) *res.mutable_response() = std::move(r.response);
+      continue;
+    }
     // Rollback has no body to fill (execute == nullptr).
     if (r.status.ok() && p.execute != nullptr) *p.execute = std::move(r.response);
     p.reactor->Finish(ToGrpc(r.status));
   }
+  for (auto& [call, results] : streamed) call->Deliver(std::move(results));
   for (const StateReply& r : out.state_replies) {
     Pending p;
     {
@@ -241,11 +402,14 @@ class CoordinatorServer::Link {
         case MsgType::kPreCommit: item->mutable_pre_commit()->set_txn_id(m.txn_id); break;
         case MsgType::kCommit: item->mutable_commit()->set_txn_id(m.txn_id); break;
         case MsgType::kAbort: item->mutable_abort()->set_txn_id(m.txn_id); break;
+        case MsgType::kForget: item->mutable_forget()->set_txn_id(m.txn_id); break;
         case MsgType::kPromise:  // never batched: SendTermination
         case MsgType::kAccept: break;
       }
       sent->push_back(Sent{m.type, std::move(m.txn_id), std::move(m.participant)});
     }
+    server_->batch_calls_++;
+    server_->batch_items_ += msgs.size();
     v1::ParticipantTxn::Stub* stub = stub_.get();
     AsyncUnary<v1::BatchResponse>(
         std::move(req), server_->options_.rpc_timeout_ms,
@@ -371,6 +535,7 @@ void CoordinatorServer::OnBatchReply(const std::vector<Sent>& sent, const grpc::
         case MsgType::kAbort:
           c.OnAbortReply(s.txn_id, s.participant, st, now);
           break;
+        case MsgType::kForget:  // best effort: nothing to learn from the answer
         case MsgType::kPromise:
         case MsgType::kAccept:
           break;  // not batched
@@ -427,9 +592,16 @@ grpc::ServerUnaryReactor* CoordinatorServer::Execute(grpc::CallbackServerContext
                                                      v1::ExecuteResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   if (RejectIfStopped(reactor)) return reactor;
-  RequestId rid = Expect(Pending{reactor, resp, nullptr});
+  RequestId rid = Expect(Pending{reactor, resp, nullptr, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.Execute(rid, *req, clock_.NowMs()); });
   return reactor;
+}
+
+grpc::ServerBidiReactor<v1::ExecuteStreamRequest, v1::ExecuteStreamResponse>*
+CoordinatorServer::ExecuteStream(grpc::CallbackServerContext*) {
+  auto call = std::make_shared<ExecuteStreamCall>(this);
+  call->Start();
+  return call.get();
 }
 
 grpc::ServerUnaryReactor* CoordinatorServer::Begin(grpc::CallbackServerContext* ctx,
@@ -449,7 +621,7 @@ grpc::ServerUnaryReactor* CoordinatorServer::Commit(grpc::CallbackServerContext*
                                                     v1::ExecuteResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   if (RejectIfStopped(reactor)) return reactor;
-  RequestId rid = Expect(Pending{reactor, resp, nullptr});
+  RequestId rid = Expect(Pending{reactor, resp, nullptr, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.Commit(rid, *req, clock_.NowMs()); });
   return reactor;
 }
@@ -459,7 +631,7 @@ grpc::ServerUnaryReactor* CoordinatorServer::Rollback(grpc::CallbackServerContex
                                                       v1::RollbackTxnResponse*) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   if (RejectIfStopped(reactor)) return reactor;
-  RequestId rid = Expect(Pending{reactor, nullptr, nullptr});
+  RequestId rid = Expect(Pending{reactor, nullptr, nullptr, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.Rollback(rid, *req, clock_.NowMs()); });
   return reactor;
 }
@@ -468,7 +640,7 @@ grpc::ServerUnaryReactor* CoordinatorServer::QueryState(grpc::CallbackServerCont
                                                         const v1::TxnRef* req,
                                                         v1::QueryStateResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  RequestId rid = Expect(Pending{reactor, nullptr, resp});
+  RequestId rid = Expect(Pending{reactor, nullptr, resp, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.QueryState(rid, req->txn_id(), clock_.NowMs()); });
   return reactor;
 }

@@ -25,7 +25,7 @@ struct ServerOptions {
   uint32_t rpc_timeout_ms = 2000;  // --rpc_timeout_ms: per participant RPC
   // --participant_calls_in_flight_max: Batch calls under way to one
   // participant; messages made meanwhile wait and leave together.
-  uint32_t participant_calls_in_flight_max = 2;
+  uint32_t participant_calls_in_flight_max = 1;
   uint32_t batch_items_max = 4096;  // --batch_items_max: messages in one Batch call
   // --retention_ms: ENDED records older than this are erased; a retry of
   // Execute with the same id is idempotent within it (and after it, as long
@@ -33,6 +33,10 @@ struct ServerOptions {
   uint64_t retention_ms = 600000;
   uint32_t gc_interval_ms = 10000;  // --gc_interval_ms: how often to look
   uint32_t gc_batch_max = 10000;    // --gc_batch_max: records erased per look
+  uint32_t stream_items_max = 10000;  // --stream_items_max: transactions in one stream message
+  // --stream_in_flight_max: unanswered transactions of one ExecuteStream call
+  // before the coordinator stops reading it (the client's back-pressure).
+  uint32_t stream_in_flight_max = 10000;
 };
 
 class CoordinatorServer final : public v1::Coordinator::CallbackService {
@@ -50,6 +54,8 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
 
   grpc::ServerUnaryReactor* Execute(grpc::CallbackServerContext* ctx, const v1::ExecuteRequest* req,
                                     v1::ExecuteResponse* resp) override;
+  grpc::ServerBidiReactor<v1::ExecuteStreamRequest, v1::ExecuteStreamResponse>* ExecuteStream(
+      grpc::CallbackServerContext* ctx) override;
   grpc::ServerUnaryReactor* GetTransaction(grpc::CallbackServerContext* ctx,
                                            const v1::GetTransactionRequest* req,
                                            v1::TransactionInfo* resp) override;
@@ -76,10 +82,14 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
     std::string txn_id;
     std::string participant;
   };
+  class ExecuteStreamCall;
   struct Pending {
     grpc::ServerUnaryReactor* reactor;
     v1::ExecuteResponse* execute = nullptr;
     v1::QueryStateResponse* state = nullptr;
+    // An ExecuteStream item instead: its call and tag.
+    std::shared_ptr<ExecuteStreamCall> stream;
+    uint64_t tag = 0;
   };
 
   CoordinatorServer(Config config, ServerOptions options, Storage* storage);
@@ -118,6 +128,8 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   std::atomic<uint64_t> replies_aborted_{0};
   std::atomic<uint64_t> replies_failed_{0};
   std::atomic<uint64_t> gc_erased_{0};
+  std::atomic<uint64_t> batch_calls_{0};  // Batch RPCs to participants
+  std::atomic<uint64_t> batch_items_{0};  // protocol messages they carried
 
   absl::Mutex links_mu_;
   std::map<std::string, std::unique_ptr<Link>> links_ ABSL_GUARDED_BY(links_mu_);

@@ -2,7 +2,8 @@
 # Installs the Debian packages atomq builds with, if any is missing.
 set -euo pipefail
 PKGS=(cmake ninja-build g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
-      protobuf-compiler liblmdb-dev libabsl-dev libgtest-dev libgmock-dev libcli11-dev libcpp-httplib-dev)
+      protobuf-compiler liblmdb-dev libabsl-dev libgtest-dev libgmock-dev libcli11-dev libcpp-httplib-dev
+      libjemalloc-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,166 @@
+// ExecuteStream over real processes: per-item results matched by tag, the
+// same durability and errors as Execute, refusal of oversized messages,
+// back-pressure, and the call's end once every item is answered.
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "tests/process/cluster.h"
+
+namespace atomq::testing {
+namespace {
+
+v1::ExecuteRequest ThreeWay(const std::string& id) {
+  v1::ExecuteRequest req;
+  req.set_txn_id(id);
+  for (int p = 1; p <= 3; ++p) {
+    v1::Op* op = req.add_ops();
+    op->set_participant(absl::StrCat("p", p));
+    op->mutable_enqueue()->set_queue("q");
+    op->mutable_enqueue()->set_payload(id);
+  }
+  return req;
+}
+
+struct Call {
+  explicit Call(Cluster& c) : stub(c.coordinator()) {
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    stream = stub->ExecuteStream(&ctx);
+  }
+  void Send(const std::vector<std::pair<uint64_t, v1::ExecuteRequest>>& items) {
+    v1::ExecuteStreamRequest m;
+    for (const auto& [tag, req] : items) {
+      v1::StreamedExecute* it = m.add_items();
+      it->set_tag(tag);
+      *it->mutable_request() = req;
+    }
+    ASSERT_TRUE(stream->Write(m));
+  }
+  // Reads until `n` results came (or the call ended).
+  std::map<uint64_t, v1::StreamedResult> Read(size_t n) {
+    std::map<uint64_t, v1::StreamedResult> got;
+    v1::ExecuteStreamResponse m;
+    while (got.size() < n && stream->Read(&m)) {
+      for (const v1::StreamedResult& r : m.results()) {
+        EXPECT_TRUE(got.emplace(r.tag(), r).second) << "tag " << r.tag() << " answered twice";
+      }
+    }
+    return got;
+  }
+  std::unique_ptr<v1::Coordinator::Stub> stub;
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::ExecuteStreamRequest, v1::ExecuteStreamResponse>>
+      stream;
+};
+
+class StreamTest : public ::testing::Test {
+ protected:
+  void Start(std::vector<std::string> coordinator_args = {}) {
+    ClusterOptions o;
+    o.coordinator_args = std::move(coordinator_args);
+    cluster_ = std::make_unique<Cluster>(o);
+    cluster_->StartAll();
+    for (int p = 1; p <= 3; ++p) cluster_->CreateQueue(p, "q");
+  }
+  std::unique_ptr<Cluster> cluster_;
+};
+
+TEST_F(StreamTest, CommitsEveryItemAndAnswersEachTagOnce) {
+  Start();
+  Call call(*cluster_);
+  std::vector<std::pair<uint64_t, v1::ExecuteRequest>> items;
+  for (uint64_t i = 0; i < 20; ++i) items.emplace_back(100 + i, ThreeWay(absl::StrCat("s", i)));
+  call.Send(items);
+  // A second message on the same call, and a retry of an id already sent.
+  call.Send({{500, ThreeWay("s20")}, {501, ThreeWay("s3")}});
+  std::map<uint64_t, v1::StreamedResult> got = call.Read(22);
+  ASSERT_EQ(got.size(), 22u);
+  std::vector<uint64_t> sequences;
+  for (const auto& [tag, r] : got) {
+    ASSERT_EQ(r.code(), 0) << r.message();
+    EXPECT_EQ(r.response().outcome(), v1::COMMITTED) << "tag " << tag;
+  }
+  EXPECT_EQ(got[103].response().txn_id(), "s3");
+  EXPECT_EQ(got[501].response().txn_id(), "s3");
+  call.stream->WritesDone();
+  grpc::Status end = call.stream->Finish();
+  EXPECT_TRUE(end.ok()) << end.error_message();
+  // 21 distinct transactions: the retry enqueued nothing more.
+  for (int p = 1; p <= 3; ++p) EXPECT_EQ(cluster_->Drain(p, "q").size(), 21u) << "p" << p;
+}
+
+TEST_F(StreamTest, BadItemsGetTheirOwnErrorsAndOthersCommit) {
+  Start();
+  Call call(*cluster_);
+  v1::ExecuteRequest unknown = ThreeWay("bad1");
+  unknown.mutable_ops(0)->set_participant("p9");
+  v1::ExecuteRequest empty;
+  empty.set_txn_id("bad2");
+  v1::ExecuteRequest aborts = ThreeWay("abort1");
+  aborts.mutable_ops(1)->mutable_enqueue()->set_queue("missing");
+  call.Send({{1, unknown}, {2, ThreeWay("good")}, {3, empty}, {4, aborts}});
+  std::map<uint64_t, v1::StreamedResult> got = call.Read(4);
+  ASSERT_EQ(got.size(), 4u);
+  EXPECT_EQ(got[1].code(), int(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_NE(got[1].message().find("p9"), std::string::npos) << got[1].message();
+  EXPECT_EQ(got[2].code(), 0);
+  EXPECT_EQ(got[2].response().outcome(), v1::COMMITTED);
+  EXPECT_EQ(got[3].code(), int(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_EQ(got[4].code(), 0);
+  EXPECT_EQ(got[4].response().outcome(), v1::ABORTED);
+  EXPECT_NE(got[4].response().reason().find("missing"), std::string::npos);
+  call.stream->WritesDone();
+  EXPECT_TRUE(call.stream->Finish().ok());
+  EXPECT_EQ(cluster_->Drain(1, "q"), std::vector<std::string>{"good"});
+}
+
+TEST_F(StreamTest, OversizedMessageIsRefusedItemByItemAndRunsNothing) {
+  Start({"--stream_items_max=3"});
+  Call call(*cluster_);
+  call.Send({{1, ThreeWay("o1")}, {2, ThreeWay("o2")}, {3, ThreeWay("o3")}, {4, ThreeWay("o4")}});
+  std::map<uint64_t, v1::StreamedResult> got = call.Read(4);
+  ASSERT_EQ(got.size(), 4u);
+  for (const auto& [tag, r] : got) {
+    EXPECT_EQ(r.code(), int(grpc::StatusCode::INVALID_ARGUMENT)) << tag;
+    EXPECT_NE(r.message().find("--stream_items_max"), std::string::npos) << r.message();
+  }
+  // The call is still usable.
+  call.Send({{5, ThreeWay("o5")}});
+  got = call.Read(1);
+  ASSERT_EQ(got.count(5), 1u);
+  EXPECT_EQ(got[5].response().outcome(), v1::COMMITTED);
+  call.stream->WritesDone();
+  EXPECT_TRUE(call.stream->Finish().ok());
+  EXPECT_EQ(cluster_->Drain(1, "q"), std::vector<std::string>{"o5"});
+}
+
+TEST_F(StreamTest, ManyMessagesUnderATightInFlightLimitAreAllAnswered) {
+  Start({"--stream_in_flight_max=2"});
+  Call call(*cluster_);
+  // Written before anything is read: the coordinator stops reading at two
+  // unanswered transactions and resumes as they finish.
+  for (uint64_t i = 0; i < 30; ++i) call.Send({{i, ThreeWay(absl::StrCat("f", i))}});
+  call.stream->WritesDone();
+  std::map<uint64_t, v1::StreamedResult> got = call.Read(30);
+  ASSERT_EQ(got.size(), 30u);
+  for (const auto& [tag, r] : got) EXPECT_EQ(r.response().outcome(), v1::COMMITTED) << tag;
+  EXPECT_TRUE(call.stream->Finish().ok());
+  EXPECT_EQ(cluster_->Drain(2, "q").size(), 30u);
+}
+
+TEST_F(StreamTest, ClosingEarlyStillAnswersWhatWasSent) {
+  Start();
+  Call call(*cluster_);
+  call.Send({{7, ThreeWay("e1")}, {8, ThreeWay("e2")}});
+  call.stream->WritesDone();  // before any result arrived
+  std::map<uint64_t, v1::StreamedResult> got = call.Read(3);  // reads to the end
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[7].response().outcome(), v1::COMMITTED);
+  EXPECT_EQ(got[8].response().outcome(), v1::COMMITTED);
+  EXPECT_TRUE(call.stream->Finish().ok());
+}
+
+}  // namespace
+}  // namespace atomq::testing
