@@ -414,6 +414,10 @@ class CoordinatorServer::Link {
     AsyncUnary<v1::BatchResponse>(
         std::move(req), server_->options_.rpc_timeout_ms,
         [stub](auto* ctx, auto* r, auto* resp, auto cb) {
+          // A participant that just restarted is reached as soon as it
+          // listens (within the deadline), not refused while the channel
+          // waits out its reconnect backoff.
+          ctx->set_wait_for_ready(true);
           stub->async()->Batch(ctx, r, resp, std::move(cb));
         },
         [this, sent](const grpc::Status& status, const v1::BatchResponse& resp) {
