@@ -297,6 +297,7 @@ void CoordinatorServer::Dispatch(Output out) {
   int commits = 0;
   for (const OutMessage& m : out.send) commits += m.type == MsgType::kCommit;
   bool crash_mid_fanout = commits >= 2 && CrashArmed("mid-commit-fanout");
+  std::vector<OutMessage> to_send;
   for (OutMessage& m : out.send) {
     if (crash_mid_fanout && m.type == MsgType::kCommit) {
       // Make sure exactly one Commit reached its participant, then die.
@@ -311,8 +312,9 @@ void CoordinatorServer::Dispatch(Output out) {
       CrashPoint("mid-commit-fanout");
       continue;
     }
-    Send(std::move(m));
+    to_send.push_back(std::move(m));
   }
+  if (!to_send.empty()) Send(std::move(to_send));
   for (const TimerRequest& t : out.timers) core_timers_.Add(t.timer_id, t.at_ms);
   // Results of one stream leave together.
   std::map<std::shared_ptr<ExecuteStreamCall>, std::vector<v1::StreamedResult>> streamed;
@@ -367,11 +369,12 @@ class CoordinatorServer::Link {
   Link(CoordinatorServer* server, std::shared_ptr<grpc::Channel> channel)
       : server_(server), stub_(v1::ParticipantTxn::NewStub(std::move(channel))) {}
 
-  void Send(OutMessage m) {
+  // Messages made together leave in one call when none is under way.
+  void Send(std::vector<OutMessage> msgs) {
     std::vector<OutMessage> batch;
     {
       absl::MutexLock lock(&mu_);
-      queued_.push_back(std::move(m));
+      for (OutMessage& m : msgs) queued_.push_back(std::move(m));
       if (in_flight_ >= server_->options_.participant_calls_in_flight_max) return;
       batch = TakeLocked();
     }
@@ -439,19 +442,24 @@ class CoordinatorServer::Link {
   uint32_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-void CoordinatorServer::Send(OutMessage m) {
+void CoordinatorServer::Send(std::vector<OutMessage> msgs) {
   if (stopped_) return;
-  if (m.type == MsgType::kPromise || m.type == MsgType::kAccept) {
-    return SendTermination(std::move(m));
+  std::map<Link*, std::vector<OutMessage>> by_link;
+  for (OutMessage& m : msgs) {
+    if (m.type == MsgType::kPromise || m.type == MsgType::kAccept) {
+      SendTermination(std::move(m));
+      continue;
+    }
+    Link* link;
+    {
+      absl::MutexLock lock(&links_mu_);
+      std::unique_ptr<Link>& l = links_[m.address];
+      if (l == nullptr) l = std::make_unique<Link>(this, channels_.Get(m.address));
+      link = l.get();
+    }
+    by_link[link].push_back(std::move(m));
   }
-  Link* link;
-  {
-    absl::MutexLock lock(&links_mu_);
-    std::unique_ptr<Link>& l = links_[m.address];
-    if (l == nullptr) l = std::make_unique<Link>(this, channels_.Get(m.address));
-    link = l.get();
-  }
-  link->Send(std::move(m));
+  for (auto& [link, batch] : by_link) link->Send(std::move(batch));
 }
 
 // 3PC termination rounds the coordinator leads: one RPC per message.

@@ -99,7 +99,8 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   void FireTimers(const std::vector<uint64_t>& ids) ABSL_LOCKS_EXCLUDED(mu_);
   // Hands batches to the writer; called with mu_ held, never blocks.
   void Persist(std::vector<Batch> batches) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Send(OutMessage msg);
+  // To the participants, grouped per participant.
+  void Send(std::vector<OutMessage> msgs);
   // Erases finished records older than the retention window, then looks
   // again after gc_interval_ms.
   void CollectGarbage();
