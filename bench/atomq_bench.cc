@@ -954,6 +954,9 @@ struct ServerFigures {
   double batches = NAN;
   double write_failures = NAN;
   double peak_rss_bytes = NAN;
+  // Resident memory when the measured window began and ended: all of it,
+  // and the anonymous part (heap; the rest is mostly LMDB's mapped pages).
+  double rss_start = NAN, rss_end = NAN, anon_start = NAN, anon_end = NAN;
 };
 
 double CpuSelf() {
@@ -1372,6 +1375,10 @@ int main(int argc, char** argv) {
       f.write_failures = b.Get("atomq_storage_write_failures_total") -
                          a.Get("atomq_storage_write_failures_total");
       f.peak_rss_bytes = b.Get("process_max_resident_memory_bytes");
+      f.rss_start = a.Get("process_resident_memory_bytes");
+      f.rss_end = b.Get("process_resident_memory_bytes");
+      f.anon_start = a.Get("process_resident_anon_memory_bytes");
+      f.anon_end = b.Get("process_resident_anon_memory_bytes");
       if (std::isfinite(f.cpu_seconds)) total_cpu += f.cpu_seconds; else cpu_complete = false;
       if (std::isfinite(f.fsyncs)) total_fsyncs += f.fsyncs; else fsync_complete = false;
       if (std::isfinite(f.batches)) total_batches += f.batches;
@@ -1426,16 +1433,22 @@ int main(int argc, char** argv) {
     std::printf("  coordinator replies in window: committed %.0f aborted %.0f error %.0f\n",
                 coord_committed, coord_aborted, coord_errors);
   }
-  std::printf("  %-22s %10s %10s %10s %12s\n", "process", "cpu_s", "fsyncs", "batches",
-              "peak_rss_MiB");
+  std::printf("  %-22s %10s %10s %10s %12s %22s %22s\n", "process", "cpu_s", "fsyncs",
+              "batches", "peak_rss_MiB", "rss_MiB start->end", "anon_MiB start->end");
   for (const ServerFigures& f : figs) {
     if (!f.error.empty()) {
       std::printf("  %-22s metrics unavailable: %s\n", f.name.c_str(), f.error.c_str());
       continue;
     }
-    std::printf("  %-22s %10s %10s %10s %12s\n", f.name.c_str(), Fmt(f.cpu_seconds).c_str(),
-                Fmt(f.fsyncs, 0).c_str(), Fmt(f.batches, 0).c_str(),
-                Fmt(f.peak_rss_bytes / 1048576.0, 1).c_str());
+    auto span = [](double from, double to) {
+      if (!std::isfinite(from) || !std::isfinite(to) || from <= 0) return std::string("-");
+      return absl::StrFormat("%.0f->%.0f (%+.0f%%)", from / 1048576.0, to / 1048576.0,
+                             (to / from - 1) * 100);
+    };
+    std::printf("  %-22s %10s %10s %10s %12s %22s %22s\n", f.name.c_str(),
+                Fmt(f.cpu_seconds).c_str(), Fmt(f.fsyncs, 0).c_str(), Fmt(f.batches, 0).c_str(),
+                Fmt(f.peak_rss_bytes / 1048576.0, 1).c_str(), span(f.rss_start, f.rss_end).c_str(),
+                span(f.anon_start, f.anon_end).c_str());
     if (std::isfinite(f.write_failures) && f.write_failures > 0) {
       std::printf("  %-22s storage write failures: %.0f\n", "", f.write_failures);
     }
@@ -1500,7 +1513,11 @@ int main(int argc, char** argv) {
           ", \"cpu_s\": ", JsonNumber(f.cpu_seconds), ", \"fsyncs\": ", JsonNumber(f.fsyncs),
           ", \"batches\": ", JsonNumber(f.batches),
           ", \"write_failures\": ", JsonNumber(f.write_failures),
-          ", \"peak_rss_bytes\": ", JsonNumber(f.peak_rss_bytes), "}"));
+          ", \"peak_rss_bytes\": ", JsonNumber(f.peak_rss_bytes),
+          ", \"rss_start_bytes\": ", JsonNumber(f.rss_start),
+          ", \"rss_end_bytes\": ", JsonNumber(f.rss_end),
+          ", \"anon_rss_start_bytes\": ", JsonNumber(f.anon_start),
+          ", \"anon_rss_end_bytes\": ", JsonNumber(f.anon_end), "}"));
     }
     field("servers", absl::StrCat("[", absl::StrJoin(servers, ", "), "]"));
     std::vector<std::string> errs;

@@ -11,6 +11,10 @@
 # Usage: bench/compare_rabbitmq.sh [--clients=N] [--k=N] [--payload=N] [--duration=S]
 #   or the same through CLIENTS, K, PAYLOAD, DURATION (and WARMUP, ATOMQ_BIN)
 #   in the environment. Defaults: 64 clients, K=3, 128 bytes, 10 s.
+#   ATOMQ_API=stream|unary (default stream): atomq's clients share one
+#   ExecuteStream call (as RabbitMQ's channels share one connection each
+#   running one transaction at a time), or each makes one Execute call per
+#   transaction.
 set -euo pipefail
 
 CLIENTS=${CLIENTS:-64}
@@ -18,6 +22,7 @@ K=${K:-3}
 PAYLOAD=${PAYLOAD:-128}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-1}
+ATOMQ_API=${ATOMQ_API:-stream}
 for arg in "$@"; do
   case $arg in
     --clients=*) CLIENTS=${arg#*=} ;;
@@ -25,7 +30,8 @@ for arg in "$@"; do
     --payload=*|--payload_bytes=*) PAYLOAD=${arg#*=} ;;
     --duration=*) DURATION=${arg#*=} ;;
     --warmup=*) WARMUP=${arg#*=} ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --api=*) ATOMQ_API=${arg#*=} ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare_rabbitmq.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -156,9 +162,9 @@ stop_rabbit  # before atomq runs: the two must not share the cores
 
 echo
 echo "== atomq: Execute with one enqueue on each of $K participants" \
-     "($CLIENTS clients, $PAYLOAD B, ${DURATION}s)"
+     "($CLIENTS clients, $PAYLOAD B, ${DURATION}s, --api=$ATOMQ_API)"
 "$ATOMQ_BIN/atomq-bench" --spawn --participants="$K" --clients="$CLIENTS" \
-  --payload_bytes="$PAYLOAD" --duration="$DURATION" --warmup="$WARMUP" \
+  --payload_bytes="$PAYLOAD" --duration="$DURATION" --warmup="$WARMUP" --api="$ATOMQ_API" \
   --json="$TMP/atomq.json"
 
 kv() { echo "$RABBIT_OUT" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
@@ -177,11 +183,11 @@ echo
 DISK=$(awk -v d="$DISK" 'BEGIN { if (d != "") printf "%.0f", d }')
 echo "== comparison: $CLIENTS clients, K=$K, $PAYLOAD B payload, ${DURATION}s" \
      "(disk: ${DISK:-?} serial fsyncs/s)"
-awk -v rt="$R_TPS" -v r50="$R_P50" -v r99="$R_P99" \
+awk -v api="$ATOMQ_API" -v rt="$R_TPS" -v r50="$R_P50" -v r99="$R_P99" \
     -v at="$A_TPS" -v a50="$A_P50" -v a99="$A_P99" 'BEGIN {
-  printf "  %-10s %12s %10s %10s\n", "", "txn/s", "p50 ms", "p99 ms"
-  printf "  %-10s %12.1f %10.3f %10.3f\n", "rabbitmq", rt, r50, r99
-  printf "  %-10s %12.1f %10.3f %10.3f\n", "atomq", at, a50, a99
+  printf "  %-16s %12s %10s %10s\n", "", "txn/s", "p50 ms", "p99 ms"
+  printf "  %-16s %12.1f %10.3f %10.3f\n", "rabbitmq", rt, r50, r99
+  printf "  %-16s %12.1f %10.3f %10.3f\n", "atomq (" api ")", at, a50, a99
   if (rt > 0) printf "  atomq / rabbitmq throughput: %.2fx\n", at / rt
   if (r99 > 0) printf "  atomq / rabbitmq p99 latency: %.2fx\n", a99 / r99
 }'

@@ -6,9 +6,12 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "httplib.h"
 
 namespace atomq {
@@ -34,6 +37,23 @@ std::string ProcessMetrics() {
   AppendMetric(&out, "process_resident_memory_bytes", "gauge", "Resident memory.", rss);
   AppendMetric(&out, "process_max_resident_memory_bytes", "gauge", "Peak resident memory.",
                double(ru.ru_maxrss) * 1024);
+  // Resident memory split: anonymous (the process's own heap and stacks) and
+  // file-backed (mostly LMDB's map: page cache that tracks the data's size).
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    double kb = 0;
+    if (absl::StartsWith(line, "RssAnon:") &&
+        absl::SimpleAtod(absl::StripAsciiWhitespace(absl::StripSuffix(line.substr(8), "kB")), &kb)) {
+      AppendMetric(&out, "process_resident_anon_memory_bytes", "gauge",
+                   "Anonymous resident memory (heap, stacks).", kb * 1024);
+    } else if (absl::StartsWith(line, "RssFile:") &&
+               absl::SimpleAtod(
+                   absl::StripAsciiWhitespace(absl::StripSuffix(line.substr(8), "kB")), &kb)) {
+      AppendMetric(&out, "process_resident_file_memory_bytes", "gauge",
+                   "File-backed resident memory (mapped LMDB pages, binaries).", kb * 1024);
+    }
+  }
   return out;
 }
 
