@@ -304,6 +304,13 @@ TEST(ProcessTest, ParticipantsForgetEndedOutcomesAfterRetention) {
   ASSERT_EQ(next.response.outcome(), v1::COMMITTED) << next.response.reason();
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the lazy index entries
   for (int i = 1; i <= 3; ++i) EXPECT_EQ(c.ParticipantMetric(i, "atomq_outcomes_erased_total"), 0);
+  // Resident memory is reported whole and split (heap vs mapped LMDB pages).
+  const double rss = c.ParticipantMetric(1, "process_resident_memory_bytes");
+  const double anon = c.ParticipantMetric(1, "process_resident_anon_memory_bytes");
+  const double file = c.ParticipantMetric(1, "process_resident_file_memory_bytes");
+  EXPECT_GT(anon, 0);
+  EXPECT_GT(file, 0);
+  EXPECT_LE(anon + file, rss * 1.5);  // sampled a moment apart, same order
   for (int i = 1; i <= 3; ++i) c.KillParticipant(i);
   for (int i = 1; i <= 3; ++i) {
     EXPECT_EQ(StoredEntries(c, i, "outcomes"), static_cast<size_t>(n + 1)) << "p" << i;
