@@ -1020,6 +1020,7 @@ int main(int argc, char** argv) {
   int rpc_timeout_ms = 30000;
   uint32_t txn_timeout_ms = 0;
   std::string api = "unary";
+  bool reply_at_decision = false;
   bool keep_data = false;
   std::vector<std::string> coordinator_args, participant_args;
   app.add_flag("--spawn", spawn,
@@ -1058,6 +1059,9 @@ int main(int argc, char** argv) {
                  "unary: one Execute call per transaction; stream: each channel's clients "
                  "share one ExecuteStream call")
       ->check(CLI::IsMember({"unary", "stream"}))->capture_default_str();
+  app.add_flag("--reply_at_decision", reply_at_decision,
+               "ExecuteRequest.reply_at_decision: answered once the decision is on disk, "
+               "before the participants applied it");
   app.add_option("--rpc_timeout_ms", rpc_timeout_ms, "deadline of one Execute call")
       ->check(CLI::Range(1, 3600000))->capture_default_str();
   app.add_option("--txn_timeout_ms", txn_timeout_ms,
@@ -1198,6 +1202,7 @@ int main(int argc, char** argv) {
   ExecuteRequest request;
   request.set_protocol(protocol == "3pc" ? atomq::v1::THREE_PC : atomq::v1::TWO_PC);
   request.set_timeout_ms(txn_timeout_ms);
+  request.set_reply_at_decision(reply_at_decision);
   {
     std::string payload(size_t(payload_bytes), '\0');
     std::mt19937_64 rng(42);

@@ -85,6 +85,7 @@ struct Txn {
   int64_t deadline_ms = 0;
   int64_t decided_ms = 0;
   uint32_t timeout_ms = 0;
+  bool reply_at_decision = false;  // ExecuteRequest.reply_at_decision
   google::protobuf::RepeatedPtrField<v1::Op> ops;  // cleared when finished
   std::vector<Party> parties;
   std::vector<uint32_t> op_party;   // per request op
@@ -381,7 +382,9 @@ struct CoordinatorCore::Impl {
   void MaybeReplyCommitted(Txn& t, int64_t now_ms) {
     if (t.phase != Phase::kCommitted || !t.decision_durable) return;
     if (t.replied && t.waiters.empty()) return;
-    if (t.replied || AllAcked(t) || now_ms >= t.deadline_ms) ReplyAll(t);
+    if (t.replied || t.reply_at_decision || AllAcked(t) || now_ms >= t.deadline_ms) {
+      ReplyAll(t);
+    }
   }
 
   void ReplyStates(Txn& t) {
@@ -1046,6 +1049,7 @@ struct CoordinatorCore::Impl {
     t.created_ms = now_ms;
     t.timeout_ms = req.timeout_ms() == 0 ? config.txn_timeout_ms : req.timeout_ms();
     t.timeout_ms = std::min(t.timeout_ms, config.txn_timeout_ms_max);
+    t.reply_at_decision = req.reply_at_decision();
     t.deadline_ms = now_ms + t.timeout_ms;
     t.ops = req.ops();
     std::map<std::string, uint32_t> index;

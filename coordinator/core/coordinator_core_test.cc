@@ -284,6 +284,39 @@ TEST_F(CoordinatorCoreTest, TwoPcHappyPathThreeParticipants) {
   EXPECT_TRUE(Take().empty());
 }
 
+TEST_F(CoordinatorCoreTest, ReplyAtDecisionAnswersOnceTheCommitIsDurableNotApplied) {
+  v1::ExecuteRequest req = Req("t1", {Enq("p1", "q", "a"), Enq("p2", "q", "b")});
+  req.set_reply_at_decision(true);
+  core().Execute(1, req, now);
+  Take();
+  core().OnPrepareReply("t1", "p1", Vote(v1::YES), now);
+  core().OnPrepareReply("t1", "p2", Vote(v1::YES), now);
+  Output o = Take();
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_TRUE(o.replies.empty());  // never before the decision is on disk
+  Durable(o.persist[0]);
+  o = Take();
+  EXPECT_EQ(Targets(o, MsgType::kCommit), (Strs{"p1", "p2"}));
+  ASSERT_EQ(o.replies.size(), 1u);
+  EXPECT_EQ(o.replies[0].response.outcome(), v1::COMMITTED);
+  EXPECT_EQ(Results(o.replies[0].response), (std::vector<uint64_t>{0, 0}));
+  // A retry meanwhile is answered at once too.
+  core().Execute(2, req, now);
+  o = Take();
+  ASSERT_EQ(o.replies.size(), 1u);
+  EXPECT_EQ(o.replies[0].request, 2u);
+  EXPECT_EQ(o.replies[0].response.outcome(), v1::COMMITTED);
+  // The commit still runs to the end: acks are awaited and ENDED written.
+  core().OnCommitReply("t1", "p1", Seqs({7}), now);
+  EXPECT_TRUE(Take().persist.empty());
+  core().OnCommitReply("t1", "p2", Seqs({9}), now);
+  o = Take();
+  EXPECT_TRUE(o.replies.empty());
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_EQ(Rec(o.persist[0]).state(), v1::ENDED);
+  EXPECT_EQ(core().in_flight(), 0u);
+}
+
 TEST_F(CoordinatorCoreTest, NoVoteAbortsAndAbortGoesOnlyToThoseThatMayHavePrepared) {
   core().Execute(1, Req("t1", {Enq("p1", "q", "a"), Enq("p2", "audit", "b"), Enq("p3", "q", "c")}),
                  now);

@@ -3,6 +3,7 @@
 // back-pressure, and the call's end once every item is answered.
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -160,6 +161,31 @@ TEST_F(StreamTest, ClosingEarlyStillAnswersWhatWasSent) {
   EXPECT_EQ(got[7].response().outcome(), v1::COMMITTED);
   EXPECT_EQ(got[8].response().outcome(), v1::COMMITTED);
   EXPECT_TRUE(call.stream->Finish().ok());
+}
+
+TEST_F(StreamTest, ReplyAtDecisionCommitsWithoutSequencesAndTheMessagesFollow) {
+  Start();
+  Call call(*cluster_);
+  v1::ExecuteRequest req = ThreeWay("d1");
+  req.set_reply_at_decision(true);
+  call.Send({{1, req}});
+  std::map<uint64_t, v1::StreamedResult> got = call.Read(1);
+  ASSERT_EQ(got.size(), 1u);
+  ASSERT_EQ(got[1].code(), 0) << got[1].message();
+  EXPECT_EQ(got[1].response().outcome(), v1::COMMITTED);
+  ASSERT_EQ(got[1].response().results_size(), 3);
+  for (const v1::OpResult& r : got[1].response().results()) EXPECT_EQ(r.sequence(), 0u);
+  call.stream->WritesDone();
+  EXPECT_TRUE(call.stream->Finish().ok());
+  // Applied shortly after the reply, on every participant.
+  for (int p = 1; p <= 3; ++p) {
+    std::vector<std::string> seen;
+    for (int i = 0; i < 100 && seen.empty(); ++i) {
+      seen = cluster_->Drain(p, "q");
+      if (seen.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    EXPECT_EQ(seen, std::vector<std::string>{"d1"}) << "p" << p;
+  }
 }
 
 }  // namespace

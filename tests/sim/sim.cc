@@ -753,6 +753,9 @@ void Sim::IssueTxn(int index) {
   c.request.set_txn_id(id);
   c.request.set_protocol(protocol);
   c.request.set_timeout_ms(static_cast<uint32_t>(rng_.Range(100, 1000)));
+  // Half the transactions are answered at the decision, before they are
+  // applied (chosen by id, not by the random stream, so seeds stay the same).
+  c.request.set_reply_at_decision(id.back() % 2 == 0);
   for (size_t i = 0; i < parties.size(); ++i) {
     v1::Op* op = c.request.add_ops();
     op->set_participant(parties[i]);
