@@ -319,6 +319,7 @@ struct ParticipantCore::Impl {
   // - Prepare after the window is a stale copy or a client's retry of
   //   Execute with an id the coordinator forgot too: a new transaction, so a
   //   retry is idempotent only within --retention_ms (README).
+  uint64_t forget_token = 0;  // the latest kForgettable batch (Forget appends while unsent)
   std::set<std::string> collecting;      // kForgettableDb keys a kCollect batch erases
   std::set<std::string> collecting_ids;  // outcomes a kCollect batch erases
   std::map<uint64_t, std::pair<std::vector<std::string>, std::vector<std::string>>>
@@ -333,8 +334,15 @@ struct ParticipantCore::Impl {
     if (!ValidateTxnId(id).ok() || txns.count(id) > 0 || heuristics.count(id) > 0) return;
     std::optional<CachedOutcome> o = FindOutcome(id);
     if (!o || o->token != 0 || o->rec.has_heuristic()) return;
-    Submit({Write{kForgettableDb, ForgettableKey(now_ms, id), "", false}},
-           Pending{BatchKind::kForgettable, id, 0, 0, "", {}});
+    Write w{kForgettableDb, ForgettableKey(now_ms, id), "", false};
+    // Notices that arrive together (one Batch call) share one batch.
+    for (auto it = out.persist.rbegin(); it != out.persist.rend(); ++it) {
+      if (it->token == forget_token) {
+        it->writes.push_back(std::move(w));
+        return;
+      }
+    }
+    forget_token = Submit({std::move(w)}, Pending{BatchKind::kForgettable, id, 0, 0, "", {}});
     out.persist.back().sync = false;  // forgetting is never urgent
   }
 
@@ -1192,7 +1200,8 @@ struct ParticipantCore::Impl {
         break;
       case BatchKind::kForgettable:
         if (!status.ok()) {
-          Log(absl::StrCat("txn ", p.key, " END notice not recorded: ", status.ToString()));
+          Log(absl::StrCat("END notices (txn ", p.key, " and any sent with it) not recorded: ",
+                           status.ToString()));
         }
         break;
       case BatchKind::kCollect:

@@ -2013,19 +2013,21 @@ TEST_F(ParticipantCoreTest, EndedOutcomesGoAfterRetentionAndAreThenAnsweredAsUnk
   EXPECT_EQ(Prepare(PrepareReq("t2", {EnqueueOp("q", "b")})).vote(), v1::YES);
   EXPECT_TRUE(Abort("t2").ok());
 
-  // The END notices: one lazy index entry each, nothing answered.
+  // The END notices: one lazy index entry each, in one batch when they
+  // arrive together, nothing answered.
   const int64_t noticed = now_;
   core_->Forget("t1", now_);
   core_->Forget("t2", now_);
   Output o = Collect();
-  ASSERT_EQ(o.persist.size(), 2u);
-  for (const Batch& b : o.persist) {
-    EXPECT_FALSE(b.sync);
-    ASSERT_EQ(b.writes.size(), 1u);
-    EXPECT_EQ(b.writes[0].db, kForgettableDb);
-    EXPECT_TRUE(b.writes[0].value.empty());
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_FALSE(o.persist[0].sync);
+  ASSERT_EQ(o.persist[0].writes.size(), 2u);
+  for (const Write& w : o.persist[0].writes) {
+    EXPECT_EQ(w.db, kForgettableDb);
+    EXPECT_TRUE(w.value.empty());
   }
   EXPECT_EQ(o.persist[0].writes[0].key, ForgettableKey(noticed, "t1"));
+  EXPECT_EQ(o.persist[0].writes[1].key, ForgettableKey(noticed, "t2"));
   EXPECT_TRUE(o.replies.empty());
   Persist();
   EXPECT_EQ(store_.Count(kForgettableDb), 2u);
