@@ -22,6 +22,9 @@ class Op;
 
 // CRC32C (Castagnoli), software table; `crc` chains calls.
 uint32_t Crc32c(std::string_view data, uint32_t crc = 0);
+// The table-driven Crc32c, which Crc32c uses when the CPU lacks SSE4.2; for
+// tests that check both agree.
+uint32_t Crc32cPortableForTest(std::string_view data, uint32_t crc = 0);
 
 // Checksum + deterministic serialization of `msg`.
 std::string EncodeRecord(const google::protobuf::MessageLite& msg);

@@ -64,6 +64,18 @@ TEST(CodecTest, TruncatedIsDataLoss) {
   EXPECT_NE(DecodeRecord("ab", &out).message().find("shorter"), std::string::npos);
 }
 
+TEST(CodecTest, Crc32cHardwareAndTableAgreeOnEveryLengthAndChain) {
+  std::string data;
+  for (int i = 0; i < 300; ++i) data.push_back(static_cast<char>(i * 131 + 7));
+  EXPECT_EQ(Crc32cPortableForTest("123456789"), 0xE3069283u);
+  for (size_t n = 0; n <= data.size(); ++n) {
+    std::string_view v(data.data(), n);
+    ASSERT_EQ(Crc32c(v), Crc32cPortableForTest(v)) << "length " << n;
+    ASSERT_EQ(Crc32c(v.substr(n / 3), Crc32c(v.substr(0, n / 3))), Crc32cPortableForTest(v))
+        << "chained at " << n / 3;
+  }
+}
+
 TEST(CodecTest, Crc32cKnownValue) {
   // The standard check value of CRC-32C.
   EXPECT_EQ(Crc32c("123456789"), 0xE3069283u);
