@@ -1021,6 +1021,7 @@ int main(int argc, char** argv) {
   uint32_t txn_timeout_ms = 0;
   std::string api = "unary";
   bool reply_at_decision = false;
+  bool consume = false;
   bool keep_data = false;
   std::vector<std::string> coordinator_args, participant_args;
   app.add_flag("--spawn", spawn,
@@ -1059,6 +1060,9 @@ int main(int argc, char** argv) {
                  "unary: one Execute call per transaction; stream: each channel's clients "
                  "share one ExecuteStream call")
       ->check(CLI::IsMember({"unary", "stream"}))->capture_default_str();
+  app.add_flag("--consume", consume,
+               "also drain --queue on every participant (one thread each: long-poll Receive "
+               "with auto_ack), so queues stay short as in a steady state");
   app.add_flag("--reply_at_decision", reply_at_decision,
                "ExecuteRequest.reply_at_decision: answered once the decision is on disk, "
                "before the participants applied it");
@@ -1286,6 +1290,35 @@ int main(int argc, char** argv) {
     }
   };
 
+  // Consumers: delivered counts per participant, in any phase.
+  std::atomic<uint64_t> consumed{0}, consume_errors{0};
+  std::vector<std::thread> consumers;
+  if (consume) {
+    for (auto& [id, server] : cluster.participants) {
+      const std::string address = server.grpc_address;
+      consumers.emplace_back([&, address] {
+        auto stub = atomq::v1::Queue::NewStub(MakeChannel(address, 1000));
+        atomq::v1::ReceiveRequest req;
+        req.set_queue(queue);
+        req.set_max_messages(1000);
+        req.set_wait_ms(100);
+        req.set_auto_ack(true);
+        req.set_consumer("atomq-bench");
+        while (load.phase.load() < kStop) {
+          grpc::ClientContext ctx;
+          SetDeadline(&ctx, 5000);
+          atomq::v1::ReceiveResponse resp;
+          grpc::Status st = stub->Receive(&ctx, req, &resp);
+          if (!st.ok()) {
+            consume_errors.fetch_add(1);
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            continue;
+          }
+          consumed.fetch_add(uint64_t(resp.deliveries_size()));
+        }
+      });
+    }
+  }
   if (streamed) {
     const size_t n = workers.size();
     for (size_t i = 0; i < n; ++i) {
@@ -1308,10 +1341,12 @@ int main(int argc, char** argv) {
   for (const Server& s : scraped) before.push_back(ScrapeMetrics(s.metrics_address));
   double bench_cpu0 = CpuSelf();
   auto t0 = Clock::now();
+  const uint64_t consumed0 = consumed.load();
   load.phase.store(kMeasure);
   wait_until(t0 + std::chrono::duration_cast<Clock::duration>(
                       std::chrono::duration<double>(duration)), "measure");
   load.phase.store(kAfter);
+  const uint64_t consumed1 = consumed.load();
   auto t1 = Clock::now();
   double bench_cpu1 = CpuSelf();
   std::vector<Scrape> after;
@@ -1339,6 +1374,7 @@ int main(int argc, char** argv) {
   for (auto& w : workers) {
     if (w->thread.joinable()) w->thread.join();
   }
+  for (std::thread& t : consumers) t.join();
   double window = Seconds(t1 - t0);
 
   stop_servers();
@@ -1418,6 +1454,12 @@ int main(int argc, char** argv) {
   std::printf("  aborted        %10.1f txn/s  (%llu)\n", aborted_per_s,
               static_cast<unsigned long long>(aborted));
   std::printf("  errors         %10llu\n", static_cast<unsigned long long>(errors));
+  if (consume) {
+    std::printf("  consumed       %10.1f msg/s  (auto-ack Receive on every participant; %llu "
+                "failed calls)\n",
+                double(consumed1 - consumed0) / window,
+                static_cast<unsigned long long>(consume_errors.load()));
+  }
   std::printf("  latency ms     p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
               lat.Quantile(0.50) / kMs, lat.Quantile(0.99) / kMs, lat.Quantile(0.999) / kMs,
               double(lat.max()) / kMs, lat.mean() / kMs);
@@ -1503,6 +1545,8 @@ int main(int argc, char** argv) {
     field("server_cpu_s_per_txn", JsonNumber(server_cpu_per_txn));
     field("bench_cpu_s_per_txn", JsonNumber(bench_cpu_per_txn));
     field("bench_cpu_s", JsonNumber(bench_cpu));
+    field("consumed_msgs_per_s",
+          consume ? JsonNumber(double(consumed1 - consumed0) / window) : std::string("null"));
     field("participant_batch_calls", JsonNumber(batch_calls));
     field("participant_batch_items", JsonNumber(batch_items));
     field("bench_peak_rss_bytes", JsonNumber(PeakRssSelf()));
