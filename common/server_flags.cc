@@ -29,6 +29,21 @@ void AddServerFlags(CLI::App& app, ServerFlags* f, const std::string& id_help,
       ->capture_default_str();
 }
 
+void AddRetentionFlags(CLI::App& app, const std::string& what, uint64_t* retention_ms,
+                       uint32_t* gc_interval_ms, uint32_t* gc_batch_max) {
+  app.add_option("--retention_ms", *retention_ms,
+                 what + " are kept this long, then erased")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40))
+      ->capture_default_str();
+  app.add_option("--gc_interval_ms", *gc_interval_ms,
+                 "how often to erase " + what + " past --retention_ms")
+      ->check(CLI::Range(1u, 3600000u))
+      ->capture_default_str();
+  app.add_option("--gc_batch_max", *gc_batch_max, what + " erased per look")
+      ->check(CLI::Range(1u, 1000000u))
+      ->capture_default_str();
+}
+
 absl::StatusOr<Store> OpenStore(ServerFlags& f, std::vector<std::string> dbs,
                                 const std::string& meta_db) {
   if (absl::Status st = ValidateNodeId(f.id); !st.ok()) {

@@ -27,6 +27,11 @@ struct ServerFlags {
 void AddServerFlags(CLI::App& app, ServerFlags* flags, const std::string& id_help,
                     const std::string& data_dir_help);
 
+// Registers --retention_ms, --gc_interval_ms and --gc_batch_max: how long
+// finished-transaction state (`what`) is kept and how it is erased.
+void AddRetentionFlags(CLI::App& app, const std::string& what, uint64_t* retention_ms,
+                       uint32_t* gc_interval_ms, uint32_t* gc_batch_max);
+
 struct Store {
   std::unique_ptr<Storage> storage;
   v1::MetaRecord meta;  // with this start's boot count

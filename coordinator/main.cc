@@ -86,17 +86,8 @@ int main(int argc, char** argv) {
                  "Batch calls under way to one participant (messages meanwhile are batched)")
       ->check(CLI::Range(1u, 1024u))
       ->capture_default_str();
-  app.add_option("--retention_ms", opts.retention_ms,
-                 "finished transactions are forgotten (their records erased) after this")
-      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40))
-      ->capture_default_str();
-  app.add_option("--gc_interval_ms", opts.gc_interval_ms,
-                 "how often to erase finished records past --retention_ms")
-      ->check(CLI::Range(1u, 3600000u))
-      ->capture_default_str();
-  app.add_option("--gc_batch_max", opts.gc_batch_max, "finished records erased per look")
-      ->check(CLI::Range(1u, 1000000u))
-      ->capture_default_str();
+  atomq::AddRetentionFlags(app, "finished transaction records", &opts.retention_ms,
+                           &opts.gc_interval_ms, &opts.gc_batch_max);
   app.add_option("--batch_items_max", opts.batch_items_max, "protocol messages in one Batch call")
       ->check(CLI::Range(1u, 1000000u))
       ->capture_default_str();

@@ -112,18 +112,9 @@ int main(int argc, char** argv) {
                  "finished transactions kept in memory (older ones are read from disk)")
       ->check(CLI::Range(0u, 100000000u))
       ->capture_default_str();
-  app.add_option("--retention_ms", cfg.retention_ms,
-                 "outcomes of ended transactions are erased this long after the coordinator's "
-                 "END notice")
-      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40))
-      ->capture_default_str();
-  app.add_option("--gc_interval_ms", opts.gc_interval_ms,
-                 "how often to erase outcomes past --retention_ms")
-      ->check(CLI::Range(1u, 3600000u))
-      ->capture_default_str();
-  app.add_option("--gc_batch_max", opts.gc_batch_max, "outcomes erased per look")
-      ->check(CLI::Range(1u, 1000000u))
-      ->capture_default_str();
+  // Counted from the coordinator's END notice.
+  atomq::AddRetentionFlags(app, "outcomes of ended transactions", &cfg.retention_ms,
+                           &opts.gc_interval_ms, &opts.gc_batch_max);
   app.add_option("--queue_memory_window", cfg.queue_memory_window,
                  "ready messages of one queue kept in memory; a longer backlog stays on disk "
                  "and is read in as consumers drain the queue")
