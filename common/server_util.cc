@@ -125,4 +125,37 @@ int WaitForSignal() {
   return sig;
 }
 
+void CallPromise(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::string& txn_id,
+                 uint64_t ballot, uint32_t timeout_ms,
+                 std::function<void(const absl::StatusOr<v1::PromiseResponse>&)> done) {
+  v1::PromiseRequest req;
+  req.set_txn_id(txn_id);
+  req.set_ballot(ballot);
+  AsyncUnary<v1::PromiseResponse>(
+      std::move(req), timeout_ms,
+      [stub](auto* ctx, auto* r, auto* resp, auto cb) {
+        stub->async()->Promise(ctx, r, resp, std::move(cb));
+      },
+      [done = std::move(done)](const grpc::Status& s, const v1::PromiseResponse& resp) {
+        done(s.ok() ? absl::StatusOr<v1::PromiseResponse>(resp) : FromGrpc(s));
+      });
+}
+
+void CallAccept(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::string& txn_id,
+                uint64_t ballot, v1::TxnState value, uint32_t timeout_ms,
+                std::function<void(const absl::StatusOr<v1::AcceptResponse>&)> done) {
+  v1::AcceptRequest req;
+  req.set_txn_id(txn_id);
+  req.set_ballot(ballot);
+  req.set_value(value);
+  AsyncUnary<v1::AcceptResponse>(
+      std::move(req), timeout_ms,
+      [stub](auto* ctx, auto* r, auto* resp, auto cb) {
+        stub->async()->Accept(ctx, r, resp, std::move(cb));
+      },
+      [done = std::move(done)](const grpc::Status& s, const v1::AcceptResponse& resp) {
+        done(s.ok() ? absl::StatusOr<v1::AcceptResponse>(resp) : FromGrpc(s));
+      });
+}
+
 }  // namespace atomq

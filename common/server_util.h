@@ -2,6 +2,7 @@
 // channels, status conversion, and flag parsing helpers.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -11,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "atomq/v1/participant.grpc.pb.h"
 #include "atomq/v1/records.pb.h"
 #include "common/codec.h"
 #include "common/log.h"
@@ -91,5 +93,15 @@ void AsyncUnary(Req req, uint32_t timeout_ms, StartFn start, DoneFn done) {
     delete c;
   });
 }
+
+// 3PC termination rounds (led by the coordinator or a participant): one
+// Promise or Accept to a participant; `done` gets its answer or the call's
+// error, on a gRPC thread.
+void CallPromise(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::string& txn_id,
+                 uint64_t ballot, uint32_t timeout_ms,
+                 std::function<void(const absl::StatusOr<v1::PromiseResponse>&)> done);
+void CallAccept(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::string& txn_id,
+                uint64_t ballot, v1::TxnState value, uint32_t timeout_ms,
+                std::function<void(const absl::StatusOr<v1::AcceptResponse>&)> done);
 
 }  // namespace atomq

@@ -1077,25 +1077,9 @@ struct CoordinatorCore::Impl {
     ATOMQ_CHECK(inserted, "a new transaction id is not in memory");
     Txn& x = it->second;
     for (size_t i = 0; i < x.parties.size(); ++i) {
-      const Party& p = x.parties[i];
-      OutMessage m;
-      m.participant = p.id;
-      m.address = p.address;
-      m.type = MsgType::kPrepare;
-      m.txn_id = x.id;
-      v1::PrepareRequest& pr = m.prepare;
-      pr.set_txn_id(x.id);
-      pr.set_protocol(x.protocol);
-      pr.set_coordinator_id(config.coordinator_id);
-      pr.set_coordinator_address(config.coordinator_address);
-      pr.set_participant(p.id);
-      for (const Party& q : x.parties) {
-        v1::PeerAddress* pa = pr.add_participants();
-        pa->set_participant(q.id);
-        pa->set_address(q.address);
-      }
-      for (int op : p.ops) *pr.add_ops() = x.ops.Get(op);
-      if (x.one_phase) pr = OnePhasePrepare(x, i);
+      OutMessage m = PrepareTo(x, i);
+      for (int op : x.parties[i].ops) *m.prepare.add_ops() = x.ops.Get(op);
+      if (x.one_phase) m.prepare = OnePhasePrepare(x, i);
       out.send.push_back(std::move(m));
     }
     x.deadline_timer = SetTimer(x, TimerKind::kDeadline, 0, x.deadline_ms);
@@ -1768,29 +1752,36 @@ struct CoordinatorCore::Impl {
     }
   }
 
+  // A Prepare to party i without its work (ops or staged count): who the
+  // coordinator and the other participants are.
+  OutMessage PrepareTo(const Txn& x, size_t i) const {
+    const Party& p = x.parties[i];
+    OutMessage m;
+    m.participant = p.id;
+    m.address = p.address;
+    m.type = MsgType::kPrepare;
+    m.txn_id = x.id;
+    v1::PrepareRequest& pr = m.prepare;
+    pr.set_txn_id(x.id);
+    pr.set_protocol(x.protocol);
+    pr.set_coordinator_id(config.coordinator_id);
+    pr.set_coordinator_address(config.coordinator_address);
+    pr.set_participant(p.id);
+    for (const Party& q : x.parties) {
+      v1::PeerAddress* pa = pr.add_participants();
+      pa->set_participant(q.id);
+      pa->set_address(q.address);
+    }
+    return m;
+  }
+
   void SendStagedPrepares(Txn& x, const Parts& parts) {
     ATOMQ_CHECK(x.interactive && x.parties.size() == static_cast<size_t>(parts.size()),
                 "one party per named participant");
     for (size_t i = 0; i < x.parties.size(); ++i) {
-      const Party& p = x.parties[i];
-      OutMessage m;
-      m.participant = p.id;
-      m.address = p.address;
-      m.type = MsgType::kPrepare;
-      m.txn_id = x.id;
-      v1::PrepareRequest& pr = m.prepare;
-      pr.set_txn_id(x.id);
-      pr.set_protocol(x.protocol);
-      pr.set_coordinator_id(config.coordinator_id);
-      pr.set_coordinator_address(config.coordinator_address);
-      pr.set_participant(p.id);
-      for (const Party& q : x.parties) {
-        v1::PeerAddress* pa = pr.add_participants();
-        pa->set_participant(q.id);
-        pa->set_address(q.address);
-      }
-      pr.set_use_staged(true);
-      pr.set_staged_ops(parts.Get(static_cast<int>(i)).staged_ops());
+      OutMessage m = PrepareTo(x, i);
+      m.prepare.set_use_staged(true);
+      m.prepare.set_staged_ops(parts.Get(static_cast<int>(i)).staged_ops());
       out.send.push_back(std::move(m));
     }
     x.deadline_timer = SetTimer(x, TimerKind::kDeadline, 0, x.deadline_ms);

@@ -445,20 +445,20 @@ class CoordinatorServer::Link {
 void CoordinatorServer::Send(std::vector<OutMessage> msgs) {
   if (stopped_) return;
   std::map<Link*, std::vector<OutMessage>> by_link;
-  for (OutMessage& m : msgs) {
-    if (m.type == MsgType::kPromise || m.type == MsgType::kAccept) {
-      SendTermination(std::move(m));
-      continue;
-    }
-    Link* link;
-    {
-      absl::MutexLock lock(&links_mu_);
+  std::vector<OutMessage> termination;
+  {
+    absl::MutexLock lock(&links_mu_);
+    for (OutMessage& m : msgs) {
+      if (m.type == MsgType::kPromise || m.type == MsgType::kAccept) {
+        termination.push_back(std::move(m));
+        continue;
+      }
       std::unique_ptr<Link>& l = links_[m.address];
       if (l == nullptr) l = std::make_unique<Link>(this, channels_.Get(m.address));
-      link = l.get();
+      by_link[l.get()].push_back(std::move(m));
     }
-    by_link[link].push_back(std::move(m));
   }
+  for (OutMessage& m : termination) SendTermination(std::move(m));
   for (auto& [link, batch] : by_link) link->Send(std::move(batch));
 }
 
@@ -469,36 +469,19 @@ void CoordinatorServer::SendTermination(OutMessage m) {
   const std::string txn = m.txn_id, p = m.participant;
   const uint64_t ballot = m.ballot;
   if (m.type == MsgType::kPromise) {
-    v1::PromiseRequest req;
-    req.set_txn_id(txn);
-    req.set_ballot(ballot);
-    AsyncUnary<v1::PromiseResponse>(
-        std::move(req), options_.rpc_timeout_ms,
-        [stub](auto* ctx, auto* r, auto* resp, auto cb) {
-          stub->async()->Promise(ctx, r, resp, std::move(cb));
-        },
-        [this, txn, p, ballot](const grpc::Status& s, const v1::PromiseResponse& resp) {
-          absl::StatusOr<v1::PromiseResponse> r =
-              s.ok() ? absl::StatusOr<v1::PromiseResponse>(resp) : FromGrpc(s);
-          WithCore(
-              [&](CoordinatorCore& c) { c.OnPromiseReply(txn, p, ballot, r, clock_.NowMs()); });
-        });
+    CallPromise(stub, txn, ballot, options_.rpc_timeout_ms,
+                [this, txn, p, ballot](const absl::StatusOr<v1::PromiseResponse>& r) {
+                  WithCore([&](CoordinatorCore& c) {
+                    c.OnPromiseReply(txn, p, ballot, r, clock_.NowMs());
+                  });
+                });
     return;
   }
-  v1::AcceptRequest req;
-  req.set_txn_id(txn);
-  req.set_ballot(ballot);
-  req.set_value(m.value);
-  AsyncUnary<v1::AcceptResponse>(
-      std::move(req), options_.rpc_timeout_ms,
-      [stub](auto* ctx, auto* r, auto* resp, auto cb) {
-        stub->async()->Accept(ctx, r, resp, std::move(cb));
-      },
-      [this, txn, p, ballot](const grpc::Status& s, const v1::AcceptResponse& resp) {
-        absl::StatusOr<v1::AcceptResponse> r =
-            s.ok() ? absl::StatusOr<v1::AcceptResponse>(resp) : FromGrpc(s);
-        WithCore([&](CoordinatorCore& c) { c.OnAcceptReply(txn, p, ballot, r, clock_.NowMs()); });
-      });
+  CallAccept(stub, txn, ballot, m.value, options_.rpc_timeout_ms,
+             [this, txn, p, ballot](const absl::StatusOr<v1::AcceptResponse>& r) {
+               WithCore(
+                   [&](CoordinatorCore& c) { c.OnAcceptReply(txn, p, ballot, r, clock_.NowMs()); });
+             });
 }
 
 void CoordinatorServer::OnBatchReply(const std::vector<Sent>& sent, const grpc::Status& status,

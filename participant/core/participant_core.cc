@@ -1885,6 +1885,29 @@ struct ParticipantCore::Impl {
     return leases;
   }
 
+  static absl::Status NotCurrentLease(const std::string& token, const std::string& msg) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("lease token \"", token, "\" is not the current lease of ", msg));
+  }
+
+  // The message `seq` (named `msg`) of `q` under the lease `token`, or why
+  // an Ack or Nack with that token cannot touch it.
+  static absl::StatusOr<Message*> HeldLease(Queue& q, const std::string& msg, uint64_t seq,
+                                            const std::string& token) {
+    auto it = q.messages.find(seq);
+    if (it == q.messages.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("message ", msg, " is not leased (already acked, or never delivered)"));
+    }
+    Message& m = it->second;
+    if (!m.pinned_by.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("message ", msg, " is held by prepared transaction ", m.pinned_by));
+    }
+    if (m.lease_token.empty() || m.lease_token != token) return NotCurrentLease(token, msg);
+    return &m;
+  }
+
   void Ack(RequestId r, const std::string& name, uint64_t seq, const std::string& token,
            int64_t now_ms) {
     const Waiter w{ReplyKind::kAck, r};
@@ -1893,20 +1916,9 @@ struct ParticipantCore::Impl {
     Queue* q = FindQueue(name);
     if (q == nullptr) return Fail(w, NoQueue(name));
     const std::string msg = MessageName(name, seq);
-    auto it = q->messages.find(seq);
-    if (it == q->messages.end()) {
-      return Fail(w, absl::FailedPreconditionError(absl::StrCat(
-                         "message ", msg, " is not leased (already acked, or never delivered)")));
-    }
-    Message& m = it->second;
-    if (!m.pinned_by.empty()) {
-      return Fail(w, absl::FailedPreconditionError(absl::StrCat(
-                         "message ", msg, " is held by prepared transaction ", m.pinned_by)));
-    }
-    if (m.lease_token.empty() || m.lease_token != token) {
-      return Fail(w, absl::FailedPreconditionError(absl::StrCat(
-                         "lease token \"", token, "\" is not the current lease of ", msg)));
-    }
+    absl::StatusOr<Message*> held = HeldLease(*q, msg, seq, token);
+    if (!held.ok()) return Fail(w, held.status());
+    Message& m = **held;
     if (m.ack_token != 0) {
       pending.at(m.ack_token).waiters.push_back(w);
       return;
@@ -2125,21 +2137,10 @@ struct ParticipantCore::Impl {
     Queue* q = FindQueue(name);
     if (q == nullptr) return Fail(w, NoQueue(name));
     const std::string msg = MessageName(name, seq);
-    auto it = q->messages.find(seq);
-    if (it == q->messages.end()) {
-      return Fail(w, absl::FailedPreconditionError(absl::StrCat(
-                         "message ", msg, " is not leased (already acked, or never delivered)")));
-    }
-    Message& m = it->second;
-    if (!m.pinned_by.empty()) {
-      return Fail(w, absl::FailedPreconditionError(absl::StrCat(
-                         "message ", msg, " is held by prepared transaction ", m.pinned_by)));
-    }
-    if (m.lease_token.empty() || m.lease_token != req.lease_token() || m.ack_token != 0) {
-      return Fail(w, absl::FailedPreconditionError(absl::StrCat(
-                         "lease token \"", req.lease_token(), "\" is not the current lease of ",
-                         msg)));
-    }
+    absl::StatusOr<Message*> held = HeldLease(*q, msg, seq, req.lease_token());
+    if (!held.ok()) return Fail(w, held.status());
+    Message& m = **held;
+    if (m.ack_token != 0) return Fail(w, NotCurrentLease(req.lease_token(), msg));
     if (Expired(m, now_ms)) {
       return Fail(w, absl::FailedPreconditionError(absl::StrCat("lease on ", msg, " expired at ",
                                                                 m.lease_expires_ms, " ms")));

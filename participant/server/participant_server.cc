@@ -535,43 +535,20 @@ void ParticipantNode::SendPeerMsg(OutPeerMsg m) {
   const std::string txn = m.txn_id, target = m.target;
   const uint64_t ballot = m.ballot;
   switch (m.type) {
-    case PeerMsgType::kPromise: {
-      v1::PromiseRequest req;
-      req.set_txn_id(txn);
-      req.set_ballot(ballot);
-      AsyncUnary<v1::PromiseResponse>(
-          std::move(req), options_.rpc_timeout_ms,
-          [stub](auto* ctx, auto* r, auto* resp, auto cb) {
-            stub->async()->Promise(ctx, r, resp, std::move(cb));
-          },
-          [this, txn, target, ballot](const grpc::Status& s, const v1::PromiseResponse& resp) {
-            absl::StatusOr<v1::PromiseResponse> r =
-                s.ok() ? absl::StatusOr<v1::PromiseResponse>(resp) : FromGrpc(s);
-            WithCore([&](ParticipantCore& c) {
-              c.OnPromiseReply(txn, target, ballot, r, clock_.NowMs());
-            });
-          });
-      return;
-    }
-    case PeerMsgType::kAccept: {
-      v1::AcceptRequest req;
-      req.set_txn_id(txn);
-      req.set_ballot(ballot);
-      req.set_value(m.value);
-      AsyncUnary<v1::AcceptResponse>(
-          std::move(req), options_.rpc_timeout_ms,
-          [stub](auto* ctx, auto* r, auto* resp, auto cb) {
-            stub->async()->Accept(ctx, r, resp, std::move(cb));
-          },
-          [this, txn, target, ballot](const grpc::Status& s, const v1::AcceptResponse& resp) {
-            absl::StatusOr<v1::AcceptResponse> r =
-                s.ok() ? absl::StatusOr<v1::AcceptResponse>(resp) : FromGrpc(s);
-            WithCore([&](ParticipantCore& c) {
-              c.OnAcceptReply(txn, target, ballot, r, clock_.NowMs());
-            });
-          });
-      return;
-    }
+    case PeerMsgType::kPromise:
+      return CallPromise(stub, txn, ballot, options_.rpc_timeout_ms,
+                         [this, txn, target, ballot](const absl::StatusOr<v1::PromiseResponse>& r) {
+                           WithCore([&](ParticipantCore& c) {
+                             c.OnPromiseReply(txn, target, ballot, r, clock_.NowMs());
+                           });
+                         });
+    case PeerMsgType::kAccept:
+      return CallAccept(stub, txn, ballot, m.value, options_.rpc_timeout_ms,
+                        [this, txn, target, ballot](const absl::StatusOr<v1::AcceptResponse>& r) {
+                          WithCore([&](ParticipantCore& c) {
+                            c.OnAcceptReply(txn, target, ballot, r, clock_.NowMs());
+                          });
+                        });
     case PeerMsgType::kCommit:
     case PeerMsgType::kAbort: {
       // The decision: peers that miss it run a round of their own.
