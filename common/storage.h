@@ -35,11 +35,17 @@ struct Batch {
   bool sync = true;
 };
 
-// Called once per batch, on the writer thread, after the LMDB transaction
+// Called once per batch, on the writer thread (or the thread in Drive()),
+// after the LMDB transaction
 // that holds it committed and was fsync'd (OK), or failed (then none of the
 // batch is on disk: RESOURCE_EXHAUSTED for a full map or disk, INTERNAL or
 // INVALID_ARGUMENT otherwise, with LMDB's message).
 using DoneFn = std::function<void(absl::Status)>;
+
+// Wraps the DoneFn calls of one group (one thread, submission order): `run`
+// makes them, and the hook calls it exactly once. An adapter uses it to take
+// its lock once per group rather than once per batch.
+using GroupHook = std::function<void(const std::function<void()>& run)>;
 
 struct StorageStats {
   uint64_t batches = 0;  // batches applied
@@ -53,6 +59,20 @@ class Storage {
   virtual ~Storage() = default;
   // Queues `batch` for the writer thread; never blocks on I/O.
   virtual void Submit(Batch batch, DoneFn done) = 0;
+  // Queues `batch` without waking the writer thread: the caller must call
+  // Drive() once it holds no lock that a DoneFn takes. Batches keep their
+  // order with every other submitted batch.
+  virtual void SubmitDeferred(Batch batch, DoneFn done) { Submit(std::move(batch), std::move(done)); }
+  // When no group is being written and a synced batch waits, writes the
+  // queued batches on the calling thread (their DoneFns run here, and may
+  // submit and Drive again) and hands what queued meanwhile to the writer
+  // thread. Otherwise returns at once. Saves the hand-off to the writer
+  // thread and back when the load is light; under load the writer thread is
+  // busy and Drive() does nothing.
+  virtual void Drive() {}
+  // Applies to groups written after it is set; without one, DoneFns are
+  // called one by one.
+  virtual void SetGroupHook(GroupHook hook) {}
   // Submit and wait. Not from a DoneFn: that runs on the writer thread.
   absl::Status Write(Batch batch);
   // A committed value, or nullopt.
@@ -74,6 +94,11 @@ class StorageWrapper : public Storage {
   void Submit(Batch batch, DoneFn done) override {
     target_->Submit(std::move(batch), std::move(done));
   }
+  void SubmitDeferred(Batch batch, DoneFn done) override {
+    target_->SubmitDeferred(std::move(batch), std::move(done));
+  }
+  void Drive() override { target_->Drive(); }
+  void SetGroupHook(GroupHook hook) override { target_->SetGroupHook(std::move(hook)); }
   absl::StatusOr<std::optional<std::string>> Get(const std::string& db,
                                                  const std::string& key) override {
     return target_->Get(db, key);

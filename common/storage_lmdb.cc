@@ -93,15 +93,38 @@ class LmdbStorage : public Storage {
   }
 
   void Submit(Batch batch, DoneFn done) override {
+    Enqueue(std::move(batch), std::move(done), /*handoff=*/true);
+  }
+
+  void SubmitDeferred(Batch batch, DoneFn done) override {
+    Enqueue(std::move(batch), std::move(done), /*handoff=*/false);
+  }
+
+  void SetGroupHook(GroupHook hook) override {
+    auto h = hook ? std::make_shared<const GroupHook>(std::move(hook)) : nullptr;
+    absl::MutexLock l(&mu_);
+    group_hook_ = std::move(h);
+  }
+
+  void Drive() override {
+    std::vector<Pending> group;
     {
       absl::MutexLock l(&mu_);
-      if (!stop_) {
-        if (batch.sync) ++sync_pending_;
-        queue_.push_back(Pending{std::move(batch), std::move(done)});
+      if (writing_ || queue_.empty()) return;
+      if (sync_pending_ == 0) {
+        // Only lazy batches: the writer thread waits for a synced one.
+        handoff_ = true;
         return;
       }
+      writing_ = true;
+      TakeGroupLocked(&group);
     }
-    done(absl::FailedPreconditionError("storage is closing"));
+    ApplyGroup(group);
+    absl::MutexLock l(&mu_);
+    writing_ = false;
+    // One group per call, so a caller (an RPC thread) is held for one fsync
+    // at most; the rest is the writer thread's.
+    if (!queue_.empty()) handoff_ = true;
   }
 
   absl::StatusOr<std::optional<std::string>> Get(const std::string& db,
@@ -272,13 +295,49 @@ class LmdbStorage : public Storage {
         }
       }
     }
-    for (size_t i = 0; i < group.size(); ++i) {
-      if (results[i].ok()) {
-        batches_.fetch_add(1);
-      } else {
-        failures_.fetch_add(1);
+    auto run = [&] {
+      for (size_t i = 0; i < group.size(); ++i) {
+        if (results[i].ok()) {
+          batches_.fetch_add(1);
+        } else {
+          failures_.fetch_add(1);
+        }
+        group[i].done(std::move(results[i]));
       }
-      group[i].done(std::move(results[i]));
+    };
+    std::shared_ptr<const GroupHook> hook;
+    {
+      absl::MutexLock l(&mu_);
+      hook = group_hook_;
+    }
+    if (hook != nullptr) {
+      (*hook)(run);
+    } else {
+      run();
+    }
+  }
+
+  void Enqueue(Batch batch, DoneFn done, bool handoff) {
+    {
+      absl::MutexLock l(&mu_);
+      if (!stop_) {
+        if (batch.sync) ++sync_pending_;
+        queue_.push_back(Pending{std::move(batch), std::move(done)});
+        if (handoff) handoff_ = true;
+        return;
+      }
+    }
+    done(absl::FailedPreconditionError("storage is closing"));
+  }
+
+  void TakeGroupLocked(std::vector<Pending>* group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    size_t n = std::min<size_t>(queue_.size(),
+                                std::max<uint32_t>(1, options_.batches_per_commit_max));
+    group->reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      if (queue_.front().batch.sync) --sync_pending_;
+      group->push_back(std::move(queue_.front()));
+      queue_.pop_front();
     }
   }
 
@@ -287,11 +346,14 @@ class LmdbStorage : public Storage {
       std::vector<Pending> group;
       {
         absl::MutexLock l(&mu_);
+        // Deferred batches wait for their submitter's Drive() unless one
+        // handed them over; on stop, everything left is written.
         auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return stop_ || !queue_.empty();
+          return !writing_ && (stop_ || (handoff_ && !queue_.empty()));
         };
         mu_.Await(absl::Condition(&ready));
         if (queue_.empty()) return;  // stop_ and drained
+        writing_ = true;  // from here, Drive() leaves the queue to this thread
         // Only lazy batches: give a synced one a moment to come and share
         // the fsync.
         auto urgent = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -300,16 +362,12 @@ class LmdbStorage : public Storage {
         if (!urgent()) {
           mu_.AwaitWithTimeout(absl::Condition(&urgent), absl::Milliseconds(options_.lazy_delay_ms));
         }
-        size_t n = std::min<size_t>(queue_.size(),
-                                    std::max<uint32_t>(1, options_.batches_per_commit_max));
-        group.reserve(n);
-        for (size_t i = 0; i < n; ++i) {
-          if (queue_.front().batch.sync) --sync_pending_;
-          group.push_back(std::move(queue_.front()));
-          queue_.pop_front();
-        }
+        TakeGroupLocked(&group);
       }
       ApplyGroup(group);
+      absl::MutexLock l(&mu_);
+      writing_ = false;
+      if (queue_.empty()) handoff_ = false;
     }
   }
 
@@ -323,6 +381,10 @@ class LmdbStorage : public Storage {
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   size_t sync_pending_ ABSL_GUARDED_BY(mu_) = 0;  // queued batches with sync
+  std::shared_ptr<const GroupHook> group_hook_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;  // a group is being applied
+  // The writer thread owns the queue (else deferred batches wait for Drive).
+  bool handoff_ ABSL_GUARDED_BY(mu_) = false;
 
   std::atomic<uint64_t> batches_{0};
   std::atomic<uint64_t> commits_{0};

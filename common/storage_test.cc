@@ -411,6 +411,127 @@ TEST(StorageTest, LazyBatchAloneIsSyncedAfterItsDelay) {
   EXPECT_EQ(MustGet(*s, "txn", "end"), std::optional<std::string>("lazy"));
 }
 
+// A deferred batch waits for its submitter's Drive(), which writes it on
+// the calling thread: no hand-off to the writer thread and back.
+TEST(StorageTest, DriveWritesDeferredBatchesOnTheCallingThread) {
+  TempDir tmp;
+  std::unique_ptr<Storage> s = MustOpen(Options(tmp.path()));
+  ASSERT_NE(s, nullptr);
+  std::atomic<bool> done{false};
+  std::thread::id done_on;
+  Batch b;
+  b.writes.push_back(Put("txn", "k", "v"));
+  s->SubmitDeferred(std::move(b), [&](absl::Status st) {
+    EXPECT_TRUE(st.ok()) << st;
+    done_on = std::this_thread::get_id();
+    done = true;
+  });
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_FALSE(done) << "the writer thread took a deferred batch nobody handed over";
+  s->Drive();
+  ASSERT_TRUE(done);  // before Drive() returned
+  EXPECT_EQ(done_on, std::this_thread::get_id());
+  EXPECT_EQ(MustGet(*s, "txn", "k"), std::optional<std::string>("v"));
+  EXPECT_EQ(s->Stats().commits, 1u);
+}
+
+// What a DoneFn submits while Drive() writes goes to the writer thread,
+// after the group, so order holds and the caller is held for one commit.
+TEST(StorageTest, BatchesSubmittedDuringDriveGoToTheWriterInOrder) {
+  TempDir tmp;
+  std::unique_ptr<Storage> s = MustOpen(Options(tmp.path()));
+  ASSERT_NE(s, nullptr);
+  absl::Notification second_done;
+  std::thread::id second_on;
+  Batch first;
+  first.writes.push_back(Put("txn", "k", "first"));
+  s->SubmitDeferred(std::move(first), [&](absl::Status st) {
+    ASSERT_TRUE(st.ok()) << st;
+    Batch second;
+    second.writes.push_back(Put("txn", "k", "second"));
+    s->SubmitDeferred(std::move(second), [&](absl::Status st2) {
+      EXPECT_TRUE(st2.ok()) << st2;
+      second_on = std::this_thread::get_id();
+      second_done.Notify();
+    });
+    s->Drive();  // a group is being written: returns at once
+    EXPECT_FALSE(second_done.HasBeenNotified());
+  });
+  s->Drive();
+  ASSERT_TRUE(second_done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_NE(second_on, std::this_thread::get_id());
+  EXPECT_EQ(MustGet(*s, "txn", "k"), std::optional<std::string>("second"));
+}
+
+// Drive() leaves lazy batches to the writer thread, which waits for a
+// synced one to share the fsync (or for its delay).
+TEST(StorageTest, DriveHandsLazyBatchesToTheWriter) {
+  TempDir tmp;
+  LmdbOptions o = Options(tmp.path());
+  o.lazy_delay_ms = 50;
+  std::unique_ptr<Storage> s = MustOpen(o);
+  ASSERT_NE(s, nullptr);
+  absl::Notification done;
+  Batch lazy;
+  lazy.sync = false;
+  lazy.writes.push_back(Put("txn", "end", "lazy"));
+  s->SubmitDeferred(std::move(lazy), [&](absl::Status st) {
+    EXPECT_TRUE(st.ok()) << st;
+    done.Notify();
+  });
+  s->Drive();
+  EXPECT_FALSE(done.HasBeenNotified());
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_EQ(MustGet(*s, "txn", "end"), std::optional<std::string>("lazy"));
+}
+
+// Deferred batches nobody drove are still written before the env closes.
+TEST(StorageTest, DestructorWritesUndrivenDeferredBatches) {
+  TempDir tmp;
+  LmdbOptions o = Options(tmp.path());
+  std::atomic<int> ok{0};
+  {
+    std::unique_ptr<Storage> s = MustOpen(o);
+    ASSERT_NE(s, nullptr);
+    for (int i = 0; i < 3; ++i) {
+      Batch b;
+      b.writes.push_back(Put("txn", absl::StrCat("k", i), "v"));
+      s->SubmitDeferred(std::move(b), [&](absl::Status st) { ok += st.ok(); });
+    }
+  }
+  EXPECT_EQ(ok, 3);
+  std::unique_ptr<Storage> s = MustOpen(o);
+  EXPECT_EQ(ScanAll(*s, "txn", "").size(), 3u);
+}
+
+// The group hook wraps every DoneFn of a group, once per group.
+TEST(StorageTest, GroupHookWrapsEachGroupsReports) {
+  TempDir tmp;
+  std::unique_ptr<Storage> s = MustOpen(Options(tmp.path()));
+  ASSERT_NE(s, nullptr);
+  int hooks = 0;
+  bool inside = false;
+  std::vector<bool> reported_inside;
+  s->SetGroupHook([&](const std::function<void()>& run) {
+    ++hooks;
+    inside = true;
+    run();
+    inside = false;
+  });
+  for (int i = 0; i < 3; ++i) {
+    Batch b;
+    b.writes.push_back(Put("txn", absl::StrCat("k", i), "v"));
+    s->SubmitDeferred(std::move(b), [&](absl::Status st) {
+      EXPECT_TRUE(st.ok()) << st;
+      reported_inside.push_back(inside);
+    });
+  }
+  s->Drive();
+  EXPECT_EQ(hooks, 1);
+  EXPECT_EQ(reported_inside, std::vector<bool>({true, true, true}));
+  EXPECT_EQ(s->Stats().commits, 1u);
+}
+
 TEST(StorageTest, SecondOpenOfALockedDirFails) {
   TempDir tmp;
   LmdbOptions o = Options(tmp.path());

@@ -116,6 +116,7 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
 
   const ServerOptions options_;
   Storage* const storage_;
+  GroupedReports reports_;  // one core call per storage group
   RealClock clock_;
   std::unique_ptr<View> view_;
   ChannelCache channels_;

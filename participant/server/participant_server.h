@@ -110,6 +110,7 @@ class ParticipantNode {
 
   const ServerOptions options_;
   Storage* const storage_;
+  GroupedReports reports_;  // one core call per storage group
   RealClock clock_;
   std::unique_ptr<View> view_;
   std::unique_ptr<TxnService> txn_service_;
