@@ -4,8 +4,8 @@
 // is on disk is all that survives, as after a power cut.
 //
 // Points (README lists them):
-//   coordinator: after-prepare-sent, after-decision-logged, mid-commit-fanout,
-//                after-precommit-sent
+//   coordinator: after-prepare-sent, after-decision-logged, after-staged-logged,
+//                mid-commit-fanout, after-precommit-sent
 //   participant: after-prepare-logged, before-vote-sent,
 //                after-commit-applied-before-ack
 #pragma once

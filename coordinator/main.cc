@@ -75,6 +75,12 @@ int main(int argc, char** argv) {
                  "commit a transaction with a single participant in one round (its own commit "
                  "record decides); false: full 2PC/3PC")
       ->capture_default_str();
+  app.add_option("--parallel_commit", cfg.parallel_commit,
+                 "2PC with several participants: force the transaction's record beside the "
+                 "prepares, so that the votes plus that record are the commit (one forced "
+                 "write before the decision instead of two); false: a COMMITTED record after "
+                 "the votes")
+      ->capture_default_str();
   app.add_option("--finished_cache_max", cfg.finished_cache_max,
                  "finished transactions kept in memory (older ones are read from disk)")
       ->check(CLI::Range(0u, 100000000u))

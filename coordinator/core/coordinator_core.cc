@@ -29,7 +29,8 @@ enum class Phase {
 };
 
 // kBallot: a PRECOMMITTED record carrying a new termination ballot.
-enum class RecordKind { kPrecommit, kCommit, kAbort, kEnd, kBallot };
+// kStage: parallel commit's PREPARING record, written beside the prepares.
+enum class RecordKind { kPrecommit, kCommit, kAbort, kEnd, kBallot, kStage };
 enum class TimerKind { kDeadline, kResend, kPersistRetry, kTerminate };
 
 // A 3PC termination round the coordinator leads (its ballot is on disk
@@ -86,6 +87,11 @@ struct Txn {
   int64_t decided_ms = 0;
   uint32_t timeout_ms = 0;
   bool reply_at_decision = false;  // ExecuteRequest.reply_at_decision
+  // Parallel commit: a PREPARING record was written (staged), is durable
+  // (staged_durable); probing: recovered from it, asking the participants.
+  bool staged = false;
+  bool staged_durable = false;
+  bool probing = false;
   google::protobuf::RepeatedPtrField<v1::Op> ops;  // cleared when finished
   std::vector<Party> parties;
   std::vector<uint32_t> op_party;   // per request op
@@ -296,7 +302,7 @@ struct CoordinatorCore::Impl {
     out.persist.push_back(std::move(b));
     if (kind == RecordKind::kBallot) {
       t.ballot_token = token;
-    } else if (kind != RecordKind::kEnd) {
+    } else if (kind != RecordKind::kEnd && kind != RecordKind::kStage) {
       t.decision_token = token;
     }
   }
@@ -446,7 +452,7 @@ struct CoordinatorCore::Impl {
     for (const OutMessage& m : out.send) {
       // Promise/Accept go one RPC each; the others share Batch calls.
       if (m.type != MsgType::kPromise && m.type != MsgType::kAccept &&
-          m.type != MsgType::kForget) {
+          m.type != MsgType::kForget && m.type != MsgType::kQuery) {
         called.insert(m.participant);
       }
     }
@@ -544,6 +550,11 @@ struct CoordinatorCore::Impl {
     if (t.protocol == v1::THREE_PC) {
       t.phase = Phase::kPrecommitting;
       Persist(t, RecordKind::kPrecommit, v1::PRECOMMITTED);
+    } else if (t.staged && CountVotes(t, Vote::kYes) == t.parties.size()) {
+      // Parallel commit: the PREPARING record plus every PREPARED record is
+      // the decision; a recovery that asks finds all of them prepared.
+      t.phase = Phase::kCommitting;
+      if (t.staged_durable) OnCommitDurable(t, now_ms);
     } else {
       PersistCommit(t);
     }
@@ -554,7 +565,7 @@ struct CoordinatorCore::Impl {
     t.phase = Phase::kCommitted;
     t.decision_durable = true;
     Log(absl::StrCat("txn ", t.id, " COMMITTED (", ProtocolName(t.protocol), ", ", t.parties.size(),
-                     " participants)"));
+                     t.staged ? " participants, parallel commit)" : " participants)"));
     for (size_t i = 0; i < t.parties.size(); ++i) {
       if (!t.parties[i].acked) SendRound(t, i, MsgType::kCommit, now_ms);
     }
@@ -905,6 +916,26 @@ struct CoordinatorCore::Impl {
         MaybeEnd(x);
         MaybeFinish(x);
         break;
+      case v1::PREPARING:
+        if (config.plant != "staged-presumed-abort") {
+          // Parallel commit: committed iff every participant holds it
+          // prepared (or committed it). Ask them all.
+          for (Party& p : x.parties) {
+            p.vote = Vote::kPending;
+            p.acked = false;
+          }
+          x.phase = Phase::kPreparing;
+          x.staged = true;
+          x.staged_durable = true;
+          x.probing = true;
+          x.replied = false;  // a retry waits for the decision
+          x.deadline_ms = now_ms + config.txn_timeout_ms;
+          for (size_t i = 0; i < x.parties.size(); ++i) SendRound(x, i, MsgType::kQuery, now_ms);
+          break;
+        }
+        // TEST ONLY: "staged-presumed-abort" takes it for an ABORT record.
+        x.reason = "aborted before a restart";
+        [[fallthrough]];
       case v1::STATE_ABORTED:
         for (Party& p : x.parties) p.vote = Vote::kUnknown;
         x.phase = Phase::kAborted;
@@ -973,7 +1004,7 @@ struct CoordinatorCore::Impl {
   }
 
   void ReplyFromRecord(RequestId request, const v1::CoordinatorTxnRecord& r, int op_count) {
-    if (r.state() == v1::PRECOMMITTED) {
+    if (r.state() == v1::PRECOMMITTED || r.state() == v1::PREPARING) {
       ReplyError(request,
                  absl::UnavailableError(
                      absl::StrCat("transaction ", r.txn_id(), " is being recovered; retry")),
@@ -1081,6 +1112,11 @@ struct CoordinatorCore::Impl {
       for (int op : x.parties[i].ops) *m.prepare.add_ops() = x.ops.Get(op);
       if (x.one_phase) m.prepare = OnePhasePrepare(x, i);
       out.send.push_back(std::move(m));
+    }
+    if (config.parallel_commit && !x.one_phase && x.protocol == v1::TWO_PC &&
+        x.parties.size() >= 2) {
+      x.staged = true;
+      Persist(x, RecordKind::kStage, v1::PREPARING);
     }
     x.deadline_timer = SetTimer(x, TimerKind::kDeadline, 0, x.deadline_ms);
   }
@@ -1423,7 +1459,10 @@ struct CoordinatorCore::Impl {
         p.resend_timer = 0;
         if (t->fencing && t->phase == Phase::kPreparing) return ResendOnePhase(*t, ref.party, now_ms);
         MsgType type;
-        if (t->phase == Phase::kPrecommitted || t->phase == Phase::kCommitting) {
+        if (t->probing && t->phase == Phase::kPreparing) {
+          if (p.vote != Vote::kPending) return;
+          type = MsgType::kQuery;
+        } else if (t->phase == Phase::kPrecommitted || t->phase == Phase::kCommitting) {
           if (p.precommit_acked || p.alarm || !t->precommit_durable) return;
           type = MsgType::kPreCommit;
         } else if (t->phase == Phase::kCommitted) {
@@ -1492,6 +1531,20 @@ struct CoordinatorCore::Impl {
       }
       return SendForget(*t);
     }
+    if (ref.kind == RecordKind::kStage) {
+      if (!status.ok()) {
+        // Nothing on disk says commit: go on as plain 2PC (a COMMITTED
+        // record if every vote is YES, an abort otherwise).
+        Log(absl::StrCat("txn ", t->id, ": PREPARING record write failed, committing without it: ",
+                         status.ToString()));
+        t->staged = false;
+        if (t->phase == Phase::kCommitting && t->decision_token == 0) PersistCommit(*t);
+        return;
+      }
+      t->staged_durable = true;
+      if (t->phase == Phase::kCommitting && t->decision_token == 0) OnCommitDurable(*t, now_ms);
+      return;
+    }
     if (t->decision_token != token) return;  // superseded
     t->decision_token = 0;
     switch (ref.kind) {
@@ -1530,7 +1583,43 @@ struct CoordinatorCore::Impl {
         return MaybeFinish(*t);
       case RecordKind::kEnd:
       case RecordKind::kBallot:
+      case RecordKind::kStage:
         return;
+    }
+  }
+
+  void OnQueryReply(const std::string& txn_id, const std::string& participant,
+                    const absl::StatusOr<v1::QueryStateResponse>& reply, int64_t now_ms) {
+    Txn* t = Find(txn_id);
+    if (t == nullptr || !t->probing || t->phase != Phase::kPreparing) return;
+    int i = PartyIndex(*t, participant);
+    if (i < 0 || t->parties[i].vote != Vote::kPending) return;
+    if (!reply.ok()) return;  // asked again when the resend timer fires
+    Party& p = t->parties[i];
+    // An operator resolved it while it was prepared: it voted YES.
+    const v1::TxnState state = reply->heuristic() ? v1::PREPARED : reply->state();
+    switch (state) {
+      case v1::PREPARED:
+      case v1::STATE_COMMITTED:
+        p.vote = Vote::kYes;
+        p.resend_timer = 0;
+        break;
+      case v1::STATE_ABORTED:
+        // It never prepared (and now never will), or it aborted.
+        p.vote = Vote::kNo;
+        p.resend_timer = 0;
+        t->probing = false;
+        return Abort(*t,
+                     absl::StrCat("recovered from a PREPARING record: ", p.id,
+                                  " does not hold the transaction prepared"),
+                     now_ms);
+      default:
+        return;  // not settled there yet: asked again
+    }
+    if (CountVotes(*t, Vote::kPending) == 0) {
+      t->probing = false;
+      Log(absl::StrCat("txn ", t->id, ": every participant holds it prepared"));
+      DecideCommit(*t, now_ms);
     }
   }
 
@@ -1989,6 +2078,14 @@ void CoordinatorCore::OnCommitReply(const std::string& txn_id, const std::string
                                     int64_t now_ms) {
   impl_->started = true;
   impl_->OnCommitReply(txn_id, participant, reply, now_ms);
+  impl_->EvictFinished();
+}
+
+void CoordinatorCore::OnQueryReply(const std::string& txn_id, const std::string& participant,
+                                   const absl::StatusOr<v1::QueryStateResponse>& reply,
+                                   int64_t now_ms) {
+  impl_->started = true;
+  impl_->OnQueryReply(txn_id, participant, reply, now_ms);
   impl_->EvictFinished();
 }
 

@@ -42,6 +42,23 @@
 //   presumed aborted: Abort is sent until answered; OK -> ABORT decided,
 //   FAILED_PRECONDITION (it committed) -> the Prepare is resent for the
 //   sequences. Interactive Commit (use_staged) always runs 2PC/3PC.
+//   Parallel commit (Config::parallel_commit; 2PC Execute with two or more
+//   participants): a PREPARING record naming the participants is forced
+//   beside the Prepares. Once it is durable and every participant voted YES
+//   the transaction is committed (every vote is a durable PREPARED record):
+//   Commit goes out and the client is answered as after a COMMITTED record,
+//   with no decision write on the way; the record next written is ENDED. So
+//   one forced write (the participants' prepares and this record, in
+//   parallel) sits before the decision instead of two in a row. A READ_ONLY
+//   vote (which leaves nothing to find), or a failed PREPARING write, falls
+//   back to the COMMITTED record. At recovery a PREPARING record means
+//   "committed if every participant holds it prepared": each is asked
+//   (participant QueryState, which records an unknown id ABORTED before
+//   answering, so a late Prepare can never make the answer wrong); all
+//   PREPARED or COMMITTED -> commit, any ABORTED -> abort. An outcome an
+//   operator set while the participant was prepared (heuristic) counts as
+//   its YES, so that, as with a COMMITTED record, the others commit and
+//   that participant is reported mixed.
 #pragma once
 
 #include <cstdint>
@@ -96,11 +113,15 @@ struct Config {
   // (PrepareRequest.one_phase; see the protocol notes above). false: 2PC/3PC
   // as for several participants.
   bool one_phase = true;
+  // --parallel_commit: 2PC Executes with several participants force their
+  // record beside the prepares (see the protocol notes above).
+  bool parallel_commit = true;
   // TEST ONLY (tests/sim plants a known bug to show its checker catches it):
   // "commit-without-votes" counts a NO vote as YES; "one-phase-multi" sends
   // every participant of every Execute a one-phase Prepare naming it alone;
-  // "one-phase-presumed-abort" aborts when a one-phase vote is lost or late.
-  // Empty everywhere else.
+  // "one-phase-presumed-abort" aborts when a one-phase vote is lost or late;
+  // "staged-presumed-abort" recovers a PREPARING record as aborted without
+  // asking the participants. Empty everywhere else.
   std::string plant;
 };
 
@@ -122,7 +143,9 @@ using RequestId = uint64_t;
 // kPreCommit, kCommit or kAbort) and output beside it; sent once, never
 // resent, and its reply needs no report: a lost one only means that
 // participant keeps the outcome.
-enum class MsgType { kPrepare, kPreCommit, kCommit, kAbort, kPromise, kAccept, kForget };
+// kQuery: recovery of a PREPARING record asks the participant what it holds
+// (ParticipantTxn.QueryState, one RPC each); report OnQueryReply.
+enum class MsgType { kPrepare, kPreCommit, kCommit, kAbort, kPromise, kAccept, kForget, kQuery };
 
 struct OutMessage {
   std::string participant;  // id
@@ -170,7 +193,8 @@ class CoordinatorCore {
 
   // Once, before any other input: every record found in the "txn" database.
   // COMMIT without END -> resend Commit; ABORT without END -> resend Abort;
-  // PRECOMMITTED -> a termination round decides (never a blind commit).
+  // PRECOMMITTED -> a termination round decides (never a blind commit);
+  // PREPARING (parallel commit) -> every participant is asked.
   void Recover(std::vector<v1::CoordinatorTxnRecord> records, int64_t now_ms);
 
   // A client's Execute. The reply comes in Output::replies.
@@ -186,6 +210,9 @@ class CoordinatorCore {
                      const absl::StatusOr<v1::CommitResponse>& reply, int64_t now_ms);
   void OnAbortReply(const std::string& txn_id, const std::string& participant,
                     const absl::Status& status, int64_t now_ms);
+  // A participant's answer to kQuery: PREPARED, COMMITTED, ABORTED, ...
+  void OnQueryReply(const std::string& txn_id, const std::string& participant,
+                    const absl::StatusOr<v1::QueryStateResponse>& reply, int64_t now_ms);
 
   // Answers to kPromise / kAccept messages (`ballot` as sent).
   void OnPromiseReply(const std::string& txn_id, const std::string& participant, uint64_t ballot,

@@ -24,13 +24,14 @@ class CoordinatorServer::View : public DurableView {
 
 namespace {
 
-// Whether a batch carries a COMMIT or ABORT decision (for the crash point).
-bool HasDecision(const Batch& batch) {
+// Whether a batch writes a transaction record in one of `states` (for the
+// crash points).
+bool WritesState(const Batch& batch, std::initializer_list<v1::TxnState> states) {
   for (const Write& w : batch.writes) {
     if (w.db != kTxnDb || w.erase) continue;
     v1::CoordinatorTxnRecord rec;
     if (DecodeRecord(w.value, &rec).ok() &&
-        (rec.state() == v1::STATE_COMMITTED || rec.state() == v1::STATE_ABORTED)) {
+        std::find(states.begin(), states.end(), rec.state()) != states.end()) {
       return true;
     }
   }
@@ -285,9 +286,12 @@ void CoordinatorServer::WithCore(Fn fn) {
 void CoordinatorServer::Persist(std::vector<Batch> batches) {
   for (Batch& batch : batches) {
     uint64_t token = batch.token;
-    bool decision = CrashArmed("after-decision-logged") && HasDecision(batch);
-    storage_->SubmitDeferred(std::move(batch), [this, token, decision](absl::Status st) {
+    bool decision = CrashArmed("after-decision-logged") &&
+                    WritesState(batch, {v1::STATE_COMMITTED, v1::STATE_ABORTED});
+    bool staged = CrashArmed("after-staged-logged") && WritesState(batch, {v1::PREPARING});
+    storage_->SubmitDeferred(std::move(batch), [this, token, decision, staged](absl::Status st) {
       if (decision && st.ok()) CrashPoint("after-decision-logged");
+      if (staged && st.ok()) CrashPoint("after-staged-logged");
       if (reports_.Collect(token, st)) return;
       WithCore([&](CoordinatorCore& c) { c.OnPersisted(token, st, clock_.NowMs()); });
     });
@@ -416,6 +420,7 @@ class CoordinatorServer::Link {
         case MsgType::kCommit: item->mutable_commit()->set_txn_id(m.txn_id); break;
         case MsgType::kAbort: item->mutable_abort()->set_txn_id(m.txn_id); break;
         case MsgType::kForget: item->mutable_forget()->set_txn_id(m.txn_id); break;
+        case MsgType::kQuery:    // never batched: SendTermination
         case MsgType::kPromise:  // never batched: SendTermination
         case MsgType::kAccept: break;
       }
@@ -459,7 +464,8 @@ void CoordinatorServer::Send(std::vector<OutMessage> msgs) {
   {
     absl::MutexLock lock(&links_mu_);
     for (OutMessage& m : msgs) {
-      if (m.type == MsgType::kPromise || m.type == MsgType::kAccept) {
+      if (m.type == MsgType::kPromise || m.type == MsgType::kAccept ||
+          m.type == MsgType::kQuery) {
         termination.push_back(std::move(m));
         continue;
       }
@@ -472,12 +478,28 @@ void CoordinatorServer::Send(std::vector<OutMessage> msgs) {
   for (auto& [link, batch] : by_link) link->Send(std::move(batch));
 }
 
-// 3PC termination rounds the coordinator leads: one RPC per message.
+// 3PC termination rounds the coordinator leads, and recovery's questions
+// about PREPARING records: one RPC per message.
 void CoordinatorServer::SendTermination(OutMessage m) {
   std::shared_ptr<v1::ParticipantTxn::Stub> stub =
       v1::ParticipantTxn::NewStub(channels_.Get(m.address));
   const std::string txn = m.txn_id, p = m.participant;
   const uint64_t ballot = m.ballot;
+  if (m.type == MsgType::kQuery) {
+    v1::TxnRef ref;
+    ref.set_txn_id(txn);
+    AsyncUnary<v1::QueryStateResponse>(
+        std::move(ref), options_.rpc_timeout_ms,
+        [stub](auto* ctx, auto* r, auto* resp, auto cb) {
+          stub->async()->QueryState(ctx, r, resp, std::move(cb));
+        },
+        [this, txn, p](const grpc::Status& status, const v1::QueryStateResponse& resp) {
+          absl::StatusOr<v1::QueryStateResponse> reply =
+              status.ok() ? absl::StatusOr<v1::QueryStateResponse>(resp) : FromGrpc(status);
+          WithCore([&](CoordinatorCore& c) { c.OnQueryReply(txn, p, reply, clock_.NowMs()); });
+        });
+    return;
+  }
   if (m.type == MsgType::kPromise) {
     CallPromise(stub, txn, ballot, options_.rpc_timeout_ms,
                 [this, txn, p, ballot](const absl::StatusOr<v1::PromiseResponse>& r) {
@@ -543,6 +565,7 @@ void CoordinatorServer::OnBatchReply(const std::vector<Sent>& sent, const grpc::
         case MsgType::kForget:  // best effort: nothing to learn from the answer
         case MsgType::kPromise:
         case MsgType::kAccept:
+        case MsgType::kQuery:
           break;  // not batched
       }
     }

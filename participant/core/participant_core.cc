@@ -259,9 +259,10 @@ struct ParticipantCore::Impl {
     Send(r, absl::OkStatus(), resp);
   }
 
-  void SendState(RequestId r, TxnState state) {
+  void SendState(RequestId r, TxnState state, bool heuristic = false) {
     v1::QueryStateResponse resp;
     resp.set_state(state);
+    resp.set_heuristic(heuristic);
     Send(r, absl::OkStatus(), resp);
   }
 
@@ -1086,7 +1087,9 @@ struct ParticipantCore::Impl {
       pending.at(o.token).waiters.push_back(w);
       return;
     }
-    if (w.kind == ReplyKind::kQuery) return SendState(w.request, v1::STATE_ABORTED);
+    if (w.kind == ReplyKind::kQuery) {
+      return SendState(w.request, v1::STATE_ABORTED, o.rec.has_heuristic());
+    }
     if (w.kind == ReplyKind::kPromise || w.kind == ReplyKind::kAccept) {
       return SendDecided(w, v1::STATE_ABORTED);
     }
@@ -1113,7 +1116,9 @@ struct ParticipantCore::Impl {
       return SendState(r, t.rec.state());
     }
     std::optional<CachedOutcome> o = FindOutcome(id);
-    if (o && o->rec.state() == v1::STATE_COMMITTED) return SendState(r, v1::STATE_COMMITTED);
+    if (o && o->rec.state() == v1::STATE_COMMITTED) {
+      return SendState(r, v1::STATE_COMMITTED, o->rec.has_heuristic());
+    }
     if (o) return AnswerAborted(w, *o);
     AbortUnknown(w, id, now_ms);
   }

@@ -2145,6 +2145,24 @@ TEST_F(ResolveTest, HeuristicOutcomesAreNeverForgotten) {
   EXPECT_TRUE(Heuristic("t1").has_value());
 }
 
+// QueryState says when an operator set the outcome of a prepared
+// transaction: a coordinator recovering a parallel commit counts it as YES.
+TEST_F(ResolveTest, QueryStateMarksHeuristicOutcomes) {
+  Start();
+  CreateQueue("q");
+  InDoubt(PrepareReq("t1", {EnqueueOp("q", "a")}));
+  EXPECT_EQ(Resolved(Req("t1", v1::ABORTED)).state(), v1::STATE_ABORTED);
+  core_->QueryState(7, "t1", now_);
+  Output o = Collect();
+  EXPECT_EQ(Body<v1::QueryStateResponse>(o, 7).state(), v1::STATE_ABORTED);
+  EXPECT_TRUE(Body<v1::QueryStateResponse>(o, 7).heuristic());
+  // An id this node never prepared is aborted by the protocol, not an operator.
+  core_->QueryState(8, "t2", now_);
+  o = Persist();
+  EXPECT_EQ(Body<v1::QueryStateResponse>(o, 8).state(), v1::STATE_ABORTED);
+  EXPECT_FALSE(Body<v1::QueryStateResponse>(o, 8).heuristic());
+}
+
 TEST_F(ResolveTest, CommitMakesMessagesVisibleAndAppliesAcksDurablyAndMarked) {
   Start();
   CreateQueue("q");

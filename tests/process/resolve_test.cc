@@ -58,10 +58,19 @@ v1::ExecuteRequest ThreeWay(const std::string& id) {
   return req;
 }
 
+// A coordinator that writes a COMMITTED record after the votes.
+ClusterOptions Classic() {
+  ClusterOptions o;
+  o.coordinator_args = {"--parallel_commit=false"};
+  return o;
+}
+
 // Starts the cluster with the coordinator set to die once COMMIT of `id` is
 // durable, before it tells anyone; returns when every participant lists the
 // transaction in doubt.
 void CrashAfterDecision(Cluster& c, const std::string& id) {
+  // The cluster runs with --parallel_commit=false (Classic()): only then is
+  // there a COMMITTED record to crash after.
   for (int i = 1; i <= 3; ++i) c.StartParticipant(i);
   c.StartCoordinator({{"ATOMQ_CRASH_AT", "after-decision-logged"}});
   c.CreateQueue(1, "orders");
@@ -87,7 +96,7 @@ void CrashAfterDecision(Cluster& c, const std::string& id) {
 }
 
 TEST(ResolveTest, OperatorCommitsEachParticipantAfterTheCoordinatorLogIsLost) {
-  Cluster c;
+  Cluster c(Classic());
   const std::string id = "lost-1";
   CrashAfterDecision(c, id);
   std::filesystem::remove_all(c.dir() + "/c1");  // the decision log, lost for good
@@ -151,7 +160,7 @@ TEST(ResolveTest, OperatorCommitsEachParticipantAfterTheCoordinatorLogIsLost) {
 }
 
 TEST(ResolveTest, HeuristicAbortStaysWhenTheCoordinatorCommitsAndIsShownMixed) {
-  Cluster c;
+  Cluster c(Classic());
   const std::string id = "mixed-1";
   CrashAfterDecision(c, id);
   // p2 and p3 go down, so that they cannot learn p1's abort from it.

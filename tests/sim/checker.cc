@@ -75,6 +75,7 @@ void Checker::OnPut(const std::string& node, const std::string& db, const std::s
       return;
     }
     std::optional<bool> commit;
+    if (rec.state() == v1::PREPARING) T(key).staged = true;
     if (rec.state() == v1::STATE_COMMITTED) commit = true;
     if (rec.state() == v1::STATE_ABORTED) commit = false;
     if (rec.state() == v1::ENDED) commit = rec.reason().empty();
@@ -197,14 +198,19 @@ void Checker::OnClientOutcome(const std::string& txn_id, v1::Outcome outcome) {
   dirty_.insert(txn_id);
   // Durability: an outcome told to a client is on disk already: the
   // coordinator's decision, or every participant's COMMITTED outcome (a
-  // one-phase commit's only decision record; the coordinator's ENDED is lazy).
+  // one-phase commit's only decision record; the coordinator's ENDED is lazy),
+  // or a parallel commit's PREPARING record with every participant holding
+  // it prepared (or committed).
   if (outcome == v1::COMMITTED) {
     bool all = !t.parties.empty();
+    bool all_prepared = t.staged && !t.parties.empty();
     for (const std::string& p : t.parties) {
       auto it = t.outcomes.find(p);
-      all = all && it != t.outcomes.end() && it->second == v1::STATE_COMMITTED;
+      const bool committed = it != t.outcomes.end() && it->second == v1::STATE_COMMITTED;
+      all = all && committed;
+      all_prepared = all_prepared && (committed || Prepared(p, txn_id).has_value());
     }
-    if (!(t.coordinator_commit && *t.coordinator_commit) && !all) {
+    if (!(t.coordinator_commit && *t.coordinator_commit) && !all && !all_prepared) {
       Violation(txn_id, "the client was told COMMITTED before the decision was durable");
     }
   } else if (!(t.coordinator_commit && !*t.coordinator_commit)) {

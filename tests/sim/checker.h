@@ -79,6 +79,7 @@ class Checker {
     // (OutcomeRecord.one_phase): valid only as the single participant.
     std::set<std::string> one_phase;
     std::optional<bool> coordinator_commit;        // the coordinator's durable decision
+    bool staged = false;  // a parallel commit's PREPARING record became durable
     std::optional<v1::Outcome> told;
     bool reported = false;  // one violation line per transaction is enough
   };

@@ -380,9 +380,11 @@ void Sim::Boot(Node& n) {
     c.resend_max_ms = 200;
     c.termination_after_ms = termination_after_ms_;
     if (options_.plant == "commit-without-votes" || options_.plant == "one-phase-multi" ||
-        options_.plant == "one-phase-presumed-abort") {
+        options_.plant == "one-phase-presumed-abort" || options_.plant == "staged-presumed-abort") {
       c.plant = options_.plant;
     }
+    // Parallel commit in every other seed (always for the plant that breaks it).
+    c.parallel_commit = options_.seed % 2 == 0 || options_.plant == "staged-presumed-abort";
     n.coordinator_view = std::make_unique<CoordinatorView>(&n);
     n.coordinator = std::make_unique<CoordinatorCore>(std::move(c), n.coordinator_view.get());
     std::vector<v1::CoordinatorTxnRecord> records;
@@ -549,6 +551,7 @@ void Sim::DrainCoordinator(Node& n) {
       case coordinator::MsgType::kPromise: req.kind = Kind::kPromise; break;
       case coordinator::MsgType::kAccept: req.kind = Kind::kAccept; break;
       case coordinator::MsgType::kForget: req.kind = Kind::kForget; break;
+      case coordinator::MsgType::kQuery: req.kind = Kind::kQuery; break;
     }
     const Kind kind = req.kind;
     const std::string txn = m.txn_id, p = m.participant;
@@ -574,6 +577,13 @@ void Sim::DrainCoordinator(Node& n) {
                                  now_);
               break;
             case Kind::kAbort: core.OnAbortReply(txn, p, a.status, now_); break;
+            case Kind::kQuery:
+              core.OnQueryReply(txn, p,
+                                a.status.ok() ? absl::StatusOr<v1::QueryStateResponse>(
+                                                    std::get<v1::QueryStateResponse>(a.body))
+                                              : absl::StatusOr<v1::QueryStateResponse>(a.status),
+                                now_);
+              break;
             case Kind::kPromise:
               core.OnPromiseReply(txn, p, ballot,
                                   a.status.ok() ? absl::StatusOr<v1::PromiseResponse>(
@@ -967,7 +977,7 @@ const std::vector<std::string>& Plants() {
   static const std::vector<std::string> plants = {"commit-without-votes", "reply-before-durable",
                                                   "leader-ignores-accepted", "forget-prepared",
                                                   "one-phase-multi", "one-phase-presumed-abort",
-                                                  "forget-before-end"};
+                                                  "forget-before-end", "staged-presumed-abort"};
   return plants;
 }
 
