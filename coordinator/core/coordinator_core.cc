@@ -509,7 +509,11 @@ struct CoordinatorCore::Impl {
       } else {
         p.acked = false;
         ++targets;
-        SendRound(t, i, MsgType::kAbort, now_ms);
+        // With a PREPARING record on disk (or on its way), Abort waits for
+        // the ABORT record: a crash before it would leave a recovery that
+        // asks the participants, and one that got this Abort late could
+        // then disagree with a commit decided from the others' PREPARED.
+        if (!t.staged) SendRound(t, i, MsgType::kAbort, now_ms);
       }
     }
     ATOMQ_CHECK(targets >= CountVotes(t, Vote::kYes), "a YES voter left without an Abort");
@@ -1577,6 +1581,11 @@ struct CoordinatorCore::Impl {
         }
         t->retry_backoff_ms = 0;
         t->decision_durable = true;
+        if (t->staged) {
+          for (size_t i = 0; i < t->parties.size(); ++i) {
+            if (!t->parties[i].acked) SendRound(*t, i, MsgType::kAbort, now_ms);
+          }
+        }
         ReplyAll(*t);
         ReplyStates(*t);
         MaybeEnd(*t);

@@ -51,7 +51,11 @@
 //   one forced write (the participants' prepares and this record, in
 //   parallel) sits before the decision instead of two in a row. A READ_ONLY
 //   vote (which leaves nothing to find), or a failed PREPARING write, falls
-//   back to the COMMITTED record. At recovery a PREPARING record means
+//   back to the COMMITTED record. An abort sends its Abort messages only
+//   once the ABORT record is durable (it replaces PREPARING): an Abort
+//   still on its way when the coordinator crashed could otherwise reach a
+//   participant after recovery committed from everyone's PREPARED.
+//   At recovery a PREPARING record means
 //   "committed if every participant holds it prepared": each is asked
 //   (participant QueryState, which records an unknown id ABORTED before
 //   answering, so a late Prepare can never make the answer wrong); all
