@@ -31,8 +31,11 @@ struct ServerOptions {
   // Execute with the same id is idempotent within it (and after it, as long
   // as the participants remember their outcome).
   uint64_t retention_ms = 600000;
-  uint32_t gc_interval_ms = 10000;  // --gc_interval_ms: how often to look
-  uint32_t gc_batch_max = 10000;    // --gc_batch_max: records erased per look
+  uint32_t gc_interval_ms = 1000;   // --gc_interval_ms: how often to look
+  // --gc_batch_max: records erased per look (a full look looks again in
+  // 10 ms). Small: LMDB keeps the page buffers of its largest write
+  // transaction, and its file grows while a large one runs.
+  uint32_t gc_batch_max = 1000;
   uint32_t stream_items_max = 10000;  // --stream_items_max: transactions in one stream message
   // --stream_in_flight_max: unanswered transactions of one ExecuteStream call
   // before the coordinator stops reading it (the client's back-pressure).

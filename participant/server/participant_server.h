@@ -32,8 +32,11 @@ struct ServerOptions {
   uint32_t subscriptions_max = 1000;     // --subscriptions_max: Subscribe streams open at once
   uint32_t lease_sweep_ms = 100;         // --lease_sweep_ms: how often expired leases return
   // Outcome collection (Config::retention_ms says how old an entry must be).
-  uint32_t gc_interval_ms = 10000;  // --gc_interval_ms: how often to look
-  uint32_t gc_batch_max = 10000;    // --gc_batch_max: outcomes erased per look
+  uint32_t gc_interval_ms = 1000;   // --gc_interval_ms: how often to look
+  // --gc_batch_max: outcomes erased per look (a full look looks again in
+  // 10 ms). Small: LMDB keeps the page buffers of its largest write
+  // transaction, and its file grows while a large one runs.
+  uint32_t gc_batch_max = 1000;
 };
 
 // Owns the core and its I/O; exposes the two gRPC services.
