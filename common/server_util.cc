@@ -141,6 +141,21 @@ void CallPromise(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::stri
       });
 }
 
+void CallQueryState(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::string& txn_id,
+                    uint32_t timeout_ms,
+                    std::function<void(const absl::StatusOr<v1::QueryStateResponse>&)> done) {
+  v1::TxnRef ref;
+  ref.set_txn_id(txn_id);
+  AsyncUnary<v1::QueryStateResponse>(
+      std::move(ref), timeout_ms,
+      [stub](auto* ctx, auto* r, auto* resp, auto cb) {
+        stub->async()->QueryState(ctx, r, resp, std::move(cb));
+      },
+      [done = std::move(done)](const grpc::Status& s, const v1::QueryStateResponse& resp) {
+        done(s.ok() ? absl::StatusOr<v1::QueryStateResponse>(resp) : FromGrpc(s));
+      });
+}
+
 void CallAccept(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::string& txn_id,
                 uint64_t ballot, v1::TxnState value, uint32_t timeout_ms,
                 std::function<void(const absl::StatusOr<v1::AcceptResponse>&)> done) {

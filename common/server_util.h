@@ -114,6 +114,11 @@ void AsyncUnary(Req req, uint32_t timeout_ms, StartFn start, DoneFn done) {
 void CallPromise(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::string& txn_id,
                  uint64_t ballot, uint32_t timeout_ms,
                  std::function<void(const absl::StatusOr<v1::PromiseResponse>&)> done);
+// A participant's QueryState (a peer in doubt, or a coordinator recovering a
+// parallel commit); `done` gets its answer or the call's error.
+void CallQueryState(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::string& txn_id,
+                    uint32_t timeout_ms,
+                    std::function<void(const absl::StatusOr<v1::QueryStateResponse>&)> done);
 void CallAccept(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::string& txn_id,
                 uint64_t ballot, v1::TxnState value, uint32_t timeout_ms,
                 std::function<void(const absl::StatusOr<v1::AcceptResponse>&)> done);

@@ -268,10 +268,12 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Create(Con
 template <typename Fn>
 void CoordinatorServer::WithCore(Fn fn) {
   Output out;
+  bool persisted;
   {
     absl::MutexLock lock(&mu_);
     fn(*core_);
     out = core_->TakeOutput();
+    persisted = !out.persist.empty();
     // Under the lock: batches must reach the writer in the order the core
     // made them (a later batch may rewrite a key an earlier one wrote).
     Persist(std::move(out.persist));
@@ -279,8 +281,8 @@ void CoordinatorServer::WithCore(Fn fn) {
   }
   if (!out.empty()) Dispatch(std::move(out));
   // After the messages left: an idle writer's fsync runs here, on this
-  // thread, saving two thread hand-offs.
-  storage_->Drive();
+  // thread, saving two thread hand-offs. Every submitter drives its own.
+  if (persisted) storage_->Drive();
 }
 
 void CoordinatorServer::Persist(std::vector<Batch> batches) {
@@ -486,18 +488,10 @@ void CoordinatorServer::SendTermination(OutMessage m) {
   const std::string txn = m.txn_id, p = m.participant;
   const uint64_t ballot = m.ballot;
   if (m.type == MsgType::kQuery) {
-    v1::TxnRef ref;
-    ref.set_txn_id(txn);
-    AsyncUnary<v1::QueryStateResponse>(
-        std::move(ref), options_.rpc_timeout_ms,
-        [stub](auto* ctx, auto* r, auto* resp, auto cb) {
-          stub->async()->QueryState(ctx, r, resp, std::move(cb));
-        },
-        [this, txn, p](const grpc::Status& status, const v1::QueryStateResponse& resp) {
-          absl::StatusOr<v1::QueryStateResponse> reply =
-              status.ok() ? absl::StatusOr<v1::QueryStateResponse>(resp) : FromGrpc(status);
-          WithCore([&](CoordinatorCore& c) { c.OnQueryReply(txn, p, reply, clock_.NowMs()); });
-        });
+    CallQueryState(stub, txn, options_.rpc_timeout_ms,
+                   [this, txn, p](const absl::StatusOr<v1::QueryStateResponse>& r) {
+                     WithCore([&](CoordinatorCore& c) { c.OnQueryReply(txn, p, r, clock_.NowMs()); });
+                   });
     return;
   }
   if (m.type == MsgType::kPromise) {

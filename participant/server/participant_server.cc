@@ -468,10 +468,12 @@ absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config 
 template <typename Fn>
 void ParticipantNode::WithCore(Fn fn) {
   Output out;
+  bool persisted;
   {
     absl::MutexLock lock(&mu_);
     fn(*core_);
     out = core_->TakeOutput();
+    persisted = !out.persist.empty();
     // Under the lock: batches must reach the writer in the order the core
     // made them (a later batch may rewrite a key an earlier one wrote).
     Persist(std::move(out.persist));
@@ -479,8 +481,8 @@ void ParticipantNode::WithCore(Fn fn) {
   }
   if (!out.empty()) Dispatch(std::move(out));
   // After the messages left: an idle writer's fsync runs here, on this
-  // thread, saving two thread hand-offs.
-  storage_->Drive();
+  // thread, saving two thread hand-offs. Every submitter drives its own.
+  if (persisted) storage_->Drive();
 }
 
 void ParticipantNode::RunCore(const std::function<void(ParticipantCore&)>& fn) {
@@ -586,34 +588,25 @@ void ParticipantNode::SendPeerMsg(OutPeerMsg m) {
 
 void ParticipantNode::SendQuery(OutQuery q) {
   if (stopped_) return;
-  v1::TxnRef ref;
-  ref.set_txn_id(q.txn_id);
-  std::string txn = q.txn_id;
-  std::string target = q.target;
-  auto done = [this, txn, target](const grpc::Status& s, const v1::QueryStateResponse& resp) {
-    absl::StatusOr<v1::QueryStateResponse> r =
-        s.ok() ? absl::StatusOr<v1::QueryStateResponse>(resp) : FromGrpc(s);
+  const std::string txn = q.txn_id, target = q.target;
+  auto report = [this, txn, target](const absl::StatusOr<v1::QueryStateResponse>& r) {
     WithCore([&](ParticipantCore& c) { c.OnQueryReply(txn, target, r, clock_.NowMs()); });
   };
-  if (q.to_coordinator) {
-    std::shared_ptr<v1::Coordinator::Stub> stub =
-        v1::Coordinator::NewStub(channels_.Get(q.address));
-    AsyncUnary<v1::QueryStateResponse>(
-        ref, options_.rpc_timeout_ms,
-        [stub](auto* ctx, auto* req, auto* resp, auto cb) {
-          stub->async()->QueryState(ctx, req, resp, std::move(cb));
-        },
-        std::move(done));
-  } else {
-    std::shared_ptr<v1::ParticipantTxn::Stub> stub =
-        v1::ParticipantTxn::NewStub(channels_.Get(q.address));
-    AsyncUnary<v1::QueryStateResponse>(
-        ref, options_.rpc_timeout_ms,
-        [stub](auto* ctx, auto* req, auto* resp, auto cb) {
-          stub->async()->QueryState(ctx, req, resp, std::move(cb));
-        },
-        std::move(done));
+  if (!q.to_coordinator) {
+    return CallQueryState(v1::ParticipantTxn::NewStub(channels_.Get(q.address)), txn,
+                          options_.rpc_timeout_ms, std::move(report));
   }
+  std::shared_ptr<v1::Coordinator::Stub> stub = v1::Coordinator::NewStub(channels_.Get(q.address));
+  v1::TxnRef ref;
+  ref.set_txn_id(txn);
+  AsyncUnary<v1::QueryStateResponse>(
+      std::move(ref), options_.rpc_timeout_ms,
+      [stub](auto* ctx, auto* req, auto* resp, auto cb) {
+        stub->async()->QueryState(ctx, req, resp, std::move(cb));
+      },
+      [report = std::move(report)](const grpc::Status& s, const v1::QueryStateResponse& resp) {
+        report(s.ok() ? absl::StatusOr<v1::QueryStateResponse>(resp) : FromGrpc(s));
+      });
 }
 
 }  // namespace atomq::participant
