@@ -4,7 +4,8 @@
 //             [--expect_violation] [--max_failures=K] [--verbose]
 //
 // Seeds S, S+1, ..., S+N-1 (S defaults to 1). One line per failing seed, with
-// the command that replays it, then a summary. Exit status: 0 when no seed
+// the command that replays it, then a summary ending in a digest of every
+// seed's event trace (equal before and after a behaviour-preserving change). Exit status: 0 when no seed
 // failed; 1 when some did; 2 on a usage error. With --expect_violation (for a
 // planted bug) the meaning flips: 0 when some seed caught it, 1 when none did.
 #include <csignal>
@@ -71,12 +72,16 @@ int main(int argc, char** argv) {
   uint64_t run = 0, txns = 0, commits = 0, aborts = 0, violations = 0, blocked = 0, failed = 0;
   uint64_t steps = 0, one_phase = 0, collected = 0;
   uint64_t caught = 0;  // seeds with a safety violation
+  // One digest of every seed's event trace: a change that claims to keep
+  // behaviour (a refactoring) must keep it equal over the same seeds.
+  uint64_t digest = 0;
   for (uint64_t s = first; s < first + seeds; ++s) {
     options.seed = s;
     std::snprintf(g_replay, sizeof(g_replay), "%s",
                   atomq::sim::ReplayCommand(options).c_str());
     atomq::sim::Result r = atomq::sim::RunSeed(options);
     ++run;
+    digest = digest * 1099511628211ull ^ r.trace_hash;
     txns += r.txns;
     commits += r.commits;
     aborts += r.aborts;
@@ -101,13 +106,13 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "seeds %llu (protocol %s%s%s): transactions %llu, commits %llu (one phase %llu), aborts "
-      "%llu, outcomes collected %llu, steps %llu, violations %llu, runs still blocked %llu\n",
+      "%llu, outcomes collected %llu, steps %llu, violations %llu, runs still blocked %llu, trace digest %016llx\n",
       static_cast<unsigned long long>(run), protocol.c_str(), plant.empty() ? "" : ", plant ",
       plant.c_str(), static_cast<unsigned long long>(txns),
       static_cast<unsigned long long>(commits), static_cast<unsigned long long>(one_phase),
       static_cast<unsigned long long>(aborts), static_cast<unsigned long long>(collected),
       static_cast<unsigned long long>(steps), static_cast<unsigned long long>(violations),
-      static_cast<unsigned long long>(blocked));
+      static_cast<unsigned long long>(blocked), static_cast<unsigned long long>(digest));
   if (expect_violation) {
     if (caught == 0) {
       std::printf("the planted bug was NOT caught in %llu seeds\n",
