@@ -921,7 +921,7 @@ struct CoordinatorCore::Impl {
         MaybeFinish(x);
         break;
       case v1::PREPARING:
-        if (config.plant != "staged-presumed-abort") {
+        if (config.plant != Plant::kStagedPresumedAbort) {
           // Parallel commit: committed iff every participant holds it
           // prepared (or committed it). Ask them all.
           for (Party& p : x.parties) {
@@ -1152,7 +1152,7 @@ struct CoordinatorCore::Impl {
         break;
       case v1::NO:
         // TEST ONLY: a broken coordinator, for tests/sim to show its checker catches it.
-        if (config.plant == "commit-without-votes") {
+        if (config.plant == Plant::kCommitWithoutVotes) {
           p.vote = Vote::kYes;
           break;
         }
@@ -1193,7 +1193,7 @@ struct CoordinatorCore::Impl {
   bool OnePhaseFor(const Txn& t) const {
     if (!config.one_phase || t.interactive) return false;
     // TEST ONLY: "one-phase-multi" commits every participant on its own.
-    return t.parties.size() == 1 || config.plant == "one-phase-multi";
+    return t.parties.size() == 1 || config.plant == Plant::kOnePhaseMulti;
   }
 
   v1::PrepareRequest OnePhasePrepare(const Txn& t, size_t i) const {
@@ -1244,7 +1244,7 @@ struct CoordinatorCore::Impl {
         return MaybeCommitOnePhase(t, now_ms);
       case v1::NO:
         // TEST ONLY: a broken coordinator, for tests/sim to show its checker catches it.
-        if (config.plant == "commit-without-votes") {
+        if (config.plant == Plant::kCommitWithoutVotes) {
           return OnePhaseYes(t, i, v1::PrepareResponse(), now_ms);
         }
         p.vote = Vote::kNo;
@@ -1297,7 +1297,7 @@ struct CoordinatorCore::Impl {
     if (t.fencing) return;  // the resend timers carry on
     // TEST ONLY: "one-phase-presumed-abort" decides ABORT at once, the bug
     // this path exists to avoid (the participant may have committed).
-    if (config.plant == "one-phase-presumed-abort") {
+    if (config.plant == Plant::kOnePhasePresumedAbort) {
       for (Party& p : t.parties) p.vote = p.vote == Vote::kPending ? Vote::kFailed : p.vote;
       return Abort(t, std::move(reason), now_ms);
     }

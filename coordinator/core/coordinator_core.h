@@ -77,6 +77,7 @@
 #include "atomq/v1/coordinator.pb.h"
 #include "atomq/v1/participant.pb.h"
 #include "atomq/v1/records.pb.h"
+#include "common/plant.h"
 #include "common/storage.h"
 
 namespace atomq::coordinator {
@@ -120,13 +121,9 @@ struct Config {
   // --parallel_commit: 2PC Executes with several participants force their
   // record beside the prepares (see the protocol notes above).
   bool parallel_commit = true;
-  // TEST ONLY (tests/sim plants a known bug to show its checker catches it):
-  // "commit-without-votes" counts a NO vote as YES; "one-phase-multi" sends
-  // every participant of every Execute a one-phase Prepare naming it alone;
-  // "one-phase-presumed-abort" aborts when a one-phase vote is lost or late;
-  // "staged-presumed-abort" recovers a PREPARING record as aborted without
-  // asking the participants. Empty everywhere else.
-  std::string plant;
+  // TEST ONLY (tests/sim plants a known bug to show its checker catches
+  // it; common/plant.h says what each does). kNone everywhere else.
+  Plant plant = Plant::kNone;
 };
 
 // Read-only access to what is durable, for ids no longer in memory

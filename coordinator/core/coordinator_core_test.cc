@@ -2666,7 +2666,7 @@ TEST_F(CoordinatorCoreTest, ParallelCommitRecoveryAsksAgainAfterAFailedOrUndecid
 
 TEST_F(CoordinatorCoreTest, ParallelCommitPlantedPresumedAbortSendsAbortWithoutAsking) {
   config.parallel_commit = true;
-  config.plant = "staged-presumed-abort";
+  config.plant = Plant::kStagedPresumedAbort;
   core().Recover({PreparingRecord(ThreeWay("t1"))}, now);
   Output o = Take();
   EXPECT_TRUE(Targets(o, MsgType::kQuery).empty());

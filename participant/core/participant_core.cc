@@ -420,7 +420,7 @@ struct ParticipantCore::Impl {
   // TEST ONLY ("forget-before-end"): the bug the simulator's checker must
   // catch, forgetting a commit with nobody's leave.
   void PlantForget(const std::string& id) {
-    if (config.plant != "forget-before-end") return;
+    if (config.plant != Plant::kForgetBeforeEnd) return;
     outcomes.erase(id);
     collecting_ids.insert(id);
     SubmitCollect({Erase(kOutcomesDb, id)}, {}, {id});
@@ -1669,7 +1669,7 @@ struct ParticipantCore::Impl {
     r.accepting = true;
     r.value = r.has_best ? r.best_value : v1::STATE_ABORTED;
     // TEST ONLY: a broken leader, for tests/sim to show its checker catches it.
-    if (config.plant == "leader-ignores-accepted") r.value = v1::STATE_ABORTED;
+    if (config.plant == Plant::kLeaderIgnoresAccepted) r.value = v1::STATE_ABORTED;
     ATOMQ_CHECK(Decided(r.value), "a round proposes COMMIT or ABORT");
     for (const v1::PeerAddress& p : t.rec.participants()) {
       out.peer_msgs.push_back(OutPeerMsg{PeerMsgType::kAccept, t.rec.txn_id(), p.participant(),

@@ -46,6 +46,7 @@
 #include "absl/status/statusor.h"
 #include "atomq/v1/participant.pb.h"
 #include "atomq/v1/records.pb.h"
+#include "common/plant.h"
 #include "common/storage.h"
 
 namespace atomq::participant {
@@ -92,12 +93,9 @@ struct Config {
   // the notice (Forget), so that retries and late messages within it still get
   // the same answer.
   uint64_t retention_ms = 600000;
-  // TEST ONLY (tests/sim plants a known bug to show its checker catches it):
-  // "leader-ignores-accepted" makes a termination leader propose ABORT
-  // whatever was accepted; "forget-before-end" erases every COMMITTED outcome
-  // as soon as it is durable, without waiting for the coordinator's END.
-  // Empty (the default) everywhere else.
-  std::string plant;
+  // TEST ONLY (tests/sim plants a known bug to show its checker catches
+  // it; common/plant.h says what each does). kNone everywhere else.
+  Plant plant = Plant::kNone;
 };
 
 // Read-only access to what is durable, for transactions no longer in memory

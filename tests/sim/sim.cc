@@ -379,12 +379,13 @@ void Sim::Boot(Node& n) {
     c.resend_initial_ms = 10;
     c.resend_max_ms = 200;
     c.termination_after_ms = termination_after_ms_;
-    if (options_.plant == "commit-without-votes" || options_.plant == "one-phase-multi" ||
-        options_.plant == "one-phase-presumed-abort" || options_.plant == "staged-presumed-abort") {
+    if (options_.plant == Plant::kCommitWithoutVotes || options_.plant == Plant::kOnePhaseMulti ||
+        options_.plant == Plant::kOnePhasePresumedAbort ||
+        options_.plant == Plant::kStagedPresumedAbort) {
       c.plant = options_.plant;
     }
     // Parallel commit in every other seed (always for the plant that breaks it).
-    c.parallel_commit = options_.seed % 2 == 0 || options_.plant == "staged-presumed-abort";
+    c.parallel_commit = options_.seed % 2 == 0 || options_.plant == Plant::kStagedPresumedAbort;
     n.coordinator_view = std::make_unique<CoordinatorView>(&n);
     n.coordinator = std::make_unique<CoordinatorCore>(std::move(c), n.coordinator_view.get());
     std::vector<v1::CoordinatorTxnRecord> records;
@@ -403,7 +404,7 @@ void Sim::Boot(Node& n) {
     c.resend_max_ms = 200;
     c.queue_memory_window = queue_memory_window_;
     c.retention_ms = retention_ms_;
-    if (options_.plant == "leader-ignores-accepted" || options_.plant == "forget-before-end") {
+    if (options_.plant == Plant::kLeaderIgnoresAccepted || options_.plant == Plant::kForgetBeforeEnd) {
       c.plant = options_.plant;
     }
     n.participant_view = std::make_unique<ParticipantView>(&n);
@@ -443,7 +444,7 @@ void Sim::Crash(Node& n) {
   n.routes.clear();
   n.coordinator.reset();
   n.participant.reset();
-  if (options_.plant == "forget-prepared" && !n.is_coordinator) {
+  if (options_.plant == Plant::kForgetPrepared && !n.is_coordinator) {
     // TEST ONLY: a disk that loses PREPARED records (never really synced).
     auto& prepared = n.disk[participant::kPreparedDb];
     for (auto it = prepared.begin(); it != prepared.end();) {
@@ -531,7 +532,7 @@ void Sim::DrainCoordinator(Node& n) {
   coordinator::Output out = n.coordinator->TakeOutput();
   for (const std::string& line : out.log) Trace(absl::StrCat(n.id, ": ", line));
   for (Batch& b : out.persist) {
-    if (options_.plant == "reply-before-durable") PlantEarlyReply(n, b);
+    if (options_.plant == Plant::kReplyBeforeDurable) PlantEarlyReply(n, b);
     n.unsynced.push_back(std::move(b));
   }
   MaybeSync(n);
@@ -973,13 +974,7 @@ Result RunSeed(const Options& options) {
   return sim.Run();
 }
 
-const std::vector<std::string>& Plants() {
-  static const std::vector<std::string> plants = {"commit-without-votes", "reply-before-durable",
-                                                  "leader-ignores-accepted", "forget-prepared",
-                                                  "one-phase-multi", "one-phase-presumed-abort",
-                                                  "forget-before-end", "staged-presumed-abort"};
-  return plants;
-}
+const std::vector<std::string>& Plants() { return PlantNames(); }
 
 const char* ModeName(ProtocolMode mode) {
   switch (mode) {
@@ -993,7 +988,8 @@ const char* ModeName(ProtocolMode mode) {
 std::string ReplayCommand(const Options& options) {
   return absl::StrCat("build/bin/atomq-sim --seed=", options.seed,
                       " --protocol=", ModeName(options.mode),
-                      options.plant.empty() ? "" : absl::StrCat(" --plant=", options.plant),
+                      options.plant == Plant::kNone ? ""
+                                                   : absl::StrCat(" --plant=", PlantName(options.plant)),
                       " --verbose");
 }
 

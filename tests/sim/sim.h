@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "common/plant.h"
+
 namespace atomq::sim {
 
 enum class ProtocolMode { k2pc, k3pc, kMixed };
@@ -31,8 +33,8 @@ enum class ProtocolMode { k2pc, k3pc, kMixed };
 struct Options {
   uint64_t seed = 1;
   ProtocolMode mode = ProtocolMode::kMixed;
-  // A deliberately broken behaviour (see Plants()); empty = none.
-  std::string plant;
+  // A deliberately broken behaviour (see Plants()).
+  Plant plant = Plant::kNone;
   bool verbose = false;  // the event trace and the cores' log lines to stderr
 };
 

@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
   options.mode = protocol == "2pc"   ? atomq::sim::ProtocolMode::k2pc
                  : protocol == "3pc" ? atomq::sim::ProtocolMode::k3pc
                                      : atomq::sim::ProtocolMode::kMixed;
-  options.plant = plant;
+  options.plant = *atomq::ParsePlant(plant);
   options.verbose = verbose;
 
   uint64_t run = 0, txns = 0, commits = 0, aborts = 0, violations = 0, blocked = 0, failed = 0;
