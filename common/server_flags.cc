@@ -1,7 +1,10 @@
 #include "common/server_flags.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/identity.h"
 #include "common/server_util.h"
+#include "common/status.h"
 #include "common/validate.h"
 
 namespace atomq {
@@ -13,7 +16,8 @@ void AddServerFlags(CLI::App& app, ServerFlags* f, const std::string& id_help,
   app.add_option("--data_dir", f->data_dir, data_dir_help)->required();
   app.add_option("--metrics_listen", f->metrics_listen,
                  "host:port to serve Prometheus /metrics on (default: off)");
-  app.add_option("--lmdb_map_size_mb", f->lmdb.map_size_mb, "LMDB map size (the store's largest size)")
+  app.add_option("--lmdb_map_size_mb", f->lmdb.map_size_mb,
+                 "LMDB map size (the store's largest size)")
       ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24))
       ->capture_default_str();
   app.add_option("--lazy_write_delay_ms", f->lmdb.lazy_delay_ms,
@@ -27,12 +31,18 @@ void AddServerFlags(CLI::App& app, ServerFlags* f, const std::string& id_help,
   app.add_option("--message_bytes_max", f->message_bytes_max, "largest gRPC request accepted")
       ->check(CLI::Range(1024u, 1u << 30))
       ->capture_default_str();
+  app.add_option("--cluster_id", f->cluster_id,
+                 "the cluster this node belongs to; recorded when its data dir is initialised "
+                 "and checked at every later start")
+      ->capture_default_str();
+  app.add_flag("--init", f->init,
+               "initialise a data dir that is not empty but has no data file (a missing or "
+               "empty dir is initialised on its first start without it)");
 }
 
 void AddRetentionFlags(CLI::App& app, const std::string& what, uint64_t* retention_ms,
                        uint32_t* gc_interval_ms, uint32_t* gc_batch_max) {
-  app.add_option("--retention_ms", *retention_ms,
-                 what + " are kept this long, then erased")
+  app.add_option("--retention_ms", *retention_ms, what + " are kept this long, then erased")
       ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40))
       ->capture_default_str();
   app.add_option("--gc_interval_ms", *gc_interval_ms,
@@ -49,15 +59,18 @@ absl::StatusOr<Store> OpenStore(ServerFlags& f, std::vector<std::string> dbs,
   if (absl::Status st = ValidateNodeId(f.id); !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--id: ", st.message()));
   }
+  if (absl::Status st = ValidateNodeId(f.cluster_id); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--cluster_id: ", st.message()));
+  }
+  ATOMQ_ASSIGN_OR_RETURN(const bool fresh, MayCreateDataFile(f.data_dir, f.init));
   f.lmdb.dir = f.data_dir;
   f.lmdb.dbs = std::move(dbs);
+  f.lmdb.create = fresh;
   Store out;
-  absl::StatusOr<std::unique_ptr<Storage>> storage = OpenLmdbStorage(f.lmdb);
-  if (!storage.ok()) return storage.status();
-  out.storage = std::move(*storage);
-  absl::StatusOr<v1::MetaRecord> meta = BumpBootCount(out.storage.get(), meta_db, f.id, f.data_dir);
-  if (!meta.ok()) return meta.status();
-  out.meta = *meta;
+  ATOMQ_ASSIGN_OR_RETURN(out.storage, OpenLmdbStorage(f.lmdb));
+  const IdentityOptions identity{f.id, f.cluster_id, f.data_dir, fresh,
+                                 absl::ToUnixMillis(absl::Now())};
+  ATOMQ_ASSIGN_OR_RETURN(out.meta, StartFromIdentity(out.storage.get(), meta_db, identity));
   return out;
 }
 

@@ -20,10 +20,13 @@ struct ServerFlags {
   std::string metrics_listen;  // empty: no /metrics
   LmdbOptions lmdb;            // dir and dbs are set by OpenStore
   uint32_t message_bytes_max = 64 << 20;
+  std::string cluster_id = "atomq";  // --cluster_id
+  bool init = false;                 // --init
 };
 
 // Registers --id, --listen, --data_dir, --metrics_listen, --lmdb_map_size_mb,
-// --lazy_write_delay_ms, --group_commit_batches_max and --message_bytes_max.
+// --lazy_write_delay_ms, --group_commit_batches_max, --message_bytes_max,
+// --cluster_id and --init.
 void AddServerFlags(CLI::App& app, ServerFlags* flags, const std::string& id_help,
                     const std::string& data_dir_help);
 
@@ -37,8 +40,9 @@ struct Store {
   v1::MetaRecord meta;  // with this start's boot count
 };
 
-// Validates --id, opens the LMDB environment with `dbs` and raises the boot
-// count in `meta_db`. The error message is ready to print.
+// Validates --id, opens the LMDB environment with `dbs`, checks (or on a
+// first start writes) the directory's identity in `meta_db` and raises the
+// boot count (common/identity.h). The error message is ready to print.
 absl::StatusOr<Store> OpenStore(ServerFlags& flags, std::vector<std::string> dbs,
                                 const std::string& meta_db);
 

@@ -75,29 +75,6 @@ absl::StatusOr<std::map<std::string, std::string>> ParsePeerList(const std::stri
   return out;
 }
 
-absl::StatusOr<v1::MetaRecord> BumpBootCount(Storage* storage, const std::string& meta_db,
-                                             const std::string& id, const std::string& data_dir) {
-  v1::MetaRecord meta;
-  ATOMQ_ASSIGN_OR_RETURN(std::optional<std::string> old, storage->Get(meta_db, "meta"));
-  if (old.has_value()) {
-    absl::Status st = DecodeRecord(*old, &meta);
-    if (!st.ok()) return absl::DataLossError(absl::StrCat("meta record: ", st.message()));
-    if (meta.node_id() != id) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "data dir ", data_dir, " belongs to node \"", meta.node_id(), "\", not \"", id, "\""));
-    }
-  }
-  meta.set_node_id(id);
-  meta.set_boot_count(meta.boot_count() + 1);
-  Batch b;
-  b.writes.push_back({meta_db, "meta", EncodeRecord(meta), false});
-  absl::Status st = storage->Write(std::move(b));
-  if (!st.ok()) {
-    return absl::Status(st.code(), absl::StrCat("cannot write to ", data_dir, ": ", st.message()));
-  }
-  return meta;
-}
-
 void InitServerProcess() {
   InitSignals();
   InitCrashPoints();

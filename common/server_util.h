@@ -43,12 +43,6 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
 // "p1=127.0.0.1:7101,p2=..." -> map; INVALID_ARGUMENT with the bad entry.
 absl::StatusOr<std::map<std::string, std::string>> ParsePeerList(const std::string& s);
 
-// Reads the "meta" record of `meta_db` (key "meta"), checks that the data
-// dir belongs to node `id`, raises the boot count and writes it back (forced).
-// FAILED_PRECONDITION when the dir belongs to another node.
-absl::StatusOr<v1::MetaRecord> BumpBootCount(Storage* storage, const std::string& meta_db,
-                                             const std::string& id, const std::string& data_dir);
-
 // Blocks until SIGINT or SIGTERM. Call InitSignals() first thing in main,
 // before any thread starts, so every thread has them blocked.
 void InitSignals();

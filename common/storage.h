@@ -19,9 +19,9 @@
 namespace atomq {
 
 struct Write {
-  std::string db;     // sub-database name
-  std::string key;    // 1..511 bytes
-  std::string value;  // ignored when erase
+  std::string db;      // sub-database name
+  std::string key;     // 1..511 bytes
+  std::string value;   // ignored when erase
   bool erase = false;  // erasing a missing key is not an error
 };
 
@@ -62,7 +62,9 @@ class Storage {
   // Queues `batch` without waking the writer thread: the caller must call
   // Drive() once it holds no lock that a DoneFn takes. Batches keep their
   // order with every other submitted batch.
-  virtual void SubmitDeferred(Batch batch, DoneFn done) { Submit(std::move(batch), std::move(done)); }
+  virtual void SubmitDeferred(Batch batch, DoneFn done) {
+    Submit(std::move(batch), std::move(done));
+  }
   // When no group is being written and a synced batch waits, writes the
   // queued batches on the calling thread (their DoneFns run here, and may
   // submit and Drive again) and hands what queued meanwhile to the writer
@@ -81,9 +83,9 @@ class Storage {
   // Visits every committed key/value of `db` in key order (keys with `prefix`
   // only). `fn` returns false to stop early; its views are valid only during
   // the call.
-  virtual absl::Status Scan(const std::string& db, const std::string& prefix,
-                            const std::function<bool(std::string_view key,
-                                                     std::string_view value)>& fn) = 0;
+  virtual absl::Status Scan(
+      const std::string& db, const std::string& prefix,
+      const std::function<bool(std::string_view key, std::string_view value)>& fn) = 0;
   virtual StorageStats Stats() const = 0;
 };
 
@@ -104,8 +106,7 @@ class StorageWrapper : public Storage {
     return target_->Get(db, key);
   }
   absl::Status Scan(const std::string& db, const std::string& prefix,
-                    const std::function<bool(std::string_view, std::string_view)>& fn)
-      override {
+                    const std::function<bool(std::string_view, std::string_view)>& fn) override {
     return target_->Scan(db, prefix, fn);
   }
   StorageStats Stats() const override { return target_->Stats(); }
@@ -118,16 +119,24 @@ class StorageWrapper : public Storage {
 };
 
 struct LmdbOptions {
-  std::string dir;                  // created if missing
-  std::vector<std::string> dbs;     // named sub-databases, created if missing
-  uint64_t map_size_mb = 65536;     // --lmdb_map_size_mb: LMDB's map (virtual) size
+  std::string dir;  // created if missing, mode 0700; files 0600
+  // false: the data file must exist. A missing one is refused instead of
+  // starting an empty node in its place (committed messages would vanish).
+  bool create = true;
+  std::vector<std::string> dbs;            // named sub-databases, created if missing
+  uint64_t map_size_mb = 65536;            // --lmdb_map_size_mb: LMDB's map (virtual) size
   uint32_t batches_per_commit_max = 4096;  // --group_commit_batches_max
   uint32_t lazy_delay_ms = 20;  // --lazy_write_delay_ms: how long an unsynced batch may wait
 };
 
 // Opens (creating if needed) the environment and starts the writer thread.
 // FAILED_PRECONDITION with a clear message when the directory cannot be
-// created or used, or is locked by another process.
+// created or used, or is locked by another process; DATA_LOSS when the data
+// file is empty or shorter than LMDB's own record of its size (checked
+// before anything is read through the map, which would crash the process).
 absl::StatusOr<std::unique_ptr<Storage>> OpenLmdbStorage(const LmdbOptions& options);
+
+// Whether `dir` holds an LMDB data file (of any size).
+bool LmdbDataExists(const std::string& dir);
 
 }  // namespace atomq

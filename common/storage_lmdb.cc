@@ -19,7 +19,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "common/check.h"
+#include "common/log.h"
 #include "common/status.h"
 #include "common/storage.h"
 
@@ -144,8 +146,7 @@ class LmdbStorage : public Storage {
   }
 
   absl::Status Scan(const std::string& db, const std::string& prefix,
-                    const std::function<bool(std::string_view, std::string_view)>& fn)
-      override {
+                    const std::function<bool(std::string_view, std::string_view)>& fn) override {
     ATOMQ_ASSIGN_OR_RETURN(MDB_dbi dbi, Dbi(db));
     MDB_txn* txn = nullptr;
     int rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, &txn);
@@ -197,9 +198,8 @@ class LmdbStorage : public Storage {
     for (const atomq::Write& w : batch.writes) {
       ATOMQ_RETURN_IF_ERROR(Dbi(w.db).status());
       if (w.key.empty() || w.key.size() > key_bytes_max_) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "key of ", w.key.size(), " bytes in \"", w.db, "\"; must be 1..",
-            key_bytes_max_));
+        return absl::InvalidArgumentError(absl::StrCat("key of ", w.key.size(), " bytes in \"",
+                                                       w.db, "\"; must be 1..", key_bytes_max_));
       }
     }
     return absl::OkStatus();
@@ -290,6 +290,7 @@ class LmdbStorage : public Storage {
         }
       }
       if (txn_error.has_value()) {
+        LogWriteFailure(*txn_error);
         for (size_t i = first; i < next; ++i) {
           if (results[i].ok()) results[i] = *txn_error;
         }
@@ -317,6 +318,18 @@ class LmdbStorage : public Storage {
     }
   }
 
+  // One line a second at most: a full disk fails every write until it heals.
+  void LogWriteFailure(const absl::Status& error) {
+    const int64_t now = absl::ToUnixMillis(absl::Now());
+    ++write_failures_unlogged_;
+    if (now - write_failure_logged_ms_ < 1000) return;
+    LogLine(absl::StrCat("storage: a write to ", options_.dir, " failed and was not applied (",
+                         write_failures_unlogged_,
+                         " since the last such line): ", error.ToString()));
+    write_failure_logged_ms_ = now;
+    write_failures_unlogged_ = 0;
+  }
+
   void Enqueue(Batch batch, DoneFn done, bool handoff) {
     {
       absl::MutexLock l(&mu_);
@@ -331,8 +344,8 @@ class LmdbStorage : public Storage {
   }
 
   void TakeGroupLocked(std::vector<Pending>* group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    size_t n = std::min<size_t>(queue_.size(),
-                                std::max<uint32_t>(1, options_.batches_per_commit_max));
+    size_t n =
+        std::min<size_t>(queue_.size(), std::max<uint32_t>(1, options_.batches_per_commit_max));
     group->reserve(n);
     for (size_t i = 0; i < n; ++i) {
       if (queue_.front().batch.sync) --sync_pending_;
@@ -353,14 +366,14 @@ class LmdbStorage : public Storage {
         };
         mu_.Await(absl::Condition(&ready));
         if (queue_.empty()) return;  // stop_ and drained
-        writing_ = true;  // from here, Drive() leaves the queue to this thread
+        writing_ = true;             // from here, Drive() leaves the queue to this thread
         // Only lazy batches: give a synced one a moment to come and share
         // the fsync.
-        auto urgent = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return stop_ || sync_pending_ > 0;
-        };
+        auto urgent = [this]()
+                          ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || sync_pending_ > 0; };
         if (!urgent()) {
-          mu_.AwaitWithTimeout(absl::Condition(&urgent), absl::Milliseconds(options_.lazy_delay_ms));
+          mu_.AwaitWithTimeout(absl::Condition(&urgent),
+                               absl::Milliseconds(options_.lazy_delay_ms));
         }
         TakeGroupLocked(&group);
       }
@@ -389,6 +402,9 @@ class LmdbStorage : public Storage {
   std::atomic<uint64_t> batches_{0};
   std::atomic<uint64_t> commits_{0};
   std::atomic<uint64_t> failures_{0};
+  // LogWriteFailure's state: only the thread writing a group touches it.
+  int64_t write_failure_logged_ms_ = 0;
+  uint64_t write_failures_unlogged_ = 0;
 
   std::thread writer_;  // last: starts after every other member exists
 };
@@ -398,29 +414,98 @@ absl::Status Unusable(const std::string& dir, const std::string& what, int rc) {
       absl::StrCat("data dir ", dir, " is unusable: ", what, ": ", mdb_strerror(rc)));
 }
 
-}  // namespace
+std::string DataFile(const std::string& dir) { return dir + "/data.mdb"; }
 
-absl::StatusOr<std::unique_ptr<Storage>> OpenLmdbStorage(const LmdbOptions& options) {
-  const std::string& dir = options.dir;
-  if (dir.empty()) return absl::InvalidArgumentError("data dir is empty");
-  if (options.map_size_mb == 0) return absl::InvalidArgumentError("map_size_mb is 0");
-
+// A new directory is the owner's alone: messages and payloads are in it.
+absl::Status MakeDataDir(const std::string& dir) {
   std::error_code ec;
+  const bool existed = std::filesystem::exists(dir, ec);
   std::filesystem::create_directories(dir, ec);
   if (ec) {
     return absl::FailedPreconditionError(
         absl::StrCat("data dir ", dir, " cannot be created: ", ec.message()));
   }
   if (!std::filesystem::is_directory(dir, ec)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("data dir ", dir, " is not a directory"));
+    return absl::FailedPreconditionError(absl::StrCat("data dir ", dir, " is not a directory"));
   }
+  if (!existed) {
+    std::filesystem::permissions(dir, std::filesystem::perms::owner_all,
+                                 std::filesystem::perm_options::replace, ec);
+    if (ec) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("data dir ", dir, ": cannot set mode 0700: ", ec.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// LMDB takes an empty or missing data file for a new environment: for a
+// node that had data, that is silent loss, so only `create` allows it.
+absl::Status CheckDataFileBeforeOpen(const std::string& dir, bool create) {
+  std::error_code ec;
+  const std::string file = DataFile(dir);
+  if (!std::filesystem::exists(file, ec)) {
+    if (create) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        absl::StrCat("data dir ", dir, " has no data file (", file,
+                     "): refusing to start an empty node in place of one that had data"));
+  }
+  const uintmax_t size = std::filesystem::file_size(file, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(absl::StrCat("data file ", file, ": ", ec.message()));
+  }
+  if (size == 0) {
+    return absl::DataLossError(
+        absl::StrCat("data file ", file,
+                     " is empty (0 bytes): refusing to start it as a new node; "
+                     "restore the directory from a backup"));
+  }
+  return absl::OkStatus();
+}
+
+// A data file shorter than the pages LMDB's meta page records would crash
+// the process (SIGBUS) at the first read of a missing page: refuse it.
+// mdb_env_open reads the meta pages with read(2), not through the map.
+absl::Status CheckDataFileSize(MDB_env* env, const std::string& dir) {
+  MDB_envinfo info;
+  MDB_stat stat;
+  int rc = mdb_env_info(env, &info);
+  if (rc == 0) rc = mdb_env_stat(env, &stat);
+  if (rc != 0) return Unusable(dir, "mdb_env_info", rc);
+  std::error_code ec;
+  const std::string file = DataFile(dir);
+  const uintmax_t size = std::filesystem::file_size(file, ec);
+  if (ec)
+    return absl::FailedPreconditionError(absl::StrCat("data file ", file, ": ", ec.message()));
+  const uintmax_t needed = (static_cast<uintmax_t>(info.me_last_pgno) + 1) * stat.ms_psize;
+  if (size < needed) {
+    return absl::DataLossError(absl::StrCat("data file ", file, " is truncated: ", size,
+                                            " bytes, but LMDB records ", needed,
+                                            "; restore the directory from a backup"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool LmdbDataExists(const std::string& dir) {
+  std::error_code ec;
+  return std::filesystem::exists(DataFile(dir), ec);
+}
+
+absl::StatusOr<std::unique_ptr<Storage>> OpenLmdbStorage(const LmdbOptions& options) {
+  const std::string& dir = options.dir;
+  if (dir.empty()) return absl::InvalidArgumentError("data dir is empty");
+  if (options.map_size_mb == 0) return absl::InvalidArgumentError("map_size_mb is 0");
+
+  ATOMQ_RETURN_IF_ERROR(MakeDataDir(dir));
+  ATOMQ_RETURN_IF_ERROR(CheckDataFileBeforeOpen(dir, options.create));
 
   // LMDB's own lock only coordinates readers and writers; two processes
   // each running a writer thread on one env would break group commit's
   // assumptions, so one process owns the dir.
   std::string lock_path = dir + "/atomq.lock";
-  int lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  int lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (lock_fd < 0) return Unusable(dir, "open " + lock_path, errno);
   if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
     int err = errno;
@@ -449,8 +534,13 @@ absl::StatusOr<std::unique_ptr<Storage>> OpenLmdbStorage(const LmdbOptions& opti
   if (rc != 0) return fail("mdb_env_set_mapsize", rc);
   // MDB_NOTLS: read txns are not tied to a thread. No NOSYNC/NOMETASYNC/
   // MAPASYNC: a commit returns only after fsync, which is what "durable" means.
-  rc = mdb_env_open(env, dir.c_str(), MDB_NOTLS, 0644);
+  rc = mdb_env_open(env, dir.c_str(), MDB_NOTLS, 0600);
   if (rc != 0) return fail("mdb_env_open", rc);
+  if (absl::Status st = CheckDataFileSize(env, dir); !st.ok()) {
+    mdb_env_close(env);
+    close(lock_fd);
+    return st;
+  }
   int dead = 0;
   mdb_reader_check(env, &dead);  // slots of crashed earlier processes
 
@@ -470,8 +560,7 @@ absl::StatusOr<std::unique_ptr<Storage>> OpenLmdbStorage(const LmdbOptions& opti
   rc = mdb_txn_commit(txn);
   if (rc != 0) return fail("commit sub-database creation", rc);
 
-  return std::unique_ptr<Storage>(
-      new LmdbStorage(options, lock_fd, env, std::move(dbis)));
+  return std::unique_ptr<Storage>(new LmdbStorage(options, lock_fd, env, std::move(dbis)));
 }
 
 }  // namespace atomq

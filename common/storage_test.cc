@@ -58,8 +58,7 @@ Write Erase(std::string db, std::string key) {
   return Write{std::move(db), std::move(key), "", true};
 }
 
-std::optional<std::string> MustGet(Storage& s, const std::string& db,
-                                   const std::string& key) {
+std::optional<std::string> MustGet(Storage& s, const std::string& db, const std::string& key) {
   absl::StatusOr<std::optional<std::string>> v = s.Get(db, key);
   EXPECT_TRUE(v.ok()) << v.status();
   return v.ok() ? *v : std::nullopt;
@@ -85,11 +84,11 @@ TEST(StorageTest, PutGetEraseScan) {
   auto s = MustOpen(Options(tmp.path()));
   ASSERT_NE(s, nullptr);
   const std::string nul_key("k\0x", 3);
-  ASSERT_TRUE(s->Write(Batch{1,
-                             {Put("txn", "a1", "v-a1"), Put("txn", "a2", "v-a2"),
-                              Put("txn", "b1", "v-b1"), Put("txn", nul_key, "nul"),
-                              Put("meta", "a1", "meta-a1")}})
-                  .ok());
+  ASSERT_TRUE(
+      s->Write(Batch{1,
+                     {Put("txn", "a1", "v-a1"), Put("txn", "a2", "v-a2"), Put("txn", "b1", "v-b1"),
+                      Put("txn", nul_key, "nul"), Put("meta", "a1", "meta-a1")}})
+          .ok());
   EXPECT_EQ(MustGet(*s, "txn", "a1"), "v-a1");
   EXPECT_EQ(MustGet(*s, "txn", nul_key), "nul");
   EXPECT_EQ(MustGet(*s, "txn", "k"), std::nullopt);  // a NUL is part of the key
@@ -107,16 +106,15 @@ TEST(StorageTest, PutGetEraseScan) {
 
   // Early stop.
   int visited = 0;
-  ASSERT_TRUE(s->Scan("txn", "", [&](std::string_view, std::string_view) {
-                 return ++visited < 2;
-               }).ok());
+  ASSERT_TRUE(
+      s->Scan("txn", "", [&](std::string_view, std::string_view) { return ++visited < 2; }).ok());
   EXPECT_EQ(visited, 2);
 
   // Overwrite, erase, erase of a missing key.
-  ASSERT_TRUE(s->Write(Batch{2,
-                             {Put("txn", "a1", "v-a1'"), Erase("txn", "a2"),
-                              Erase("txn", "never-there")}})
-                  .ok());
+  ASSERT_TRUE(
+      s->Write(
+           Batch{2, {Put("txn", "a1", "v-a1'"), Erase("txn", "a2"), Erase("txn", "never-there")}})
+          .ok());
   EXPECT_EQ(MustGet(*s, "txn", "a1"), "v-a1'");
   EXPECT_EQ(MustGet(*s, "txn", "a2"), std::nullopt);
   EXPECT_EQ(ScanAll(*s, "txn", "a"), (KV{{"a1", "v-a1'"}}));
@@ -150,8 +148,7 @@ TEST(StorageTest, BadWritesFailTheirBatchOnly) {
   EXPECT_EQ(MustGet(*s, "txn", "ok"), std::nullopt);  // none of them landed
 
   EXPECT_EQ(s->Get("nope", "k").status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(s->Scan("nope", "", [](std::string_view, std::string_view) { return true; })
-                .code(),
+  EXPECT_EQ(s->Scan("nope", "", [](std::string_view, std::string_view) { return true; }).code(),
             absl::StatusCode::kInvalidArgument);
 
   // A bad batch amid good ones in one group: only it fails.
@@ -165,8 +162,7 @@ TEST(StorageTest, BadWritesFailTheirBatchOnly) {
     };
   };
   s->Submit(Batch{10, {Put("txn", "g1", "1")}}, cb(0));
-  s->Submit(Batch{11, {Put("txn", "bad1", "1"), Put("txn", std::string(512, 'x'), "v")}},
-            cb(1));
+  s->Submit(Batch{11, {Put("txn", "bad1", "1"), Put("txn", std::string(512, 'x'), "v")}}, cb(1));
   s->Submit(Batch{12, {Put("txn", "g2", "2")}}, cb(2));
   done.WaitForNotification();
   EXPECT_TRUE(results[0].ok()) << results[0];
@@ -186,9 +182,9 @@ TEST(StorageTest, ReopenKeepsAcknowledgedWrites) {
     auto s = MustOpen(o);
     ASSERT_NE(s, nullptr);
     for (int i = 0; i < 50; ++i) {
-      ASSERT_TRUE(s->Write(Batch{uint64_t(i), {Put("txn", absl::StrCat("k", i),
-                                                   absl::StrCat("v", i))}})
-                      .ok());
+      ASSERT_TRUE(
+          s->Write(Batch{uint64_t(i), {Put("txn", absl::StrCat("k", i), absl::StrCat("v", i))}})
+              .ok());
     }
     ASSERT_TRUE(s->Write(Batch{99, {Erase("txn", "k7")}}).ok());
   }
@@ -210,10 +206,9 @@ TEST(StorageTest, DestructorDrainsPendingBatches) {
     auto s = MustOpen(o);
     ASSERT_NE(s, nullptr);
     for (int i = 0; i < kBatches; ++i) {
-      s->Submit(Batch{uint64_t(i), {Put("txn", absl::StrCat("k", i), "v")}},
-                [&](absl::Status st) {
-                  if (st.ok()) ok++;
-                });
+      s->Submit(Batch{uint64_t(i), {Put("txn", absl::StrCat("k", i), "v")}}, [&](absl::Status st) {
+        if (st.ok()) ok++;
+      });
     }
   }  // no wait: the destructor must finish them
   EXPECT_EQ(ok.load(), kBatches);
@@ -565,6 +560,70 @@ TEST(StorageTest, UnusableDirFails) {
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(Mentions(s.status(), file)) << s.status();
+}
+
+// Writes a few values so that the data file has pages beyond the meta pages.
+void Fill(const LmdbOptions& o) {
+  auto s = MustOpen(o);
+  ASSERT_NE(s, nullptr);
+  Batch b;
+  for (int i = 0; i < 200; ++i) {
+    b.writes.push_back(Put("messages", "k" + std::to_string(i), std::string(1000, 'v')));
+  }
+  ASSERT_TRUE(s->Write(std::move(b)).ok());
+}
+
+TEST(StorageTest, NewDirAndFilesAreTheOwnersOnly) {
+  TempDir tmp;
+  LmdbOptions o = Options(tmp.path());
+  Fill(o);
+  namespace fs = std::filesystem;
+  EXPECT_EQ(fs::status(o.dir).permissions(), fs::perms::owner_all);
+  for (const char* f : {"/data.mdb", "/lock.mdb", "/atomq.lock"}) {
+    EXPECT_EQ(fs::status(o.dir + f).permissions(), fs::perms::owner_read | fs::perms::owner_write)
+        << f;
+  }
+}
+
+TEST(StorageTest, EmptyDataFileIsRefusedNotStartedAsNew) {
+  TempDir tmp;
+  LmdbOptions o = Options(tmp.path());
+  Fill(o);
+  std::filesystem::resize_file(o.dir + "/data.mdb", 0);
+  absl::StatusOr<std::unique_ptr<Storage>> s = OpenLmdbStorage(o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(Mentions(s.status(), "is empty")) << s.status();
+  EXPECT_EQ(std::filesystem::file_size(o.dir + "/data.mdb"), 0u) << "left as found";
+}
+
+TEST(StorageTest, TruncatedDataFileIsRefusedBeforeAnyRead) {
+  TempDir tmp;
+  LmdbOptions o = Options(tmp.path());
+  Fill(o);
+  const std::string file = o.dir + "/data.mdb";
+  const uintmax_t size = std::filesystem::file_size(file);
+  std::filesystem::resize_file(file, size / 2);
+  absl::StatusOr<std::unique_ptr<Storage>> s = OpenLmdbStorage(o);  // no SIGBUS
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(Mentions(s.status(), "is truncated")) << s.status();
+}
+
+TEST(StorageTest, MissingDataFileIsRefusedUnlessCreating) {
+  TempDir tmp;
+  LmdbOptions o = Options(tmp.path());
+  Fill(o);
+  std::filesystem::remove(o.dir + "/data.mdb");
+  o.create = false;
+  absl::StatusOr<std::unique_ptr<Storage>> s = OpenLmdbStorage(o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(Mentions(s.status(), "has no data file")) << s.status();
+  EXPECT_FALSE(LmdbDataExists(o.dir));
+  o.create = true;
+  EXPECT_NE(MustOpen(o), nullptr);
+  EXPECT_TRUE(LmdbDataExists(o.dir));
 }
 
 }  // namespace
