@@ -1,5 +1,7 @@
 #include "common/validate.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -7,8 +9,8 @@ namespace atomq {
 namespace {
 
 bool Allowed(char c) {
-  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-         (c >= '0' && c <= '9') || c == '.' || c == '_' || c == ':' || c == '-';
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+         c == '_' || c == ':' || c == '-';
 }
 
 absl::Status ValidateName(const char* what, std::string_view s, size_t max) {
@@ -19,9 +21,9 @@ absl::Status ValidateName(const char* what, std::string_view s, size_t max) {
   }
   for (size_t i = 0; i < s.size(); ++i) {
     if (!Allowed(s[i])) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s has byte 0x%02x at offset %d; allowed are [A-Za-z0-9._:-]", what,
-          static_cast<unsigned char>(s[i]), i));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s has byte 0x%02x at offset %d; allowed are [A-Za-z0-9._:-]", what,
+                          static_cast<unsigned char>(s[i]), i));
     }
   }
   return absl::OkStatus();
@@ -37,6 +39,21 @@ absl::Status ValidateNodeId(std::string_view id) {
 }
 absl::Status ValidateQueueName(std::string_view name) {
   return ValidateName("queue name", name, kQueueNameBytesMax);
+}
+
+std::string Clip(absl::string_view s, size_t max_bytes) {
+  std::string out;
+  const size_t n = std::min(s.size(), max_bytes);
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      absl::StrAppend(&out, "\\x", absl::Hex(c, absl::kZeroPad2));
+    }
+  }
+  if (s.size() > max_bytes) absl::StrAppend(&out, "...(", s.size(), " bytes)");
+  return out;
 }
 
 }  // namespace atomq

@@ -1,9 +1,11 @@
 // Validation of identifiers that cross a process boundary.
 #pragma once
 
+#include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 
 namespace atomq {
 
@@ -18,5 +20,11 @@ absl::Status ValidateTxnId(std::string_view id);
 absl::Status ValidateNodeId(std::string_view id);
 // Queue names: same alphabet, 1..kQueueNameBytesMax.
 absl::Status ValidateQueueName(std::string_view name);
+
+// `s` made safe to echo in an error message or a log line: bytes outside
+// printable ASCII (newlines, quotes' escapes, non-UTF-8) become \xNN, and
+// past `max_bytes` of input it ends in "...(N bytes)". A log line then cannot
+// be forged by its contents, nor a reply swollen by an echo.
+std::string Clip(absl::string_view s, size_t max_bytes = 64);
 
 }  // namespace atomq

@@ -51,7 +51,7 @@ TEST(ValidateTest, BadByte) {
   absl::Status s = ValidateTxnId("abc/def");
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(Mentions(s, "transaction id")) << s;
-  EXPECT_TRUE(Mentions(s, "0x2f")) << s;       // '/'
+  EXPECT_TRUE(Mentions(s, "0x2f")) << s;  // '/'
   EXPECT_TRUE(Mentions(s, "offset 3")) << s;
 
   s = ValidateNodeId(std::string("n\0de", 4));
@@ -63,6 +63,13 @@ TEST(ValidateTest, BadByte) {
     EXPECT_EQ(ValidateQueueName(bad).code(), absl::StatusCode::kInvalidArgument) << bad;
   }
   EXPECT_TRUE(Mentions(ValidateQueueName("\xff"), "0xff"));
+}
+
+TEST(ValidateTest, ClipEscapesAndShortens) {
+  EXPECT_EQ(Clip("plain"), "plain");
+  EXPECT_EQ(Clip("two\nlines \"q\" \\"), "two\\x0alines \"q\" \\x5c");
+  EXPECT_EQ(Clip(std::string("\xff\0", 2)), "\\xff\\x00");
+  EXPECT_EQ(Clip(std::string(10000, 'a'), 4), "aaaa...(10000 bytes)");
 }
 
 }  // namespace
