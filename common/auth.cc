@@ -7,6 +7,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/validate.h"
@@ -107,9 +108,8 @@ absl::StatusOr<AuthPolicy> AuthPolicy::Load(const std::string& roles_file,
   if (tokens_file.empty()) return p;
   struct stat st;
   if (stat(tokens_file.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(tokens_file, " may be read by others (mode ",
-                                                      st.st_mode & 0777,
-                                                      " octal-decoded); chmod 600 it"));
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "%s may be read by others (mode %03o): chmod 600 it", tokens_file, st.st_mode & 0777));
   }
   absl::StatusOr<std::vector<Line>> tokens = ReadLines(tokens_file);
   if (!tokens.ok()) return tokens.status();
