@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/identity.h"
+#include "common/log.h"
 #include "common/server_util.h"
 #include "common/status.h"
 #include "common/validate.h"
@@ -16,21 +17,16 @@ void AddServerFlags(CLI::App& app, ServerFlags* f, const std::string& id_help,
   app.add_option("--data_dir", f->data_dir, data_dir_help)->required();
   app.add_option("--metrics_listen", f->metrics_listen,
                  "host:port to serve Prometheus /metrics on (default: off)");
-  app.add_option("--lmdb_map_size_mb", f->lmdb.map_size_mb,
-                 "LMDB map size (the store's largest size)")
-      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24))
-      ->capture_default_str();
-  app.add_option("--lazy_write_delay_ms", f->lmdb.lazy_delay_ms,
-                 "how long a write nobody waits on may wait to share an fsync")
-      ->check(CLI::Range(0u, 10000u))
-      ->capture_default_str();
-  app.add_option("--group_commit_batches_max", f->lmdb.batches_per_commit_max,
-                 "batches applied in one LMDB transaction / fsync")
-      ->check(CLI::Range(1u, 1000000u))
-      ->capture_default_str();
-  app.add_option("--message_bytes_max", f->message_bytes_max, "largest gRPC request accepted")
-      ->check(CLI::Range(1024u, 1u << 30))
-      ->capture_default_str();
+  AddCheckedFlag(app, "--lmdb_map_size_mb", f->lmdb.map_size_mb,
+                 "LMDB map size (the store's largest size)",
+                 CLI::Range(uint64_t{1}, uint64_t{1} << 24));
+  AddCheckedFlag(app, "--lazy_write_delay_ms", f->lmdb.lazy_delay_ms,
+                 "how long a write nobody waits on may wait to share an fsync",
+                 CLI::Range(0u, 10000u));
+  AddCheckedFlag(app, "--group_commit_batches_max", f->lmdb.batches_per_commit_max,
+                 "batches applied in one LMDB transaction / fsync", CLI::Range(1u, 1000000u));
+  AddCheckedFlag(app, "--message_bytes_max", f->message_bytes_max, "largest gRPC request accepted",
+                 CLI::Range(1024u, 1u << 30));
   app.add_option("--cluster_id", f->cluster_id,
                  "the cluster this node belongs to; recorded when its data dir is initialised "
                  "and checked at every later start")
@@ -40,18 +36,31 @@ void AddServerFlags(CLI::App& app, ServerFlags* f, const std::string& id_help,
                "empty dir is initialised on its first start without it)");
 }
 
+void AddOpLimitFlags(CLI::App& app, const std::string& ops_help, const std::string& item,
+                     uint32_t* ops_per_txn_max, uint32_t* payload_bytes_max,
+                     uint32_t* headers_max) {
+  AddCheckedFlag(app, "--ops_per_txn_max", *ops_per_txn_max, ops_help, CLI::Range(1u, 1000000u));
+  AddCheckedFlag(app, "--payload_bytes_max", *payload_bytes_max, "payload bytes of one " + item,
+                 CLI::Range(0u, 64u << 20));
+  AddCheckedFlag(app, "--headers_max", *headers_max, "headers of one " + item,
+                 CLI::Range(0u, 100000u));
+}
+
+void AddResendFlags(CLI::App& app, const std::string& initial_help, const std::string& max_help,
+                    uint32_t* resend_initial_ms, uint32_t* resend_max_ms) {
+  AddCheckedFlag(app, "--resend_initial_ms", *resend_initial_ms, initial_help,
+                 CLI::Range(1u, 600000u));
+  AddCheckedFlag(app, "--resend_max_ms", *resend_max_ms, max_help, CLI::Range(1u, 3600000u));
+}
+
 void AddRetentionFlags(CLI::App& app, const std::string& what, uint64_t* retention_ms,
                        uint32_t* gc_interval_ms, uint32_t* gc_batch_max) {
-  app.add_option("--retention_ms", *retention_ms, what + " are kept this long, then erased")
-      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40))
-      ->capture_default_str();
-  app.add_option("--gc_interval_ms", *gc_interval_ms,
-                 "how often to erase " + what + " past --retention_ms")
-      ->check(CLI::Range(1u, 3600000u))
-      ->capture_default_str();
-  app.add_option("--gc_batch_max", *gc_batch_max, what + " erased per look")
-      ->check(CLI::Range(1u, 1000000u))
-      ->capture_default_str();
+  AddCheckedFlag(app, "--retention_ms", *retention_ms, what + " are kept this long, then erased",
+                 CLI::Range(uint64_t{1}, uint64_t{1} << 40));
+  AddCheckedFlag(app, "--gc_interval_ms", *gc_interval_ms,
+                 "how often to erase " + what + " past --retention_ms", CLI::Range(1u, 3600000u));
+  AddCheckedFlag(app, "--gc_batch_max", *gc_batch_max, what + " erased per look",
+                 CLI::Range(1u, 1000000u));
 }
 
 absl::StatusOr<Store> OpenStore(ServerFlags& f, std::vector<std::string> dbs,
@@ -72,6 +81,17 @@ absl::StatusOr<Store> OpenStore(ServerFlags& f, std::vector<std::string> dbs,
                                  absl::ToUnixMillis(absl::Now())};
   ATOMQ_ASSIGN_OR_RETURN(out.meta, StartFromIdentity(out.storage.get(), meta_db, identity));
   return out;
+}
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetrics(const ServerFlags& f,
+                                                            std::function<std::string()> render) {
+  if (f.metrics_listen.empty()) return std::unique_ptr<MetricsServer>();
+  return MetricsServer::Start(f.metrics_listen, std::move(render));
+}
+
+void AwaitShutdownSignal() {
+  int sig = WaitForSignal();
+  LogLine(absl::StrCat("signal ", sig, ": shutting down"));
 }
 
 }  // namespace atomq

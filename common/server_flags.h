@@ -1,7 +1,9 @@
-// Flags and start-up steps both servers share: identity, listening address,
-// the LMDB store, gRPC message size and the metrics endpoint.
+// Flags and start-up and shutdown steps both servers share: identity,
+// listening address, the LMDB store, gRPC message size, the metrics endpoint,
+// and the flags of limits both servers have.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -9,6 +11,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
 #include "atomq/v1/records.pb.h"
+#include "common/metrics.h"
 #include "common/storage.h"
 
 namespace atomq {
@@ -24,11 +27,30 @@ struct ServerFlags {
   bool init = false;                 // --init
 };
 
+// Registers an option whose value `check` validates and whose default shows
+// in --help.
+template <typename T>
+CLI::Option* AddCheckedFlag(CLI::App& app, const std::string& name, T& value,
+                            const std::string& help, const CLI::Validator& check) {
+  return app.add_option(name, value, help)->check(check)->capture_default_str();
+}
+
 // Registers --id, --listen, --data_dir, --metrics_listen, --lmdb_map_size_mb,
 // --lazy_write_delay_ms, --group_commit_batches_max, --message_bytes_max,
 // --cluster_id and --init.
 void AddServerFlags(CLI::App& app, ServerFlags* flags, const std::string& id_help,
                     const std::string& data_dir_help);
+
+// Registers --ops_per_txn_max ("ops_help"), --payload_bytes_max and
+// --headers_max: the size of one transaction and of each of its `item`s
+// ("enqueue", "message").
+void AddOpLimitFlags(CLI::App& app, const std::string& ops_help, const std::string& item,
+                     uint32_t* ops_per_txn_max, uint32_t* payload_bytes_max, uint32_t* headers_max);
+
+// Registers --resend_initial_ms and --resend_max_ms: the backoff of a
+// message repeated until answered.
+void AddResendFlags(CLI::App& app, const std::string& initial_help, const std::string& max_help,
+                    uint32_t* resend_initial_ms, uint32_t* resend_max_ms);
 
 // Registers --retention_ms, --gc_interval_ms and --gc_batch_max: how long
 // finished-transaction state (`what`) is kept and how it is erased.
@@ -45,5 +67,14 @@ struct Store {
 // boot count (common/identity.h). The error message is ready to print.
 absl::StatusOr<Store> OpenStore(ServerFlags& flags, std::vector<std::string> dbs,
                                 const std::string& meta_db);
+
+// Serves /metrics on --metrics_listen with what `render` returns; null when
+// the flag is empty. The error message is ready to print.
+absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetrics(const ServerFlags& flags,
+                                                            std::function<std::string()> render);
+
+// Blocks until SIGINT or SIGTERM (see WaitForSignal) and logs that the
+// server shuts down.
+void AwaitShutdownSignal();
 
 }  // namespace atomq

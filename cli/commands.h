@@ -1,0 +1,21 @@
+// atomqctl's subcommands. Each Add* registers its subcommands, in the order
+// --help lists them, with a callback that runs the command and stores its
+// exit status in `*rc`; `g` and `rc` must outlive the parse.
+#pragma once
+
+#include "CLI/CLI.hpp"
+#include "cli/ctl_common.h"
+
+namespace atomq::ctl {
+
+// txn exec, list, show and resolve.
+void AddTxnCommands(CLI::App* txn, const Globals& g, int* rc);
+
+// Interactive transactions: txn begin (coordinator), stage (participant),
+// commit and rollback (coordinator).
+void AddInteractiveTxnCommands(CLI::App* txn, const Globals& g, int* rc);
+
+// queue create, delete, list, info, send, receive, ack and nack.
+void AddQueueCommands(CLI::App* queue, const Globals& g, int* rc);
+
+}  // namespace atomq::ctl

@@ -1,0 +1,98 @@
+// What every atomqctl command shares: the global flags, the calls to a
+// server, the exit statuses and the output formatting.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "atomq/v1/coordinator.grpc.pb.h"
+#include "atomq/v1/participant.grpc.pb.h"
+#include "google/protobuf/message.h"
+#include "grpcpp/grpcpp.h"
+
+namespace atomq::ctl {
+
+struct Globals {
+  std::string coordinator;
+  std::string participant;
+  uint32_t rpc_timeout_ms = 10000;
+  bool json = false;
+};
+
+// Exit statuses: 0 success (a transaction committed), 1 a transaction
+// aborted, 2 a usage error or a failed call.
+constexpr int kAborted = 1;
+
+// Prints "atomqctl: MSG" to stderr; returns 2.
+int Error(const std::string& msg);
+// Prints "atomqctl: WHAT failed: CODE: message"; returns 2.
+int RpcError(const char* what, const grpc::Status& s);
+
+std::shared_ptr<grpc::Channel> Connect(const std::string& addr);
+// The deadline of one call: --rpc_timeout_ms from now.
+void SetDeadline(grpc::ClientContext* ctx, const Globals& g);
+
+// The context of one call, with that deadline.
+class CallContext : public grpc::ClientContext {
+ public:
+  explicit CallContext(const Globals& g) { SetDeadline(this, g); }
+};
+
+// Every prepared transaction and heuristic outcome at --participant.
+grpc::Status ListParticipantTxns(const Globals& g, v1::ParticipantTxn::Stub& stub,
+                                 v1::ListParticipantTxnsResponse* resp);
+
+// --- output ---
+
+void PrintJson(const google::protobuf::Message& m);
+
+// What every command prints after its call: the failure (as RpcError), or
+// the reply, as JSON with --json and else by `print`. Returns the status.
+template <typename Print>
+int ShowReply(const Globals& g, const char* what, const grpc::Status& s,
+              const google::protobuf::Message& reply, Print print) {
+  if (!s.ok()) return RpcError(what, s);
+  if (g.json) {
+    PrintJson(reply);
+  } else {
+    print();
+  }
+  return 0;
+}
+std::string StateName(v1::TxnState s);
+std::string OutcomeName(v1::Outcome o);
+std::string ProtocolName(v1::Protocol p);
+// How long ago `since_unix_ms` was: "4.2s", "3m05s", "2h10m"; "-" if unset.
+std::string Age(int64_t since_unix_ms);
+// "1 2 3".
+std::string JoinSequences(const google::protobuf::RepeatedField<uint64_t>& seqs);
+// "ID COMMITTED" or "ID ABORTED: reason".
+void PrintOutcomeLine(const v1::ExecuteResponse& resp);
+// "  coordinator  ID (ADDR)", its participants and op count: the tail of a
+// transaction prepared at a participant.
+void PrintPreparedTail(const v1::ParticipantTxnInfo& t);
+
+// --- op specs ---
+
+// Adds --enqueue and --ack ops to `ops`. With `named_participant` they are
+// PARTICIPANT:QUEUE=PAYLOAD and PARTICIPANT:QUEUE:SEQUENCE:LEASE_TOKEN (the
+// payload is everything after the first '='); without, the participant is
+// left out of the spec and empty in the op (the node fills in its own id).
+// Returns an error message for a malformed spec, or when there is none
+// ("`cmd` needs at least one ..."); empty if all is well.
+std::string AddOps(const char* cmd, const std::vector<std::string>& enqueues,
+                   const std::vector<std::string>& acks, bool named_participant,
+                   google::protobuf::RepeatedPtrField<v1::Op>* ops);
+
+// Runs a query at --participant if it is given, else at --coordinator; `cmd`
+// names the command when neither is.
+using TxnQuery = int (*)(const Globals& g, const std::string& arg);
+int AtParticipantOrCoordinator(const Globals& g, const char* cmd, TxnQuery at_participant,
+                               TxnQuery at_coordinator, const std::string& arg);
+
+// Parses a "2pc"/"3pc" choice; anything else leaves the server's default.
+v1::Protocol ProtocolOf(const std::string& name);
+
+}  // namespace atomq::ctl

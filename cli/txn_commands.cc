@@ -1,0 +1,369 @@
+// txn exec, list, show and resolve.
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cli/commands.h"
+
+namespace atomq::ctl {
+namespace {
+
+// --- txn exec ---
+
+struct ExecArgs {
+  std::string protocol;
+  std::string id;
+  uint32_t timeout_ms = 0;
+  std::vector<std::string> enqueues;
+  std::vector<std::string> acks;
+};
+
+// The outcome line, and where each committed enqueue landed.
+void PrintExecResult(const v1::ExecuteRequest& req, const v1::ExecuteResponse& resp) {
+  PrintOutcomeLine(resp);
+  if (resp.outcome() != v1::COMMITTED) return;
+  for (int i = 0; i < req.ops_size() && i < resp.results_size(); ++i) {
+    const v1::Op& op = req.ops(i);
+    if (op.has_enqueue()) {
+      std::printf("  %s:%s sequence %llu\n", op.participant().c_str(), op.enqueue().queue().c_str(),
+                  static_cast<unsigned long long>(resp.results(i).sequence()));
+    }
+  }
+}
+
+int TxnExec(const Globals& g, const ExecArgs& a) {
+  if (g.coordinator.empty()) return Error("txn exec needs --coordinator=ADDR");
+  v1::ExecuteRequest req;
+  req.set_txn_id(a.id);
+  req.set_timeout_ms(a.timeout_ms);
+  req.set_protocol(ProtocolOf(a.protocol));
+  std::string err =
+      AddOps("txn exec", a.enqueues, a.acks, /*named_participant=*/true, req.mutable_ops());
+  if (!err.empty()) return Error(err);
+  auto stub = v1::Coordinator::NewStub(Connect(g.coordinator));
+  CallContext ctx(g);
+  v1::ExecuteResponse resp;
+  grpc::Status s = stub->Execute(&ctx, req, &resp);
+  if (int rc = ShowReply(g, "Execute", s, resp, [&] { PrintExecResult(req, resp); }); rc != 0) {
+    return rc;
+  }
+  return resp.outcome() == v1::COMMITTED ? 0 : kAborted;
+}
+
+// --- heuristic outcomes (txn resolve) at a participant ---
+
+const char kHeuristicWarning[] =
+    "WARNING: this is a heuristic decision: it overrides the commit protocol. If the\n"
+    "coordinator or another participant decided otherwise, the transaction ends up\n"
+    "committed at some participants and aborted at others. Use it only when the\n"
+    "coordinator's log is lost for good, and resolve every participant the same way.\n";
+
+void PrintHeuristic(const v1::HeuristicOutcome& h) {
+  std::printf("txn %s\n  outcome       %s (HEURISTIC: decided by an operator)\n",
+              h.txn_id().c_str(), StateName(h.state()).c_str());
+  std::printf("  resolved      %s ago, was %s\n", Age(h.resolved_unix_ms()).c_str(),
+              StateName(h.resolved_from()).c_str());
+  std::printf("  note          %s\n", h.operator_note().empty() ? "-" : h.operator_note().c_str());
+  std::printf("  coordinator   %s\n  participants ", h.coordinator_id().c_str());
+  for (const auto& p : h.participants()) std::printf(" %s", p.participant().c_str());
+  std::printf("\n");
+  if (h.conflicting_state() != v1::TXN_STATE_UNSPECIFIED) {
+    std::printf("  MIXED         %s says %s (%s ago): repair by hand\n", h.conflict_by().c_str(),
+                StateName(h.conflicting_state()).c_str(), Age(h.conflict_unix_ms()).c_str());
+  }
+}
+
+void PrintHeuristicTable(const v1::ListParticipantTxnsResponse& resp) {
+  std::printf("%-40s %-9s %-9s %-28s %s\n", "HEURISTIC TXN", "OUTCOME", "AGE", "MIXED", "NOTE");
+  for (const auto& h : resp.heuristic()) {
+    std::string mixed = "no";
+    if (h.conflicting_state() != v1::TXN_STATE_UNSPECIFIED) {
+      mixed = absl::StrCat("YES: ", StateName(h.conflicting_state()), " elsewhere");
+    }
+    std::printf("%-40s %-9s %-9s %-28s %s\n", h.txn_id().c_str(), StateName(h.state()).c_str(),
+                Age(h.resolved_unix_ms()).c_str(), mixed.c_str(), h.operator_note().c_str());
+  }
+}
+
+// --- txn list ---
+
+bool ParseStateFilter(const std::string& s, std::vector<v1::TxnState>* out) {
+  if (s.empty() || s == "in-doubt" || s == "unfinished") return true;  // server default
+  static const std::pair<const char*, v1::TxnState> kStates[] = {{"preparing", v1::PREPARING},
+                                                                 {"precommitted", v1::PRECOMMITTED},
+                                                                 {"committed", v1::STATE_COMMITTED},
+                                                                 {"aborted", v1::STATE_ABORTED},
+                                                                 {"ended", v1::ENDED}};
+  for (const auto& [name, st] : kStates) {
+    if (s == name) {
+      out->push_back(st);
+      return true;
+    }
+  }
+  return false;
+}
+
+void PrintPreparedTable(const v1::ListParticipantTxnsResponse& resp) {
+  std::printf("%-40s %-5s %-13s %-8s %-9s %s\n", "TXN", "PROTO", "STATE", "IN-DOUBT", "AGE",
+              "COORDINATOR");
+  for (const auto& t : resp.transactions()) {
+    std::printf("%-40s %-5s %-13s %-8s %-9s %s (%s)\n", t.txn_id().c_str(),
+                ProtocolName(t.protocol()).c_str(), StateName(t.state()).c_str(),
+                t.in_doubt() ? "yes" : "no", Age(t.prepared_unix_ms()).c_str(),
+                t.coordinator_id().c_str(), t.coordinator_address().c_str());
+  }
+}
+
+int ListAtParticipant(const Globals& g, const std::string& state) {
+  auto stub = v1::ParticipantTxn::NewStub(Connect(g.participant));
+  v1::ListParticipantTxnsResponse resp;
+  grpc::Status s = ListParticipantTxns(g, *stub, &resp);
+  if (!s.ok()) return RpcError("ListTransactions", s);
+  if (state == "in-doubt") {
+    v1::ListParticipantTxnsResponse only;
+    for (const auto& t : resp.transactions()) {
+      if (t.in_doubt()) *only.add_transactions() = t;
+    }
+    resp = only;
+  }
+  if (state == "heuristic") resp.clear_transactions();
+  if (state == "heuristic" && !g.json) {
+    PrintHeuristicTable(resp);
+    return 0;
+  }
+  if (g.json) {
+    PrintJson(resp);
+    return 0;
+  }
+  PrintPreparedTable(resp);
+  if (resp.heuristic_size() > 0) {
+    std::printf("\n");
+    PrintHeuristicTable(resp);
+  }
+  return 0;
+}
+
+void PrintCoordinatorTable(const v1::ListTransactionsResponse& resp) {
+  std::printf("%-40s %-5s %-13s %-10s %-9s %s\n", "TXN", "PROTO", "STATE", "OUTCOME", "AGE",
+              "WAITING FOR");
+  for (const auto& t : resp.transactions()) {
+    std::string waiting;
+    for (const auto& p : t.participants()) {
+      if (!p.acknowledged()) absl::StrAppend(&waiting, waiting.empty() ? "" : ",", p.participant());
+    }
+    std::printf("%-40s %-5s %-13s %-10s %-9s %s\n", t.txn_id().c_str(),
+                ProtocolName(t.protocol()).c_str(), StateName(t.state()).c_str(),
+                OutcomeName(t.outcome()).c_str(), Age(t.created_unix_ms()).c_str(),
+                waiting.c_str());
+  }
+}
+
+int ListAtCoordinator(const Globals& g, const std::string& state) {
+  v1::ListTransactionsRequest req;
+  std::vector<v1::TxnState> states;
+  if (!ParseStateFilter(state, &states)) {
+    return Error(absl::StrCat("--state \"", state,
+                              "\": want in-doubt, preparing, precommitted, committed, aborted "
+                              "or ended"));
+  }
+  for (v1::TxnState s : states) req.add_states(s);
+  auto stub = v1::Coordinator::NewStub(Connect(g.coordinator));
+  CallContext ctx(g);
+  v1::ListTransactionsResponse resp;
+  grpc::Status s = stub->ListTransactions(&ctx, req, &resp);
+  return ShowReply(g, "ListTransactions", s, resp, [&] { PrintCoordinatorTable(resp); });
+}
+
+// --- txn show ---
+
+int ShowAtParticipant(const Globals& g, const std::string& id) {
+  auto stub = v1::ParticipantTxn::NewStub(Connect(g.participant));
+  v1::ListParticipantTxnsResponse resp;
+  grpc::Status s = ListParticipantTxns(g, *stub, &resp);
+  if (!s.ok()) return RpcError("ListTransactions", s);
+  for (const auto& t : resp.transactions()) {
+    if (t.txn_id() != id) continue;
+    if (g.json) {
+      PrintJson(t);
+      return 0;
+    }
+    std::printf("txn %s\n  protocol     %s\n  state        %s%s\n  prepared     %s ago\n",
+                t.txn_id().c_str(), ProtocolName(t.protocol()).c_str(),
+                StateName(t.state()).c_str(), t.in_doubt() ? " (in doubt)" : "",
+                Age(t.prepared_unix_ms()).c_str());
+    PrintPreparedTail(t);
+    return 0;
+  }
+  for (const auto& h : resp.heuristic()) {
+    if (h.txn_id() != id) continue;
+    if (g.json) {
+      PrintJson(h);
+    } else {
+      PrintHeuristic(h);
+    }
+    return 0;
+  }
+  return Error(absl::StrCat("txn ", id, " is not prepared on this participant"));
+}
+
+void PrintOps(const v1::TransactionInfo& t) {
+  for (int i = 0; i < t.ops_size(); ++i) {
+    const v1::Op& op = t.ops(i);
+    uint64_t seq = i < t.results_size() ? t.results(i).sequence() : 0;
+    if (op.has_enqueue()) {
+      std::printf("  op %d: enqueue %s:%s (%zu bytes)", i, op.participant().c_str(),
+                  op.enqueue().queue().c_str(), op.enqueue().payload().size());
+    } else {
+      std::printf("  op %d: ack %s:%s #%llu", i, op.participant().c_str(), op.ack().queue().c_str(),
+                  static_cast<unsigned long long>(op.ack().sequence()));
+    }
+    if (seq != 0) std::printf(" -> sequence %llu", static_cast<unsigned long long>(seq));
+    std::printf("\n");
+  }
+}
+
+void PrintCoordinatorTxn(const v1::TransactionInfo& t) {
+  std::printf("txn %s\n  protocol  %s\n  state     %s\n  outcome   %s\n  age       %s\n",
+              t.txn_id().c_str(), ProtocolName(t.protocol()).c_str(), StateName(t.state()).c_str(),
+              OutcomeName(t.outcome()).c_str(), Age(t.created_unix_ms()).c_str());
+  if (!t.reason().empty()) std::printf("  reason    %s\n", t.reason().c_str());
+  std::printf("  participants:\n");
+  for (const auto& p : t.participants()) {
+    std::printf("    %-20s %-13s %s\n", p.participant().c_str(), StateName(p.state()).c_str(),
+                p.acknowledged() ? "acknowledged" : "not acknowledged");
+  }
+  PrintOps(t);
+}
+
+int ShowAtCoordinator(const Globals& g, const std::string& id) {
+  auto stub = v1::Coordinator::NewStub(Connect(g.coordinator));
+  CallContext ctx(g);
+  v1::GetTransactionRequest req;
+  req.set_txn_id(id);
+  v1::TransactionInfo t;
+  grpc::Status s = stub->GetTransaction(&ctx, req, &t);
+  return ShowReply(g, "GetTransaction", s, t, [&] { PrintCoordinatorTxn(t); });
+}
+
+// --- txn resolve: operator resolution of in-doubt transactions ---
+
+struct ResolveArgs {
+  std::string id;
+  std::string note;
+  bool commit = false;
+  bool abort = false;
+  bool yes = false;
+};
+
+// Without --yes: says what would be done to what, warns, and refuses.
+int PreviewResolve(const Globals& g, v1::ParticipantTxn::Stub& stub, const ResolveArgs& a) {
+  std::printf("would resolve txn %s at %s: %s it here (heuristic)\n", a.id.c_str(),
+              g.participant.c_str(), a.commit ? "COMMIT" : "ABORT");
+  v1::ListParticipantTxnsResponse resp;
+  grpc::Status s = ListParticipantTxns(g, stub, &resp);
+  bool found = false;
+  if (!s.ok()) resp.Clear();
+  for (const auto& t : resp.transactions()) {
+    if (t.txn_id() != a.id) continue;
+    found = true;
+    std::printf("  state        %s%s, prepared %s ago\n", StateName(t.state()).c_str(),
+                t.in_doubt() ? " (in doubt)" : " (NOT in doubt)",
+                Age(t.prepared_unix_ms()).c_str());
+    PrintPreparedTail(t);
+    if (t.state() == v1::PRECOMMITTED && a.abort) {
+      std::printf(
+          "  note: it is PRECOMMITTED (3PC): every participant voted YES and a\n"
+          "  commit was under way; aborting it likely contradicts the others.\n");
+    }
+  }
+  if (!s.ok()) {
+    std::printf("  (its state could not be read: %s)\n", s.error_message().c_str());
+  } else if (!found) {
+    std::printf("  it is not prepared on this participant: the call would be refused\n");
+  }
+  std::printf("%s", kHeuristicWarning);
+  std::fflush(stdout);
+  return Error("refusing without --yes");
+}
+
+void PrintResolved(const std::string& id, const v1::ResolveResponse& resp) {
+  std::printf("%s %s here (%s)\n", id.c_str(),
+              resp.state() == v1::STATE_COMMITTED ? "COMMITTED" : "ABORTED",
+              resp.heuristic() ? "heuristic, durable" : "already, by the protocol: not heuristic");
+  if (resp.state() == v1::STATE_COMMITTED) {
+    std::printf("  sequences [%s]\n", JoinSequences(resp.sequences()).c_str());
+  }
+  std::printf("  resolve every other participant of %s the same way\n", id.c_str());
+}
+
+int TxnResolve(const Globals& g, const ResolveArgs& a) {
+  if (g.participant.empty()) return Error("txn resolve needs --participant=ADDR");
+  if (a.commit == a.abort) return Error("txn resolve needs exactly one of --commit and --abort");
+  auto stub = v1::ParticipantTxn::NewStub(Connect(g.participant));
+  if (!a.yes) return PreviewResolve(g, *stub, a);
+  v1::ResolveRequest req;
+  req.set_txn_id(a.id);
+  req.set_outcome(a.commit ? v1::COMMITTED : v1::ABORTED);
+  req.set_operator_note(a.note);
+  CallContext ctx(g);
+  v1::ResolveResponse resp;
+  grpc::Status s = stub->Resolve(&ctx, req, &resp);
+  return ShowReply(g, "Resolve", s, resp, [&] { PrintResolved(a.id, resp); });
+}
+
+// --- registration ---
+
+void AddExec(CLI::App* txn, const Globals& g, int* rc) {
+  CLI::App* exec = txn->add_subcommand("exec", "run one atomic transaction (coordinator)");
+  auto a = std::make_shared<ExecArgs>();
+  exec->add_option("--protocol", a->protocol, "2pc or 3pc (default: the coordinator's)")
+      ->check(CLI::IsMember({"2pc", "3pc"}));
+  exec->add_option("--id", a->id, "transaction id (a retry with the same id is idempotent)");
+  exec->add_option("--timeout_ms", a->timeout_ms, "vote deadline (default: the coordinator's)");
+  exec->add_option("--enqueue", a->enqueues, "PARTICIPANT:QUEUE=PAYLOAD (repeatable)");
+  exec->add_option("--ack", a->acks, "PARTICIPANT:QUEUE:SEQUENCE:LEASE_TOKEN (repeatable)");
+  exec->callback([&g, rc, a] { *rc = TxnExec(g, *a); });
+}
+
+void AddListAndShow(CLI::App* txn, const Globals& g, int* rc) {
+  CLI::App* list = txn->add_subcommand("list", "transactions not finished, with state and age");
+  auto state = std::make_shared<std::string>();
+  list->add_option("--state", *state,
+                   "in-doubt (default), preparing, precommitted, committed, aborted, ended; "
+                   "heuristic (participant: outcomes decided by an operator)");
+  list->callback([&g, rc, state] {
+    *rc = AtParticipantOrCoordinator(g, "txn list", ListAtParticipant, ListAtCoordinator, *state);
+  });
+
+  CLI::App* show = txn->add_subcommand("show", "one transaction with each participant's state");
+  auto id = std::make_shared<std::string>();
+  show->add_option("ID", *id, "transaction id")->required();
+  show->callback([&g, rc, id] {
+    *rc = AtParticipantOrCoordinator(g, "txn show", ShowAtParticipant, ShowAtCoordinator, *id);
+  });
+}
+
+void AddResolve(CLI::App* txn, const Globals& g, int* rc) {
+  CLI::App* resolve = txn->add_subcommand(
+      "resolve", "last resort: commit or abort an in-doubt transaction here (heuristic)");
+  auto a = std::make_shared<ResolveArgs>();
+  resolve->add_option("ID", a->id, "transaction id (from txn list --state=in-doubt)")->required();
+  resolve->add_flag("--commit", a->commit, "commit it here");
+  resolve->add_flag("--abort", a->abort, "abort it here");
+  resolve->add_option("--note", a->note, "why and who, kept with the outcome");
+  resolve->add_flag("--yes", a->yes, "really do it (without: print what would be done and refuse)");
+  resolve->callback([&g, rc, a] { *rc = TxnResolve(g, *a); });
+}
+
+}  // namespace
+
+void AddTxnCommands(CLI::App* txn, const Globals& g, int* rc) {
+  AddExec(txn, g, rc);
+  AddListAndShow(txn, g, rc);
+  AddResolve(txn, g, rc);
+}
+
+}  // namespace atomq::ctl
