@@ -69,20 +69,6 @@ std::optional<Record> FindRecord(Storage* storage, const std::string& db, const 
   return rec;
 }
 
-// Collects the storage reports (batch token, status) of one group written
-// on this thread, so that the adapter hands them to its core in one locked
-// call rather than one call per batch.
-class GroupedReports {
- public:
-  using Report = std::pair<uint64_t, absl::Status>;
-  // Installs the group hook on `storage`: `flush` gets each group's reports
-  // that Collect() took, after the group's DoneFns ran.
-  void Install(Storage* storage, std::function<void(std::vector<Report>&)> flush);
-  // From a DoneFn. false: not inside one of this installer's groups, so the
-  // caller reports it itself, now.
-  bool Collect(uint64_t token, const absl::Status& status);
-};
-
 // Starts one unary RPC on the callback API and calls `done(status, resp)`
 // on a gRPC thread when it finishes. `start(ctx, req, resp, cb)` issues it
 // (typically stub->async()->Method(...)). Nothing blocks.

@@ -38,6 +38,25 @@ bool WritesState(const Batch& batch, std::initializer_list<v1::TxnState> states)
   return false;
 }
 
+// `st`, or when it is OK the body `get()` reads from the item's result.
+template <typename Resp, typename Get>
+absl::StatusOr<Resp> BodyOr(const absl::Status& st, Get get) {
+  if (!st.ok()) return st;
+  return get();
+}
+
+// The crash points a batch reaches once durable, if any is armed.
+std::function<void()> CrashPointsOf(const Batch& batch) {
+  const bool decision = CrashArmed("after-decision-logged") &&
+                        WritesState(batch, {v1::STATE_COMMITTED, v1::STATE_ABORTED});
+  const bool staged = CrashArmed("after-staged-logged") && WritesState(batch, {v1::PREPARING});
+  if (!decision && !staged) return nullptr;
+  return [decision, staged] {
+    if (decision) CrashPoint("after-decision-logged");
+    if (staged) CrashPoint("after-staged-logged");
+  };
+}
+
 }  // namespace
 
 // One ExecuteStream call. Outlives its gRPC reactor role while replies are
@@ -84,36 +103,9 @@ class CoordinatorServer::ExecuteStreamCall final
       refused = "coordinator is shutting down";
     }
     if (!refused.empty()) {
-      std::vector<v1::StreamedResult> results(static_cast<size_t>(n));
-      for (int i = 0; i < n; ++i) {
-        results[static_cast<size_t>(i)].set_tag(in_.items(i).tag());
-        results[static_cast<size_t>(i)].set_code(
-            static_cast<int32_t>(server_->stopped_ ? absl::StatusCode::kUnavailable
-                                                   : absl::StatusCode::kInvalidArgument));
-        results[static_cast<size_t>(i)].set_message(refused);
-      }
-      server_->replies_failed_ += static_cast<uint64_t>(n);
-      {
-        absl::MutexLock lock(&mu_);
-        unanswered_ += static_cast<uint64_t>(n);
-      }
-      Deliver(std::move(results));
+      Refuse(refused);
     } else if (n > 0) {
-      {
-        absl::MutexLock lock(&mu_);
-        unanswered_ += static_cast<uint64_t>(n);
-      }
-      std::vector<RequestId> rids(static_cast<size_t>(n));
-      for (int i = 0; i < n; ++i) {
-        rids[static_cast<size_t>(i)] =
-            server_->Expect(Pending{nullptr, nullptr, nullptr, self_, in_.items(i).tag()});
-      }
-      server_->WithCore([&](CoordinatorCore& c) {
-        const int64_t now = server_->clock_.NowMs();
-        for (int i = 0; i < n; ++i) {
-          c.Execute(rids[static_cast<size_t>(i)], in_.items(i).request(), now);
-        }
-      });
+      Execute();
     }
     absl::MutexLock lock(&mu_);
     if (done_ || finish_wanted_) return;
@@ -153,6 +145,44 @@ class CoordinatorServer::ExecuteStreamCall final
   }
 
  private:
+  // Answers every item of in_ with an error, `why` its message.
+  void Refuse(const std::string& why) {
+    const int n = in_.items_size();
+    std::vector<v1::StreamedResult> results(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      results[static_cast<size_t>(i)].set_tag(in_.items(i).tag());
+      results[static_cast<size_t>(i)].set_code(static_cast<int32_t>(
+          server_->stopped_ ? absl::StatusCode::kUnavailable : absl::StatusCode::kInvalidArgument));
+      results[static_cast<size_t>(i)].set_message(why);
+    }
+    server_->replies_failed_ += static_cast<uint64_t>(n);
+    {
+      absl::MutexLock lock(&mu_);
+      unanswered_ += static_cast<uint64_t>(n);
+    }
+    Deliver(std::move(results));
+  }
+
+  // Hands every item of in_ to the core in one call.
+  void Execute() {
+    const int n = in_.items_size();
+    {
+      absl::MutexLock lock(&mu_);
+      unanswered_ += static_cast<uint64_t>(n);
+    }
+    std::vector<RequestId> rids(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      rids[static_cast<size_t>(i)] =
+          server_->replies_.Expect(Pending{nullptr, nullptr, nullptr, self_, in_.items(i).tag()});
+    }
+    server_->WithCore([&](CoordinatorCore& c) {
+      const int64_t now = server_->clock_.NowMs();
+      for (int i = 0; i < n; ++i) {
+        c.Execute(rids[static_cast<size_t>(i)], in_.items(i).request(), now);
+      }
+    });
+  }
+
   void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (done_ || writing_ || finishing_) return;
     if (out_.results_size() > 0 && !finish_wanted_) {
@@ -187,15 +217,14 @@ class CoordinatorServer::ExecuteStreamCall final
 };
 
 CoordinatorServer::CoordinatorServer(Config config, ServerOptions options, Storage* storage)
-    : options_(options), storage_(storage), view_(std::make_unique<View>(storage)) {
-  core_ = std::make_unique<CoordinatorCore>(std::move(config), view_.get());
-  reports_.Install(storage_, [this](std::vector<GroupedReports::Report>& reports) {
-    WithCore([&](CoordinatorCore& c) {
-      const int64_t now = clock_.NowMs();
-      for (const auto& [token, st] : reports) c.OnPersisted(token, st, now);
-    });
-  });
-}
+    : options_(options),
+      storage_(storage),
+      view_(std::make_unique<View>(storage)),
+      core_(
+          std::make_unique<CoordinatorCore>(std::move(config), view_.get()), storage, &clock_,
+          &timers_, &stopped_, [this](Output out) { Dispatch(std::move(out)); }, CrashPointsOf),
+      gc_(&timers_, &clock_, &stopped_, options.gc_interval_ms, options.gc_batch_max,
+          [this] { return CollectGarbage(); }) {}
 
 CoordinatorServer::~CoordinatorServer() { Stop(); }
 
@@ -216,11 +245,7 @@ std::string CoordinatorServer::RenderMetrics() {
                   replies_aborted_.load(), "\n");
   absl::StrAppend(&out, "atomq_execute_replies_total{outcome=\"error\"} ", replies_failed_.load(),
                   "\n");
-  size_t in_flight;
-  {
-    absl::MutexLock lock(&mu_);
-    in_flight = core_->in_flight();
-  }
+  const size_t in_flight = core_.Inspect([](const CoordinatorCore& c) { return c.in_flight(); });
   AppendMetric(&out, "atomq_finished_records_erased_total", "counter",
                "Finished transaction records erased after --retention_ms.", gc_erased_);
   AppendMetric(&out, "atomq_participant_batch_calls_total", "counter",
@@ -260,61 +285,24 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Create(Con
   size_t n = records.size();
   s->WithCore([&](CoordinatorCore& c) { c.Recover(std::move(records), s->clock_.NowMs()); });
   LogLine(absl::StrCat("recovered ", n, " transaction records"));
-  CoordinatorServer* raw = s.get();
-  raw->timers_.At(raw->clock_.NowMs() + options.gc_interval_ms, [raw] { raw->CollectGarbage(); });
+  s->gc_.Start();
   return s;
-}
-
-template <typename Fn>
-void CoordinatorServer::WithCore(Fn fn) {
-  Output out;
-  bool persisted;
-  {
-    absl::MutexLock lock(&mu_);
-    fn(*core_);
-    out = core_->TakeOutput();
-    persisted = !out.persist.empty();
-    // Under the lock: batches must reach the writer in the order the core
-    // made them (a later batch may rewrite a key an earlier one wrote).
-    Persist(std::move(out.persist));
-    out.persist.clear();
-  }
-  if (!out.empty()) Dispatch(std::move(out));
-  // After the messages left: an idle writer's fsync runs here, on this
-  // thread, saving two thread hand-offs. Every submitter drives its own.
-  if (persisted) storage_->Drive();
-}
-
-void CoordinatorServer::Persist(std::vector<Batch> batches) {
-  for (Batch& batch : batches) {
-    uint64_t token = batch.token;
-    bool decision = CrashArmed("after-decision-logged") &&
-                    WritesState(batch, {v1::STATE_COMMITTED, v1::STATE_ABORTED});
-    bool staged = CrashArmed("after-staged-logged") && WritesState(batch, {v1::PREPARING});
-    storage_->SubmitDeferred(std::move(batch), [this, token, decision, staged](absl::Status st) {
-      if (decision && st.ok()) CrashPoint("after-decision-logged");
-      if (staged && st.ok()) CrashPoint("after-staged-logged");
-      if (reports_.Collect(token, st)) return;
-      WithCore([&](CoordinatorCore& c) { c.OnPersisted(token, st, clock_.NowMs()); });
-    });
-  }
-}
-
-void CoordinatorServer::FireTimers(const std::vector<uint64_t>& ids) {
-  if (stopped_) return;
-  WithCore([&](CoordinatorCore& c) {
-    int64_t now = clock_.NowMs();
-    for (uint64_t id : ids) c.OnTimer(id, now);
-  });
 }
 
 void CoordinatorServer::Dispatch(Output out) {
   for (const std::string& line : out.log) LogLine(line);
+  SendOrCrash(std::move(out.send));
+  core_.ArmTimers(out.timers);
+  ReleaseReplies(std::move(out.replies));
+  ReleaseStateReplies(out.state_replies);
+}
+
+void CoordinatorServer::SendOrCrash(std::vector<OutMessage> msgs) {
   int commits = 0;
-  for (const OutMessage& m : out.send) commits += m.type == MsgType::kCommit;
+  for (const OutMessage& m : msgs) commits += m.type == MsgType::kCommit;
   bool crash_mid_fanout = commits >= 2 && CrashArmed("mid-commit-fanout");
   std::vector<OutMessage> to_send;
-  for (OutMessage& m : out.send) {
+  for (OutMessage& m : msgs) {
     if (crash_mid_fanout && m.type == MsgType::kCommit) {
       // Make sure exactly one Commit reached its participant, then die.
       auto stub = v1::ParticipantTxn::NewStub(channels_.Get(m.address));
@@ -331,18 +319,14 @@ void CoordinatorServer::Dispatch(Output out) {
     to_send.push_back(std::move(m));
   }
   if (!to_send.empty()) Send(std::move(to_send));
-  for (const TimerRequest& t : out.timers) core_timers_.Add(t.timer_id, t.at_ms);
+}
+
+void CoordinatorServer::ReleaseReplies(std::vector<ExecuteReply> replies) {
   // Results of one stream leave together.
   std::map<std::shared_ptr<ExecuteStreamCall>, std::vector<v1::StreamedResult>> streamed;
-  for (ExecuteReply& r : out.replies) {
-    Pending p;
-    {
-      absl::MutexLock lock(&pending_mu_);
-      auto it = pending_.find(r.request);
-      if (it == pending_.end()) continue;
-      p = it->second;
-      pending_.erase(it);
-    }
+  for (ExecuteReply& r : replies) {
+    std::optional<Pending> p = replies_.Take(r.request);
+    if (!p.has_value()) continue;
     if (!r.status.ok()) {
       ++replies_failed_;
     } else if (r.response.outcome() == v1::COMMITTED) {
@@ -350,30 +334,27 @@ void CoordinatorServer::Dispatch(Output out) {
     } else {
       ++replies_aborted_;
     }
-    if (p.stream != nullptr) {
-      v1::StreamedResult& res = streamed[p.stream].emplace_back();
-      res.set_tag(p.tag);
+    if (p->stream != nullptr) {
+      v1::StreamedResult& res = streamed[p->stream].emplace_back();
+      res.set_tag(p->tag);
       res.set_code(static_cast<int32_t>(r.status.code()));
       res.set_message(std::string(r.status.message()));
       if (r.status.ok()) *res.mutable_response() = std::move(r.response);
       continue;
     }
     // Rollback has no body to fill (execute == nullptr).
-    if (r.status.ok() && p.execute != nullptr) *p.execute = std::move(r.response);
-    p.reactor->Finish(ToGrpc(r.status));
+    if (r.status.ok() && p->execute != nullptr) *p->execute = std::move(r.response);
+    p->reactor->Finish(ToGrpc(r.status));
   }
   for (auto& [call, results] : streamed) call->Deliver(std::move(results));
-  for (const StateReply& r : out.state_replies) {
-    Pending p;
-    {
-      absl::MutexLock lock(&pending_mu_);
-      auto it = pending_.find(r.request);
-      if (it == pending_.end()) continue;
-      p = it->second;
-      pending_.erase(it);
-    }
-    p.state->set_state(r.state);
-    p.reactor->Finish(grpc::Status::OK);
+}
+
+void CoordinatorServer::ReleaseStateReplies(const std::vector<StateReply>& replies) {
+  for (const StateReply& r : replies) {
+    std::optional<Pending> p = replies_.Take(r.request);
+    if (!p.has_value()) continue;
+    p->state->set_state(r.state);
+    p->reactor->Finish(grpc::Status::OK);
   }
 }
 
@@ -526,7 +507,6 @@ void CoordinatorServer::OnBatchReply(const std::vector<Sent>& sent, const grpc::
   int64_t now = clock_.NowMs();
   WithCore([&](CoordinatorCore& c) {
     for (size_t i = 0; i < sent.size(); ++i) {
-      const Sent& s = sent[i];
       absl::Status st = FromGrpc(status);
       const v1::BatchResult* r = nullptr;
       if (status.ok()) {
@@ -537,37 +517,37 @@ void CoordinatorServer::OnBatchReply(const std::vector<Sent>& sent, const grpc::
           st = absl::InternalError("participant answered fewer batch items than sent");
         }
       }
-      switch (s.type) {
-        case MsgType::kPrepare:
-          c.OnPrepareReply(s.txn_id, s.participant,
-                           st.ok() ? absl::StatusOr<v1::PrepareResponse>(r->prepare())
-                                   : absl::StatusOr<v1::PrepareResponse>(st),
-                           now);
-          break;
-        case MsgType::kPreCommit:
-          c.OnPreCommitReply(s.txn_id, s.participant, st, now);
-          break;
-        case MsgType::kCommit:
-          c.OnCommitReply(s.txn_id, s.participant,
-                          st.ok() ? absl::StatusOr<v1::CommitResponse>(r->commit())
-                                  : absl::StatusOr<v1::CommitResponse>(st),
-                          now);
-          break;
-        case MsgType::kAbort:
-          c.OnAbortReply(s.txn_id, s.participant, st, now);
-          break;
-        case MsgType::kForget:  // best effort: nothing to learn from the answer
-        case MsgType::kPromise:
-        case MsgType::kAccept:
-        case MsgType::kQuery:
-          break;  // not batched
-      }
+      ReportBatchItem(c, sent[i], st, r, now);
     }
   });
 }
 
-void CoordinatorServer::CollectGarbage() {
-  if (stopped_) return;
+void CoordinatorServer::ReportBatchItem(CoordinatorCore& c, const Sent& s, const absl::Status& st,
+                                        const v1::BatchResult* r, int64_t now) {
+  switch (s.type) {
+    case MsgType::kPrepare:
+      c.OnPrepareReply(s.txn_id, s.participant,
+                       BodyOr<v1::PrepareResponse>(st, [r] { return r->prepare(); }), now);
+      break;
+    case MsgType::kPreCommit:
+      c.OnPreCommitReply(s.txn_id, s.participant, st, now);
+      break;
+    case MsgType::kCommit:
+      c.OnCommitReply(s.txn_id, s.participant,
+                      BodyOr<v1::CommitResponse>(st, [r] { return r->commit(); }), now);
+      break;
+    case MsgType::kAbort:
+      c.OnAbortReply(s.txn_id, s.participant, st, now);
+      break;
+    case MsgType::kForget:  // best effort: nothing to learn from the answer
+    case MsgType::kPromise:
+    case MsgType::kAccept:
+    case MsgType::kQuery:
+      break;  // not batched
+  }
+}
+
+size_t CoordinatorServer::CollectGarbage() {
   const int64_t cutoff = clock_.NowMs() - static_cast<int64_t>(options_.retention_ms);
   Batch batch;
   batch.sync = false;  // forgetting is never urgent
@@ -580,10 +560,9 @@ void CoordinatorServer::CollectGarbage() {
   });
   if (!st.ok()) LogLine(absl::StrCat("finished-record collection failed: ", st.ToString()));
   if (n > 0) {
-    // Under the core's lock, like every write, so it is ordered after the
-    // ENDED batches it follows.
-    absl::MutexLock lock(&mu_);
-    storage_->Submit(std::move(batch), [this, n](absl::Status s) {
+    // Ordered with the core's batches, like every write, so it comes after
+    // the ENDED batches it follows.
+    core_.SubmitOrdered(std::move(batch), [this, n](absl::Status s) {
       if (s.ok()) {
         gc_erased_ += n;
       } else {
@@ -591,9 +570,7 @@ void CoordinatorServer::CollectGarbage() {
       }
     });
   }
-  // A full batch means more is due: look again soon.
-  int64_t next = n >= options_.gc_batch_max ? 10 : options_.gc_interval_ms;
-  timers_.At(clock_.NowMs() + next, [this] { CollectGarbage(); });
+  return n;
 }
 
 bool CoordinatorServer::RejectIfStopped(grpc::ServerUnaryReactor* reactor) {
@@ -602,19 +579,12 @@ bool CoordinatorServer::RejectIfStopped(grpc::ServerUnaryReactor* reactor) {
   return true;
 }
 
-RequestId CoordinatorServer::Expect(Pending p) {
-  RequestId rid = next_request_++;
-  absl::MutexLock lock(&pending_mu_);
-  pending_[rid] = p;
-  return rid;
-}
-
 grpc::ServerUnaryReactor* CoordinatorServer::Execute(grpc::CallbackServerContext* ctx,
                                                      const v1::ExecuteRequest* req,
                                                      v1::ExecuteResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   if (RejectIfStopped(reactor)) return reactor;
-  RequestId rid = Expect(Pending{reactor, resp, nullptr, nullptr, 0});
+  RequestId rid = replies_.Expect(Pending{reactor, resp, nullptr, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.Execute(rid, *req, clock_.NowMs()); });
   return reactor;
 }
@@ -643,7 +613,7 @@ grpc::ServerUnaryReactor* CoordinatorServer::Commit(grpc::CallbackServerContext*
                                                     v1::ExecuteResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   if (RejectIfStopped(reactor)) return reactor;
-  RequestId rid = Expect(Pending{reactor, resp, nullptr, nullptr, 0});
+  RequestId rid = replies_.Expect(Pending{reactor, resp, nullptr, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.Commit(rid, *req, clock_.NowMs()); });
   return reactor;
 }
@@ -653,7 +623,7 @@ grpc::ServerUnaryReactor* CoordinatorServer::Rollback(grpc::CallbackServerContex
                                                       v1::RollbackTxnResponse*) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   if (RejectIfStopped(reactor)) return reactor;
-  RequestId rid = Expect(Pending{reactor, nullptr, nullptr, nullptr, 0});
+  RequestId rid = replies_.Expect(Pending{reactor, nullptr, nullptr, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.Rollback(rid, *req, clock_.NowMs()); });
   return reactor;
 }
@@ -662,7 +632,7 @@ grpc::ServerUnaryReactor* CoordinatorServer::QueryState(grpc::CallbackServerCont
                                                         const v1::TxnRef* req,
                                                         v1::QueryStateResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  RequestId rid = Expect(Pending{reactor, nullptr, resp, nullptr, 0});
+  RequestId rid = replies_.Expect(Pending{reactor, nullptr, resp, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.QueryState(rid, req->txn_id(), clock_.NowMs()); });
   return reactor;
 }
@@ -671,11 +641,8 @@ grpc::ServerUnaryReactor* CoordinatorServer::GetTransaction(grpc::CallbackServer
                                                             const v1::GetTransactionRequest* req,
                                                             v1::TransactionInfo* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  absl::StatusOr<v1::TransactionInfo> info;
-  {
-    absl::MutexLock lock(&mu_);
-    info = core_->GetTransaction(req->txn_id());
-  }
+  absl::StatusOr<v1::TransactionInfo> info =
+      core_.Inspect([&](const CoordinatorCore& c) { return c.GetTransaction(req->txn_id()); });
   if (info.ok()) *resp = std::move(*info);
   reactor->Finish(ToGrpc(info.status()));
   return reactor;
@@ -688,11 +655,8 @@ grpc::ServerUnaryReactor* CoordinatorServer::ListTransactions(
   std::vector<v1::TxnState> states;
   for (int s : req->states()) states.push_back(static_cast<v1::TxnState>(s));
   size_t limit = req->limit() == 0 ? 1000 : req->limit();
-  std::vector<v1::TransactionInfo> list;
-  {
-    absl::MutexLock lock(&mu_);
-    list = core_->ListTransactions(states, limit);
-  }
+  std::vector<v1::TransactionInfo> list =
+      core_.Inspect([&](const CoordinatorCore& c) { return c.ListTransactions(states, limit); });
   for (v1::TransactionInfo& t : list) *resp->add_transactions() = std::move(t);
   reactor->Finish(grpc::Status::OK);
   return reactor;

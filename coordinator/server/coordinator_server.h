@@ -14,6 +14,9 @@
 #include "atomq/v1/coordinator.grpc.pb.h"
 #include "atomq/v1/participant.grpc.pb.h"
 #include "common/clock.h"
+#include "common/core_driver.h"
+#include "common/periodic_sweep.h"
+#include "common/reply_table.h"
 #include "common/server_util.h"
 #include "common/storage.h"
 #include "common/timer_queue.h"
@@ -31,7 +34,7 @@ struct ServerOptions {
   // Execute with the same id is idempotent within it (and after it, as long
   // as the participants remember their outcome).
   uint64_t retention_ms = 600000;
-  uint32_t gc_interval_ms = 1000;   // --gc_interval_ms: how often to look
+  uint32_t gc_interval_ms = 1000;  // --gc_interval_ms: how often to look
   // --gc_batch_max: records erased per look (a full look looks again in
   // 10 ms). Small: LMDB keeps the page buffers of its largest write
   // transaction, and its file grows while a large one runs.
@@ -97,37 +100,43 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
 
   CoordinatorServer(Config config, ServerOptions options, Storage* storage);
 
-  // Carries out `out`; never called with mu_ held.
-  void Dispatch(Output out) ABSL_LOCKS_EXCLUDED(mu_);
-  void FireTimers(const std::vector<uint64_t>& ids) ABSL_LOCKS_EXCLUDED(mu_);
-  // Hands batches to the writer; called with mu_ held, never blocks.
-  void Persist(std::vector<Batch> batches) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Every core input: common/core_driver.h.
+  template <typename Fn>
+  void WithCore(Fn&& fn) {
+    core_.Run(std::forward<Fn>(fn));
+  }
+  // Carries out what the core asked, its batches submitted already; never
+  // called under the core's lock.
+  void Dispatch(Output out);
+  // Sends `msgs`, but when armed, dies at mid-commit-fanout after one Commit
+  // of a fan-out reached its participant.
+  void SendOrCrash(std::vector<OutMessage> msgs);
+  // Answers the requests the core released, each once (the stream items of
+  // one call in one message).
+  void ReleaseReplies(std::vector<ExecuteReply> replies);
+  void ReleaseStateReplies(const std::vector<StateReply>& replies);
   // To the participants, grouped per participant.
   void Send(std::vector<OutMessage> msgs);
-  // Erases finished records older than the retention window, then looks
-  // again after gc_interval_ms.
-  void CollectGarbage();
-  // Registers where the reply to a request goes; returns its id.
-  RequestId Expect(Pending p);
+  // One pass of gc_: erases finished records older than the retention
+  // window, at most gc_batch_max; returns how many.
+  size_t CollectGarbage();
   // Answers UNAVAILABLE once Stop() ran; true if it did.
   bool RejectIfStopped(grpc::ServerUnaryReactor* reactor);
   void SendTermination(OutMessage msg);
   void OnBatchReply(const std::vector<Sent>& sent, const grpc::Status& status,
                     const v1::BatchResponse& resp);
-  template <typename Fn>
-  void WithCore(Fn fn) ABSL_LOCKS_EXCLUDED(mu_);
+  // One answered item of a Batch call, `st` its status (and `r` its result
+  // when OK), to the core.
+  void ReportBatchItem(CoordinatorCore& c, const Sent& s, const absl::Status& st,
+                       const v1::BatchResult* r, int64_t now);
 
   const ServerOptions options_;
   Storage* const storage_;
-  GroupedReports reports_;  // one core call per storage group
   RealClock clock_;
   std::unique_ptr<View> view_;
   ChannelCache channels_;
   TimerQueue timers_;
-  // Every due core timer in one locked call.
-  TimerSet core_timers_{&timers_, [this](std::vector<uint64_t> ids) { FireTimers(ids); }};
   std::atomic<bool> stopped_{false};
-  std::atomic<uint64_t> next_request_{1};
   std::atomic<bool> first_vote_seen_{false};
   std::atomic<uint64_t> replies_committed_{0};
   std::atomic<uint64_t> replies_aborted_{0};
@@ -139,10 +148,9 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   absl::Mutex links_mu_;
   std::map<std::string, std::unique_ptr<Link>> links_ ABSL_GUARDED_BY(links_mu_);
 
-  absl::Mutex mu_;
-  std::unique_ptr<CoordinatorCore> core_ ABSL_GUARDED_BY(mu_);
-  absl::Mutex pending_mu_;
-  std::map<RequestId, Pending> pending_ ABSL_GUARDED_BY(pending_mu_);
+  ReplyTable<Pending> replies_;
+  CoreDriver<CoordinatorCore> core_;
+  PeriodicSweep gc_;
 };
 
 }  // namespace atomq::coordinator

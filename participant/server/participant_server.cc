@@ -84,6 +84,75 @@ bool WritesRecord(const Batch& batch, const char* db, v1::TxnState state) {
   return false;
 }
 
+// The crash points a batch reaches once durable, if any is armed.
+std::function<void()> CrashPointsOf(const Batch& batch) {
+  const bool prepared =
+      CrashArmed("after-prepare-logged") && WritesRecord(batch, kPreparedDb, v1::PREPARED);
+  const bool committed = CrashArmed("after-commit-applied-before-ack") &&
+                         WritesRecord(batch, kOutcomesDb, v1::STATE_COMMITTED);
+  if (!prepared && !committed) return nullptr;
+  return [prepared, committed] {
+    if (prepared) CrashPoint("after-prepare-logged");
+    if (committed) CrashPoint("after-commit-applied-before-ack");
+  };
+}
+
+// Answered by the adapter, not the core: an empty item is refused, and an
+// END notice (forget) is best effort with an empty result.
+bool AnsweredHere(const v1::BatchItem& item) {
+  const v1::BatchItem::KindCase k = item.kind_case();
+  return k == v1::BatchItem::KIND_NOT_SET || k == v1::BatchItem::kForget;
+}
+
+// Fills `result` with the core's reply to one Batch item, then calls `done`.
+std::function<void(const Reply&)> FillBatchResult(v1::BatchResult* result,
+                                                  std::function<void()> done) {
+  return [result, done = std::move(done)](const Reply& r) {
+    result->set_code(static_cast<int>(r.status.code()));
+    result->set_message(std::string(r.status.message()));
+    if (r.status.ok()) {
+      if (const auto* b = std::get_if<v1::PrepareResponse>(&r.body)) {
+        if (b->vote() == v1::YES) CrashPoint("before-vote-sent");
+        *result->mutable_prepare() = *b;
+      } else if (const auto* b = std::get_if<v1::PreCommitResponse>(&r.body)) {
+        *result->mutable_pre_commit() = *b;
+      } else if (const auto* b = std::get_if<v1::CommitResponse>(&r.body)) {
+        *result->mutable_commit() = *b;
+      } else if (const auto* b = std::get_if<v1::AbortResponse>(&r.body)) {
+        *result->mutable_abort() = *b;
+      }
+    }
+    done();
+  };
+}
+
+// The items of a Batch call, in order, to the core (`rids[i]` item i's id).
+void HandToCore(ParticipantCore& c, const v1::BatchRequest& req, const std::vector<RequestId>& rids,
+                int64_t now) {
+  for (int i = 0; i < req.items_size(); ++i) {
+    const v1::BatchItem& item = req.items(i);
+    switch (item.kind_case()) {
+      case v1::BatchItem::kPrepare:
+        c.Prepare(rids[i], item.prepare(), now);
+        break;
+      case v1::BatchItem::kPreCommit:
+        c.PreCommit(rids[i], item.pre_commit().txn_id(), now);
+        break;
+      case v1::BatchItem::kCommit:
+        c.Commit(rids[i], item.commit().txn_id(), now);
+        break;
+      case v1::BatchItem::kAbort:
+        c.Abort(rids[i], item.abort().txn_id(), now);
+        break;
+      case v1::BatchItem::kForget:
+        c.Forget(item.forget().txn_id(), now);
+        break;
+      case v1::BatchItem::KIND_NOT_SET:
+        break;
+    }
+  }
+}
+
 }  // namespace
 
 class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackService {
@@ -94,7 +163,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
                                     v1::PrepareResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
     auto deliver = ReplyTo(reactor, resp);
-    RequestId rid = node_->Expect([deliver](const Reply& r) {
+    RequestId rid = node_->replies_.Expect([deliver](const Reply& r) {
       const auto* vote = std::get_if<v1::PrepareResponse>(&r.body);
       if (r.status.ok() && vote != nullptr && vote->vote() == v1::YES) {
         CrashPoint("before-vote-sent");
@@ -107,7 +176,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* PreCommit(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
                                       v1::PreCommitResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.PreCommit(rid, req->txn_id(), node_->clock_.NowMs()); });
     return reactor;
@@ -115,7 +184,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Commit(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
                                    v1::CommitResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.Commit(rid, req->txn_id(), node_->clock_.NowMs()); });
     return reactor;
@@ -123,7 +192,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
                                   v1::AbortResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.Abort(rid, req->txn_id(), node_->clock_.NowMs()); });
     return reactor;
@@ -131,7 +200,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* QueryState(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
                                        v1::QueryStateResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.QueryState(rid, req->txn_id(), node_->clock_.NowMs()); });
     return reactor;
@@ -140,7 +209,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
                                     const v1::PromiseRequest* req,
                                     v1::PromiseResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) {
       c.Promise(rid, req->txn_id(), req->ballot(), node_->clock_.NowMs());
     });
@@ -149,7 +218,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Accept(grpc::CallbackServerContext* ctx, const v1::AcceptRequest* req,
                                    v1::AcceptResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) {
       c.Accept(rid, req->txn_id(), req->ballot(), req->value(), node_->clock_.NowMs());
     });
@@ -173,53 +242,17 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
     // Items are answered on whatever thread releases them; each writes only
     // its own result, and the last one finishes the call.
     auto remaining = std::make_shared<std::atomic<int>>(n);
-    auto done = [reactor, remaining] {
+    std::function<void()> done = [reactor, remaining] {
       if (remaining->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
-    };
-    // Answered here, not by the core: an empty item is refused, and an END
-    // notice (forget) is best effort with an empty result.
-    auto answered_here = [req](int i) {
-      const v1::BatchItem::KindCase k = req->items(i).kind_case();
-      return k == v1::BatchItem::KIND_NOT_SET || k == v1::BatchItem::kForget;
     };
     std::vector<RequestId> rids(n, 0);
     for (int i = 0; i < n; ++i) {
-      if (answered_here(i)) continue;
-      v1::BatchResult* result = resp->mutable_results(i);
-      rids[i] = node_->Expect([result, done](const Reply& r) {
-        result->set_code(static_cast<int>(r.status.code()));
-        result->set_message(std::string(r.status.message()));
-        if (r.status.ok()) {
-          if (const auto* b = std::get_if<v1::PrepareResponse>(&r.body)) {
-            if (b->vote() == v1::YES) CrashPoint("before-vote-sent");
-            *result->mutable_prepare() = *b;
-          } else if (const auto* b = std::get_if<v1::PreCommitResponse>(&r.body)) {
-            *result->mutable_pre_commit() = *b;
-          } else if (const auto* b = std::get_if<v1::CommitResponse>(&r.body)) {
-            *result->mutable_commit() = *b;
-          } else if (const auto* b = std::get_if<v1::AbortResponse>(&r.body)) {
-            *result->mutable_abort() = *b;
-          }
-        }
-        done();
-      });
+      if (AnsweredHere(req->items(i))) continue;
+      rids[i] = node_->replies_.Expect(FillBatchResult(resp->mutable_results(i), done));
     }
-    node_->WithCore([&](ParticipantCore& c) {
-      int64_t now = node_->clock_.NowMs();
-      for (int i = 0; i < n; ++i) {
-        const v1::BatchItem& item = req->items(i);
-        switch (item.kind_case()) {
-          case v1::BatchItem::kPrepare: c.Prepare(rids[i], item.prepare(), now); break;
-          case v1::BatchItem::kPreCommit: c.PreCommit(rids[i], item.pre_commit().txn_id(), now); break;
-          case v1::BatchItem::kCommit: c.Commit(rids[i], item.commit().txn_id(), now); break;
-          case v1::BatchItem::kAbort: c.Abort(rids[i], item.abort().txn_id(), now); break;
-          case v1::BatchItem::kForget: c.Forget(item.forget().txn_id(), now); break;
-          case v1::BatchItem::KIND_NOT_SET: break;
-        }
-      }
-    });
+    node_->WithCore([&](ParticipantCore& c) { HandToCore(c, *req, rids, node_->clock_.NowMs()); });
     for (int i = 0; i < n; ++i) {
-      if (!answered_here(i)) continue;
+      if (!AnsweredHere(req->items(i))) continue;
       if (req->items(i).kind_case() == v1::BatchItem::KIND_NOT_SET) {
         resp->mutable_results(i)->set_code(static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
         resp->mutable_results(i)->set_message(absl::StrCat("batch item ", i, " is empty"));
@@ -246,11 +279,10 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
     auto* reactor = ctx->DefaultReactor();
     std::vector<v1::ParticipantTxnInfo> list;
     std::vector<v1::HeuristicOutcome> heuristic;
-    {
-      absl::MutexLock lock(&node_->mu_);
-      list = node_->core_->ListTransactions();
-      heuristic = node_->core_->HeuristicOutcomes();
-    }
+    node_->core_.Inspect([&](const ParticipantCore& c) {
+      list = c.ListTransactions();
+      heuristic = c.HeuristicOutcomes();
+    });
     for (v1::ParticipantTxnInfo& t : list) *resp->add_transactions() = std::move(t);
     for (v1::HeuristicOutcome& h : heuristic) *resp->add_heuristic() = std::move(h);
     reactor->Finish(grpc::Status::OK);
@@ -262,7 +294,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
                                     const v1::ResolveRequest* req,
                                     v1::ResolveResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) { c.Resolve(rid, *req, node_->clock_.NowMs()); });
     return reactor;
   }
@@ -279,7 +311,7 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
                                         const v1::CreateQueueRequest* req,
                                         v1::CreateQueueResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) { c.CreateQueue(rid, *req, node_->clock_.NowMs()); });
     return reactor;
   }
@@ -287,7 +319,7 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
                                         const v1::DeleteQueueRequest* req,
                                         v1::DeleteQueueResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.DeleteQueue(rid, req->name(), node_->clock_.NowMs()); });
     return reactor;
@@ -296,11 +328,8 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
                                        const v1::ListQueuesRequest* req,
                                        v1::ListQueuesResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    std::vector<v1::QueueInfo> list;
-    {
-      absl::MutexLock lock(&node_->mu_);
-      list = node_->core_->ListQueues();
-    }
+    std::vector<v1::QueueInfo> list =
+        node_->core_.Inspect([](const ParticipantCore& c) { return c.ListQueues(); });
     for (v1::QueueInfo& q : list) *resp->add_queues() = std::move(q);
     reactor->Finish(grpc::Status::OK);
     return reactor;
@@ -317,21 +346,21 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
   grpc::ServerUnaryReactor* Nack(grpc::CallbackServerContext* ctx, const v1::NackRequest* req,
                                  v1::NackResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) { c.Nack(rid, *req, node_->clock_.NowMs()); });
     return reactor;
   }
   grpc::ServerUnaryReactor* Send(grpc::CallbackServerContext* ctx, const v1::SendRequest* req,
                                  v1::SendResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) { c.Send(rid, *req, node_->clock_.NowMs()); });
     return reactor;
   }
   grpc::ServerUnaryReactor* Ack(grpc::CallbackServerContext* ctx, const v1::AckRequest* req,
                                 v1::AckResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->Expect(ReplyTo(reactor, resp));
+    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) {
       c.Ack(rid, req->queue(), req->sequence(), req->lease_token(), node_->clock_.NowMs());
     });
@@ -347,15 +376,17 @@ ParticipantNode::ParticipantNode(Config config, ServerOptions options, Storage* 
       storage_(storage),
       view_(std::make_unique<View>(storage)),
       txn_service_(std::make_unique<TxnService>(this)),
-      queue_service_(std::make_unique<QueueService>(this)) {
-  core_ = std::make_unique<ParticipantCore>(std::move(config), view_.get());
-  reports_.Install(storage_, [this](std::vector<GroupedReports::Report>& reports) {
-    WithCore([&](ParticipantCore& c) {
-      const int64_t now = clock_.NowMs();
-      for (const auto& [token, st] : reports) c.OnPersisted(token, st, now);
-    });
-  });
-}
+      queue_service_(std::make_unique<QueueService>(this)),
+      core_(
+          std::make_unique<ParticipantCore>(std::move(config), view_.get()), storage, &clock_,
+          &timers_, &stopped_, [this](Output out) { Dispatch(std::move(out)); }, CrashPointsOf),
+      gc_(&timers_, &clock_, &stopped_, options.gc_interval_ms, options.gc_batch_max,
+          [this] { return OfferForgettable(); }),
+      // Never full: every pass returns all that expired.
+      lease_sweep_(&timers_, &clock_, &stopped_, options.lease_sweep_ms, /*batch_max=*/0, [this] {
+        WithCore([&](ParticipantCore& c) { c.ExpireLeases(clock_.NowMs()); });
+        return size_t{0};
+      }) {}
 
 ParticipantNode::~ParticipantNode() { Stop(); }
 
@@ -372,19 +403,15 @@ std::string ParticipantNode::RenderMetrics() {
   AppendMetric(&out, "atomq_storage_batches_total", "counter", "Batches written.", st.batches);
   AppendMetric(&out, "atomq_storage_write_failures_total", "counter", "Failed batches.",
                st.failures);
-  uint64_t erased;
-  {
-    absl::MutexLock lock(&mu_);
-    erased = core_->outcomes_erased();
-  }
+  const uint64_t erased =
+      core_.Inspect([](const ParticipantCore& c) { return c.outcomes_erased(); });
   AppendMetric(&out, "atomq_outcomes_erased_total", "counter",
                "Outcomes of ended transactions erased after --retention_ms.", double(erased));
   out += ProcessMetrics();
   return out;
 }
 
-void ParticipantNode::CollectGarbage() {
-  if (stopped_) return;
+size_t ParticipantNode::OfferForgettable() {
   const int64_t now = clock_.NowMs();
   const int64_t cutoff = now - static_cast<int64_t>(retention_ms_);
   std::vector<std::string> keys;
@@ -395,9 +422,7 @@ void ParticipantNode::CollectGarbage() {
   });
   if (!st.ok()) LogLine(absl::StrCat("outcome collection failed: ", st.ToString()));
   if (!keys.empty()) WithCore([&](ParticipantCore& c) { c.CollectOutcomes(keys, now); });
-  // A full scan means more is due: look again soon.
-  const int64_t next = keys.size() >= options_.gc_batch_max ? 10 : options_.gc_interval_ms;
-  timers_.At(clock_.NowMs() + next, [this] { CollectGarbage(); });
+  return keys.size();
 }
 
 grpc::Service* ParticipantNode::txn_service() { return txn_service_.get(); }
@@ -465,77 +490,15 @@ absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config 
   return node;
 }
 
-template <typename Fn>
-void ParticipantNode::WithCore(Fn fn) {
-  Output out;
-  bool persisted;
-  {
-    absl::MutexLock lock(&mu_);
-    fn(*core_);
-    out = core_->TakeOutput();
-    persisted = !out.persist.empty();
-    // Under the lock: batches must reach the writer in the order the core
-    // made them (a later batch may rewrite a key an earlier one wrote).
-    Persist(std::move(out.persist));
-    out.persist.clear();
-  }
-  if (!out.empty()) Dispatch(std::move(out));
-  // After the messages left: an idle writer's fsync runs here, on this
-  // thread, saving two thread hand-offs. Every submitter drives its own.
-  if (persisted) storage_->Drive();
-}
-
-void ParticipantNode::RunCore(const std::function<void(ParticipantCore&)>& fn) {
-  WithCore([&](ParticipantCore& c) { fn(c); });
-}
-
-RequestId ParticipantNode::Expect(ReplyFn fn) {
-  RequestId rid = next_request_++;
-  absl::MutexLock lock(&pending_mu_);
-  pending_[rid] = std::move(fn);
-  return rid;
-}
-
-void ParticipantNode::Persist(std::vector<Batch> batches) {
-  for (Batch& batch : batches) {
-    uint64_t token = batch.token;
-    bool prepared =
-        CrashArmed("after-prepare-logged") && WritesRecord(batch, kPreparedDb, v1::PREPARED);
-    bool committed = CrashArmed("after-commit-applied-before-ack") &&
-                     WritesRecord(batch, kOutcomesDb, v1::STATE_COMMITTED);
-    storage_->SubmitDeferred(std::move(batch), [this, token, prepared, committed](absl::Status st) {
-      if (st.ok() && prepared) CrashPoint("after-prepare-logged");
-      if (st.ok() && committed) CrashPoint("after-commit-applied-before-ack");
-      if (reports_.Collect(token, st)) return;
-      WithCore([&](ParticipantCore& c) { c.OnPersisted(token, st, clock_.NowMs()); });
-    });
-  }
-}
-
-void ParticipantNode::FireTimers(const std::vector<uint64_t>& ids) {
-  if (stopped_) return;
-  WithCore([&](ParticipantCore& c) {
-    int64_t now = clock_.NowMs();
-    for (uint64_t id : ids) c.OnTimer(id, now);
-  });
-}
-
 void ParticipantNode::Dispatch(Output out) {
   for (const std::string& line : out.log) LogLine(line);
   if (!out.ready_queues.empty()) WakeQueues(out.ready_queues);
   for (OutQuery& q : out.queries) SendQuery(std::move(q));
   for (OutPeerMsg& m : out.peer_msgs) SendPeerMsg(std::move(m));
-  for (const TimerRequest& t : out.timers) core_timers_.Add(t.timer_id, t.at_ms);
+  core_.ArmTimers(out.timers);
   for (const Reply& r : out.replies) {
-    ReplyFn fn;
-    {
-      absl::MutexLock lock(&pending_mu_);
-      auto it = pending_.find(r.request);
-      if (it == pending_.end()) continue;
-      fn = std::move(it->second);
-      pending_.erase(it);
-    }
-    fn(r);
+    std::optional<ReplyFn> fn = replies_.Take(r.request);
+    if (fn.has_value()) (*fn)(r);
   }
 }
 

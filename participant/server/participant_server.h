@@ -16,6 +16,9 @@
 #include "atomq/v1/coordinator.grpc.pb.h"
 #include "atomq/v1/participant.grpc.pb.h"
 #include "common/clock.h"
+#include "common/core_driver.h"
+#include "common/periodic_sweep.h"
+#include "common/reply_table.h"
 #include "common/server_util.h"
 #include "common/storage.h"
 #include "common/timer_queue.h"
@@ -24,7 +27,7 @@
 namespace atomq::participant {
 
 struct ServerOptions {
-  uint32_t rpc_timeout_ms = 2000;  // --rpc_timeout_ms: per outbound query
+  uint32_t rpc_timeout_ms = 2000;    // --rpc_timeout_ms: per outbound query
   uint32_t batch_items_max = 10000;  // --batch_items_max: items in one Batch call
   // Consumers (queue_consumers.cc).
   uint32_t receive_wait_ms_max = 60000;  // --receive_wait_ms_max: longest long-poll
@@ -32,7 +35,7 @@ struct ServerOptions {
   uint32_t subscriptions_max = 1000;     // --subscriptions_max: Subscribe streams open at once
   uint32_t lease_sweep_ms = 100;         // --lease_sweep_ms: how often expired leases return
   // Outcome collection (Config::retention_ms says how old an entry must be).
-  uint32_t gc_interval_ms = 1000;   // --gc_interval_ms: how often to look
+  uint32_t gc_interval_ms = 1000;  // --gc_interval_ms: how often to look
   // --gc_batch_max: outcomes erased per look (a full look looks again in
   // 10 ms). Small: LMDB keeps the page buffers of its largest write
   // transaction, and its file grows while a large one runs.
@@ -65,41 +68,42 @@ class ParticipantNode {
 
   ParticipantNode(Config config, ServerOptions options, Storage* storage);
 
+  // Every core input: common/core_driver.h.
   template <typename Fn>
-  void WithCore(Fn fn) ABSL_LOCKS_EXCLUDED(mu_);
-  void Dispatch(Output out) ABSL_LOCKS_EXCLUDED(mu_);
-  void FireTimers(const std::vector<uint64_t>& ids) ABSL_LOCKS_EXCLUDED(mu_);
-  // Hands batches to the writer; called with mu_ held, never blocks.
-  void Persist(std::vector<Batch> batches) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void WithCore(Fn&& fn) {
+    core_.Run(std::forward<Fn>(fn));
+  }
+  // Carries out what the core asked, its batches submitted already; never
+  // called under the core's lock.
+  void Dispatch(Output out);
   void SendQuery(OutQuery q);
   void SendPeerMsg(OutPeerMsg m);
-  // Hands the core the kForgettableDb entries past the retention window (at
-  // most gc_batch_max), then looks again after gc_interval_ms.
-  void CollectGarbage();
-  // Registers how the reply to a request is delivered; returns its id.
-  RequestId Expect(ReplyFn fn);
+  // A pass of gc_ now, then the next on schedule.
+  void CollectGarbage() { gc_.RunNow(); }
+  // One pass of gc_: hands the core the kForgettableDb entries past the
+  // retention window, at most gc_batch_max; returns how many.
+  size_t OfferForgettable();
 
   // --- consumers: long-poll Receive and Subscribe streams (queue_consumers.cc) ---
   class Waiting;       // something that waits for a queue to gain ready messages
   class LongPoll;      // a Receive with wait_ms
   class Subscription;  // a Subscribe stream's state
   class SubscribeReactor;
-  // WithCore for code outside participant_server.cc.
-  void RunCore(const std::function<void(ParticipantCore&)>& fn) ABSL_LOCKS_EXCLUDED(mu_);
   grpc::ServerUnaryReactor* StartReceive(grpc::CallbackServerContext* ctx,
                                          const v1::ReceiveRequest* req, v1::ReceiveResponse* resp);
   grpc::ServerBidiReactor<v1::SubscribeRequest, v1::SubscribeResponse>* StartSubscribe(
       grpc::CallbackServerContext* ctx);
-  // Registers `w` to be woken when `queue` gains ready messages. Call under
-  // mu_ right after a Receive found nothing, so no wake is missed. False when
-  // --waiters_max long-polls are parked already (streams are not counted).
+  // Registers `w` to be woken when `queue` gains ready messages. Call inside
+  // WithCore right after a Receive found nothing, so no wake is missed. False
+  // when --waiters_max long-polls are parked already (streams are not counted).
   bool Park(const std::string& queue, const std::shared_ptr<Waiting>& w, bool long_poll)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(core_.mu());
   void Unpark(const std::string& queue, uint64_t waiter_id);
   // From Dispatch: wakes (on the timer thread) everything parked on `queues`.
   void WakeQueues(const std::vector<std::string>& queues);
-  void SweepLeases();
-  absl::Mutex waiters_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  // A pass of lease_sweep_ (expired leases return) now, then on schedule.
+  void SweepLeases() { lease_sweep_.RunNow(); }
+  absl::Mutex waiters_mu_ ABSL_ACQUIRED_AFTER(core_.mu());
   std::map<std::string, std::map<uint64_t, std::shared_ptr<Waiting>>> waiters_
       ABSL_GUARDED_BY(waiters_mu_);
   uint32_t parked_long_polls_ ABSL_GUARDED_BY(waiters_mu_) = 0;
@@ -113,22 +117,18 @@ class ParticipantNode {
 
   const ServerOptions options_;
   Storage* const storage_;
-  GroupedReports reports_;  // one core call per storage group
   RealClock clock_;
   std::unique_ptr<View> view_;
   std::unique_ptr<TxnService> txn_service_;
   std::unique_ptr<QueueService> queue_service_;
   ChannelCache channels_;
   TimerQueue timers_;
-  // Every due core timer in one locked call.
-  TimerSet core_timers_{&timers_, [this](std::vector<uint64_t> ids) { FireTimers(ids); }};
   std::atomic<bool> stopped_{false};
-  std::atomic<uint64_t> next_request_{1};
 
-  absl::Mutex mu_;
-  std::unique_ptr<ParticipantCore> core_ ABSL_GUARDED_BY(mu_);
-  absl::Mutex pending_mu_;
-  std::map<RequestId, ReplyFn> pending_ ABSL_GUARDED_BY(pending_mu_);
+  ReplyTable<ReplyFn> replies_;
+  CoreDriver<ParticipantCore> core_;
+  PeriodicSweep gc_;
+  PeriodicSweep lease_sweep_;
 };
 
 }  // namespace atomq::participant

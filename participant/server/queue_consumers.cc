@@ -59,9 +59,9 @@ int64_t ToUnixMs(std::chrono::system_clock::time_point t) {
 
 // Acks `deliveries` (auto-ack) and calls `done` with those whose deletion is
 // durable, lease tokens cleared, once every ack is answered.
-void AutoAck(std::function<RequestId(std::function<void(const Reply&)>)> expect,
-             const std::function<void(const std::function<void(ParticipantCore&)>&)>& run,
-             const Clock& clock, std::vector<v1::Delivery> deliveries,
+void AutoAck(ReplyTable<std::function<void(const Reply&)>>* replies,
+             CoreDriver<ParticipantCore>* core, const Clock& clock,
+             std::vector<v1::Delivery> deliveries,
              std::function<void(std::vector<v1::Delivery>)> done) {
   if (deliveries.empty()) return done({});
   struct Gather {
@@ -78,7 +78,7 @@ void AutoAck(std::function<RequestId(std::function<void(const Reply&)>)> expect,
   g->done = std::move(done);
   std::vector<RequestId> rids;
   for (size_t i = 0; i < g->deliveries.size(); ++i) {
-    rids.push_back(expect([g, i](const Reply& r) {
+    rids.push_back(replies->Expect([g, i](const Reply& r) {
       std::vector<v1::Delivery> out;
       {
         std::lock_guard<std::mutex> lock(g->mu);
@@ -98,7 +98,7 @@ void AutoAck(std::function<RequestId(std::function<void(const Reply&)>)> expect,
   for (const v1::Delivery& d : g->deliveries) {
     acks.push_back({d.queue(), {d.sequence(), d.lease_token()}});
   }
-  run([&](ParticipantCore& c) {
+  core->Run([&](ParticipantCore& c) {
     const int64_t now = clock.NowMs();
     for (size_t i = 0; i < acks.size(); ++i) {
       c.Ack(rids[i], acks[i].first, acks[i].second.first, acks[i].second.second, now);
@@ -167,11 +167,11 @@ class ParticipantNode::LongPoll final : public Waiting,
       if (ctx_->IsCancelled()) return Finish(grpc::Status::CANCELLED);
       absl::StatusOr<std::vector<Lease>> leases;
       bool parked = false;
-      node_->RunCore([&](ParticipantCore& c) {
+      node_->WithCore([&](ParticipantCore& c) {
         leases = c.Receive(req_.queue(), req_.max_messages(), req_.lease_ms(),
                            node_->clock_.NowMs());
         if (leases.ok() && leases->empty() && !final) {
-          node_->mu_.AssertHeld();
+          node_->core_.mu().AssertHeld();
           parked = node_->Park(req_.queue(), shared_from_this(), true);
         }
       });
@@ -222,9 +222,8 @@ class ParticipantNode::LongPoll final : public Waiting,
     ParticipantNode* node = node_;
     grpc::ServerUnaryReactor* reactor = reactor_;
     v1::ReceiveResponse* resp = resp_;
-    AutoAck([node](ReplyFn fn) { return node->Expect(std::move(fn)); },
-            [node](const std::function<void(ParticipantCore&)>& fn) { node->RunCore(fn); },
-            node->clock_, std::move(ds), [reactor, resp](std::vector<v1::Delivery> acked) {
+    AutoAck(&node->replies_, &node->core_, node->clock_, std::move(ds),
+            [reactor, resp](std::vector<v1::Delivery> acked) {
               for (v1::Delivery& d : acked) *resp->add_deliveries() = std::move(d);
               reactor->Finish(grpc::Status::OK);
             });
@@ -360,8 +359,9 @@ class ParticipantNode::Subscription final : public Waiting,
     if (held.empty() || node_->stopped_) return;
     // Unacked messages go back at once (a requeue nack, answered to nobody).
     std::vector<RequestId> rids;
-    for (size_t i = 0; i < held.size(); ++i) rids.push_back(node_->Expect([](const Reply&) {}));
-    node_->RunCore([&](ParticipantCore& c) {
+    for (size_t i = 0; i < held.size(); ++i)
+      rids.push_back(node_->replies_.Expect([](const Reply&) {}));
+    node_->WithCore([&](ParticipantCore& c) {
       const int64_t now = node_->clock_.NowMs();
       size_t i = 0;
       for (const auto& [seq, token] : held) {
@@ -425,10 +425,10 @@ class ParticipantNode::Subscription final : public Waiting,
       settling_++;
     }
     std::weak_ptr<Subscription> self = shared_from_this();
-    RequestId rid = node_->Expect([self, seq, token, nack](const Reply& r) {
+    RequestId rid = node_->replies_.Expect([self, seq, token, nack](const Reply& r) {
       if (auto s = self.lock()) s->Settled(seq, token, nack, r.status);
     });
-    node_->RunCore([&](ParticipantCore& c) {
+    node_->WithCore([&](ParticipantCore& c) {
       if (nack) {
         v1::NackRequest n = m.nack();
         n.set_queue(queue_);
@@ -497,10 +497,10 @@ class ParticipantNode::Subscription final : public Waiting,
         }
       }
       absl::StatusOr<std::vector<Lease>> leases;
-      node_->RunCore([&](ParticipantCore& c) {
+      node_->WithCore([&](ParticipantCore& c) {
         leases = c.Receive(queue_, want, lease_ms_, node_->clock_.NowMs());
         if (leases.ok() && leases->empty()) {
-          node_->mu_.AssertHeld();
+          node_->core_.mu().AssertHeld();
           node_->Park(queue_, shared_from_this(), false);
         }
       });
@@ -521,46 +521,57 @@ class ParticipantNode::Subscription final : public Waiting,
         if (ReadDelivery(node_->storage_, l, &d)) ds.push_back(std::move(d));
       }
       if (auto_ack_) {
-        {
-          std::lock_guard<std::mutex> lock(mu_);
-          credit_ -= static_cast<int64_t>(ds.size());
-        }
-        std::weak_ptr<Subscription> self = shared_from_this();
-        const size_t sent = ds.size();
-        ParticipantNode* node = node_;
-        AutoAck([node](ReplyFn fn) { return node->Expect(std::move(fn)); },
-                [node](const std::function<void(ParticipantCore&)>& fn) { node->RunCore(fn); },
-                node_->clock_, std::move(ds), [self, sent](std::vector<v1::Delivery> acked) {
-                  auto s = self.lock();
-                  if (!s) return;
-                  {
-                    std::lock_guard<std::mutex> lock(s->mu_);
-                    // Unacked ones (a failed delete) were not sent: their credit returns.
-                    s->credit_ += static_cast<int64_t>(sent - acked.size());
-                    for (v1::Delivery& d : acked) {
-                      v1::SubscribeResponse out;
-                      *out.mutable_delivery() = std::move(d);
-                      s->QueueWriteLocked(std::move(out));
-                    }
-                  }
-                  if (sent != acked.size()) s->Pump();
-                });
-        continue;
+        SendAutoAcked(std::move(ds));
+      } else {
+        SendLeased(std::move(ds));
       }
+    }
+  }
+
+  // Sends the deliveries whose ack (a delete) is durable; the credit of
+  // those that failed returns.
+  void SendAutoAcked(std::vector<v1::Delivery> ds) {
+    {
       std::lock_guard<std::mutex> lock(mu_);
-      for (v1::Delivery& d : ds) {
-        credit_--;
-        outstanding_[d.sequence()] = d.lease_token();
-        std::weak_ptr<Subscription> self = shared_from_this();
-        const uint64_t seq = d.sequence();
-        const std::string token = d.lease_token();
-        node_->timers_.At(d.lease_expires_unix_ms(), [self, seq, token] {
-          if (auto s = self.lock()) s->LeaseExpired(seq, token);
-        });
-        v1::SubscribeResponse out;
-        *out.mutable_delivery() = std::move(d);
-        QueueWriteLocked(std::move(out));
-      }
+      credit_ -= static_cast<int64_t>(ds.size());
+    }
+    std::weak_ptr<Subscription> self = shared_from_this();
+    const size_t sent = ds.size();
+    ParticipantNode* node = node_;
+    AutoAck(&node->replies_, &node->core_, node_->clock_, std::move(ds),
+            [self, sent](std::vector<v1::Delivery> acked) {
+              auto s = self.lock();
+              if (!s) return;
+              {
+                std::lock_guard<std::mutex> lock(s->mu_);
+                // Unacked ones (a failed delete) were not sent: their credit returns.
+                s->credit_ += static_cast<int64_t>(sent - acked.size());
+                for (v1::Delivery& d : acked) {
+                  v1::SubscribeResponse out;
+                  *out.mutable_delivery() = std::move(d);
+                  s->QueueWriteLocked(std::move(out));
+                }
+              }
+              if (sent != acked.size()) s->Pump();
+            });
+  }
+
+  // Sends leased deliveries; each holds a slot of the window until it is
+  // settled or its lease runs out.
+  void SendLeased(std::vector<v1::Delivery> ds) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (v1::Delivery& d : ds) {
+      credit_--;
+      outstanding_[d.sequence()] = d.lease_token();
+      std::weak_ptr<Subscription> self = shared_from_this();
+      const uint64_t seq = d.sequence();
+      const std::string token = d.lease_token();
+      node_->timers_.At(d.lease_expires_unix_ms(), [self, seq, token] {
+        if (auto s = self.lock()) s->LeaseExpired(seq, token);
+      });
+      v1::SubscribeResponse out;
+      *out.mutable_delivery() = std::move(d);
+      QueueWriteLocked(std::move(out));
     }
   }
 
@@ -696,12 +707,6 @@ void ParticipantNode::WakeQueues(const std::vector<std::string>& queues) {
   timers_.At(0, [woken = std::move(woken)] {
     for (const auto& w : woken) w->Wake();
   });
-}
-
-void ParticipantNode::SweepLeases() {
-  if (stopped_) return;
-  RunCore([&](ParticipantCore& c) { c.ExpireLeases(clock_.NowMs()); });
-  timers_.At(clock_.NowMs() + options_.lease_sweep_ms, [this] { SweepLeases(); });
 }
 
 void ParticipantNode::StopConsumers() {

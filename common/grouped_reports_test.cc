@@ -1,4 +1,4 @@
-#include "common/server_util.h"
+#include "common/grouped_reports.h"
 
 #include <filesystem>
 #include <vector>
