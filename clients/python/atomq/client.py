@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional,
-                    Sequence, Tuple, TypeVar, Union)
+                    Tuple, TypeVar, Union)
 
 import grpc
 
@@ -605,9 +605,10 @@ class Transaction:
         self._acks.append(delivery)
 
     def commit(self) -> Result:
-        """Commits what was staged; raises ``Aborted`` (with the reason) if it aborts."""
+        """Commits what was staged; raises ``Aborted`` (with the reason) if it
+        aborts. After ``Unavailable`` the outcome is unknown: call ``commit``
+        again (a repeated Commit returns the first outcome)."""
         self._check_open()
-        self._done = True
         if not self._staged:
             self._rollback_quietly()
             raise errors.InvalidArgument(f"transaction {self.txn_id} staged nothing")
@@ -617,14 +618,19 @@ class Transaction:
                           for p, n in self._staged.items()])
         r = self._client._call("Commit", self._client._coordinator_stub().Commit, request,
                                retry=True, timeout=self._client._txn_call_timeout(self._timeout))
+        self._done = True
         if r.outcome != tpb.COMMITTED:
             raise errors.Aborted(r.reason, self.txn_id)
         staged = {s.participant: list(s.sequences) for s in r.staged}
-        sequences = [staged.get(p, [])[i] if i < len(staged.get(p, [])) else 0
-                     for p, i in self._enqueues]
+
+        def sequence(participant: str, i: int) -> int:
+            got = staged.get(participant, [])
+            return got[i] if i < len(got) else 0  # not yet applied there
+
         for d in self._acks:
             _settled_by_transaction(d)
-        self.result = Result(self.txn_id, "COMMITTED", sequences, staged)
+        self.result = Result(self.txn_id, "COMMITTED",
+                             [sequence(p, i) for p, i in self._enqueues], staged)
         return self.result
 
     def rollback(self) -> None:

@@ -232,6 +232,20 @@ def test_consumer_auto_ack_and_polling(client):
         client.consumer("p1", "no-such-queue").get(timeout=5)
 
 
+def test_stream_consumer_reconnects_after_participant_restart(cluster, client):
+    a = fresh(client, "p2")
+    client.send("p2", a, b"survives")
+    with client.consumer("p2", a, prefetch=1) as consumer:
+        before = consumer.get(timeout=5)
+        cluster.start_participant("p2")  # kills and restarts p2: leases are gone
+        after = consumer.get(timeout=10)
+        assert after.text == "survives" and after.lease_token != before.lease_token
+        with pytest.raises((atomq.FailedPrecondition, atomq.Unavailable)):
+            before.ack()
+        after.ack()
+    assert client.queue_info("p2", a).ready == 0
+
+
 # -- move and interactive transactions ----------------------------------------
 
 def test_move_is_exactly_once(client):
