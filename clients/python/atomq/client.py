@@ -135,7 +135,9 @@ class Delivery:
 
     def nack(self, dead_letter: bool = False, reason: str = "") -> bool:
         """Returns the message to its queue now, or (``dead_letter``) moves it
-        to the queue's dead-letter queue. Returns whether it was dead-lettered."""
+        to the queue's dead-letter queue. Returns whether it was dead-lettered
+        (from a stream consumer: whether that was asked for; a requeue of a
+        message at the queue's ``max_deliveries`` dead-letters it too)."""
         return self._require_settler().settle_nack(self, dead_letter, reason)
 
     def _require_settler(self) -> Any:
