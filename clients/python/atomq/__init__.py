@@ -5,7 +5,7 @@
                           participants={"p1": "127.0.0.1:7101", "p2": "127.0.0.1:7102"})
     client.execute(enqueue=[("p1", "orders", b"order-42"), ("p2", "audit", b"created 42")])
 
-See ``Client`` for every call. The gRPC stubs are generated from the
+See ``Client`` for every call, ``atomq.aio.AsyncClient`` for asyncio. The gRPC stubs are generated from the
 project's ``proto/`` when the package is installed (``pip install
 ./clients/python``) or by the CMake build (``build/python``), never kept in
 the source tree.

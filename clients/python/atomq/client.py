@@ -10,8 +10,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional,
-                    Tuple, TypeVar, Union)
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Dict, Iterable, List, Mapping,
+                    Optional, Tuple, TypeVar, Union)
 
 import grpc
 
@@ -124,16 +124,17 @@ class Delivery:
                       ack=tpb.Ack(queue=self.queue, sequence=self.sequence,
                                   lease_token=self.lease_token))
 
-    def ack(self) -> None:
-        """Deletes the message; returns once the deletion is durable.
+    def ack(self) -> Optional[Awaitable[None]]:
+        """Deletes the message; returns once the deletion is durable (await
+        it for a delivery of ``atomq.aio.AsyncClient``).
 
         Raises ``FailedPrecondition`` when the lease is no longer current
         (it expired, or the consumer's stream ended): the message will be, or
         was, delivered again.
         """
-        self._require_settler().settle_ack(self)
+        return self._require_settler().settle_ack(self)
 
-    def nack(self, dead_letter: bool = False, reason: str = "") -> bool:
+    def nack(self, dead_letter: bool = False, reason: str = "") -> Union[bool, Awaitable[bool]]:
         """Returns the message to its queue now, or (``dead_letter``) moves it
         to the queue's dead-letter queue. Returns whether it was dead-lettered
         (from a stream consumer: whether that was asked for; a requeue of a
@@ -232,20 +233,11 @@ def _pem(v: Union[str, bytes, None]) -> Optional[bytes]:
     return Path(v).read_bytes()
 
 
-class Client:
-    """A connection to an atomq cluster: one coordinator and its participants.
+class _Connection:
+    """What a blocking and an asyncio client share: addresses, credentials,
+    channels (from ``_grpc``: ``grpc`` or ``grpc.aio``) and stubs."""
 
-    ``coordinator``: host:port of ``atomq-coordinator`` (for ``execute``,
-    ``move`` and ``transaction``). ``participants``: participant id ->
-    host:port, the same ids the coordinator was started with (for
-    consumers, ``send``, staging and queue administration). ``tls``: None
-    for plaintext, True for TLS with the system's roots, or a ``TLS``.
-    ``token``: a bearer token sent as ``authorization: Bearer <token>`` on
-    every call. ``call_timeout``: seconds one call may take. ``retry_for``:
-    how long calls that are safe to repeat are retried while a server is
-    unavailable (a transaction keeps its id, so a retry returns the first
-    outcome). Thread-safe; close it (or use ``with``) when done.
-    """
+    _grpc: Any = grpc
 
     def __init__(self, coordinator: Optional[str] = None,
                  participants: Optional[Mapping[str, str]] = None, *,
@@ -259,7 +251,62 @@ class Client:
         self._metadata: Tuple[Tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ())
         self._lock = threading.Lock()
-        self._channels: Dict[str, grpc.Channel] = {}
+        self._channels: Dict[str, Any] = {}
+
+    @property
+    def metadata(self) -> Tuple[Tuple[str, str], ...]:
+        """The metadata sent with every call (the bearer token, if any)."""
+        return self._metadata
+
+    def _coordinator(self) -> str:
+        if not self.coordinator:
+            raise errors.InvalidArgument("this Client has no coordinator address")
+        return self.coordinator
+
+    def _address(self, participant: str) -> str:
+        try:
+            return self.participants[participant]
+        except KeyError:
+            raise errors.InvalidArgument(
+                f'participant "{participant}" is not one of this Client\'s '
+                f"({', '.join(sorted(self.participants)) or 'none given'})") from None
+
+    def _channel(self, address: str) -> Any:
+        with self._lock:
+            ch = self._channels.get(address)
+            if ch is None:
+                ch = _open_channel(self._grpc, address, self._tls)
+                self._channels[address] = ch
+            return ch
+
+    def _queue(self, participant: str) -> pgrpc.QueueStub:
+        return pgrpc.QueueStub(self._channel(self._address(participant)))
+
+    def _txn(self, participant: str) -> pgrpc.ParticipantTxnStub:
+        return pgrpc.ParticipantTxnStub(self._channel(self._address(participant)))
+
+    def _coordinator_stub(self) -> cgrpc.CoordinatorStub:
+        return cgrpc.CoordinatorStub(self._channel(self._coordinator()))
+
+    def _txn_call_timeout(self, timeout: Optional[float]) -> float:
+        # The coordinator answers by the votes' deadline; leave room past it.
+        return max(self.call_timeout, (timeout or 0) + 5.0)
+
+
+class Client(_Connection):
+    """A connection to an atomq cluster: one coordinator and its participants.
+
+    ``coordinator``: host:port of ``atomq-coordinator`` (for ``execute``,
+    ``move`` and ``transaction``). ``participants``: participant id ->
+    host:port, the same ids the coordinator was started with (for
+    consumers, ``send``, staging and queue administration). ``tls``: None
+    for plaintext, True for TLS with the system's roots, or a ``TLS``.
+    ``token``: a bearer token sent as ``authorization: Bearer <token>`` on
+    every call. ``call_timeout``: seconds one call may take. ``retry_for``:
+    how long calls that are safe to repeat are retried while a server is
+    unavailable (a transaction keeps its id, so a retry returns the first
+    outcome). Thread-safe; close it (or use ``with``) when done.
+    """
 
     @staticmethod
     def from_env() -> "Client":
@@ -291,22 +338,10 @@ class Client:
         (still unreachable after ``retry_for``: the outcome is unknown,
         retry with the same id).
         """
-        messages = [Message.of(e) for e in enqueue]
-        acks = list(ack)
-        tid = txn_id or new_txn_id()
-        request = cpb.ExecuteRequest(
-            txn_id=tid, protocol=_protocol(protocol),
-            ops=[m.op() for m in messages] + [d.op() for d in acks],
-            timeout_ms=int((timeout or 0) * 1000), reply_at_decision=reply_at_decision)
-        stub = cgrpc.CoordinatorStub(self._channel(self._coordinator()))
-        response = self._call("Execute", stub.Execute, request, retry=True,
-                              timeout=self._txn_call_timeout(timeout))
-        if response.outcome != tpb.COMMITTED:
-            raise errors.Aborted(response.reason, response.txn_id)
-        for d in acks:
-            _settled_by_transaction(d)
-        return Result(response.txn_id, "COMMITTED",
-                      [r.sequence for r in response.results[:len(messages)]])
+        call = _ExecuteCall(enqueue, ack, protocol, txn_id, timeout, reply_at_decision)
+        response = self._call("Execute", self._coordinator_stub().Execute, call.request,
+                              retry=True, timeout=self._txn_call_timeout(timeout))
+        return call.result(response)
 
     def move(self, delivery: Delivery, enqueue: Iterable[EnqueueSpec], *,
              protocol: Optional[str] = None, timeout: Optional[float] = None) -> Result:
@@ -351,11 +386,7 @@ class Client:
         is also retried while the participant is unavailable. Sequences
         must rise with each new message (gaps are fine).
         """
-        if (producer_id is None) != (producer_sequence is None):
-            raise errors.InvalidArgument("give producer_id and producer_sequence together")
-        request = ppb.SendRequest(queue=queue, payload=_bytes(payload), headers=dict(headers or {}),
-                                  producer_id=producer_id or "",
-                                  producer_sequence=producer_sequence or 0)
+        request = _send_request(queue, payload, headers, producer_id, producer_sequence)
         r = self._call("Send", self._queue(participant).Send, request,
                        retry=producer_id is not None)
         return SendResult(r.sequence, r.duplicate)
@@ -370,9 +401,7 @@ class Client:
         participant's default). ``auto_ack``: the messages are deleted before
         the reply (at most once).
         """
-        request = ppb.ReceiveRequest(queue=queue, max_messages=max_messages,
-                                     lease_ms=int((lease or 0) * 1000), wait_ms=int(wait * 1000),
-                                     auto_ack=auto_ack, consumer="python")
+        request = _receive_request(queue, max_messages, wait, lease, auto_ack)
         r = self._call("Receive", self._queue(participant).Receive, request, retry=not auto_ack,
                        timeout=self.call_timeout + wait)
         settler = _UnarySettler(self, participant)
@@ -450,73 +479,88 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def metadata(self) -> Tuple[Tuple[str, str], ...]:
-        """The metadata sent with every call (the bearer token, if any)."""
-        return self._metadata
-
-    def _coordinator(self) -> str:
-        if not self.coordinator:
-            raise errors.InvalidArgument("this Client has no coordinator address")
-        return self.coordinator
-
-    def _address(self, participant: str) -> str:
-        try:
-            return self.participants[participant]
-        except KeyError:
-            raise errors.InvalidArgument(
-                f'participant "{participant}" is not one of this Client\'s '
-                f"({', '.join(sorted(self.participants)) or 'none given'})") from None
-
-    def _channel(self, address: str) -> grpc.Channel:
-        with self._lock:
-            ch = self._channels.get(address)
-            if ch is None:
-                # A restarted server is found again within a second, not
-                # after gRPC's default backoff of up to two minutes.
-                options = [("grpc.initial_reconnect_backoff_ms", 100),
-                           ("grpc.min_reconnect_backoff_ms", 100),
-                           ("grpc.max_reconnect_backoff_ms", 1000)]
-                if self._tls is None:
-                    ch = grpc.insecure_channel(address, options)
-                else:
-                    if self._tls.server_name:
-                        options.append(("grpc.ssl_target_name_override", self._tls.server_name))
-                    ch = grpc.secure_channel(address, self._tls.credentials(), options)
-                self._channels[address] = ch
-            return ch
-
-    def _queue(self, participant: str) -> pgrpc.QueueStub:
-        return pgrpc.QueueStub(self._channel(self._address(participant)))
-
-    def _txn(self, participant: str) -> pgrpc.ParticipantTxnStub:
-        return pgrpc.ParticipantTxnStub(self._channel(self._address(participant)))
-
-    def _coordinator_stub(self) -> cgrpc.CoordinatorStub:
-        return cgrpc.CoordinatorStub(self._channel(self._coordinator()))
-
-    def _txn_call_timeout(self, timeout: Optional[float]) -> float:
-        # The coordinator answers by the votes' deadline; leave room past it.
-        return max(self.call_timeout, (timeout or 0) + 5.0)
-
     def _call(self, what: str, method: Callable[..., T], request: Any, *, retry: bool,
               timeout: Optional[float] = None) -> T:
         """Calls ``method``; with ``retry``, UNAVAILABLE and DEADLINE_EXCEEDED
         are retried with the same request (backoff 50 ms to 1 s) for
         ``retry_for`` seconds. Raises the typed error."""
-        give_up = time.monotonic() + self.retry_for
-        delay = 0.05
+        backoff = Backoff(self.retry_for if retry else 0.0)
         while True:
             try:
                 return method(request, timeout=timeout or self.call_timeout,
                               metadata=self._metadata)
             except grpc.RpcError as e:
-                err = errors.from_rpc_error(e, what)
-                if not retry or not isinstance(err, errors.Unavailable) or \
-                        time.monotonic() + delay > give_up:
-                    raise err from None
+                delay = backoff.after(errors.from_rpc_error(e, what))
             time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+
+
+class Backoff:
+    """When to retry a call that is safe to repeat: after UNAVAILABLE or
+    DEADLINE_EXCEEDED, 50 ms doubling to 1 s, for ``retry_for`` seconds."""
+
+    def __init__(self, retry_for: float) -> None:
+        self._give_up = time.monotonic() + retry_for
+        self._delay = 0.05
+
+    def after(self, err: errors.AtomqError) -> float:
+        """The delay before the next try; raises ``err`` when there is none."""
+        delay = self._delay
+        if not isinstance(err, errors.Unavailable) or time.monotonic() + delay > self._give_up:
+            raise err from None
+        self._delay = min(delay * 2, 1.0)
+        return delay
+
+
+def _open_channel(module: Any, address: str, tls: Optional[TLS]) -> Any:
+    """A channel from ``grpc`` or ``grpc.aio`` (``module``), TLS or not."""
+    # A restarted server is found again within a second, not after gRPC's
+    # default backoff of up to two minutes. (The minimum backoff is also each
+    # connection attempt's deadline: it keeps its default of 20 s.)
+    options = [("grpc.initial_reconnect_backoff_ms", 100),
+               ("grpc.max_reconnect_backoff_ms", 1000)]
+    if tls is None:
+        return module.insecure_channel(address, options)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return module.secure_channel(address, tls.credentials(), options)
+
+
+class _ExecuteCall:
+    """An Execute request built from the client's arguments, and its answer."""
+
+    def __init__(self, enqueue: Iterable[EnqueueSpec], ack: Iterable[Delivery],
+                 protocol: Optional[str], txn_id: Optional[str], timeout: Optional[float],
+                 reply_at_decision: bool) -> None:
+        self.messages = [Message.of(e) for e in enqueue]
+        self.acks = list(ack)
+        self.request = cpb.ExecuteRequest(
+            txn_id=txn_id or new_txn_id(), protocol=_protocol(protocol),
+            ops=[m.op() for m in self.messages] + [d.op() for d in self.acks],
+            timeout_ms=int((timeout or 0) * 1000), reply_at_decision=reply_at_decision)
+
+    def result(self, response: cpb.ExecuteResponse) -> Result:
+        """The ``Result``, or ``Aborted``."""
+        if response.outcome != tpb.COMMITTED:
+            raise errors.Aborted(response.reason, response.txn_id)
+        for d in self.acks:
+            _settled_by_transaction(d)
+        return Result(response.txn_id, "COMMITTED",
+                      [r.sequence for r in response.results[:len(self.messages)]])
+
+
+def _send_request(queue: str, payload: Payload, headers: Optional[Mapping[str, str]],
+                  producer_id: Optional[str], producer_sequence: Optional[int]) -> ppb.SendRequest:
+    if (producer_id is None) != (producer_sequence is None):
+        raise errors.InvalidArgument("give producer_id and producer_sequence together")
+    return ppb.SendRequest(queue=queue, payload=_bytes(payload), headers=dict(headers or {}),
+                           producer_id=producer_id or "", producer_sequence=producer_sequence or 0)
+
+
+def _receive_request(queue: str, max_messages: int, wait: float, lease: Optional[float],
+                     auto_ack: bool) -> ppb.ReceiveRequest:
+    return ppb.ReceiveRequest(queue=queue, max_messages=max_messages,
+                              lease_ms=int((lease or 0) * 1000), wait_ms=int(wait * 1000),
+                              auto_ack=auto_ack, consumer="python")
 
 
 def parse_participants(spec: str) -> Dict[str, str]:
@@ -545,17 +589,24 @@ class _UnarySettler:
         self._participant = participant
 
     def settle_ack(self, d: Delivery) -> None:
-        self._client._call("Ack", self._client._queue(self._participant).Ack,
-                           ppb.AckRequest(queue=d.queue, sequence=d.sequence,
-                                          lease_token=d.lease_token), retry=False)
+        self._client._call("Ack", self._client._queue(self._participant).Ack, ack_request(d),
+                           retry=False)
 
     def settle_nack(self, d: Delivery, dead_letter: bool, reason: str) -> bool:
         r = self._client._call("Nack", self._client._queue(self._participant).Nack,
-                               ppb.NackRequest(queue=d.queue, sequence=d.sequence,
-                                               lease_token=d.lease_token,
-                                               dead_letter=dead_letter, reason=reason),
-                               retry=False)
+                               nack_request(d, dead_letter, reason), retry=False)
         return r.dead_lettered
+
+
+def ack_request(d: Delivery) -> ppb.AckRequest:
+    """The participant's AckRequest for a delivery."""
+    return ppb.AckRequest(queue=d.queue, sequence=d.sequence, lease_token=d.lease_token)
+
+
+def nack_request(d: Delivery, dead_letter: bool, reason: str) -> ppb.NackRequest:
+    """The participant's NackRequest for a delivery."""
+    return ppb.NackRequest(queue=d.queue, sequence=d.sequence, lease_token=d.lease_token,
+                           dead_letter=dead_letter, reason=reason)
 
 
 class Transaction:

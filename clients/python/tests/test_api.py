@@ -435,3 +435,42 @@ def test_cli(cluster, client):
     assert drain(client, "p2", b) == [b"hi", b"moved"]
     assert _cli(cluster, "receive", "p1", "no-such-queue").returncode == 2
     assert _cli(cluster, "exec").returncode == 2
+
+
+# -- asyncio ------------------------------------------------------------------
+
+def test_async_client(cluster):
+    import asyncio
+
+    import atomq.aio
+
+    async def main():
+        async with atomq.aio.AsyncClient(cluster.coordinator, cluster.participants,
+                                         token="t") as client:
+            sync = atomq.Client(cluster.coordinator, cluster.participants)
+            a, b = fresh(sync, "p1"), fresh(sync, "p2")
+            results = await asyncio.gather(*[
+                client.execute(enqueue=[("p1", a, f"m{i}"), ("p2", b, f"a{i}")])
+                for i in range(20)])
+            assert sorted(r.sequences[0] for r in results) == list(range(1, 21))
+            again = await client.execute(enqueue=[("p1", a, "m0"), ("p2", b, "a0")],
+                                         txn_id=results[0].txn_id)
+            assert again == results[0]
+            with pytest.raises(atomq.Aborted):
+                await client.execute(enqueue=[("p1", a, "x"), ("p2", "missing", "y")])
+            with pytest.raises(atomq.InvalidArgument):
+                await client.send("p9", a, b"x")
+            first = await client.send("p2", b, b"s", producer_id="aio", producer_sequence=1)
+            retry = await client.send("p2", b, b"s", producer_id="aio", producer_sequence=1)
+            assert retry.duplicate and retry.sequence == first.sequence
+            got = await client.receive("p1", a, max_messages=2, wait=1)
+            moved = await client.move(got[0], enqueue=[("p2", b, b"moved")])
+            assert moved.txn_id == got[0].move_id
+            await got[1].ack()
+            assert await (await client.receive("p1", a))[0].nack() is False
+            with pytest.raises(atomq.NotFound):
+                await client.receive("p1", "no-such-queue")
+            assert sync.queue_info("p1", a).ready == 18
+            sync.close()
+
+    asyncio.run(main())
