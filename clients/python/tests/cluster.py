@@ -1,0 +1,128 @@
+"""Real atomq binaries on free loopback ports, for the Python client's tests.
+
+As tests/process/cluster.cc: each process gets a free port and a data dir
+under a temporary directory, readiness is a successful call, and processes
+are stopped by their own pid (SIGKILL, then waited for).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import grpc
+
+from atomq.v1 import coordinator_pb2 as cpb
+from atomq.v1 import coordinator_pb2_grpc as cgrpc
+from atomq.v1 import participant_pb2 as ppb
+from atomq.v1 import participant_pb2_grpc as pgrpc
+
+ROOT = Path(__file__).resolve().parents[3]
+BIN = Path(os.environ.get("ATOMQ_BIN_DIR", ROOT / "build" / "bin"))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """One coordinator (c1) and participants p1..pN."""
+
+    def __init__(self, participants: int = 2, coordinator_args: Optional[List[str]] = None,
+                 participant_args: Optional[List[str]] = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="atomq-py-"))
+        self.n = participants
+        self.coordinator_port = free_port()
+        self.ports = {f"p{i}": free_port() for i in range(1, participants + 1)}
+        self.coordinator_args = coordinator_args or []
+        self.participant_args = participant_args or []
+        self.procs: Dict[str, subprocess.Popen] = {}
+
+    @property
+    def coordinator(self) -> str:
+        return f"127.0.0.1:{self.coordinator_port}"
+
+    @property
+    def participants(self) -> Dict[str, str]:
+        return {p: f"127.0.0.1:{port}" for p, port in self.ports.items()}
+
+    def env(self) -> Dict[str, str]:
+        """Environment for a process that uses this cluster (Client.from_env)."""
+        parts = ",".join(f"{p}={a}" for p, a in self.participants.items())
+        return {**os.environ, "ATOMQ_COORDINATOR": self.coordinator, "ATOMQ_PARTICIPANTS": parts}
+
+    def start_all(self) -> "Cluster":
+        for p in self.ports:
+            self.start_participant(p)
+        self.start_coordinator()
+        return self
+
+    def start_participant(self, p: str) -> None:
+        self.kill(p)
+        self._spawn(p, "atomq-participant", [
+            f"--id={p}", f"--listen={self.participants[p]}", f"--data_dir={self.dir / p}",
+            "--in_doubt_after_ms=300", "--resend_initial_ms=50", "--resend_max_ms=300",
+            "--rpc_timeout_ms=1000", "--lease_sweep_ms=50", *self.participant_args])
+        self._wait(p, self.participants[p], lambda ch: pgrpc.QueueStub(ch).ListQueues(
+            ppb.ListQueuesRequest(), timeout=0.3))
+
+    def start_coordinator(self) -> None:
+        self.kill("c1")
+        parts = ",".join(f"{p}={a}" for p, a in self.participants.items())
+        self._spawn("c1", "atomq-coordinator", [
+            "--id=c1", f"--listen={self.coordinator}", f"--data_dir={self.dir / 'c1'}",
+            f"--participants={parts}", "--resend_initial_ms=20", "--resend_max_ms=300",
+            "--rpc_timeout_ms=1000", "--txn_timeout_ms=3000", *self.coordinator_args])
+        self._wait("c1", self.coordinator, lambda ch: cgrpc.CoordinatorStub(ch).ListTransactions(
+            cpb.ListTransactionsRequest(), timeout=0.3))
+
+    def kill(self, name: str) -> None:
+        """SIGKILLs one process (c1, p1, ...) by its pid and reaps it."""
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop(self, keep: bool = False) -> None:
+        for name in list(self.procs):
+            self.kill(name)
+        if not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def logs(self) -> str:
+        out = []
+        for f in sorted(self.dir.glob("*.log")):
+            text = f.read_text(errors="replace")
+            out.append(f"==== {f.name}\n{text[-4000:]}")
+        return "\n".join(out)
+
+    def _spawn(self, name: str, binary: str, args: List[str]) -> None:
+        log = open(self.dir / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen([str(BIN / binary), *args], stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+
+    def _wait(self, name: str, address: str, probe) -> None:
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            if self.procs[name].poll() is not None:
+                raise RuntimeError(f"{name} exited at start:\n{self.logs()}")
+            # A new channel each time: a failed one waits out gRPC's backoff.
+            with grpc.insecure_channel(address) as channel:
+                try:
+                    probe(channel)
+                    return
+                except grpc.RpcError:
+                    pass
+            time.sleep(0.02)
+        raise RuntimeError(f"{name} did not answer within 15 s:\n{self.logs()}")
