@@ -285,6 +285,13 @@ int main(int argc, char** argv) {
   atomq::bench::BenchOptions o;
   atomq::bench::AddBenchFlags(app, &o);
   CLI11_PARSE(app, argc, argv);
+  if (o.spawn) {
+    o.tls = atomq::TlsFlags{};
+    o.tls.plaintext = true;
+  } else if (absl::Status st = atomq::CheckTlsFlags(o.tls, /*server=*/false); !st.ok()) {
+    return atomq::bench::Fail(std::string(st.message()));
+  }
+  atomq::bench::UseTls(o.tls);
   atomq::bench::CatchStopSignals();
   return atomq::bench::RunBench(o);
 }

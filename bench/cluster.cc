@@ -139,16 +139,16 @@ void PlanServers(const SpawnOptions& o, const std::vector<int>& ports, Cluster* 
     c->participants.emplace_back(id, s);
     std::string dir = ServerDir(o.data_dir, id);
     c->procs.push_back(ServerProc(id, part_bin, o.data_dir,
-                                  {"--id=" + id, "--listen=" + s.grpc_address, "--data_dir=" + dir,
-                                   "--metrics_listen=" + s.metrics_address},
+                                  {"--id=" + id, "--plaintext", "--listen=" + s.grpc_address,
+                                   "--data_dir=" + dir, "--metrics_listen=" + s.metrics_address},
                                   o.participant_args));
   }
   c->coordinator = Server{"c1", LoopbackAddress(ports[0]), LoopbackAddress(ports[1])};
   std::string dir = ServerDir(o.data_dir, "c1");
   c->procs.push_back(
       ServerProc("c1", o.bin_dir + "/atomq-coordinator", o.data_dir,
-                 {"--id=c1", "--listen=" + c->coordinator.grpc_address, "--data_dir=" + dir,
-                  "--participants=" + absl::StrJoin(peer_list, ","),
+                 {"--id=c1", "--plaintext", "--listen=" + c->coordinator.grpc_address,
+                  "--data_dir=" + dir, "--participants=" + absl::StrJoin(peer_list, ","),
                   "--metrics_listen=" + c->coordinator.metrics_address},
                  o.coordinator_args));
 }

@@ -85,6 +85,7 @@ void AddProbeAndServerFlags(CLI::App& app, BenchOptions* o) {
 }  // namespace
 
 void AddBenchFlags(CLI::App& app, BenchOptions* o) {
+  atomq::AddTlsFlags(app, &o->tls, /*server=*/false);
   AddClusterFlags(app, o);
   AddWorkloadFlags(app, o);
   AddFileFlags(app, o);

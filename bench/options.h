@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "atomq/v1/coordinator.pb.h"
 #include "bench/cluster.h"
+#include "common/tls.h"
 
 namespace atomq::bench {
 
@@ -41,6 +42,8 @@ struct BenchOptions {
   int rpc_timeout_ms = 30000;
   uint32_t txn_timeout_ms = 0;
   double disk_probe_seconds = 1;
+  // How it dials servers it did not spawn (spawned ones speak plaintext).
+  atomq::TlsFlags tls;
   // Passed on to the spawned servers.
   std::vector<std::string> coordinator_args;
   std::vector<std::string> participant_args;

@@ -15,6 +15,13 @@ int main(int argc, char** argv) {
   app.add_option("--rpc_timeout_ms", g.rpc_timeout_ms, "deadline of each call")
       ->capture_default_str();
   app.add_flag("--json", g.json, "print JSON instead of a table");
+  atomq::AddTlsFlags(app, &g.tls, /*server=*/false);
+  // Before any command runs: refuse an unasked-for plaintext connection.
+  app.parse_complete_callback([&g] {
+    absl::Status st = atomq::CheckTlsFlags(g.tls, /*server=*/false);
+    if (!st.ok()) throw CLI::ValidationError("TLS", std::string(st.message()));
+    UseTls(g.tls);
+  });
 
   int rc = 0;
   CLI::App* txn = app.add_subcommand("txn", "transactions");

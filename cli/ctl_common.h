@@ -9,6 +9,7 @@
 
 #include "atomq/v1/coordinator.grpc.pb.h"
 #include "atomq/v1/participant.grpc.pb.h"
+#include "common/tls.h"
 #include "google/protobuf/message.h"
 #include "grpcpp/grpcpp.h"
 
@@ -19,6 +20,7 @@ struct Globals {
   std::string participant;
   uint32_t rpc_timeout_ms = 10000;
   bool json = false;
+  TlsFlags tls;
 };
 
 // Exit statuses: 0 success (a transaction committed), 1 a transaction
@@ -30,7 +32,9 @@ int Error(const std::string& msg);
 // Prints "atomqctl: WHAT failed: CODE: message"; returns 2.
 int RpcError(const char* what, const grpc::Status& s);
 
+// A channel to `addr` with the credentials given to UseTls (plaintext before).
 std::shared_ptr<grpc::Channel> Connect(const std::string& addr);
+void UseTls(const TlsFlags& flags);
 // The deadline of one call: --rpc_timeout_ms from now.
 void SetDeadline(grpc::ClientContext* ctx, const Globals& g);
 

@@ -1,5 +1,6 @@
 #include "common/server_flags.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/identity.h"
@@ -31,6 +32,9 @@ void AddServerFlags(CLI::App& app, ServerFlags* f, const std::string& id_help,
                  "the cluster this node belongs to; recorded when its data dir is initialised "
                  "and checked at every later start")
       ->capture_default_str();
+  AddTlsFlags(app, &f->tls, /*server=*/true);
+  app.add_flag("--metrics_allow_remote", f->metrics_remote,
+               "serve /metrics (plain HTTP) on a non-loopback --metrics_listen too");
   app.add_flag("--init", f->init,
                "initialise a data dir that is not empty but has no data file (a missing or "
                "empty dir is initialised on its first start without it)");
@@ -63,11 +67,26 @@ void AddRetentionFlags(CLI::App& app, const std::string& what, uint64_t* retenti
                  CLI::Range(1u, 1000000u));
 }
 
+// /metrics is plain HTTP: on loopback only unless asked otherwise.
+absl::Status CheckMetricsListen(const ServerFlags& f) {
+  if (f.metrics_listen.empty() || f.metrics_remote) return absl::OkStatus();
+  const std::string& a = f.metrics_listen;
+  for (const char* local : {"127.", "localhost:", "[::1]:"}) {
+    if (absl::StartsWith(a, local)) return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--metrics_listen=", a,
+                   " is not a loopback address: /metrics is plain HTTP; add "
+                   "--metrics_allow_remote to serve it there anyway"));
+}
+
 absl::StatusOr<Store> OpenStore(ServerFlags& f, std::vector<std::string> dbs,
                                 const std::string& meta_db) {
   if (absl::Status st = ValidateNodeId(f.id); !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--id: ", st.message()));
   }
+  ATOMQ_RETURN_IF_ERROR(CheckTlsFlags(f.tls, /*server=*/true));
+  ATOMQ_RETURN_IF_ERROR(CheckMetricsListen(f));
   if (absl::Status st = ValidateNodeId(f.cluster_id); !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--cluster_id: ", st.message()));
   }

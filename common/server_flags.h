@@ -13,6 +13,7 @@
 #include "atomq/v1/records.pb.h"
 #include "common/metrics.h"
 #include "common/storage.h"
+#include "common/tls.h"
 
 namespace atomq {
 
@@ -23,6 +24,8 @@ struct ServerFlags {
   std::string metrics_listen;  // empty: no /metrics
   LmdbOptions lmdb;            // dir and dbs are set by OpenStore
   uint32_t message_bytes_max = 64 << 20;
+  TlsFlags tls;                      // --tls_*, --plaintext
+  bool metrics_remote = false;       // --metrics_allow_remote
   std::string cluster_id = "atomq";  // --cluster_id
   bool init = false;                 // --init
 };
@@ -62,9 +65,9 @@ struct Store {
   v1::MetaRecord meta;  // with this start's boot count
 };
 
-// Validates --id, opens the LMDB environment with `dbs`, checks (or on a
-// first start writes) the directory's identity in `meta_db` and raises the
-// boot count (common/identity.h). The error message is ready to print.
+// Validates --id, the TLS flags and --metrics_listen, opens the LMDB environment with `dbs`, checks
+// (or on a first start writes) the directory's identity in `meta_db` and raises the boot count
+// (common/identity.h). The error message is ready to print.
 absl::StatusOr<Store> OpenStore(ServerFlags& flags, std::vector<std::string> dbs,
                                 const std::string& meta_db);
 

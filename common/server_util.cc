@@ -22,6 +22,22 @@ absl::Status FromGrpc(const grpc::Status& s) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
 }
 
+namespace {
+absl::Mutex outbound_mu;
+std::shared_ptr<grpc::ChannelCredentials>* outbound ABSL_GUARDED_BY(outbound_mu) = nullptr;
+}  // namespace
+
+void SetOutboundCredentials(std::shared_ptr<grpc::ChannelCredentials> creds) {
+  absl::MutexLock l(&outbound_mu);
+  delete outbound;
+  outbound = new std::shared_ptr<grpc::ChannelCredentials>(std::move(creds));
+}
+
+std::shared_ptr<grpc::ChannelCredentials> OutboundCredentials() {
+  absl::MutexLock l(&outbound_mu);
+  return outbound != nullptr ? *outbound : grpc::InsecureChannelCredentials();
+}
+
 std::shared_ptr<grpc::Channel> ChannelCache::Get(const std::string& address) {
   absl::MutexLock lock(&mu_);
   auto it = channels_.find(address);
@@ -32,19 +48,19 @@ std::shared_ptr<grpc::Channel> ChannelCache::Get(const std::string& address) {
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetMaxReceiveMessageSize(-1);
-  auto ch = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  auto ch = grpc::CreateCustomChannel(address, OutboundCredentials(), args);
   channels_[address] = ch;
   return ch;
 }
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
     const std::string& listen, const std::vector<grpc::Service*>& services,
-    uint32_t message_bytes_max) {
+    uint32_t message_bytes_max, std::shared_ptr<grpc::ServerCredentials> credentials) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, std::move(credentials), &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(message_bytes_max));
   for (grpc::Service* s : services) builder.RegisterService(s);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

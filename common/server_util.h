@@ -24,7 +24,13 @@ namespace atomq {
 grpc::Status ToGrpc(const absl::Status& s);
 absl::Status FromGrpc(const grpc::Status& s);
 
-// Channels by address, created on first use and kept.
+// What this process's outbound channels (to participants, peers and
+// coordinators) authenticate with: its own certificate under mTLS. Set once
+// at start-up; plaintext until then.
+void SetOutboundCredentials(std::shared_ptr<grpc::ChannelCredentials> credentials);
+std::shared_ptr<grpc::ChannelCredentials> OutboundCredentials();
+
+// Channels by address, created on first use and kept, with OutboundCredentials().
 class ChannelCache {
  public:
   std::shared_ptr<grpc::Channel> Get(const std::string& address);
@@ -35,10 +41,11 @@ class ChannelCache {
 };
 
 // Builds and starts a server on `listen` (host:port) with health checking
-// and reflection. FAILED_PRECONDITION if the address cannot be bound.
+// and reflection, speaking TLS per `credentials` (common/tls.h).
+// FAILED_PRECONDITION if the address cannot be bound.
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
     const std::string& listen, const std::vector<grpc::Service*>& services,
-    uint32_t message_bytes_max);
+    uint32_t message_bytes_max, std::shared_ptr<grpc::ServerCredentials> credentials);
 
 // "p1=127.0.0.1:7101,p2=..." -> map; INVALID_ARGUMENT with the bad entry.
 absl::StatusOr<std::map<std::string, std::string>> ParsePeerList(const std::string& s);

@@ -32,11 +32,19 @@ grpc_ssl_client_certificate_request_type RequestType(const std::string& client_a
 }  // namespace
 
 void AddTlsFlags(CLI::App& app, TlsFlags* f, bool server) {
-  app.add_option("--tls_cert", f->cert, "certificate chain (PEM) this process presents");
-  app.add_option("--tls_key", f->key, "private key (PEM) of --tls_cert");
-  app.add_option("--tls_ca", f->ca, "CA bundle (PEM) that peers' certificates must chain to");
-  app.add_flag("--plaintext", f->plaintext,
-               "no TLS: only on a trusted network, asked for explicitly");
+  CLI::Option* cert =
+      app.add_option("--tls_cert", f->cert, "certificate chain (PEM) this process presents");
+  CLI::Option* key = app.add_option("--tls_key", f->key, "private key (PEM) of --tls_cert");
+  CLI::Option* ca =
+      app.add_option("--tls_ca", f->ca, "CA bundle (PEM) that peers' certificates must chain to");
+  CLI::Option* plain = app.add_flag("--plaintext", f->plaintext,
+                                    "no TLS: only on a trusted network, asked for explicitly");
+  if (!server) {  // clients also read them from the environment, as PGSSLROOTCERT
+    cert->envname("ATOMQ_TLS_CERT");
+    key->envname("ATOMQ_TLS_KEY");
+    ca->envname("ATOMQ_TLS_CA");
+    plain->envname("ATOMQ_PLAINTEXT");
+  }
   app.add_option("--tls_reload_s", f->reload_s,
                  "how often certificate files are looked at for a rotation")
       ->check(CLI::Range(1u, 86400u))

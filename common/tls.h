@@ -27,7 +27,8 @@ struct TlsFlags {
 };
 
 // --tls_cert, --tls_key, --tls_ca, --plaintext, --tls_reload_s, and for a
-// server --tls_client_auth.
+// server --tls_client_auth. A client also takes ATOMQ_TLS_CERT,
+// ATOMQ_TLS_KEY, ATOMQ_TLS_CA and ATOMQ_PLAINTEXT=1 from the environment.
 void AddTlsFlags(CLI::App& app, TlsFlags* flags, bool server);
 
 // INVALID_ARGUMENT when neither TLS nor --plaintext is asked for, when both

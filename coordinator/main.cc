@@ -149,9 +149,11 @@ int Serve(CoordinatorFlags* f) {
   cfg.boot_count = store->meta.boot_count();
   cfg.default_protocol = f->protocol == "3pc" ? atomq::v1::THREE_PC : atomq::v1::TWO_PC;
 
+  atomq::SetOutboundCredentials(atomq::ChannelCredentials(f->server.tls));
   auto service = c::CoordinatorServer::Create(cfg, f->opts, store->storage.get());
   if (!service.ok()) return Fail(absl::StrCat("recovery failed: ", service.status().message()));
-  auto server = atomq::StartServer(listen, {service->get()}, f->server.message_bytes_max);
+  auto server = atomq::StartServer(listen, {service->get()}, f->server.message_bytes_max,
+                                   atomq::ServerCredentials(f->server.tls));
   if (!server.ok()) return Fail(std::string(server.status().message()));
   atomq::LogLine(absl::StrCat("atomq-coordinator ", id, " serving on ", listen, " (boot ",
                               store->meta.boot_count(), ", ", cfg.participants.size(),

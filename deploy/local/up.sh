@@ -31,12 +31,13 @@ start() {  # name, then the command
 }
 
 for i in 1 2 3; do
-  start "p$i" "$BIN/atomq-participant" --id="p$i" --listen="127.0.0.1:$((BASE + i))" \
+  start "p$i" "$BIN/atomq-participant" --id="p$i" --plaintext --listen="127.0.0.1:$((BASE + i))" \
     --data_dir="$DATA/p$i"
 done
-start c1 "$BIN/atomq-coordinator" --id=c1 --listen="127.0.0.1:$BASE" --data_dir="$DATA/c1" \
+start c1 "$BIN/atomq-coordinator" --id=c1 --plaintext --listen="127.0.0.1:$BASE" --data_dir="$DATA/c1" \
   --participants="$PARTS"
 
+export ATOMQ_PLAINTEXT=1  # the demo cluster speaks plaintext on loopback
 CTL="$BIN/atomqctl --rpc_timeout_ms=1000"
 wait_up() {  # what, then the probe command
   local what=$1; shift

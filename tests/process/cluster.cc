@@ -63,6 +63,7 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   for (int i = 0; i < options_.participants; ++i) participant_ports_.push_back(FreePort());
   for (int i = 0; i < options_.participants; ++i) metrics_ports_.push_back(FreePort());
   participant_procs_.resize(options_.participants);
+  setenv("ATOMQ_PLAINTEXT", "1", 1);  // the atomqctl a test runs speaks plaintext too
 }
 
 Cluster::~Cluster() {
@@ -126,7 +127,7 @@ void Cluster::StartCoordinator(const std::map<std::string, std::string>& env, bo
   for (int i = 1; i <= options_.participants; ++i) {
     absl::StrAppend(&parts, i > 1 ? "," : "", participant_id(i), "=", participant_address(i));
   }
-  std::vector<std::string> args = {"--id=c1",
+  std::vector<std::string> args = {"--id=c1", "--plaintext",
                                    "--listen=" + coordinator_address(),
                                    "--data_dir=" + dir_ + "/c1",
                                    "--participants=" + parts,
@@ -149,7 +150,7 @@ void Cluster::StartCoordinator(const std::map<std::string, std::string>& env, bo
 void Cluster::StartParticipant(int i, const std::map<std::string, std::string>& env, bool wait) {
   Proc& p = participant_procs_[i - 1];
   Kill(&p);
-  std::vector<std::string> args = {"--id=" + participant_id(i),
+  std::vector<std::string> args = {"--id=" + participant_id(i), "--plaintext",
                                    "--listen=" + participant_address(i),
                                    "--data_dir=" + dir_ + "/" + participant_id(i),
                                    "--in_doubt_after_ms=300",

@@ -25,6 +25,7 @@ from atomq.v1 import participant_pb2 as ppb
 from atomq.v1 import participant_pb2_grpc as pgrpc
 
 ROOT = Path(__file__).resolve().parents[3]
+os.environ.setdefault("ATOMQ_PLAINTEXT", "1")  # the atomqctl the tests run
 BIN = Path(os.environ.get("ATOMQ_BIN_DIR", ROOT / "build" / "bin"))
 
 
@@ -69,7 +70,7 @@ class Cluster:
     def start_participant(self, p: str) -> None:
         self.kill(p)
         self._spawn(p, "atomq-participant", [
-            f"--id={p}", f"--listen={self.participants[p]}", f"--data_dir={self.dir / p}",
+            f"--id={p}", "--plaintext", f"--listen={self.participants[p]}", f"--data_dir={self.dir / p}",
             "--in_doubt_after_ms=300", "--resend_initial_ms=50", "--resend_max_ms=300",
             "--rpc_timeout_ms=1000", "--lease_sweep_ms=50", *self.participant_args])
         self._wait(p, self.participants[p], lambda ch: pgrpc.QueueStub(ch).ListQueues(
@@ -79,7 +80,7 @@ class Cluster:
         self.kill("c1")
         parts = ",".join(f"{p}={a}" for p, a in self.participants.items())
         self._spawn("c1", "atomq-coordinator", [
-            "--id=c1", f"--listen={self.coordinator}", f"--data_dir={self.dir / 'c1'}",
+            "--id=c1", "--plaintext", f"--listen={self.coordinator}", f"--data_dir={self.dir / 'c1'}",
             f"--participants={parts}", "--resend_initial_ms=20", "--resend_max_ms=300",
             "--rpc_timeout_ms=1000", "--txn_timeout_ms=3000", *self.coordinator_args])
         self._wait("c1", self.coordinator, lambda ch: cgrpc.CoordinatorStub(ch).ListTransactions(
