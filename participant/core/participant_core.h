@@ -48,21 +48,9 @@
 #include "atomq/v1/records.pb.h"
 #include "common/plant.h"
 #include "common/storage.h"
+#include "participant/core/schema.h"
 
 namespace atomq::participant {
-
-inline constexpr char kQueuesDb[] = "queues";
-inline constexpr char kMessagesDb[] = "messages";
-inline constexpr char kPreparedDb[] = "prepared";
-inline constexpr char kOutcomesDb[] = "outcomes";
-inline constexpr char kDedupDb[] = "dedup";
-inline constexpr char kMetaDb[] = "meta";
-// Heuristic outcomes (operator Resolve), key = txn id, value HeuristicOutcome.
-inline constexpr char kHeuristicDb[] = "heuristic";
-// Outcomes the coordinator ENDED (BatchItem.forget), by time: key = the ms
-// the notice came (8 bytes BE) + txn id, empty value. Entries older than
-// Config::retention_ms are collected with their outcome (CollectOutcomes).
-inline constexpr char kForgettableDb[] = "forgettable";
 
 struct Config {
   std::string participant_id;            // --id
