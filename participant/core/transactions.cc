@@ -33,7 +33,7 @@ absl::Status Node::ValidatePrepare(const v1::PrepareRequest& req) const {
   if (!s.ok()) return s;
   s = ValidateNodeId(req.participant());
   if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("participant: ", s.message()));
-  // A misrouted Prepare must not be staged under another node's name:
+  // A misrouted Prepare must not be kept under another node's name:
   // cooperative termination would then ask the wrong peers.
   if (!config_.participant_id.empty() && req.participant() != config_.participant_id) {
     return absl::InvalidArgumentError(absl::StrCat("Prepare for participant \"", req.participant(),
