@@ -37,51 +37,43 @@ void Node::OnPersisted(uint64_t token, const absl::Status& status, int64_t now_m
   std::visit([&](auto& b) { Reported(token, b, status, now_ms); }, record);
 }
 
-std::vector<Deferred> Node::EndTxnBatch(uint64_t token, const std::string& id) {
+template <typename Done>
+void Node::ReportTxn(uint64_t token, const std::string& id, int64_t now_ms, Done done) {
   Txn& t = txns_.at(id);
   ATOMQ_CHECK(t.batch == token, "one batch in flight per transaction");
   t.batch = 0;
-  return std::exchange(t.deferred, {});
+  std::vector<Deferred> deferred = std::exchange(t.deferred, {});
+  done(t);  // may erase `t`
+  Replay(std::move(deferred), id, now_ms);
 }
 
 // --- a transaction's batch: its transition, then the calls deferred behind it ---
 
 void Node::Reported(uint64_t token, PrepareBatch& b, const absl::Status& status, int64_t now_ms) {
-  std::vector<Deferred> deferred = EndTxnBatch(token, b.txn_id);
-  PrepareDone(txns_.at(b.txn_id), b, status, now_ms);
-  Replay(std::move(deferred), b.txn_id, now_ms);
+  ReportTxn(token, b.txn_id, now_ms, [&](Txn& t) { PrepareDone(t, b, status, now_ms); });
 }
 
 void Node::Reported(uint64_t token, PreCommitBatch& b, const absl::Status& status, int64_t now_ms) {
-  std::vector<Deferred> deferred = EndTxnBatch(token, b.txn_id);
-  PreCommitDone(txns_.at(b.txn_id), b, status);
-  Replay(std::move(deferred), b.txn_id, now_ms);
+  ReportTxn(token, b.txn_id, now_ms, [&](Txn& t) { PreCommitDone(t, b, status); });
 }
 
 void Node::Reported(uint64_t token, CommitBatch& b, const absl::Status& status, int64_t now_ms) {
-  std::vector<Deferred> deferred = EndTxnBatch(token, b.txn_id);
-  CommitDone(txns_.at(b.txn_id), b.settled_by, b.waiters, status);
-  Replay(std::move(deferred), b.txn_id, now_ms);
+  ReportTxn(token, b.txn_id, now_ms,
+            [&](Txn& t) { CommitDone(t, b.settled_by, b.waiters, status); });
   ResolveDone(b.resolution, status);
 }
 
 void Node::Reported(uint64_t token, AbortBatch& b, const absl::Status& status, int64_t now_ms) {
-  std::vector<Deferred> deferred = EndTxnBatch(token, b.txn_id);
-  AbortDone(txns_.at(b.txn_id), b, status, now_ms);
-  Replay(std::move(deferred), b.txn_id, now_ms);
+  ReportTxn(token, b.txn_id, now_ms, [&](Txn& t) { AbortDone(t, b, status, now_ms); });
   ResolveDone(b.resolution, status);
 }
 
 void Node::Reported(uint64_t token, BallotBatch& b, const absl::Status& status, int64_t now_ms) {
-  std::vector<Deferred> deferred = EndTxnBatch(token, b.txn_id);
-  BallotDone(txns_.at(b.txn_id), b, status, now_ms);
-  Replay(std::move(deferred), b.txn_id, now_ms);
+  ReportTxn(token, b.txn_id, now_ms, [&](Txn& t) { BallotDone(t, b, status, now_ms); });
 }
 
 void Node::Reported(uint64_t token, OnePhaseBatch& b, const absl::Status& status, int64_t now_ms) {
-  std::vector<Deferred> deferred = EndTxnBatch(token, b.txn_id);
-  OnePhaseDone(txns_.at(b.txn_id), b, status, now_ms);
-  Replay(std::move(deferred), b.txn_id, now_ms);
+  ReportTxn(token, b.txn_id, now_ms, [&](Txn& t) { OnePhaseDone(t, b, status, now_ms); });
 }
 
 // --- the others ---

@@ -84,9 +84,10 @@ class Node {
   void Reported(uint64_t token, AckBatch& b, const absl::Status& status, int64_t now_ms);
   void Reported(uint64_t token, MoveBatch& b, const absl::Status& status, int64_t now_ms);
   void Reported(uint64_t token, SendBatch& b, const absl::Status& status, int64_t now_ms);
-  // Ends the batch in flight of transaction `id`; returns the calls
-  // deferred behind it.
-  std::vector<Deferred> EndTxnBatch(uint64_t token, const std::string& id);
+  // Ends the batch in flight of transaction `id`, applies `done` to it and
+  // replays the calls deferred behind it (batches.cc only).
+  template <typename Done>
+  void ReportTxn(uint64_t token, const std::string& id, int64_t now_ms, Done done);
 
   // --- queue_model.cc: receive, ack, leases, pins ---
   absl::StatusOr<std::vector<Lease>> Receive(const std::string& name, uint32_t max_messages,
@@ -139,6 +140,10 @@ class Node {
   // Empty when every op can be applied; else the reason for a NO.
   std::string CheckOps(const v1::PrepareRequest& req, int64_t now_ms);
   void Prepare(RequestId r, const v1::PrepareRequest& req, int64_t now_ms);
+  // True when `id` is prepared or settled here already: answered as the
+  // first Prepare was (a NO when `digest` says other ops), or waiting for
+  // its PREPARED record. No digest: a Prepare with use_staged.
+  bool AnswerRepeatedPrepare(RequestId r, const std::string& id, std::optional<uint64_t> digest);
   // RESOURCE_EXHAUSTED when --prepared_max transactions are in the table.
   absl::Status CheckPreparedRoom() const;
   // A new entry for `req` with `ops`, PREPARED in memory only.

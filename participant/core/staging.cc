@@ -209,23 +209,7 @@ void Node::PrepareStaged(RequestId r, const v1::PrepareRequest& req, int64_t now
   }
   if (!s.ok()) return Fail({ReplyKind::kPrepare, r}, s);
   const std::string& id = req.txn_id();
-  auto it = txns_.find(id);
-  if (it != txns_.end()) {  // a repeated Prepare
-    Txn& t = it->second;
-    if (t.one_phase) return Vote(r, v1::NO, OnePhaseOnly(id));
-    if (!t.durable) {
-      PrepareBatch* p = TxnBatch<PrepareBatch>(t);
-      ATOMQ_CHECK(p != nullptr, "a transaction is durable once prepared");
-      p->waiters.push_back({ReplyKind::kPrepare, r});
-      return;
-    }
-    return Vote(r, v1::YES);
-  }
-  if (std::optional<CachedOutcome> o = outcomes_.Find(id)) {
-    if (o->rec.state() == v1::STATE_ABORTED) return Vote(r, v1::NO, "already aborted here");
-    if (o->rec.one_phase()) return Vote(r, v1::NO, OnePhaseOnly(id));
-    return Vote(r, v1::YES);
-  }
+  if (AnswerRepeatedPrepare(r, id, std::nullopt)) return;  // a repeated Prepare
   auto st = staged_.txns.find(id);
   if (st == staged_.txns.end()) {
     return Vote(r, v1::NO,

@@ -116,30 +116,7 @@ void Node::Prepare(RequestId r, const v1::PrepareRequest& req, int64_t now_ms) {
   absl::Status s = ValidatePrepare(req);
   if (!s.ok()) return Fail({ReplyKind::kPrepare, r}, s);
   const std::string& id = req.txn_id();
-  const uint64_t digest = OpsDigest(req.ops());
-  auto it = txns_.find(id);
-  if (it != txns_.end()) {
-    Txn& t = it->second;
-    if (t.one_phase) return Vote(r, v1::NO, OnePhaseOnly(id));
-    if (t.rec.ops_digest() != digest) {
-      return Vote(r, v1::NO, absl::StrCat("transaction ", id, " is prepared here with other ops"));
-    }
-    if (!t.durable) {
-      PrepareBatch* p = TxnBatch<PrepareBatch>(t);
-      ATOMQ_CHECK(p != nullptr, "a transaction is durable once prepared");
-      p->waiters.push_back({ReplyKind::kPrepare, r});
-      return;
-    }
-    return Vote(r, v1::YES);
-  }
-  if (std::optional<CachedOutcome> o = outcomes_.Find(id)) {
-    if (o->rec.state() == v1::STATE_ABORTED) return Vote(r, v1::NO, "already aborted here");
-    if (o->rec.one_phase()) return Vote(r, v1::NO, OnePhaseOnly(id));
-    if (o->rec.ops_digest() != digest) {
-      return Vote(r, v1::NO, absl::StrCat("transaction ", id, " committed here with other ops"));
-    }
-    return Vote(r, v1::YES);
-  }
+  if (AnswerRepeatedPrepare(r, id, OpsDigest(req.ops()))) return;
   // Under 3PC a participant with nothing to change still prepares: it is
   // an acceptor of termination rounds, and one that kept nothing would
   // answer a Promise with a presumed ABORT.
@@ -149,6 +126,38 @@ void Node::Prepare(RequestId r, const v1::PrepareRequest& req, int64_t now_ms) {
   s = CheckPreparedRoom();
   if (!s.ok()) return Fail({ReplyKind::kPrepare, r}, s);
   StartPrepare({ReplyKind::kPrepare, r}, AddTxn(req, req.ops(), now_ms));
+}
+
+bool Node::AnswerRepeatedPrepare(RequestId r, const std::string& id,
+                                 std::optional<uint64_t> digest) {
+  auto it = txns_.find(id);
+  if (it != txns_.end()) {
+    Txn& t = it->second;
+    if (t.one_phase) {
+      Vote(r, v1::NO, OnePhaseOnly(id));
+    } else if (digest && t.rec.ops_digest() != *digest) {
+      Vote(r, v1::NO, absl::StrCat("transaction ", id, " is prepared here with other ops"));
+    } else if (!t.durable) {
+      PrepareBatch* p = TxnBatch<PrepareBatch>(t);
+      ATOMQ_CHECK(p != nullptr, "a transaction is durable once prepared");
+      p->waiters.push_back({ReplyKind::kPrepare, r});
+    } else {
+      Vote(r, v1::YES);
+    }
+    return true;
+  }
+  std::optional<CachedOutcome> o = outcomes_.Find(id);
+  if (!o) return false;
+  if (o->rec.state() == v1::STATE_ABORTED) {
+    Vote(r, v1::NO, "already aborted here");
+  } else if (o->rec.one_phase()) {
+    Vote(r, v1::NO, OnePhaseOnly(id));
+  } else if (digest && o->rec.ops_digest() != *digest) {
+    Vote(r, v1::NO, absl::StrCat("transaction ", id, " committed here with other ops"));
+  } else {
+    Vote(r, v1::YES);
+  }
+  return true;
 }
 
 absl::Status Node::CheckPreparedRoom() const {
