@@ -167,7 +167,7 @@ class Node {
   // An ABORTED outcome, answered once it is durable.
   void AnswerAborted(const Waiter& w, const CachedOutcome& o);
   // Presumed abort made durable, so that a Prepare arriving later votes NO.
-  void AbortUnknown(const Waiter& w, const std::string& id, int64_t now_ms);
+  void PresumeAbort(const Waiter& w, const std::string& id, int64_t now_ms);
   void QueryState(RequestId r, const std::string& id, int64_t now_ms);
   void Replay(std::vector<Deferred> deferred, const std::string& id, int64_t now_ms);
   void PrepareDone(Txn& t, const PrepareBatch& b, const absl::Status& status, int64_t now_ms);

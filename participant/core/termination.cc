@@ -149,7 +149,7 @@ void Node::Promise(RequestId r, const std::string& id, uint64_t ballot, int64_t 
   if (o) return AnswerAborted(w, *o);
   // Never prepared here, so never voted YES: presumed abort, made durable
   // so that this node votes NO should the Prepare arrive later.
-  AbortUnknown(w, id, now_ms);
+  PresumeAbort(w, id, now_ms);
 }
 
 void Node::Accept(RequestId r, const std::string& id, uint64_t ballot, TxnState value,
@@ -211,7 +211,7 @@ void Node::AcceptSettled(const Waiter& w, const std::string& id, uint64_t ballot
                      " here"));
     return AnswerAccept(r, o->rec.state(), false, 0);
   }
-  if (value == v1::STATE_ABORTED) return AbortUnknown(w, id, now_ms);
+  if (value == v1::STATE_ABORTED) return PresumeAbort(w, id, now_ms);
   Log(absl::StrCat("txn ", id, " protocol alarm: asked to accept COMMIT at ballot ", ballot,
                    " but it was never prepared here"));
   AnswerAccept(r, v1::UNKNOWN, false, 0);

@@ -350,7 +350,7 @@ void Node::AbortTxn(std::optional<Waiter> w, const std::string& id, int64_t now_
   }
   if (!w) return;  // a resolution for a transaction already finished
   if (o) return AnswerAborted(*w, *o);
-  AbortUnknown(*w, id, now_ms);
+  PresumeAbort(*w, id, now_ms);
 }
 
 void Node::AnswerAborted(const Waiter& w, const CachedOutcome& o) {
@@ -367,7 +367,7 @@ void Node::AnswerAborted(const Waiter& w, const CachedOutcome& o) {
   Answer(w.request, absl::OkStatus(), v1::AbortResponse());
 }
 
-void Node::AbortUnknown(const Waiter& w, const std::string& id, int64_t now_ms) {
+void Node::PresumeAbort(const Waiter& w, const std::string& id, int64_t now_ms) {
   v1::OutcomeRecord o;
   o.set_txn_id(id);
   o.set_state(v1::STATE_ABORTED);
@@ -389,7 +389,7 @@ void Node::QueryState(RequestId r, const std::string& id, int64_t now_ms) {
     return AnswerState(r, v1::STATE_COMMITTED, o->rec.has_heuristic());
   }
   if (o) return AnswerAborted(w, *o);
-  AbortUnknown(w, id, now_ms);
+  PresumeAbort(w, id, now_ms);
 }
 
 void Node::Replay(std::vector<Deferred> deferred, const std::string& id, int64_t now_ms) {
