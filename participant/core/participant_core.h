@@ -48,21 +48,9 @@
 #include "atomq/v1/records.pb.h"
 #include "common/plant.h"
 #include "common/storage.h"
+#include "participant/core/schema.h"
 
 namespace atomq::participant {
-
-inline constexpr char kQueuesDb[] = "queues";
-inline constexpr char kMessagesDb[] = "messages";
-inline constexpr char kPreparedDb[] = "prepared";
-inline constexpr char kOutcomesDb[] = "outcomes";
-inline constexpr char kDedupDb[] = "dedup";
-inline constexpr char kMetaDb[] = "meta";
-// Heuristic outcomes (operator Resolve), key = txn id, value HeuristicOutcome.
-inline constexpr char kHeuristicDb[] = "heuristic";
-// Outcomes the coordinator ENDED (BatchItem.forget), by time: key = the ms
-// the notice came (8 bytes BE) + txn id, empty value. Entries older than
-// Config::retention_ms are collected with their outcome (CollectOutcomes).
-inline constexpr char kForgettableDb[] = "forgettable";
 
 struct Config {
   std::string participant_id;            // --id
@@ -85,10 +73,10 @@ struct Config {
   // in memory; beyond it a queue's backlog stays on disk only.
   uint32_t queue_memory_window = 10000;
   // Interactive transactions (Stage): staged work is memory only.
-  uint32_t staged_txns_max = 10000;            // --staged_txns_max: transactions with staged work
-  uint64_t staged_bytes_max = 256ull << 20;    // --staged_bytes_max: payload bytes staged, all txns
-  uint32_t stage_timeout_ms_max = 60000;       // --stage_timeout_ms_max: longest life of staged work
-  uint32_t operator_note_bytes_max = 4096;     // --operator_note_bytes_max: a Resolve's note
+  uint32_t staged_txns_max = 10000;          // --staged_txns_max: transactions with staged work
+  uint64_t staged_bytes_max = 256ull << 20;  // --staged_bytes_max: payload bytes staged, all txns
+  uint32_t stage_timeout_ms_max = 60000;     // --stage_timeout_ms_max: longest life of staged work
+  uint32_t operator_note_bytes_max = 4096;   // --operator_note_bytes_max: a Resolve's note
   // --retention_ms: an outcome the coordinator ENDED is erased this long after
   // the notice (Forget), so that retries and late messages within it still get
   // the same answer.
@@ -131,7 +119,7 @@ struct RecoveredState {
   };
   std::map<uint64_t, Backlog> messages;
   std::vector<v1::PreparedRecord> prepared;
-  std::vector<v1::DedupRecord> dedup;  // producer deduplication, any order
+  std::vector<v1::DedupRecord> dedup;           // producer deduplication, any order
   std::vector<v1::HeuristicOutcome> heuristic;  // sub-database "heuristic", any order
 };
 
@@ -140,7 +128,7 @@ using RequestId = uint64_t;
 // A query the adapter sends: QueryState(txn_id) to `address`.
 struct OutQuery {
   std::string txn_id;
-  std::string target;   // participant id, or the coordinator id
+  std::string target;  // participant id, or the coordinator id
   std::string address;
   bool to_coordinator = false;
 };
@@ -151,12 +139,11 @@ struct TimerRequest {
 };
 
 // The reply to a request, typed by what was asked.
-using ReplyBody = std::variant<v1::PrepareResponse, v1::PreCommitResponse, v1::CommitResponse,
-                               v1::AbortResponse, v1::QueryStateResponse,
-                               v1::PromiseResponse, v1::AcceptResponse,
-                               v1::CreateQueueResponse, v1::DeleteQueueResponse,
-                               v1::AckResponse, v1::NackResponse, v1::SendResponse,
-                               v1::ResolveResponse>;
+using ReplyBody =
+    std::variant<v1::PrepareResponse, v1::PreCommitResponse, v1::CommitResponse, v1::AbortResponse,
+                 v1::QueryStateResponse, v1::PromiseResponse, v1::AcceptResponse,
+                 v1::CreateQueueResponse, v1::DeleteQueueResponse, v1::AckResponse,
+                 v1::NackResponse, v1::SendResponse, v1::ResolveResponse>;
 
 struct Reply {
   RequestId request;
@@ -182,10 +169,10 @@ enum class PeerMsgType { kPromise, kAccept, kCommit, kAbort };
 struct OutPeerMsg {
   PeerMsgType type;
   std::string txn_id;
-  std::string target;   // participant id
+  std::string target;  // participant id
   std::string address;
-  uint64_t ballot = 0;                              // kPromise, kAccept
-  v1::TxnState value = v1::TXN_STATE_UNSPECIFIED;   // kAccept
+  uint64_t ballot = 0;                             // kPromise, kAccept
+  v1::TxnState value = v1::TXN_STATE_UNSPECIFIED;  // kAccept
 };
 
 struct Output {
@@ -195,20 +182,22 @@ struct Output {
   // queue's sequences then become durable in ascending order, which paging
   // its backlog from disk relies on).
   std::vector<Batch> persist;
-  std::vector<OutQuery> queries;  // report OnQueryReply
+  std::vector<OutQuery> queries;      // report OnQueryReply
   std::vector<OutPeerMsg> peer_msgs;  // 3PC termination rounds
   std::vector<TimerRequest> timers;
   std::vector<Reply> replies;
-  std::vector<std::string> log;   // one line per outcome
+  std::vector<std::string> log;  // one line per outcome
   // Queues that gained ready messages (a commit, a Send, a nack, an expired
   // lease, a dead-lettering): wake their waiting consumers. Each name once.
   std::vector<std::string> ready_queues;
 
   bool empty() const {
-    return persist.empty() && queries.empty() && timers.empty() && replies.empty() &&
-           log.empty() && peer_msgs.empty() && ready_queues.empty();
+    return persist.empty() && queries.empty() && timers.empty() && replies.empty() && log.empty() &&
+           peer_msgs.empty() && ready_queues.empty();
   }
 };
+
+class Node;  // node.h: the internal state machine
 
 class ParticipantCore {
  public:
@@ -336,8 +325,7 @@ class ParticipantCore {
   Output TakeOutput();
 
  private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
+  std::unique_ptr<Node> node_;
 };
 
 }  // namespace atomq::participant

@@ -436,50 +436,14 @@ absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config 
   std::unique_ptr<ParticipantNode> node(new ParticipantNode(std::move(config), options, storage));
   node->core_receive_max_ = receive_max;
   node->retention_ms_ = retention_ms;
-  RecoveredState state;
-  absl::Status bad;
-  auto decode_all = [&](const char* db, auto* out) -> absl::Status {
-    using Rec = typename std::remove_pointer_t<decltype(out)>::value_type;
-    ATOMQ_RETURN_IF_ERROR(storage->Scan(db, "", [&](std::string_view key, std::string_view value) {
-      Rec rec;
-      absl::Status st = DecodeRecord(value, &rec);
-      if (!st.ok()) {
-        bad = absl::DataLossError(
-            absl::StrCat(db, " record \"", std::string(key), "\": ", st.message()));
-        return false;
-      }
-      out->push_back(std::move(rec));
-      return true;
-    }));
-    return bad;
-  };
-  ATOMQ_RETURN_IF_ERROR(decode_all(kQueuesDb, &state.queues));
-  ATOMQ_RETURN_IF_ERROR(decode_all(kPreparedDb, &state.prepared));
-  ATOMQ_RETURN_IF_ERROR(decode_all(kDedupDb, &state.dedup));
-  ATOMQ_RETURN_IF_ERROR(decode_all(kHeuristicDb, &state.heuristic));
-  // Counted per queue, not listed: a long backlog costs no memory here.
+  absl::StatusOr<RecoveredState> loaded =
+      schema::LoadRecoveredState([&](const char* db, const schema::RecordFn& fn) {
+        return storage->Scan(db, "", fn);
+      });
+  ATOMQ_RETURN_IF_ERROR(loaded.status());
+  RecoveredState state = *std::move(loaded);
   uint64_t stored = 0;
-  RecoveredState::Backlog* backlog = nullptr;
-  uint64_t backlog_queue = 0;
-  ATOMQ_RETURN_IF_ERROR(storage->Scan(kMessagesDb, "", [&](std::string_view key, std::string_view) {
-    if (key.size() != 16) return true;
-    const uint64_t queue_id = DecodeU64(key.substr(0, 8));
-    if (backlog == nullptr || queue_id != backlog_queue) {
-      backlog = &state.messages[queue_id];
-      backlog_queue = queue_id;
-    }
-    backlog->count++;
-    backlog->last_sequence = DecodeU64(key.substr(8, 8));  // keys ascend
-    stored++;
-    return true;
-  }));
-  absl::StatusOr<std::optional<std::string>> meta = storage->Get(kMetaDb, "meta");
-  ATOMQ_RETURN_IF_ERROR(meta.status());
-  if (meta->has_value()) {
-    v1::MetaRecord m;
-    ATOMQ_RETURN_IF_ERROR(DecodeRecord(**meta, &m));
-    state.meta = m;
-  }
+  for (const auto& [queue_id, backlog] : state.messages) stored += backlog.count;
   std::string summary =
       absl::StrCat("recovered ", state.queues.size(), " queues, ", stored, " messages, ", state.prepared.size(), " prepared transactions");
   node->WithCore([&](ParticipantCore& c) { c.Recover(std::move(state), node->clock_.NowMs()); });

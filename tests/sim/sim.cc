@@ -410,25 +410,15 @@ void Sim::Boot(Node& n) {
     n.participant_view = std::make_unique<ParticipantView>(&n);
     n.participant = std::make_unique<ParticipantCore>(std::move(c), n.participant_view.get());
     // As the adapter does: every record of every database.
-    participant::RecoveredState state;
-    state.meta = Lookup<v1::MetaRecord>(n.disk, participant::kMetaDb, "meta");
-    for (const auto& [key, value] : n.disk[participant::kQueuesDb]) {
-      v1::QueueRecord rec;
-      ATOMQ_CHECK(DecodeRecord(value, &rec).ok(), "simulated disks hold valid records");
-      state.queues.push_back(std::move(rec));
-    }
-    for (const auto& [key, value] : n.disk[participant::kMessagesDb]) {
-      if (key.size() != 16) continue;
-      participant::RecoveredState::Backlog& b = state.messages[DecodeU64(key.substr(0, 8))];
-      b.count++;
-      b.last_sequence = DecodeU64(key.substr(8));
-    }
-    for (const auto& [key, value] : n.disk[participant::kPreparedDb]) {
-      v1::PreparedRecord rec;
-      ATOMQ_CHECK(DecodeRecord(value, &rec).ok(), "simulated disks hold valid records");
-      state.prepared.push_back(std::move(rec));
-    }
-    n.participant->Recover(std::move(state), now_);
+    absl::StatusOr<participant::RecoveredState> state = participant::schema::LoadRecoveredState(
+        [&](const char* db, const participant::schema::RecordFn& fn) {
+          for (const auto& [key, value] : n.disk[db]) {
+            if (!fn(key, value)) break;
+          }
+          return absl::OkStatus();
+        });
+    ATOMQ_CHECK(state.ok(), "simulated disks hold valid records");
+    n.participant->Recover(*std::move(state), now_);
   }
   Trace(absl::StrCat(n.id, " up (incarnation ", n.incarnation, ")"));
   Drain(n);
