@@ -17,16 +17,56 @@ namespace {
 
 enum class Vote { kPending, kYes, kNo, kReadOnly, kFailed, kUnknown };
 
-// Where the coordinator's decision stands. A phase ending in "-ing" has its
-// record written but not yet reported durable.
+// Where the transaction stands, and so what of it is durable. A decision
+// phase ending in "-ing" has its record written but not yet reported
+// durable. Every change goes through MoveTo, which checks kPhaseAfter.
 enum class Phase {
-  kPreparing,      // votes being collected
-  kPrecommitting,  // 3PC: PRECOMMITTED record in flight
-  kPrecommitted,   // 3PC: PRECOMMITTED durable, PreCommit sent
-  kCommitting,     // COMMITTED record in flight
-  kCommitted,      // COMMITTED durable (or all READ_ONLY), Commit sent
-  kAborted,        // decided; the record may still be in flight
+  kNew,                     // in memory only: nothing sent, nothing written
+  kPreparing,               // Prepares sent, votes being collected
+  kProbing,                 // recovered from a PREPARING record: each participant asked
+  kFencing,                 // one phase, outcome unknown: Abort sent to learn or settle it
+  kFetching,                // one phase, that Abort was refused (it committed): Prepare resent
+  kPrecommitting,           // 3PC: PRECOMMITTED record in flight
+  kPrecommitted,            // 3PC: PRECOMMITTED durable, PreCommit sent
+  kCommitting,              // 2PC: COMMITTED record (or parallel commit's PREPARING) in flight
+  kCommittingPrecommitted,  // 3PC: COMMITTED record in flight, PRECOMMITTED durable
+  kCommitted,               // COMMITTED durable (or all READ_ONLY, or one phase), Commit sent
+  kAborting,                // ABORT decided, its record in flight
+  kAborted,                 // ABORT durable
+  kCommitEnded,             // committed, ENDED written (lazily: nobody waits on it)
+  kAbortEnded,              // aborted, ENDED written
 };
+constexpr size_t kPhases = static_cast<size_t>(Phase::kAbortEnded) + 1;
+
+// For each phase, the phases it may follow (kNew: a transaction rebuilt from
+// its record, or one decided on arrival).
+struct PhaseRule {
+  Phase phase;
+  std::vector<Phase> after;
+};
+const std::vector<PhaseRule>& PhaseRules() {
+  static const std::vector<PhaseRule> rules = {
+      {Phase::kNew, {}},
+      {Phase::kPreparing, {Phase::kNew}},
+      {Phase::kProbing, {Phase::kNew}},
+      {Phase::kFencing, {Phase::kPreparing}},
+      {Phase::kFetching, {Phase::kFencing}},
+      {Phase::kPrecommitting, {Phase::kPreparing}},
+      {Phase::kPrecommitted, {Phase::kNew, Phase::kPrecommitting}},
+      {Phase::kCommitting, {Phase::kPreparing, Phase::kProbing}},
+      {Phase::kCommittingPrecommitted, {Phase::kPrecommitted}},
+      {Phase::kCommitted,
+       {Phase::kNew, Phase::kPreparing, Phase::kProbing, Phase::kFencing, Phase::kFetching,
+        Phase::kCommitting, Phase::kCommittingPrecommitted}},
+      {Phase::kAborting,
+       {Phase::kNew, Phase::kPreparing, Phase::kProbing, Phase::kFencing, Phase::kFetching,
+        Phase::kPrecommitting, Phase::kPrecommitted, Phase::kCommitting}},
+      {Phase::kAborted, {Phase::kNew, Phase::kAborting}},
+      {Phase::kCommitEnded, {Phase::kNew, Phase::kCommitted}},
+      {Phase::kAbortEnded, {Phase::kNew, Phase::kAborted}},
+  };
+  return rules;
+}
 
 // kBallot: a PRECOMMITTED record carrying a new termination ballot.
 // kStage: parallel commit's PREPARING record, written beside the prepares.
@@ -47,20 +87,51 @@ struct Term {
   uint64_t highest_seen = 0;
 };
 
+// What a participant answered the latest PreCommit or outcome message.
+enum class Answer {
+  kNone,               // nothing yet (the latest round's message unanswered)
+  kPrecommitAcked,     // acknowledged PreCommit (ballot 0's accept)
+  kPrecommitRefused,   // refused PreCommit: settled otherwise, resending cannot help
+  kAcked,              // needs no further outcome message: acknowledged it, or
+                       // never needed one (voted NO or READ_ONLY)
+  kAckedOtherOutcome,  // answered the outcome with FAILED_PRECONDITION: it holds
+                       // the other outcome (an alarm)
+};
+
 struct Party {
   std::string id;
   std::string address;
   std::vector<int> ops;  // request op indices, in request order
   Vote vote = Vote::kPending;
-  bool precommit_acked = false;
-  // Needs no further outcome message: acknowledged it, or never needed one
-  // (voted NO or READ_ONLY).
-  bool acked = false;
-  // Answered the outcome with FAILED_PRECONDITION: it holds the other outcome.
-  bool alarm = false;
+  Answer answer = Answer::kNone;
   uint32_t backoff_ms = 0;
   uint64_t resend_timer = 0;
 };
+
+bool Acked(const Party& p) {
+  return p.answer == Answer::kAcked || p.answer == Answer::kAckedOtherOutcome;
+}
+bool Refused(const Party& p) {
+  return p.answer == Answer::kPrecommitRefused || p.answer == Answer::kAckedOtherOutcome;
+}
+// The outcome is owed again (a new decision): an earlier acknowledgement no
+// longer counts; a PreCommit answer still tells what it holds.
+void Reopen(Party& p) {
+  if (Acked(p)) p.answer = Answer::kNone;
+}
+// NO and READ_ONLY voters kept nothing: no outcome message is owed them.
+void SetOwed(Party& p, bool owed) {
+  if (!owed) {
+    p.answer = Answer::kAcked;
+  } else {
+    Reopen(p);
+  }
+}
+
+// Whether the transaction's PREPARING record (parallel commit) was written.
+enum class PreparingRecord { kNone, kInFlight, kDurable };
+// What let a 3PC transaction write its COMMITTED record.
+enum class CommitBy { kVotes, kPrecommitMajority, kTermination };
 
 struct Waiter {
   RequestId request;
@@ -79,31 +150,21 @@ struct Txn {
   bool interactive = false;
   // One-phase commit (a single participant; see "one-phase commit" below).
   bool one_phase = false;
-  bool fencing = false;          // outcome unknown: Abort sent to learn or settle it
-  bool fence_committed = false;  // that Abort was refused (it committed): Prepare resent
-  std::string fence_reason;      // the abort's reason should the Abort be accepted
+  std::string fence_reason;  // kFencing: the abort's reason should the Abort be accepted
   int64_t created_ms = 0;
   int64_t deadline_ms = 0;
   int64_t decided_ms = 0;
   uint32_t timeout_ms = 0;
-  bool reply_at_decision = false;  // ExecuteRequest.reply_at_decision
-  // Parallel commit: a PREPARING record was written (staged), is durable
-  // (staged_durable); probing: recovered from it, asking the participants.
-  bool staged = false;
-  bool staged_durable = false;
-  bool probing = false;
-  google::protobuf::RepeatedPtrField<v1::Op> ops;  // cleared when finished
+  bool reply_at_decision = false;                             // ExecuteRequest.reply_at_decision
+  PreparingRecord preparing_record = PreparingRecord::kNone;  // parallel commit
+  google::protobuf::RepeatedPtrField<v1::Op> ops;             // cleared when finished
   std::vector<Party> parties;
   std::vector<uint32_t> op_party;   // per request op
   std::vector<uint64_t> sequences;  // per request op
-  Phase phase = Phase::kPreparing;
+  Phase phase = Phase::kNew;        // changed by MoveTo only
   std::string reason;
-  bool precommit_durable = false;
-  bool decision_durable = false;
-  bool commit_sent = false;
   bool replied = false;
   bool in_flight = false;  // counted in in_flight_
-  bool ended = false;      // ENDED written (or durable as the decision record)
   bool finished = false;   // in the finished FIFO
   std::vector<Waiter> waiters;
   std::vector<RequestId> state_waiters;
@@ -114,18 +175,49 @@ struct Txn {
   RecordKind retry_kind = RecordKind::kAbort;
   // 3PC termination.
   Term term;
-  uint64_t ballot = 0;         // highest ballot used (in the record)
-  uint64_t ballot_token = 0;   // its record in flight
+  uint64_t ballot = 0;        // highest ballot used (in the record)
+  uint64_t ballot_token = 0;  // its record in flight
   uint64_t term_timer = 0;
   uint32_t term_backoff_ms = 0;
   // Dueling proposers never finish: a round of its own, or a higher ballot
   // seen from a participant's round, gets time to complete.
   int64_t term_started_ms = 0;
   int64_t foreign_ballot_ms = INT64_MIN / 2;
-  bool commit_chosen = false;  // a round chose COMMIT
   std::optional<std::pair<RecordKind, v1::TxnState>> after_ballot;  // a decision record waiting
-  bool abort_chosen = false;   // a round chose ABORT after PRECOMMITTED
 };
+
+bool PhaseMayFollow(Phase next, Phase prev) {
+  for (const PhaseRule& r : PhaseRules()) {
+    if (r.phase == next) return std::find(r.after.begin(), r.after.end(), prev) != r.after.end();
+  }
+  return false;
+}
+
+void MoveTo(Txn& t, Phase next) {
+  ATOMQ_CHECK(PhaseMayFollow(next, t.phase), "a transaction phase change the table allows");
+  t.phase = next;
+}
+
+// Votes still being collected (Prepares or, after a restart, queries out).
+bool Collecting(const Txn& t) {
+  return t.phase == Phase::kPreparing || t.phase == Phase::kProbing || t.phase == Phase::kFencing ||
+         t.phase == Phase::kFetching;
+}
+bool Fencing(const Txn& t) { return t.phase == Phase::kFencing || t.phase == Phase::kFetching; }
+bool PrecommitDurable(const Txn& t) {
+  return t.phase == Phase::kPrecommitted || t.phase == Phase::kCommittingPrecommitted;
+}
+bool Committed(const Txn& t) {
+  return t.phase == Phase::kCommitted || t.phase == Phase::kCommitEnded;
+}
+bool Aborted(const Txn& t) {
+  return t.phase == Phase::kAborting || t.phase == Phase::kAborted || t.phase == Phase::kAbortEnded;
+}
+bool AbortDurable(const Txn& t) {
+  return t.phase == Phase::kAborted || t.phase == Phase::kAbortEnded;
+}
+bool DecisionDurable(const Txn& t) { return Committed(t) || AbortDurable(t); }
+bool Ended(const Txn& t) { return t.phase == Phase::kCommitEnded || t.phase == Phase::kAbortEnded; }
 
 struct TokenRef {
   std::string txn_id;
@@ -142,7 +234,7 @@ const char* ProtocolName(v1::Protocol p) { return p == v1::THREE_PC ? "3pc" : "2
 
 bool AllAcked(const Txn& t) {
   for (const Party& p : t.parties) {
-    if (!p.acked) return false;
+    if (!Acked(p)) return false;
   }
   return true;
 }
@@ -161,7 +253,7 @@ size_t PrecommitAcksNeeded(const Txn& t) {
 
 size_t PrecommitAcks(const Txn& t) {
   size_t n = 0;
-  for (const Party& p : t.parties) n += p.precommit_acked ? 1 : 0;
+  for (const Party& p : t.parties) n += p.answer == Answer::kPrecommitAcked ? 1 : 0;
   return n;
 }
 
@@ -270,7 +362,7 @@ struct CoordinatorCore::Impl {
     r.set_ops_digest(t.digest);
     for (const Party& p : t.parties) {
       r.add_participants(p.id);
-      if (p.acked) r.add_acknowledged(p.id);
+      if (Acked(p)) r.add_acknowledged(p.id);
     }
     r.set_reason(t.reason);
     for (uint64_t s : t.sequences) r.add_sequences(s);
@@ -310,17 +402,15 @@ struct CoordinatorCore::Impl {
   void Send(Txn& t, size_t i, MsgType type, int64_t now_ms) {
     Party& p = t.parties[i];
     if (type == MsgType::kCommit) {
-      ATOMQ_CHECK(t.phase == Phase::kCommitted && t.decision_durable,
-                  "Commit sent before the commit record is durable");
-      t.commit_sent = true;
+      ATOMQ_CHECK(Committed(t), "Commit sent before the commit record is durable");
     }
     if (type == MsgType::kAbort) {
-      ATOMQ_CHECK(t.phase == Phase::kAborted && !t.commit_sent &&
-                      (!t.precommit_durable || t.abort_chosen),
-                  "Abort sent after a COMMITTED/PRECOMMITTED decision");
+      // The phase table keeps an abort from following a COMMITTED decision,
+      // and a PRECOMMITTED one unless a termination round chose it.
+      ATOMQ_CHECK(Aborted(t), "Abort sent without an abort decision");
     }
     if (type == MsgType::kPreCommit) {
-      ATOMQ_CHECK(t.precommit_durable, "PreCommit sent before PRECOMMITTED is durable");
+      ATOMQ_CHECK(PrecommitDurable(t), "PreCommit sent before PRECOMMITTED is durable");
     }
     OutMessage m;
     m.participant = p.id;
@@ -333,7 +423,8 @@ struct CoordinatorCore::Impl {
 
   // First message of a round: backoff restarts.
   void SendRound(Txn& t, size_t i, MsgType type, int64_t now_ms) {
-    t.parties[i].alarm = false;  // a refusal of the previous round's message
+    // A refusal of the previous round's message.
+    if (t.parties[i].answer == Answer::kPrecommitRefused) t.parties[i].answer = Answer::kNone;
     t.parties[i].backoff_ms = std::max<uint32_t>(1, config.resend_initial_ms);
     Send(t, i, type, now_ms);
   }
@@ -345,7 +436,7 @@ struct CoordinatorCore::Impl {
   v1::ExecuteResponse Response(const Txn& t, int op_count) const {
     v1::ExecuteResponse r;
     r.set_txn_id(t.id);
-    bool committed = t.phase == Phase::kCommitted;
+    bool committed = Committed(t);
     r.set_outcome(committed ? v1::COMMITTED : v1::ABORTED);
     if (!committed) r.set_reason(t.reason);
     for (int i = 0; i < op_count; ++i) {
@@ -366,13 +457,12 @@ struct CoordinatorCore::Impl {
 
   // Whether a client may be told the outcome now.
   bool OutcomeReady(const Txn& t) const {
-    if (t.phase == Phase::kAborted) return t.decision_durable;
-    if (t.phase == Phase::kCommitted) return t.decision_durable && t.replied;
-    return false;
+    if (Aborted(t)) return AbortDurable(t);
+    return Committed(t) && t.replied;
   }
 
   void ReplyAll(Txn& t) {
-    ATOMQ_CHECK(t.decision_durable, "client reply before the decision is durable");
+    ATOMQ_CHECK(DecisionDurable(t), "client reply before the decision is durable");
     for (const Waiter& w : t.waiters) {
       out.replies.push_back(ExecuteReply{w.request, absl::OkStatus(), Response(t, w.op_count)});
     }
@@ -386,7 +476,7 @@ struct CoordinatorCore::Impl {
   }
 
   void MaybeReplyCommitted(Txn& t, int64_t now_ms) {
-    if (t.phase != Phase::kCommitted || !t.decision_durable) return;
+    if (!Committed(t)) return;
     if (t.replied && t.waiters.empty()) return;
     if (t.replied || t.reply_at_decision || AllAcked(t) || now_ms >= t.deadline_ms) {
       ReplyAll(t);
@@ -394,8 +484,7 @@ struct CoordinatorCore::Impl {
   }
 
   void ReplyStates(Txn& t) {
-    ATOMQ_CHECK(t.phase == Phase::kAborted && t.decision_durable,
-                "state reply before the abort is durable");
+    ATOMQ_CHECK(AbortDurable(t), "state reply before the abort is durable");
     for (RequestId r : t.state_waiters)
       out.state_replies.push_back(StateReply{r, v1::STATE_ABORTED});
     t.state_waiters.clear();
@@ -404,9 +493,9 @@ struct CoordinatorCore::Impl {
   // ---- lifecycle ----
 
   void MaybeEnd(Txn& t) {
-    if (t.ended || !t.decision_durable || !AllAcked(t)) return;
+    if (!AllAcked(t)) return;
     if (t.phase != Phase::kCommitted && t.phase != Phase::kAborted) return;
-    t.ended = true;
+    MoveTo(t, t.phase == Phase::kCommitted ? Phase::kCommitEnded : Phase::kAbortEnded);
     // Not waited on: without it, recovery merely resends an outcome.
     Persist(t, RecordKind::kEnd, v1::ENDED);
   }
@@ -451,8 +540,8 @@ struct CoordinatorCore::Impl {
     std::set<std::string> called;
     for (const OutMessage& m : out.send) {
       // Promise/Accept go one RPC each; the others share Batch calls.
-      if (m.type != MsgType::kPromise && m.type != MsgType::kAccept &&
-          m.type != MsgType::kForget && m.type != MsgType::kQuery) {
+      if (m.type != MsgType::kPromise && m.type != MsgType::kAccept && m.type != MsgType::kForget &&
+          m.type != MsgType::kQuery) {
         called.insert(m.participant);
       }
     }
@@ -465,7 +554,7 @@ struct CoordinatorCore::Impl {
   }
 
   void MaybeFinish(Txn& t) {
-    if (t.finished || !t.ended || !t.replied || !t.waiters.empty() || !t.state_waiters.empty()) {
+    if (t.finished || !Ended(t) || !t.replied || !t.waiters.empty() || !t.state_waiters.empty()) {
       return;
     }
     t.finished = true;
@@ -489,13 +578,10 @@ struct CoordinatorCore::Impl {
   // ---- decisions ----
 
   void Abort(Txn& t, std::string reason, int64_t now_ms) {
-    ATOMQ_CHECK(t.phase == Phase::kPreparing || t.phase == Phase::kPrecommitting ||
-                    t.phase == Phase::kCommitting,
-                "abort of a decided transaction");
-    ATOMQ_CHECK(!t.precommit_durable && !t.commit_sent,
-                "abort after a durable PRECOMMITTED/COMMITTED decision");
+    ATOMQ_CHECK(t.phase != Phase::kPrecommitted,
+                "abort after a durable PRECOMMITTED decision (only a round may choose it)");
     ATOMQ_CHECK(!reason.empty(), "an abort needs a reason (it tells ENDED records apart)");
-    t.phase = Phase::kAborted;
+    MoveTo(t, Phase::kAborting);
     t.reason = std::move(reason);
     t.decided_ms = now_ms;
     t.deadline_timer = 0;
@@ -504,31 +590,34 @@ struct CoordinatorCore::Impl {
     for (size_t i = 0; i < t.parties.size(); ++i) {
       Party& p = t.parties[i];
       // NO and READ_ONLY voters kept nothing; everyone else may have prepared.
-      if (p.vote == Vote::kNo || p.vote == Vote::kReadOnly) {
-        p.acked = true;
-      } else {
-        p.acked = false;
+      SetOwed(p, p.vote != Vote::kNo && p.vote != Vote::kReadOnly);
+      if (!Acked(p)) {
         ++targets;
         // With a PREPARING record on disk (or on its way), Abort waits for
         // the ABORT record: a crash before it would leave a recovery that
         // asks the participants, and one that got this Abort late could
         // then disagree with a commit decided from the others' PREPARED.
-        if (!t.staged) SendRound(t, i, MsgType::kAbort, now_ms);
+        if (t.preparing_record == PreparingRecord::kNone) SendRound(t, i, MsgType::kAbort, now_ms);
       }
     }
     ATOMQ_CHECK(targets >= CountVotes(t, Vote::kYes), "a YES voter left without an Abort");
     Persist(t, RecordKind::kAbort, v1::STATE_ABORTED);
   }
 
-  void PersistCommit(Txn& t) {
+  void PersistCommit(Txn& t, CommitBy by) {
     ATOMQ_CHECK(CountVotes(t, Vote::kYes) + CountVotes(t, Vote::kReadOnly) == t.parties.size() &&
                     CountVotes(t, Vote::kYes) > 0,
                 "COMMIT without all YES/READ_ONLY votes");
     ATOMQ_CHECK(t.protocol != v1::THREE_PC ||
-                    (t.precommit_durable &&
-                     (t.commit_chosen || PrecommitAcks(t) >= PrecommitAcksNeeded(t))),
+                    (t.phase == Phase::kPrecommitted &&
+                     (by == CommitBy::kTermination || PrecommitAcks(t) >= PrecommitAcksNeeded(t))),
                 "3PC COMMIT before a majority acknowledged PRECOMMITTED or a round chose it");
-    t.phase = Phase::kCommitting;
+    // Parallel commit's fallback is in kCommitting already.
+    if (t.phase == Phase::kPrecommitted) {
+      MoveTo(t, Phase::kCommittingPrecommitted);
+    } else if (t.phase != Phase::kCommitting) {
+      MoveTo(t, Phase::kCommitting);
+    }
     Persist(t, RecordKind::kCommit, v1::STATE_COMMITTED);
   }
 
@@ -538,12 +627,11 @@ struct CoordinatorCore::Impl {
     ATOMQ_CHECK(yes + CountVotes(t, Vote::kReadOnly) == t.parties.size(),
                 "commit decision with a vote missing");
     t.decided_ms = now_ms;
-    for (Party& p : t.parties) p.acked = p.vote == Vote::kReadOnly;
+    for (Party& p : t.parties) SetOwed(p, p.vote != Vote::kReadOnly);
     if (yes == 0) {
       // Nothing changes anywhere, so nothing needs forcing and no second round.
       // ENDED is still written (not waited on) so a retry finds the outcome.
-      t.phase = Phase::kCommitted;
-      t.decision_durable = true;
+      MoveTo(t, Phase::kCommitted);
       Log(absl::StrCat("txn ", t.id, " COMMITTED (", ProtocolName(t.protocol), ", ",
                        t.parties.size(), " participants, read-only)"));
       ReplyAll(t);
@@ -552,26 +640,29 @@ struct CoordinatorCore::Impl {
       return;
     }
     if (t.protocol == v1::THREE_PC) {
-      t.phase = Phase::kPrecommitting;
+      MoveTo(t, Phase::kPrecommitting);
       Persist(t, RecordKind::kPrecommit, v1::PRECOMMITTED);
-    } else if (t.staged && CountVotes(t, Vote::kYes) == t.parties.size()) {
+    } else if (t.preparing_record != PreparingRecord::kNone &&
+               CountVotes(t, Vote::kYes) == t.parties.size()) {
       // Parallel commit: the PREPARING record plus every PREPARED record is
       // the decision; a recovery that asks finds all of them prepared.
-      t.phase = Phase::kCommitting;
-      if (t.staged_durable) OnCommitDurable(t, now_ms);
+      MoveTo(t, Phase::kCommitting);
+      if (t.preparing_record == PreparingRecord::kDurable) OnCommitDurable(t, now_ms);
     } else {
-      PersistCommit(t);
+      PersistCommit(t, CommitBy::kVotes);
     }
   }
 
   void OnCommitDurable(Txn& t, int64_t now_ms) {
-    ATOMQ_CHECK(t.phase == Phase::kCommitting, "commit record durable outside kCommitting");
-    t.phase = Phase::kCommitted;
-    t.decision_durable = true;
+    ATOMQ_CHECK(t.phase == Phase::kCommitting || t.phase == Phase::kCommittingPrecommitted,
+                "commit record durable outside kCommitting");
+    MoveTo(t, Phase::kCommitted);
     Log(absl::StrCat("txn ", t.id, " COMMITTED (", ProtocolName(t.protocol), ", ", t.parties.size(),
-                     t.staged ? " participants, parallel commit)" : " participants)"));
+                     t.preparing_record != PreparingRecord::kNone
+                         ? " participants, parallel commit)"
+                         : " participants)"));
     for (size_t i = 0; i < t.parties.size(); ++i) {
-      if (!t.parties[i].acked) SendRound(t, i, MsgType::kCommit, now_ms);
+      if (!Acked(t.parties[i])) SendRound(t, i, MsgType::kCommit, now_ms);
     }
     MaybeReplyCommitted(t, now_ms);
     MaybeEnd(t);
@@ -602,20 +693,28 @@ struct CoordinatorCore::Impl {
 
   // ---- info ----
 
+  // The state GetTransaction and ListTransactions show.
   static v1::TxnState TxnStateOf(const Txn& t) {
-    if (t.ended) return v1::ENDED;
     switch (t.phase) {
+      case Phase::kNew:
       case Phase::kPreparing:
+      case Phase::kProbing:
+      case Phase::kFencing:
+      case Phase::kFetching:
       case Phase::kPrecommitting:
+      case Phase::kCommitting:
         return v1::PREPARING;
       case Phase::kPrecommitted:
+      case Phase::kCommittingPrecommitted:
         return v1::PRECOMMITTED;
-      case Phase::kCommitting:
-        return t.precommit_durable ? v1::PRECOMMITTED : v1::PREPARING;
       case Phase::kCommitted:
         return v1::STATE_COMMITTED;
+      case Phase::kAborting:
       case Phase::kAborted:
         return v1::STATE_ABORTED;
+      case Phase::kCommitEnded:
+      case Phase::kAbortEnded:
+        return v1::ENDED;
     }
     return v1::TXN_STATE_UNSPECIFIED;
   }
@@ -623,17 +722,14 @@ struct CoordinatorCore::Impl {
   static v1::TxnState PartyStateOf(const Txn& t, const Party& p) {
     if (p.vote == Vote::kReadOnly) return v1::ENDED;  // left the transaction
     if (p.vote == Vote::kNo) return v1::STATE_ABORTED;
-    if (t.phase == Phase::kCommitted && p.acked) {
-      return p.alarm ? v1::STATE_ABORTED : v1::STATE_COMMITTED;
-    }
-    if (t.phase == Phase::kAborted && p.acked) {
-      return p.alarm ? v1::STATE_COMMITTED : v1::STATE_ABORTED;
-    }
-    if (p.precommit_acked) return v1::PRECOMMITTED;
+    const bool mixed = p.answer == Answer::kAckedOtherOutcome;
+    if (Committed(t) && Acked(p)) return mixed ? v1::STATE_ABORTED : v1::STATE_COMMITTED;
+    if (Aborted(t) && Acked(p)) return mixed ? v1::STATE_COMMITTED : v1::STATE_ABORTED;
+    if (p.answer == Answer::kPrecommitAcked) return v1::PRECOMMITTED;
     switch (p.vote) {
       case Vote::kPending:
         // Once decided, an unanswered Prepare may or may not have prepared it.
-        return t.phase == Phase::kPreparing ? v1::PREPARING : v1::UNKNOWN;
+        return Collecting(t) ? v1::PREPARING : v1::UNKNOWN;
       case Vote::kYes:
       case Vote::kUnknown:
         return v1::PREPARED;
@@ -647,17 +743,15 @@ struct CoordinatorCore::Impl {
     info.set_txn_id(t.id);
     info.set_protocol(t.protocol);
     info.set_state(TxnStateOf(t));
-    bool committed = t.phase == Phase::kCommitted;
-    info.set_outcome(committed                    ? v1::COMMITTED
-                     : t.phase == Phase::kAborted ? v1::ABORTED
-                                                  : v1::PENDING);
+    bool committed = Committed(t);
+    info.set_outcome(committed ? v1::COMMITTED : Aborted(t) ? v1::ABORTED : v1::PENDING);
     info.set_reason(t.reason);
     info.set_created_unix_ms(t.created_ms);
     for (const Party& p : t.parties) {
       v1::ParticipantStatus* ps = info.add_participants();
       ps->set_participant(p.id);
       ps->set_state(PartyStateOf(t, p));
-      ps->set_acknowledged(p.acked && (t.phase == Phase::kCommitted || t.phase == Phase::kAborted));
+      ps->set_acknowledged(Acked(p) && (committed || Aborted(t)));
     }
     for (uint64_t s : t.sequences) info.add_results()->set_sequence(committed ? s : 0);
     if (with_ops) *info.mutable_ops() = t.ops;
@@ -694,9 +788,7 @@ struct CoordinatorCore::Impl {
 
   // ---- 3PC termination: the coordinator as a proposer ----
 
-  static bool Decided(v1::TxnState s) {
-    return s == v1::STATE_COMMITTED || s == v1::STATE_ABORTED;
-  }
+  static bool Decided(v1::TxnState s) { return s == v1::STATE_COMMITTED || s == v1::STATE_ABORTED; }
 
   static size_t Majority(const Txn& t) { return t.parties.size() / 2 + 1; }
 
@@ -761,18 +853,16 @@ struct CoordinatorCore::Impl {
     t.term = Term{};
     t.term.highest_seen = seen;
     if (value == v1::STATE_COMMITTED) {
-      t.commit_chosen = true;
       Log(absl::StrCat("txn ", t.id, ": 3PC termination learnt COMMIT (", how, ")"));
-      return PersistCommit(t);
+      return PersistCommit(t, CommitBy::kTermination);
     }
     AbortChosen(t, absl::StrCat("a 3PC termination round chose ABORT (", how, ")"), now_ms);
   }
 
   void AbortChosen(Txn& t, std::string reason, int64_t now_ms) {
-    ATOMQ_CHECK(t.phase == Phase::kPrecommitted && !t.commit_sent,
+    ATOMQ_CHECK(t.phase == Phase::kPrecommitted,
                 "a chosen ABORT reaches a coordinator that did not commit");
-    t.abort_chosen = true;
-    t.phase = Phase::kAborted;
+    MoveTo(t, Phase::kAborting);
     t.reason = std::move(reason);
     t.decided_ms = now_ms;
     t.deadline_timer = 0;
@@ -780,12 +870,8 @@ struct CoordinatorCore::Impl {
     Log(absl::StrCat("txn ", t.id, " ABORTED: ", t.reason));
     for (size_t i = 0; i < t.parties.size(); ++i) {
       Party& p = t.parties[i];
-      if (p.vote == Vote::kNo || p.vote == Vote::kReadOnly) {
-        p.acked = true;
-      } else {
-        p.acked = false;
-        SendRound(t, i, MsgType::kAbort, now_ms);
-      }
+      SetOwed(p, p.vote != Vote::kNo && p.vote != Vote::kReadOnly);
+      if (!Acked(p)) SendRound(t, i, MsgType::kAbort, now_ms);
     }
     Persist(t, RecordKind::kAbort, v1::STATE_ABORTED);
   }
@@ -866,8 +952,8 @@ struct CoordinatorCore::Impl {
         Log(absl::StrCat("txn ", t.id, ": participant \"", id,
                          "\" is no longer configured; its messages have no address"));
       }
-      p.acked =
-          std::find(r.acknowledged().begin(), r.acknowledged().end(), id) != r.acknowledged().end();
+      SetOwed(p, std::find(r.acknowledged().begin(), r.acknowledged().end(), id) ==
+                     r.acknowledged().end());
       t.parties.push_back(std::move(p));
     }
     for (int i = 0; i < r.op_participant_size(); ++i) {
@@ -893,16 +979,15 @@ struct CoordinatorCore::Impl {
     switch (r.state()) {
       case v1::PRECOMMITTED:
         // Acknowledged here means READ_ONLY: they take no part in the rounds.
-        for (Party& p : x.parties) p.vote = p.acked ? Vote::kReadOnly : Vote::kYes;
+        for (Party& p : x.parties) p.vote = Acked(p) ? Vote::kReadOnly : Vote::kYes;
         if (CountVotes(x, Vote::kYes) == 0) {
           // Not a record this coordinator writes; include everyone to be safe.
           for (Party& p : x.parties) {
             p.vote = Vote::kYes;
-            p.acked = false;
+            SetOwed(p, true);
           }
         }
-        x.phase = Phase::kPrecommitted;
-        x.precommit_durable = true;
+        MoveTo(x, Phase::kPrecommitted);
         x.replied = false;  // a retry waits for the decision
         x.ballot = r.ballot();
         // Which participants accepted ballot 0 is not known: a round learns
@@ -912,10 +997,9 @@ struct CoordinatorCore::Impl {
         break;
       case v1::STATE_COMMITTED:
         for (Party& p : x.parties) p.vote = Vote::kYes;
-        x.phase = Phase::kCommitted;
-        x.decision_durable = true;
+        MoveTo(x, Phase::kCommitted);
         for (size_t i = 0; i < x.parties.size(); ++i) {
-          if (!x.parties[i].acked) SendRound(x, i, MsgType::kCommit, now_ms);
+          if (!Acked(x.parties[i])) SendRound(x, i, MsgType::kCommit, now_ms);
         }
         MaybeEnd(x);
         MaybeFinish(x);
@@ -926,12 +1010,10 @@ struct CoordinatorCore::Impl {
           // prepared (or committed it). Ask them all.
           for (Party& p : x.parties) {
             p.vote = Vote::kPending;
-            p.acked = false;
+            SetOwed(p, true);
           }
-          x.phase = Phase::kPreparing;
-          x.staged = true;
-          x.staged_durable = true;
-          x.probing = true;
+          MoveTo(x, Phase::kProbing);
+          x.preparing_record = PreparingRecord::kDurable;
           x.replied = false;  // a retry waits for the decision
           x.deadline_ms = now_ms + config.txn_timeout_ms;
           for (size_t i = 0; i < x.parties.size(); ++i) SendRound(x, i, MsgType::kQuery, now_ms);
@@ -942,11 +1024,10 @@ struct CoordinatorCore::Impl {
         [[fallthrough]];
       case v1::STATE_ABORTED:
         for (Party& p : x.parties) p.vote = Vote::kUnknown;
-        x.phase = Phase::kAborted;
-        x.decision_durable = true;
+        MoveTo(x, Phase::kAborted);
         if (x.reason.empty()) x.reason = "aborted before a restart";
         for (size_t i = 0; i < x.parties.size(); ++i) {
-          if (!x.parties[i].acked) SendRound(x, i, MsgType::kAbort, now_ms);
+          if (!Acked(x.parties[i])) SendRound(x, i, MsgType::kAbort, now_ms);
         }
         MaybeEnd(x);
         MaybeFinish(x);
@@ -954,11 +1035,9 @@ struct CoordinatorCore::Impl {
       case v1::ENDED:
         for (Party& p : x.parties) {
           p.vote = Vote::kUnknown;
-          p.acked = true;
+          SetOwed(p, false);
         }
-        x.phase = RecordCommitted(r) ? Phase::kCommitted : Phase::kAborted;
-        x.decision_durable = true;
-        x.ended = true;
+        MoveTo(x, RecordCommitted(r) ? Phase::kCommitEnded : Phase::kAbortEnded);
         MaybeFinish(x);
         break;
       default:
@@ -1111,6 +1190,7 @@ struct CoordinatorCore::Impl {
     auto [it, inserted] = txns.emplace(t.id, std::move(t));
     ATOMQ_CHECK(inserted, "a new transaction id is not in memory");
     Txn& x = it->second;
+    MoveTo(x, Phase::kPreparing);
     for (size_t i = 0; i < x.parties.size(); ++i) {
       OutMessage m = PrepareTo(x, i);
       for (int op : x.parties[i].ops) *m.prepare.add_ops() = x.ops.Get(op);
@@ -1119,7 +1199,7 @@ struct CoordinatorCore::Impl {
     }
     if (config.parallel_commit && !x.one_phase && x.protocol == v1::TWO_PC &&
         x.parties.size() >= 2) {
-      x.staged = true;
+      x.preparing_record = PreparingRecord::kInFlight;
       Persist(x, RecordKind::kStage, v1::PREPARING);
     }
     x.deadline_timer = SetTimer(x, TimerKind::kDeadline, 0, x.deadline_ms);
@@ -1128,7 +1208,7 @@ struct CoordinatorCore::Impl {
   void OnPrepareReply(const std::string& txn_id, const std::string& participant,
                       const absl::StatusOr<v1::PrepareResponse>& reply, int64_t now_ms) {
     Txn* t = Find(txn_id);
-    if (t == nullptr || t->phase != Phase::kPreparing) return;  // late: decided already
+    if (t == nullptr || !Collecting(*t)) return;  // late: decided already
     int i = PartyIndex(*t, participant);
     if (i < 0 || t->parties[i].vote != Vote::kPending) return;  // stray or duplicate
     if (t->one_phase) return OnOnePhaseReply(*t, static_cast<size_t>(i), reply, now_ms);
@@ -1213,9 +1293,8 @@ struct CoordinatorCore::Impl {
   }
 
   void SendOnePhase(Txn& t, size_t i, MsgType type, int64_t now_ms) {
-    ATOMQ_CHECK(t.one_phase && t.phase == Phase::kPreparing && t.fencing,
-                "one-phase resends only while the outcome is unknown");
-    ATOMQ_CHECK(type == (t.fence_committed ? MsgType::kPrepare : MsgType::kAbort),
+    ATOMQ_CHECK(t.one_phase && Fencing(t), "one-phase resends only while the outcome is unknown");
+    ATOMQ_CHECK(type == (t.phase == Phase::kFetching ? MsgType::kPrepare : MsgType::kAbort),
                 "Abort until it is refused, then the Prepare that reports the commit");
     Party& p = t.parties[i];
     OutMessage m;
@@ -1232,9 +1311,10 @@ struct CoordinatorCore::Impl {
                        int64_t now_ms) {
     Party& p = t.parties[i];
     if (!reply.ok()) {
-      return FenceOnePhase(t, absl::StrCat(p.id, " did not answer the one-phase prepare: ",
-                                           reply.status().ToString()),
-                           now_ms);
+      return FenceOnePhase(
+          t,
+          absl::StrCat(p.id, " did not answer the one-phase prepare: ", reply.status().ToString()),
+          now_ms);
     }
     switch (reply->vote()) {
       case v1::YES:
@@ -1248,7 +1328,6 @@ struct CoordinatorCore::Impl {
           return OnePhaseYes(t, i, v1::PrepareResponse(), now_ms);
         }
         p.vote = Vote::kNo;
-        t.fencing = false;
         return Abort(t,
                      reply->reason().empty() ? absl::StrCat(p.id, " voted NO")
                                              : absl::StrCat(p.id, " voted NO: ", reply->reason()),
@@ -1273,17 +1352,16 @@ struct CoordinatorCore::Impl {
   }
 
   void MaybeCommitOnePhase(Txn& t, int64_t now_ms) {
-    if (CountVotes(t, Vote::kPending) > 0) return;  // only under the plant
+    if (CountVotes(t, Vote::kPending) > 0) return;                       // only under the plant
     if (CountVotes(t, Vote::kYes) == 0) return DecideCommit(t, now_ms);  // read-only
     ATOMQ_CHECK(CountVotes(t, Vote::kYes) + CountVotes(t, Vote::kReadOnly) == t.parties.size(),
                 "a one-phase commit with every vote YES or READ_ONLY");
-    t.phase = Phase::kCommitted;
-    t.decision_durable = true;  // the participant's COMMITTED outcome, durable before its YES
+    // The participant's COMMITTED outcome is durable before its YES.
+    MoveTo(t, Phase::kCommitted);
     t.decided_ms = now_ms;
     t.deadline_timer = 0;
-    t.fencing = false;
     for (Party& q : t.parties) {
-      q.acked = true;  // nothing more to tell anyone
+      SetOwed(q, false);  // nothing more to tell anyone
       q.resend_timer = 0;
     }
     Log(absl::StrCat("txn ", t.id, " COMMITTED (one phase at ", t.parties[0].id, ", ",
@@ -1294,15 +1372,14 @@ struct CoordinatorCore::Impl {
   }
 
   void FenceOnePhase(Txn& t, std::string reason, int64_t now_ms) {
-    if (t.fencing) return;  // the resend timers carry on
+    if (Fencing(t)) return;  // the resend timers carry on
     // TEST ONLY: "one-phase-presumed-abort" decides ABORT at once, the bug
     // this path exists to avoid (the participant may have committed).
     if (config.plant == Plant::kOnePhasePresumedAbort) {
       for (Party& p : t.parties) p.vote = p.vote == Vote::kPending ? Vote::kFailed : p.vote;
       return Abort(t, std::move(reason), now_ms);
     }
-    t.fencing = true;
-    t.fence_committed = false;
+    MoveTo(t, Phase::kFencing);
     t.fence_reason = std::move(reason);
     t.deadline_timer = 0;
     Log(absl::StrCat("txn ", t.id, ": one-phase outcome unknown (", t.fence_reason,
@@ -1318,25 +1395,25 @@ struct CoordinatorCore::Impl {
     Party& p = t.parties[i];
     if (p.vote != Vote::kPending) return;
     p.backoff_ms = std::min(std::max<uint32_t>(1, p.backoff_ms) * 2, config.resend_max_ms);
-    SendOnePhase(t, i, t.fence_committed ? MsgType::kPrepare : MsgType::kAbort, now_ms);
+    SendOnePhase(t, i, t.phase == Phase::kFetching ? MsgType::kPrepare : MsgType::kAbort, now_ms);
   }
 
   void OnFenceReply(Txn& t, const std::string& participant, const absl::Status& status,
                     int64_t now_ms) {
     const int i = PartyIndex(t, participant);
-    if (i < 0 || t.parties[i].vote != Vote::kPending || t.fence_committed) return;
+    if (i < 0 || t.parties[i].vote != Vote::kPending || t.phase == Phase::kFetching) return;
     Party& p = t.parties[i];
     if (status.ok()) {
       // ABORTED is durable there: it kept nothing and never will commit.
       p.vote = Vote::kNo;
       p.resend_timer = 0;
-      t.fencing = false;
       return Abort(t, t.fence_reason, now_ms);
     }
     if (status.code() != absl::StatusCode::kFailedPrecondition) return;  // resend
     // It committed: the same one-phase Prepare is answered YES with the sequences.
-    Log(absl::StrCat("txn ", t.id, ": ", p.id, " committed it in one phase; asking for the sequences"));
-    t.fence_committed = true;
+    Log(absl::StrCat("txn ", t.id, ": ", p.id,
+                     " committed it in one phase; asking for the sequences"));
+    MoveTo(t, Phase::kFetching);
     p.backoff_ms = std::max<uint32_t>(1, config.resend_initial_ms);
     SendOnePhase(t, static_cast<size_t>(i), MsgType::kPrepare, now_ms);
   }
@@ -1346,22 +1423,19 @@ struct CoordinatorCore::Impl {
     Txn* t = Find(txn_id);
     // Late acks after the decision (COMMIT, or ABORT chosen by a round) must
     // not touch the outcome's resend timers.
-    if (t == nullptr || !t->precommit_durable ||
-        (t->phase != Phase::kPrecommitted && t->phase != Phase::kCommitting)) {
-      return;
-    }
+    if (t == nullptr || !PrecommitDurable(*t)) return;
     int i = PartyIndex(*t, participant);
     if (i < 0) return;
     Party& p = t->parties[i];
-    if (p.vote != Vote::kYes || p.precommit_acked || p.alarm) return;
+    if (p.vote != Vote::kYes || p.answer != Answer::kNone) return;
     if (status.code() == absl::StatusCode::kFailedPrecondition) {
       // It was settled otherwise (e.g. a termination round): resending cannot help.
-      p.alarm = true;
+      p.answer = Answer::kPrecommitRefused;
       p.resend_timer = 0;
       Log(absl::StrCat("txn ", t->id, ": ", p.id, " refused PreCommit: ", status.ToString()));
       size_t possible = 0;
       for (const Party& q : t->parties) {
-        possible += q.vote == Vote::kYes && (q.precommit_acked || !q.alarm) ? 1 : 0;
+        possible += q.vote == Vote::kYes && !Refused(q) ? 1 : 0;
       }
       // A majority of ballot-0 accepts cannot come: a round decides.
       if (t->phase == Phase::kPrecommitted && possible < PrecommitAcksNeeded(*t)) {
@@ -1370,33 +1444,34 @@ struct CoordinatorCore::Impl {
       return;
     }
     if (!status.ok()) return;  // the resend timer tries again
-    p.precommit_acked = true;
+    p.answer = Answer::kPrecommitAcked;
     p.resend_timer = 0;
     if (t->phase == Phase::kPrecommitted && PrecommitAcks(*t) >= PrecommitAcksNeeded(*t)) {
-      PersistCommit(*t);
+      PersistCommit(*t, CommitBy::kPrecommitMajority);
     }
   }
 
   void OnCommitReply(const std::string& txn_id, const std::string& participant,
                      const absl::StatusOr<v1::CommitResponse>& reply, int64_t now_ms) {
     Txn* t = Find(txn_id);
-    if (t == nullptr || t->phase != Phase::kCommitted || !t->commit_sent) return;
+    // Every participant owed the outcome after the decision was sent a Commit.
+    if (t == nullptr || !Committed(*t)) return;
     int i = PartyIndex(*t, participant);
-    if (i < 0 || t->parties[i].acked) return;
+    if (i < 0 || Acked(t->parties[i])) return;
     Party& p = t->parties[i];
     if (!reply.ok()) {
       if (reply.status().code() != absl::StatusCode::kFailedPrecondition) return;  // resend
       Log(absl::StrCat("ALARM txn ", t->id, ": ", p.id,
                        " refused Commit (it aborted): ", reply.status().ToString()));
-      p.alarm = true;
+      p.answer = Answer::kAckedOtherOutcome;
     } else {
       AdoptStagedOps(*t, static_cast<size_t>(i), reply->sequences_size());
       // Its sequences follow its ops in request order (the PrepareRequest's order).
       for (size_t k = 0; k < p.ops.size() && static_cast<int>(k) < reply->sequences_size(); ++k) {
         t->sequences[p.ops[k]] = reply->sequences(static_cast<int>(k));
       }
+      p.answer = Answer::kAcked;
     }
-    p.acked = true;
     p.resend_timer = 0;
     MaybeReplyCommitted(*t, now_ms);
     MaybeEnd(*t);
@@ -1406,20 +1481,19 @@ struct CoordinatorCore::Impl {
   void OnAbortReply(const std::string& txn_id, const std::string& participant,
                     const absl::Status& status, int64_t now_ms) {
     Txn* t = Find(txn_id);
-    if (t != nullptr && t->fencing && t->phase == Phase::kPreparing) {
-      return OnFenceReply(*t, participant, status, now_ms);
-    }
-    if (t == nullptr || t->phase != Phase::kAborted) return;
+    if (t != nullptr && Fencing(*t)) return OnFenceReply(*t, participant, status, now_ms);
+    if (t == nullptr || !Aborted(*t)) return;
     int i = PartyIndex(*t, participant);
-    if (i < 0 || t->parties[i].acked) return;
+    if (i < 0 || Acked(t->parties[i])) return;
     Party& p = t->parties[i];
     if (!status.ok()) {
       if (status.code() != absl::StatusCode::kFailedPrecondition) return;  // resend
       Log(absl::StrCat("ALARM txn ", t->id, ": ", p.id,
                        " refused Abort (it committed): ", status.ToString()));
-      p.alarm = true;
+      p.answer = Answer::kAckedOtherOutcome;
+    } else {
+      p.answer = Answer::kAcked;
     }
-    p.acked = true;
     p.resend_timer = 0;
     MaybeEnd(*t);
     MaybeFinish(*t);
@@ -1436,7 +1510,7 @@ struct CoordinatorCore::Impl {
       case TimerKind::kDeadline: {
         if (t->deadline_timer != timer_id) return;
         t->deadline_timer = 0;
-        if (t->phase == Phase::kPreparing) {
+        if (Collecting(*t)) {
           std::vector<std::string> missing;
           for (const Party& p : t->parties) {
             if (p.vote == Vote::kPending) missing.push_back(p.id);
@@ -1461,19 +1535,19 @@ struct CoordinatorCore::Impl {
         Party& p = t->parties[ref.party];
         if (p.resend_timer != timer_id) return;
         p.resend_timer = 0;
-        if (t->fencing && t->phase == Phase::kPreparing) return ResendOnePhase(*t, ref.party, now_ms);
+        if (Fencing(*t)) return ResendOnePhase(*t, ref.party, now_ms);
         MsgType type;
-        if (t->probing && t->phase == Phase::kPreparing) {
+        if (t->phase == Phase::kProbing) {
           if (p.vote != Vote::kPending) return;
           type = MsgType::kQuery;
-        } else if (t->phase == Phase::kPrecommitted || t->phase == Phase::kCommitting) {
-          if (p.precommit_acked || p.alarm || !t->precommit_durable) return;
+        } else if (PrecommitDurable(*t)) {
+          if (p.answer != Answer::kNone) return;
           type = MsgType::kPreCommit;
-        } else if (t->phase == Phase::kCommitted) {
-          if (p.acked) return;
+        } else if (Committed(*t)) {
+          if (Acked(p)) return;
           type = MsgType::kCommit;
-        } else if (t->phase == Phase::kAborted) {
-          if (p.acked) return;
+        } else if (Aborted(*t)) {
+          if (Acked(p)) return;
           type = MsgType::kAbort;
         } else {
           return;
@@ -1492,12 +1566,11 @@ struct CoordinatorCore::Impl {
         if (t->retry_timer != timer_id) return;
         t->retry_timer = 0;
         if (t->retry_kind == RecordKind::kCommit) {
-          ATOMQ_CHECK(t->phase == Phase::kCommitting && t->precommit_durable,
+          ATOMQ_CHECK(t->phase == Phase::kCommittingPrecommitted,
                       "commit record retried outside 3PC kCommitting");
           return Persist(*t, RecordKind::kCommit, v1::STATE_COMMITTED);
         }
-        ATOMQ_CHECK(t->phase == Phase::kAborted && !t->decision_durable,
-                    "abort record retried when not pending");
+        ATOMQ_CHECK(t->phase == Phase::kAborting, "abort record retried when not pending");
         return Persist(*t, RecordKind::kAbort, v1::STATE_ABORTED);
       }
     }
@@ -1541,11 +1614,13 @@ struct CoordinatorCore::Impl {
         // record if every vote is YES, an abort otherwise).
         Log(absl::StrCat("txn ", t->id, ": PREPARING record write failed, committing without it: ",
                          status.ToString()));
-        t->staged = false;
-        if (t->phase == Phase::kCommitting && t->decision_token == 0) PersistCommit(*t);
+        t->preparing_record = PreparingRecord::kNone;
+        if (t->phase == Phase::kCommitting && t->decision_token == 0) {
+          PersistCommit(*t, CommitBy::kVotes);
+        }
         return;
       }
-      t->staged_durable = true;
+      t->preparing_record = PreparingRecord::kDurable;
       if (t->phase == Phase::kCommitting && t->decision_token == 0) OnCommitDurable(*t, now_ms);
       return;
     }
@@ -1557,8 +1632,7 @@ struct CoordinatorCore::Impl {
         if (!status.ok()) {
           return Abort(*t, absl::StrCat("decision log write failed: ", status.ToString()), now_ms);
         }
-        t->phase = Phase::kPrecommitted;
-        t->precommit_durable = true;
+        MoveTo(*t, Phase::kPrecommitted);
         for (size_t i = 0; i < t->parties.size(); ++i) {
           if (t->parties[i].vote == Vote::kYes) SendRound(*t, i, MsgType::kPreCommit, now_ms);
         }
@@ -1567,23 +1641,23 @@ struct CoordinatorCore::Impl {
       case RecordKind::kCommit:
         if (!status.ok()) {
           // After PRECOMMITTED the outcome is commit: only the record is missing.
-          if (t->precommit_durable) return ScheduleRetry(*t, RecordKind::kCommit, status, now_ms);
+          if (PrecommitDurable(*t)) return ScheduleRetry(*t, RecordKind::kCommit, status, now_ms);
           return Abort(*t, absl::StrCat("decision log write failed: ", status.ToString()), now_ms);
         }
         t->retry_backoff_ms = 0;
         return OnCommitDurable(*t, now_ms);
       case RecordKind::kAbort:
-        ATOMQ_CHECK(t->phase == Phase::kAborted, "abort record durable out of phase");
+        ATOMQ_CHECK(t->phase == Phase::kAborting, "abort record durable out of phase");
         if (!status.ok()) {
           // The reply must wait: a retry with this id after a restart would
           // otherwise find nothing and could commit.
           return ScheduleRetry(*t, RecordKind::kAbort, status, now_ms);
         }
         t->retry_backoff_ms = 0;
-        t->decision_durable = true;
-        if (t->staged) {
+        MoveTo(*t, Phase::kAborted);
+        if (t->preparing_record != PreparingRecord::kNone) {
           for (size_t i = 0; i < t->parties.size(); ++i) {
-            if (!t->parties[i].acked) SendRound(*t, i, MsgType::kAbort, now_ms);
+            if (!Acked(t->parties[i])) SendRound(*t, i, MsgType::kAbort, now_ms);
           }
         }
         ReplyAll(*t);
@@ -1600,7 +1674,7 @@ struct CoordinatorCore::Impl {
   void OnQueryReply(const std::string& txn_id, const std::string& participant,
                     const absl::StatusOr<v1::QueryStateResponse>& reply, int64_t now_ms) {
     Txn* t = Find(txn_id);
-    if (t == nullptr || !t->probing || t->phase != Phase::kPreparing) return;
+    if (t == nullptr || t->phase != Phase::kProbing) return;
     int i = PartyIndex(*t, participant);
     if (i < 0 || t->parties[i].vote != Vote::kPending) return;
     if (!reply.ok()) return;  // asked again when the resend timer fires
@@ -1617,7 +1691,6 @@ struct CoordinatorCore::Impl {
         // It never prepared (and now never will), or it aborted.
         p.vote = Vote::kNo;
         p.resend_timer = 0;
-        t->probing = false;
         return Abort(*t,
                      absl::StrCat("recovered from a PREPARING record: ", p.id,
                                   " does not hold the transaction prepared"),
@@ -1626,7 +1699,6 @@ struct CoordinatorCore::Impl {
         return;  // not settled there yet: asked again
     }
     if (CountVotes(*t, Vote::kPending) == 0) {
-      t->probing = false;
       Log(absl::StrCat("txn ", t->id, ": every participant holds it prepared"));
       DecideCommit(*t, now_ms);
     }
@@ -1639,29 +1711,13 @@ struct CoordinatorCore::Impl {
       return;
     }
     if (Txn* t = Find(txn_id)) {
-      v1::TxnState s = v1::PREPARING;
-      switch (t->phase) {
-        case Phase::kPreparing:
-        case Phase::kPrecommitting:
-          s = v1::PREPARING;
-          break;
-        case Phase::kPrecommitted:
-          s = v1::PRECOMMITTED;
-          break;
-        case Phase::kCommitting:
-          s = t->precommit_durable ? v1::PRECOMMITTED : v1::PREPARING;
-          break;
-        case Phase::kCommitted:
-          s = v1::STATE_COMMITTED;
-          break;
-        case Phase::kAborted:
-          if (!t->decision_durable) {
-            t->state_waiters.push_back(request);
-            return;
-          }
-          s = v1::STATE_ABORTED;
-          break;
+      if (t->phase == Phase::kAborting) {
+        t->state_waiters.push_back(request);
+        return;
       }
+      // An ENDED transaction answers its outcome.
+      v1::TxnState s = TxnStateOf(*t);
+      if (s == v1::ENDED) s = Committed(*t) ? v1::STATE_COMMITTED : v1::STATE_ABORTED;
       out.state_replies.push_back(StateReply{request, s});
       return;
     }
@@ -1726,8 +1782,8 @@ struct CoordinatorCore::Impl {
     std::set<std::string> seen;
     for (const v1::TxnParticipant& p : parts) {
       if (config.participants.find(p.participant()) == config.participants.end()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "participant \"", p.participant(), "\" is not known to this coordinator"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("participant \"", p.participant(), "\" is not known to this coordinator"));
       }
       if (!seen.insert(p.participant()).second) {
         return absl::InvalidArgumentError(
@@ -1829,10 +1885,10 @@ struct CoordinatorCore::Impl {
     // No participant is known: each drops its staged work at the same expiry.
     Txn& t = Enlist(id, o.protocol, Parts(), true, now_ms);
     t.presumed = true;
-    Abort(t,
-          absl::StrCat("transaction expired: not committed within its ", o.timeout_ms,
-                       " ms timeout"),
-          now_ms);
+    Abort(
+        t,
+        absl::StrCat("transaction expired: not committed within its ", o.timeout_ms, " ms timeout"),
+        now_ms);
     return true;
   }
 
@@ -1882,6 +1938,7 @@ struct CoordinatorCore::Impl {
       m.prepare.set_staged_ops(parts.Get(static_cast<int>(i)).staged_ops());
       out.send.push_back(std::move(m));
     }
+    MoveTo(x, Phase::kPreparing);
     x.deadline_timer = SetTimer(x, TimerKind::kDeadline, 0, x.deadline_ms);
   }
 
@@ -1951,7 +2008,7 @@ struct CoordinatorCore::Impl {
                               " was run by Execute; Commit is for transactions begun by Begin")),
                           id);
       }
-      if (t->phase == Phase::kAborted) {
+      if (Aborted(*t)) {
         TellToDrop(*t, req.participants());
       } else if (t->digest != PartsDigest(req.participants())) {
         return ReplyError(request,
@@ -2002,9 +2059,10 @@ struct CoordinatorCore::Impl {
     }
     auto refuse = [&] {
       ReplyError(request,
-                 absl::FailedPreconditionError(absl::StrCat(
-                     "transaction ", id, " committed (or its commit is decided); it cannot be "
-                     "rolled back")),
+                 absl::FailedPreconditionError(
+                     absl::StrCat("transaction ", id,
+                                  " committed (or its commit is decided); it cannot be "
+                                  "rolled back")),
                  id);
     };
     if (Txn* t = Find(id)) {
@@ -2015,10 +2073,11 @@ struct CoordinatorCore::Impl {
                               " was run by Execute; Rollback is for transactions begun by Begin")),
                           id);
       }
-      if (t->phase == Phase::kPreparing) {
+      if (Collecting(*t)) {
         Abort(*t, "rolled back by the client while its commit was preparing", now_ms);
       }
-      if (t->phase != Phase::kAborted) return refuse();
+      if (!Aborted(*t)) return refuse();
+
       TellToDrop(*t, req.participants());
       return Attach(*t, request, 0);
     }
