@@ -1046,9 +1046,9 @@ TEST_F(CoordinatorCoreTest, ThreePcCommitWriteFailureRetriesInsteadOfAborting) {
 // 0); when a majority of acks cannot come, the coordinator runs a round, and
 // a round that finds nothing accepted chose ABORT: the client is told so.
 TEST_F(CoordinatorCoreTest, ThreePcRefusedPreCommitRunsARoundThatCanAbort) {
-  core().Execute(1, Req("t1", {Enq("p1", "q", "a"), Enq("p2", "q", "b"), Enq("p3", "q", "c")},
-                        v1::THREE_PC),
-                 now);
+  core().Execute(
+      1, Req("t1", {Enq("p1", "q", "a"), Enq("p2", "q", "b"), Enq("p3", "q", "c")}, v1::THREE_PC),
+      now);
   Take();
   for (const char* p : {"p1", "p2", "p3"}) core().OnPrepareReply("t1", p, Vote(v1::YES), now);
   Durable(Take().persist.at(0));
@@ -1650,7 +1650,8 @@ class Sim {
       case Kind::kPreCommit: {
         // Ballot 0's accept of COMMIT, refused after a higher promise.
         auto& acc = accepted_[e.participant][e.txn];
-        if (promised_[e.participant][e.txn] > 0 && !(acc.first == 0 && acc.second == v1::STATE_COMMITTED)) {
+        if (promised_[e.participant][e.txn] > 0 &&
+            !(acc.first == 0 && acc.second == v1::STATE_COMMITTED)) {
           core_->OnPreCommitReply(e.txn, e.participant, absl::FailedPreconditionError("promised"),
                                   now_);
           return;
@@ -1712,7 +1713,8 @@ class Sim {
         ASSERT_NE(st, kCommitted) << "agreement: " << e.txn << " " << e.participant;
         // After PreCommit only when a termination round chose ABORT.
         if (st == kPrecommitted) {
-          ASSERT_NE(accepted_[e.participant][e.txn].first, 0u) << "abort after precommit: " << e.txn;
+          ASSERT_NE(accepted_[e.participant][e.txn].first, 0u)
+              << "abort after precommit: " << e.txn;
         }
         st = kAborted;
         core_->OnAbortReply(e.txn, e.participant, absl::OkStatus(), now_);
@@ -1763,7 +1765,6 @@ TEST(CoordinatorCoreSimTest, SeededRunsKeepTheInvariants) {
   }
   EXPECT_GT(forgets, 300u);  // END notices went out, each checked in Collect
 }
-
 
 // ---------------------------------------------------------------- interactive transactions
 
@@ -1879,8 +1880,9 @@ TEST_F(CoordinatorCoreTest, InteractiveNoVoteAbortsWithTheParticipantsReason) {
   core().Commit(1, CommitReq("i-no", {{"p1", 1}, {"p2", 1}}), now);
   Take();
   core().OnPrepareReply("i-no", "p1",
-                        Vote(v1::NO, "nothing staged for txn i-no on p1 (expired or lost in a "
-                                     "restart)"),
+                        Vote(v1::NO,
+                             "nothing staged for txn i-no on p1 (expired or lost in a "
+                             "restart)"),
                         now);
   Output o = Take();
   EXPECT_EQ(Targets(o, MsgType::kAbort), (Strs{"p2"}));
@@ -2005,8 +2007,7 @@ TEST_F(CoordinatorCoreTest, InteractiveBadInputAndLimits) {
   ASSERT_TRUE(again.ok()) << "a repeated Begin of an open id answers as the first";
   EXPECT_EQ(again->expires_unix_ms(), now + 5000);
   ASSERT_TRUE(core().Begin(BeginReq("b"), now).ok());
-  EXPECT_EQ(core().Begin(BeginReq("c"), now).status().code(),
-            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(core().Begin(BeginReq("c"), now).status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(core().Begin(BeginReq("bad id!"), now).status().code(),
             absl::StatusCode::kInvalidArgument);
   core().Execute(1, Req("a", {Enq("p1", "q", "x")}), now);
@@ -2148,8 +2149,7 @@ TEST_F(CoordinatorCoreTest, OnePhaseNoVoteAbortsWithoutAnAbortMessage) {
   o = Take();
   ASSERT_EQ(o.replies.size(), 1u);
   EXPECT_EQ(o.replies[0].response.outcome(), v1::ABORTED);
-  EXPECT_EQ(o.replies[0].response.reason(),
-            "p1 voted NO: queue \"missing\" does not exist on p1");
+  EXPECT_EQ(o.replies[0].response.reason(), "p1 voted NO: queue \"missing\" does not exist on p1");
 }
 
 TEST_F(CoordinatorCoreTest, OnePhaseRestartBeforeEndedThenRetryGetsTheSameSequences) {
@@ -2239,8 +2239,8 @@ TEST_F(CoordinatorCoreTest, OnePhaseDeadlineAbortRefusedAsCommittedFetchesTheSeq
   EXPECT_EQ(Targets(o, MsgType::kAbort), (Strs{"p1"}));
   // It committed in one phase: the Abort is refused, and the same Prepare
   // (answered from its outcome) brings the sequences.
-  core().OnAbortReply("t1", "p1", absl::FailedPreconditionError("transaction t1 was committed here"),
-                      now);
+  core().OnAbortReply("t1", "p1",
+                      absl::FailedPreconditionError("transaction t1 was committed here"), now);
   o = Take();
   ASSERT_EQ(o.send.size(), 1u);
   EXPECT_EQ(o.send[0].type, MsgType::kPrepare);
@@ -2343,7 +2343,8 @@ TEST_F(CoordinatorCoreTest, ParallelCommitWritesAForcedPreparingRecordBesideTheP
   EXPECT_TRUE(rec.reason().empty());
 }
 
-TEST_F(CoordinatorCoreTest, ParallelCommitVotesFirstThenDurableRecordCommitsWithoutACommittedRecord) {
+TEST_F(CoordinatorCoreTest,
+       ParallelCommitVotesFirstThenDurableRecordCommitsWithoutACommittedRecord) {
   config.parallel_commit = true;
   v1::ExecuteRequest req = ThreeWay("t1");
   core().Execute(1, req, now);
@@ -2408,7 +2409,7 @@ TEST_F(CoordinatorCoreTest, ParallelCommitDurableRecordFirstThenLastYesCommitsAt
   core().OnPrepareReply("t1", "p2", Vote(v1::YES), now);
   o = Take();
   EXPECT_EQ(Targets(o, MsgType::kCommit), (Strs{"p1", "p2"}));
-  EXPECT_TRUE(o.persist.empty());  // no COMMITTED record on the way
+  EXPECT_TRUE(o.persist.empty());   // no COMMITTED record on the way
   ASSERT_EQ(o.replies.size(), 1u);  // reply_at_decision
   EXPECT_EQ(o.replies[0].response.outcome(), v1::COMMITTED);
 
