@@ -6,7 +6,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
-#include "common/validate.h"
 #include "coordinator/core/core_impl.h"
 
 namespace atomq::coordinator {
@@ -128,30 +127,12 @@ size_t CoordinatorCore::open_transactions() const { return impl_->open.size(); }
 
 absl::StatusOr<v1::TransactionInfo> CoordinatorCore::GetTransaction(
     const std::string& txn_id) const {
-  absl::Status s = ValidateTxnId(txn_id);
-  if (!s.ok()) return s;
-  auto it = impl_->txns.find(txn_id);
-  if (it != impl_->txns.end()) return impl_->InfoOf(it->second, true);
-  if (impl_->view != nullptr) {
-    if (std::optional<v1::CoordinatorTxnRecord> r = impl_->view->FindTxn(txn_id)) {
-      return Impl::InfoOfRecord(*r);
-    }
-  }
-  return absl::NotFoundError(absl::StrCat("transaction ", txn_id, " is not known"));
+  return impl_->GetTransaction(txn_id);
 }
 
 std::vector<v1::TransactionInfo> CoordinatorCore::ListTransactions(
     const std::vector<v1::TxnState>& states, size_t limit) const {
-  if (limit == 0) limit = 1000;
-  std::vector<v1::TransactionInfo> result;
-  for (const auto& [id, t] : impl_->txns) {
-    if (result.size() >= limit) break;
-    v1::TxnState s = Impl::TxnStateOf(t);
-    bool wanted = states.empty() ? s != v1::ENDED
-                                 : std::find(states.begin(), states.end(), s) != states.end();
-    if (wanted) result.push_back(impl_->InfoOf(t, false));
-  }
-  return result;
+  return impl_->ListTransactions(states, limit);
 }
 
 size_t CoordinatorCore::in_flight() const { return impl_->in_flight; }

@@ -58,6 +58,8 @@ struct CoordinatorCore::Impl {
   void MaybeEnd(Txn& t);
   void ScheduleRetry(Txn& t, RecordKind kind, const absl::Status& status, int64_t now_ms);
   void OnPersisted(uint64_t token, const absl::Status& status, int64_t now_ms);
+  void OnEndDurable(Txn& t, const absl::Status& status);
+  void OnPersistRetry(Txn& t);
 
   // ---- fan-out: messages to participants, resends, timers, END notices (fan_out.cc) ----
   uint64_t SetTimer(const Txn& t, TimerKind kind, size_t party, int64_t at_ms);
@@ -68,6 +70,8 @@ struct CoordinatorCore::Impl {
   void Forget(const std::string& id, const std::string& participant, const std::string& address);
   void ReleaseForgets();
   void OnTimer(uint64_t timer_id, int64_t now_ms);
+  void Resend(Txn& t, size_t i, int64_t now_ms);
+  void BackOff(Party& p) const;
 
   // ---- client replies (client_replies.cc) ----
   v1::ExecuteResponse Response(const Txn& t, int op_count) const;
@@ -83,6 +87,9 @@ struct CoordinatorCore::Impl {
   absl::Status Validate(const v1::ExecuteRequest& req) const;
   std::string MintId();
   void Execute(RequestId request, const v1::ExecuteRequest& req, int64_t now_ms);
+  bool AnswerKnownId(RequestId request, const v1::ExecuteRequest& req, uint64_t digest);
+  Txn NewTxn(const v1::ExecuteRequest& req, uint64_t digest, int64_t now_ms);
+  void SendPrepares(Txn& t);
   OutMessage PrepareTo(const Txn& x, size_t i) const;
 
   // ---- 2PC: votes, the commit/abort decision, the outcome round, QueryState (two_phase.cc) ----
@@ -96,11 +103,15 @@ struct CoordinatorCore::Impl {
                      const absl::StatusOr<v1::CommitResponse>& reply, int64_t now_ms);
   void OnAbortReply(const std::string& txn_id, const std::string& participant,
                     const absl::Status& status, int64_t now_ms);
+  void OnDeadline(Txn& t, int64_t now_ms);
+  void OnCommitRecordDurable(Txn& t, const absl::Status& status, int64_t now_ms);
+  void OnAbortRecordDurable(Txn& t, const absl::Status& status, int64_t now_ms);
   void QueryState(RequestId request, const std::string& txn_id, int64_t now_ms);
 
   // ---- 3PC: the PreCommit round (three_phase.cc) ----
   void OnPreCommitReply(const std::string& txn_id, const std::string& participant,
                         const absl::Status& status, int64_t now_ms);
+  void OnPrecommitDurable(Txn& t, const absl::Status& status, int64_t now_ms);
 
   // ---- 3PC termination: the coordinator as a proposer (termination.cc) ----
   static bool Decided(v1::TxnState s);
@@ -116,6 +127,8 @@ struct CoordinatorCore::Impl {
                       const absl::StatusOr<v1::PromiseResponse>& reply, int64_t now_ms);
   void OnAcceptReply(const std::string& txn_id, const std::string& participant, uint64_t ballot,
                      const absl::StatusOr<v1::AcceptResponse>& reply, int64_t now_ms);
+  void OnTerminationTimer(Txn& t, int64_t now_ms);
+  void OnBallotDurable(Txn& t, uint64_t token, const absl::Status& status, int64_t now_ms);
 
   // ---- one-phase commit (one_phase.cc) ----
   bool OnePhaseFor(const Txn& t) const;
@@ -133,6 +146,9 @@ struct CoordinatorCore::Impl {
   // ---- parallel commit: the PREPARING record and its recovery (parallel_commit.cc) ----
   void OnQueryReply(const std::string& txn_id, const std::string& participant,
                     const absl::StatusOr<v1::QueryStateResponse>& reply, int64_t now_ms);
+  void OnPreparingRecordDurable(Txn& t, const absl::Status& status, int64_t now_ms);
+  void RecoverPreparing(Txn& t, int64_t now_ms);
+  void MaybeWritePreparingRecord(Txn& t);
 
   // ---- interactive transactions: Begin / Commit / Rollback (interactive.cc) ----
   static uint64_t PartsDigest(const Parts& parts);
@@ -148,12 +164,23 @@ struct CoordinatorCore::Impl {
   void AdoptStagedOps(Txn& t, size_t party, int count);
   void ReplyInteractiveFromRecord(RequestId request, const v1::CoordinatorTxnRecord& r);
   void CommitInteractive(RequestId request, const v1::CommitTxnRequest& req, int64_t now_ms);
+  Txn& EnlistFor(RequestId request, const std::string& id, v1::Protocol protocol,
+                 const Parts& parts, bool counted, int64_t now_ms);
+  void CommitOpen(RequestId request, const v1::CommitTxnRequest& req, const OpenTxn& o,
+                  int64_t now_ms);
+  void CommitAgain(RequestId request, const v1::CommitTxnRequest& req, Txn& t);
+  void CommitFromRecord(RequestId request, const v1::CommitTxnRequest& req,
+                        const v1::CoordinatorTxnRecord& r);
   void RollbackInteractive(RequestId request, const v1::RollbackTxnRequest& req, int64_t now_ms);
   bool AnswerOpen(RequestId request, const std::string& txn_id);
 
   // ---- recovery (recovery.cc) ----
   void Recover(const std::vector<v1::CoordinatorTxnRecord>& records, int64_t now_ms);
   void RecoverOne(const v1::CoordinatorTxnRecord& r, int64_t now_ms, std::map<int, int>* counts);
+  Txn TxnFromRecord(const v1::CoordinatorTxnRecord& r);
+  void RecoverPrecommitted(Txn& t, uint64_t ballot, int64_t now_ms);
+  void RecoverCommitted(Txn& t, int64_t now_ms);
+  void RecoverAborted(Txn& t, int64_t now_ms);
 
   // ---- transaction info, listing and the finished cache (listing.cc) ----
   void MaybeFinish(Txn& t);
@@ -162,6 +189,9 @@ struct CoordinatorCore::Impl {
   static v1::TxnState PartyStateOf(const Txn& t, const Party& p);
   v1::TransactionInfo InfoOf(const Txn& t, bool with_ops) const;
   static v1::TransactionInfo InfoOfRecord(const v1::CoordinatorTxnRecord& r);
+  absl::StatusOr<v1::TransactionInfo> GetTransaction(const std::string& txn_id) const;
+  std::vector<v1::TransactionInfo> ListTransactions(const std::vector<v1::TxnState>& states,
+                                                    size_t limit) const;
 };
 
 }  // namespace atomq::coordinator

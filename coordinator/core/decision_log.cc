@@ -85,88 +85,53 @@ void CoordinatorCore::Impl::OnPersisted(uint64_t token, const absl::Status& stat
     if (ref.kind == RecordKind::kEnd && status.ok()) SendForget(ref.txn_id);
     return;
   }
-  if (ref.kind == RecordKind::kBallot) {
-    if (t->ballot_token == token) t->ballot_token = 0;
-    if (t->after_ballot) {
-      const auto [kind, state] = *t->after_ballot;
-      t->after_ballot.reset();
-      return Persist(*t, kind, state);
-    }
-    // A failed write: the termination timer tries again.
-    if (status.ok() && t->phase == Phase::kPrecommitted) BeginTermination(*t, now_ms);
-    return;
-  }
-  if (ref.kind == RecordKind::kEnd) {
-    if (!status.ok()) {
-      Log(absl::StrCat("txn ", t->id,
-                       ": ENDED record write failed (recovery will resend "
-                       "the outcome): ",
-                       status.ToString()));
-      return;
-    }
-    return SendForget(*t);
-  }
-  if (ref.kind == RecordKind::kStage) {
-    if (!status.ok()) {
-      // Nothing on disk says commit: go on as plain 2PC (a COMMITTED
-      // record if every vote is YES, an abort otherwise).
-      Log(absl::StrCat("txn ", t->id, ": PREPARING record write failed, committing without it: ",
-                       status.ToString()));
-      t->preparing_record = PreparingRecord::kNone;
-      if (t->phase == Phase::kCommitting && t->decision_token == 0) {
-        PersistCommit(*t, CommitBy::kVotes);
-      }
-      return;
-    }
-    t->preparing_record = PreparingRecord::kDurable;
-    if (t->phase == Phase::kCommitting && t->decision_token == 0) OnCommitDurable(*t, now_ms);
-    return;
+  switch (ref.kind) {
+    case RecordKind::kBallot:
+      return OnBallotDurable(*t, token, status, now_ms);
+    case RecordKind::kEnd:
+      return OnEndDurable(*t, status);
+    case RecordKind::kStage:
+      return OnPreparingRecordDurable(*t, status, now_ms);
+    case RecordKind::kPrecommit:
+    case RecordKind::kCommit:
+    case RecordKind::kAbort:
+      break;
   }
   if (t->decision_token != token) return;  // superseded
   t->decision_token = 0;
   switch (ref.kind) {
     case RecordKind::kPrecommit:
-      ATOMQ_CHECK(t->phase == Phase::kPrecommitting, "PRECOMMITTED durable out of phase");
-      if (!status.ok()) {
-        return Abort(*t, absl::StrCat("decision log write failed: ", status.ToString()), now_ms);
-      }
-      MoveTo(*t, Phase::kPrecommitted);
-      for (size_t i = 0; i < t->parties.size(); ++i) {
-        if (t->parties[i].vote == Vote::kYes) SendRound(*t, i, MsgType::kPreCommit, now_ms);
-      }
-      ArmTermination(*t, now_ms);
-      return;
+      return OnPrecommitDurable(*t, status, now_ms);
     case RecordKind::kCommit:
-      if (!status.ok()) {
-        // After PRECOMMITTED the outcome is commit: only the record is missing.
-        if (PrecommitDurable(*t)) return ScheduleRetry(*t, RecordKind::kCommit, status, now_ms);
-        return Abort(*t, absl::StrCat("decision log write failed: ", status.ToString()), now_ms);
-      }
-      t->retry_backoff_ms = 0;
-      return OnCommitDurable(*t, now_ms);
+      return OnCommitRecordDurable(*t, status, now_ms);
     case RecordKind::kAbort:
-      ATOMQ_CHECK(t->phase == Phase::kAborting, "abort record durable out of phase");
-      if (!status.ok()) {
-        // The reply must wait: a retry with this id after a restart would
-        // otherwise find nothing and could commit.
-        return ScheduleRetry(*t, RecordKind::kAbort, status, now_ms);
-      }
-      t->retry_backoff_ms = 0;
-      MoveTo(*t, Phase::kAborted);
-      if (t->preparing_record != PreparingRecord::kNone) {
-        for (size_t i = 0; i < t->parties.size(); ++i) {
-          if (!Acked(t->parties[i])) SendRound(*t, i, MsgType::kAbort, now_ms);
-        }
-      }
-      ReplyAll(*t);
-      ReplyStates(*t);
-      MaybeEnd(*t);
-      return MaybeFinish(*t);
+      return OnAbortRecordDurable(*t, status, now_ms);
     case RecordKind::kEnd:
     case RecordKind::kBallot:
     case RecordKind::kStage:
       return;
   }
+}
+
+void CoordinatorCore::Impl::OnEndDurable(Txn& t, const absl::Status& status) {
+  if (!status.ok()) {
+    Log(absl::StrCat("txn ", t.id,
+                     ": ENDED record write failed (recovery will resend "
+                     "the outcome): ",
+                     status.ToString()));
+    return;
+  }
+  SendForget(t);
+}
+
+void CoordinatorCore::Impl::OnPersistRetry(Txn& t) {
+  if (t.retry_kind == RecordKind::kCommit) {
+    ATOMQ_CHECK(t.phase == Phase::kCommittingPrecommitted,
+                "commit record retried outside 3PC kCommitting");
+    return Persist(t, RecordKind::kCommit, v1::STATE_COMMITTED);
+  }
+  ATOMQ_CHECK(t.phase == Phase::kAborting, "abort record retried when not pending");
+  Persist(t, RecordKind::kAbort, v1::STATE_ABORTED);
 }
 
 }  // namespace atomq::coordinator

@@ -91,36 +91,8 @@ void CoordinatorCore::Impl::Execute(RequestId request, const v1::ExecuteRequest&
                                     int64_t now_ms) {
   absl::Status s = Validate(req);
   if (!s.ok()) return ReplyError(request, s, req.txn_id());
-  uint64_t digest = OpsDigest(req.ops());
-  if (!req.txn_id().empty()) {
-    const std::string& id = req.txn_id();
-    if (open.count(id) > 0) {
-      return ReplyError(request,
-                        absl::AlreadyExistsError(absl::StrCat(
-                            "transaction id \"", id, "\" is open (begun by Begin); use Commit")),
-                        id);
-    }
-    if (Txn* t = Find(id)) {
-      if (!t->presumed && t->digest != digest) {
-        return ReplyError(request,
-                          absl::AlreadyExistsError(absl::StrCat(
-                              "transaction id \"", id, "\" was already used with different ops")),
-                          id);
-      }
-      return Attach(*t, request, req.ops_size());
-    }
-    if (view != nullptr) {
-      if (std::optional<v1::CoordinatorTxnRecord> r = view->FindTxn(id)) {
-        if (r->participants_size() > 0 && r->ops_digest() != digest) {
-          return ReplyError(request,
-                            absl::AlreadyExistsError(absl::StrCat(
-                                "transaction id \"", id, "\" was already used with different ops")),
-                            id);
-        }
-        return ReplyFromRecord(request, *r, req.ops_size());
-      }
-    }
-  }
+  const uint64_t digest = OpsDigest(req.ops());
+  if (!req.txn_id().empty() && AnswerKnownId(request, req, digest)) return;
   if (in_flight >= config.txns_in_flight_max) {
     return ReplyError(request,
                       absl::ResourceExhaustedError(absl::StrCat(
@@ -128,7 +100,51 @@ void CoordinatorCore::Impl::Execute(RequestId request, const v1::ExecuteRequest&
                           " allowed (--txns_in_flight_max)")),
                       req.txn_id());
   }
+  Txn t = NewTxn(req, digest, now_ms);
+  t.waiters.push_back(Waiter{request, req.ops_size()});
+  t.in_flight = true;
+  ++in_flight;
+  auto [it, inserted] = txns.emplace(t.id, std::move(t));
+  ATOMQ_CHECK(inserted, "a new transaction id is not in memory");
+  SendPrepares(it->second);
+}
 
+// A retry (or a reuse) of an id this coordinator knows: answered from
+// memory or from its record. Returns false for an id it does not know.
+bool CoordinatorCore::Impl::AnswerKnownId(RequestId request, const v1::ExecuteRequest& req,
+                                          uint64_t digest) {
+  const std::string& id = req.txn_id();
+  const absl::Status reused = absl::AlreadyExistsError(
+      absl::StrCat("transaction id \"", id, "\" was already used with different ops"));
+  if (open.count(id) > 0) {
+    ReplyError(request,
+               absl::AlreadyExistsError(absl::StrCat("transaction id \"", id,
+                                                     "\" is open (begun by Begin); use Commit")),
+               id);
+    return true;
+  }
+  if (Txn* t = Find(id)) {
+    if (!t->presumed && t->digest != digest) {
+      ReplyError(request, reused, id);
+    } else {
+      Attach(*t, request, req.ops_size());
+    }
+    return true;
+  }
+  if (view == nullptr) return false;
+  std::optional<v1::CoordinatorTxnRecord> r = view->FindTxn(id);
+  if (!r) return false;
+  if (r->participants_size() > 0 && r->ops_digest() != digest) {
+    ReplyError(request, reused, id);
+  } else {
+    ReplyFromRecord(request, *r, req.ops_size());
+  }
+  return true;
+}
+
+// The transaction a valid request describes, one party per participant
+// named, in phase kNew.
+Txn CoordinatorCore::Impl::NewTxn(const v1::ExecuteRequest& req, uint64_t digest, int64_t now_ms) {
   Txn t;
   t.id = req.txn_id().empty() ? MintId() : req.txn_id();
   t.protocol =
@@ -157,25 +173,20 @@ void CoordinatorCore::Impl::Execute(RequestId request, const v1::ExecuteRequest&
   ATOMQ_CHECK(!t.parties.empty() && t.op_party.size() == static_cast<size_t>(req.ops_size()),
               "every op maps to a participant");
   t.one_phase = OnePhaseFor(t);
-  t.waiters.push_back(Waiter{request, req.ops_size()});
-  t.in_flight = true;
-  ++in_flight;
+  return t;
+}
 
-  auto [it, inserted] = txns.emplace(t.id, std::move(t));
-  ATOMQ_CHECK(inserted, "a new transaction id is not in memory");
-  Txn& x = it->second;
-  MoveTo(x, Phase::kPreparing);
-  for (size_t i = 0; i < x.parties.size(); ++i) {
-    OutMessage m = PrepareTo(x, i);
-    for (int op : x.parties[i].ops) *m.prepare.add_ops() = x.ops.Get(op);
-    if (x.one_phase) m.prepare = OnePhasePrepare(x, i);
+// Each party's Prepare with its ops, and the votes' deadline.
+void CoordinatorCore::Impl::SendPrepares(Txn& t) {
+  MoveTo(t, Phase::kPreparing);
+  for (size_t i = 0; i < t.parties.size(); ++i) {
+    OutMessage m = PrepareTo(t, i);
+    for (int op : t.parties[i].ops) *m.prepare.add_ops() = t.ops.Get(op);
+    if (t.one_phase) m.prepare = OnePhasePrepare(t, i);
     out.send.push_back(std::move(m));
   }
-  if (config.parallel_commit && !x.one_phase && x.protocol == v1::TWO_PC && x.parties.size() >= 2) {
-    x.preparing_record = PreparingRecord::kInFlight;
-    Persist(x, RecordKind::kStage, v1::PREPARING);
-  }
-  x.deadline_timer = SetTimer(x, TimerKind::kDeadline, 0, x.deadline_ms);
+  MaybeWritePreparingRecord(t);
+  t.deadline_timer = SetTimer(t, TimerKind::kDeadline, 0, t.deadline_ms);
 }
 
 // A Prepare to party i without its work (ops or staged count): who the

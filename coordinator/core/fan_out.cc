@@ -110,74 +110,53 @@ void CoordinatorCore::Impl::OnTimer(uint64_t timer_id, int64_t now_ms) {
   timers.erase(tit);
   Txn* t = Find(ref.txn_id);
   if (t == nullptr) return;
+  // Each timer counts only while the transaction still holds its id.
   switch (ref.kind) {
-    case TimerKind::kDeadline: {
+    case TimerKind::kDeadline:
       if (t->deadline_timer != timer_id) return;
       t->deadline_timer = 0;
-      if (Collecting(*t)) {
-        std::vector<std::string> missing;
-        for (const Party& p : t->parties) {
-          if (p.vote == Vote::kPending) missing.push_back(p.id);
-        }
-        ATOMQ_CHECK(!missing.empty(), "still preparing with every vote in");
-        if (t->one_phase) {
-          return FenceOnePhase(*t,
-                               absl::StrCat("one-phase prepare timed out after ", t->timeout_ms,
-                                            " ms waiting for ", absl::StrJoin(missing, ", ")),
-                               now_ms);
-        }
-        return Abort(*t,
-                     absl::StrCat("prepare timed out after ", t->timeout_ms, " ms waiting for ",
-                                  absl::StrJoin(missing, ", ")),
-                     now_ms);
-      }
-      MaybeReplyCommitted(*t, now_ms);
-      return MaybeFinish(*t);
-    }
-    case TimerKind::kResend: {
-      if (ref.party >= t->parties.size()) return;
-      Party& p = t->parties[ref.party];
-      if (p.resend_timer != timer_id) return;
-      p.resend_timer = 0;
-      if (Fencing(*t)) return ResendOnePhase(*t, ref.party, now_ms);
-      MsgType type;
-      if (t->phase == Phase::kProbing) {
-        if (p.vote != Vote::kPending) return;
-        type = MsgType::kQuery;
-      } else if (PrecommitDurable(*t)) {
-        if (p.answer != Answer::kNone) return;
-        type = MsgType::kPreCommit;
-      } else if (Committed(*t)) {
-        if (Acked(p)) return;
-        type = MsgType::kCommit;
-      } else if (Aborted(*t)) {
-        if (Acked(p)) return;
-        type = MsgType::kAbort;
-      } else {
-        return;
-      }
-      p.backoff_ms = std::min(std::max<uint32_t>(1, p.backoff_ms) * 2, config.resend_max_ms);
-      return SendToParty(*t, ref.party, type, now_ms);
-    }
-    case TimerKind::kTerminate: {
+      return OnDeadline(*t, now_ms);
+    case TimerKind::kResend:
+      if (ref.party >= t->parties.size() || t->parties[ref.party].resend_timer != timer_id) return;
+      t->parties[ref.party].resend_timer = 0;
+      return Resend(*t, ref.party, now_ms);
+    case TimerKind::kTerminate:
       if (t->term_timer != timer_id) return;
       t->term_timer = 0;
-      if (t->phase != Phase::kPrecommitted) return;
-      StartTermination(*t, now_ms);
-      return ArmTermination(*t, now_ms);
-    }
-    case TimerKind::kPersistRetry: {
+      return OnTerminationTimer(*t, now_ms);
+    case TimerKind::kPersistRetry:
       if (t->retry_timer != timer_id) return;
       t->retry_timer = 0;
-      if (t->retry_kind == RecordKind::kCommit) {
-        ATOMQ_CHECK(t->phase == Phase::kCommittingPrecommitted,
-                    "commit record retried outside 3PC kCommitting");
-        return Persist(*t, RecordKind::kCommit, v1::STATE_COMMITTED);
-      }
-      ATOMQ_CHECK(t->phase == Phase::kAborting, "abort record retried when not pending");
-      return Persist(*t, RecordKind::kAbort, v1::STATE_ABORTED);
-    }
+      return OnPersistRetry(*t);
   }
+}
+
+// The message the phase owes party i, sent again with a longer backoff.
+void CoordinatorCore::Impl::Resend(Txn& t, size_t i, int64_t now_ms) {
+  if (Fencing(t)) return ResendOnePhase(t, i, now_ms);
+  Party& p = t.parties[i];
+  MsgType type;
+  if (t.phase == Phase::kProbing) {
+    if (p.vote != Vote::kPending) return;
+    type = MsgType::kQuery;
+  } else if (PrecommitDurable(t)) {
+    if (p.answer != Answer::kNone) return;
+    type = MsgType::kPreCommit;
+  } else if (Committed(t)) {
+    if (Acked(p)) return;
+    type = MsgType::kCommit;
+  } else if (Aborted(t)) {
+    if (Acked(p)) return;
+    type = MsgType::kAbort;
+  } else {
+    return;
+  }
+  BackOff(p);
+  SendToParty(t, i, type, now_ms);
+}
+
+void CoordinatorCore::Impl::BackOff(Party& p) const {
+  p.backoff_ms = std::min(std::max<uint32_t>(1, p.backoff_ms) * 2, config.resend_max_ms);
 }
 
 }  // namespace atomq::coordinator

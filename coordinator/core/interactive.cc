@@ -214,6 +214,24 @@ void CoordinatorCore::Impl::ReplyInteractiveFromRecord(RequestId request,
   out.replies.push_back(ExecuteReply{request, absl::OkStatus(), std::move(resp)});
 }
 
+namespace {
+
+absl::Status RunByExecute(const std::string& id, const char* call) {
+  return absl::FailedPreconditionError(absl::StrCat("transaction ", id, " was run by Execute; ",
+                                                    call, " is for transactions begun by Begin"));
+}
+
+}  // namespace
+
+// An interactive Txn that `request` waits on.
+Txn& CoordinatorCore::Impl::EnlistFor(RequestId request, const std::string& id,
+                                      v1::Protocol protocol, const Parts& parts, bool counted,
+                                      int64_t now_ms) {
+  Txn& t = Enlist(id, protocol, parts, counted, now_ms);
+  t.waiters.push_back(Waiter{request, 0});
+  return t;
+}
+
 void CoordinatorCore::Impl::CommitInteractive(RequestId request, const v1::CommitTxnRequest& req,
                                               int64_t now_ms) {
   absl::Status s = ValidateTxnId(req.txn_id());
@@ -221,61 +239,62 @@ void CoordinatorCore::Impl::CommitInteractive(RequestId request, const v1::Commi
   if (!s.ok()) return ReplyError(request, s, req.txn_id());
   const std::string& id = req.txn_id();
   auto oit = open.find(id);
-  if (oit != open.end()) {
-    OpenTxn o = Close(oit);
-    Txn& t = Enlist(id, o.protocol, req.participants(), true, now_ms);
-    t.waiters.push_back(Waiter{request, 0});
-    if (now_ms >= o.expires_ms) {
-      return Abort(t,
-                   absl::StrCat("transaction expired: Commit came ", now_ms - o.expires_ms,
-                                " ms after its ", o.timeout_ms, " ms timeout"),
-                   now_ms);
-    }
-    return SendStagedPrepares(t, req.participants());
-  }
-  if (Txn* t = Find(id)) {
-    if (!t->interactive) {
-      return ReplyError(request,
-                        absl::FailedPreconditionError(absl::StrCat(
-                            "transaction ", id,
-                            " was run by Execute; Commit is for transactions begun by Begin")),
-                        id);
-    }
-    if (Aborted(*t)) {
-      TellToDrop(*t, req.participants());
-    } else if (t->digest != PartsDigest(req.participants())) {
-      return ReplyError(request,
-                        absl::AlreadyExistsError(absl::StrCat(
-                            "transaction ", id, " is committing with other participants")),
-                        id);
-    }
-    return Attach(*t, request, 0);
-  }
+  if (oit != open.end()) return CommitOpen(request, req, Close(oit), now_ms);
+  if (Txn* t = Find(id)) return CommitAgain(request, req, *t);
   if (view != nullptr) {
     if (std::optional<v1::CoordinatorTxnRecord> r = view->FindTxn(id)) {
-      if (!r->interactive() && r->participants_size() > 0) {
-        return ReplyError(request,
-                          absl::FailedPreconditionError(absl::StrCat(
-                              "transaction ", id,
-                              " was run by Execute; Commit is for transactions begun by Begin")),
-                          id);
-      }
-      if (RecordCommitted(*r) && r->ops_digest() != PartsDigest(req.participants())) {
-        return ReplyError(request,
-                          absl::AlreadyExistsError(absl::StrCat(
-                              "transaction ", id, " committed with other participants")),
-                          id);
-      }
-      return ReplyInteractiveFromRecord(request, *r);
+      return CommitFromRecord(request, req, *r);
     }
   }
-  Txn& t = Enlist(id, config.default_protocol, req.participants(), false, now_ms);
-  t.waiters.push_back(Waiter{request, 0});
+  Txn& t = EnlistFor(request, id, config.default_protocol, req.participants(), false, now_ms);
   Abort(t,
         absl::StrCat("transaction ", id,
                      " is not open at this coordinator (never begun, expired and forgotten, "
                      "or lost in a coordinator restart)"),
         now_ms);
+}
+
+// The Commit of an open transaction: its Prepares, unless it expired.
+void CoordinatorCore::Impl::CommitOpen(RequestId request, const v1::CommitTxnRequest& req,
+                                       const OpenTxn& o, int64_t now_ms) {
+  Txn& t = EnlistFor(request, req.txn_id(), o.protocol, req.participants(), true, now_ms);
+  if (now_ms >= o.expires_ms) {
+    return Abort(t,
+                 absl::StrCat("transaction expired: Commit came ", now_ms - o.expires_ms,
+                              " ms after its ", o.timeout_ms, " ms timeout"),
+                 now_ms);
+  }
+  SendStagedPrepares(t, req.participants());
+}
+
+// A Commit retry for a transaction in memory: it waits for (or gets) the
+// outcome.
+void CoordinatorCore::Impl::CommitAgain(RequestId request, const v1::CommitTxnRequest& req,
+                                        Txn& t) {
+  if (!t.interactive) return ReplyError(request, RunByExecute(t.id, "Commit"), t.id);
+  if (Aborted(t)) {
+    TellToDrop(t, req.participants());
+  } else if (t.digest != PartsDigest(req.participants())) {
+    return ReplyError(request,
+                      absl::AlreadyExistsError(absl::StrCat(
+                          "transaction ", t.id, " is committing with other participants")),
+                      t.id);
+  }
+  Attach(t, request, 0);
+}
+
+void CoordinatorCore::Impl::CommitFromRecord(RequestId request, const v1::CommitTxnRequest& req,
+                                             const v1::CoordinatorTxnRecord& r) {
+  if (!r.interactive() && r.participants_size() > 0) {
+    return ReplyError(request, RunByExecute(r.txn_id(), "Commit"), r.txn_id());
+  }
+  if (RecordCommitted(r) && r.ops_digest() != PartsDigest(req.participants())) {
+    return ReplyError(request,
+                      absl::AlreadyExistsError(absl::StrCat("transaction ", r.txn_id(),
+                                                            " committed with other participants")),
+                      r.txn_id());
+  }
+  ReplyInteractiveFromRecord(request, r);
 }
 
 void CoordinatorCore::Impl::RollbackInteractive(RequestId request,
@@ -286,44 +305,33 @@ void CoordinatorCore::Impl::RollbackInteractive(RequestId request,
   const std::string& id = req.txn_id();
   auto oit = open.find(id);
   if (oit != open.end()) {
-    OpenTxn o = Close(oit);
-    Txn& t = Enlist(id, o.protocol, req.participants(), true, now_ms);
-    t.waiters.push_back(Waiter{request, 0});
+    const OpenTxn o = Close(oit);
+    Txn& t = EnlistFor(request, id, o.protocol, req.participants(), true, now_ms);
     return Abort(t, "rolled back by the client", now_ms);
   }
-  auto refuse = [&] {
-    ReplyError(request,
-               absl::FailedPreconditionError(
-                   absl::StrCat("transaction ", id,
-                                " committed (or its commit is decided); it cannot be "
-                                "rolled back")),
-               id);
-  };
+  const absl::Status decided = absl::FailedPreconditionError(absl::StrCat(
+      "transaction ", id, " committed (or its commit is decided); it cannot be rolled back"));
   if (Txn* t = Find(id)) {
     if (!t->interactive && !t->presumed) {
-      return ReplyError(request,
-                        absl::FailedPreconditionError(absl::StrCat(
-                            "transaction ", id,
-                            " was run by Execute; Rollback is for transactions begun by Begin")),
-                        id);
+      return ReplyError(request, RunByExecute(id, "Rollback"), id);
     }
     if (Collecting(*t)) {
       Abort(*t, "rolled back by the client while its commit was preparing", now_ms);
     }
-    if (!Aborted(*t)) return refuse();
-
+    if (!Aborted(*t)) return ReplyError(request, decided, id);
     TellToDrop(*t, req.participants());
     return Attach(*t, request, 0);
   }
   if (view != nullptr) {
     if (std::optional<v1::CoordinatorTxnRecord> r = view->FindTxn(id)) {
-      if (RecordCommitted(*r) || r->state() == v1::PRECOMMITTED) return refuse();
+      if (RecordCommitted(*r) || r->state() == v1::PRECOMMITTED) {
+        return ReplyError(request, decided, id);
+      }
       out.replies.push_back(ExecuteReply{request, absl::OkStatus(), v1::ExecuteResponse()});
       return;
     }
   }
-  Txn& t = Enlist(id, config.default_protocol, req.participants(), false, now_ms);
-  t.waiters.push_back(Waiter{request, 0});
+  Txn& t = EnlistFor(request, id, config.default_protocol, req.participants(), false, now_ms);
   Abort(t, "rolled back by the client (it was not open at this coordinator)", now_ms);
 }
 

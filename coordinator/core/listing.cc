@@ -3,6 +3,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "common/validate.h"
 #include "coordinator/core/core_impl.h"
 
 namespace atomq::coordinator {
@@ -120,6 +121,34 @@ v1::TransactionInfo CoordinatorCore::Impl::InfoOfRecord(const v1::CoordinatorTxn
   }
   for (uint64_t s : r.sequences()) info.add_results()->set_sequence(committed ? s : 0);
   return info;
+}
+
+absl::StatusOr<v1::TransactionInfo> CoordinatorCore::Impl::GetTransaction(
+    const std::string& txn_id) const {
+  absl::Status s = ValidateTxnId(txn_id);
+  if (!s.ok()) return s;
+  auto it = txns.find(txn_id);
+  if (it != txns.end()) return InfoOf(it->second, true);
+  if (view != nullptr) {
+    if (std::optional<v1::CoordinatorTxnRecord> r = view->FindTxn(txn_id)) {
+      return InfoOfRecord(*r);
+    }
+  }
+  return absl::NotFoundError(absl::StrCat("transaction ", txn_id, " is not known"));
+}
+
+std::vector<v1::TransactionInfo> CoordinatorCore::Impl::ListTransactions(
+    const std::vector<v1::TxnState>& states, size_t limit) const {
+  if (limit == 0) limit = 1000;
+  std::vector<v1::TransactionInfo> result;
+  for (const auto& [id, t] : txns) {
+    if (result.size() >= limit) break;
+    v1::TxnState s = TxnStateOf(t);
+    bool wanted = states.empty() ? s != v1::ENDED
+                                 : std::find(states.begin(), states.end(), s) != states.end();
+    if (wanted) result.push_back(InfoOf(t, false));
+  }
+  return result;
 }
 
 }  // namespace atomq::coordinator

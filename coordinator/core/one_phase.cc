@@ -132,7 +132,7 @@ void CoordinatorCore::Impl::FenceOnePhase(Txn& t, std::string reason, int64_t no
 void CoordinatorCore::Impl::ResendOnePhase(Txn& t, size_t i, int64_t now_ms) {
   Party& p = t.parties[i];
   if (p.vote != Vote::kPending) return;
-  p.backoff_ms = std::min(std::max<uint32_t>(1, p.backoff_ms) * 2, config.resend_max_ms);
+  BackOff(p);
   SendOnePhase(t, i, t.phase == Phase::kFetching ? MsgType::kPrepare : MsgType::kAbort, now_ms);
 }
 

@@ -42,4 +42,44 @@ void CoordinatorCore::Impl::OnQueryReply(const std::string& txn_id, const std::s
   }
 }
 
+void CoordinatorCore::Impl::OnPreparingRecordDurable(Txn& t, const absl::Status& status,
+                                                     int64_t now_ms) {
+  if (!status.ok()) {
+    // Nothing on disk says commit: go on as plain 2PC (a COMMITTED
+    // record if every vote is YES, an abort otherwise).
+    Log(absl::StrCat("txn ", t.id, ": PREPARING record write failed, committing without it: ",
+                     status.ToString()));
+    t.preparing_record = PreparingRecord::kNone;
+    if (t.phase == Phase::kCommitting && t.decision_token == 0) {
+      PersistCommit(t, CommitBy::kVotes);
+    }
+    return;
+  }
+  t.preparing_record = PreparingRecord::kDurable;
+  if (t.phase == Phase::kCommitting && t.decision_token == 0) OnCommitDurable(t, now_ms);
+}
+
+// Committed iff every participant holds it prepared (or committed it): ask
+// them all.
+void CoordinatorCore::Impl::RecoverPreparing(Txn& t, int64_t now_ms) {
+  for (Party& p : t.parties) {
+    p.vote = Vote::kPending;
+    SetOwed(p, true);
+  }
+  MoveTo(t, Phase::kProbing);
+  t.preparing_record = PreparingRecord::kDurable;
+  t.replied = false;  // a retry waits for the decision
+  t.deadline_ms = now_ms + config.txn_timeout_ms;
+  for (size_t i = 0; i < t.parties.size(); ++i) SendRound(t, i, MsgType::kQuery, now_ms);
+}
+
+// Beside the Prepares of a 2PC Execute with several participants.
+void CoordinatorCore::Impl::MaybeWritePreparingRecord(Txn& t) {
+  if (!config.parallel_commit || t.one_phase || t.protocol != v1::TWO_PC || t.parties.size() < 2) {
+    return;
+  }
+  t.preparing_record = PreparingRecord::kInFlight;
+  Persist(t, RecordKind::kStage, v1::PREPARING);
+}
+
 }  // namespace atomq::coordinator

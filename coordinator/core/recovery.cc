@@ -10,6 +10,39 @@ namespace atomq::coordinator {
 void CoordinatorCore::Impl::RecoverOne(const v1::CoordinatorTxnRecord& r, int64_t now_ms,
                                        std::map<int, int>* counts) {
   if (r.txn_id().empty() || txns.count(r.txn_id()) > 0) return;
+  Txn rebuilt = TxnFromRecord(r);
+  auto [it, inserted] = txns.emplace(rebuilt.id, std::move(rebuilt));
+  Txn& t = it->second;
+  ++(*counts)[r.state()];
+  switch (r.state()) {
+    case v1::PRECOMMITTED:
+      return RecoverPrecommitted(t, r.ballot(), now_ms);
+    case v1::STATE_COMMITTED:
+      return RecoverCommitted(t, now_ms);
+    case v1::PREPARING:
+      if (config.plant != Plant::kStagedPresumedAbort) return RecoverPreparing(t, now_ms);
+      // TEST ONLY: "staged-presumed-abort" takes it for an ABORT record.
+      t.reason = "aborted before a restart";
+      return RecoverAborted(t, now_ms);
+    case v1::STATE_ABORTED:
+      return RecoverAborted(t, now_ms);
+    case v1::ENDED:
+      for (Party& p : t.parties) {
+        p.vote = Vote::kUnknown;
+        SetOwed(p, false);
+      }
+      MoveTo(t, RecordCommitted(r) ? Phase::kCommitEnded : Phase::kAbortEnded);
+      return MaybeFinish(t);
+    default:
+      Log(absl::StrCat("txn ", t.id, ": record state ", v1::TxnState_Name(r.state()),
+                       " is not one the coordinator writes; ignored"));
+      txns.erase(it);
+      return;
+  }
+}
+
+// What the record says, in phase kNew; the caller moves it on.
+Txn CoordinatorCore::Impl::TxnFromRecord(const v1::CoordinatorTxnRecord& r) {
   Txn t;
   t.id = r.txn_id();
   t.protocol = r.protocol() == v1::THREE_PC ? v1::THREE_PC : v1::TWO_PC;
@@ -50,80 +83,47 @@ void CoordinatorCore::Impl::RecoverOne(const v1::CoordinatorTxnRecord& r, int64_
   for (size_t i = 0; i < t.sequences.size() && static_cast<int>(i) < r.sequences_size(); ++i) {
     t.sequences[i] = r.sequences(i);
   }
+  return t;
+}
 
-  auto [it, inserted] = txns.emplace(t.id, std::move(t));
-  Txn& x = it->second;
-  ++(*counts)[r.state()];
-  switch (r.state()) {
-    case v1::PRECOMMITTED:
-      // Acknowledged here means READ_ONLY: they take no part in the rounds.
-      for (Party& p : x.parties) p.vote = Acked(p) ? Vote::kReadOnly : Vote::kYes;
-      if (CountVotes(x, Vote::kYes) == 0) {
-        // Not a record this coordinator writes; include everyone to be safe.
-        for (Party& p : x.parties) {
-          p.vote = Vote::kYes;
-          SetOwed(p, true);
-        }
-      }
-      MoveTo(x, Phase::kPrecommitted);
-      x.replied = false;  // a retry waits for the decision
-      x.ballot = r.ballot();
-      // Which participants accepted ballot 0 is not known: a round learns
-      // the decision (it may be ABORT, if participants ran one meanwhile).
-      StartTermination(x, now_ms);
-      ArmTermination(x, now_ms);
-      break;
-    case v1::STATE_COMMITTED:
-      for (Party& p : x.parties) p.vote = Vote::kYes;
-      MoveTo(x, Phase::kCommitted);
-      for (size_t i = 0; i < x.parties.size(); ++i) {
-        if (!Acked(x.parties[i])) SendRound(x, i, MsgType::kCommit, now_ms);
-      }
-      MaybeEnd(x);
-      MaybeFinish(x);
-      break;
-    case v1::PREPARING:
-      if (config.plant != Plant::kStagedPresumedAbort) {
-        // Parallel commit: committed iff every participant holds it
-        // prepared (or committed it). Ask them all.
-        for (Party& p : x.parties) {
-          p.vote = Vote::kPending;
-          SetOwed(p, true);
-        }
-        MoveTo(x, Phase::kProbing);
-        x.preparing_record = PreparingRecord::kDurable;
-        x.replied = false;  // a retry waits for the decision
-        x.deadline_ms = now_ms + config.txn_timeout_ms;
-        for (size_t i = 0; i < x.parties.size(); ++i) SendRound(x, i, MsgType::kQuery, now_ms);
-        break;
-      }
-      // TEST ONLY: "staged-presumed-abort" takes it for an ABORT record.
-      x.reason = "aborted before a restart";
-      [[fallthrough]];
-    case v1::STATE_ABORTED:
-      for (Party& p : x.parties) p.vote = Vote::kUnknown;
-      MoveTo(x, Phase::kAborted);
-      if (x.reason.empty()) x.reason = "aborted before a restart";
-      for (size_t i = 0; i < x.parties.size(); ++i) {
-        if (!Acked(x.parties[i])) SendRound(x, i, MsgType::kAbort, now_ms);
-      }
-      MaybeEnd(x);
-      MaybeFinish(x);
-      break;
-    case v1::ENDED:
-      for (Party& p : x.parties) {
-        p.vote = Vote::kUnknown;
-        SetOwed(p, false);
-      }
-      MoveTo(x, RecordCommitted(r) ? Phase::kCommitEnded : Phase::kAbortEnded);
-      MaybeFinish(x);
-      break;
-    default:
-      Log(absl::StrCat("txn ", x.id, ": record state ", v1::TxnState_Name(r.state()),
-                       " is not one the coordinator writes; ignored"));
-      txns.erase(it);
-      break;
+void CoordinatorCore::Impl::RecoverPrecommitted(Txn& t, uint64_t ballot, int64_t now_ms) {
+  // Acknowledged here means READ_ONLY: they take no part in the rounds.
+  for (Party& p : t.parties) p.vote = Acked(p) ? Vote::kReadOnly : Vote::kYes;
+  if (CountVotes(t, Vote::kYes) == 0) {
+    // Not a record this coordinator writes; include everyone to be safe.
+    for (Party& p : t.parties) {
+      p.vote = Vote::kYes;
+      SetOwed(p, true);
+    }
   }
+  MoveTo(t, Phase::kPrecommitted);
+  t.replied = false;  // a retry waits for the decision
+  t.ballot = ballot;
+  // Which participants accepted ballot 0 is not known: a round learns
+  // the decision (it may be ABORT, if participants ran one meanwhile).
+  StartTermination(t, now_ms);
+  ArmTermination(t, now_ms);
+}
+
+void CoordinatorCore::Impl::RecoverCommitted(Txn& t, int64_t now_ms) {
+  for (Party& p : t.parties) p.vote = Vote::kYes;
+  MoveTo(t, Phase::kCommitted);
+  for (size_t i = 0; i < t.parties.size(); ++i) {
+    if (!Acked(t.parties[i])) SendRound(t, i, MsgType::kCommit, now_ms);
+  }
+  MaybeEnd(t);
+  MaybeFinish(t);
+}
+
+void CoordinatorCore::Impl::RecoverAborted(Txn& t, int64_t now_ms) {
+  for (Party& p : t.parties) p.vote = Vote::kUnknown;
+  MoveTo(t, Phase::kAborted);
+  if (t.reason.empty()) t.reason = "aborted before a restart";
+  for (size_t i = 0; i < t.parties.size(); ++i) {
+    if (!Acked(t.parties[i])) SendRound(t, i, MsgType::kAbort, now_ms);
+  }
+  MaybeEnd(t);
+  MaybeFinish(t);
 }
 
 void CoordinatorCore::Impl::Recover(const std::vector<v1::CoordinatorTxnRecord>& records,

@@ -156,4 +156,22 @@ void CoordinatorCore::Impl::OnAcceptReply(const std::string& txn_id, const std::
   }
 }
 
+void CoordinatorCore::Impl::OnBallotDurable(Txn& t, uint64_t token, const absl::Status& status,
+                                            int64_t now_ms) {
+  if (t.ballot_token == token) t.ballot_token = 0;
+  if (t.after_ballot) {
+    const auto [kind, state] = *t.after_ballot;
+    t.after_ballot.reset();
+    return Persist(t, kind, state);
+  }
+  // A failed write: the termination timer tries again.
+  if (status.ok() && t.phase == Phase::kPrecommitted) BeginTermination(t, now_ms);
+}
+
+void CoordinatorCore::Impl::OnTerminationTimer(Txn& t, int64_t now_ms) {
+  if (t.phase != Phase::kPrecommitted) return;
+  StartTermination(t, now_ms);
+  ArmTermination(t, now_ms);
+}
+
 }  // namespace atomq::coordinator

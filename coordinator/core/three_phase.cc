@@ -41,4 +41,16 @@ void CoordinatorCore::Impl::OnPreCommitReply(const std::string& txn_id,
   }
 }
 
+void CoordinatorCore::Impl::OnPrecommitDurable(Txn& t, const absl::Status& status, int64_t now_ms) {
+  ATOMQ_CHECK(t.phase == Phase::kPrecommitting, "PRECOMMITTED durable out of phase");
+  if (!status.ok()) {
+    return Abort(t, absl::StrCat("decision log write failed: ", status.ToString()), now_ms);
+  }
+  MoveTo(t, Phase::kPrecommitted);
+  for (size_t i = 0; i < t.parties.size(); ++i) {
+    if (t.parties[i].vote == Vote::kYes) SendRound(t, i, MsgType::kPreCommit, now_ms);
+  }
+  ArmTermination(t, now_ms);
+}
+
 }  // namespace atomq::coordinator

@@ -253,4 +253,60 @@ void CoordinatorCore::Impl::QueryState(RequestId request, const std::string& txn
   Abort(it->second, "presumed abort: the coordinator has no decision for it", now_ms);
 }
 
+void CoordinatorCore::Impl::OnCommitRecordDurable(Txn& t, const absl::Status& status,
+                                                  int64_t now_ms) {
+  if (!status.ok()) {
+    // After PRECOMMITTED the outcome is commit: only the record is missing.
+    if (PrecommitDurable(t)) return ScheduleRetry(t, RecordKind::kCommit, status, now_ms);
+    return Abort(t, absl::StrCat("decision log write failed: ", status.ToString()), now_ms);
+  }
+  t.retry_backoff_ms = 0;
+  OnCommitDurable(t, now_ms);
+}
+
+void CoordinatorCore::Impl::OnAbortRecordDurable(Txn& t, const absl::Status& status,
+                                                 int64_t now_ms) {
+  ATOMQ_CHECK(t.phase == Phase::kAborting, "abort record durable out of phase");
+  if (!status.ok()) {
+    // The reply must wait: a retry with this id after a restart would
+    // otherwise find nothing and could commit.
+    return ScheduleRetry(t, RecordKind::kAbort, status, now_ms);
+  }
+  t.retry_backoff_ms = 0;
+  MoveTo(t, Phase::kAborted);
+  if (t.preparing_record != PreparingRecord::kNone) {
+    for (size_t i = 0; i < t.parties.size(); ++i) {
+      if (!Acked(t.parties[i])) SendRound(t, i, MsgType::kAbort, now_ms);
+    }
+  }
+  ReplyAll(t);
+  ReplyStates(t);
+  MaybeEnd(t);
+  MaybeFinish(t);
+}
+
+// The votes did not all come in time; past the decision, a commit reply
+// waiting for acknowledgements leaves without them.
+void CoordinatorCore::Impl::OnDeadline(Txn& t, int64_t now_ms) {
+  if (Collecting(t)) {
+    std::vector<std::string> missing;
+    for (const Party& p : t.parties) {
+      if (p.vote == Vote::kPending) missing.push_back(p.id);
+    }
+    ATOMQ_CHECK(!missing.empty(), "still preparing with every vote in");
+    if (t.one_phase) {
+      return FenceOnePhase(t,
+                           absl::StrCat("one-phase prepare timed out after ", t.timeout_ms,
+                                        " ms waiting for ", absl::StrJoin(missing, ", ")),
+                           now_ms);
+    }
+    return Abort(t,
+                 absl::StrCat("prepare timed out after ", t.timeout_ms, " ms waiting for ",
+                              absl::StrJoin(missing, ", ")),
+                 now_ms);
+  }
+  MaybeReplyCommitted(t, now_ms);
+  MaybeFinish(t);
+}
+
 }  // namespace atomq::coordinator
