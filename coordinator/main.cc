@@ -128,6 +128,7 @@ int main(int argc, char** argv) {
   cfg.coordinator_address = advertise.empty() ? listen : advertise;
   cfg.participants = *peers;
   cfg.boot_count = meta->boot_count();
+  cfg.retention_ms = opts.retention_ms;  // the core decides which records go
   cfg.default_protocol = protocol == "3pc" ? atomq::v1::THREE_PC : atomq::v1::TWO_PC;
 
   auto service = atomq::coordinator::CoordinatorServer::Create(cfg, opts, storage->get());

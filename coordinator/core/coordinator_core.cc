@@ -135,6 +135,15 @@ std::vector<v1::TransactionInfo> CoordinatorCore::ListTransactions(
   return impl_->ListTransactions(states, limit);
 }
 
+size_t CoordinatorCore::CollectRecords(const std::vector<std::string>& keys, int64_t now_ms) {
+  impl_->started = true;
+  const size_t taken = impl_->CollectRecords(keys, now_ms);
+  impl_->EvictFinished();
+  return taken;
+}
+
+uint64_t CoordinatorCore::records_erased() const { return impl_->records_erased; }
+
 size_t CoordinatorCore::in_flight() const { return impl_->in_flight; }
 
 Output CoordinatorCore::TakeOutput() {

@@ -121,6 +121,9 @@ struct Config {
   // --parallel_commit: 2PC Executes with several participants force their
   // record beside the prepares (see the protocol notes above).
   bool parallel_commit = true;
+  // --retention_ms: an ENDED record is erased this long after its decision
+  // (CollectRecords), so that retries within it still get the outcome.
+  uint64_t retention_ms = 600000;
   // TEST ONLY (tests/sim plants a known bug to show its checker catches
   // it; common/plant.h says what each does). kNone everywhere else.
   Plant plant = Plant::kNone;
@@ -251,6 +254,19 @@ class CoordinatorCore {
   // In-memory transactions not ENDED, filtered by `states` (empty = all).
   std::vector<v1::TransactionInfo> ListTransactions(const std::vector<v1::TxnState>& states,
                                                     size_t limit) const;
+
+  // --- collection of finished records (kEndedDb) ---
+  // `keys`: kEndedDb keys in key order, as the adapter scanned them (at most
+  // --gc_batch_max). Each one older than Config::retention_ms is erased in
+  // one lazy batch (Output::persist, reported through OnPersisted) together
+  // with its transaction's record, unless that record is newer than the key
+  // (the id ran again) or the id is running in memory. Keys still inside the
+  // window, and keys of a batch in flight, are skipped. A finished
+  // transaction held in memory stays there (the cache answers as before).
+  // Returns how many keys it took.
+  size_t CollectRecords(const std::vector<std::string>& keys, int64_t now_ms);
+  // Transaction records erased by CollectRecords batches that are durable.
+  uint64_t records_erased() const;
 
   size_t in_flight() const;
 

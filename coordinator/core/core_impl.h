@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -38,6 +39,11 @@ struct CoordinatorCore::Impl {
   std::map<std::string, std::vector<OutMessage>> held_forgets;
   std::map<std::string, OpenTxn> open;
   std::unordered_map<uint64_t, std::string> open_timers;  // expiry timer -> txn id
+  // Record collection: kEndedDb keys a batch in flight erases, and the keys
+  // and record ids of each such batch by token.
+  std::set<std::string> collecting;
+  std::unordered_map<uint64_t, std::pair<std::vector<std::string>, size_t>> collect_batches;
+  uint64_t records_erased = 0;
   uint64_t next_token = 1;
   uint64_t next_timer = 1;
   uint64_t next_minted = 1;
@@ -181,6 +187,12 @@ struct CoordinatorCore::Impl {
   void RecoverPrecommitted(Txn& t, uint64_t ballot, int64_t now_ms);
   void RecoverCommitted(Txn& t, int64_t now_ms);
   void RecoverAborted(Txn& t, int64_t now_ms);
+
+  // ---- collection of finished records (record_collection.cc) ----
+  size_t CollectRecords(const std::vector<std::string>& keys, int64_t now_ms);
+  bool RecordCollectable(const std::string& id, int64_t ended_ms) const;
+  // Returns false when `token` is not a collection batch.
+  bool OnCollected(uint64_t token, const absl::Status& status);
 
   // ---- transaction info, listing and the finished cache (listing.cc) ----
   void MaybeFinish(Txn& t);

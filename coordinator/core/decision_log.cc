@@ -75,6 +75,7 @@ void CoordinatorCore::Impl::ScheduleRetry(Txn& t, RecordKind kind, const absl::S
 
 void CoordinatorCore::Impl::OnPersisted(uint64_t token, const absl::Status& status,
                                         int64_t now_ms) {
+  if (OnCollected(token, status)) return;
   auto kit = tokens.find(token);
   if (kit == tokens.end()) return;
   TokenRef ref = std::move(kit->second);

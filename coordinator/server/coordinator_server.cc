@@ -217,12 +217,14 @@ std::string CoordinatorServer::RenderMetrics() {
   absl::StrAppend(&out, "atomq_execute_replies_total{outcome=\"error\"} ", replies_failed_.load(),
                   "\n");
   size_t in_flight;
+  uint64_t erased;
   {
     absl::MutexLock lock(&mu_);
     in_flight = core_->in_flight();
+    erased = core_->records_erased();
   }
   AppendMetric(&out, "atomq_finished_records_erased_total", "counter",
-               "Finished transaction records erased after --retention_ms.", gc_erased_);
+               "Finished transaction records erased after --retention_ms.", erased);
   AppendMetric(&out, "atomq_participant_batch_calls_total", "counter",
                "Batch calls made to participants.", batch_calls_);
   AppendMetric(&out, "atomq_participant_batch_items_total", "counter",
@@ -568,31 +570,20 @@ void CoordinatorServer::OnBatchReply(const std::vector<Sent>& sent, const grpc::
 
 void CoordinatorServer::CollectGarbage() {
   if (stopped_) return;
-  const int64_t cutoff = clock_.NowMs() - static_cast<int64_t>(options_.retention_ms);
-  Batch batch;
-  batch.sync = false;  // forgetting is never urgent
-  size_t n = 0;
+  const int64_t now = clock_.NowMs();
+  const int64_t cutoff = now - static_cast<int64_t>(options_.retention_ms);
+  std::vector<std::string> keys;
   absl::Status st = storage_->Scan(kEndedDb, "", [&](std::string_view key, std::string_view) {
-    if (key.size() < 8 || static_cast<int64_t>(DecodeU64(key)) >= cutoff) return false;
-    batch.writes.push_back(Write{kTxnDb, std::string(key.substr(8)), "", true});
-    batch.writes.push_back(Write{kEndedDb, std::string(key), "", true});
-    return ++n < options_.gc_batch_max;
+    if (key.size() > 8 && static_cast<int64_t>(DecodeU64(key)) >= cutoff) return false;
+    keys.emplace_back(key);
+    return keys.size() < options_.gc_batch_max;
   });
   if (!st.ok()) LogLine(absl::StrCat("finished-record collection failed: ", st.ToString()));
-  if (n > 0) {
-    // Under the core's lock, like every write, so it is ordered after the
-    // ENDED batches it follows.
-    absl::MutexLock lock(&mu_);
-    storage_->Submit(std::move(batch), [this, n](absl::Status s) {
-      if (s.ok()) {
-        gc_erased_ += n;
-      } else {
-        LogLine(absl::StrCat("erasing finished records failed: ", s.ToString()));
-      }
-    });
-  }
-  // A full batch means more is due: look again soon.
-  int64_t next = n >= options_.gc_batch_max ? 10 : options_.gc_interval_ms;
+  // The core decides what may go; its erase batch is ordered after the
+  // ENDED batches it follows, like every write.
+  if (!keys.empty()) WithCore([&](CoordinatorCore& c) { c.CollectRecords(keys, now); });
+  // A full scan means more is due: look again soon.
+  const int64_t next = keys.size() >= options_.gc_batch_max ? 10 : options_.gc_interval_ms;
   timers_.At(clock_.NowMs() + next, [this] { CollectGarbage(); });
 }
 

@@ -104,8 +104,8 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   void Persist(std::vector<Batch> batches) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // To the participants, grouped per participant.
   void Send(std::vector<OutMessage> msgs);
-  // Erases finished records older than the retention window, then looks
-  // again after gc_interval_ms.
+  // Hands the core the finished records older than the retention window
+  // (CoordinatorCore::CollectRecords), then looks again after gc_interval_ms.
   void CollectGarbage();
   // Registers where the reply to a request goes; returns its id.
   RequestId Expect(Pending p);
@@ -132,7 +132,6 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   std::atomic<uint64_t> replies_committed_{0};
   std::atomic<uint64_t> replies_aborted_{0};
   std::atomic<uint64_t> replies_failed_{0};
-  std::atomic<uint64_t> gc_erased_{0};
   std::atomic<uint64_t> batch_calls_{0};  // Batch RPCs to participants
   std::atomic<uint64_t> batch_items_{0};  // protocol messages they carried
 
