@@ -1,4 +1,5 @@
 // Replies to clients (Execute, Commit, Rollback) and to QueryState waiters.
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"

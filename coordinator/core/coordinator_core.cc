@@ -1,5 +1,6 @@
 // The facade: each input runs the implementation, then evicts finished
 // transactions beyond the cache (so no reference into the map outlives it).
+
 #include "coordinator/core/coordinator_core.h"
 
 #include <algorithm>

@@ -63,6 +63,7 @@
 //   operator set while the participant was prepared (heuristic) counts as
 //   its YES, so that, as with a COMMITTED record, the others commit and
 //   that participant is reported mixed.
+
 #pragma once
 
 #include <cstdint>

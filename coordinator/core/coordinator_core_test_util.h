@@ -2,6 +2,7 @@
 // core, where each step feeds one input and checks everything the core asked
 // for in response. One fixture for every test file (gtest wants one class
 // per suite); the helpers are inline.
+
 #pragma once
 
 #include <algorithm>

@@ -1,6 +1,7 @@
 // CoordinatorCore's implementation: every member in one place; the logic
 // lives in one file per responsibility, named in the sections below.
 // Internal to coordinator/core.
+
 #pragma once
 
 #include <cstdint>

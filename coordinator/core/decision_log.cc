@@ -1,5 +1,6 @@
 // The decision log: the transaction record, Persist, and what each durable batch
 // releases (OnPersisted).
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"

@@ -1,4 +1,5 @@
 // Execute: validation, ids, and the Prepares of a new transaction.
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"

@@ -1,5 +1,6 @@
 // The facade: idempotent retries, validation and limits, and seeded runs
 // with faults checked against the invariants.
+
 #include "coordinator/core/coordinator_core_test_util.h"
 
 namespace atomq::coordinator {

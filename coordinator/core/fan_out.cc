@@ -1,5 +1,6 @@
 // Fan-out: protocol messages to participants, their resends with backoff, the
 // timers, and END notices riding on the next message.
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"

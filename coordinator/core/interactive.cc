@@ -1,4 +1,8 @@
 // Interactive transactions: Begin, Commit, Rollback.
+// An open transaction is memory only: a crash forgets it, and presumed
+// abort plus the participants' expiry of staged work cover that. Commit
+// turns it into an ordinary Txn whose Prepares say use_staged.
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"

@@ -1,4 +1,5 @@
 // Interactive transactions: Begin, Commit, Rollback.
+
 #include "coordinator/core/coordinator_core_test_util.h"
 
 namespace atomq::coordinator {

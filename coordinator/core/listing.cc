@@ -1,4 +1,5 @@
 // Transaction info and listing, and the cache of finished transactions.
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"

@@ -1,4 +1,5 @@
 // Transaction info, listing, the finished cache and record collection.
+
 #include "coordinator/core/coordinator_core_test_util.h"
 
 namespace atomq::coordinator {

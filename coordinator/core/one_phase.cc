@@ -1,4 +1,21 @@
 // One-phase commit (a single participant; PrepareRequest.one_phase).
+// The participant's own durable COMMITTED outcome is the decision, so this
+// path forces nothing here: a YES (it carries the sequences) is answered
+// COMMITTED at once, and an ENDED record follows, not waited on, so that a
+// retry with the same id finds the outcome. A crash before that record is
+// durable forgets the transaction; a retry with the same id then sends the
+// same one-phase Prepare, which the participant answers from its outcome
+// (the same sequences, or NO): it never commits twice. The participant is
+// never in doubt, so it never asks QueryState about the id (which would
+// presume abort here).
+// A NO is final at the participant (it records ABORTED before it answers),
+// so the abort is decided as under 2PC. An unknown outcome (a failed
+// Prepare RPC, a reply that is no vote, the deadline) is NOT an abort: the
+// participant may have committed. Abort is then sent until answered: OK
+// means ABORTED is durable there and it can never commit, so the abort is
+// decided; FAILED_PRECONDITION means it committed, and the one-phase
+// Prepare is resent until its YES brings the sequences.
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"

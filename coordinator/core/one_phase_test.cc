@@ -1,4 +1,5 @@
 // One-phase commit.
+
 #include "coordinator/core/coordinator_core_test_util.h"
 
 namespace atomq::coordinator {

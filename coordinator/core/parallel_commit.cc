@@ -1,5 +1,6 @@
 // Parallel commit: the PREPARING record and its recovery by asking the
 // participants.
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"

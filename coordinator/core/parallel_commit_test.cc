@@ -1,4 +1,5 @@
 // Parallel commit.
+
 #include "coordinator/core/coordinator_core_test_util.h"
 
 namespace atomq::coordinator {

@@ -1,5 +1,6 @@
 // Collection of finished records: ENDED records older than the retention
 // window are erased with their kEndedDb key, in batches the adapter asks for.
+
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/codec.h"

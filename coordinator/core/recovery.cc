@@ -1,4 +1,5 @@
 // Recovery: the in-memory transaction rebuilt from its record.
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"

@@ -1,4 +1,5 @@
 // Recovery from the decision log.
+
 #include "coordinator/core/coordinator_core_test_util.h"
 
 namespace atomq::coordinator {

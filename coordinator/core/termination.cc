@@ -1,5 +1,6 @@
 // 3PC termination: the coordinator as a proposer. The ballot, promise and
 // accept arithmetic is all here.
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"

@@ -1,4 +1,5 @@
 // 3PC: the PreCommit round and termination rounds.
+
 #include "coordinator/core/coordinator_core_test_util.h"
 
 namespace atomq::coordinator {

@@ -1,4 +1,5 @@
 // 3PC: the PreCommit round (ballot 0 of the participants' termination).
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"

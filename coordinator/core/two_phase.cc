@@ -1,5 +1,6 @@
 // 2PC: prepare replies, the commit/abort decision, the outcome round (Commit and
 // Abort replies), and the outcome participants ask for (QueryState).
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"

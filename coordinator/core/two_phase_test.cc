@@ -1,4 +1,5 @@
 // 2PC: votes, the decision, the outcome round, read-only voters, QueryState.
+
 #include "coordinator/core/coordinator_core_test_util.h"
 
 namespace atomq::coordinator {

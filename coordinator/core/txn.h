@@ -1,6 +1,7 @@
 // The coordinator's in-memory transaction: one state machine (Phase, changed
 // only by MoveTo against the table of allowed transitions) and its
 // participants (Party). Internal to coordinator/core.
+
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,6 @@
 // The transaction state machine: the table of allowed phase changes, and
 // the check that stops any other.
+
 #include "coordinator/core/txn.h"
 
 #include <set>
