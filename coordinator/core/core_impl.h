@@ -134,6 +134,10 @@ struct CoordinatorCore::Impl {
                       const absl::StatusOr<v1::PromiseResponse>& reply, int64_t now_ms);
   void OnAcceptReply(const std::string& txn_id, const std::string& participant, uint64_t ballot,
                      const absl::StatusOr<v1::AcceptResponse>& reply, int64_t now_ms);
+  Txn* RoundOf(const std::string& txn_id, const std::string& participant, uint64_t ballot,
+               bool accepting, int* index);
+  bool AnsweredOtherwise(Txn& t, const std::string& participant, v1::TxnState state, bool granted,
+                         uint64_t promised_ballot, int64_t now_ms);
   void OnTerminationTimer(Txn& t, int64_t now_ms);
   void OnBallotDurable(Txn& t, uint64_t token, const absl::Status& status, int64_t now_ms);
 

@@ -87,6 +87,12 @@ void CoordinatorCore::Impl::OnPersisted(uint64_t token, const absl::Status& stat
     if (ref.kind == RecordKind::kEnd && status.ok()) SendForget(ref.txn_id);
     return;
   }
+  // A decision record counts only while it is the latest one written.
+  auto latest = [t, token] {
+    if (t->decision_token != token) return false;
+    t->decision_token = 0;
+    return true;
+  };
   switch (ref.kind) {
     case RecordKind::kBallot:
       return OnBallotDurable(*t, token, status, now_ms);
@@ -95,22 +101,13 @@ void CoordinatorCore::Impl::OnPersisted(uint64_t token, const absl::Status& stat
     case RecordKind::kStage:
       return OnPreparingRecordDurable(*t, status, now_ms);
     case RecordKind::kPrecommit:
+      if (latest()) OnPrecommitDurable(*t, status, now_ms);
+      return;
     case RecordKind::kCommit:
+      if (latest()) OnCommitRecordDurable(*t, status, now_ms);
+      return;
     case RecordKind::kAbort:
-      break;
-  }
-  if (t->decision_token != token) return;  // superseded
-  t->decision_token = 0;
-  switch (ref.kind) {
-    case RecordKind::kPrecommit:
-      return OnPrecommitDurable(*t, status, now_ms);
-    case RecordKind::kCommit:
-      return OnCommitRecordDurable(*t, status, now_ms);
-    case RecordKind::kAbort:
-      return OnAbortRecordDurable(*t, status, now_ms);
-    case RecordKind::kEnd:
-    case RecordKind::kBallot:
-    case RecordKind::kStage:
+      if (latest()) OnAbortRecordDurable(*t, status, now_ms);
       return;
   }
 }

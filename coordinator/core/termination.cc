@@ -105,19 +105,14 @@ void CoordinatorCore::Impl::OnPromiseReply(const std::string& txn_id,
                                            const std::string& participant, uint64_t ballot,
                                            const absl::StatusOr<v1::PromiseResponse>& reply,
                                            int64_t now_ms) {
-  Txn* t = Find(txn_id);
-  if (t == nullptr || t->phase != Phase::kPrecommitted) return;
-  Term& r = t->term;
-  const int i = PartyIndex(*t, participant);
-  if (i < 0 || r.ballot == 0 || r.ballot != ballot || r.accepting || !reply.ok()) return;
-  if (Decided(reply->state())) {
-    return Learn(*t, reply->state(), absl::StrCat(participant, " decided it"), now_ms);
-  }
-  if (!reply->promised()) {
-    r.highest_seen = std::max(r.highest_seen, reply->promised_ballot());
-    t->foreign_ballot_ms = now_ms;
+  int i = -1;
+  Txn* t = RoundOf(txn_id, participant, ballot, /*accepting=*/false, &i);
+  if (t == nullptr || !reply.ok()) return;
+  if (AnsweredOtherwise(*t, participant, reply->state(), reply->promised(),
+                        reply->promised_ballot(), now_ms)) {
     return;
   }
+  Term& r = t->term;
   if (!r.promised.insert(static_cast<size_t>(i)).second) return;
   if (Decided(reply->accepted_value()) &&
       (!r.has_best || reply->accepted_ballot() > r.best_ballot)) {
@@ -138,23 +133,47 @@ void CoordinatorCore::Impl::OnAcceptReply(const std::string& txn_id, const std::
                                           uint64_t ballot,
                                           const absl::StatusOr<v1::AcceptResponse>& reply,
                                           int64_t now_ms) {
-  Txn* t = Find(txn_id);
-  if (t == nullptr || t->phase != Phase::kPrecommitted) return;
-  Term& r = t->term;
-  const int i = PartyIndex(*t, participant);
-  if (i < 0 || r.ballot == 0 || r.ballot != ballot || !r.accepting || !reply.ok()) return;
-  if (Decided(reply->state())) {
-    return Learn(*t, reply->state(), absl::StrCat(participant, " decided it"), now_ms);
-  }
-  if (!reply->accepted()) {
-    r.highest_seen = std::max(r.highest_seen, reply->promised_ballot());
-    t->foreign_ballot_ms = now_ms;
+  int i = -1;
+  Txn* t = RoundOf(txn_id, participant, ballot, /*accepting=*/true, &i);
+  if (t == nullptr || !reply.ok()) return;
+  if (AnsweredOtherwise(*t, participant, reply->state(), reply->accepted(),
+                        reply->promised_ballot(), now_ms)) {
     return;
   }
+  Term& r = t->term;
   r.accepted.insert(static_cast<size_t>(i));
   if (r.accepted.size() >= Majority(*t)) {
     Learn(*t, r.value, absl::StrCat("ballot ", r.ballot, " accepted by a majority"), now_ms);
   }
+}
+
+// The transaction whose running round, at the stage `accepting` names, a
+// reply to `ballot` belongs to (and the participant's index in it).
+Txn* CoordinatorCore::Impl::RoundOf(const std::string& txn_id, const std::string& participant,
+                                    uint64_t ballot, bool accepting, int* index) {
+  Txn* t = Find(txn_id);
+  if (t == nullptr || t->phase != Phase::kPrecommitted) return nullptr;
+  *index = PartyIndex(*t, participant);
+  const Term& r = t->term;
+  if (*index < 0 || r.ballot == 0 || r.ballot != ballot || r.accepting != accepting) {
+    return nullptr;
+  }
+  return t;
+}
+
+// A reply that does not grant the ballot: the participant decided (that
+// value is learnt), or it promised a higher ballot. True when it was one.
+bool CoordinatorCore::Impl::AnsweredOtherwise(Txn& t, const std::string& participant,
+                                              v1::TxnState state, bool granted,
+                                              uint64_t promised_ballot, int64_t now_ms) {
+  if (Decided(state)) {
+    Learn(t, state, absl::StrCat(participant, " decided it"), now_ms);
+    return true;
+  }
+  if (granted) return false;
+  t.term.highest_seen = std::max(t.term.highest_seen, promised_ballot);
+  t.foreign_ballot_ms = now_ms;
+  return true;
 }
 
 void CoordinatorCore::Impl::OnBallotDurable(Txn& t, uint64_t token, const absl::Status& status,
