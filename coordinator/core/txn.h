@@ -135,7 +135,7 @@ struct Txn {
   Phase phase = Phase::kNew;        // changed by MoveTo only
   std::string reason;
   bool replied = false;
-  bool in_flight = false;  // counted in in_flight_
+  bool in_flight = false;  // counted in Impl::in_flight
   bool finished = false;   // in the finished FIFO
   std::vector<Waiter> waiters;
   std::vector<RequestId> state_waiters;
