@@ -147,6 +147,7 @@ int Serve(CoordinatorFlags* f) {
   cfg.coordinator_id = id;
   cfg.coordinator_address = f->advertise.empty() ? listen : f->advertise;
   cfg.boot_count = store->meta.boot_count();
+  cfg.retention_ms = f->opts.retention_ms;  // the core decides which records go
   cfg.default_protocol = f->protocol == "3pc" ? atomq::v1::THREE_PC : atomq::v1::TWO_PC;
 
   atomq::SetOutboundCredentials(atomq::ChannelCredentials(f->server.tls));

@@ -63,6 +63,7 @@
 //   operator set while the participant was prepared (heuristic) counts as
 //   its YES, so that, as with a COMMITTED record, the others commit and
 //   that participant is reported mixed.
+
 #pragma once
 
 #include <cstdint>
@@ -100,17 +101,17 @@ struct Config {
   // participant id -> address (--participants); also sent to participants
   // for cooperative termination.
   std::map<std::string, std::string> participants;
-  uint64_t boot_count = 1;          // minted ids: <id>-<boot_count>-<counter>
+  uint64_t boot_count = 1;                     // minted ids: <id>-<boot_count>-<counter>
   v1::Protocol default_protocol = v1::TWO_PC;  // --default_protocol
-  uint32_t txn_timeout_ms = 5000;      // --txn_timeout_ms: votes deadline default
-  uint32_t txn_timeout_ms_max = 60000; // --txn_timeout_ms_max
-  uint32_t ops_per_txn_max = 1000;     // --ops_per_txn_max
-  uint32_t payload_bytes_max = 1 << 20;  // --payload_bytes_max (per op)
-  uint32_t headers_max = 64;           // --headers_max (per op)
-  uint32_t txns_in_flight_max = 10000; // --txns_in_flight_max (undecided + unreplied)
-  uint32_t resend_initial_ms = 50;     // --resend_initial_ms: backoff start
-  uint32_t resend_max_ms = 2000;       // --resend_max_ms: backoff cap
-  uint32_t finished_cache_max = 100000;  // --finished_cache_max: ended txns kept in memory
+  uint32_t txn_timeout_ms = 5000;              // --txn_timeout_ms: votes deadline default
+  uint32_t txn_timeout_ms_max = 60000;         // --txn_timeout_ms_max
+  uint32_t ops_per_txn_max = 1000;             // --ops_per_txn_max
+  uint32_t payload_bytes_max = 1 << 20;        // --payload_bytes_max (per op)
+  uint32_t headers_max = 64;                   // --headers_max (per op)
+  uint32_t txns_in_flight_max = 10000;         // --txns_in_flight_max (undecided + unreplied)
+  uint32_t resend_initial_ms = 50;             // --resend_initial_ms: backoff start
+  uint32_t resend_max_ms = 2000;               // --resend_max_ms: backoff cap
+  uint32_t finished_cache_max = 100000;        // --finished_cache_max: ended txns kept in memory
   // --termination_after_ms: 3PC, PRECOMMITTED this long without a decision:
   // run a termination round (and again every this long).
   uint32_t termination_after_ms = 2000;
@@ -121,6 +122,9 @@ struct Config {
   // --parallel_commit: 2PC Executes with several participants force their
   // record beside the prepares (see the protocol notes above).
   bool parallel_commit = true;
+  // --retention_ms: an ENDED record is erased this long after its decision
+  // (CollectRecords), so that retries within it still get the outcome.
+  uint64_t retention_ms = 600000;
   // TEST ONLY (tests/sim plants a known bug to show its checker catches
   // it; common/plant.h says what each does). kNone everywhere else.
   Plant plant = Plant::kNone;
@@ -153,7 +157,7 @@ struct OutMessage {
   std::string address;      // from Config::participants
   MsgType type;
   std::string txn_id;
-  v1::PrepareRequest prepare;  // kPrepare only
+  v1::PrepareRequest prepare;                      // kPrepare only
   uint64_t ballot = 0;                             // kPromise, kAccept
   v1::TxnState value = v1::TXN_STATE_UNSPECIFIED;  // kAccept
 };
@@ -175,12 +179,12 @@ struct StateReply {
 };
 
 struct Output {
-  std::vector<Batch> persist;     // submit; report OnPersisted(batch.token)
-  std::vector<OutMessage> send;   // send; report the matching On*Reply
+  std::vector<Batch> persist;    // submit; report OnPersisted(batch.token)
+  std::vector<OutMessage> send;  // send; report the matching On*Reply
   std::vector<TimerRequest> timers;
   std::vector<ExecuteReply> replies;
   std::vector<StateReply> state_replies;
-  std::vector<std::string> log;   // one line per decision
+  std::vector<std::string> log;  // one line per decision
 
   bool empty() const {
     return persist.empty() && send.empty() && timers.empty() && replies.empty() &&
@@ -251,6 +255,19 @@ class CoordinatorCore {
   // In-memory transactions not ENDED, filtered by `states` (empty = all).
   std::vector<v1::TransactionInfo> ListTransactions(const std::vector<v1::TxnState>& states,
                                                     size_t limit) const;
+
+  // --- collection of finished records (kEndedDb) ---
+  // `keys`: kEndedDb keys in key order, as the adapter scanned them (at most
+  // --gc_batch_max). Each one older than Config::retention_ms is erased in
+  // one lazy batch (Output::persist, reported through OnPersisted) together
+  // with its transaction's record, unless that record is newer than the key
+  // (the id ran again) or the id is running in memory. Keys still inside the
+  // window, and keys of a batch in flight, are skipped. A finished
+  // transaction held in memory stays there (the cache answers as before).
+  // Returns how many keys it took.
+  size_t CollectRecords(const std::vector<std::string>& keys, int64_t now_ms);
+  // Transaction records erased by CollectRecords batches that are durable.
+  uint64_t records_erased() const;
 
   size_t in_flight() const;
 

@@ -245,9 +245,11 @@ std::string CoordinatorServer::RenderMetrics() {
                   replies_aborted_.load(), "\n");
   absl::StrAppend(&out, "atomq_execute_replies_total{outcome=\"error\"} ", replies_failed_.load(),
                   "\n");
-  const size_t in_flight = core_.Inspect([](const CoordinatorCore& c) { return c.in_flight(); });
+  const auto [in_flight, erased] = core_.Inspect([](const CoordinatorCore& c) {
+    return std::make_pair(c.in_flight(), c.records_erased());
+  });
   AppendMetric(&out, "atomq_finished_records_erased_total", "counter",
-               "Finished transaction records erased after --retention_ms.", gc_erased_);
+               "Finished transaction records erased after --retention_ms.", erased);
   AppendMetric(&out, "atomq_participant_batch_calls_total", "counter",
                "Batch calls made to participants.", batch_calls_);
   AppendMetric(&out, "atomq_participant_batch_items_total", "counter",
@@ -548,29 +550,19 @@ void CoordinatorServer::ReportBatchItem(CoordinatorCore& c, const Sent& s, const
 }
 
 size_t CoordinatorServer::CollectGarbage() {
-  const int64_t cutoff = clock_.NowMs() - static_cast<int64_t>(options_.retention_ms);
-  Batch batch;
-  batch.sync = false;  // forgetting is never urgent
-  size_t n = 0;
+  const int64_t now = clock_.NowMs();
+  const int64_t cutoff = now - static_cast<int64_t>(options_.retention_ms);
+  std::vector<std::string> keys;
   absl::Status st = storage_->Scan(kEndedDb, "", [&](std::string_view key, std::string_view) {
-    if (key.size() < 8 || static_cast<int64_t>(DecodeU64(key)) >= cutoff) return false;
-    batch.writes.push_back(Write{kTxnDb, std::string(key.substr(8)), "", true});
-    batch.writes.push_back(Write{kEndedDb, std::string(key), "", true});
-    return ++n < options_.gc_batch_max;
+    if (key.size() > 8 && static_cast<int64_t>(DecodeU64(key)) >= cutoff) return false;
+    keys.emplace_back(key);
+    return keys.size() < options_.gc_batch_max;
   });
   if (!st.ok()) LogLine(absl::StrCat("finished-record collection failed: ", st.ToString()));
-  if (n > 0) {
-    // Ordered with the core's batches, like every write, so it comes after
-    // the ENDED batches it follows.
-    core_.SubmitOrdered(std::move(batch), [this, n](absl::Status s) {
-      if (s.ok()) {
-        gc_erased_ += n;
-      } else {
-        LogLine(absl::StrCat("erasing finished records failed: ", s.ToString()));
-      }
-    });
-  }
-  return n;
+  // The core decides what may go; its erase batch is ordered after the
+  // ENDED batches it follows, like every write.
+  if (!keys.empty()) WithCore([&](CoordinatorCore& c) { c.CollectRecords(keys, now); });
+  return keys.size();
 }
 
 bool CoordinatorServer::RejectIfStopped(grpc::ServerUnaryReactor* reactor) {

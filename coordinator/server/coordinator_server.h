@@ -117,8 +117,9 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   void ReleaseStateReplies(const std::vector<StateReply>& replies);
   // To the participants, grouped per participant.
   void Send(std::vector<OutMessage> msgs);
-  // One pass of gc_: erases finished records older than the retention
-  // window, at most gc_batch_max; returns how many.
+  // One pass of gc_: hands the core the finished records older than the
+  // retention window (CoordinatorCore::CollectRecords), at most
+  // gc_batch_max; returns how many keys it looked at.
   size_t CollectGarbage();
   // Answers UNAVAILABLE once Stop() ran; true if it did.
   bool RejectIfStopped(grpc::ServerUnaryReactor* reactor);
@@ -141,7 +142,6 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   std::atomic<uint64_t> replies_committed_{0};
   std::atomic<uint64_t> replies_aborted_{0};
   std::atomic<uint64_t> replies_failed_{0};
-  std::atomic<uint64_t> gc_erased_{0};
   std::atomic<uint64_t> batch_calls_{0};  // Batch RPCs to participants
   std::atomic<uint64_t> batch_items_{0};  // protocol messages they carried
 

@@ -1,0 +1,155 @@
+// Transaction info and listing, and the cache of finished transactions.
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/check.h"
+#include "common/validate.h"
+#include "coordinator/core/core_impl.h"
+
+namespace atomq::coordinator {
+
+void CoordinatorCore::Impl::MaybeFinish(Txn& t) {
+  if (t.finished || !Ended(t) || !t.replied || !t.waiters.empty() || !t.state_waiters.empty()) {
+    return;
+  }
+  t.finished = true;
+  t.deadline_timer = 0;
+  t.retry_timer = 0;
+  for (Party& p : t.parties) p.resend_timer = 0;
+  // Payloads can be large and finished transactions many.
+  t.ops.Clear();
+  finished.push_back(t.id);
+}
+
+// Called last in every input, so no reference into `txns` outlives it.
+void CoordinatorCore::Impl::EvictFinished() {
+  while (finished.size() > config.finished_cache_max) {
+    auto it = txns.find(finished.front());
+    finished.pop_front();
+    if (it != txns.end() && it->second.finished) txns.erase(it);
+  }
+}
+
+// The state GetTransaction and ListTransactions show.
+v1::TxnState CoordinatorCore::Impl::TxnStateOf(const Txn& t) {
+  switch (t.phase) {
+    case Phase::kNew:
+    case Phase::kPreparing:
+    case Phase::kProbing:
+    case Phase::kFencing:
+    case Phase::kFetching:
+    case Phase::kPrecommitting:
+    case Phase::kCommitting:
+      return v1::PREPARING;
+    case Phase::kPrecommitted:
+    case Phase::kCommittingPrecommitted:
+      return v1::PRECOMMITTED;
+    case Phase::kCommitted:
+      return v1::STATE_COMMITTED;
+    case Phase::kAborting:
+    case Phase::kAborted:
+      return v1::STATE_ABORTED;
+    case Phase::kCommitEnded:
+    case Phase::kAbortEnded:
+      return v1::ENDED;
+  }
+  return v1::TXN_STATE_UNSPECIFIED;
+}
+
+v1::TxnState CoordinatorCore::Impl::PartyStateOf(const Txn& t, const Party& p) {
+  if (p.vote == Vote::kReadOnly) return v1::ENDED;  // left the transaction
+  if (p.vote == Vote::kNo) return v1::STATE_ABORTED;
+  const bool mixed = p.answer == Answer::kAckedOtherOutcome;
+  if (Committed(t) && Acked(p)) return mixed ? v1::STATE_ABORTED : v1::STATE_COMMITTED;
+  if (Aborted(t) && Acked(p)) return mixed ? v1::STATE_COMMITTED : v1::STATE_ABORTED;
+  if (p.answer == Answer::kPrecommitAcked) return v1::PRECOMMITTED;
+  switch (p.vote) {
+    case Vote::kPending:
+      // Once decided, an unanswered Prepare may or may not have prepared it.
+      return Collecting(t) ? v1::PREPARING : v1::UNKNOWN;
+    case Vote::kYes:
+    case Vote::kUnknown:
+      return v1::PREPARED;
+    default:
+      return v1::UNKNOWN;
+  }
+}
+
+v1::TransactionInfo CoordinatorCore::Impl::InfoOf(const Txn& t, bool with_ops) const {
+  v1::TransactionInfo info;
+  info.set_txn_id(t.id);
+  info.set_protocol(t.protocol);
+  info.set_state(TxnStateOf(t));
+  bool committed = Committed(t);
+  info.set_outcome(committed ? v1::COMMITTED : Aborted(t) ? v1::ABORTED : v1::PENDING);
+  info.set_reason(t.reason);
+  info.set_created_unix_ms(t.created_ms);
+  for (const Party& p : t.parties) {
+    v1::ParticipantStatus* ps = info.add_participants();
+    ps->set_participant(p.id);
+    ps->set_state(PartyStateOf(t, p));
+    ps->set_acknowledged(Acked(p) && (committed || Aborted(t)));
+  }
+  for (uint64_t s : t.sequences) info.add_results()->set_sequence(committed ? s : 0);
+  if (with_ops) *info.mutable_ops() = t.ops;
+  return info;
+}
+
+v1::TransactionInfo CoordinatorCore::Impl::InfoOfRecord(const v1::CoordinatorTxnRecord& r) {
+  v1::TransactionInfo info;
+  info.set_txn_id(r.txn_id());
+  info.set_protocol(r.protocol());
+  info.set_state(r.state());
+  bool committed = RecordCommitted(r);
+  bool aborted = r.state() == v1::STATE_ABORTED || (r.state() == v1::ENDED && !committed);
+  info.set_outcome(committed ? v1::COMMITTED : aborted ? v1::ABORTED : v1::PENDING);
+  info.set_reason(r.reason());
+  info.set_created_unix_ms(r.created_unix_ms());
+  for (const std::string& id : r.participants()) {
+    bool acked =
+        std::find(r.acknowledged().begin(), r.acknowledged().end(), id) != r.acknowledged().end();
+    v1::ParticipantStatus* ps = info.add_participants();
+    ps->set_participant(id);
+    ps->set_acknowledged(acked && (committed || aborted));
+    if (acked && committed) {
+      ps->set_state(v1::STATE_COMMITTED);
+    } else if (acked && aborted) {
+      ps->set_state(v1::STATE_ABORTED);
+    } else {
+      ps->set_state(r.state() == v1::PRECOMMITTED ? v1::PRECOMMITTED : v1::PREPARED);
+    }
+  }
+  for (uint64_t s : r.sequences()) info.add_results()->set_sequence(committed ? s : 0);
+  return info;
+}
+
+absl::StatusOr<v1::TransactionInfo> CoordinatorCore::Impl::GetTransaction(
+    const std::string& txn_id) const {
+  absl::Status s = ValidateTxnId(txn_id);
+  if (!s.ok()) return s;
+  auto it = txns.find(txn_id);
+  if (it != txns.end()) return InfoOf(it->second, true);
+  if (view != nullptr) {
+    if (std::optional<v1::CoordinatorTxnRecord> r = view->FindTxn(txn_id)) {
+      return InfoOfRecord(*r);
+    }
+  }
+  return absl::NotFoundError(absl::StrCat("transaction ", txn_id, " is not known"));
+}
+
+std::vector<v1::TransactionInfo> CoordinatorCore::Impl::ListTransactions(
+    const std::vector<v1::TxnState>& states, size_t limit) const {
+  if (limit == 0) limit = 1000;
+  std::vector<v1::TransactionInfo> result;
+  for (const auto& [id, t] : txns) {
+    if (result.size() >= limit) break;
+    v1::TxnState s = TxnStateOf(t);
+    bool wanted = states.empty() ? s != v1::ENDED
+                                 : std::find(states.begin(), states.end(), s) != states.end();
+    if (wanted) result.push_back(InfoOf(t, false));
+  }
+  return result;
+}
+
+}  // namespace atomq::coordinator
