@@ -121,8 +121,6 @@ struct CoordinatorCore::Impl {
   void OnPrecommitDurable(Txn& t, const absl::Status& status, int64_t now_ms);
 
   // ---- 3PC termination: the coordinator as a proposer (termination.cc) ----
-  static bool Decided(v1::TxnState s);
-  static size_t Majority(const Txn& t);
   uint32_t TerminationPatienceMs() const;
   void ArmTermination(Txn& t, int64_t now_ms);
   void StartTermination(Txn& t, int64_t now_ms);

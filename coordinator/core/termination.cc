@@ -1,5 +1,5 @@
-// 3PC termination: the coordinator as a proposer. The ballot, promise and
-// accept arithmetic is all here.
+// 3PC termination: the coordinator as a proposer of single-decree Paxos
+// (common/paxos.h) over the transaction's participants.
 
 #include <algorithm>
 
@@ -9,11 +9,7 @@
 
 namespace atomq::coordinator {
 
-bool CoordinatorCore::Impl::Decided(v1::TxnState s) {
-  return s == v1::STATE_COMMITTED || s == v1::STATE_ABORTED;
-}
-
-size_t CoordinatorCore::Impl::Majority(const Txn& t) { return t.parties.size() / 2 + 1; }
+using paxos::Decided;
 
 uint32_t CoordinatorCore::Impl::TerminationPatienceMs() const {
   return std::max({config.termination_after_ms, config.resend_max_ms, 1u});
@@ -31,15 +27,13 @@ void CoordinatorCore::Impl::ArmTermination(Txn& t, int64_t now_ms) {
 void CoordinatorCore::Impl::StartTermination(Txn& t, int64_t now_ms) {
   if (t.phase != Phase::kPrecommitted || t.ballot_token != 0 || t.parties.empty()) return;
   const int64_t patience = TerminationPatienceMs();
-  if (t.term.ballot != 0 && now_ms - t.term_started_ms < patience) return;
+  if (t.term.running() && now_ms - t.term_started_ms < patience) return;
   if (now_ms - t.foreign_ballot_ms < patience) return;
-  const uint64_t n = t.parties.size() + 1;
-  const uint64_t seen = std::max(t.ballot, t.term.highest_seen);
-  const uint64_t ballot = (seen / n + 1) * n;
-  ATOMQ_CHECK(ballot > seen && ballot % n == 0, "a coordinator ballot is fresh and its own");
+  const uint64_t seen = std::max(t.ballot, t.term.highest_seen());
+  const uint64_t ballot = paxos::FreshBallot(seen, t.parties.size(), paxos::kCoordinatorSlot);
   t.ballot = ballot;
-  t.term = Term{};
-  t.term.highest_seen = seen;
+  t.term.End();
+  t.term.Saw(seen);
   Log(absl::StrCat("txn ", t.id, ": 3PC termination round, ballot ", ballot));
   Persist(t, RecordKind::kBallot, v1::PRECOMMITTED);
 }
@@ -57,10 +51,7 @@ void CoordinatorCore::Impl::SendBallot(const Txn& t, size_t i, MsgType type, uin
 }
 
 void CoordinatorCore::Impl::BeginTermination(Txn& t, int64_t now_ms) {
-  const uint64_t seen = t.term.highest_seen;
-  t.term = Term{};
-  t.term.highest_seen = seen;
-  t.term.ballot = t.ballot;
+  t.term.Begin(t.ballot, t.parties.size());
   t.term_started_ms = now_ms;
   for (size_t i = 0; i < t.parties.size(); ++i) {
     // A READ_ONLY voter (only in records from before 3PC participants
@@ -74,9 +65,7 @@ void CoordinatorCore::Impl::BeginTermination(Txn& t, int64_t now_ms) {
 void CoordinatorCore::Impl::Learn(Txn& t, v1::TxnState value, const std::string& how,
                                   int64_t now_ms) {
   if (t.phase != Phase::kPrecommitted) return;
-  const uint64_t seen = t.term.highest_seen;
-  t.term = Term{};
-  t.term.highest_seen = seen;
+  t.term.End();
   if (value == v1::STATE_COMMITTED) {
     Log(absl::StrCat("txn ", t.id, ": 3PC termination learnt COMMIT (", how, ")"));
     return PersistCommit(t, CommitBy::kTermination);
@@ -113,19 +102,11 @@ void CoordinatorCore::Impl::OnPromiseReply(const std::string& txn_id,
     return;
   }
   Term& r = t->term;
-  if (!r.promised.insert(static_cast<size_t>(i)).second) return;
-  if (Decided(reply->accepted_value()) &&
-      (!r.has_best || reply->accepted_ballot() > r.best_ballot)) {
-    r.has_best = true;
-    r.best_ballot = reply->accepted_ballot();
-    r.best_value = reply->accepted_value();
-  }
-  if (r.promised.size() < Majority(*t)) return;
-  r.accepting = true;
-  r.value = r.has_best ? r.best_value : v1::STATE_ABORTED;
+  if (!r.Promised(participant, {reply->accepted_ballot(), reply->accepted_value()})) return;
+  r.Propose(r.Proposal());
   for (size_t k = 0; k < t->parties.size(); ++k) {
     if (t->parties[k].vote == Vote::kReadOnly) continue;
-    SendBallot(*t, k, MsgType::kAccept, r.ballot, r.value);
+    SendBallot(*t, k, MsgType::kAccept, r.ballot(), r.value());
   }
 }
 
@@ -141,9 +122,8 @@ void CoordinatorCore::Impl::OnAcceptReply(const std::string& txn_id, const std::
     return;
   }
   Term& r = t->term;
-  r.accepted.insert(static_cast<size_t>(i));
-  if (r.accepted.size() >= Majority(*t)) {
-    Learn(*t, r.value, absl::StrCat("ballot ", r.ballot, " accepted by a majority"), now_ms);
+  if (r.AcceptedBy(participant)) {
+    Learn(*t, r.value(), absl::StrCat("ballot ", r.ballot(), " accepted by a majority"), now_ms);
   }
 }
 
@@ -155,7 +135,7 @@ Txn* CoordinatorCore::Impl::RoundOf(const std::string& txn_id, const std::string
   if (t == nullptr || t->phase != Phase::kPrecommitted) return nullptr;
   *index = PartyIndex(*t, participant);
   const Term& r = t->term;
-  if (*index < 0 || r.ballot == 0 || r.ballot != ballot || r.accepting != accepting) {
+  if (*index < 0 || !r.running() || r.ballot() != ballot || r.accepting() != accepting) {
     return nullptr;
   }
   return t;
@@ -171,7 +151,7 @@ bool CoordinatorCore::Impl::AnsweredOtherwise(Txn& t, const std::string& partici
     return true;
   }
   if (granted) return false;
-  t.term.highest_seen = std::max(t.term.highest_seen, promised_ballot);
+  t.term.Saw(promised_ballot);
   t.foreign_ballot_ms = now_ms;
   return true;
 }

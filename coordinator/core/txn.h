@@ -13,6 +13,7 @@
 
 #include "atomq/v1/coordinator.pb.h"
 #include "atomq/v1/records.pb.h"
+#include "common/paxos.h"
 #include "coordinator/core/coordinator_core.h"
 
 namespace atomq::coordinator {
@@ -72,18 +73,8 @@ enum class RecordKind { kPrecommit, kCommit, kAbort, kEnd, kBallot, kStage };
 enum class TimerKind { kDeadline, kResend, kPersistRetry, kTerminate };
 
 // A 3PC termination round the coordinator leads (its ballot is on disk
-// before any message carries it). Parties by index.
-struct Term {
-  uint64_t ballot = 0;  // 0: none running
-  bool accepting = false;
-  v1::TxnState value = v1::TXN_STATE_UNSPECIFIED;
-  std::set<size_t> promised;
-  std::set<size_t> accepted;
-  bool has_best = false;
-  uint64_t best_ballot = 0;
-  v1::TxnState best_value = v1::TXN_STATE_UNSPECIFIED;
-  uint64_t highest_seen = 0;
-};
+// before any message carries it); voters are participant ids.
+using Term = paxos::Round;
 
 struct Party {
   std::string id;

@@ -216,7 +216,7 @@ class Node {
   // with its own promise; the round begins once that is durable.
   void StartRound(Txn& t, int64_t now_ms);
   void BeginRound(Txn& t, uint64_t ballot, int64_t now_ms);
-  void MaybeAccept(Txn& t);
+  void ProposeRound(Txn& t);
   void OnPromiseReply(const std::string& id, const std::string& from, uint64_t ballot,
                       const absl::StatusOr<v1::PromiseResponse>& reply, int64_t now_ms);
   void OnAcceptReply(const std::string& id, const std::string& from, uint64_t ballot,

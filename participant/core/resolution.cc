@@ -107,7 +107,7 @@ absl::Status Node::CheckResolvable(const Txn& t, int64_t now_ms) const {
                                config_.in_doubt_after_ms, "); retry later"));
   }
   if (RoundUnderWay(t, now_ms)) {
-    return refuse(absl::StrCat("has a 3PC termination round led here (ballot ", t.round.ballot,
+    return refuse(absl::StrCat("has a 3PC termination round led here (ballot ", t.round.paxos.ballot(),
                                ") waiting for ", Plural(t.round.awaiting, "answer"),
                                "; retry when it ends"));
   }

@@ -11,19 +11,13 @@ namespace atomq::participant {
 
 using v1::TxnState;
 
-// --- the ballot arithmetic of single-decree Paxos over the participants ---
+// --- the transaction's record as Paxos sees it ---
 
-bool Decided(TxnState s) { return s == v1::STATE_COMMITTED || s == v1::STATE_ABORTED; }
-
-std::pair<uint64_t, TxnState> AcceptedOf(const v1::PreparedRecord& rec) {
+paxos::Accepted AcceptedOf(const v1::PreparedRecord& rec) {
   if (rec.accepted_value() == v1::TXN_STATE_UNSPECIFIED && rec.state() == v1::PRECOMMITTED) {
     return {0, v1::STATE_COMMITTED};
   }
   return {rec.accepted_ballot(), rec.accepted_value()};
-}
-
-size_t Majority(const v1::PreparedRecord& rec) {
-  return static_cast<size_t>(rec.participants_size()) / 2 + 1;
 }
 
 int SelfIndex(const v1::PreparedRecord& rec) {
@@ -40,13 +34,6 @@ bool IsParticipant(const v1::PreparedRecord& rec, const std::string& id) {
   return false;
 }
 
-uint64_t NextBallot(uint64_t seen, uint64_t n, int self) {
-  const uint64_t ballot = (seen / n + 1) * n + static_cast<uint64_t>(self) + 1;
-  ATOMQ_CHECK(ballot > seen && ballot % n == static_cast<uint64_t>(self) + 1,
-              "a new ballot is fresh and in this node's ballot space");
-  return ballot;
-}
-
 // --- the node's rounds, as acceptor and as leader ---
 
 absl::Status Node::NotThreePc(const std::string& id) {
@@ -59,9 +46,9 @@ void Node::AnswerPromise(RequestId r, const Txn& t, bool promised) {
   resp.set_promised(promised);
   resp.set_state(t.rec.state());
   resp.set_promised_ballot(t.rec.promised_ballot());
-  const auto [ballot, value] = AcceptedOf(t.rec);
-  resp.set_accepted_ballot(ballot);
-  resp.set_accepted_value(value);
+  const paxos::Accepted accepted = AcceptedOf(t.rec);
+  resp.set_accepted_ballot(accepted.ballot);
+  resp.set_accepted_value(accepted.value);
   Answer(r, absl::OkStatus(), resp);
 }
 
@@ -112,7 +99,7 @@ void Node::BallotDone(Txn& t, const BallotBatch& p, const absl::Status& status, 
   }
   t.rec = std::move(t.writing);
   t.writing.Clear();
-  if (!p.waiters.empty() && t.rec.promised_ballot() != t.round.ballot) {
+  if (!p.waiters.empty() && t.rec.promised_ballot() != t.round.paxos.ballot()) {
     t.foreign_ballot_ms = now_ms;
   }
   for (const Waiter& w : p.waiters) {
@@ -137,9 +124,8 @@ void Node::Promise(RequestId r, const std::string& id, uint64_t ballot, int64_t 
     Txn& t = it->second;
     if (DeferBallot(t, Call::kPromise, r, ballot, v1::TXN_STATE_UNSPECIFIED)) return;
     if (t.rec.protocol() != v1::THREE_PC) return Fail(w, NotThreePc(id));
-    if (ballot <= t.rec.promised_ballot()) {
-      return AnswerPromise(r, t, ballot == t.rec.promised_ballot());
-    }
+    const paxos::Answer a = paxos::OnPromise(t.rec.promised_ballot(), ballot);
+    if (a != paxos::Answer::kWrite) return AnswerPromise(r, t, a == paxos::Answer::kGrant);
     v1::PreparedRecord rec = t.rec;
     rec.set_promised_ballot(ballot);
     return WriteBallot(t, std::move(rec), w, 0);
@@ -169,12 +155,10 @@ void Node::Accept(RequestId r, const std::string& id, uint64_t ballot, TxnState 
     Txn& t = it->second;
     if (DeferBallot(t, Call::kAccept, r, ballot, value)) return;
     if (t.rec.protocol() != v1::THREE_PC) return Fail(w, NotThreePc(id));
-    if (ballot < t.rec.promised_ballot()) {
-      return AnswerAccept(r, t.rec.state(), false, t.rec.promised_ballot());
-    }
-    const auto [accepted_ballot, accepted_value] = AcceptedOf(t.rec);
-    if (ballot == accepted_ballot && value == accepted_value) {
-      return AnswerAccept(r, t.rec.state(), true, t.rec.promised_ballot());
+    const paxos::Answer a =
+        paxos::OnAccept(t.rec.promised_ballot(), AcceptedOf(t.rec), ballot, value);
+    if (a != paxos::Answer::kWrite) {
+      return AnswerAccept(r, t.rec.state(), a == paxos::Answer::kGrant, t.rec.promised_ballot());
     }
     v1::PreparedRecord rec = t.rec;
     rec.set_promised_ballot(ballot);
@@ -221,14 +205,14 @@ void Node::AcceptSettled(const Waiter& w, const std::string& id, uint64_t ballot
 void Node::StartRound(Txn& t, int64_t now_ms) {
   if (t.rec.protocol() != v1::THREE_PC || !t.durable || t.batch != 0) return;
   const int64_t patience = std::max<uint32_t>(config_.resend_max_ms, config_.resend_initial_ms);
-  if (t.round.ballot != 0 && now_ms - t.round_started_ms < patience) return;
+  if (t.round.paxos.running() && now_ms - t.round_started_ms < patience) return;
   if (now_ms - t.foreign_ballot_ms < patience) return;
   const int self = SelfIndex(t.rec);
   if (self < 0) return;  // not in its own participant list: cannot lead
-  const uint64_t n = static_cast<uint64_t>(t.rec.participants_size()) + 1;
   const uint64_t seen = std::max({t.rec.promised_ballot(), t.rec.proposed_ballot(),
-                                  t.rec.accepted_ballot(), t.round.highest_seen});
-  const uint64_t ballot = NextBallot(seen, n, self);
+                                  t.rec.accepted_ballot(), t.round.paxos.highest_seen()});
+  const uint64_t ballot = paxos::FreshBallot(seen, static_cast<size_t>(t.rec.participants_size()),
+                                             static_cast<uint64_t>(self) + 1);
   t.round = Round{};
   v1::PreparedRecord rec = t.rec;
   rec.set_proposed_ballot(ballot);
@@ -241,35 +225,28 @@ void Node::BeginRound(Txn& t, uint64_t ballot, int64_t now_ms) {
               "a round begins with its ballot durable");
   Round& r = t.round;
   r = Round{};
-  r.ballot = ballot;
+  r.paxos.Begin(ballot, static_cast<size_t>(t.rec.participants_size()));
   t.round_started_ms = now_ms;
-  r.promised.insert(t.rec.participant());
-  const auto [accepted_ballot, accepted_value] = AcceptedOf(t.rec);
-  if (Decided(accepted_value)) {
-    r.has_best = true;
-    r.best_ballot = accepted_ballot;
-    r.best_value = accepted_value;
-  }
+  // Its own promise is the ballot it just made durable.
+  const bool majority = r.paxos.Promised(t.rec.participant(), AcceptedOf(t.rec));
   for (const v1::PeerAddress& p : t.rec.participants()) {
     if (p.participant() == t.rec.participant()) continue;
     out_.peer_msgs.push_back(OutPeerMsg{PeerMsgType::kPromise, t.rec.txn_id(), p.participant(),
                                         p.address(), ballot, v1::TXN_STATE_UNSPECIFIED});
     r.awaiting++;
   }
-  MaybeAccept(t);
+  if (majority) ProposeRound(t);
 }
 
-void Node::MaybeAccept(Txn& t) {
+void Node::ProposeRound(Txn& t) {
   Round& r = t.round;
-  if (r.accepting || r.promised.size() < Majority(t.rec)) return;
-  r.accepting = true;
-  r.value = r.has_best ? r.best_value : v1::STATE_ABORTED;
+  TxnState value = r.paxos.Proposal();
   // TEST ONLY: a broken leader, for tests/sim to show its checker catches it.
-  if (config_.plant == Plant::kLeaderIgnoresAccepted) r.value = v1::STATE_ABORTED;
-  ATOMQ_CHECK(Decided(r.value), "a round proposes COMMIT or ABORT");
+  if (config_.plant == Plant::kLeaderIgnoresAccepted) value = v1::STATE_ABORTED;
+  r.paxos.Propose(value);
   for (const v1::PeerAddress& p : t.rec.participants()) {
     out_.peer_msgs.push_back(OutPeerMsg{PeerMsgType::kAccept, t.rec.txn_id(), p.participant(),
-                                        p.address(), r.ballot, r.value});
+                                        p.address(), r.paxos.ballot(), value});
     r.awaiting++;
   }
 }
@@ -280,24 +257,15 @@ void Node::OnPromiseReply(const std::string& id, const std::string& from, uint64
   if (it == txns_.end()) return;
   Txn& t = it->second;
   Round& r = t.round;
-  if (r.ballot != 0 && r.ballot == ballot && r.awaiting > 0) r.awaiting--;
-  if (r.ballot == 0 || r.ballot != ballot || r.accepting || !IsParticipant(t.rec, from)) return;
+  const bool ours = r.paxos.running() && r.paxos.ballot() == ballot;
+  if (ours && r.awaiting > 0) r.awaiting--;
+  if (!ours || r.paxos.accepting() || !IsParticipant(t.rec, from)) return;
   if (!reply.ok()) return;  // the next timer starts another round
   if (Decided(reply->state())) {
     return DecideRound(t, reply->state(), absl::StrCat("peer ", from, ", which decided"), now_ms);
   }
-  if (!reply->promised()) {
-    r.highest_seen = std::max(r.highest_seen, reply->promised_ballot());
-    return;
-  }
-  if (!r.promised.insert(from).second) return;
-  if (Decided(reply->accepted_value()) &&
-      (!r.has_best || reply->accepted_ballot() > r.best_ballot)) {
-    r.has_best = true;
-    r.best_ballot = reply->accepted_ballot();
-    r.best_value = reply->accepted_value();
-  }
-  MaybeAccept(t);
+  if (!reply->promised()) return r.paxos.Saw(reply->promised_ballot());
+  if (r.paxos.Promised(from, {reply->accepted_ballot(), reply->accepted_value()})) ProposeRound(t);
 }
 
 void Node::OnAcceptReply(const std::string& id, const std::string& from, uint64_t ballot,
@@ -306,28 +274,24 @@ void Node::OnAcceptReply(const std::string& id, const std::string& from, uint64_
   if (it == txns_.end()) return;
   Txn& t = it->second;
   Round& r = t.round;
-  if (r.ballot != 0 && r.ballot == ballot && r.awaiting > 0) r.awaiting--;
-  if (r.ballot == 0 || r.ballot != ballot || !r.accepting || !IsParticipant(t.rec, from)) return;
+  const bool ours = r.paxos.running() && r.paxos.ballot() == ballot;
+  if (ours && r.awaiting > 0) r.awaiting--;
+  if (!ours || !r.paxos.accepting() || !IsParticipant(t.rec, from)) return;
   if (!reply.ok()) return;
   if (Decided(reply->state())) {
     return DecideRound(t, reply->state(), absl::StrCat("peer ", from, ", which decided"), now_ms);
   }
-  if (!reply->accepted()) {
-    r.highest_seen = std::max(r.highest_seen, reply->promised_ballot());
-    return;
-  }
-  r.accepted.insert(from);
-  if (r.accepted.size() >= Majority(t.rec)) {
-    DecideRound(t, r.value, absl::StrCat("termination ballot ", r.ballot), now_ms);
+  if (!reply->accepted()) return r.paxos.Saw(reply->promised_ballot());
+  if (r.paxos.AcceptedBy(from)) {
+    DecideRound(t, r.paxos.value(), absl::StrCat("termination ballot ", r.paxos.ballot()), now_ms);
   }
 }
 
 void Node::DecideRound(Txn& t, TxnState value, const std::string& by, int64_t now_ms) {
   ATOMQ_CHECK(Decided(value), "a round decides COMMIT or ABORT");
   const std::string id = t.rec.txn_id();
-  const uint64_t seen = t.round.highest_seen;
-  t.round = Round{};
-  t.round.highest_seen = seen;
+  t.round.paxos.End();
+  t.round.awaiting = 0;
   const PeerMsgType type =
       value == v1::STATE_COMMITTED ? PeerMsgType::kCommit : PeerMsgType::kAbort;
   for (const v1::PeerAddress& p : t.rec.participants()) {
@@ -341,7 +305,7 @@ void Node::DecideRound(Txn& t, TxnState value, const std::string& by, int64_t no
 
 bool Node::RoundUnderWay(const Txn& t, int64_t now_ms) const {
   const int64_t patience = std::max<uint32_t>(config_.resend_max_ms, config_.resend_initial_ms);
-  return t.round.ballot != 0 && t.round.awaiting > 0 && now_ms - t.round_started_ms < patience;
+  return t.round.paxos.running() && t.round.awaiting > 0 && now_ms - t.round_started_ms < patience;
 }
 
 }  // namespace atomq::participant
