@@ -5,6 +5,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/codec.h"
+#include "common/op_limits.h"
+#include "common/status.h"
 #include "common/validate.h"
 #include "coordinator/core/core_impl.h"
 
@@ -22,16 +24,8 @@ absl::Status ValidateOp(const Config& config, int i, const v1::Op& op) {
       const v1::Enqueue& e = op.enqueue();
       absl::Status s = ValidateQueueName(e.queue());
       if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(at, s.message()));
-      if (e.payload().size() > config.payload_bytes_max) {
-        return absl::InvalidArgumentError(absl::StrCat(at, "payload is ", e.payload().size(),
-                                                       " bytes; at most ", config.payload_bytes_max,
-                                                       " allowed"));
-      }
-      if (static_cast<size_t>(e.headers().size()) > config.headers_max) {
-        return absl::InvalidArgumentError(absl::StrCat(at, e.headers().size(), " headers; at most ",
-                                                       config.headers_max, " allowed"));
-      }
-      return absl::OkStatus();
+      return CheckMessageLimits({config.payload_bytes_max, config.headers_max}, at, e.payload(),
+                                e.headers());
     }
     case v1::Op::kAck: {
       const v1::Ack& a = op.ack();
@@ -60,10 +54,8 @@ absl::Status CoordinatorCore::Impl::Validate(const v1::ExecuteRequest& req) cons
   if (req.ops_size() == 0) {
     return absl::InvalidArgumentError("ops is empty: a transaction needs at least one op");
   }
-  if (static_cast<size_t>(req.ops_size()) > config.ops_per_txn_max) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(req.ops_size(), " ops; at most ", config.ops_per_txn_max, " allowed"));
-  }
+  ATOMQ_RETURN_IF_ERROR(
+      CheckOpCount(static_cast<uint64_t>(req.ops_size()), config.ops_per_txn_max));
   if (req.protocol() != v1::PROTOCOL_UNSPECIFIED && req.protocol() != v1::TWO_PC &&
       req.protocol() != v1::THREE_PC) {
     return absl::InvalidArgumentError(

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "common/op_limits.h"
 #include "participant/core/batches.h"
 #include "participant/core/outcomes.h"
 #include "participant/core/participant_core.h"
@@ -197,6 +198,8 @@ class Node {
   void OnePhaseDone(Txn& t, const OnePhaseBatch& b, const absl::Status& status, int64_t now_ms);
 
   // --- termination.cc: 3PC quorum termination ---
+  // --payload_bytes_max and --headers_max, for CheckMessageLimits.
+  MessageLimits message_limits() const { return {config_.payload_bytes_max, config_.headers_max}; }
   static absl::Status NotThreePc(const std::string& id);
   void AnswerPromise(RequestId r, const Txn& t, bool promised);
   void AnswerAccept(RequestId r, v1::TxnState state, bool accepted, uint64_t promised);

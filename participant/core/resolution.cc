@@ -107,9 +107,9 @@ absl::Status Node::CheckResolvable(const Txn& t, int64_t now_ms) const {
                                config_.in_doubt_after_ms, "); retry later"));
   }
   if (RoundUnderWay(t, now_ms)) {
-    return refuse(absl::StrCat("has a 3PC termination round led here (ballot ", t.round.paxos.ballot(),
-                               ") waiting for ", Plural(t.round.awaiting, "answer"),
-                               "; retry when it ends"));
+    return refuse(absl::StrCat("has a 3PC termination round led here (ballot ",
+                               t.round.paxos.ballot(), ") waiting for ",
+                               Plural(t.round.awaiting, "answer"), "; retry when it ends"));
   }
   return absl::OkStatus();
 }

@@ -4,6 +4,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/codec.h"
+#include "common/op_limits.h"
+#include "common/status.h"
 #include "common/validate.h"
 #include "participant/core/node.h"
 
@@ -14,15 +16,7 @@ absl::Status Node::ValidateSend(const v1::SendRequest& req, Queue** q) {
   if (!s.ok()) return s;
   *q = queues_.Find(req.queue());
   if (*q == nullptr) return queues_.NoQueue(req.queue());
-  if (req.payload().size() > config_.payload_bytes_max) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("payload is ", req.payload().size(),
-                     " bytes; at most --payload_bytes_max=", config_.payload_bytes_max));
-  }
-  if (static_cast<uint64_t>(req.headers_size()) > config_.headers_max) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(req.headers_size(), " headers; at most --headers_max=", config_.headers_max));
-  }
+  ATOMQ_RETURN_IF_ERROR(CheckMessageLimits(message_limits(), "", req.payload(), req.headers()));
   if (!req.producer_id().empty()) {
     s = ValidateNodeId(req.producer_id());
     if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("producer_id: ", s.message()));

@@ -4,6 +4,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/codec.h"
+#include "common/op_limits.h"
+#include "common/status.h"
 #include "common/validate.h"
 #include "participant/core/node.h"
 
@@ -82,15 +84,7 @@ absl::StatusOr<uint64_t> Node::ValidateStageOps(const v1::StageRequest& req) con
     if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(at, s.message()));
     if (op.has_enqueue()) {
       const v1::Enqueue& e = op.enqueue();
-      if (e.payload().size() > config_.payload_bytes_max) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(at, "payload is ", e.payload().size(),
-                         " bytes; at most --payload_bytes_max=", config_.payload_bytes_max));
-      }
-      if (static_cast<uint64_t>(e.headers_size()) > config_.headers_max) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            at, e.headers_size(), " headers; at most --headers_max=", config_.headers_max));
-      }
+      ATOMQ_RETURN_IF_ERROR(CheckMessageLimits(message_limits(), at, e.payload(), e.headers()));
       bytes += e.payload().size();
       for (const auto& [k, v] : e.headers()) bytes += k.size() + v.size();
     } else if (op.ack().sequence() == 0 || op.ack().lease_token().empty()) {

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/codec.h"
+#include "common/op_limits.h"
 #include "common/validate.h"
 #include "participant/core/node.h"
 
@@ -54,9 +55,9 @@ absl::Status Node::ValidatePrepare(const v1::PrepareRequest& req) const {
 }
 
 std::string Node::CheckOps(const v1::PrepareRequest& req, int64_t now_ms) {
-  if (static_cast<uint64_t>(req.ops_size()) > config_.ops_per_txn_max) {
-    return absl::StrCat(req.ops_size(),
-                        " ops; at most --ops_per_txn_max=", config_.ops_per_txn_max);
+  if (absl::Status s = CheckOpCount(static_cast<uint64_t>(req.ops_size()), config_.ops_per_txn_max);
+      !s.ok()) {
+    return std::string(s.message());
   }
   std::set<std::pair<std::string, uint64_t>> acked;
   for (int i = 0; i < req.ops_size(); ++i) {
@@ -68,14 +69,9 @@ std::string Node::CheckOps(const v1::PrepareRequest& req, int64_t now_ms) {
     if (q == nullptr) return std::string(queues_.NoQueue(name).message());
     if (op.has_enqueue()) {
       const v1::Enqueue& e = op.enqueue();
-      if (e.payload().size() > config_.payload_bytes_max) {
-        return absl::StrCat("op ", i, ": payload is ", e.payload().size(),
-                            " bytes; at most --payload_bytes_max=", config_.payload_bytes_max);
-      }
-      if (static_cast<uint64_t>(e.headers_size()) > config_.headers_max) {
-        return absl::StrCat("op ", i, ": ", e.headers_size(),
-                            " headers; at most --headers_max=", config_.headers_max);
-      }
+      s = CheckMessageLimits(message_limits(), absl::StrCat("op ", i, ": "), e.payload(),
+                             e.headers());
+      if (!s.ok()) return std::string(s.message());
       continue;
     }
     const v1::Ack& a = op.ack();
