@@ -91,6 +91,18 @@ absl::StatusOr<std::map<std::string, std::string>> ParsePeerList(const std::stri
   return out;
 }
 
+std::vector<std::string> ScanTimeIndex(Storage* storage, const std::string& db, int64_t cutoff_ms,
+                                       size_t max, const std::string& what) {
+  std::vector<std::string> keys;
+  absl::Status st = storage->Scan(db, "", [&](std::string_view key, std::string_view) {
+    if (key.size() > 8 && static_cast<int64_t>(DecodeU64(key)) >= cutoff_ms) return false;
+    keys.emplace_back(key);
+    return keys.size() < max;
+  });
+  if (!st.ok()) LogLine(absl::StrCat(what, " failed: ", st.ToString()));
+  return keys;
+}
+
 void InitServerProcess() {
   InitSignals();
   InitCrashPoints();

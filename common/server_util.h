@@ -50,6 +50,12 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
 // "p1=127.0.0.1:7101,p2=..." -> map; INVALID_ARGUMENT with the bad entry.
 absl::StatusOr<std::map<std::string, std::string>> ParsePeerList(const std::string& s);
 
+// Keys of `db`, a time index (8 bytes big-endian ms, then an id), older
+// than `cutoff_ms`, in key order, at most `max`: what a collection pass
+// offers its core. A failed scan is logged as `what` and ends the list.
+std::vector<std::string> ScanTimeIndex(Storage* storage, const std::string& db, int64_t cutoff_ms,
+                                       size_t max, const std::string& what);
+
 // Blocks until SIGINT or SIGTERM. Call InitSignals() first thing in main,
 // before any thread starts, so every thread has them blocked.
 void InitSignals();

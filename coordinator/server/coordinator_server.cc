@@ -245,9 +245,8 @@ std::string CoordinatorServer::RenderMetrics() {
                   replies_aborted_.load(), "\n");
   absl::StrAppend(&out, "atomq_execute_replies_total{outcome=\"error\"} ", replies_failed_.load(),
                   "\n");
-  const auto [in_flight, erased] = core_.Inspect([](const CoordinatorCore& c) {
-    return std::make_pair(c.in_flight(), c.records_erased());
-  });
+  const auto [in_flight, erased] = core_.Inspect(
+      [](const CoordinatorCore& c) { return std::make_pair(c.in_flight(), c.records_erased()); });
   AppendMetric(&out, "atomq_finished_records_erased_total", "counter",
                "Finished transaction records erased after --retention_ms.", erased);
   AppendMetric(&out, "atomq_participant_batch_calls_total", "counter",
@@ -400,14 +399,25 @@ class CoordinatorServer::Link {
     for (OutMessage& m : msgs) {
       v1::BatchItem* item = req.add_items();
       switch (m.type) {
-        case MsgType::kPrepare: *item->mutable_prepare() = std::move(m.prepare); break;
-        case MsgType::kPreCommit: item->mutable_pre_commit()->set_txn_id(m.txn_id); break;
-        case MsgType::kCommit: item->mutable_commit()->set_txn_id(m.txn_id); break;
-        case MsgType::kAbort: item->mutable_abort()->set_txn_id(m.txn_id); break;
-        case MsgType::kForget: item->mutable_forget()->set_txn_id(m.txn_id); break;
+        case MsgType::kPrepare:
+          *item->mutable_prepare() = std::move(m.prepare);
+          break;
+        case MsgType::kPreCommit:
+          item->mutable_pre_commit()->set_txn_id(m.txn_id);
+          break;
+        case MsgType::kCommit:
+          item->mutable_commit()->set_txn_id(m.txn_id);
+          break;
+        case MsgType::kAbort:
+          item->mutable_abort()->set_txn_id(m.txn_id);
+          break;
+        case MsgType::kForget:
+          item->mutable_forget()->set_txn_id(m.txn_id);
+          break;
         case MsgType::kQuery:    // never batched: SendTermination
         case MsgType::kPromise:  // never batched: SendTermination
-        case MsgType::kAccept: break;
+        case MsgType::kAccept:
+          break;
       }
       sent->push_back(Sent{m.type, std::move(m.txn_id), std::move(m.participant)});
     }
@@ -449,8 +459,7 @@ void CoordinatorServer::Send(std::vector<OutMessage> msgs) {
   {
     absl::MutexLock lock(&links_mu_);
     for (OutMessage& m : msgs) {
-      if (m.type == MsgType::kPromise || m.type == MsgType::kAccept ||
-          m.type == MsgType::kQuery) {
+      if (m.type == MsgType::kPromise || m.type == MsgType::kAccept || m.type == MsgType::kQuery) {
         termination.push_back(std::move(m));
         continue;
       }
@@ -471,10 +480,11 @@ void CoordinatorServer::SendTermination(OutMessage m) {
   const std::string txn = m.txn_id, p = m.participant;
   const uint64_t ballot = m.ballot;
   if (m.type == MsgType::kQuery) {
-    CallQueryState(stub, txn, options_.rpc_timeout_ms,
-                   [this, txn, p](const absl::StatusOr<v1::QueryStateResponse>& r) {
-                     WithCore([&](CoordinatorCore& c) { c.OnQueryReply(txn, p, r, clock_.NowMs()); });
-                   });
+    CallQueryState(
+        stub, txn, options_.rpc_timeout_ms,
+        [this, txn, p](const absl::StatusOr<v1::QueryStateResponse>& r) {
+          WithCore([&](CoordinatorCore& c) { c.OnQueryReply(txn, p, r, clock_.NowMs()); });
+        });
     return;
   }
   if (m.type == MsgType::kPromise) {
@@ -486,11 +496,11 @@ void CoordinatorServer::SendTermination(OutMessage m) {
                 });
     return;
   }
-  CallAccept(stub, txn, ballot, m.value, options_.rpc_timeout_ms,
-             [this, txn, p, ballot](const absl::StatusOr<v1::AcceptResponse>& r) {
-               WithCore(
-                   [&](CoordinatorCore& c) { c.OnAcceptReply(txn, p, ballot, r, clock_.NowMs()); });
-             });
+  CallAccept(
+      stub, txn, ballot, m.value, options_.rpc_timeout_ms,
+      [this, txn, p, ballot](const absl::StatusOr<v1::AcceptResponse>& r) {
+        WithCore([&](CoordinatorCore& c) { c.OnAcceptReply(txn, p, ballot, r, clock_.NowMs()); });
+      });
 }
 
 void CoordinatorServer::OnBatchReply(const std::vector<Sent>& sent, const grpc::Status& status,
@@ -552,13 +562,8 @@ void CoordinatorServer::ReportBatchItem(CoordinatorCore& c, const Sent& s, const
 size_t CoordinatorServer::CollectGarbage() {
   const int64_t now = clock_.NowMs();
   const int64_t cutoff = now - static_cast<int64_t>(options_.retention_ms);
-  std::vector<std::string> keys;
-  absl::Status st = storage_->Scan(kEndedDb, "", [&](std::string_view key, std::string_view) {
-    if (key.size() > 8 && static_cast<int64_t>(DecodeU64(key)) >= cutoff) return false;
-    keys.emplace_back(key);
-    return keys.size() < options_.gc_batch_max;
-  });
-  if (!st.ok()) LogLine(absl::StrCat("finished-record collection failed: ", st.ToString()));
+  const std::vector<std::string> keys = ScanTimeIndex(
+      storage_, kEndedDb, cutoff, options_.gc_batch_max, "finished-record collection");
   // The core decides what may go; its erase batch is ordered after the
   // ENDED batches it follows, like every write.
   if (!keys.empty()) WithCore([&](CoordinatorCore& c) { c.CollectRecords(keys, now); });

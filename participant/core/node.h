@@ -220,6 +220,7 @@ class Node {
   void StartRound(Txn& t, int64_t now_ms);
   void BeginRound(Txn& t, uint64_t ballot, int64_t now_ms);
   void ProposeRound(Txn& t);
+  Txn* RoundOf(const std::string& id, const std::string& from, uint64_t ballot, bool accepting);
   void OnPromiseReply(const std::string& id, const std::string& from, uint64_t ballot,
                       const absl::StatusOr<v1::PromiseResponse>& reply, int64_t now_ms);
   void OnAcceptReply(const std::string& id, const std::string& from, uint64_t ballot,

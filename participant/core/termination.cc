@@ -251,16 +251,27 @@ void Node::ProposeRound(Txn& t) {
   }
 }
 
-void Node::OnPromiseReply(const std::string& id, const std::string& from, uint64_t ballot,
-                          const absl::StatusOr<v1::PromiseResponse>& reply, int64_t now_ms) {
+// The transaction whose round this node leads at `ballot`, at the stage
+// `accepting` names, that an answer from `from` belongs to; nullptr for a
+// stale or foreign answer. Every answer to the round counts as received.
+Txn* Node::RoundOf(const std::string& id, const std::string& from, uint64_t ballot,
+                   bool accepting) {
   auto it = txns_.find(id);
-  if (it == txns_.end()) return;
+  if (it == txns_.end()) return nullptr;
   Txn& t = it->second;
   Round& r = t.round;
   const bool ours = r.paxos.running() && r.paxos.ballot() == ballot;
   if (ours && r.awaiting > 0) r.awaiting--;
-  if (!ours || r.paxos.accepting() || !IsParticipant(t.rec, from)) return;
-  if (!reply.ok()) return;  // the next timer starts another round
+  if (!ours || r.paxos.accepting() != accepting || !IsParticipant(t.rec, from)) return nullptr;
+  return &t;
+}
+
+void Node::OnPromiseReply(const std::string& id, const std::string& from, uint64_t ballot,
+                          const absl::StatusOr<v1::PromiseResponse>& reply, int64_t now_ms) {
+  Txn* found = RoundOf(id, from, ballot, /*accepting=*/false);
+  if (found == nullptr || !reply.ok()) return;  // the next timer starts another round
+  Txn& t = *found;
+  Round& r = t.round;
   if (Decided(reply->state())) {
     return DecideRound(t, reply->state(), absl::StrCat("peer ", from, ", which decided"), now_ms);
   }
@@ -270,14 +281,10 @@ void Node::OnPromiseReply(const std::string& id, const std::string& from, uint64
 
 void Node::OnAcceptReply(const std::string& id, const std::string& from, uint64_t ballot,
                          const absl::StatusOr<v1::AcceptResponse>& reply, int64_t now_ms) {
-  auto it = txns_.find(id);
-  if (it == txns_.end()) return;
-  Txn& t = it->second;
+  Txn* found = RoundOf(id, from, ballot, /*accepting=*/true);
+  if (found == nullptr || !reply.ok()) return;
+  Txn& t = *found;
   Round& r = t.round;
-  const bool ours = r.paxos.running() && r.paxos.ballot() == ballot;
-  if (ours && r.awaiting > 0) r.awaiting--;
-  if (!ours || !r.paxos.accepting() || !IsParticipant(t.rec, from)) return;
-  if (!reply.ok()) return;
   if (Decided(reply->state())) {
     return DecideRound(t, reply->state(), absl::StrCat("peer ", from, ", which decided"), now_ms);
   }

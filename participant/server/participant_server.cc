@@ -22,23 +22,22 @@ class ParticipantNode::View : public DurableView {
   // Storage::Scan starts at a prefix: walk blocks of 256 sequences (the key
   // without its last byte), so that a call skips fewer than 256 keys below
   // `from`. The backlog on disk is dense, so few blocks come back empty.
-  absl::StatusOr<std::vector<uint64_t>> ScanMessages(uint64_t queue_id, uint64_t from,
-                                                     uint64_t to,
+  absl::StatusOr<std::vector<uint64_t>> ScanMessages(uint64_t queue_id, uint64_t from, uint64_t to,
                                                      uint32_t limit) const override {
     std::vector<uint64_t> seqs;
     for (uint64_t block = from >> 8; seqs.size() < limit && from < to; ++block) {
       const std::string prefix = MessageKey(queue_id, block << 8).substr(0, 15);
       bool past = false;
-      ATOMQ_RETURN_IF_ERROR(storage_->Scan(kMessagesDb, prefix,
-                                           [&](std::string_view key, std::string_view) {
-                                             if (key.size() != 16) return true;
-                                             const uint64_t seq = DecodeU64(key.substr(8));
-                                             if (seq < from) return true;
-                                             if (seq >= to) past = true;
-                                             if (past || seqs.size() >= limit) return false;
-                                             seqs.push_back(seq);
-                                             return true;
-                                           }));
+      ATOMQ_RETURN_IF_ERROR(
+          storage_->Scan(kMessagesDb, prefix, [&](std::string_view key, std::string_view) {
+            if (key.size() != 16) return true;
+            const uint64_t seq = DecodeU64(key.substr(8));
+            if (seq < from) return true;
+            if (seq >= to) past = true;
+            if (past || seqs.size() >= limit) return false;
+            seqs.push_back(seq);
+            return true;
+          }));
       const uint64_t next = (block + 1) << 8;
       if (past || next == 0) break;  // `to` reached, or the last block
       from = next;
@@ -205,8 +204,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
         [&](ParticipantCore& c) { c.QueryState(rid, req->txn_id(), node_->clock_.NowMs()); });
     return reactor;
   }
-  grpc::ServerUnaryReactor* Promise(grpc::CallbackServerContext* ctx,
-                                    const v1::PromiseRequest* req,
+  grpc::ServerUnaryReactor* Promise(grpc::CallbackServerContext* ctx, const v1::PromiseRequest* req,
                                     v1::PromiseResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
@@ -290,8 +288,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   }
 
   // Operator resolution (heuristic): answered once the outcome is durable.
-  grpc::ServerUnaryReactor* Resolve(grpc::CallbackServerContext* ctx,
-                                    const v1::ResolveRequest* req,
+  grpc::ServerUnaryReactor* Resolve(grpc::CallbackServerContext* ctx, const v1::ResolveRequest* req,
                                     v1::ResolveResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
@@ -414,13 +411,8 @@ std::string ParticipantNode::RenderMetrics() {
 size_t ParticipantNode::OfferForgettable() {
   const int64_t now = clock_.NowMs();
   const int64_t cutoff = now - static_cast<int64_t>(retention_ms_);
-  std::vector<std::string> keys;
-  absl::Status st = storage_->Scan(kForgettableDb, "", [&](std::string_view key, std::string_view) {
-    if (key.size() > 8 && static_cast<int64_t>(DecodeU64(key)) >= cutoff) return false;
-    keys.emplace_back(key);
-    return keys.size() < options_.gc_batch_max;
-  });
-  if (!st.ok()) LogLine(absl::StrCat("outcome collection failed: ", st.ToString()));
+  const std::vector<std::string> keys =
+      ScanTimeIndex(storage_, kForgettableDb, cutoff, options_.gc_batch_max, "outcome collection");
   if (!keys.empty()) WithCore([&](ParticipantCore& c) { c.CollectOutcomes(keys, now); });
   return keys.size();
 }
@@ -436,16 +428,15 @@ absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config 
   std::unique_ptr<ParticipantNode> node(new ParticipantNode(std::move(config), options, storage));
   node->core_receive_max_ = receive_max;
   node->retention_ms_ = retention_ms;
-  absl::StatusOr<RecoveredState> loaded =
-      schema::LoadRecoveredState([&](const char* db, const schema::RecordFn& fn) {
-        return storage->Scan(db, "", fn);
-      });
+  absl::StatusOr<RecoveredState> loaded = schema::LoadRecoveredState(
+      [&](const char* db, const schema::RecordFn& fn) { return storage->Scan(db, "", fn); });
   ATOMQ_RETURN_IF_ERROR(loaded.status());
   RecoveredState state = *std::move(loaded);
   uint64_t stored = 0;
   for (const auto& [queue_id, backlog] : state.messages) stored += backlog.count;
   std::string summary =
-      absl::StrCat("recovered ", state.queues.size(), " queues, ", stored, " messages, ", state.prepared.size(), " prepared transactions");
+      absl::StrCat("recovered ", state.queues.size(), " queues, ", stored, " messages, ",
+                   state.prepared.size(), " prepared transactions");
   node->WithCore([&](ParticipantCore& c) { c.Recover(std::move(state), node->clock_.NowMs()); });
   LogLine(summary);
   node->SweepLeases();
