@@ -7,7 +7,7 @@
 // record durable. So the adapter may carry out every output at once, in any
 // order.
 //
-// Protocol (DESIGN.md section 3):
+// Protocol (docs/design.md section 3):
 //   2PC, presumed abort: Prepare to all -> all YES/READ_ONLY -> persist COMMIT
 //   (forced) -> reply to the client once every participant acknowledged the
 //   commit (or at the deadline, without the missing sequences) -> Commit

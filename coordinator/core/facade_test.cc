@@ -193,7 +193,7 @@ TEST_F(CoordinatorCoreTest, DefaultProtocolApplies) {
 // ------------------------------------------------------------- simulation
 
 // Seeded runs with dropped, duplicated and reordered messages, failed writes
-// and restarts; the invariants of DESIGN.md section 4 are checked as outputs
+// and restarts; the invariants of docs/design.md section 4 are checked as outputs
 // appear, and at the end every transaction must have ended.
 class Sim {
  public:

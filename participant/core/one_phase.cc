@@ -11,7 +11,7 @@ namespace atomq::participant {
 
 // --- one-phase commit (PrepareRequest.one_phase) ---
 // This node is the transaction's single participant, so its own COMMITTED
-// outcome is the decision (DESIGN.md section 3, "One participant"):
+// outcome is the decision (docs/design.md section 3.5):
 // - YES is released only once one batch with the messages, the acks and
 //   the COMMITTED outcome (marked one_phase) is durable; it carries the
 //   sequences. Nothing is ever PREPARED: never in doubt here, so this node

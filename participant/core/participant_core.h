@@ -1,5 +1,5 @@
 // The participant's protocol state machine and queue model: pure,
-// single-threaded, no I/O, no threads, no clock (DESIGN.md sections 2-5).
+// single-threaded, no I/O, no threads, no clock (docs/design.md sections 2-5).
 //
 // It holds queue metadata in memory (names, ids, next sequence numbers,
 // leases) and the sequence numbers of a window of each queue's messages:
@@ -23,7 +23,7 @@
 // that it votes NO should the Prepare arrive later). If every peer is
 // uncertain too, it stays in doubt and keeps asking.
 //
-// 3PC quorum termination (DESIGN.md section 3): besides asking, an in-doubt
+// 3PC quorum termination (docs/design.md section 3.7): besides asking, an in-doubt
 // 3PC transaction starts a termination round on every in-doubt timer: it
 // writes a fresh ballot (proposed_ballot) to its PREPARED record, sends
 // Promise to every participant (itself included), and on promises from a

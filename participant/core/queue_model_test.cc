@@ -165,7 +165,7 @@ TEST_F(QueueFeaturesTest, ReadyQueuesNameQueuesThatGainedMessagesOnce) {
   EXPECT_EQ(Info("q").leased(), 0u);
 }
 
-// DESIGN.md section 4: a message under a pending transactional ack is not
+// docs/design.md section 4: a message under a pending transactional ack is not
 // redelivered, acked or nacked by anyone while in doubt, even after its lease
 // expires; an abort returns it.
 TEST_F(QueueFeaturesTest, PinnedMessageSurvivesLeaseExpiryWhileInDoubt) {

@@ -191,7 +191,7 @@ TEST(QueueTest, WaitersBeyondTheLimitAreRefused) {
   EXPECT_EQ(Receive(c, "q", 1, 1500).deliveries.size(), 1u);
 }
 
-// Isolation (DESIGN.md section 4) at process level: a consumer polling during
+// Isolation (docs/design.md section 4) at process level: a consumer polling during
 // a prepare sees nothing; a message whose ack is prepared is neither
 // redelivered nor acked by anyone while in doubt, even after its lease ends.
 TEST(QueueTest, PreparedWorkIsInvisibleAndPinnedAcksAreNotRedelivered) {

@@ -1,4 +1,4 @@
-// The simulator's invariant checker (DESIGN.md section 4), kept apart from
+// The simulator's invariant checker (docs/design.md section 4), kept apart from
 // the code it checks: it sees only what a test can see from outside the
 // cores, namely every write that reaches a simulated disk, every reply a core
 // releases, and what the client was told. It runs after every step.

@@ -1,4 +1,4 @@
-// A deterministic simulator of an atomq cluster (DESIGN.md section 2): the
+// A deterministic simulator of an atomq cluster (docs/design.md section 2.6): the
 // real CoordinatorCore and ParticipantCore driven as the gRPC adapters drive
 // them, over a simulated network (drop, duplicate, delay, reorder, partition
 // and heal), simulated disks (group commit; a crash loses what was not
@@ -7,7 +7,7 @@
 // replays the same run (RunSeed returns a hash of the event trace).
 //
 // A checker (checker.h) observes every durable write and every reply and
-// checks the invariants of DESIGN.md section 4 after every step. At the end
+// checks the invariants of docs/design.md section 4 after every step. At the end
 // a liveness phase heals everything and requires every transaction decided;
 // under 3PC first with the coordinator and one participant down (every 3PC
 // transaction with a majority of its participants up must decide).
