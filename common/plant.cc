@@ -18,7 +18,7 @@ constexpr Named kPlants[] = {
     {Plant::kOnePhaseMulti, "one-phase-multi"},
     {Plant::kOnePhasePresumedAbort, "one-phase-presumed-abort"},
     {Plant::kForgetBeforeEnd, "forget-before-end"},
-    {Plant::kStagedPresumedAbort, "staged-presumed-abort"},
+    {Plant::kPreparingPresumedAbort, "preparing-presumed-abort"},
 };
 
 }  // namespace

@@ -14,7 +14,7 @@ enum class Plant {
   kCommitWithoutVotes,     // counts a NO vote as YES
   kOnePhaseMulti,          // commits every participant in one phase, each on its own
   kOnePhasePresumedAbort,  // answers ABORTED when a one-phase vote is lost or late
-  kStagedPresumedAbort,    // recovers a PREPARING record as aborted without asking
+  kPreparingPresumedAbort,    // recovers a PREPARING record as aborted without asking
   // Participant core.
   kLeaderIgnoresAccepted,  // a termination leader proposes ABORT whatever was accepted
   kForgetBeforeEnd,        // erases a COMMITTED outcome as soon as it is durable

@@ -51,7 +51,7 @@ void CoordinatorCore::Impl::Persist(Txn& t, RecordKind kind, v1::TxnState state)
   out.persist.push_back(std::move(b));
   if (kind == RecordKind::kBallot) {
     t.ballot_token = token;
-  } else if (kind != RecordKind::kEnd && kind != RecordKind::kStage) {
+  } else if (kind != RecordKind::kEnd && kind != RecordKind::kPreparing) {
     t.decision_token = token;
   }
 }
@@ -98,7 +98,7 @@ void CoordinatorCore::Impl::OnPersisted(uint64_t token, const absl::Status& stat
       return OnBallotDurable(*t, token, status, now_ms);
     case RecordKind::kEnd:
       return OnEndDurable(*t, status);
-    case RecordKind::kStage:
+    case RecordKind::kPreparing:
       return OnPreparingRecordDurable(*t, status, now_ms);
     case RecordKind::kPrecommit:
       if (latest()) OnPrecommitDurable(*t, status, now_ms);

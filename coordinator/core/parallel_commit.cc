@@ -80,7 +80,7 @@ void CoordinatorCore::Impl::MaybeWritePreparingRecord(Txn& t) {
     return;
   }
   t.preparing_record = PreparingRecord::kInFlight;
-  Persist(t, RecordKind::kStage, v1::PREPARING);
+  Persist(t, RecordKind::kPreparing, v1::PREPARING);
 }
 
 }  // namespace atomq::coordinator

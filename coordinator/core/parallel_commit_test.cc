@@ -388,7 +388,7 @@ TEST_F(CoordinatorCoreTest, ParallelCommitRecoveryAsksAgainAfterAFailedOrUndecid
 
 TEST_F(CoordinatorCoreTest, ParallelCommitPlantedPresumedAbortSendsAbortWithoutAsking) {
   config.parallel_commit = true;
-  config.plant = Plant::kStagedPresumedAbort;
+  config.plant = Plant::kPreparingPresumedAbort;
   core().Recover({PreparingRecord(ThreeWay("t1"))}, now);
   Output o = Take();
   EXPECT_TRUE(Targets(o, MsgType::kQuery).empty());

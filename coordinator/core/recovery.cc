@@ -21,8 +21,8 @@ void CoordinatorCore::Impl::RecoverOne(const v1::CoordinatorTxnRecord& r, int64_
     case v1::STATE_COMMITTED:
       return RecoverCommitted(t, now_ms);
     case v1::PREPARING:
-      if (config.plant != Plant::kStagedPresumedAbort) return RecoverPreparing(t, now_ms);
-      // TEST ONLY: "staged-presumed-abort" takes it for an ABORT record.
+      if (config.plant != Plant::kPreparingPresumedAbort) return RecoverPreparing(t, now_ms);
+      // TEST ONLY: "preparing-presumed-abort" takes it for an ABORT record.
       t.reason = "aborted before a restart";
       return RecoverAborted(t, now_ms);
     case v1::STATE_ABORTED:

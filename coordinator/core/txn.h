@@ -68,8 +68,8 @@ enum class PreparingRecord { kNone, kInFlight, kDurable };
 enum class CommitBy { kVotes, kPrecommitMajority, kTermination };
 
 // kBallot: a PRECOMMITTED record carrying a new termination ballot.
-// kStage: parallel commit's PREPARING record, written beside the prepares.
-enum class RecordKind { kPrecommit, kCommit, kAbort, kEnd, kBallot, kStage };
+// kPreparing: parallel commit's PREPARING record, written beside the prepares.
+enum class RecordKind { kPrecommit, kCommit, kAbort, kEnd, kBallot, kPreparing };
 enum class TimerKind { kDeadline, kResend, kPersistRetry, kTerminate };
 
 // A 3PC termination round the coordinator leads (its ballot is on disk

@@ -381,11 +381,11 @@ void Sim::Boot(Node& n) {
     c.termination_after_ms = termination_after_ms_;
     if (options_.plant == Plant::kCommitWithoutVotes || options_.plant == Plant::kOnePhaseMulti ||
         options_.plant == Plant::kOnePhasePresumedAbort ||
-        options_.plant == Plant::kStagedPresumedAbort) {
+        options_.plant == Plant::kPreparingPresumedAbort) {
       c.plant = options_.plant;
     }
     // Parallel commit in every other seed (always for the plant that breaks it).
-    c.parallel_commit = options_.seed % 2 == 0 || options_.plant == Plant::kStagedPresumedAbort;
+    c.parallel_commit = options_.seed % 2 == 0 || options_.plant == Plant::kPreparingPresumedAbort;
     n.coordinator_view = std::make_unique<CoordinatorView>(&n);
     n.coordinator = std::make_unique<CoordinatorCore>(std::move(c), n.coordinator_view.get());
     std::vector<v1::CoordinatorTxnRecord> records;

@@ -66,7 +66,7 @@ Result RunSeed(const Options& options);
 //                            vote is lost or late (the participant may have committed)
 //   forget-before-end        a participant erases its COMMITTED outcome as soon
 //                            as it is durable, without the coordinator's END
-//   staged-presumed-abort    the coordinator recovers a parallel commit's
+//   preparing-presumed-abort    the coordinator recovers a parallel commit's
 //                            PREPARING record as aborted, without asking the
 //                            participants (who may all hold it prepared)
 const std::vector<std::string>& Plants();
