@@ -291,7 +291,7 @@ int main(int argc, char** argv) {
   } else if (absl::Status st = atomq::CheckTlsFlags(o.tls, /*server=*/false); !st.ok()) {
     return atomq::bench::Fail(std::string(st.message()));
   }
-  atomq::bench::UseTls(o.tls);
+  atomq::SetDialCredentials(atomq::ChannelCredentials(o.tls));
   atomq::bench::CatchStopSignals();
   return atomq::bench::RunBench(o);
 }

@@ -37,15 +37,6 @@ std::string StatusText(const grpc::Status& s) {
   return absl::StrCat(name.empty() ? "?" : name, ": ", s.error_message());
 }
 
-namespace {
-std::shared_ptr<grpc::ChannelCredentials>& Credentials() {
-  static auto* creds = new std::shared_ptr<grpc::ChannelCredentials>();
-  return *creds;
-}
-}  // namespace
-
-void UseTls(const atomq::TlsFlags& flags) { Credentials() = atomq::ChannelCredentials(flags); }
-
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& addr, int index) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
@@ -57,9 +48,7 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& addr, int index) {
   // Its own connection: not shared through gRPC's global subchannel pool.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetInt("atomq.bench.channel", index);
-  std::shared_ptr<grpc::ChannelCredentials> creds = Credentials();
-  if (creds == nullptr) creds = grpc::InsecureChannelCredentials();
-  return grpc::CreateCustomChannel(addr, creds, args);
+  return grpc::CreateCustomChannel(addr, atomq::DialCredentials(), args);
 }
 
 void SetDeadline(grpc::ClientContext* ctx, int ms) {

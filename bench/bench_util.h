@@ -29,8 +29,6 @@ std::string StatusText(const grpc::Status& s);
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& addr, int index);
 
 void SetDeadline(grpc::ClientContext* ctx, int ms);
-// The credentials MakeChannel dials with (plaintext until set).
-void UseTls(const atomq::TlsFlags& flags);
 
 // Prints "atomq-bench: MSG" to stderr; returns the failure exit status, 1.
 int Fail(const std::string& msg);

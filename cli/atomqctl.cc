@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
   app.parse_complete_callback([&g] {
     absl::Status st = atomq::CheckTlsFlags(g.tls, /*server=*/false);
     if (!st.ok()) throw CLI::ValidationError("TLS", std::string(st.message()));
-    UseTls(g.tls);
+    atomq::SetDialCredentials(atomq::ChannelCredentials(g.tls));
   });
 
   int rc = 0;

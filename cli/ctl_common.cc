@@ -26,21 +26,10 @@ int RpcError(const char* what, const grpc::Status& s) {
   return Error(absl::StrCat(what, " failed: ", name.empty() ? "?" : name, ": ", s.error_message()));
 }
 
-namespace {
-std::shared_ptr<grpc::ChannelCredentials>& Credentials() {
-  static auto* creds = new std::shared_ptr<grpc::ChannelCredentials>();
-  return *creds;
-}
-}  // namespace
-
-void UseTls(const TlsFlags& flags) { Credentials() = ChannelCredentials(flags); }
-
 std::shared_ptr<grpc::Channel> Connect(const std::string& addr) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
-  std::shared_ptr<grpc::ChannelCredentials> creds = Credentials();
-  if (creds == nullptr) creds = grpc::InsecureChannelCredentials();
-  return grpc::CreateCustomChannel(addr, creds, args);
+  return grpc::CreateCustomChannel(addr, DialCredentials(), args);
 }
 
 void SetDeadline(grpc::ClientContext* ctx, const Globals& g) {

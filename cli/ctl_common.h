@@ -32,9 +32,8 @@ int Error(const std::string& msg);
 // Prints "atomqctl: WHAT failed: CODE: message"; returns 2.
 int RpcError(const char* what, const grpc::Status& s);
 
-// A channel to `addr` with the credentials given to UseTls (plaintext before).
+// A channel to `addr` with DialCredentials() (common/tls.h).
 std::shared_ptr<grpc::Channel> Connect(const std::string& addr);
-void UseTls(const TlsFlags& flags);
 // The deadline of one call: --rpc_timeout_ms from now.
 void SetDeadline(grpc::ClientContext* ctx, const Globals& g);
 

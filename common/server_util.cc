@@ -8,6 +8,7 @@
 #include "common/codec.h"
 #include "common/crash.h"
 #include "common/status.h"
+#include "common/tls.h"
 #include "common/validate.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -22,22 +23,6 @@ absl::Status FromGrpc(const grpc::Status& s) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
 }
 
-namespace {
-absl::Mutex outbound_mu;
-std::shared_ptr<grpc::ChannelCredentials>* outbound ABSL_GUARDED_BY(outbound_mu) = nullptr;
-}  // namespace
-
-void SetOutboundCredentials(std::shared_ptr<grpc::ChannelCredentials> creds) {
-  absl::MutexLock l(&outbound_mu);
-  delete outbound;
-  outbound = new std::shared_ptr<grpc::ChannelCredentials>(std::move(creds));
-}
-
-std::shared_ptr<grpc::ChannelCredentials> OutboundCredentials() {
-  absl::MutexLock l(&outbound_mu);
-  return outbound != nullptr ? *outbound : grpc::InsecureChannelCredentials();
-}
-
 std::shared_ptr<grpc::Channel> ChannelCache::Get(const std::string& address) {
   absl::MutexLock lock(&mu_);
   auto it = channels_.find(address);
@@ -48,7 +33,7 @@ std::shared_ptr<grpc::Channel> ChannelCache::Get(const std::string& address) {
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetMaxReceiveMessageSize(-1);
-  auto ch = grpc::CreateCustomChannel(address, OutboundCredentials(), args);
+  auto ch = grpc::CreateCustomChannel(address, DialCredentials(), args);
   channels_[address] = ch;
   return ch;
 }

@@ -24,13 +24,8 @@ namespace atomq {
 grpc::Status ToGrpc(const absl::Status& s);
 absl::Status FromGrpc(const grpc::Status& s);
 
-// What this process's outbound channels (to participants, peers and
-// coordinators) authenticate with: its own certificate under mTLS. Set once
-// at start-up; plaintext until then.
-void SetOutboundCredentials(std::shared_ptr<grpc::ChannelCredentials> credentials);
-std::shared_ptr<grpc::ChannelCredentials> OutboundCredentials();
-
-// Channels by address, created on first use and kept, with OutboundCredentials().
+// Channels by address, created on first use and kept, dialled with
+// DialCredentials() (common/tls.h).
 class ChannelCache {
  public:
   std::shared_ptr<grpc::Channel> Get(const std::string& address);

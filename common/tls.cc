@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "grpc/grpc_security_constants.h"
 #include "grpcpp/security/tls_certificate_provider.h"
 #include "grpcpp/security/tls_credentials_options.h"
@@ -103,6 +104,22 @@ std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials(const TlsFlags& f) 
   options.watch_root_certs();
   if (!f.cert.empty()) options.watch_identity_key_cert_pairs();
   return grpc::experimental::TlsCredentials(options);
+}
+
+namespace {
+absl::Mutex dial_mu;
+std::shared_ptr<grpc::ChannelCredentials>* dial ABSL_GUARDED_BY(dial_mu) = nullptr;
+}  // namespace
+
+void SetDialCredentials(std::shared_ptr<grpc::ChannelCredentials> credentials) {
+  absl::MutexLock l(&dial_mu);
+  delete dial;
+  dial = new std::shared_ptr<grpc::ChannelCredentials>(std::move(credentials));
+}
+
+std::shared_ptr<grpc::ChannelCredentials> DialCredentials() {
+  absl::MutexLock l(&dial_mu);
+  return dial != nullptr ? *dial : grpc::InsecureChannelCredentials();
 }
 
 std::string PeerIdentity(const grpc::ServerContextBase& context) {

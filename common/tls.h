@@ -39,6 +39,12 @@ absl::Status CheckTlsFlags(const TlsFlags& flags, bool server);
 std::shared_ptr<grpc::ServerCredentials> ServerCredentials(const TlsFlags& flags);
 std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials(const TlsFlags& flags);
 
+// What this process's outbound channels dial with (to participants, peers,
+// coordinators; atomqctl's and atomq-bench's calls): set once at start-up
+// from its flags, plaintext until then.
+void SetDialCredentials(std::shared_ptr<grpc::ChannelCredentials> credentials);
+std::shared_ptr<grpc::ChannelCredentials> DialCredentials();
+
 // The identity the caller's verified certificate gives: its first subject
 // alternative name, else its common name. Empty without a certificate.
 std::string PeerIdentity(const grpc::ServerContextBase& context);

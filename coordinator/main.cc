@@ -150,7 +150,7 @@ int Serve(CoordinatorFlags* f) {
   cfg.retention_ms = f->opts.retention_ms;  // the core decides which records go
   cfg.default_protocol = f->protocol == "3pc" ? atomq::v1::THREE_PC : atomq::v1::TWO_PC;
 
-  atomq::SetOutboundCredentials(atomq::ChannelCredentials(f->server.tls));
+  atomq::SetDialCredentials(atomq::ChannelCredentials(f->server.tls));
   auto service = c::CoordinatorServer::Create(cfg, f->opts, store->storage.get());
   if (!service.ok()) return Fail(absl::StrCat("recovery failed: ", service.status().message()));
   auto server = atomq::StartServer(listen, {service->get()}, f->server.message_bytes_max,

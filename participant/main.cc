@@ -161,12 +161,12 @@ int Serve(ParticipantFlags* f) {
   f->cfg.participant_id = id;
   f->cfg.boot_count = store->meta.boot_count();
 
-  atomq::SetOutboundCredentials(atomq::ChannelCredentials(f->server.tls));
+  atomq::SetDialCredentials(atomq::ChannelCredentials(f->server.tls));
   auto node = p::ParticipantNode::Create(f->cfg, f->opts, store->storage.get());
   if (!node.ok()) return Fail(absl::StrCat("recovery failed: ", node.status().message()));
-  auto server = atomq::StartServer(listen, {(*node)->txn_service(), (*node)->queue_service()},
-                                   f->server.message_bytes_max,
-                                   atomq::ServerCredentials(f->server.tls));
+  auto server =
+      atomq::StartServer(listen, {(*node)->txn_service(), (*node)->queue_service()},
+                         f->server.message_bytes_max, atomq::ServerCredentials(f->server.tls));
   if (!server.ok()) return Fail(std::string(server.status().message()));
   atomq::LogLine(absl::StrCat("atomq-participant ", id, " serving on ", listen, " (boot ",
                               store->meta.boot_count(), ")"));
