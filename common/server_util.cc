@@ -7,6 +7,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/codec.h"
 #include "common/crash.h"
+#include "common/request_guard.h"
 #include "common/status.h"
 #include "common/tls.h"
 #include "common/validate.h"
@@ -16,7 +17,14 @@
 namespace atomq {
 
 grpc::Status ToGrpc(const absl::Status& s) {
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+  std::string message(s.message());
+  // Last line of defence against an echo that swells the reply past a
+  // client's metadata limit; messages echo client strings through Clip().
+  if (message.size() > kStatusMessageBytesMax) {
+    message =
+        absl::StrCat(message.substr(0, kStatusMessageBytesMax), "...(", message.size(), " bytes)");
+  }
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::move(message));
 }
 
 absl::Status FromGrpc(const grpc::Status& s) {
@@ -48,6 +56,9 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
   builder.AddListeningPort(listen, std::move(credentials), &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(message_bytes_max));
   for (grpc::Service* s : services) builder.RegisterService(s);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> guards;
+  guards.push_back(MalformedRequestGuard());
+  builder.experimental().SetInterceptorCreators(std::move(guards));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return absl::FailedPreconditionError(

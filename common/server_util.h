@@ -21,6 +21,9 @@
 
 namespace atomq {
 
+// Status messages are cut to this length (a client's default metadata limit
+// is 8 KiB, and a longer message would hide the real error).
+inline constexpr size_t kStatusMessageBytesMax = 1024;
 grpc::Status ToGrpc(const absl::Status& s);
 absl::Status FromGrpc(const grpc::Status& s);
 

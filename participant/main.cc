@@ -37,6 +37,8 @@ void AddNodeLimitFlags(CLI::App& app, Config* cfg) {
   AddCheckedFlag(app, "--prepared_max", cfg->prepared_max,
                  "transactions prepared here at once; more vote NO with RESOURCE_EXHAUSTED",
                  CLI::Range(1u, 10000000u));
+  AddCheckedFlag(app, "--participants_per_txn_max", cfg->participants_per_txn_max,
+                 "participants one Prepare may name (its peers)", CLI::Range(1u, 100000u));
   AddCheckedFlag(app, "--queues_max", cfg->queues_max, "queues on this node",
                  CLI::Range(1u, 10000000u));
 }

@@ -16,7 +16,7 @@ namespace {
 absl::Status ValidateOp(const Config& config, int i, const v1::Op& op) {
   std::string at = absl::StrCat("op ", i, ": ");
   if (config.participants.find(op.participant()) == config.participants.end()) {
-    return absl::InvalidArgumentError(absl::StrCat(at, "participant \"", op.participant(),
+    return absl::InvalidArgumentError(absl::StrCat(at, "participant \"", Clip(op.participant()),
                                                    "\" is not known to this coordinator"));
   }
   switch (op.kind_case()) {

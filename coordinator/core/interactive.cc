@@ -39,12 +39,12 @@ absl::Status CoordinatorCore::Impl::ValidateParts(const Parts& parts, bool allow
   std::set<std::string> seen;
   for (const v1::TxnParticipant& p : parts) {
     if (config.participants.find(p.participant()) == config.participants.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("participant \"", p.participant(), "\" is not known to this coordinator"));
+      return absl::InvalidArgumentError(absl::StrCat("participant \"", Clip(p.participant()),
+                                                     "\" is not known to this coordinator"));
     }
     if (!seen.insert(p.participant()).second) {
       return absl::InvalidArgumentError(
-          absl::StrCat("participant \"", p.participant(), "\" is named twice"));
+          absl::StrCat("participant \"", Clip(p.participant()), "\" is named twice"));
     }
   }
   return absl::OkStatus();

@@ -650,7 +650,14 @@ grpc::ServerUnaryReactor* CoordinatorServer::ListTransactions(
     v1::ListTransactionsResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   std::vector<v1::TxnState> states;
-  for (int s : req->states()) states.push_back(static_cast<v1::TxnState>(s));
+  for (int s : req->states()) {
+    if (!v1::TxnState_IsValid(s)) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                   absl::StrCat("states: ", s, " is not a transaction state")));
+      return reactor;
+    }
+    states.push_back(static_cast<v1::TxnState>(s));
+  }
   size_t limit = req->limit() == 0 ? 1000 : req->limit();
   std::vector<v1::TransactionInfo> list =
       core_.Inspect([&](const CoordinatorCore& c) { return c.ListTransactions(states, limit); });

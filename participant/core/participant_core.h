@@ -56,6 +56,7 @@ struct Config {
   std::string participant_id;            // --id
   uint64_t boot_count = 1;               // lease tokens carry it
   uint32_t ops_per_txn_max = 1000;       // --ops_per_txn_max (ops per prepare)
+  uint32_t participants_per_txn_max = 1000;  // --participants_per_txn_max (a Prepare's peers)
   uint32_t payload_bytes_max = 1 << 20;  // --payload_bytes_max
   uint32_t headers_max = 64;             // --headers_max
   uint32_t prepared_max = 10000;         // --prepared_max: in-doubt + prepared at once

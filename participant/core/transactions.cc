@@ -40,11 +40,26 @@ absl::Status Node::ValidatePrepare(const v1::PrepareRequest& req) const {
     return absl::InvalidArgumentError(absl::StrCat("Prepare for participant \"", req.participant(),
                                                    "\" reached \"", config_.participant_id, "\""));
   }
+  if (req.protocol() != v1::TWO_PC && req.protocol() != v1::THREE_PC) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("protocol ", static_cast<int>(req.protocol()), " is neither 2PC nor 3PC"));
+  }
+  // Each peer is one this node may have to ask, and is kept with the record.
+  if (static_cast<uint32_t>(req.participants_size()) > config_.participants_per_txn_max) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Prepare names ", req.participants_size(),
+        " participants; at most --participants_per_txn_max=", config_.participants_per_txn_max));
+  }
+  for (const v1::PeerAddress& p : req.participants()) {
+    if (absl::Status s = ValidateNodeId(p.participant()); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("participants: ", s.message()));
+    }
+  }
   for (int i = 0; i < req.ops_size(); ++i) {
     const v1::Op& op = req.ops(i);
     if (op.participant() != req.participant()) {
       return absl::InvalidArgumentError(absl::StrCat("op ", i, " is for participant \"",
-                                                     op.participant(), "\", not \"",
+                                                     Clip(op.participant()), "\", not \"",
                                                      req.participant(), "\""));
     }
     if (!op.has_enqueue() && !op.has_ack()) {
