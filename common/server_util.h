@@ -66,16 +66,22 @@ int WaitForSignal();
 
 namespace atomq {
 
-// The decoded record under `key` in `db`, or nullopt when it is missing or
-// cannot be read (a corrupt one is logged): what the cores' DurableViews see.
+// The decoded record under `key` in `db`, or nullopt when it is missing:
+// what the cores' DurableViews see. A record that cannot be read ends the
+// process: answering as if it were missing could presume the abort of a
+// committed transaction or lose a message, and a restart refuses the
+// damaged data (section 6 of docs/design.md) instead.
 template <typename Record>
 std::optional<Record> FindRecord(Storage* storage, const std::string& db, const std::string& key) {
   absl::StatusOr<std::optional<std::string>> v = storage->Get(db, key);
-  if (!v.ok() || !v->has_value()) return std::nullopt;
+  absl::Status st = v.status();
   Record rec;
-  if (absl::Status st = DecodeRecord(**v, &rec); !st.ok()) {
-    LogLine("record in " + db + " is unreadable; treating it as missing: " + st.ToString());
-    return std::nullopt;
+  if (st.ok() && !v->has_value()) return std::nullopt;
+  if (st.ok()) st = DecodeRecord(**v, &rec);
+  if (!st.ok()) {
+    LogLine("cannot read a record in " + db + " (" + st.ToString() +
+            "); stopping rather than answer without it");
+    std::abort();
   }
   return rec;
 }

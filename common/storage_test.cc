@@ -13,6 +13,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "atomq/v1/records.pb.h"
+#include "common/server_util.h"
 #include "gtest/gtest.h"
 
 namespace atomq {
@@ -130,6 +132,17 @@ TEST(StorageTest, PutGetEraseScan) {
   std::vector<std::string> order;
   for (const auto& kv : ScanAll(*s, "messages", "")) order.push_back(kv.second);
   EXPECT_EQ(order, (std::vector<std::string>{"1", "2", "300", "70000"}));
+}
+
+// A damaged record is never taken for a missing one: for an outcome that
+// would presume the abort of a committed transaction.
+TEST(StorageDeathTest, FindRecordStopsOnARecordItCannotRead) {
+  TempDir tmp;
+  auto s = MustOpen(Options(tmp.path()));
+  ASSERT_NE(s, nullptr);
+  ASSERT_TRUE(s->Write(Batch{1, {Put("txn", "t1", "\xff\xfe not a record")}}).ok());
+  EXPECT_EQ(FindRecord<v1::OutcomeRecord>(s.get(), "txn", "t2"), std::nullopt);
+  EXPECT_DEATH(FindRecord<v1::OutcomeRecord>(s.get(), "txn", "t1"), "cannot read a record in txn");
 }
 
 TEST(StorageTest, BadWritesFailTheirBatchOnly) {
