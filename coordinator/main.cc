@@ -54,6 +54,10 @@ void AddTxnLimitFlags(CLI::App& app, Config* cfg) {
   AddCheckedFlag(app, "--txns_in_flight_max", cfg->txns_in_flight_max,
                  "transactions undecided or unanswered at once; more get RESOURCE_EXHAUSTED",
                  CLI::Range(1u, 10000000u));
+  AddCheckedFlag(app, "--txns_unended_max", cfg->txns_unended_max,
+                 "transactions in memory not yet acknowledged by every participant; more new "
+                 "ones get RESOURCE_EXHAUSTED",
+                 CLI::Range(1u, 10000000u));
 }
 
 // Resends of decisions and 3PC's termination rounds.

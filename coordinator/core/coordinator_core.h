@@ -109,9 +109,12 @@ struct Config {
   uint32_t payload_bytes_max = 1 << 20;        // --payload_bytes_max (per op)
   uint32_t headers_max = 64;                   // --headers_max (per op)
   uint32_t txns_in_flight_max = 10000;         // --txns_in_flight_max (undecided + unreplied)
-  uint32_t resend_initial_ms = 50;             // --resend_initial_ms: backoff start
-  uint32_t resend_max_ms = 2000;               // --resend_max_ms: backoff cap
-  uint32_t finished_cache_max = 100000;        // --finished_cache_max: ended txns kept in memory
+  // --txns_unended_max: transactions in memory that have not ENDED (in
+  // flight, or decided and waiting for a participant's acknowledgement).
+  uint32_t txns_unended_max = 100000;
+  uint32_t resend_initial_ms = 50;       // --resend_initial_ms: backoff start
+  uint32_t resend_max_ms = 2000;         // --resend_max_ms: backoff cap
+  uint32_t finished_cache_max = 100000;  // --finished_cache_max: ended txns kept in memory
   // --termination_after_ms: 3PC, PRECOMMITTED this long without a decision:
   // run a termination round (and again every this long).
   uint32_t termination_after_ms = 2000;

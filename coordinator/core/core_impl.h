@@ -49,6 +49,9 @@ struct CoordinatorCore::Impl {
   uint64_t next_timer = 1;
   uint64_t next_minted = 1;
   size_t in_flight = 0;
+  // RESOURCE_EXHAUSTED when --txns_in_flight_max or --txns_unended_max
+  // transactions are in memory already (`what`: "in flight", "open or in flight").
+  absl::Status CheckRoom(const char* what) const;
   bool started = false;
 
   Impl(Config c, const DurableView* v) : config(std::move(c)), view(v) {}

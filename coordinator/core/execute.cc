@@ -80,18 +80,33 @@ std::string CoordinatorCore::Impl::MintId() {
   }
 }
 
+absl::Status CoordinatorCore::Impl::CheckRoom(const char* what) const {
+  if (in_flight >= config.txns_in_flight_max) {
+    return absl::ResourceExhaustedError(absl::StrCat(in_flight, " transactions ", what,
+                                                     "; at most ", config.txns_in_flight_max,
+                                                     " allowed (--txns_in_flight_max)"));
+  }
+  // Decided transactions stay until every participant acknowledged: with
+  // one down for long, they would fill memory without this bound.
+  const size_t unended = txns.size() - std::min(txns.size(), finished.size());
+  if (unended >= config.txns_unended_max) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        unended,
+        " transactions wait for participants to acknowledge their outcome (is one down?); "
+        "at most ",
+        config.txns_unended_max, " allowed (--txns_unended_max)"));
+  }
+  return absl::OkStatus();
+}
+
 void CoordinatorCore::Impl::Execute(RequestId request, const v1::ExecuteRequest& req,
                                     int64_t now_ms) {
   absl::Status s = Validate(req);
   if (!s.ok()) return ReplyError(request, s, req.txn_id());
   const uint64_t digest = OpsDigest(req.ops());
   if (!req.txn_id().empty() && AnswerKnownId(request, req, digest)) return;
-  if (in_flight >= config.txns_in_flight_max) {
-    return ReplyError(request,
-                      absl::ResourceExhaustedError(absl::StrCat(
-                          in_flight, " transactions in flight; at most ", config.txns_in_flight_max,
-                          " allowed (--txns_in_flight_max)")),
-                      req.txn_id());
+  if (absl::Status room = CheckRoom("in flight"); !room.ok()) {
+    return ReplyError(request, room, req.txn_id());
   }
   Txn t = NewTxn(req, digest, now_ms);
   t.waiters.push_back(Waiter{request, req.ops_size()});

@@ -174,6 +174,36 @@ TEST_F(CoordinatorCoreTest, InFlightLimit) {
   EXPECT_EQ(Take().send.size(), 1u);
 }
 
+// Decided transactions wait in memory for every acknowledgement; with a
+// participant silent they are bounded, and new work is refused meanwhile.
+TEST_F(CoordinatorCoreTest, UnendedLimitHoldsWhileAParticipantDoesNotAcknowledge) {
+  config.txns_unended_max = 1;
+  v1::ExecuteRequest a = Req("a", {Enq("p1", "q", "a"), Enq("p2", "q", "b")});
+  a.set_reply_at_decision(true);
+  core().Execute(1, a, now);
+  Take();
+  core().OnPrepareReply("a", "p1", Vote(v1::YES), now);
+  core().OnPrepareReply("a", "p2", Vote(v1::YES), now);
+  Durable(Take().persist.at(0));
+  ASSERT_EQ(Take().replies.size(), 1u);  // answered at the decision
+  EXPECT_EQ(core().in_flight(), 0u);
+  core().OnCommitReply("a", "p1", Seqs({1}), now);  // p2 stays silent
+  Take();
+  core().Execute(2, Req("b", {Enq("p1", "q", "c")}), now);
+  Output o = Take();
+  ASSERT_EQ(o.replies.size(), 1u);
+  EXPECT_EQ(o.replies[0].status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(Contains(std::string(o.replies[0].status.message()), "--txns_unended_max"));
+  EXPECT_TRUE(o.send.empty());
+  core().OnCommitReply("a", "p2", Seqs({2}), now);
+  for (const Batch& b : Take().persist) Durable(b);
+  Take();
+  core().Execute(3, Req("b", {Enq("p1", "q", "c")}), now);
+  o = Take();
+  EXPECT_TRUE(o.replies.empty());
+  EXPECT_EQ(Targets(o, MsgType::kPrepare), (Strs{"p1"}));
+}
+
 TEST_F(CoordinatorCoreTest, MintedIdsBeginWithTheCoordinatorId) {
   view.records["c1-7-2"].set_txn_id("c1-7-2");  // a client took this one
   core().Execute(1, Req("", {Enq("p1", "q", "a")}), now);

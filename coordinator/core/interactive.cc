@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "common/status.h"
 #include "common/validate.h"
 #include "coordinator/core/core_impl.h"
 
@@ -74,11 +75,7 @@ absl::StatusOr<v1::BeginTxnResponse> CoordinatorCore::Impl::Begin(const v1::Begi
       return absl::AlreadyExistsError(absl::StrCat("transaction id \"", id, "\" was already used"));
     }
   }
-  if (in_flight >= config.txns_in_flight_max) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(in_flight, " transactions open or in flight; at most ",
-                     config.txns_in_flight_max, " allowed (--txns_in_flight_max)"));
-  }
+  ATOMQ_RETURN_IF_ERROR(CheckRoom("open or in flight"));
   OpenTxn o;
   o.protocol =
       req.protocol() == v1::PROTOCOL_UNSPECIFIED ? config.default_protocol : req.protocol();
