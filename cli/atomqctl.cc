@@ -9,6 +9,9 @@ int main(int argc, char** argv) {
   using namespace atomq::ctl;  // NOLINT: the tool's own namespace
   CLI::App app{"atomqctl: run and inspect atomq transactions and queues"};
   app.require_subcommand(1);
+  // Global flags also after the subcommand (`queue list --json`): every
+  // subcommand added below inherits this and hands them up.
+  app.fallthrough();
   Globals g;
   app.add_option("--coordinator", g.coordinator, "coordinator address host:port");
   app.add_option("--participant", g.participant, "participant address host:port");

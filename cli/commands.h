@@ -15,7 +15,7 @@ void AddTxnCommands(CLI::App* txn, const Globals& g, int* rc);
 // commit and rollback (coordinator).
 void AddInteractiveTxnCommands(CLI::App* txn, const Globals& g, int* rc);
 
-// queue create, delete, list, info, send, receive, ack and nack.
+// queue create, delete, purge, list, info, send, receive, ack and nack.
 void AddQueueCommands(CLI::App* queue, const Globals& g, int* rc);
 
 }  // namespace atomq::ctl

@@ -36,10 +36,27 @@ void SetDeadline(grpc::ClientContext* ctx, const Globals& g) {
   ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(g.rpc_timeout_ms));
 }
 
-grpc::Status ListParticipantTxns(const Globals& g, v1::ParticipantTxn::Stub& stub,
-                                 v1::ListParticipantTxnsResponse* resp) {
-  CallContext ctx(g);
-  return stub.ListTransactions(&ctx, v1::ListParticipantTxnsRequest(), resp);
+grpc::Status FindParticipantTxn(const Globals& g, v1::ParticipantTxn::Stub& stub,
+                                const std::string& id, bool payloads,
+                                v1::ListParticipantTxnsResponse* found) {
+  v1::ListParticipantTxnsRequest req;
+  req.set_payloads(payloads);
+  for (;;) {
+    CallContext ctx(g);
+    v1::ListParticipantTxnsResponse page;
+    grpc::Status s = stub.ListTransactions(&ctx, req, &page);
+    if (!s.ok()) return s;
+    for (const auto& t : page.transactions()) {
+      if (t.txn_id() == id) *found->add_transactions() = t;
+    }
+    for (const auto& h : page.heuristic()) {
+      if (h.txn_id() == id) *found->add_heuristic() = h;
+    }
+    // Pages are in id order: past `id`, it cannot come later.
+    const std::string& next = page.next_page_token();
+    if (next.empty() || next >= id) return grpc::Status::OK;
+    req.set_page_token(next);
+  }
 }
 
 void PrintJson(const google::protobuf::Message& m) {
@@ -173,13 +190,10 @@ std::string AddOps(const char* cmd, const std::vector<std::string>& enqueues,
   return "";
 }
 
-int AtParticipantOrCoordinator(const Globals& g, const char* cmd, TxnQuery at_participant,
-                               TxnQuery at_coordinator, const std::string& arg) {
-  if (!g.participant.empty()) return at_participant(g, arg);
-  if (g.coordinator.empty()) {
-    return Error(absl::StrCat(cmd, " needs --coordinator=ADDR or --participant=ADDR"));
-  }
-  return at_coordinator(g, arg);
+void PrintNextPage(const std::string& cmd, const std::string& next_page_token) {
+  if (next_page_token.empty()) return;
+  std::printf("\nmore exist: run `atomqctl %s --cursor=%s` for the next page\n", cmd.c_str(),
+              next_page_token.c_str());
 }
 
 v1::Protocol ProtocolOf(const std::string& name) {

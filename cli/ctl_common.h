@@ -43,9 +43,12 @@ class CallContext : public grpc::ClientContext {
   explicit CallContext(const Globals& g) { SetDeadline(this, g); }
 };
 
-// Every prepared transaction and heuristic outcome at --participant.
-grpc::Status ListParticipantTxns(const Globals& g, v1::ParticipantTxn::Stub& stub,
-                                 v1::ListParticipantTxnsResponse* resp);
+// Pages through ListTransactions at --participant until transaction `id`
+// shows: its rows (prepared transaction, heuristic outcome) are in `found`,
+// which is empty when the participant has neither.
+grpc::Status FindParticipantTxn(const Globals& g, v1::ParticipantTxn::Stub& stub,
+                                const std::string& id, bool payloads,
+                                v1::ListParticipantTxnsResponse* found);
 
 // --- output ---
 
@@ -91,9 +94,19 @@ std::string AddOps(const char* cmd, const std::vector<std::string>& enqueues,
 
 // Runs a query at --participant if it is given, else at --coordinator; `cmd`
 // names the command when neither is.
-using TxnQuery = int (*)(const Globals& g, const std::string& arg);
-int AtParticipantOrCoordinator(const Globals& g, const char* cmd, TxnQuery at_participant,
-                               TxnQuery at_coordinator, const std::string& arg);
+template <typename Arg>
+int AtParticipantOrCoordinator(const Globals& g, const char* cmd,
+                               int (*at_participant)(const Globals&, const Arg&),
+                               int (*at_coordinator)(const Globals&, const Arg&), const Arg& arg) {
+  if (!g.participant.empty()) return at_participant(g, arg);
+  if (g.coordinator.empty()) {
+    return Error(std::string(cmd) + " needs --coordinator=ADDR or --participant=ADDR");
+  }
+  return at_coordinator(g, arg);
+}
+
+// After a page that says more exist: how to get the next one.
+void PrintNextPage(const std::string& cmd, const std::string& next_page_token);
 
 // Parses a "2pc"/"3pc" choice; anything else leaves the server's default.
 v1::Protocol ProtocolOf(const std::string& name);

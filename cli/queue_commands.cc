@@ -1,4 +1,4 @@
-// queue create, delete, list, info, send, receive, ack and nack: calls on
+// queue create, delete, purge, list, info, send, receive, ack and nack: calls on
 // one participant's Queue service.
 #include <chrono>
 #include <cstdio>
@@ -22,6 +22,7 @@ struct QueueArgs {
   std::string wait;  // a duration: "500ms", "5s", "1m"; a bare number is ms
   bool no_ack = false;
   bool auto_ack = false;
+  bool peek = false;
   uint32_t max_deliveries = 0;
   std::string dead_letter_queue;
   std::string payload;
@@ -84,6 +85,17 @@ int QueueDelete(QueueCall& c) {
   grpc::Status s = c.stub.DeleteQueue(&c.ctx, req, &resp);
   return ShowReply(c.g, "DeleteQueue", s, resp,
                    [&] { std::printf("queue %s deleted\n", c.a.name.c_str()); });
+}
+
+int QueuePurge(QueueCall& c) {
+  v1::PurgeQueueRequest req;
+  req.set_name(c.a.name);
+  v1::PurgeQueueResponse resp;
+  grpc::Status s = c.stub.PurgeQueue(&c.ctx, req, &resp);
+  return ShowReply(c.g, "PurgeQueue", s, resp, [&] {
+    std::printf("queue %s purged: %llu ready messages removed\n", c.a.name.c_str(),
+                static_cast<unsigned long long>(resp.purged()));
+  });
 }
 
 void PrintQueues(const v1::ListQueuesResponse& resp) {
@@ -192,7 +204,7 @@ int QueueNack(QueueCall& c) {
 // Acks each delivery after it is printed (the default), or prints its
 // lease token (--no-ack); --auto-ack has nothing left to do.
 int HandleDeliveries(QueueCall& c, const v1::ReceiveResponse& resp) {
-  const bool client_ack = !c.a.auto_ack && !c.a.no_ack;
+  const bool client_ack = !c.a.auto_ack && !c.a.no_ack && !c.a.peek;
   for (const v1::Delivery& d : resp.deliveries()) {
     if (client_ack) {
       CallContext actx(c.g);
@@ -203,7 +215,9 @@ int HandleDeliveries(QueueCall& c, const v1::ReceiveResponse& resp) {
       if (!as.ok()) return RpcError("Ack", as);
     }
     if (!c.g.json) {
-      std::string how = c.a.no_ack ? absl::StrCat(", lease ", d.lease_token()) : ", acked";
+      std::string how = c.a.peek     ? ", peeked: still ready"
+                        : c.a.no_ack ? absl::StrCat(", lease ", d.lease_token())
+                                     : ", acked";
       std::printf("%s #%llu (delivery %u%s): %s\n", d.queue().c_str(),
                   static_cast<unsigned long long>(d.sequence()), d.delivery_count(), how.c_str(),
                   d.payload().c_str());
@@ -217,7 +231,10 @@ int QueueReceive(QueueCall& c) {
   if (!ParseWait(c.a.wait, &wait_ms)) {
     return Error(absl::StrCat("--wait \"", c.a.wait, "\": want a duration such as 500ms, 5s, 1m"));
   }
-  if (c.a.auto_ack && c.a.no_ack) return Error("--auto-ack and --no-ack exclude each other");
+  if (c.a.auto_ack + c.a.no_ack + c.a.peek > 1) {
+    return Error("--auto-ack, --no-ack and --peek exclude each other");
+  }
+  if (c.a.peek && wait_ms > 0) return Error("--peek answers at once: it takes no --wait");
   // The call may wait --wait for a message on top of the usual deadline.
   c.ctx.set_deadline(std::chrono::system_clock::now() +
                      std::chrono::milliseconds(uint64_t{c.g.rpc_timeout_ms} + wait_ms));
@@ -227,6 +244,7 @@ int QueueReceive(QueueCall& c) {
   req.set_lease_ms(c.a.lease_ms);
   req.set_wait_ms(wait_ms);
   req.set_auto_ack(c.a.auto_ack);
+  req.set_peek(c.a.peek);
   req.set_consumer("atomqctl");
   v1::ReceiveResponse resp;
   grpc::Status s = c.stub.Receive(&c.ctx, req, &resp);
@@ -276,6 +294,10 @@ void AddAdminCommands(CLI::App* queue, const Globals& g, int* rc,
   AddQueueCommand(queue, g, rc, a, "delete", "delete a queue and its messages", QueueDelete)
       ->add_option("NAME", a->name, "queue name")
       ->required();
+  AddQueueCommand(queue, g, rc, a, "purge",
+                  "remove a queue's ready messages (not leased or in a transaction)", QueuePurge)
+      ->add_option("NAME", a->name, "queue name")
+      ->required();
   AddQueueCommand(queue, g, rc, a, "list", "queues with version and counts", QueueList);
   AddQueueCommand(queue, g, rc, a, "info", "one queue: version, counts, options", QueueInfo)
       ->add_option("NAME", a->name, "queue name")
@@ -302,6 +324,8 @@ void AddMessageCommands(CLI::App* queue, const Globals& g, int* rc,
   recv->add_flag("--no-ack", a->no_ack, "leave them leased (prints the lease tokens)");
   recv->add_flag("--auto-ack", a->auto_ack,
                  "the participant deletes them (durably) before answering");
+  recv->add_flag("--peek", a->peek,
+                 "look without receiving: no lease, no delivery counted, they stay ready");
   AddLeasedArgs(AddQueueCommand(queue, g, rc, a, "ack", "ack (delete) a leased message", QueueAck),
                 a.get());
   CLI::App* nack = AddQueueCommand(queue, g, rc, a, "nack",

@@ -88,7 +88,16 @@ void PrintHeuristicTable(const v1::ListParticipantTxnsResponse& resp) {
   }
 }
 
-// --- txn list ---
+// --- txn list and show ---
+
+// Arguments of txn list and txn show.
+struct QueryArgs {
+  std::string state;
+  uint32_t limit = 0;  // 0: the server's --list_limit_max
+  std::string cursor;
+  bool payloads = false;
+  std::string id;
+};
 
 bool ParseStateFilter(const std::string& s, std::vector<v1::TxnState>* out) {
   if (s.empty() || s == "in-doubt" || s == "unfinished") return true;  // server default
@@ -106,6 +115,17 @@ bool ParseStateFilter(const std::string& s, std::vector<v1::TxnState>* out) {
   return false;
 }
 
+// "txn list" with the flags that chose this page, for the next one.
+std::string ListCommand(const Globals& g, const QueryArgs& a) {
+  std::string cmd = g.participant.empty() ? absl::StrCat("--coordinator=", g.coordinator)
+                                          : absl::StrCat("--participant=", g.participant);
+  absl::StrAppend(&cmd, " txn list");
+  if (!a.state.empty()) absl::StrAppend(&cmd, " --state=", a.state);
+  if (a.limit != 0) absl::StrAppend(&cmd, " --limit=", a.limit);
+  if (a.payloads) absl::StrAppend(&cmd, " --payloads");
+  return cmd;
+}
+
 void PrintPreparedTable(const v1::ListParticipantTxnsResponse& resp) {
   std::printf("%-40s %-5s %-13s %-8s %-9s %s\n", "TXN", "PROTO", "STATE", "IN-DOUBT", "AGE",
               "COORDINATOR");
@@ -117,32 +137,36 @@ void PrintPreparedTable(const v1::ListParticipantTxnsResponse& resp) {
   }
 }
 
-int ListAtParticipant(const Globals& g, const std::string& state) {
+int ListAtParticipant(const Globals& g, const QueryArgs& a) {
+  const std::string& state = a.state;
   auto stub = v1::ParticipantTxn::NewStub(Connect(g.participant));
+  v1::ListParticipantTxnsRequest req;
+  req.set_limit(a.limit);
+  req.set_page_token(a.cursor);
+  req.set_payloads(a.payloads);
   v1::ListParticipantTxnsResponse resp;
-  grpc::Status s = ListParticipantTxns(g, *stub, &resp);
+  CallContext ctx(g);
+  grpc::Status s = stub->ListTransactions(&ctx, req, &resp);
   if (!s.ok()) return RpcError("ListTransactions", s);
   if (state == "in-doubt") {
     v1::ListParticipantTxnsResponse only;
     for (const auto& t : resp.transactions()) {
       if (t.in_doubt()) *only.add_transactions() = t;
     }
+    only.set_next_page_token(resp.next_page_token());
     resp = only;
   }
   if (state == "heuristic") resp.clear_transactions();
-  if (state == "heuristic" && !g.json) {
-    PrintHeuristicTable(resp);
-    return 0;
-  }
   if (g.json) {
     PrintJson(resp);
     return 0;
   }
-  PrintPreparedTable(resp);
-  if (resp.heuristic_size() > 0) {
-    std::printf("\n");
+  if (state != "heuristic") PrintPreparedTable(resp);
+  if (state == "heuristic" || resp.heuristic_size() > 0) {
+    if (state != "heuristic") std::printf("\n");
     PrintHeuristicTable(resp);
   }
+  PrintNextPage(ListCommand(g, a), resp.next_page_token());
   return 0;
 }
 
@@ -161,8 +185,11 @@ void PrintCoordinatorTable(const v1::ListTransactionsResponse& resp) {
   }
 }
 
-int ListAtCoordinator(const Globals& g, const std::string& state) {
+int ListAtCoordinator(const Globals& g, const QueryArgs& a) {
+  const std::string& state = a.state;
   v1::ListTransactionsRequest req;
+  req.set_limit(a.limit);
+  req.set_page_token(a.cursor);
   std::vector<v1::TxnState> states;
   if (!ParseStateFilter(state, &states)) {
     return Error(absl::StrCat("--state \"", state,
@@ -174,15 +201,19 @@ int ListAtCoordinator(const Globals& g, const std::string& state) {
   CallContext ctx(g);
   v1::ListTransactionsResponse resp;
   grpc::Status s = stub->ListTransactions(&ctx, req, &resp);
-  return ShowReply(g, "ListTransactions", s, resp, [&] { PrintCoordinatorTable(resp); });
+  return ShowReply(g, "ListTransactions", s, resp, [&] {
+    PrintCoordinatorTable(resp);
+    PrintNextPage(ListCommand(g, a), resp.next_page_token());
+  });
 }
 
 // --- txn show ---
 
-int ShowAtParticipant(const Globals& g, const std::string& id) {
+int ShowAtParticipant(const Globals& g, const QueryArgs& a) {
+  const std::string& id = a.id;
   auto stub = v1::ParticipantTxn::NewStub(Connect(g.participant));
   v1::ListParticipantTxnsResponse resp;
-  grpc::Status s = ListParticipantTxns(g, *stub, &resp);
+  grpc::Status s = FindParticipantTxn(g, *stub, id, a.payloads, &resp);
   if (!s.ok()) return RpcError("ListTransactions", s);
   for (const auto& t : resp.transactions()) {
     if (t.txn_id() != id) continue;
@@ -238,11 +269,11 @@ void PrintCoordinatorTxn(const v1::TransactionInfo& t) {
   PrintOps(t);
 }
 
-int ShowAtCoordinator(const Globals& g, const std::string& id) {
+int ShowAtCoordinator(const Globals& g, const QueryArgs& a) {
   auto stub = v1::Coordinator::NewStub(Connect(g.coordinator));
   CallContext ctx(g);
   v1::GetTransactionRequest req;
-  req.set_txn_id(id);
+  req.set_txn_id(a.id);
   v1::TransactionInfo t;
   grpc::Status s = stub->GetTransaction(&ctx, req, &t);
   return ShowReply(g, "GetTransaction", s, t, [&] { PrintCoordinatorTxn(t); });
@@ -263,7 +294,7 @@ int PreviewResolve(const Globals& g, v1::ParticipantTxn::Stub& stub, const Resol
   std::printf("would resolve txn %s at %s: %s it here (heuristic)\n", a.id.c_str(),
               g.participant.c_str(), a.commit ? "COMMIT" : "ABORT");
   v1::ListParticipantTxnsResponse resp;
-  grpc::Status s = ListParticipantTxns(g, stub, &resp);
+  grpc::Status s = FindParticipantTxn(g, stub, a.id, /*payloads=*/false, &resp);
   bool found = false;
   if (!s.ok()) resp.Clear();
   for (const auto& t : resp.transactions()) {
@@ -329,20 +360,28 @@ void AddExec(CLI::App* txn, const Globals& g, int* rc) {
 }
 
 void AddListAndShow(CLI::App* txn, const Globals& g, int* rc) {
-  CLI::App* list = txn->add_subcommand("list", "transactions not finished, with state and age");
-  auto state = std::make_shared<std::string>();
-  list->add_option("--state", *state,
+  CLI::App* list = txn->add_subcommand(
+      "list", "transactions not finished, with state and age, one page at a time");
+  auto a = std::make_shared<QueryArgs>();
+  list->add_option("--state", a->state,
                    "in-doubt (default), preparing, precommitted, committed, aborted, ended; "
                    "heuristic (participant: outcomes decided by an operator)");
-  list->callback([&g, rc, state] {
-    *rc = AtParticipantOrCoordinator(g, "txn list", ListAtParticipant, ListAtCoordinator, *state);
+  list->add_option("--limit", a->limit,
+                   "transactions in this page (default and most: the server's --list_limit_max)");
+  list->add_option("--cursor", a->cursor, "where the page starts: printed after the page before");
+  list->add_flag("--payloads", a->payloads,
+                 "participant: enqueue ops with payloads and headers (else sizes only)");
+  list->callback([&g, rc, a] {
+    *rc = AtParticipantOrCoordinator(g, "txn list", ListAtParticipant, ListAtCoordinator, *a);
   });
 
   CLI::App* show = txn->add_subcommand("show", "one transaction with each participant's state");
-  auto id = std::make_shared<std::string>();
-  show->add_option("ID", *id, "transaction id")->required();
-  show->callback([&g, rc, id] {
-    *rc = AtParticipantOrCoordinator(g, "txn show", ShowAtParticipant, ShowAtCoordinator, *id);
+  auto s = std::make_shared<QueryArgs>();
+  show->add_option("ID", s->id, "transaction id")->required();
+  show->add_flag("--payloads", s->payloads,
+                 "participant: with --json, enqueue ops with payloads and headers");
+  show->callback([&g, rc, s] {
+    *rc = AtParticipantOrCoordinator(g, "txn show", ShowAtParticipant, ShowAtCoordinator, *s);
   });
 }
 

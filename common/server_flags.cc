@@ -35,6 +35,13 @@ void AddServerFlags(CLI::App& app, ServerFlags* f, const std::string& id_help,
   AddTlsFlags(app, &f->tls, /*server=*/true);
   app.add_flag("--metrics_allow_remote", f->metrics_remote,
                "serve /metrics (plain HTTP) on a non-loopback --metrics_listen too");
+  AddCheckedFlag(app, "--list_limit_max", f->list_limit_max,
+                 "rows in one ListTransactions page (a larger limit asked is cut to it)",
+                 CLI::Range(1u, 1000000u));
+  AddCheckedFlag(app, "--drain_ms", f->drain_ms,
+                 "at shutdown, health reports NOT_SERVING this long while calls are still "
+                 "served",
+                 CLI::Range(0u, 600000u));
   app.add_flag("--init", f->init,
                "initialise a data dir that is not empty but has no data file (a missing or "
                "empty dir is initialised on its first start without it)");
@@ -111,6 +118,14 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetrics(const ServerFlags& f
 void AwaitShutdownSignal() {
   int sig = WaitForSignal();
   LogLine(absl::StrCat("signal ", sig, ": shutting down"));
+}
+
+void Drain(const ServerFlags& f, grpc::Server* server,
+           const std::vector<std::string>& service_names) {
+  SetServing(server, service_names, false);
+  if (f.drain_ms == 0) return;
+  LogLine(absl::StrCat("draining for ", f.drain_ms, " ms (health: NOT_SERVING)"));
+  absl::SleepFor(absl::Milliseconds(f.drain_ms));
 }
 
 }  // namespace atomq

@@ -14,6 +14,7 @@
 #include "common/metrics.h"
 #include "common/storage.h"
 #include "common/tls.h"
+#include "grpcpp/grpcpp.h"
 
 namespace atomq {
 
@@ -28,6 +29,10 @@ struct ServerFlags {
   bool metrics_remote = false;       // --metrics_allow_remote
   std::string cluster_id = "atomq";  // --cluster_id
   bool init = false;                 // --init
+  uint32_t list_limit_max = 1000;    // --list_limit_max: rows in one ListTransactions page
+  // --drain_ms: at SIGINT/SIGTERM, how long health reports NOT_SERVING while
+  // calls are still served, before the server stops.
+  uint32_t drain_ms = 0;
 };
 
 // Registers an option whose value `check` validates and whose default shows
@@ -40,7 +45,7 @@ CLI::Option* AddCheckedFlag(CLI::App& app, const std::string& name, T& value,
 
 // Registers --id, --listen, --data_dir, --metrics_listen, --lmdb_map_size_mb,
 // --lazy_write_delay_ms, --group_commit_batches_max, --message_bytes_max,
-// --cluster_id and --init.
+// --cluster_id, --init, --list_limit_max and --drain_ms.
 void AddServerFlags(CLI::App& app, ServerFlags* flags, const std::string& id_help,
                     const std::string& data_dir_help);
 
@@ -79,5 +84,11 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetrics(const ServerFlags& f
 // Blocks until SIGINT or SIGTERM (see WaitForSignal) and logs that the
 // server shuts down.
 void AwaitShutdownSignal();
+
+// After AwaitShutdownSignal: health says NOT_SERVING for "" and
+// `service_names` (load balancers stop sending) while `server` still serves
+// calls for --drain_ms.
+void Drain(const ServerFlags& flags, grpc::Server* server,
+           const std::vector<std::string>& service_names);
 
 }  // namespace atomq

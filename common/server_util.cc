@@ -12,6 +12,7 @@
 #include "common/tls.h"
 #include "common/validate.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/health_check_service_interface.h"
 
 namespace atomq {
@@ -65,6 +66,53 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
         absl::StrCat("cannot listen on ", listen, " (in use, or not a local address?)"));
   }
   return server;
+}
+
+void SetServing(grpc::Server* server, const std::vector<std::string>& service_names, bool serving) {
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  if (health == nullptr) return;
+  health->SetServingStatus("", serving);
+  for (const std::string& name : service_names) health->SetServingStatus(name, serving);
+}
+
+// Answers every call UNAVAILABLE (the health service, registered by name,
+// is not routed here).
+class RecoveringServer::Refuser final : public grpc::CallbackGenericService {
+  class Reactor final : public grpc::ServerGenericBidiReactor {
+   public:
+    Reactor() {
+      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          "the server is recovering its state; retry shortly"));
+    }
+    void OnDone() override { delete this; }
+  };
+  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext*) override {
+    return new Reactor;
+  }
+};
+
+RecoveringServer::RecoveringServer() : refuser_(std::make_unique<Refuser>()) {}
+
+RecoveringServer::~RecoveringServer() {
+  if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
+}
+
+absl::StatusOr<std::unique_ptr<RecoveringServer>> RecoveringServer::Start(
+    const std::string& listen, const std::vector<std::string>& service_names,
+    std::shared_ptr<grpc::ServerCredentials> credentials) {
+  std::unique_ptr<RecoveringServer> r(new RecoveringServer);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, std::move(credentials), &port);
+  builder.RegisterCallbackGenericService(r->refuser_.get());
+  r->server_ = builder.BuildAndStart();
+  if (r->server_ == nullptr || port == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot listen on ", listen, " (in use, or not a local address?)"));
+  }
+  SetServing(r->server_.get(), service_names, false);
+  return r;
 }
 
 absl::StatusOr<std::map<std::string, std::string>> ParsePeerList(const std::string& s) {

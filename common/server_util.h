@@ -45,6 +45,28 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
     const std::string& listen, const std::vector<grpc::Service*>& services,
     uint32_t message_bytes_max, std::shared_ptr<grpc::ServerCredentials> credentials);
 
+// Health (grpc.health.v1) of `server` for "" and each of `service_names`
+// (full names, e.g. "atomq.v1.Queue"): SERVING or NOT_SERVING.
+void SetServing(grpc::Server* server, const std::vector<std::string>& service_names, bool serving);
+
+// What listens on `listen` while a server recovers, before StartServer: every
+// call is answered UNAVAILABLE ("recovering"), and health reports NOT_SERVING
+// for "" and `service_names`. Destroy it (it shuts down at once) before
+// StartServer binds the same address. FAILED_PRECONDITION as StartServer.
+class RecoveringServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<RecoveringServer>> Start(
+      const std::string& listen, const std::vector<std::string>& service_names,
+      std::shared_ptr<grpc::ServerCredentials> credentials);
+  ~RecoveringServer();
+
+ private:
+  class Refuser;
+  RecoveringServer();
+  std::unique_ptr<Refuser> refuser_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
 // "p1=127.0.0.1:7101,p2=..." -> map; INVALID_ARGUMENT with the bad entry.
 absl::StatusOr<std::map<std::string, std::string>> ParsePeerList(const std::string& s);
 

@@ -56,4 +56,15 @@ std::string Clip(absl::string_view s, size_t max_bytes) {
   return out;
 }
 
+absl::StatusOr<uint32_t> PageLimit(uint32_t limit, uint32_t limit_max,
+                                   std::string_view page_token) {
+  if (!page_token.empty()) {
+    if (absl::Status s = ValidateTxnId(page_token); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("page_token: ", s.message()));
+    }
+  }
+  if (limit_max == 0) return absl::InternalError("a page holds at least one row");
+  return limit == 0 ? limit_max : std::min(limit, limit_max);
+}
+
 }  // namespace atomq

@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 namespace atomq {
@@ -20,6 +21,12 @@ absl::Status ValidateTxnId(std::string_view id);
 absl::Status ValidateNodeId(std::string_view id);
 // Queue names: same alphabet, 1..kQueueNameBytesMax.
 absl::Status ValidateQueueName(std::string_view name);
+
+// A ListTransactions page: how many rows it may hold (`limit` asked; 0 or
+// above `limit_max` give `limit_max`, which must be > 0), once its
+// page_token is empty or a transaction id (where the page before ended);
+// INVALID_ARGUMENT otherwise.
+absl::StatusOr<uint32_t> PageLimit(uint32_t limit, uint32_t limit_max, std::string_view page_token);
 
 // `s` made safe to echo in an error message or a log line: bytes outside
 // printable ASCII (newlines, quotes' escapes, non-UTF-8) become \xNN, and

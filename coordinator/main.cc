@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
@@ -154,12 +155,21 @@ int Serve(CoordinatorFlags* f) {
   cfg.retention_ms = f->opts.retention_ms;  // the core decides which records go
   cfg.default_protocol = f->protocol == "3pc" ? atomq::v1::THREE_PC : atomq::v1::TWO_PC;
 
+  f->opts.list_limit_max = f->server.list_limit_max;
+
   atomq::SetDialCredentials(atomq::ChannelCredentials(f->server.tls));
+  const std::vector<std::string> services = {atomq::v1::Coordinator::service_full_name()};
+  // Health says NOT_SERVING (and calls UNAVAILABLE) until recovery is done.
+  auto recovering =
+      atomq::RecoveringServer::Start(listen, services, atomq::ServerCredentials(f->server.tls));
+  if (!recovering.ok()) return Fail(std::string(recovering.status().message()));
   auto service = c::CoordinatorServer::Create(cfg, f->opts, store->storage.get());
   if (!service.ok()) return Fail(absl::StrCat("recovery failed: ", service.status().message()));
+  recovering->reset();
   auto server = atomq::StartServer(listen, {service->get()}, f->server.message_bytes_max,
                                    atomq::ServerCredentials(f->server.tls));
   if (!server.ok()) return Fail(std::string(server.status().message()));
+  atomq::SetServing(server->get(), services, true);
   atomq::LogLine(absl::StrCat("atomq-coordinator ", id, " serving on ", listen, " (boot ",
                               store->meta.boot_count(), ", ", cfg.participants.size(),
                               " participants)"));
@@ -168,6 +178,7 @@ int Serve(CoordinatorFlags* f) {
   if (!metrics.ok()) return Fail(std::string(metrics.status().message()));
 
   atomq::AwaitShutdownSignal();
+  atomq::Drain(f->server, server->get(), services);
   metrics->reset();
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   (*service)->Stop();

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
@@ -123,6 +124,9 @@ void AddCallFlags(CLI::App& app, ServerOptions* opts) {
                  CLI::Range(1u, 600000u));
   AddCheckedFlag(app, "--batch_items_max", opts->batch_items_max,
                  "protocol messages in one Batch call", CLI::Range(1u, 1000000u));
+  AddCheckedFlag(app, "--list_reply_bytes_max", opts->list_reply_bytes_max,
+                 "bytes of one ListTransactions page (it always holds one row)",
+                 CLI::Range(uint64_t{1024}, uint64_t{1} << 30));
 }
 
 // In the order --help lists them.
@@ -163,13 +167,23 @@ int Serve(ParticipantFlags* f) {
   f->cfg.participant_id = id;
   f->cfg.boot_count = store->meta.boot_count();
 
+  f->opts.list_limit_max = f->server.list_limit_max;
+
   atomq::SetDialCredentials(atomq::ChannelCredentials(f->server.tls));
+  const std::vector<std::string> services = {atomq::v1::ParticipantTxn::service_full_name(),
+                                             atomq::v1::Queue::service_full_name()};
+  // Health says NOT_SERVING (and calls UNAVAILABLE) until recovery is done.
+  auto recovering =
+      atomq::RecoveringServer::Start(listen, services, atomq::ServerCredentials(f->server.tls));
+  if (!recovering.ok()) return Fail(std::string(recovering.status().message()));
   auto node = p::ParticipantNode::Create(f->cfg, f->opts, store->storage.get());
   if (!node.ok()) return Fail(absl::StrCat("recovery failed: ", node.status().message()));
+  recovering->reset();
   auto server =
       atomq::StartServer(listen, {(*node)->txn_service(), (*node)->queue_service()},
                          f->server.message_bytes_max, atomq::ServerCredentials(f->server.tls));
   if (!server.ok()) return Fail(std::string(server.status().message()));
+  atomq::SetServing(server->get(), services, true);
   atomq::LogLine(absl::StrCat("atomq-participant ", id, " serving on ", listen, " (boot ",
                               store->meta.boot_count(), ")"));
   p::ParticipantNode* target = node->get();
@@ -177,6 +191,7 @@ int Serve(ParticipantFlags* f) {
   if (!metrics.ok()) return Fail(std::string(metrics.status().message()));
 
   atomq::AwaitShutdownSignal();
+  atomq::Drain(f->server, server->get(), services);
   metrics->reset();
   (*node)->StopConsumers();
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));

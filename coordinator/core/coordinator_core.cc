@@ -131,9 +131,9 @@ absl::StatusOr<v1::TransactionInfo> CoordinatorCore::GetTransaction(
   return impl_->GetTransaction(txn_id);
 }
 
-std::vector<v1::TransactionInfo> CoordinatorCore::ListTransactions(
-    const std::vector<v1::TxnState>& states, size_t limit) const {
-  return impl_->ListTransactions(states, limit);
+absl::StatusOr<v1::ListTransactionsResponse> CoordinatorCore::ListTransactions(
+    const v1::ListTransactionsRequest& req, uint32_t limit_max) const {
+  return impl_->ListTransactions(req, limit_max);
 }
 
 size_t CoordinatorCore::CollectRecords(const std::vector<std::string>& keys, int64_t now_ms) {

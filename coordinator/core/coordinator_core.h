@@ -255,9 +255,13 @@ class CoordinatorCore {
 
   // For GetTransaction / ListTransactions. NOT_FOUND if unknown.
   absl::StatusOr<v1::TransactionInfo> GetTransaction(const std::string& txn_id) const;
-  // In-memory transactions not ENDED, filtered by `states` (empty = all).
-  std::vector<v1::TransactionInfo> ListTransactions(const std::vector<v1::TxnState>& states,
-                                                    size_t limit) const;
+  // One page of the in-memory transactions in id order: those in
+  // req.states (empty = all but ENDED) after req.page_token, at most
+  // req.limit (0 or above `limit_max`: `limit_max`, which is > 0);
+  // next_page_token is set when more match. INVALID_ARGUMENT for a page
+  // token that is not a transaction id.
+  absl::StatusOr<v1::ListTransactionsResponse> ListTransactions(
+      const v1::ListTransactionsRequest& req, uint32_t limit_max) const;
 
   // --- collection of finished records (kEndedDb) ---
   // `keys`: kEndedDb keys in key order, as the adapter scanned them (at most

@@ -208,8 +208,8 @@ struct CoordinatorCore::Impl {
   v1::TransactionInfo InfoOf(const Txn& t, bool with_ops) const;
   static v1::TransactionInfo InfoOfRecord(const v1::CoordinatorTxnRecord& r);
   absl::StatusOr<v1::TransactionInfo> GetTransaction(const std::string& txn_id) const;
-  std::vector<v1::TransactionInfo> ListTransactions(const std::vector<v1::TxnState>& states,
-                                                    size_t limit) const;
+  absl::StatusOr<v1::ListTransactionsResponse> ListTransactions(
+      const v1::ListTransactionsRequest& req, uint32_t limit_max) const;
 };
 
 }  // namespace atomq::coordinator

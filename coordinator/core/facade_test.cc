@@ -256,7 +256,8 @@ class Sim {
       Collect();
     }
     EXPECT_TRUE(events_.empty());
-    for (const v1::TransactionInfo& t : core_->ListTransactions({}, 0)) {
+    v1::ListTransactionsRequest all;
+    for (const v1::TransactionInfo& t : core_->ListTransactions(all, 1000000)->transactions()) {
       ADD_FAILURE() << "a transaction did not end: " << t.ShortDebugString();
     }
     // Participants left in doubt (a Prepare that came after the end) ask.

@@ -138,18 +138,31 @@ absl::StatusOr<v1::TransactionInfo> CoordinatorCore::Impl::GetTransaction(
   return absl::NotFoundError(absl::StrCat("transaction ", txn_id, " is not known"));
 }
 
-std::vector<v1::TransactionInfo> CoordinatorCore::Impl::ListTransactions(
-    const std::vector<v1::TxnState>& states, size_t limit) const {
-  if (limit == 0) limit = 1000;
-  std::vector<v1::TransactionInfo> result;
-  for (const auto& [id, t] : txns) {
-    if (result.size() >= limit) break;
-    v1::TxnState s = TxnStateOf(t);
-    bool wanted = states.empty() ? s != v1::ENDED
-                                 : std::find(states.begin(), states.end(), s) != states.end();
-    if (wanted) result.push_back(InfoOf(t, false));
+absl::StatusOr<v1::ListTransactionsResponse> CoordinatorCore::Impl::ListTransactions(
+    const v1::ListTransactionsRequest& req, uint32_t limit_max) const {
+  const std::string& after = req.page_token();
+  absl::StatusOr<uint32_t> limit = PageLimit(req.limit(), limit_max, after);
+  if (!limit.ok()) return limit.status();
+  for (int s : req.states()) {
+    if (!v1::TxnState_IsValid(s)) {
+      return absl::InvalidArgumentError(absl::StrCat("states: ", s, " is not a transaction state"));
+    }
   }
-  return result;
+  auto wanted = [&req](v1::TxnState s) {
+    return req.states().empty()
+               ? s != v1::ENDED
+               : std::find(req.states().begin(), req.states().end(), s) != req.states().end();
+  };
+  v1::ListTransactionsResponse resp;
+  for (auto it = after.empty() ? txns.begin() : txns.upper_bound(after); it != txns.end(); ++it) {
+    if (!wanted(TxnStateOf(it->second))) continue;
+    if (static_cast<uint32_t>(resp.transactions_size()) == *limit) {
+      resp.set_next_page_token(resp.transactions().rbegin()->txn_id());
+      break;
+    }
+    *resp.add_transactions() = InfoOf(it->second, false);
+  }
+  return resp;
 }
 
 }  // namespace atomq::coordinator

@@ -5,6 +5,18 @@
 namespace atomq::coordinator {
 namespace {
 
+// One page of ListTransactions, at most `limit` (0: the most a page holds).
+std::vector<v1::TransactionInfo> List(const CoordinatorCore& c, std::vector<v1::TxnState> states,
+                                      uint32_t limit) {
+  v1::ListTransactionsRequest req;
+  for (v1::TxnState s : states) req.add_states(s);
+  req.set_limit(limit);
+  absl::StatusOr<v1::ListTransactionsResponse> page = c.ListTransactions(req, 1000);
+  EXPECT_TRUE(page.ok()) << page.status();
+  if (!page.ok()) return {};
+  return {page->transactions().begin(), page->transactions().end()};
+}
+
 // ------------------------------------------------------ Get / List / cache
 
 TEST_F(CoordinatorCoreTest, GetAndListTransactions) {
@@ -52,16 +64,54 @@ TEST_F(CoordinatorCoreTest, GetAndListTransactions) {
   EXPECT_EQ(core().GetTransaction("nope").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(core().GetTransaction("bad id!").status().code(), absl::StatusCode::kInvalidArgument);
 
-  std::vector<v1::TransactionInfo> list = core().ListTransactions({}, 0);
+  std::vector<v1::TransactionInfo> list = List(core(), {}, 0);
   ASSERT_EQ(list.size(), 2u);  // not ENDED, in id order
   EXPECT_EQ(list[0].txn_id(), "abrt");
   EXPECT_EQ(list[1].txn_id(), "prep");
   EXPECT_EQ(list[1].ops_size(), 0);  // ops only from GetTransaction
-  list = core().ListTransactions({v1::ENDED}, 0);
+  list = List(core(), {v1::ENDED}, 0);
   ASSERT_EQ(list.size(), 1u);
   EXPECT_EQ(list[0].txn_id(), "done");
-  list = core().ListTransactions({v1::PREPARING, v1::STATE_ABORTED, v1::ENDED}, 2);
+  list = List(core(), {v1::PREPARING, v1::STATE_ABORTED, v1::ENDED}, 2);
   EXPECT_EQ(list.size(), 2u);
+}
+
+TEST_F(CoordinatorCoreTest, ListTransactionsPagesInIdOrderAndSaysWhenMoreExist) {
+  for (const char* id : {"t3", "t1", "t5", "t2", "t4"}) {
+    core().Execute(1, Req(id, {Enq("p1", "q", "x")}), now);
+  }
+  Take();
+  v1::ListTransactionsRequest req;
+  req.set_limit(2);
+  std::vector<std::string> seen;
+  int pages = 0;
+  for (;;) {
+    absl::StatusOr<v1::ListTransactionsResponse> page = core().ListTransactions(req, 1000);
+    ASSERT_TRUE(page.ok()) << page.status();
+    ASSERT_LE(page->transactions_size(), 2);
+    for (const v1::TransactionInfo& t : page->transactions()) seen.push_back(t.txn_id());
+    pages++;
+    if (page->next_page_token().empty()) break;
+    EXPECT_EQ(page->next_page_token(), seen.back());
+    req.set_page_token(page->next_page_token());
+  }
+  EXPECT_EQ(seen, (std::vector<std::string>{"t1", "t2", "t3", "t4", "t5"}));
+  EXPECT_EQ(pages, 3);
+  // A page exactly full with nothing after it says there is no more.
+  req.set_page_token("t3");
+  absl::StatusOr<v1::ListTransactionsResponse> last = core().ListTransactions(req, 1000);
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(last->transactions_size(), 2);
+  EXPECT_TRUE(last->next_page_token().empty());
+  // The server's bound cuts a larger (or absent) limit.
+  req.Clear();
+  req.set_limit(100);
+  absl::StatusOr<v1::ListTransactionsResponse> cut = core().ListTransactions(req, 3);
+  ASSERT_TRUE(cut.ok());
+  EXPECT_EQ(cut->transactions_size(), 3);
+  EXPECT_EQ(cut->next_page_token(), "t3");
+  req.set_page_token("not an id!");
+  EXPECT_EQ(core().ListTransactions(req, 3).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(CoordinatorCoreTest, FinishedCacheEvictsOldestThenUsesTheView) {
@@ -69,8 +119,8 @@ TEST_F(CoordinatorCoreTest, FinishedCacheEvictsOldestThenUsesTheView) {
   CommitAll(1, Req("a", {Enq("p1", "q", "x")}), {{"p1", {1}}});
   CommitAll(2, Req("b", {Enq("p1", "q", "y")}), {{"p1", {2}}});
   // "a" left memory; the view still answers.
-  EXPECT_TRUE(core().ListTransactions({v1::ENDED}, 0).size() == 1u);
-  EXPECT_EQ(core().ListTransactions({v1::ENDED}, 0)[0].txn_id(), "b");
+  EXPECT_TRUE(List(core(), {v1::ENDED}, 0).size() == 1u);
+  EXPECT_EQ(List(core(), {v1::ENDED}, 0)[0].txn_id(), "b");
   absl::StatusOr<v1::TransactionInfo> info = core().GetTransaction("a");
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->state(), v1::ENDED);

@@ -649,20 +649,10 @@ grpc::ServerUnaryReactor* CoordinatorServer::ListTransactions(
     grpc::CallbackServerContext* ctx, const v1::ListTransactionsRequest* req,
     v1::ListTransactionsResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  std::vector<v1::TxnState> states;
-  for (int s : req->states()) {
-    if (!v1::TxnState_IsValid(s)) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                   absl::StrCat("states: ", s, " is not a transaction state")));
-      return reactor;
-    }
-    states.push_back(static_cast<v1::TxnState>(s));
-  }
-  size_t limit = req->limit() == 0 ? 1000 : req->limit();
-  std::vector<v1::TransactionInfo> list =
-      core_.Inspect([&](const CoordinatorCore& c) { return c.ListTransactions(states, limit); });
-  for (v1::TransactionInfo& t : list) *resp->add_transactions() = std::move(t);
-  reactor->Finish(grpc::Status::OK);
+  absl::StatusOr<v1::ListTransactionsResponse> page = core_.Inspect(
+      [&](const CoordinatorCore& c) { return c.ListTransactions(*req, options_.list_limit_max); });
+  if (page.ok()) *resp = std::move(*page);
+  reactor->Finish(ToGrpc(page.status()));
   return reactor;
 }
 

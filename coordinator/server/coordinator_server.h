@@ -43,6 +43,7 @@ struct ServerOptions {
   // --stream_in_flight_max: unanswered transactions of one ExecuteStream call
   // before the coordinator stops reading it (the client's back-pressure).
   uint32_t stream_in_flight_max = 10000;
+  uint32_t list_limit_max = 1000;  // --list_limit_max: transactions in one ListTransactions page
 };
 
 class CoordinatorServer final : public v1::Coordinator::CallbackService {

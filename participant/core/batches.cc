@@ -105,6 +105,11 @@ void Node::Reported(uint64_t, DeleteQueueBatch& b, const absl::Status& status, i
   DeleteDone(b, status);
 }
 
+void Node::Reported(uint64_t token, PurgeQueueBatch& b, const absl::Status& status,
+                    int64_t now_ms) {
+  PurgeDone(token, b, status, now_ms);
+}
+
 void Node::Reported(uint64_t, AckBatch& b, const absl::Status& status, int64_t now_ms) {
   AckDone(b, status, now_ms);
 }

@@ -31,7 +31,8 @@ enum class ReplyKind {
   kPromise,
   kAccept,
   kNack,
-  kSend
+  kSend,
+  kPurge
 };
 
 struct Waiter {
@@ -119,6 +120,13 @@ struct DeleteQueueBatch : Waiting {
   std::string name;
   uint64_t queue_id = 0;
 };
+// Queue.PurgeQueue: the ready messages in memory (held, ack_token) and the
+// backlog on disk, erased; answered with their count once durable.
+struct PurgeQueueBatch : Waiting {
+  uint64_t queue_id = 0;
+  std::vector<uint64_t> in_memory;  // sequences
+  uint64_t on_disk = 0;             // the backlog's messages erased
+};
 // A plain Ack: the message is held (ack_token) until durable.
 struct AckBatch : Waiting {
   uint64_t queue_id = 0;
@@ -143,9 +151,9 @@ struct SendBatch {
   std::vector<std::pair<RequestId, v1::SendResponse>> waits;
 };
 
-using BatchRecord =
-    std::variant<PrepareBatch, PreCommitBatch, CommitBatch, AbortBatch, BallotBatch, OnePhaseBatch,
-                 PresumedAbortBatch, HeuristicConflictBatch, ForgettableBatch, CollectBatch,
-                 CreateQueueBatch, DeleteQueueBatch, AckBatch, MoveBatch, SendBatch>;
+using BatchRecord = std::variant<PrepareBatch, PreCommitBatch, CommitBatch, AbortBatch, BallotBatch,
+                                 OnePhaseBatch, PresumedAbortBatch, HeuristicConflictBatch,
+                                 ForgettableBatch, CollectBatch, CreateQueueBatch, DeleteQueueBatch,
+                                 AckBatch, MoveBatch, SendBatch, PurgeQueueBatch>;
 
 }  // namespace atomq::participant

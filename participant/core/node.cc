@@ -60,6 +60,8 @@ ReplyBody Node::EmptyBody(ReplyKind k) {
       return v1::NackResponse();
     case ReplyKind::kSend:
       return v1::SendResponse();
+    case ReplyKind::kPurge:
+      return v1::PurgeQueueResponse();
   }
   return v1::AckResponse();
 }

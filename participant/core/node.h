@@ -85,6 +85,7 @@ class Node {
   void Reported(uint64_t token, AckBatch& b, const absl::Status& status, int64_t now_ms);
   void Reported(uint64_t token, MoveBatch& b, const absl::Status& status, int64_t now_ms);
   void Reported(uint64_t token, SendBatch& b, const absl::Status& status, int64_t now_ms);
+  void Reported(uint64_t token, PurgeQueueBatch& b, const absl::Status& status, int64_t now_ms);
   // Ends the batch in flight of transaction `id`, applies `done` to it and
   // replays the calls deferred behind it (batches.cc only).
   template <typename Done>
@@ -93,6 +94,11 @@ class Node {
   // --- queue_model.cc: receive, ack, leases, pins ---
   absl::StatusOr<std::vector<Lease>> Receive(const std::string& name, uint32_t max_messages,
                                              uint32_t lease_ms, int64_t now_ms);
+  absl::StatusOr<std::vector<Lease>> Peek(const v1::ReceiveRequest& req) const;
+  // The queue a Receive or peek of `max_messages` (0 = 1, then capped at
+  // --receive_max) reads, or why not.
+  absl::StatusOr<const Queue*> ReceivableQueue(const std::string& name,
+                                               uint32_t* max_messages) const;
   // The message `seq` (named `msg`) of `q` under the lease `token`, or why
   // an Ack or Nack with that token cannot touch it.
   static absl::StatusOr<Message*> HeldLease(Queue& q, const std::string& msg, uint64_t seq,
@@ -115,6 +121,10 @@ class Node {
   void CreateDone(const CreateQueueBatch& b, const absl::Status& status);
   void DeleteQueue(RequestId r, const std::string& name, int64_t now_ms);
   void DeleteDone(const DeleteQueueBatch& b, const absl::Status& status);
+  // --- queue_purge.cc ---
+  void PurgeQueue(RequestId r, const std::string& name);
+  void PurgeDone(uint64_t token, const PurgeQueueBatch& b, const absl::Status& status,
+                 int64_t now_ms);
   absl::Status ValidateQueueOptions(const v1::CreateQueueRequest& req) const;
   absl::Status CheckDeletable(const Queue& q) const;
   // Copies a free message of `q` to its dead-letter queue and erases it, in
@@ -178,7 +188,10 @@ class Node {
                   const absl::Status& status);
   void AbortDone(Txn& t, const AbortBatch& b, const absl::Status& status, int64_t now_ms);
   void PresumedAbortDone(uint64_t token, const PresumedAbortBatch& b, const absl::Status& status);
-  std::vector<v1::ParticipantTxnInfo> ListTransactions() const;
+  // --- listing.cc ---
+  absl::StatusOr<v1::ListParticipantTxnsResponse> ListTransactions(
+      const v1::ListParticipantTxnsRequest& req, uint32_t limit_max, uint64_t bytes_max) const;
+  v1::ParticipantTxnInfo InfoOf(const std::string& id, const Txn& t, bool payloads) const;
 
   // --- in_doubt.cc: asking the coordinator and the peers ---
   void ArmTimer(Txn& t, int64_t at_ms);

@@ -85,7 +85,7 @@ TEST_F(ParticipantCoreTest, OnePhaseCommitsInOneBatchAndVotesYesWithSequencesOnc
   v1::PrepareResponse again = Prepare(req);
   EXPECT_EQ(again.vote(), v1::YES);
   EXPECT_EQ(SeqsOf(again), (std::vector<uint64_t>{3, 0, 4}));
-  EXPECT_TRUE(core_->ListTransactions().empty());
+  EXPECT_TRUE(Prepared().empty());
   // Other ops under the id, or a two-phase Prepare of the same ops: NO, and
   // nothing changes (the id is settled).
   v1::PrepareResponse other = Prepare(OnePhaseReq("t1", {EnqueueOp("q", "zz")}));

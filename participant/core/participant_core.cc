@@ -148,6 +148,15 @@ void ParticipantCore::DeleteQueue(RequestId request, const std::string& name, in
 
 std::vector<v1::QueueInfo> ParticipantCore::ListQueues() const { return node_->ListQueues(); }
 
+absl::StatusOr<std::vector<Lease>> ParticipantCore::Peek(const v1::ReceiveRequest& req) const {
+  return node_->Peek(req);
+}
+
+void ParticipantCore::PurgeQueue(RequestId request, const std::string& queue) {
+  node_->RequireRecovered();
+  node_->PurgeQueue(request, queue);
+}
+
 absl::StatusOr<std::vector<Lease>> ParticipantCore::Receive(const std::string& queue,
                                                             uint32_t max_messages,
                                                             uint32_t lease_ms, int64_t now_ms) {
@@ -161,8 +170,9 @@ void ParticipantCore::Ack(RequestId request, const std::string& queue, uint64_t 
   node_->Ack(request, queue, sequence, lease_token, now_ms);
 }
 
-std::vector<v1::ParticipantTxnInfo> ParticipantCore::ListTransactions() const {
-  return node_->ListTransactions();
+absl::StatusOr<v1::ListParticipantTxnsResponse> ParticipantCore::ListTransactions(
+    const v1::ListParticipantTxnsRequest& req, uint32_t limit_max, uint64_t bytes_max) const {
+  return node_->ListTransactions(req, limit_max, bytes_max);
 }
 
 void ParticipantCore::Resolve(RequestId request, const v1::ResolveRequest& req, int64_t now_ms) {

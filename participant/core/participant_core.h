@@ -144,7 +144,7 @@ using ReplyBody =
     std::variant<v1::PrepareResponse, v1::PreCommitResponse, v1::CommitResponse, v1::AbortResponse,
                  v1::QueryStateResponse, v1::PromiseResponse, v1::AcceptResponse,
                  v1::CreateQueueResponse, v1::DeleteQueueResponse, v1::AckResponse,
-                 v1::NackResponse, v1::SendResponse, v1::ResolveResponse>;
+                 v1::NackResponse, v1::SendResponse, v1::ResolveResponse, v1::PurgeQueueResponse>;
 
 struct Reply {
   RequestId request;
@@ -256,6 +256,19 @@ class ParticipantCore {
   // could be leased.
   absl::StatusOr<std::vector<Lease>> Receive(const std::string& queue, uint32_t max_messages,
                                              uint32_t lease_ms, int64_t now_ms);
+  // ReceiveRequest.peek: up to max_messages ready messages in sequence
+  // order, those in memory and then the backlog on disk (read, not paged
+  // in), with their delivery counts and no lease token. Changes nothing (an
+  // expired lease not yet returned by ExpireLeases is not shown). Errors as
+  // Receive, and INVALID_ARGUMENT with auto_ack or wait_ms.
+  absl::StatusOr<std::vector<Lease>> Peek(const v1::ReceiveRequest& req) const;
+  // Queue.PurgeQueue: erases the queue's ready messages, in memory and on
+  // disk, in one batch; until it is durable they are delivered to nobody.
+  // Leased, pinned and held messages stay. The reply (PurgeQueueResponse)
+  // comes once durable; on a failed write the messages are ready again and
+  // the reply is the error. NOT_FOUND, INVALID_ARGUMENT (name), UNAVAILABLE
+  // while a purge of the queue is in flight.
+  void PurgeQueue(RequestId request, const std::string& queue);
   // FAILED_PRECONDITION when the lease is not current or the message is
   // pinned by a prepared transaction; the reply waits for the deletion.
   void Ack(RequestId request, const std::string& queue, uint64_t sequence,
@@ -280,8 +293,15 @@ class ParticipantCore {
   // counts stay true. Delivery counts live in memory: a restart resets them.
   void ExpireLeases(int64_t now_ms);
 
-  // Prepared and in-doubt transactions, for the CLI.
-  std::vector<v1::ParticipantTxnInfo> ListTransactions() const;
+  // One page of the prepared and in-doubt transactions and the heuristic
+  // outcomes, merged in txn id order, after req.page_token: at most
+  // req.limit rows (0 or above `limit_max`: `limit_max`, which is > 0), and
+  // no more once the reply would pass `bytes_max` (but at least one row);
+  // next_page_token set when more exist. Enqueue ops carry payloads and
+  // headers only with req.payloads. INVALID_ARGUMENT for a page token that
+  // is not a transaction id.
+  absl::StatusOr<v1::ListParticipantTxnsResponse> ListTransactions(
+      const v1::ListParticipantTxnsRequest& req, uint32_t limit_max, uint64_t bytes_max) const;
 
   // --- outcome collection (BatchItem.forget in participant.proto) ---
   // The coordinator ENDED the transaction: every participant holds its

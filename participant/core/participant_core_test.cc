@@ -49,7 +49,7 @@ TEST_F(ParticipantCoreTest, PrepareVotesNoForMissingQueue) {
   v1::PrepareResponse r = Body<v1::PrepareResponse>(o, 1);
   EXPECT_EQ(r.vote(), v1::NO);
   EXPECT_EQ(r.reason(), "queue \"nope\" does not exist on p1");
-  EXPECT_TRUE(core_->ListTransactions().empty());
+  EXPECT_TRUE(Prepared().empty());
 }
 
 TEST_F(ParticipantCoreTest, PrepareVotesNoForSizeLimits) {
@@ -100,7 +100,7 @@ TEST_F(ParticipantCoreTest, EmptyOpsVoteReadOnlyAndKeepNothing) {
   Output o = Collect();
   EXPECT_EQ(Body<v1::PrepareResponse>(o, 1).vote(), v1::READ_ONLY);
   EXPECT_TRUE(o.persist.empty());
-  EXPECT_TRUE(core_->ListTransactions().empty());
+  EXPECT_TRUE(Prepared().empty());
 }
 
 TEST_F(ParticipantCoreTest, PreparedMaxIsResourceExhausted) {

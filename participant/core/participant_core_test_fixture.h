@@ -285,8 +285,19 @@ class ParticipantCoreTest : public ::testing::Test {
     return v1::QueueInfo();
   }
 
+  // Every prepared transaction, payloads included (one page).
+  std::vector<v1::ParticipantTxnInfo> Prepared() {
+    v1::ListParticipantTxnsRequest req;
+    req.set_payloads(true);
+    absl::StatusOr<v1::ListParticipantTxnsResponse> page =
+        core_->ListTransactions(req, 1000000, uint64_t{1} << 40);
+    EXPECT_TRUE(page.ok()) << page.status();
+    if (!page.ok()) return {};
+    return {page->transactions().begin(), page->transactions().end()};
+  }
+
   std::optional<v1::ParticipantTxnInfo> Txn(const std::string& id) {
-    for (const v1::ParticipantTxnInfo& t : core_->ListTransactions()) {
+    for (const v1::ParticipantTxnInfo& t : Prepared()) {
       if (t.txn_id() == id) return t;
     }
     return std::nullopt;

@@ -137,6 +137,10 @@ absl::Status Node::ValidateQueueOptions(const v1::CreateQueueRequest& req) const
 }
 
 absl::Status Node::CheckDeletable(const Queue& q) const {
+  if (q.purge_token != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("queue \"", q.rec.name(), "\" is being purged; retry when that is answered"));
+  }
   auto in = queues_.inbound.find(q.rec.id());
   if (in != queues_.inbound.end() && in->second > 0) {
     return absl::FailedPreconditionError(

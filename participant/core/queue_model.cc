@@ -15,6 +15,12 @@ Queue* QueueModel::Find(const std::string& name) {
   return &it->second;
 }
 
+const Queue* QueueModel::Find(const std::string& name) const {
+  auto it = by_name.find(name);
+  if (it == by_name.end() || it->second.delete_token != 0) return nullptr;
+  return &it->second;
+}
+
 Queue* QueueModel::FindById(uint64_t id) {
   auto it = names.find(id);
   if (it == names.end()) return nullptr;
@@ -142,8 +148,9 @@ v1::QueueInfo QueueModel::Info(const Queue& q) const {
   v1::QueueInfo info;
   info.set_name(q.rec.name());
   info.set_version(q.durable_next_sequence);
-  info.set_ready(q.ready.size() + q.on_disk);
-  info.set_leased(q.messages.size() - q.ready.size() - q.pinned);
+  // What a purge in flight erases is neither ready nor leased any more.
+  info.set_ready(q.ready.size() + q.on_disk - q.purging_on_disk);
+  info.set_leased(q.messages.size() - q.ready.size() - q.pinned - q.purging_in_memory);
   info.set_pending_in_txn(q.pending_enqueues + q.pinned);
   info.set_created_unix_ms(q.rec.created_unix_ms());
   info.set_max_deliveries(q.rec.max_deliveries());
@@ -195,17 +202,62 @@ void Node::Unpin(Txn& t, int64_t now_ms) {
   for (const std::string& name : TouchedQueues(t.rec)) queues_.by_name.at(name).txn_refs--;
 }
 
-absl::StatusOr<std::vector<Lease>> Node::Receive(const std::string& name, uint32_t max_messages,
-                                                 uint32_t lease_ms, int64_t now_ms) {
+absl::StatusOr<const Queue*> Node::ReceivableQueue(const std::string& name,
+                                                   uint32_t* max_messages) const {
   absl::Status s = ValidateQueueName(name);
   if (!s.ok()) return s;
-  Queue* q = queues_.Find(name);
+  const Queue* q = queues_.Find(name);
   if (q == nullptr) return queues_.NoQueue(name);
-  if (max_messages == 0) max_messages = 1;
-  if (max_messages > config_.receive_max) {
+  if (*max_messages == 0) *max_messages = 1;
+  if (*max_messages > config_.receive_max) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "max_messages is ", max_messages, "; at most --receive_max=", config_.receive_max));
+        "max_messages is ", *max_messages, "; at most --receive_max=", config_.receive_max));
   }
+  return q;
+}
+
+absl::StatusOr<std::vector<Lease>> Node::Peek(const v1::ReceiveRequest& req) const {
+  if (req.auto_ack() || req.wait_ms() > 0) {
+    return absl::InvalidArgumentError(
+        "peek takes neither auto_ack nor wait_ms: it delivers nothing and answers at once");
+  }
+  uint32_t max = req.max_messages();
+  absl::StatusOr<const Queue*> found = ReceivableQueue(req.queue(), &max);
+  if (!found.ok()) return found.status();
+  const Queue& q = **found;
+  std::vector<Lease> out;
+  auto add = [&](uint64_t seq, uint32_t delivery_count) {
+    out.push_back(Lease{req.queue(), q.rec.id(), seq, delivery_count, "", 0});
+  };
+  for (uint64_t seq : q.ready) {
+    if (out.size() == max) return out;
+    const Message& m = q.messages.at(seq);
+    if (!MaxedOut(q, m)) add(seq, m.delivery_count);  // else a Receive dead-letters it
+  }
+  // The backlog on disk follows, read where it is (a purge in flight erases it).
+  uint64_t from = q.disk_from;
+  while (out.size() < max && q.on_disk > 0 && q.purge_token == 0) {
+    const uint32_t want = max - static_cast<uint32_t>(out.size());
+    absl::StatusOr<std::vector<uint64_t>> seqs =
+        queues_.ScanDisk(q, from, q.durable_next_sequence, want);
+    if (!seqs.ok()) {
+      if (out.empty()) return seqs.status();
+      break;
+    }
+    for (uint64_t seq : *seqs) {
+      if (q.messages.count(seq) == 0) add(seq, 0);  // else pinned since recovery
+    }
+    if (seqs->size() < want) break;
+    from = seqs->back() + 1;
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<Lease>> Node::Receive(const std::string& name, uint32_t max_messages,
+                                                 uint32_t lease_ms, int64_t now_ms) {
+  absl::StatusOr<const Queue*> found = ReceivableQueue(name, &max_messages);
+  if (!found.ok()) return found.status();
+  Queue* q = queues_.Find(name);
   if (lease_ms == 0) lease_ms = config_.lease_ms;
   if (lease_ms > config_.lease_ms_max) {
     return absl::InvalidArgumentError(
@@ -215,7 +267,9 @@ absl::StatusOr<std::vector<Lease>> Node::Receive(const std::string& name, uint32
   std::vector<Lease> leases;
   absl::Status paged;
   while (leases.size() < max_messages) {
-    if (paged.ok() && q->on_disk > 0 && q->ready.size() * 2 < config_.queue_memory_window) {
+    // Not while a purge erases the backlog.
+    if (paged.ok() && q->on_disk > 0 && q->purge_token == 0 &&
+        q->ready.size() * 2 < config_.queue_memory_window) {
       paged = queues_.PageIn(*q);
     }
     if (q->ready.empty()) break;

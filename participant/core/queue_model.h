@@ -45,6 +45,11 @@ struct Queue {
   uint64_t pending_enqueues = 0;  // enqueues of prepared transactions, not yet committed
   uint32_t txn_refs = 0;          // prepared transactions touching the queue
   uint64_t delete_token = 0;      // a DeleteQueue in flight
+  // A PurgeQueue in flight: its held messages in memory and those of the
+  // backlog on disk it erases (still counted in on_disk; none is paged in).
+  uint64_t purge_token = 0;
+  uint64_t purging_in_memory = 0;
+  uint64_t purging_on_disk = 0;
 };
 
 struct QueueModel {
@@ -53,6 +58,7 @@ struct QueueModel {
 
   // Not being deleted.
   Queue* Find(const std::string& name);
+  const Queue* Find(const std::string& name) const;
   // Also one being deleted.
   Queue* FindById(uint64_t id);
   absl::Status NoQueue(const std::string& name) const;

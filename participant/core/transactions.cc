@@ -557,23 +557,4 @@ void Node::PresumedAbortDone(uint64_t token, const PresumedAbortBatch& p,
   outcomes_.Evict();
 }
 
-std::vector<v1::ParticipantTxnInfo> Node::ListTransactions() const {
-  std::vector<v1::ParticipantTxnInfo> infos;
-  for (const auto& [id, t] : txns_) {
-    if (!t.durable) continue;
-    v1::ParticipantTxnInfo info;
-    info.set_txn_id(id);
-    info.set_protocol(t.rec.protocol());
-    info.set_state(t.rec.state());
-    info.set_coordinator_id(t.rec.coordinator_id());
-    info.set_coordinator_address(t.rec.coordinator_address());
-    info.set_prepared_unix_ms(t.rec.prepared_unix_ms());
-    *info.mutable_participants() = t.rec.participants();
-    *info.mutable_ops() = t.rec.ops();
-    info.set_in_doubt(t.in_doubt);
-    infos.push_back(std::move(info));
-  }
-  return infos;
-}
-
 }  // namespace atomq::participant

@@ -275,15 +275,13 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
                                              const v1::ListParticipantTxnsRequest* req,
                                              v1::ListParticipantTxnsResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    std::vector<v1::ParticipantTxnInfo> list;
-    std::vector<v1::HeuristicOutcome> heuristic;
-    node_->core_.Inspect([&](const ParticipantCore& c) {
-      list = c.ListTransactions();
-      heuristic = c.HeuristicOutcomes();
-    });
-    for (v1::ParticipantTxnInfo& t : list) *resp->add_transactions() = std::move(t);
-    for (v1::HeuristicOutcome& h : heuristic) *resp->add_heuristic() = std::move(h);
-    reactor->Finish(grpc::Status::OK);
+    const ServerOptions& o = node_->options_;
+    absl::StatusOr<v1::ListParticipantTxnsResponse> page =
+        node_->core_.Inspect([&](const ParticipantCore& c) {
+          return c.ListTransactions(*req, o.list_limit_max, o.list_reply_bytes_max);
+        });
+    if (page.ok()) *resp = std::move(*page);
+    reactor->Finish(ToGrpc(page.status()));
     return reactor;
   }
 
@@ -319,6 +317,14 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.DeleteQueue(rid, req->name(), node_->clock_.NowMs()); });
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* PurgeQueue(grpc::CallbackServerContext* ctx,
+                                       const v1::PurgeQueueRequest* req,
+                                       v1::PurgeQueueResponse* resp) override {
+    auto* reactor = ctx->DefaultReactor();
+    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
+    node_->WithCore([&](ParticipantCore& c) { c.PurgeQueue(rid, req->name()); });
     return reactor;
   }
   grpc::ServerUnaryReactor* ListQueues(grpc::CallbackServerContext* ctx,

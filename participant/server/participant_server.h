@@ -40,6 +40,10 @@ struct ServerOptions {
   // 10 ms). Small: LMDB keeps the page buffers of its largest write
   // transaction, and its file grows while a large one runs.
   uint32_t gc_batch_max = 1000;
+  uint32_t list_limit_max = 1000;  // --list_limit_max: rows in one ListTransactions page
+  // --list_reply_bytes_max: a ListTransactions page ends before its reply
+  // passes this (it always holds one row).
+  uint64_t list_reply_bytes_max = 4 << 20;
 };
 
 // Owns the core and its I/O; exposes the two gRPC services.

@@ -33,14 +33,17 @@ class ParticipantNode::Waiting {
 namespace {
 
 // Adds payload and headers from storage. False when the record cannot be
-// read: the message stays leased and is delivered again after its lease.
+// read: the message stays leased and is delivered again after its lease (a
+// peeked one, with no lease, may just have been acked since).
 bool ReadDelivery(Storage* storage, const Lease& l, v1::Delivery* d) {
   absl::StatusOr<std::optional<std::string>> v =
       storage->Get(kMessagesDb, MessageKey(l.queue_id, l.sequence));
   v1::MessageRecord rec;
   if (!v.ok() || !v->has_value() || !DecodeRecord(**v, &rec).ok()) {
-    LogLine(absl::StrCat("queue ", l.queue, " message ", l.sequence,
-                         " could not be read; left leased"));
+    if (!l.lease_token.empty()) {
+      LogLine(absl::StrCat("queue ", l.queue, " message ", l.sequence,
+                           " could not be read; left leased"));
+    }
     return false;
   }
   d->set_queue(l.queue);
@@ -168,8 +171,8 @@ class ParticipantNode::LongPoll final : public Waiting,
       absl::StatusOr<std::vector<Lease>> leases;
       bool parked = false;
       node_->WithCore([&](ParticipantCore& c) {
-        leases = c.Receive(req_.queue(), req_.max_messages(), req_.lease_ms(),
-                           node_->clock_.NowMs());
+        leases =
+            c.Receive(req_.queue(), req_.max_messages(), req_.lease_ms(), node_->clock_.NowMs());
         if (leases.ok() && leases->empty() && !final) {
           node_->core_.mu().AssertHeld();
           parked = node_->Park(req_.queue(), shared_from_this(), true);
@@ -180,10 +183,9 @@ class ParticipantNode::LongPoll final : public Waiting,
         if (final) return Finish(grpc::Status::OK);
         if (!parked) {
           if (first) {
-            return Finish(grpc::Status(
-                grpc::StatusCode::RESOURCE_EXHAUSTED,
-                absl::StrCat("--waiters_max=", node_->options_.waiters_max,
-                             " consumers are waiting already; retry")));
+            return Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                       absl::StrCat("--waiters_max=", node_->options_.waiters_max,
+                                                    " consumers are waiting already; retry")));
           }
           return Finish(grpc::Status::OK);
         }
@@ -255,6 +257,17 @@ grpc::ServerUnaryReactor* ParticipantNode::StartReceive(grpc::CallbackServerCont
                                                         const v1::ReceiveRequest* req,
                                                         v1::ReceiveResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
+  if (req->peek()) {
+    // A look under the lock, payloads read outside it; nothing to wait for.
+    absl::StatusOr<std::vector<Lease>> looks =
+        core_.Inspect([&](const ParticipantCore& c) { return c.Peek(*req); });
+    for (const Lease& l : looks.ok() ? *looks : std::vector<Lease>()) {
+      if (!ReadDelivery(storage_, l, resp->add_deliveries()))
+        resp->mutable_deliveries()->RemoveLast();
+    }
+    reactor->Finish(ToGrpc(looks.status()));
+    return reactor;
+  }
   const int64_t now = clock_.NowMs();
   int64_t deadline = now + std::min(req->wait_ms(), options_.receive_wait_ms_max);
   // Answer before the client gives up, or the leased messages would wait out
@@ -391,16 +404,15 @@ class ParticipantNode::Subscription final : public Waiting,
       if (opened_) return FinishLocked(Invalid("`open` sent twice"));
       uint32_t prefetch = o.prefetch() == 0 ? 1 : o.prefetch();
       if (prefetch > node_->core_receive_max_) {
-        return FinishLocked(Invalid(absl::StrCat("prefetch is ", prefetch,
-                                                 "; at most --receive_max=",
-                                                 node_->core_receive_max_)));
+        return FinishLocked(Invalid(absl::StrCat(
+            "prefetch is ", prefetch, "; at most --receive_max=", node_->core_receive_max_)));
       }
       if (node_->open_subscriptions_.fetch_add(1) >= node_->options_.subscriptions_max) {
         node_->open_subscriptions_--;
-        return FinishLocked(grpc::Status(
-            grpc::StatusCode::RESOURCE_EXHAUSTED,
-            absl::StrCat("--subscriptions_max=", node_->options_.subscriptions_max,
-                         " streams are open already")));
+        return FinishLocked(
+            grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                         absl::StrCat("--subscriptions_max=", node_->options_.subscriptions_max,
+                                      " streams are open already")));
       }
       counted_ = true;
       opened_ = true;

@@ -24,8 +24,8 @@ int EnvInt(const char* name, int def) {
 }
 
 struct Told {
-  std::set<int> participants;   // which participants the txn enqueued on
-  int outcome = 0;              // 0 unknown, 1 committed, 2 aborted
+  std::set<int> participants;  // which participants the txn enqueued on
+  int outcome = 0;             // 0 unknown, 1 committed, 2 aborted
 };
 
 TEST(ChaosTest, NoTransactionIsHalfAppliedUnderRandomKills) {
@@ -84,12 +84,16 @@ TEST(ChaosTest, NoTransactionIsHalfAppliedUnderRandomKills) {
   while (std::chrono::steady_clock::now() < end) {
     std::this_thread::sleep_for(std::chrono::milliseconds(150 + rng() % 400));
     int victim = rng() % 4;  // 0 = coordinator
-    if (victim == 0) c.KillCoordinator();
-    else c.KillParticipant(victim);
+    if (victim == 0)
+      c.KillCoordinator();
+    else
+      c.KillParticipant(victim);
     ++kills;
     std::this_thread::sleep_for(std::chrono::milliseconds(50 + rng() % 300));
-    if (victim == 0) c.StartCoordinator();
-    else c.StartParticipant(victim);
+    if (victim == 0)
+      c.StartCoordinator();
+    else
+      c.StartParticipant(victim);
   }
   stop = true;
   for (auto& t : clients) t.join();
@@ -134,8 +138,8 @@ TEST(ChaosTest, NoTransactionIsHalfAppliedUnderRandomKills) {
     }
   }
   for (const auto& [id, where] : found) EXPECT_TRUE(told.count(id)) << "unknown payload " << id;
-  std::printf("chaos: %d kills, %zu transactions: %d committed, %d aborted, %d unanswered\n",
-              kills, told.size(), committed, aborted, unknown);
+  std::printf("chaos: %d kills, %zu transactions: %d committed, %d aborted, %d unanswered\n", kills,
+              told.size(), committed, aborted, unknown);
   EXPECT_GT(committed, 0);
 }
 

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -42,6 +43,17 @@ int64_t NowMs() {
 }
 
 }  // namespace
+
+std::string RunCommand(const std::string& cmd) {
+  std::string out;
+  FILE* f = popen(cmd.c_str(), "r");
+  if (f == nullptr) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  pclose(f);
+  return out;
+}
 
 int FreePort() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -127,7 +139,8 @@ void Cluster::StartCoordinator(const std::map<std::string, std::string>& env, bo
   for (int i = 1; i <= options_.participants; ++i) {
     absl::StrAppend(&parts, i > 1 ? "," : "", participant_id(i), "=", participant_address(i));
   }
-  std::vector<std::string> args = {"--id=c1", "--plaintext",
+  std::vector<std::string> args = {"--id=c1",
+                                   "--plaintext",
                                    "--listen=" + coordinator_address(),
                                    "--data_dir=" + dir_ + "/c1",
                                    "--participants=" + parts,
@@ -150,7 +163,8 @@ void Cluster::StartCoordinator(const std::map<std::string, std::string>& env, bo
 void Cluster::StartParticipant(int i, const std::map<std::string, std::string>& env, bool wait) {
   Proc& p = participant_procs_[i - 1];
   Kill(&p);
-  std::vector<std::string> args = {"--id=" + participant_id(i), "--plaintext",
+  std::vector<std::string> args = {"--id=" + participant_id(i),
+                                   "--plaintext",
                                    "--listen=" + participant_address(i),
                                    "--data_dir=" + dir_ + "/" + participant_id(i),
                                    "--in_doubt_after_ms=300",
@@ -186,6 +200,9 @@ void Cluster::Kill(Proc* p) {
 
 void Cluster::KillCoordinator() { Kill(&coordinator_); }
 void Cluster::KillParticipant(int i) { Kill(&participant_procs_[i - 1]); }
+void Cluster::SignalParticipant(int i, int sig) {
+  if (participant_procs_[i - 1].pid > 0) kill(participant_procs_[i - 1].pid, sig);
+}
 
 std::optional<int> Cluster::WaitExit(Proc* p, int timeout_ms) {
   if (p->pid <= 0) return std::nullopt;

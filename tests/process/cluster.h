@@ -19,6 +19,9 @@ namespace atomq::testing {
 // A port that was free a moment ago on 127.0.0.1.
 int FreePort();
 
+// Runs `cmd` in a shell; its standard output.
+std::string RunCommand(const std::string& cmd);
+
 struct ClusterOptions {
   int participants = 3;
   std::vector<std::string> coordinator_args;  // extra flags
@@ -44,6 +47,9 @@ class Cluster {
 
   void KillCoordinator();  // SIGKILL and reap
   void KillParticipant(int i);
+  // Sends `sig` (e.g. SIGTERM, a clean shutdown) to participant i; reap it
+  // with WaitParticipantExit.
+  void SignalParticipant(int i, int sig);
   // Waits for the process to exit by itself (e.g. at a crash point); returns
   // its exit code, or nullopt after `timeout_ms`.
   std::optional<int> WaitCoordinatorExit(int timeout_ms);

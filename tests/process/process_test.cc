@@ -53,17 +53,6 @@ void CreateDemoQueues(Cluster& c) {
   c.CreateQueue(3, "billing");
 }
 
-std::string RunCommand(const std::string& cmd) {
-  std::string out;
-  FILE* f = popen(cmd.c_str(), "r");
-  if (f == nullptr) return out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
-  pclose(f);
-  return out;
-}
-
 class ProtocolTest : public ::testing::TestWithParam<v1::Protocol> {};
 
 TEST_P(ProtocolTest, CommitsAcrossThreeParticipants) {
@@ -160,8 +149,8 @@ struct CrashCase {
 };
 
 std::string CaseName(const CrashCase& c) {
-  std::string n = c.point + (c.protocol == v1::TWO_PC ? "_2pc" : "_3pc") +
-                  (c.parallel ? "_parallel" : "");
+  std::string n =
+      c.point + (c.protocol == v1::TWO_PC ? "_2pc" : "_3pc") + (c.parallel ? "_parallel" : "");
   for (char& ch : n) {
     if (ch == '-') ch = '_';
   }
@@ -251,8 +240,7 @@ INSTANTIATE_TEST_SUITE_P(Points, CrashTest, ::testing::ValuesIn(AllCrashCases())
 // enqueues nothing twice, because the participants remember their outcome.
 TEST(ProcessTest, FinishedRecordsAreForgottenAfterRetentionAndRetriesStaySafe) {
   ClusterOptions opts;
-  opts.coordinator_args = {"--retention_ms=300", "--gc_interval_ms=100",
-                           "--finished_cache_max=0"};
+  opts.coordinator_args = {"--retention_ms=300", "--gc_interval_ms=100", "--finished_cache_max=0"};
   Cluster c(opts);
   c.StartAll();
   CreateDemoQueues(c);

@@ -121,17 +121,6 @@ std::vector<std::string> Payloads(const std::vector<v1::Delivery>& ds) {
   return out;
 }
 
-std::string RunCommand(const std::string& cmd) {
-  std::string out;
-  FILE* f = popen(cmd.c_str(), "r");
-  if (f == nullptr) return out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
-  pclose(f);
-  return out;
-}
-
 ClusterOptions OneParticipant(std::vector<std::string> args = {}) {
   ClusterOptions o;
   o.participants = 1;

@@ -155,7 +155,7 @@ TEST_F(StreamTest, ClosingEarlyStillAnswersWhatWasSent) {
   Start();
   Call call(*cluster_);
   call.Send({{7, ThreeWay("e1")}, {8, ThreeWay("e2")}});
-  call.stream->WritesDone();  // before any result arrived
+  call.stream->WritesDone();                                  // before any result arrived
   std::map<uint64_t, v1::StreamedResult> got = call.Read(3);  // reads to the end
   ASSERT_EQ(got.size(), 2u);
   EXPECT_EQ(got[7].response().outcome(), v1::COMMITTED);
