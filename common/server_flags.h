@@ -28,6 +28,7 @@ struct ServerFlags {
   bool metrics_remote = false;       // --metrics_allow_remote
   std::string cluster_id = "atomq";  // --cluster_id
   bool init = false;                 // --init
+  uint32_t channels_max = 1024;      // --channels_max: outbound channels kept (ChannelCache)
 };
 
 // Registers an option whose value `check` validates and whose default shows
@@ -40,7 +41,7 @@ CLI::Option* AddCheckedFlag(CLI::App& app, const std::string& name, T& value,
 
 // Registers --id, --listen, --data_dir, --metrics_listen, --lmdb_map_size_mb,
 // --lazy_write_delay_ms, --group_commit_batches_max, --message_bytes_max,
-// --cluster_id and --init.
+// --cluster_id, --init and --channels_max.
 void AddServerFlags(CLI::App& app, ServerFlags* flags, const std::string& id_help,
                     const std::string& data_dir_help);
 

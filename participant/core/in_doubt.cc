@@ -32,14 +32,13 @@ void Node::QueryCoordinator(Txn& t) {
     }
     return;
   }
-  out_.queries.push_back(
-      OutQuery{t.rec.txn_id(), t.rec.coordinator_id(), t.rec.coordinator_address(), true});
+  out_.queries.push_back(OutQuery{t.rec.txn_id(), t.rec.coordinator_id(), true});
 }
 
 void Node::QueryPeers(const Txn& t) {
   for (const v1::PeerAddress& p : t.rec.participants()) {
     if (p.participant() == t.rec.participant() || p.address().empty()) continue;
-    out_.queries.push_back(OutQuery{t.rec.txn_id(), p.participant(), p.address(), false});
+    out_.queries.push_back(OutQuery{t.rec.txn_id(), p.participant(), false});
   }
 }
 
