@@ -24,7 +24,8 @@ void Node::ArmTimer(Txn& t, int64_t at_ms) {
 }
 
 void Node::QueryCoordinator(Txn& t) {
-  if (t.rec.coordinator_address().empty()) {
+  // By id: the adapter dials the address its own configuration gives it.
+  if (t.rec.coordinator_id().empty()) {
     // Nobody to ask but the peers.
     if (!t.ask_peers) {
       t.ask_peers = true;
@@ -37,7 +38,7 @@ void Node::QueryCoordinator(Txn& t) {
 
 void Node::QueryPeers(const Txn& t) {
   for (const v1::PeerAddress& p : t.rec.participants()) {
-    if (p.participant() == t.rec.participant() || p.address().empty()) continue;
+    if (p.participant() == t.rec.participant() || p.participant().empty()) continue;
     out_.queries.push_back(OutQuery{t.rec.txn_id(), p.participant(), false});
   }
 }

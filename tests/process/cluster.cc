@@ -232,13 +232,13 @@ void Cluster::StartParticipant(int i, const std::map<std::string, std::string>& 
   std::vector<std::string> args = {"--id=" + participant_id(i),
                                    "--listen=" + participant_address(i),
                                    "--coordinators=c1=" + coordinator_address(),
-                                   "--peers=" + peers,
                                    "--data_dir=" + dir_ + "/" + participant_id(i),
                                    "--in_doubt_after_ms=300",
                                    "--resend_initial_ms=50",
                                    "--resend_max_ms=300",
                                    "--rpc_timeout_ms=1000"};
   for (const std::string& a : TlsArgs(participant_id(i))) args.push_back(a);
+  if (!peers.empty()) args.push_back("--peers=" + peers);  // an empty value would take the next
   if (options_.participant_metrics) {
     args.push_back(absl::StrCat("--metrics_listen=127.0.0.1:", metrics_ports_[i - 1]));
   }

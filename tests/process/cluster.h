@@ -13,6 +13,7 @@
 
 #include "atomq/v1/coordinator.grpc.pb.h"
 #include "atomq/v1/participant.grpc.pb.h"
+#include "grpcpp/security/credentials.h"
 
 namespace atomq::testing {
 

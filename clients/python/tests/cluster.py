@@ -118,7 +118,8 @@ class Cluster:
         peers = ",".join(f"{q}={a}" for q, a in self.participants.items() if q != p)
         self._spawn(p, "atomq-participant", [
             f"--id={p}", *self.tls_args(p), f"--listen={self.participants[p]}",
-            f"--data_dir={self.dir / p}", f"--coordinators=c1={self.coordinator}", f"--peers={peers}",
+            f"--data_dir={self.dir / p}", f"--coordinators=c1={self.coordinator}",
+            *([f"--peers={peers}"] if peers else []),
             "--in_doubt_after_ms=300", "--resend_initial_ms=50", "--resend_max_ms=300",
             "--rpc_timeout_ms=1000", "--lease_sweep_ms=50", *self.participant_args])
         self._wait(p, self.participants[p], lambda ch: pgrpc.QueueStub(ch).ListQueues(
