@@ -131,19 +131,26 @@ std::string ServerDir(const std::string& data_dir, const std::string& name) {
 // coordinator on ports[0] and ports[1].
 void PlanServers(const SpawnOptions& o, const std::vector<int>& ports, Cluster* c) {
   std::string part_bin = o.bin_dir + "/atomq-participant";
+  c->coordinator = Server{"c1", LoopbackAddress(ports[0]), LoopbackAddress(ports[1])};
   std::vector<std::string> peer_list;
   for (int i = 1; i <= o.participants; ++i) {
     std::string id = absl::StrCat("p", i);
+    peer_list.push_back(absl::StrCat(id, "=", LoopbackAddress(ports[2 * i])));
+  }
+  // Each participant dials only these: its coordinator and the others.
+  const std::string coordinators = "--coordinators=c1=" + c->coordinator.grpc_address;
+  const std::string peers = "--peers=" + absl::StrJoin(peer_list, ",");
+  for (int i = 1; i <= o.participants; ++i) {
+    std::string id = absl::StrCat("p", i);
     Server s{id, LoopbackAddress(ports[2 * i]), LoopbackAddress(ports[2 * i + 1])};
-    peer_list.push_back(absl::StrCat(id, "=", s.grpc_address));
     c->participants.emplace_back(id, s);
     std::string dir = ServerDir(o.data_dir, id);
-    c->procs.push_back(ServerProc(id, part_bin, o.data_dir,
-                                  {"--id=" + id, "--plaintext", "--listen=" + s.grpc_address,
-                                   "--data_dir=" + dir, "--metrics_listen=" + s.metrics_address},
-                                  o.participant_args));
+    c->procs.push_back(
+        ServerProc(id, part_bin, o.data_dir,
+                   {"--id=" + id, "--plaintext", "--listen=" + s.grpc_address, "--data_dir=" + dir,
+                    "--metrics_listen=" + s.metrics_address, coordinators, peers},
+                   o.participant_args));
   }
-  c->coordinator = Server{"c1", LoopbackAddress(ports[0]), LoopbackAddress(ports[1])};
   std::string dir = ServerDir(o.data_dir, "c1");
   c->procs.push_back(
       ServerProc("c1", o.bin_dir + "/atomq-coordinator", o.data_dir,

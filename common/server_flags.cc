@@ -32,6 +32,9 @@ void AddServerFlags(CLI::App& app, ServerFlags* f, const std::string& id_help,
                  "the cluster this node belongs to; recorded when its data dir is initialised "
                  "and checked at every later start")
       ->capture_default_str();
+  AddCheckedFlag(app, "--channels_max", f->channels_max,
+                 "outbound gRPC channels kept open (the least recently used is closed past it)",
+                 CLI::Range(1u, 1000000u));
   AddTlsFlags(app, &f->tls, /*server=*/true);
   app.add_flag("--metrics_allow_remote", f->metrics_remote,
                "serve /metrics (plain HTTP) on a non-loopback --metrics_listen too");

@@ -33,6 +33,7 @@ struct ServerFlags {
   // --drain_ms: at SIGINT/SIGTERM, how long health reports NOT_SERVING while
   // calls are still served, before the server stops.
   uint32_t drain_ms = 0;
+  uint32_t channels_max = 1024;      // --channels_max: outbound channels kept (ChannelCache)
 };
 
 // Registers an option whose value `check` validates and whose default shows
@@ -45,7 +46,7 @@ CLI::Option* AddCheckedFlag(CLI::App& app, const std::string& name, T& value,
 
 // Registers --id, --listen, --data_dir, --metrics_listen, --lmdb_map_size_mb,
 // --lazy_write_delay_ms, --group_commit_batches_max, --message_bytes_max,
-// --cluster_id, --init, --list_limit_max and --drain_ms.
+// --cluster_id, --init, --list_limit_max, --drain_ms and --channels_max.
 void AddServerFlags(CLI::App& app, ServerFlags* flags, const std::string& id_help,
                     const std::string& data_dir_help);
 

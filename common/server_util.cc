@@ -35,7 +35,10 @@ absl::Status FromGrpc(const grpc::Status& s) {
 std::shared_ptr<grpc::Channel> ChannelCache::Get(const std::string& address) {
   absl::MutexLock lock(&mu_);
   auto it = channels_.find(address);
-  if (it != channels_.end()) return it->second;
+  if (it != channels_.end()) {
+    recent_.splice(recent_.begin(), recent_, it->second.recent);
+    return it->second.channel;
+  }
   grpc::ChannelArguments args;
   // Reconnect fast after a peer restarts: recovery waits on it.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
@@ -43,8 +46,24 @@ std::shared_ptr<grpc::Channel> ChannelCache::Get(const std::string& address) {
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetMaxReceiveMessageSize(-1);
   auto ch = grpc::CreateCustomChannel(address, DialCredentials(), args);
-  channels_[address] = ch;
+  ++created_;
+  if (channels_.size() >= max_) {
+    channels_.erase(recent_.back());
+    recent_.pop_back();
+  }
+  recent_.push_front(address);
+  channels_[address] = Entry{ch, recent_.begin()};
   return ch;
+}
+
+size_t ChannelCache::size() {
+  absl::MutexLock lock(&mu_);
+  return channels_.size();
+}
+
+uint64_t ChannelCache::created() {
+  absl::MutexLock lock(&mu_);
+  return created_;
 }
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
@@ -115,21 +134,22 @@ absl::StatusOr<std::unique_ptr<RecoveringServer>> RecoveringServer::Start(
   return r;
 }
 
-absl::StatusOr<std::map<std::string, std::string>> ParsePeerList(const std::string& s) {
+absl::StatusOr<std::map<std::string, std::string>> ParsePeerList(const std::string& s,
+                                                                 const std::string& what) {
   std::map<std::string, std::string> out;
   for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipEmpty())) {
     std::pair<std::string, std::string> kv = absl::StrSplit(part, absl::MaxSplits('=', 1));
     if (kv.second.empty()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("bad participant entry \"", part, "\": want id=host:port"));
+          absl::StrCat("bad ", what, " entry \"", Clip(part), "\": want id=host:port"));
     }
     absl::Status st = ValidateNodeId(kv.first);
     if (!st.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("participant \"", kv.first, "\": ", st.message()));
+          absl::StrCat(what, " \"", Clip(kv.first), "\": ", st.message()));
     }
     if (!out.emplace(kv.first, kv.second).second) {
-      return absl::InvalidArgumentError(absl::StrCat("participant ", kv.first, " listed twice"));
+      return absl::InvalidArgumentError(absl::StrCat(what, " ", kv.first, " listed twice"));
     }
   }
   return out;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <list>
 #include <map>
 #include <memory>
 #include <optional>
@@ -28,14 +29,26 @@ grpc::Status ToGrpc(const absl::Status& s);
 absl::Status FromGrpc(const grpc::Status& s);
 
 // Channels by address, created on first use and kept, dialled with
-// DialCredentials() (common/tls.h).
+// DialCredentials() (common/tls.h). At most `max` are kept (--channels_max):
+// past it the least recently used one is dropped from the cache (calls under
+// way on it finish; a later Get dials anew).
 class ChannelCache {
  public:
+  explicit ChannelCache(size_t max = 1024) : max_(max < 1 ? 1 : max) {}
   std::shared_ptr<grpc::Channel> Get(const std::string& address);
+  size_t size();
+  uint64_t created();  // channels made since start (evicted ones included)
 
  private:
+  struct Entry {
+    std::shared_ptr<grpc::Channel> channel;
+    std::list<std::string>::iterator recent;  // its place in recent_
+  };
+  const size_t max_;
   absl::Mutex mu_;
-  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Entry> channels_ ABSL_GUARDED_BY(mu_);
+  std::list<std::string> recent_ ABSL_GUARDED_BY(mu_);  // most recently used first
+  uint64_t created_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // Builds and starts a server on `listen` (host:port) with health checking
@@ -67,8 +80,10 @@ class RecoveringServer {
   std::unique_ptr<grpc::Server> server_;
 };
 
-// "p1=127.0.0.1:7101,p2=..." -> map; INVALID_ARGUMENT with the bad entry.
-absl::StatusOr<std::map<std::string, std::string>> ParsePeerList(const std::string& s);
+// "p1=127.0.0.1:7101,p2=..." -> map; INVALID_ARGUMENT with the bad entry,
+// naming it a `what` ("participant", "coordinator", "peer").
+absl::StatusOr<std::map<std::string, std::string>> ParsePeerList(
+    const std::string& s, const std::string& what = "participant");
 
 // Keys of `db`, a time index (8 bytes big-endian ms, then an id), older
 // than `cutoff_ms`, in key order, at most `max`: what a collection pass

@@ -108,6 +108,14 @@ void AddBatchFlags(CLI::App& app, ServerOptions* opts) {
   AddCheckedFlag(app, "--stream_in_flight_max", opts->stream_in_flight_max,
                  "unanswered transactions of one ExecuteStream call before it is read no further",
                  CLI::Range(1u, 1000000u));
+  AddCheckedFlag(app, "--stream_replies_buffered_max", opts->stream_replies_buffered_max,
+                 "results of one ExecuteStream call waiting for its client to read them before "
+                 "the call is read no further",
+                 CLI::Range(1u, 10000000u));
+  AddCheckedFlag(app, "--stream_stalled_ms_max", opts->stream_stalled_ms_max,
+                 "how long an ExecuteStream call's results may stay at "
+                 "--stream_replies_buffered_max before the call ends RESOURCE_EXHAUSTED",
+                 CLI::Range(1u, 3600000u));
 }
 
 // In the order --help lists them.
@@ -152,6 +160,7 @@ int Serve(CoordinatorFlags* f) {
   cfg.coordinator_id = id;
   cfg.coordinator_address = f->advertise.empty() ? listen : f->advertise;
   cfg.boot_count = store->meta.boot_count();
+  f->opts.channels_max = f->server.channels_max;
   cfg.retention_ms = f->opts.retention_ms;  // the core decides which records go
   cfg.default_protocol = f->protocol == "3pc" ? atomq::v1::THREE_PC : atomq::v1::TWO_PC;
 

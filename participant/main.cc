@@ -22,6 +22,8 @@ using atomq::participant::ServerOptions;
 
 struct ParticipantFlags {
   atomq::ServerFlags server;
+  std::string coordinators;  // --coordinators
+  std::string peers;         // --peers
   Config cfg;
   ServerOptions opts;
 };
@@ -118,6 +120,18 @@ void AddQueueMemoryFlags(CLI::App& app, Config* cfg) {
                  CLI::Range(1u, 100000000u));
 }
 
+// Whom this node asks about outcomes and runs termination rounds with: only
+// these addresses are ever dialled, never one a request names.
+void AddClusterFlags(CLI::App& app, ParticipantFlags* f) {
+  app.add_option("--coordinators", f->coordinators,
+                 "id=host:port,... of every coordinator that may prepare transactions here "
+                 "(a Prepare from another is refused)")
+      ->required();
+  app.add_option("--peers", f->peers,
+                 "id=host:port,... of the other participants, asked about in-doubt "
+                 "transactions and joined in 3PC termination rounds (default: none)");
+}
+
 // Calls to the coordinator and peers.
 void AddCallFlags(CLI::App& app, ServerOptions* opts) {
   AddCheckedFlag(app, "--rpc_timeout_ms", opts->rpc_timeout_ms, "deadline of one outbound query",
@@ -141,11 +155,21 @@ void AddParticipantFlags(CLI::App& app, ParticipantFlags* f) {
   AddStagingFlags(app, &f->cfg);
   AddOutcomeFlags(app, f);
   AddQueueMemoryFlags(app, &f->cfg);
+  AddClusterFlags(app, f);
   AddCallFlags(app, &f->opts);
 }
 
-// Checks what one flag alone cannot.
-int CheckFlags(const Config& cfg) {
+// Checks what one flag alone cannot; fills in the coordinators and peers.
+int CheckFlags(ParticipantFlags* f) {
+  const Config& cfg = f->cfg;
+  auto coordinators = atomq::ParsePeerList(f->coordinators, "coordinator");
+  if (!coordinators.ok())
+    return Fail(absl::StrCat("--coordinators: ", coordinators.status().message()));
+  if (coordinators->empty()) return Fail("--coordinators: at least one coordinator is needed");
+  auto peers = atomq::ParsePeerList(f->peers, "peer");
+  if (!peers.ok()) return Fail(absl::StrCat("--peers: ", peers.status().message()));
+  f->opts.coordinators = *std::move(coordinators);
+  f->opts.peers = *std::move(peers);
   if (cfg.lease_ms > cfg.lease_ms_max) return Fail("--lease_ms exceeds --lease_ms_max");
   if (cfg.resend_initial_ms > cfg.resend_max_ms) {
     return Fail("--resend_initial_ms exceeds --resend_max_ms");
@@ -166,6 +190,8 @@ int Serve(ParticipantFlags* f) {
   const std::string& listen = f->server.listen;
   f->cfg.participant_id = id;
   f->cfg.boot_count = store->meta.boot_count();
+  f->opts.channels_max = f->server.channels_max;
+  f->opts.self_address = listen;
 
   f->opts.list_limit_max = f->server.list_limit_max;
 
@@ -210,6 +236,6 @@ int main(int argc, char** argv) {
   ParticipantFlags f;
   AddParticipantFlags(app, &f);
   CLI11_PARSE(app, argc, argv);
-  if (int rc = CheckFlags(f.cfg); rc != 0) return rc;
+  if (int rc = CheckFlags(&f); rc != 0) return rc;
   return Serve(&f);
 }

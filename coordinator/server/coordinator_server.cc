@@ -65,7 +65,8 @@ class CoordinatorServer::ExecuteStreamCall final
     : public grpc::ServerBidiReactor<v1::ExecuteStreamRequest, v1::ExecuteStreamResponse>,
       public std::enable_shared_from_this<ExecuteStreamCall> {
  public:
-  explicit ExecuteStreamCall(CoordinatorServer* server) : server_(server) {}
+  ExecuteStreamCall(CoordinatorServer* server, grpc::CallbackServerContext* ctx)
+      : server_(server), ctx_(ctx) {}
 
   void Start() {
     self_ = shared_from_this();
@@ -81,10 +82,7 @@ class CoordinatorServer::ExecuteStreamCall final
     if (done_ || finish_wanted_) return;
     for (v1::StreamedResult& r : results) *out_.add_results() = std::move(r);
     WriteNextLocked();
-    if (read_paused_ && unanswered_ < server_->options_.stream_in_flight_max) {
-      read_paused_ = false;
-      StartRead(&in_);
-    }
+    ResumeOrStallLocked();
   }
 
   void OnReadDone(bool ok) override {
@@ -109,10 +107,11 @@ class CoordinatorServer::ExecuteStreamCall final
     }
     absl::MutexLock lock(&mu_);
     if (done_ || finish_wanted_) return;
-    if (unanswered_ < server_->options_.stream_in_flight_max) {
+    if (MayReadLocked()) {
       StartRead(&in_);
     } else {
       read_paused_ = true;
+      ResumeOrStallLocked();
     }
   }
 
@@ -124,6 +123,7 @@ class CoordinatorServer::ExecuteStreamCall final
       finish_status_ = grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
     }
     WriteNextLocked();
+    ResumeOrStallLocked();
   }
 
   void OnCancel() override {
@@ -183,6 +183,74 @@ class CoordinatorServer::ExecuteStreamCall final
     });
   }
 
+  // Results made but not yet taken by gRPC (a client that does not read
+  // leaves them here).
+  uint64_t BufferedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return static_cast<uint64_t>(out_.results_size()) +
+           (writing_ ? static_cast<uint64_t>(writing_msg_.results_size()) : 0);
+  }
+
+  // Another request is read only while both bounds have room: the
+  // transactions under way and the results waiting for the client.
+  bool MayReadLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return unanswered_ < server_->options_.stream_in_flight_max &&
+           BufferedLocked() < server_->options_.stream_replies_buffered_max;
+  }
+
+  // Reads again once there is room; while the results fill their bound, the
+  // call ends after --stream_stalled_ms_max unless the client reads on.
+  void ResumeOrStallLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (done_ || finish_wanted_) return;
+    const bool full = BufferedLocked() >= server_->options_.stream_replies_buffered_max;
+    if (!full) {
+      if (stalled_) ++stall_round_;  // the client read: a pending stall timer is void
+      stalled_ = false;
+    } else if (!stalled_) {
+      stalled_ = true;
+      const uint64_t round = ++stall_round_;
+      std::weak_ptr<ExecuteStreamCall> weak = self_;
+      server_->timers_.At(server_->clock_.NowMs() + server_->options_.stream_stalled_ms_max,
+                          [weak, round] {
+                            if (auto call = weak.lock()) call->OnStalled(round);
+                          });
+    }
+    if (read_paused_ && MayReadLocked()) {
+      read_paused_ = false;
+      StartRead(&in_);
+    }
+  }
+
+  // The client has read none of its results for --stream_stalled_ms_max:
+  // they are dropped and the call ends RESOURCE_EXHAUSTED. The status waits
+  // behind the results gRPC holds, for a client that reads again; one that
+  // still reads nothing after another such time has the call cancelled.
+  void OnStalled(uint64_t round) {
+    absl::MutexLock lock(&mu_);
+    if (done_ || finish_wanted_ || finishing_ || !stalled_ || round != stall_round_) return;
+    std::weak_ptr<ExecuteStreamCall> weak = self_;
+    server_->timers_.At(server_->clock_.NowMs() + server_->options_.stream_stalled_ms_max, [weak] {
+      auto call = weak.lock();
+      if (call == nullptr) return;
+      absl::MutexLock l(&call->mu_);
+      if (!call->done_) call->ctx_->TryCancel();
+    });
+    const uint64_t buffered = BufferedLocked();
+    out_.Clear();
+    finish_wanted_ = true;
+    finishing_ = true;
+    LogLine(absl::StrCat(
+        "ExecuteStream ended: its client read none of ", buffered,
+        " results for --stream_stalled_ms_max=", server_->options_.stream_stalled_ms_max, " ms"));
+    Finish(grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("ExecuteStream cancelled: ", buffered,
+                     " results waited for the client to read them (--stream_replies_buffered_max=",
+                     server_->options_.stream_replies_buffered_max, ") for more than ",
+                     server_->options_.stream_stalled_ms_max,
+                     " ms (--stream_stalled_ms_max); results not received are lost, retry "
+                     "those ids")));
+  }
+
   void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (done_ || writing_ || finishing_) return;
     if (out_.results_size() > 0 && !finish_wanted_) {
@@ -201,6 +269,7 @@ class CoordinatorServer::ExecuteStreamCall final
   }
 
   CoordinatorServer* const server_;
+  grpc::CallbackServerContext* const ctx_;
   std::shared_ptr<ExecuteStreamCall> self_;  // until OnDone
   v1::ExecuteStreamRequest in_;
   absl::Mutex mu_;
@@ -213,6 +282,8 @@ class CoordinatorServer::ExecuteStreamCall final
   bool finish_wanted_ ABSL_GUARDED_BY(mu_) = false;
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
+  bool stalled_ ABSL_GUARDED_BY(mu_) = false;      // results at their bound
+  uint64_t stall_round_ ABSL_GUARDED_BY(mu_) = 0;  // which stall a timer belongs to
   grpc::Status finish_status_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -220,6 +291,7 @@ CoordinatorServer::CoordinatorServer(Config config, ServerOptions options, Stora
     : options_(options),
       storage_(storage),
       view_(std::make_unique<View>(storage)),
+      channels_(options.channels_max),
       core_(
           std::make_unique<CoordinatorCore>(std::move(config), view_.get()), storage, &clock_,
           &timers_, &stopped_, [this](Output out) { Dispatch(std::move(out)); }, CrashPointsOf),
@@ -587,8 +659,8 @@ grpc::ServerUnaryReactor* CoordinatorServer::Execute(grpc::CallbackServerContext
 }
 
 grpc::ServerBidiReactor<v1::ExecuteStreamRequest, v1::ExecuteStreamResponse>*
-CoordinatorServer::ExecuteStream(grpc::CallbackServerContext*) {
-  auto call = std::make_shared<ExecuteStreamCall>(this);
+CoordinatorServer::ExecuteStream(grpc::CallbackServerContext* ctx) {
+  auto call = std::make_shared<ExecuteStreamCall>(this, ctx);
   call->Start();
   return call.get();
 }

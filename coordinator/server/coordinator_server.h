@@ -44,6 +44,13 @@ struct ServerOptions {
   // before the coordinator stops reading it (the client's back-pressure).
   uint32_t stream_in_flight_max = 10000;
   uint32_t list_limit_max = 1000;  // --list_limit_max: transactions in one ListTransactions page
+  // --stream_replies_buffered_max: results of one ExecuteStream call made but
+  // not yet taken by a client that does not read; at it the coordinator
+  // reads no more from the call, and after --stream_stalled_ms_max at it the
+  // call ends RESOURCE_EXHAUSTED.
+  uint32_t stream_replies_buffered_max = 10000;
+  uint32_t stream_stalled_ms_max = 30000;
+  uint32_t channels_max = 1024;  // --channels_max: outbound channels kept
 };
 
 class CoordinatorServer final : public v1::Coordinator::CallbackService {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds atomq, starts a coordinator and three participants on loopback with
 # their data under ./data, creates demo queues and commits one transaction
-# across all three. Stop them with deploy/local/down.sh.
+# across all three. Every link speaks mTLS (--tls_client_auth=require): on
+# its first run it makes a local CA and certificates with openssl in
+# ./data/tls. Stop them with deploy/local/down.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -11,6 +13,38 @@ BIN=$ROOT/build/bin
 
 bash deploy/local/build.sh
 mkdir -p "$DATA"
+TLS=$DATA/tls
+
+# A local CA (ca.pem), and a certificate and key for each server and for a
+# client ("client"), made once: later runs reuse them, so a restarted cluster
+# keeps trusting its clients. Certificates name 127.0.0.1 and the node's id.
+make_certificates() {
+  [ -f "$TLS/ca.pem" ] && return
+  echo "making a local CA and certificates in $TLS (first run)"
+  mkdir -p "$TLS"
+  chmod 700 "$TLS"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=atomq local CA" \
+    -keyout "$TLS/ca.key" -out "$TLS/ca.pem" 2>/dev/null
+  for name in c1 p1 p2 p3 client; do
+    local san="DNS:$name"
+    [ "$name" = client ] || san="IP:127.0.0.1,DNS:localhost,DNS:$name"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$name" \
+      -keyout "$TLS/$name.key" -out "$TLS/$name.csr" 2>/dev/null
+    printf 'subjectAltName=%s\n' "$san" >"$TLS/$name.ext"
+    openssl x509 -req -in "$TLS/$name.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" \
+      -CAcreateserial -days 825 -extfile "$TLS/$name.ext" -out "$TLS/$name.pem" 2>/dev/null
+    rm -f "$TLS/$name.csr" "$TLS/$name.ext"
+  done
+  chmod 600 "$TLS"/*.key
+}
+make_certificates
+tls_flags() {  # TLS_FLAGS: the TLS flags of server $1
+  TLS_FLAGS=(--tls_cert="$TLS/$1.pem" --tls_key="$TLS/$1.key" --tls_ca="$TLS/ca.pem"
+             --tls_client_auth=require)
+}
+# ROLES: who may call what (issue 11). --roles_file=... goes here, for every
+# server, once it exists; ROLES_FLAGS is added to each server's command line.
+ROLES_FLAGS=()
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -31,13 +65,22 @@ start() {  # name, then the command
 }
 
 for i in 1 2 3; do
-  start "p$i" "$BIN/atomq-participant" --id="p$i" --plaintext --listen="127.0.0.1:$((BASE + i))" \
-    --data_dir="$DATA/p$i"
+  peers=""
+  for j in 1 2 3; do
+    [ "$j" = "$i" ] || peers="${peers:+$peers,}p$j=127.0.0.1:$((BASE + j))"
+  done
+  tls_flags "p$i"
+  start "p$i" "$BIN/atomq-participant" --id="p$i" --listen="127.0.0.1:$((BASE + i))" \
+    --data_dir="$DATA/p$i" --coordinators="c1=127.0.0.1:$BASE" --peers="$peers" \
+    "${TLS_FLAGS[@]}" "${ROLES_FLAGS[@]}"
 done
-start c1 "$BIN/atomq-coordinator" --id=c1 --plaintext --listen="127.0.0.1:$BASE" --data_dir="$DATA/c1" \
-  --participants="$PARTS"
+tls_flags c1
+start c1 "$BIN/atomq-coordinator" --id=c1 --listen="127.0.0.1:$BASE" --data_dir="$DATA/c1" \
+  --participants="$PARTS" "${TLS_FLAGS[@]}" "${ROLES_FLAGS[@]}"
 
-export ATOMQ_PLAINTEXT=1  # the demo cluster speaks plaintext on loopback
+# atomqctl (and atomq-bench) take their certificates from the environment.
+export ATOMQ_TLS_CA=$TLS/ca.pem ATOMQ_TLS_CERT=$TLS/client.pem ATOMQ_TLS_KEY=$TLS/client.key
+unset ATOMQ_PLAINTEXT
 CTL="$BIN/atomqctl --rpc_timeout_ms=1000"
 wait_up() {  # what, then the probe command
   local what=$1; shift
@@ -67,11 +110,18 @@ $CTL --coordinator="127.0.0.1:$BASE" txn exec --enqueue=p1:orders=order-42 \
 
 cat <<MSG
 
-The cluster is up:
+The cluster is up, speaking mTLS on every link (certificates in $TLS):
   coordinator c1   127.0.0.1:$BASE   data $DATA/c1
   participant p1   127.0.0.1:$((BASE + 1))   data $DATA/p1
   participant p2   127.0.0.1:$((BASE + 2))   data $DATA/p2
   participant p3   127.0.0.1:$((BASE + 3))   data $DATA/p3
+
+atomqctl needs the client certificate; in your shell:
+  export ATOMQ_TLS_CA=$TLS/ca.pem
+  export ATOMQ_TLS_CERT=$TLS/client.pem
+  export ATOMQ_TLS_KEY=$TLS/client.key
+(the Python client: atomq.Client(..., tls=atomq.TLS(ca="$TLS/ca.pem",
+ cert="$TLS/client.pem", key="$TLS/client.key")))
 
 Look around:
   $BIN/atomqctl --participant=127.0.0.1:$((BASE + 1)) queue list

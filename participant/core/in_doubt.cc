@@ -24,7 +24,8 @@ void Node::ArmTimer(Txn& t, int64_t at_ms) {
 }
 
 void Node::QueryCoordinator(Txn& t) {
-  if (t.rec.coordinator_address().empty()) {
+  // By id: the adapter dials the address its own configuration gives it.
+  if (t.rec.coordinator_id().empty()) {
     // Nobody to ask but the peers.
     if (!t.ask_peers) {
       t.ask_peers = true;
@@ -32,14 +33,13 @@ void Node::QueryCoordinator(Txn& t) {
     }
     return;
   }
-  out_.queries.push_back(
-      OutQuery{t.rec.txn_id(), t.rec.coordinator_id(), t.rec.coordinator_address(), true});
+  out_.queries.push_back(OutQuery{t.rec.txn_id(), t.rec.coordinator_id(), true});
 }
 
 void Node::QueryPeers(const Txn& t) {
   for (const v1::PeerAddress& p : t.rec.participants()) {
-    if (p.participant() == t.rec.participant() || p.address().empty()) continue;
-    out_.queries.push_back(OutQuery{t.rec.txn_id(), p.participant(), p.address(), false});
+    if (p.participant() == t.rec.participant() || p.participant().empty()) continue;
+    out_.queries.push_back(OutQuery{t.rec.txn_id(), p.participant(), false});
   }
 }
 

@@ -126,11 +126,11 @@ struct RecoveredState {
 
 using RequestId = uint64_t;
 
-// A query the adapter sends: QueryState(txn_id) to `address`.
+// A query the adapter sends: QueryState(txn_id) to `target`, at the address
+// its own configuration gives that id (never one a request named).
 struct OutQuery {
   std::string txn_id;
   std::string target;  // participant id, or the coordinator id
-  std::string address;
   bool to_coordinator = false;
 };
 
@@ -165,13 +165,13 @@ struct Lease {
 // A message of a 3PC termination round this node leads, to one participant
 // of the transaction (itself included for Promise/Accept). Report the answer
 // of a Promise through OnPromiseReply and of an Accept through OnAcceptReply;
-// Commit/Abort (the decision) need no report.
+// Commit/Abort (the decision) need no report. Like OutQuery, it names the
+// target by id only.
 enum class PeerMsgType { kPromise, kAccept, kCommit, kAbort };
 struct OutPeerMsg {
   PeerMsgType type;
   std::string txn_id;
-  std::string target;  // participant id
-  std::string address;
+  std::string target;                              // participant id
   uint64_t ballot = 0;                             // kPromise, kAccept
   v1::TxnState value = v1::TXN_STATE_UNSPECIFIED;  // kAccept
 };

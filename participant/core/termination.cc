@@ -232,7 +232,7 @@ void Node::BeginRound(Txn& t, uint64_t ballot, int64_t now_ms) {
   for (const v1::PeerAddress& p : t.rec.participants()) {
     if (p.participant() == t.rec.participant()) continue;
     out_.peer_msgs.push_back(OutPeerMsg{PeerMsgType::kPromise, t.rec.txn_id(), p.participant(),
-                                        p.address(), ballot, v1::TXN_STATE_UNSPECIFIED});
+                                        ballot, v1::TXN_STATE_UNSPECIFIED});
     r.awaiting++;
   }
   if (majority) ProposeRound(t);
@@ -245,8 +245,8 @@ void Node::ProposeRound(Txn& t) {
   if (config_.plant == Plant::kLeaderIgnoresAccepted) value = v1::STATE_ABORTED;
   r.paxos.Propose(value);
   for (const v1::PeerAddress& p : t.rec.participants()) {
-    out_.peer_msgs.push_back(OutPeerMsg{PeerMsgType::kAccept, t.rec.txn_id(), p.participant(),
-                                        p.address(), r.paxos.ballot(), value});
+    out_.peer_msgs.push_back(
+        OutPeerMsg{PeerMsgType::kAccept, t.rec.txn_id(), p.participant(), r.paxos.ballot(), value});
     r.awaiting++;
   }
 }
@@ -303,8 +303,7 @@ void Node::DecideRound(Txn& t, TxnState value, const std::string& by, int64_t no
       value == v1::STATE_COMMITTED ? PeerMsgType::kCommit : PeerMsgType::kAbort;
   for (const v1::PeerAddress& p : t.rec.participants()) {
     if (p.participant() == t.rec.participant()) continue;
-    out_.peer_msgs.push_back(
-        OutPeerMsg{type, id, p.participant(), p.address(), 0, v1::TXN_STATE_UNSPECIFIED});
+    out_.peer_msgs.push_back(OutPeerMsg{type, id, p.participant(), 0, v1::TXN_STATE_UNSPECIFIED});
   }
   if (value == v1::STATE_COMMITTED) return CommitTxn(std::nullopt, id, now_ms, by);
   AbortTxn(std::nullopt, id, now_ms, by);

@@ -6,6 +6,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/status.h"
+#include "common/validate.h"
 
 namespace atomq::participant {
 
@@ -125,11 +126,13 @@ std::function<void(const Reply&)> FillBatchResult(v1::BatchResult* result,
   };
 }
 
-// The items of a Batch call, in order, to the core (`rids[i]` item i's id).
+// The items of a Batch call, in order, to the core (`rids[i]` item i's id;
+// 0 for an item answered by the adapter, which only a forget still reaches).
 void HandToCore(ParticipantCore& c, const v1::BatchRequest& req, const std::vector<RequestId>& rids,
                 int64_t now) {
   for (int i = 0; i < req.items_size(); ++i) {
     const v1::BatchItem& item = req.items(i);
+    if (rids[i] == 0 && item.kind_case() != v1::BatchItem::kForget) continue;
     switch (item.kind_case()) {
       case v1::BatchItem::kPrepare:
         c.Prepare(rids[i], item.prepare(), now);
@@ -161,6 +164,10 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Prepare(grpc::CallbackServerContext* ctx, const v1::PrepareRequest* req,
                                     v1::PrepareResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (absl::Status st = node_->CheckCoordinator(*req); !st.ok()) {
+      reactor->Finish(ToGrpc(st));
+      return reactor;
+    }
     auto deliver = ReplyTo(reactor, resp);
     RequestId rid = node_->replies_.Expect([deliver](const Reply& r) {
       const auto* vote = std::get_if<v1::PrepareResponse>(&r.body);
@@ -244,17 +251,22 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
       if (remaining->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
     };
     std::vector<RequestId> rids(n, 0);
+    std::vector<absl::Status> refused(n);
     for (int i = 0; i < n; ++i) {
-      if (AnsweredHere(req->items(i))) continue;
+      const v1::BatchItem& item = req->items(i);
+      if (item.kind_case() == v1::BatchItem::KIND_NOT_SET) {
+        refused[i] = absl::InvalidArgumentError(absl::StrCat("batch item ", i, " is empty"));
+      } else if (item.kind_case() == v1::BatchItem::kPrepare) {
+        refused[i] = node_->CheckCoordinator(item.prepare());
+      }
+      if (AnsweredHere(item) || !refused[i].ok()) continue;
       rids[i] = node_->replies_.Expect(FillBatchResult(resp->mutable_results(i), done));
     }
     node_->WithCore([&](ParticipantCore& c) { HandToCore(c, *req, rids, node_->clock_.NowMs()); });
     for (int i = 0; i < n; ++i) {
-      if (!AnsweredHere(req->items(i))) continue;
-      if (req->items(i).kind_case() == v1::BatchItem::KIND_NOT_SET) {
-        resp->mutable_results(i)->set_code(static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
-        resp->mutable_results(i)->set_message(absl::StrCat("batch item ", i, " is empty"));
-      }
+      if (rids[i] != 0) continue;
+      resp->mutable_results(i)->set_code(static_cast<int>(refused[i].code()));
+      resp->mutable_results(i)->set_message(std::string(refused[i].message()));
       done();
     }
     return reactor;
@@ -380,6 +392,7 @@ ParticipantNode::ParticipantNode(Config config, ServerOptions options, Storage* 
       view_(std::make_unique<View>(storage)),
       txn_service_(std::make_unique<TxnService>(this)),
       queue_service_(std::make_unique<QueueService>(this)),
+      channels_(options.channels_max),
       core_(
           std::make_unique<ParticipantCore>(std::move(config), view_.get()), storage, &clock_,
           &timers_, &stopped_, [this](Output out) { Dispatch(std::move(out)); }, CrashPointsOf),
@@ -410,6 +423,12 @@ std::string ParticipantNode::RenderMetrics() {
       core_.Inspect([](const ParticipantCore& c) { return c.outcomes_erased(); });
   AppendMetric(&out, "atomq_outcomes_erased_total", "counter",
                "Outcomes of ended transactions erased after --retention_ms.", double(erased));
+  AppendMetric(&out, "atomq_channels_created_total", "counter",
+               "Outbound channels made (to configured coordinators and peers only).",
+               double(channels_.created()));
+  AppendMetric(&out, "atomq_dials_skipped_total", "counter",
+               "Queries and termination messages not sent: their target is not configured.",
+               double(dials_skipped_.load()));
   out += ProcessMetrics();
   return out;
 }
@@ -431,9 +450,11 @@ absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config 
                                                                          Storage* storage) {
   const uint32_t receive_max = config.receive_max;
   const uint64_t retention_ms = config.retention_ms;
+  const std::string participant_id = config.participant_id;
   std::unique_ptr<ParticipantNode> node(new ParticipantNode(std::move(config), options, storage));
   node->core_receive_max_ = receive_max;
   node->retention_ms_ = retention_ms;
+  node->participant_id_ = participant_id;
   absl::StatusOr<RecoveredState> loaded = schema::LoadRecoveredState(
       [&](const char* db, const schema::RecordFn& fn) { return storage->Scan(db, "", fn); });
   ATOMQ_RETURN_IF_ERROR(loaded.status());
@@ -466,8 +487,11 @@ void ParticipantNode::Dispatch(Output out) {
 // 3PC termination messages of a round this node leads (to itself too).
 void ParticipantNode::SendPeerMsg(OutPeerMsg m) {
   if (stopped_) return;
+  // Not sent: the round goes without its answer, as with a lost message.
+  std::optional<std::string> address = AddressOf(m.target, /*coordinator=*/false);
+  if (!address.has_value()) return;
   std::shared_ptr<v1::ParticipantTxn::Stub> stub =
-      v1::ParticipantTxn::NewStub(channels_.Get(m.address));
+      v1::ParticipantTxn::NewStub(channels_.Get(*address));
   const std::string txn = m.txn_id, target = m.target;
   const uint64_t ballot = m.ballot;
   switch (m.type) {
@@ -516,11 +540,14 @@ void ParticipantNode::SendQuery(OutQuery q) {
   auto report = [this, txn, target](const absl::StatusOr<v1::QueryStateResponse>& r) {
     WithCore([&](ParticipantCore& c) { c.OnQueryReply(txn, target, r, clock_.NowMs()); });
   };
+  // Not sent: the core asks again on its timer, as after a lost answer.
+  std::optional<std::string> address = AddressOf(q.target, q.to_coordinator);
+  if (!address.has_value()) return;
   if (!q.to_coordinator) {
-    return CallQueryState(v1::ParticipantTxn::NewStub(channels_.Get(q.address)), txn,
+    return CallQueryState(v1::ParticipantTxn::NewStub(channels_.Get(*address)), txn,
                           options_.rpc_timeout_ms, std::move(report));
   }
-  std::shared_ptr<v1::Coordinator::Stub> stub = v1::Coordinator::NewStub(channels_.Get(q.address));
+  std::shared_ptr<v1::Coordinator::Stub> stub = v1::Coordinator::NewStub(channels_.Get(*address));
   v1::TxnRef ref;
   ref.set_txn_id(txn);
   AsyncUnary<v1::QueryStateResponse>(
@@ -531,6 +558,38 @@ void ParticipantNode::SendQuery(OutQuery q) {
       [report = std::move(report)](const grpc::Status& s, const v1::QueryStateResponse& resp) {
         report(s.ok() ? absl::StatusOr<v1::QueryStateResponse>(resp) : FromGrpc(s));
       });
+}
+
+absl::Status ParticipantNode::CheckCoordinator(const v1::PrepareRequest& req) const {
+  if (options_.coordinators.count(req.coordinator_id()) > 0) return absl::OkStatus();
+  if (absl::Status s = ValidateNodeId(req.coordinator_id()); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("coordinator_id: ", s.message()));
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("coordinator \"", Clip(req.coordinator_id()),
+                   "\" is not one of this participant's --coordinators; it prepares only for "
+                   "coordinators it can ask about the outcome"));
+}
+
+std::optional<std::string> ParticipantNode::AddressOf(const std::string& target, bool coordinator) {
+  const std::map<std::string, std::string>& known =
+      coordinator ? options_.coordinators : options_.peers;
+  auto it = known.find(target);
+  if (it != known.end()) return it->second;
+  if (!coordinator && target == participant_id_) return options_.self_address;
+  ++dials_skipped_;
+  // One line per interval, however many are skipped: a forged Prepare may
+  // name thousands of peers.
+  const int64_t now = clock_.NowMs();
+  absl::MutexLock lock(&skip_log_mu_);
+  ++skips_unlogged_;
+  if (skip_logged_ms_ >= 0 && now - skip_logged_ms_ < kSkipLogIntervalMs) return std::nullopt;
+  LogLine(absl::StrCat("not asking ", coordinator ? "coordinator " : "peer ", "\"", Clip(target),
+                       "\": not in --", coordinator ? "coordinators" : "peers", " (",
+                       skips_unlogged_, " such skipped since the last line)"));
+  skip_logged_ms_ = now;
+  skips_unlogged_ = 0;
+  return std::nullopt;
 }
 
 }  // namespace atomq::participant

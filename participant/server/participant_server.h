@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -44,6 +45,14 @@ struct ServerOptions {
   // --list_reply_bytes_max: a ListTransactions page ends before its reply
   // passes this (it always holds one row).
   uint64_t list_reply_bytes_max = 4 << 20;
+  uint32_t channels_max = 1024;  // --channels_max: outbound channels kept
+  // Whom this node may dial (docs/design.md section 11): --coordinators and
+  // --peers, id -> host:port. Addresses a request names are never dialled;
+  // an id missing here is not asked at all. `self_address` is where its own
+  // termination messages go unless --peers lists it.
+  std::map<std::string, std::string> coordinators;
+  std::map<std::string, std::string> peers;
+  std::string self_address;
 };
 
 // Owns the core and its I/O; exposes the two gRPC services.
@@ -82,6 +91,13 @@ class ParticipantNode {
   void Dispatch(Output out);
   void SendQuery(OutQuery q);
   void SendPeerMsg(OutPeerMsg m);
+  // Where `target` (a coordinator id when `coordinator`, else a peer's or this
+  // node's id) is reached, from this node's configuration; nullopt (logged,
+  // at most once per kSkipLogIntervalMs) when it is not configured.
+  std::optional<std::string> AddressOf(const std::string& target, bool coordinator);
+  // OK when a Prepare's coordinator is one of --coordinators; else
+  // FAILED_PRECONDITION, and the Prepare never reaches the core.
+  absl::Status CheckCoordinator(const v1::PrepareRequest& req) const;
   // A pass of gc_ now, then the next on schedule.
   void CollectGarbage() { gc_.RunNow(); }
   // One pass of gc_: hands the core the kForgettableDb entries past the
@@ -125,7 +141,13 @@ class ParticipantNode {
   std::unique_ptr<View> view_;
   std::unique_ptr<TxnService> txn_service_;
   std::unique_ptr<QueueService> queue_service_;
+  static constexpr int64_t kSkipLogIntervalMs = 10000;
+  std::string participant_id_;  // Config::participant_id: its own termination messages
   ChannelCache channels_;
+  std::atomic<uint64_t> dials_skipped_{0};  // queries and messages to unconfigured ids
+  absl::Mutex skip_log_mu_;
+  int64_t skip_logged_ms_ ABSL_GUARDED_BY(skip_log_mu_) = -1;
+  uint64_t skips_unlogged_ ABSL_GUARDED_BY(skip_log_mu_) = 0;
   TimerQueue timers_;
   std::atomic<bool> stopped_{false};
 

@@ -28,10 +28,6 @@
 namespace atomq::testing {
 namespace {
 
-std::shared_ptr<grpc::Channel> Channel(const std::string& addr) {
-  return grpc::CreateChannel(addr, grpc::InsecureChannelCredentials());
-}
-
 void Deadline(grpc::ClientContext* ctx, int ms) {
   ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
 }
@@ -55,6 +51,43 @@ std::string RunCommand(const std::string& cmd) {
   return out;
 }
 
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+v1::Op EnqueueOp(const std::string& participant, const std::string& queue,
+                 const std::string& payload) {
+  v1::Op op;
+  op.set_participant(participant);
+  op.mutable_enqueue()->set_queue(queue);
+  op.mutable_enqueue()->set_payload(payload);
+  return op;
+}
+
+void MakeCa(const std::string& dir, const std::string& name) {
+  std::filesystem::create_directories(dir);
+  const std::string cmd = absl::StrCat(
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=", name, " -keyout ", dir, "/",
+      name, ".key -out ", dir, "/", name, ".pem >/dev/null 2>&1");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+}
+
+void MakeCertificate(const std::string& dir, const std::string& name, const std::string& ca,
+                     const std::string& cn, const std::string& san) {
+  const std::string f = dir + "/" + name;
+  {
+    std::ofstream ext(f + ".ext");
+    ext << "subjectAltName=" << san << "\n";
+  }
+  const std::string cmd = absl::StrCat(
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=", cn, " -keyout ", f, ".key -out ", f,
+      ".csr >/dev/null 2>&1 && openssl x509 -req -in ", f, ".csr -CA ", dir, "/", ca,
+      ".pem -CAkey ", dir, "/", ca, ".key -CAcreateserial -days 2 -extfile ", f, ".ext -out ", f,
+      ".pem >/dev/null 2>&1");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+}
+
 int FreePort() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
@@ -75,7 +108,46 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   for (int i = 0; i < options_.participants; ++i) participant_ports_.push_back(FreePort());
   for (int i = 0; i < options_.participants; ++i) metrics_ports_.push_back(FreePort());
   participant_procs_.resize(options_.participants);
-  setenv("ATOMQ_PLAINTEXT", "1", 1);  // the atomqctl a test runs speaks plaintext too
+  if (!options_.tls) {
+    setenv("ATOMQ_PLAINTEXT", "1", 1);  // the atomqctl a test runs speaks plaintext too
+    return;
+  }
+  const std::string t = tls_dir();
+  MakeCa(t, "ca");
+  MakeCertificate(t, "c1", "ca", "c1", "IP:127.0.0.1,DNS:c1");
+  for (int i = 1; i <= options_.participants; ++i) {
+    MakeCertificate(t, participant_id(i), "ca", participant_id(i),
+                    "IP:127.0.0.1,DNS:" + participant_id(i));
+  }
+  MakeCertificate(t, "client", "ca", "client", "DNS:client");
+  // The atomqctl a test runs presents the client certificate.
+  unsetenv("ATOMQ_PLAINTEXT");
+  setenv("ATOMQ_TLS_CA", (t + "/ca.pem").c_str(), 1);
+  setenv("ATOMQ_TLS_CERT", (t + "/client.pem").c_str(), 1);
+  setenv("ATOMQ_TLS_KEY", (t + "/client.key").c_str(), 1);
+}
+
+std::shared_ptr<grpc::ChannelCredentials> Cluster::credentials() const {
+  if (!options_.tls) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions o;
+  o.pem_root_certs = ReadFile(tls_dir() + "/ca.pem");
+  o.pem_private_key = ReadFile(tls_dir() + "/client.key");
+  o.pem_cert_chain = ReadFile(tls_dir() + "/client.pem");
+  return grpc::SslCredentials(o);
+}
+
+std::shared_ptr<grpc::Channel> Cluster::Channel(const std::string& address) const {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(address, credentials(), args);
+}
+
+std::vector<std::string> Cluster::TlsArgs(const std::string& name) const {
+  if (!options_.tls) return {"--plaintext"};
+  const std::string t = tls_dir();
+  return {"--tls_cert=" + t + "/" + name + ".pem", "--tls_key=" + t + "/" + name + ".key",
+          "--tls_ca=" + t + "/ca.pem", "--tls_client_auth=" + options_.tls_client_auth,
+          "--tls_reload_s=1"};
 }
 
 Cluster::~Cluster() {
@@ -140,7 +212,6 @@ void Cluster::StartCoordinator(const std::map<std::string, std::string>& env, bo
     absl::StrAppend(&parts, i > 1 ? "," : "", participant_id(i), "=", participant_address(i));
   }
   std::vector<std::string> args = {"--id=c1",
-                                   "--plaintext",
                                    "--listen=" + coordinator_address(),
                                    "--data_dir=" + dir_ + "/c1",
                                    "--participants=" + parts,
@@ -148,6 +219,7 @@ void Cluster::StartCoordinator(const std::map<std::string, std::string>& env, bo
                                    "--resend_max_ms=300",
                                    "--rpc_timeout_ms=1000",
                                    "--txn_timeout_ms=3000"};
+  for (const std::string& a : TlsArgs("c1")) args.push_back(a);
   for (const std::string& a : options_.coordinator_args) args.push_back(a);
   coordinator_.log = dir_ + "/c1.log";
   coordinator_.pid = Spawn("atomq-coordinator", args, env, coordinator_.log);
@@ -163,14 +235,22 @@ void Cluster::StartCoordinator(const std::map<std::string, std::string>& env, bo
 void Cluster::StartParticipant(int i, const std::map<std::string, std::string>& env, bool wait) {
   Proc& p = participant_procs_[i - 1];
   Kill(&p);
+  std::string peers;
+  for (int j = 1; j <= options_.participants; ++j) {
+    if (j == i) continue;
+    absl::StrAppend(&peers, peers.empty() ? "" : ",", participant_id(j), "=",
+                    participant_address(j));
+  }
   std::vector<std::string> args = {"--id=" + participant_id(i),
-                                   "--plaintext",
                                    "--listen=" + participant_address(i),
+                                   "--coordinators=c1=" + coordinator_address(),
                                    "--data_dir=" + dir_ + "/" + participant_id(i),
                                    "--in_doubt_after_ms=300",
                                    "--resend_initial_ms=50",
                                    "--resend_max_ms=300",
                                    "--rpc_timeout_ms=1000"};
+  for (const std::string& a : TlsArgs(participant_id(i))) args.push_back(a);
+  if (!peers.empty()) args.push_back("--peers=" + peers);  // an empty value would take the next
   if (options_.participant_metrics) {
     args.push_back(absl::StrCat("--metrics_listen=127.0.0.1:", metrics_ports_[i - 1]));
   }

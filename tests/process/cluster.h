@@ -13,6 +13,7 @@
 
 #include "atomq/v1/coordinator.grpc.pb.h"
 #include "atomq/v1/participant.grpc.pb.h"
+#include "grpcpp/security/credentials.h"
 
 namespace atomq::testing {
 
@@ -21,9 +22,27 @@ int FreePort();
 
 // Runs `cmd` in a shell; its standard output.
 std::string RunCommand(const std::string& cmd);
+// Certificates made with openssl (Debian's) in `dir` as NAME.pem and
+// NAME.key; they fail the test when openssl does. A self-signed CA `name`:
+void MakeCa(const std::string& dir, const std::string& name);
+// A certificate with common name `cn`, signed by CA `ca`, for `san` (e.g.
+// "IP:127.0.0.1,DNS:p1"), written as `name`.pem/.key.
+void MakeCertificate(const std::string& dir, const std::string& name, const std::string& ca,
+                     const std::string& cn, const std::string& san);
+std::string ReadFile(const std::string& path);
+
+// An op that enqueues `payload` into `queue` on `participant`.
+v1::Op EnqueueOp(const std::string& participant, const std::string& queue,
+                 const std::string& payload);
 
 struct ClusterOptions {
   int participants = 3;
+  // mTLS on every link (docs/design.md section 11): a CA, a certificate for
+  // c1, p1.. and "client" in dir()/tls, servers with --tls_client_auth (and
+  // --tls_reload_s=1), and this Cluster's channels and atomqctl with the
+  // client certificate. Off: every process runs --plaintext.
+  bool tls = false;
+  std::string tls_client_auth = "require";
   std::vector<std::string> coordinator_args;  // extra flags
   std::vector<std::string> participant_args;  // extra flags for every participant
   bool participant_metrics = false;  // serve each participant's /metrics (ParticipantMetric)
@@ -55,10 +74,21 @@ class Cluster {
   std::optional<int> WaitCoordinatorExit(int timeout_ms);
   std::optional<int> WaitParticipantExit(int i, int timeout_ms);
   bool CoordinatorRunning() const;
+  pid_t coordinator_pid() const { return coordinator_.pid; }
 
   std::string coordinator_address() const;
   std::string participant_address(int i) const;
   std::string participant_id(int i) const { return "p" + std::to_string(i); }
+  // The directory of the certificates (ClusterOptions::tls): ca.pem, and
+  // NAME.pem / NAME.key for c1, p1.. and client.
+  std::string tls_dir() const { return dir_ + "/tls"; }
+  // What this Cluster's channels dial with: the client certificate under
+  // TLS, else plaintext. Each channel has its own connections (a new one
+  // makes a new handshake).
+  std::shared_ptr<grpc::ChannelCredentials> credentials() const;
+  std::shared_ptr<grpc::Channel> Channel(const std::string& address) const;
+  // The flags a server `name` speaks TLS (or plaintext) with.
+  std::vector<std::string> TlsArgs(const std::string& name) const;
   int participants() const { return options_.participants; }
   const std::string& dir() const { return dir_; }
 

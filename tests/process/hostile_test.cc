@@ -132,14 +132,6 @@ v1::ExecuteRequest ExecuteOf(const std::string& txn_id, std::vector<v1::Op> ops)
   for (v1::Op& op : ops) *req.add_ops() = std::move(op);
   return req;
 }
-v1::Op EnqueueOp(const std::string& participant, const std::string& queue,
-                 const std::string& payload = "x") {
-  v1::Op op;
-  op.set_participant(participant);
-  op.mutable_enqueue()->set_queue(queue);
-  op.mutable_enqueue()->set_payload(payload);
-  return op;
-}
 
 std::vector<Case> Cases(const v1::Delivery& leased) {
   using Code = grpc::StatusCode;
@@ -188,24 +180,24 @@ std::vector<Case> Cases(const v1::Delivery& leased) {
   // Ids and names: empty, too long, characters outside the alphabet.
   {
     // (An empty id asks the coordinator to choose one.)
-    v1::ExecuteRequest e = ExecuteOf(kLong, {EnqueueOp("p1", "q")});
+    v1::ExecuteRequest e = ExecuteOf(kLong, {EnqueueOp("p1", "q", "x")});
     add("Execute 10 KiB id", C + "Execute", Bytes(e), Code::INVALID_ARGUMENT, true);
     e.set_txn_id("a b\nc");
     add("Execute id with newline", C + "Execute", Bytes(e), Code::INVALID_ARGUMENT, true);
     add("Execute no ops", C + "Execute", Bytes(ExecuteOf("t-noops", {})), Code::INVALID_ARGUMENT,
         true);
     add("Execute unknown participant", C + "Execute",
-        Bytes(ExecuteOf("t-nop", {EnqueueOp("p9", "q")})), Code::INVALID_ARGUMENT, true);
+        Bytes(ExecuteOf("t-nop", {EnqueueOp("p9", "q", "x")})), Code::INVALID_ARGUMENT, true);
     add("Execute participant 10 KiB", C + "Execute",
-        Bytes(ExecuteOf("t-longp", {EnqueueOp(kLong, "q")})), Code::INVALID_ARGUMENT, true);
+        Bytes(ExecuteOf("t-longp", {EnqueueOp(kLong, "q", "x")})), Code::INVALID_ARGUMENT, true);
     v1::Op empty_op;
     empty_op.set_participant("p1");
     add("Execute op of no kind", C + "Execute", Bytes(ExecuteOf("t-empty-op", {empty_op})),
         Code::INVALID_ARGUMENT, true);
-    e = ExecuteOf("t-proto", {EnqueueOp("p1", "q")});
+    e = ExecuteOf("t-proto", {EnqueueOp("p1", "q", "x")});
     e.set_protocol(static_cast<v1::Protocol>(77));
     add("Execute unknown protocol", C + "Execute", Bytes(e), Code::INVALID_ARGUMENT, true);
-    e = ExecuteOf("t-queue", {EnqueueOp("p1", "no such queue!")});
+    e = ExecuteOf("t-queue", {EnqueueOp("p1", "no such queue!", "x")});
     add("Execute bad queue name", C + "Execute", Bytes(e), Code::INVALID_ARGUMENT, true);
   }
   {
@@ -312,14 +304,14 @@ std::vector<Case> Cases(const v1::Delivery& leased) {
     p.set_coordinator_id("c1");
     p.set_participant("p1");
     p.set_protocol(static_cast<v1::Protocol>(9));
-    *p.add_ops() = EnqueueOp("p1", "q");
+    *p.add_ops() = EnqueueOp("p1", "q", "x");
     add("Prepare unknown protocol", P + "Prepare", Bytes(p), Code::INVALID_ARGUMENT);
     p.set_protocol(v1::TWO_PC);
     p.set_participant("p2");
     add("Prepare for another participant", P + "Prepare", Bytes(p), Code::INVALID_ARGUMENT);
     p.set_participant("p1");
     p.clear_ops();
-    *p.add_ops() = EnqueueOp("p2", "q");
+    *p.add_ops() = EnqueueOp("p2", "q", "x");
     add("Prepare with another node's op", P + "Prepare", Bytes(p), Code::INVALID_ARGUMENT);
     p.clear_ops();
     for (int i = 0; i < 2000; ++i) {
@@ -351,7 +343,7 @@ std::vector<Case> Cases(const v1::Delivery& leased) {
     v1::StageRequest st;
     st.set_txn_id("s1");
     add("Stage no ops", P + "Stage", Bytes(st), Code::INVALID_ARGUMENT);
-    *st.add_ops() = EnqueueOp("p2", "q");
+    *st.add_ops() = EnqueueOp("p2", "q", "x");
     add("Stage another node's op", P + "Stage", Bytes(st), Code::INVALID_ARGUMENT);
     v1::BatchRequest batch;
     for (int i = 0; i < 20000; ++i) batch.add_items()->mutable_commit()->set_txn_id("b");

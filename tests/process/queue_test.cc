@@ -195,7 +195,7 @@ TEST(QueueTest, PreparedWorkIsInvisibleAndPinnedAcksAreNotRedelivered) {
   v1::PrepareRequest prep;
   prep.set_txn_id("iso-1");
   prep.set_protocol(v1::TWO_PC);
-  prep.set_coordinator_id("c-test");
+  prep.set_coordinator_id("c1");  // one of its --coordinators (the Cluster's)
   prep.set_participant("p1");
   v1::PeerAddress* self = prep.add_participants();
   self->set_participant("p1");

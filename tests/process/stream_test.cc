@@ -1,6 +1,9 @@
 // ExecuteStream over real processes: per-item results matched by tag, the
 // same durability and errors as Execute, refusal of oversized messages,
 // back-pressure, and the call's end once every item is answered.
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
 #include <map>
 #include <string>
 #include <thread>
@@ -186,6 +189,105 @@ TEST_F(StreamTest, ReplyAtDecisionCommitsWithoutSequencesAndTheMessagesFollow) {
     }
     EXPECT_EQ(seen, std::vector<std::string>{"d1"}) << "p" << p;
   }
+}
+
+}  // namespace
+}  // namespace atomq::testing
+
+namespace atomq::testing {
+namespace {
+
+// The coordinator's resident memory, from /proc/PID/status (VmRSS), in KiB.
+long RssKb(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
+  }
+  return -1;
+}
+
+bool LogHas(const std::string& path, const std::string& needle) {
+  std::ifstream in(path);
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return all.find(needle) != std::string::npos;
+}
+
+constexpr int kMessages = 3000;
+constexpr int kItemsPerMessage = 1001;  // one past --stream_items_max: each item refused
+
+// A client that writes messages and never reads: each message makes 1,001
+// results (about 150 KB in memory) for the coordinator to hold.
+struct NonReader {
+  explicit NonReader(Cluster& c) : call(c) {
+    for (int i = 0; i < kItemsPerMessage; ++i) m.add_items()->set_tag(static_cast<uint64_t>(i));
+    writer = std::thread([this] {
+      for (int i = 0; i < kMessages && call.stream->Write(m); ++i) written = i + 1;
+      ended = true;
+    });
+  }
+  ~NonReader() {
+    call.ctx.TryCancel();
+    if (writer.joinable()) writer.join();
+  }
+  Call call;
+  v1::ExecuteStreamRequest m;
+  std::atomic<int> written{0};
+  std::atomic<bool> ended{false};
+  std::thread writer;
+};
+
+// Issue 11: an ExecuteStream client that never read drove the coordinator to
+// 2 GB. Now it holds at most --stream_replies_buffered_max results for a
+// call, reads no more from it meanwhile, and ends the call RESOURCE_EXHAUSTED
+// after --stream_stalled_ms_max (cancelling it after as long again if the
+// client still reads nothing).
+TEST(StreamBackPressureTest, AClientThatNeverReadsCannotGrowTheCoordinator) {
+  ClusterOptions o;
+  o.participants = 1;
+  o.coordinator_args = {"--stream_items_max=1000", "--stream_replies_buffered_max=2000",
+                        "--stream_stalled_ms_max=2000"};
+  Cluster c(o);
+  c.StartCoordinator();  // the refused items never reach a participant
+  const pid_t pid = c.coordinator_pid();
+  const long before = RssKb(pid);
+  ASSERT_GT(before, 0);
+  long peak = before;
+  auto sample = [&] { peak = std::max(peak, RssKb(pid)); };
+
+  {  // This one reads once the coordinator gave up on it: it sees why.
+    NonReader a(c);
+    const std::string log = c.dir() + "/c1.log";
+    for (int i = 0; i < 150 && !LogHas(log, "ExecuteStream ended"); ++i) {
+      sample();
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ASSERT_TRUE(LogHas(log, "ExecuteStream ended"));
+    EXPECT_LT(a.written.load(), kMessages) << "the coordinator kept reading a stalled call";
+    v1::ExecuteStreamResponse r;
+    while (a.call.stream->Read(&r)) sample();
+    a.writer.join();
+    grpc::Status st = a.call.stream->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+    EXPECT_NE(st.error_message().find("--stream_replies_buffered_max"), std::string::npos)
+        << st.error_message();
+  }
+  {  // This one never reads: its call is cancelled.
+    NonReader b(c);
+    for (int i = 0; i < 150 && !b.ended; ++i) {
+      sample();
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    EXPECT_TRUE(b.ended) << "a call that is never read was not ended";
+    EXPECT_LT(b.written.load(), kMessages);
+  }
+  sample();
+  // Unbounded, 3,000 messages' results would be about 450 MB.
+  EXPECT_LT(peak - before, 64 * 1024) << "VmRSS grew from " << before << " to " << peak << " KiB";
+  // The coordinator still serves.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::ListTransactionsResponse list;
+  EXPECT_TRUE(c.coordinator()->ListTransactions(&ctx, v1::ListTransactionsRequest(), &list).ok());
 }
 
 }  // namespace

@@ -628,7 +628,7 @@ void Sim::DrainParticipant(Node& n) {
     req.txn_id = q.txn_id;
     const bool to_coordinator = q.to_coordinator;
     const std::string txn = q.txn_id, target = q.target;
-    Rpc(self, q.address, std::move(req), kRpcTimeoutMs,
+    Rpc(self, q.target, std::move(req), kRpcTimeoutMs,
         [this, self, txn, target, to_coordinator](const Answer& a) {
           Node& me = node(self);
           v1::QueryStateResponse resp;
@@ -659,7 +659,7 @@ void Sim::DrainParticipant(Node& n) {
     const Kind kind = req.kind;
     const std::string txn = m.txn_id, target = m.target;
     const uint64_t ballot = m.ballot;
-    Rpc(self, m.address, std::move(req), kRpcTimeoutMs,
+    Rpc(self, m.target, std::move(req), kRpcTimeoutMs,
         [this, self, kind, txn, target, ballot](const Answer& a) {
           Node& me = node(self);
           if (kind == Kind::kPromise) {

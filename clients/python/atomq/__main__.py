@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _client(args: argparse.Namespace) -> Client:
     env = Client.from_env()
-    tls = None
+    tls = env._tls  # ATOMQ_TLS_* from the environment, unless flags say otherwise
     if args.tls_ca or args.tls_cert:
         tls = TLS(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
     return Client(args.coordinator or env.coordinator,

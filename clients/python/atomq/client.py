@@ -312,12 +312,16 @@ class Client(_Connection):
     def from_env() -> "Client":
         """A client for ``ATOMQ_COORDINATOR`` and ``ATOMQ_PARTICIPANTS``
         (``p1=host:port,p2=...``); without them, the cluster of
-        ``deploy/local/up.sh`` (ports from ``ATOMQ_BASE_PORT``, 7100)."""
+        ``deploy/local/up.sh`` (ports from ``ATOMQ_BASE_PORT``, 7100). TLS
+        from ``ATOMQ_TLS_CA``, ``ATOMQ_TLS_CERT`` and ``ATOMQ_TLS_KEY`` (as
+        atomqctl takes them; up.sh prints them), else plaintext."""
         base = int(os.environ.get("ATOMQ_BASE_PORT", "7100"))
         coordinator = os.environ.get("ATOMQ_COORDINATOR", f"127.0.0.1:{base}")
         spec = os.environ.get("ATOMQ_PARTICIPANTS",
                               ",".join(f"p{i}=127.0.0.1:{base + i}" for i in (1, 2, 3)))
-        return Client(coordinator, parse_participants(spec),
+        ca, cert, key = (os.environ.get(f"ATOMQ_TLS_{k}") or None for k in ("CA", "CERT", "KEY"))
+        tls = TLS(ca=ca, cert=cert, key=key) if ca or cert else None
+        return Client(coordinator, parse_participants(spec), tls=tls,
                       token=os.environ.get("ATOMQ_TOKEN") or None)
 
     # -- transactions ---------------------------------------------------------

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import grpc
 
@@ -29,6 +29,25 @@ os.environ.setdefault("ATOMQ_PLAINTEXT", "1")  # the atomqctl the tests run
 BIN = Path(os.environ.get("ATOMQ_BIN_DIR", ROOT / "build" / "bin"))
 
 
+def make_ca(directory: Path, name: str) -> None:
+    """A self-signed CA: ``name``.pem and ``name``.key in ``directory`` (openssl)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", f"/CN={name}", "-keyout", str(directory / f"{name}.key"),
+                    "-out", str(directory / f"{name}.pem")], check=True, capture_output=True)
+
+
+def make_certificate(directory: Path, name: str, ca: str, cn: str, san: str) -> None:
+    """A certificate for ``cn`` and ``san`` signed by CA ``ca``, as ``name``.pem/.key."""
+    f = directory / name
+    (directory / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+                    "-keyout", f"{f}.key", "-out", f"{f}.csr"], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", f"{f}.csr", "-CA", str(directory / f"{ca}.pem"),
+                    "-CAkey", str(directory / f"{ca}.key"), "-CAcreateserial", "-days", "2",
+                    "-extfile", f"{f}.ext", "-out", f"{f}.pem"], check=True, capture_output=True)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -39,14 +58,41 @@ class Cluster:
     """One coordinator (c1) and participants p1..pN."""
 
     def __init__(self, participants: int = 2, coordinator_args: Optional[List[str]] = None,
-                 participant_args: Optional[List[str]] = None) -> None:
+                 participant_args: Optional[List[str]] = None, tls: bool = False) -> None:
+        """``tls``: mTLS on every link (a CA and certificates for c1, p1.. and
+        "client" made with openssl in ``tls_dir``); else every process runs
+        --plaintext."""
         self.dir = Path(tempfile.mkdtemp(prefix="atomq-py-"))
+        self.tls = tls
         self.n = participants
         self.coordinator_port = free_port()
         self.ports = {f"p{i}": free_port() for i in range(1, participants + 1)}
         self.coordinator_args = coordinator_args or []
         self.participant_args = participant_args or []
         self.procs: Dict[str, subprocess.Popen] = {}
+        if tls:
+            make_ca(self.tls_dir, "ca")
+            for name in ["c1", *self.ports]:
+                make_certificate(self.tls_dir, name, "ca", name, f"IP:127.0.0.1,DNS:{name}")
+            make_certificate(self.tls_dir, "client", "ca", "client", "DNS:client")
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.dir / "tls"
+
+    def tls_args(self, name: str) -> List[str]:
+        """The flags server ``name`` speaks TLS (or plaintext) with."""
+        if not self.tls:
+            return ["--plaintext"]
+        t = self.tls_dir
+        return [f"--tls_cert={t / name}.pem", f"--tls_key={t / name}.key", f"--tls_ca={t}/ca.pem",
+                "--tls_client_auth=require", "--tls_reload_s=1"]
+
+    def client_tls(self, name: str = "client") -> Tuple[bytes, bytes, bytes]:
+        """(CA, certificate, key) PEMs of client ``name``."""
+        t = self.tls_dir
+        return ((t / "ca.pem").read_bytes(), (t / f"{name}.pem").read_bytes(),
+                (t / f"{name}.key").read_bytes())
 
     @property
     def coordinator(self) -> str:
@@ -69,8 +115,11 @@ class Cluster:
 
     def start_participant(self, p: str) -> None:
         self.kill(p)
+        peers = ",".join(f"{q}={a}" for q, a in self.participants.items() if q != p)
         self._spawn(p, "atomq-participant", [
-            f"--id={p}", "--plaintext", f"--listen={self.participants[p]}", f"--data_dir={self.dir / p}",
+            f"--id={p}", *self.tls_args(p), f"--listen={self.participants[p]}",
+            f"--data_dir={self.dir / p}", f"--coordinators=c1={self.coordinator}",
+            *([f"--peers={peers}"] if peers else []),
             "--in_doubt_after_ms=300", "--resend_initial_ms=50", "--resend_max_ms=300",
             "--rpc_timeout_ms=1000", "--lease_sweep_ms=50", *self.participant_args])
         self._wait(p, self.participants[p], lambda ch: pgrpc.QueueStub(ch).ListQueues(
@@ -80,7 +129,7 @@ class Cluster:
         self.kill("c1")
         parts = ",".join(f"{p}={a}" for p, a in self.participants.items())
         self._spawn("c1", "atomq-coordinator", [
-            "--id=c1", "--plaintext", f"--listen={self.coordinator}", f"--data_dir={self.dir / 'c1'}",
+            "--id=c1", *self.tls_args("c1"), f"--listen={self.coordinator}", f"--data_dir={self.dir / 'c1'}",
             f"--participants={parts}", "--resend_initial_ms=20", "--resend_max_ms=300",
             "--rpc_timeout_ms=1000", "--txn_timeout_ms=3000", *self.coordinator_args])
         self._wait("c1", self.coordinator, lambda ch: cgrpc.CoordinatorStub(ch).ListTransactions(
@@ -113,13 +162,19 @@ class Cluster:
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
 
+    def _channel(self, address: str) -> grpc.Channel:
+        if not self.tls:
+            return grpc.insecure_channel(address)
+        ca, cert, key = self.client_tls()
+        return grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, key, cert))
+
     def _wait(self, name: str, address: str, probe) -> None:
         end = time.monotonic() + 15
         while time.monotonic() < end:
             if self.procs[name].poll() is not None:
                 raise RuntimeError(f"{name} exited at start:\n{self.logs()}")
             # A new channel each time: a failed one waits out gRPC's backoff.
-            with grpc.insecure_channel(address) as channel:
+            with self._channel(address) as channel:
                 try:
                     probe(channel)
                     return

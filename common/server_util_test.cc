@@ -1,0 +1,37 @@
+#include "common/server_util.h"
+
+#include "gtest/gtest.h"
+
+namespace atomq {
+namespace {
+
+// Channels are made lazily (no connection until a call), so any loopback
+// address does; nothing is dialled here.
+TEST(ChannelCacheTest, KeepsChannelsUntilFullThenEvictsTheLeastRecentlyUsed) {
+  ChannelCache cache(2);
+  std::shared_ptr<grpc::Channel> a = cache.Get("127.0.0.1:1");
+  std::shared_ptr<grpc::Channel> b = cache.Get("127.0.0.1:2");
+  EXPECT_EQ(cache.Get("127.0.0.1:1"), a);  // kept, and now the most recent
+  EXPECT_EQ(cache.size(), 2u);
+  EXPECT_EQ(cache.created(), 2u);
+
+  std::shared_ptr<grpc::Channel> c = cache.Get("127.0.0.1:3");  // evicts :2, not :1
+  EXPECT_EQ(cache.size(), 2u);
+  EXPECT_EQ(cache.Get("127.0.0.1:1"), a);
+  EXPECT_EQ(cache.Get("127.0.0.1:3"), c);
+  EXPECT_EQ(cache.created(), 3u);
+  EXPECT_NE(cache.Get("127.0.0.1:2"), b);  // dialled anew; evicts :1 now
+  EXPECT_EQ(cache.created(), 4u);
+  EXPECT_NE(cache.Get("127.0.0.1:1"), a);
+  EXPECT_EQ(cache.size(), 2u);
+}
+
+TEST(ChannelCacheTest, ManyAddressesKeepAtMostMax) {
+  ChannelCache cache(8);
+  for (int i = 0; i < 2000; ++i) cache.Get("127.0.0.1:" + std::to_string(10000 + i));
+  EXPECT_EQ(cache.size(), 8u);
+  EXPECT_EQ(cache.created(), 2000u);
+}
+
+}  // namespace
+}  // namespace atomq
