@@ -23,11 +23,12 @@ from atomq import errors
 from atomq.client import (Backoff, Delivery, EnqueueSpec, Payload, Result, SendResult,
                           _Connection, _ExecuteCall, _receive_request, _send_request,
                           ack_request, nack_request)
+from atomq.v1 import participant_pb2 as ppb
 
 
 class AsyncClient(_Connection):
-    """``atomq.Client`` for asyncio: ``execute``, ``move``, ``send`` and
-    ``receive`` as coroutines, with the same constructor (see ``Client``).
+    """``atomq.Client`` for asyncio: ``execute``, ``move``, ``send``,
+    ``receive``, ``peek`` and ``purge_queue`` as coroutines, with the same constructor (see ``Client``).
     Create and use it inside one event loop."""
 
     _grpc = grpc.aio
@@ -65,6 +66,19 @@ class AsyncClient(_Connection):
                              retry=not auto_ack, timeout=self.call_timeout + wait)
         settler = _AsyncSettler(self, participant)
         return [Delivery.from_proto(participant, d, settler) for d in r.deliveries]
+
+    async def peek(self, participant: str, queue: str, *,
+                   max_messages: int = 1) -> List[Delivery]:
+        """Looks at ready messages without receiving them, as ``Client.peek``."""
+        request = ppb.ReceiveRequest(queue=queue, max_messages=max_messages, peek=True)
+        r = await self._call("Receive", self._queue(participant).Receive, request, retry=True)
+        return [Delivery.from_proto(participant, d, None) for d in r.deliveries]
+
+    async def purge_queue(self, participant: str, name: str) -> int:
+        """Removes a queue's ready messages, as ``Client.purge_queue``."""
+        r = await self._call("PurgeQueue", self._queue(participant).PurgeQueue,
+                             ppb.PurgeQueueRequest(name=name), retry=False)
+        return r.purged
 
     async def close(self) -> None:
         """Closes every channel."""

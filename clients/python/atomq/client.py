@@ -411,6 +411,16 @@ class Client(_Connection):
         settler = _UnarySettler(self, participant)
         return [Delivery.from_proto(participant, d, settler) for d in r.deliveries]
 
+    def peek(self, participant: str, queue: str, *, max_messages: int = 1) -> List[Delivery]:
+        """Looks at up to ``max_messages`` ready messages without receiving them.
+
+        Nothing changes: no lease, no delivery counted, they stay ready (the
+        deliveries carry no lease token and cannot be acked or nacked).
+        """
+        request = ppb.ReceiveRequest(queue=queue, max_messages=max_messages, peek=True)
+        r = self._call("Receive", self._queue(participant).Receive, request, retry=True)
+        return [Delivery.from_proto(participant, d, None) for d in r.deliveries]
+
     def consumer(self, participant: str, queue: str, *, prefetch: int = 10,
                  lease: Optional[float] = None, auto_ack: bool = False, stream: bool = True,
                  inactivity_timeout: Optional[float] = None) -> "Consumer":
@@ -454,6 +464,13 @@ class Client(_Connection):
         """Deletes a queue and its messages (``NotFound`` when missing)."""
         self._call("DeleteQueue", self._queue(participant).DeleteQueue,
                    ppb.DeleteQueueRequest(name=name), retry=False)
+
+    def purge_queue(self, participant: str, name: str) -> int:
+        """Removes a queue's ready messages (not those leased or in a
+        transaction), durably; returns how many (``NotFound`` when missing)."""
+        r = self._call("PurgeQueue", self._queue(participant).PurgeQueue,
+                       ppb.PurgeQueueRequest(name=name), retry=False)
+        return r.purged
 
     def list_queues(self, participant: str) -> List[QueueInfo]:
         """Every queue of a participant."""

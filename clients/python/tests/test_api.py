@@ -169,6 +169,27 @@ def test_receive_long_poll_lease_and_auto_ack(client):
     assert client.receive("p1", a) == []
 
 
+def test_peek_and_purge(client):
+    a = fresh(client, "p1")
+    for m in (b"m1", b"m2", b"m3"):
+        client.send("p1", a, m)
+    looked = client.peek("p1", a, max_messages=5)
+    assert [d.payload for d in looked] == [b"m1", b"m2", b"m3"]
+    assert all(d.delivery_count == 0 and not d.lease_token for d in looked)
+    with pytest.raises(atomq.InvalidArgument):
+        looked[0].ack()
+    assert client.queue_info("p1", a).ready == 3
+    leased = client.receive("p1", a)
+    assert leased[0].payload == b"m1" and leased[0].delivery_count == 1
+    assert client.purge_queue("p1", a) == 2
+    info = client.queue_info("p1", a)
+    assert info.ready == 0 and info.leased == 1
+    leased[0].nack()
+    assert [d.payload for d in client.peek("p1", a)] == [b"m1"]
+    with pytest.raises(atomq.NotFound):
+        client.purge_queue("p1", "missing")
+
+
 def test_queue_administration(client):
     dlq = fresh(client, "p2")
     a = fresh(client, "p2", max_deliveries=2, dead_letter_queue=dlq)
@@ -471,6 +492,12 @@ def test_async_client(cluster):
             with pytest.raises(atomq.NotFound):
                 await client.receive("p1", "no-such-queue")
             assert sync.queue_info("p1", a).ready == 18
+            c = fresh(sync, "p2")
+            await client.send("p2", c, b"x")
+            looked = await client.peek("p2", c, max_messages=10)
+            assert [d.payload for d in looked] == [b"x"] and not looked[0].lease_token
+            assert await client.purge_queue("p2", c) == 1
+            assert await client.peek("p2", c) == []
             sync.close()
 
     asyncio.run(main())
