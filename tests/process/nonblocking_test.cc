@@ -14,15 +14,6 @@ namespace {
 
 constexpr int kCrashExit = 86;
 
-v1::Op Enqueue(const std::string& participant, const std::string& queue,
-               const std::string& payload) {
-  v1::Op op;
-  op.set_participant(participant);
-  op.mutable_enqueue()->set_queue(queue);
-  op.mutable_enqueue()->set_payload(payload);
-  return op;
-}
-
 bool Decided(v1::TxnState s) { return s == v1::STATE_COMMITTED || s == v1::STATE_ABORTED; }
 
 TEST(NonBlockingTest, MajorityFinishesWithCoordinatorAndOneParticipantDown) {
@@ -38,9 +29,9 @@ TEST(NonBlockingTest, MajorityFinishesWithCoordinatorAndOneParticipantDown) {
   v1::ExecuteRequest req;
   req.set_txn_id("nb-1");
   req.set_protocol(v1::THREE_PC);
-  *req.add_ops() = Enqueue("p1", "orders", "nb-1/order");
-  *req.add_ops() = Enqueue("p2", "audit", "nb-1/audit");
-  *req.add_ops() = Enqueue("p3", "billing", "nb-1/invoice");
+  *req.add_ops() = EnqueueOp("p1", "orders", "nb-1/order");
+  *req.add_ops() = EnqueueOp("p2", "audit", "nb-1/audit");
+  *req.add_ops() = EnqueueOp("p3", "billing", "nb-1/invoice");
   auto call = std::async(std::launch::async, [&c, req] {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));

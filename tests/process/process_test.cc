@@ -15,15 +15,6 @@ namespace {
 
 constexpr int kCrashExit = 86;
 
-v1::Op Enqueue(const std::string& participant, const std::string& queue,
-               const std::string& payload) {
-  v1::Op op;
-  op.set_participant(participant);
-  op.mutable_enqueue()->set_queue(queue);
-  op.mutable_enqueue()->set_payload(payload);
-  return op;
-}
-
 struct Result {
   grpc::Status status;
   v1::ExecuteResponse response;
@@ -41,9 +32,9 @@ v1::ExecuteRequest ThreeWay(const std::string& id, v1::Protocol protocol) {
   v1::ExecuteRequest req;
   req.set_txn_id(id);
   req.set_protocol(protocol);
-  *req.add_ops() = Enqueue("p1", "orders", id + "/order");
-  *req.add_ops() = Enqueue("p2", "audit", id + "/audit");
-  *req.add_ops() = Enqueue("p3", "billing", id + "/invoice");
+  *req.add_ops() = EnqueueOp("p1", "orders", id + "/order");
+  *req.add_ops() = EnqueueOp("p2", "audit", id + "/audit");
+  *req.add_ops() = EnqueueOp("p3", "billing", id + "/invoice");
   return req;
 }
 
@@ -125,7 +116,7 @@ TEST(ProcessTest, BadInputGetsClearErrors) {
       << r.status.error_message();
 
   v1::ExecuteRequest unknown;
-  *unknown.add_ops() = Enqueue("p9", "orders", "x");
+  *unknown.add_ops() = EnqueueOp("p9", "orders", "x");
   r = Execute(c, unknown);
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(r.status.error_message().find("p9"), std::string::npos) << r.status.error_message();
@@ -429,7 +420,7 @@ TEST(ProcessTest, AtomqctlShowsInDoubtWhileCoordinatorIsDown) {
 v1::ExecuteRequest OnP1(const std::string& id, std::vector<std::string> payloads) {
   v1::ExecuteRequest req;
   req.set_txn_id(id);
-  for (const std::string& p : payloads) *req.add_ops() = Enqueue("p1", "orders", p);
+  for (const std::string& p : payloads) *req.add_ops() = EnqueueOp("p1", "orders", p);
   return req;
 }
 

@@ -36,15 +36,6 @@ bool Has(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
 
-v1::Op EnqueueOp(const std::string& participant, const std::string& queue,
-                 const std::string& payload) {
-  v1::Op op;
-  op.set_participant(participant);
-  op.mutable_enqueue()->set_queue(queue);
-  op.mutable_enqueue()->set_payload(payload);
-  return op;
-}
-
 v1::Op AckOp(const std::string& participant, const v1::Delivery& d, const std::string& token = "") {
   v1::Op op;
   op.set_participant(participant);
