@@ -27,4 +27,8 @@ absl::Status ValidateQueueName(std::string_view name);
 // be forged by its contents, nor a reply swollen by an echo.
 std::string Clip(absl::string_view s, size_t max_bytes = 64);
 
+// Equal contents, in time that depends only on the lengths: for secrets a
+// caller presents (bearer tokens, lease tokens).
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b);
+
 }  // namespace atomq
