@@ -226,8 +226,12 @@ class ParticipantCore {
   // --- commit protocol (each answers through Output::replies) ---
   // Validates this node's ops: queues exist, sizes within limits, each acked
   // message leased with that token and not already pinned by another
-  // transaction. NO with a reason otherwise. A repeated Prepare with the same
-  // ops answers as the first; with other ops it is a NO.
+  // transaction; sizes include header bytes (--payload_bytes_max,
+  // --header_bytes_max, --txn_bytes_max). NO with a reason otherwise, also for
+  // a Prepare whose created_unix_ms is older than retention_ms / 2 (see
+  // QueryState). RESOURCE_EXHAUSTED past --prepared_max or
+  // --prepared_bytes_max. A repeated Prepare with the same ops answers as
+  // the first; with other ops it is a NO.
   // With one_phase (this node is the only participant) it commits at once:
   // YES with the sequences once the one commit batch is durable, or NO once
   // an ABORTED outcome is durable; nothing is ever PREPARED (never in doubt).
@@ -236,7 +240,9 @@ class ParticipantCore {
   void Commit(RequestId request, const std::string& txn_id, int64_t now_ms);
   void Abort(RequestId request, const std::string& txn_id, int64_t now_ms);
   // From a peer or the coordinator. Unknown ids answer STATE_ABORTED after an
-  // ABORTED outcome is persisted (this node will then vote NO).
+  // ABORTED outcome is persisted (this node will then vote NO), together
+  // with a kForgettableDb entry: the record is collected after retention_ms
+  // (CollectOutcomes), when a Prepare of the id would be refused as too old.
   void QueryState(RequestId request, const std::string& txn_id, int64_t now_ms);
 
   // 3PC termination, as an acceptor (from a peer leading a round, or the
