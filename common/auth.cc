@@ -72,13 +72,6 @@ const char* RoleName(Role role) {
   return "?";
 }
 
-bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
-}
-
 AuthPolicy AuthPolicy::Open() {
   AuthPolicy p;
   p.open_ = true;

@@ -26,6 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/validate.h"  // ConstantTimeEquals
 
 namespace atomq {
 
@@ -73,8 +74,5 @@ class AuthPolicy {
   std::vector<Grant> grants_;
   std::vector<Token> tokens_;
 };
-
-// Equal contents, in time that depends only on the lengths.
-bool ConstantTimeEquals(absl::string_view a, absl::string_view b);
 
 }  // namespace atomq

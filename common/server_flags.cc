@@ -51,13 +51,18 @@ void AddServerFlags(CLI::App& app, ServerFlags* f, const std::string& id_help,
 }
 
 void AddOpLimitFlags(CLI::App& app, const std::string& ops_help, const std::string& item,
-                     uint32_t* ops_per_txn_max, uint32_t* payload_bytes_max,
-                     uint32_t* headers_max) {
-  AddCheckedFlag(app, "--ops_per_txn_max", *ops_per_txn_max, ops_help, CLI::Range(1u, 1000000u));
-  AddCheckedFlag(app, "--payload_bytes_max", *payload_bytes_max, "payload bytes of one " + item,
+                     const OpLimitFields& to) {
+  AddCheckedFlag(app, "--ops_per_txn_max", *to.ops_per_txn_max, ops_help, CLI::Range(1u, 1000000u));
+  AddCheckedFlag(app, "--payload_bytes_max", *to.payload_bytes_max,
+                 "bytes of one " + item + ": its payload and its headers' keys and values together",
                  CLI::Range(0u, 64u << 20));
-  AddCheckedFlag(app, "--headers_max", *headers_max, "headers of one " + item,
+  AddCheckedFlag(app, "--headers_max", *to.headers_max, "headers of one " + item,
                  CLI::Range(0u, 100000u));
+  AddCheckedFlag(app, "--header_bytes_max", *to.header_bytes_max,
+                 "bytes of the headers' keys and values of one " + item, CLI::Range(0u, 64u << 20));
+  AddCheckedFlag(app, "--txn_bytes_max", *to.txn_bytes_max,
+                 "bytes of all messages of one transaction (payloads and headers)",
+                 CLI::Range(uint64_t{0}, uint64_t{1} << 40));
 }
 
 void AddResendFlags(CLI::App& app, const std::string& initial_help, const std::string& max_help,

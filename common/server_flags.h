@@ -50,11 +50,21 @@ CLI::Option* AddCheckedFlag(CLI::App& app, const std::string& name, T& value,
 void AddServerFlags(CLI::App& app, ServerFlags* flags, const std::string& id_help,
                     const std::string& data_dir_help);
 
-// Registers --ops_per_txn_max ("ops_help"), --payload_bytes_max and
-// --headers_max: the size of one transaction and of each of its `item`s
-// ("enqueue", "message").
+// Where AddOpLimitFlags stores what it parses: fields of a core's Config.
+struct OpLimitFields {
+  uint32_t* ops_per_txn_max;
+  uint32_t* payload_bytes_max;
+  uint32_t* headers_max;
+  uint32_t* header_bytes_max;
+  uint64_t* txn_bytes_max;
+};
+
+// Registers --ops_per_txn_max ("ops_help"), --payload_bytes_max,
+// --headers_max, --header_bytes_max and --txn_bytes_max: the size of one
+// transaction and of each of its `item`s ("enqueue", "message"), counted as
+// common/op_limits.h says.
 void AddOpLimitFlags(CLI::App& app, const std::string& ops_help, const std::string& item,
-                     uint32_t* ops_per_txn_max, uint32_t* payload_bytes_max, uint32_t* headers_max);
+                     const OpLimitFields& to);
 
 // Registers --resend_initial_ms and --resend_max_ms: the backoff of a
 // message repeated until answered.

@@ -67,4 +67,11 @@ absl::StatusOr<uint32_t> PageLimit(uint32_t limit, uint32_t limit_max,
   return limit == 0 ? limit_max : std::min(limit, limit_max);
 }
 
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
 }  // namespace atomq

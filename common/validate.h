@@ -34,4 +34,8 @@ absl::StatusOr<uint32_t> PageLimit(uint32_t limit, uint32_t limit_max, std::stri
 // be forged by its contents, nor a reply swollen by an echo.
 std::string Clip(absl::string_view s, size_t max_bytes = 64);
 
+// Equal contents, in time that depends only on the lengths: for secrets a
+// caller presents (bearer tokens, lease tokens).
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b);
+
 }  // namespace atomq

@@ -50,8 +50,9 @@ void AddTxnLimitFlags(CLI::App& app, Config* cfg) {
                  "default time to collect votes before aborting", CLI::Range(1u, 3600000u));
   AddCheckedFlag(app, "--txn_timeout_ms_max", cfg->txn_timeout_ms_max,
                  "largest timeout a client may ask", CLI::Range(1u, 3600000u));
-  atomq::AddOpLimitFlags(app, "ops in one transaction", "enqueue", &cfg->ops_per_txn_max,
-                         &cfg->payload_bytes_max, &cfg->headers_max);
+  atomq::AddOpLimitFlags(app, "ops in one transaction", "enqueue",
+                         {&cfg->ops_per_txn_max, &cfg->payload_bytes_max, &cfg->headers_max,
+                          &cfg->header_bytes_max, &cfg->txn_bytes_max});
   AddCheckedFlag(app, "--txns_in_flight_max", cfg->txns_in_flight_max,
                  "transactions undecided or unanswered at once; more get RESOURCE_EXHAUSTED",
                  CLI::Range(1u, 10000000u));

@@ -1,5 +1,8 @@
 // atomq-participant: a durable queue node that takes part in atomq
 // transactions; its queues and protocol records live in LMDB in --data_dir.
+#include <sys/random.h>
+
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -8,6 +11,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "common/check.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/server_flags.h"
@@ -28,6 +32,18 @@ struct ParticipantFlags {
   ServerOptions opts;
 };
 
+// Lease tokens: the kernel's CSPRNG. It never fails for a few bytes once
+// the system is up; should it, no token may be made, so the node stops.
+void KernelRandomBytes(uint8_t* out, size_t n) {
+  while (n > 0) {
+    const ssize_t got = getrandom(out, n, 0);
+    if (got < 0 && errno == EINTR) continue;
+    ATOMQ_CHECK(got > 0, "getrandom failed");
+    out += got;
+    n -= static_cast<size_t>(got);
+  }
+}
+
 int Fail(const std::string& msg) {
   std::fprintf(stderr, "atomq-participant: %s\n", msg.c_str());
   return 2;
@@ -36,12 +52,17 @@ int Fail(const std::string& msg) {
 // What one transaction may hold here, and how much this node holds at once.
 void AddNodeLimitFlags(CLI::App& app, Config* cfg) {
   atomq::AddOpLimitFlags(app, "ops of one transaction on this node", "message",
-                         &cfg->ops_per_txn_max, &cfg->payload_bytes_max, &cfg->headers_max);
+                         {&cfg->ops_per_txn_max, &cfg->payload_bytes_max, &cfg->headers_max,
+                          &cfg->header_bytes_max, &cfg->txn_bytes_max});
   AddCheckedFlag(app, "--prepared_max", cfg->prepared_max,
                  "transactions prepared here at once; more vote NO with RESOURCE_EXHAUSTED",
                  CLI::Range(1u, 10000000u));
   AddCheckedFlag(app, "--participants_per_txn_max", cfg->participants_per_txn_max,
                  "participants one Prepare may name (its peers)", CLI::Range(1u, 100000u));
+  AddCheckedFlag(app, "--prepared_bytes_max", cfg->prepared_bytes_max,
+                 "bytes of the messages of all transactions prepared here at once (payloads and "
+                 "headers); more vote NO with RESOURCE_EXHAUSTED",
+                 CLI::Range(uint64_t{1}, uint64_t{1} << 40));
   AddCheckedFlag(app, "--queues_max", cfg->queues_max, "queues on this node",
                  CLI::Range(1u, 10000000u));
 }
@@ -194,6 +215,7 @@ int Serve(ParticipantFlags* f) {
   f->opts.self_address = listen;
 
   f->opts.list_limit_max = f->server.list_limit_max;
+  f->cfg.random_bytes = KernelRandomBytes;
 
   atomq::SetDialCredentials(atomq::ChannelCredentials(f->server.tls));
   const std::vector<std::string> services = {atomq::v1::ParticipantTxn::service_full_name(),

@@ -106,8 +106,10 @@ struct Config {
   uint32_t txn_timeout_ms = 5000;              // --txn_timeout_ms: votes deadline default
   uint32_t txn_timeout_ms_max = 60000;         // --txn_timeout_ms_max
   uint32_t ops_per_txn_max = 1000;             // --ops_per_txn_max
-  uint32_t payload_bytes_max = 1 << 20;        // --payload_bytes_max (per op)
+  uint32_t payload_bytes_max = 1 << 20;        // --payload_bytes_max: payload + headers, per op
   uint32_t headers_max = 64;                   // --headers_max (per op)
+  uint32_t header_bytes_max = 64 << 10;        // --header_bytes_max: header keys + values, per op
+  uint64_t txn_bytes_max = 64 << 20;           // --txn_bytes_max: all enqueues of one Execute
   uint32_t txns_in_flight_max = 10000;         // --txns_in_flight_max (undecided + unreplied)
   // --txns_unended_max: transactions in memory that have not ENDED (in
   // flight, or decided and waiting for a participant's acknowledgement).

@@ -13,6 +13,11 @@
 namespace atomq::coordinator {
 namespace {
 
+MessageLimits MessageLimitsOf(const Config& config) {
+  return {config.payload_bytes_max, config.headers_max, config.header_bytes_max,
+          config.txn_bytes_max};
+}
+
 absl::Status ValidateOp(const Config& config, int i, const v1::Op& op) {
   std::string at = absl::StrCat("op ", i, ": ");
   if (config.participants.find(op.participant()) == config.participants.end()) {
@@ -24,8 +29,7 @@ absl::Status ValidateOp(const Config& config, int i, const v1::Op& op) {
       const v1::Enqueue& e = op.enqueue();
       absl::Status s = ValidateQueueName(e.queue());
       if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(at, s.message()));
-      return CheckMessageLimits({config.payload_bytes_max, config.headers_max}, at, e.payload(),
-                                e.headers());
+      return CheckMessageLimits(MessageLimitsOf(config), at, e.payload(), e.headers());
     }
     case v1::Op::kAck: {
       const v1::Ack& a = op.ack();
@@ -62,10 +66,9 @@ absl::Status CoordinatorCore::Impl::Validate(const v1::ExecuteRequest& req) cons
         absl::StrCat("protocol ", static_cast<int>(req.protocol()), " is unknown"));
   }
   for (int i = 0; i < req.ops_size(); ++i) {
-    absl::Status s = ValidateOp(config, i, req.ops(i));
-    if (!s.ok()) return s;
+    ATOMQ_RETURN_IF_ERROR(ValidateOp(config, i, req.ops(i)));
   }
-  return absl::OkStatus();
+  return CheckTxnBytes(MessageLimitsOf(config), "the transaction has ", EnqueueBytes(req.ops()));
 }
 
 std::string CoordinatorCore::Impl::MintId() {
@@ -212,6 +215,7 @@ OutMessage CoordinatorCore::Impl::PrepareTo(const Txn& x, size_t i) const {
   pr.set_coordinator_id(config.coordinator_id);
   pr.set_coordinator_address(config.coordinator_address);
   pr.set_participant(p.id);
+  pr.set_created_unix_ms(x.created_ms);
   for (const Party& q : x.parties) {
     v1::PeerAddress* pa = pr.add_participants();
     pa->set_participant(q.id);

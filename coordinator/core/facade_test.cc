@@ -108,6 +108,12 @@ TEST_F(CoordinatorCoreTest, ValidationErrors) {
   config.ops_per_txn_max = 3;
   config.payload_bytes_max = 10;
   config.headers_max = 1;
+  config.header_bytes_max = 5;
+  config.txn_bytes_max = 20;
+  v1::Op big_header = Enq("p1", "q", "");
+  (*big_header.mutable_enqueue()->mutable_headers())["k"] = "12345";
+  v1::Op header_and_payload = Enq("p1", "q", "0123456");
+  (*header_and_payload.mutable_enqueue()->mutable_headers())["k"] = "123";
   v1::Op two_headers = Enq("p1", "q", "a");
   (*two_headers.mutable_enqueue()->mutable_headers())["a"] = "1";
   (*two_headers.mutable_enqueue()->mutable_headers())["b"] = "2";
@@ -131,6 +137,11 @@ TEST_F(CoordinatorCoreTest, ValidationErrors) {
       {Req("t", {Enq("p1", "q", "a"), Enq("p1", "bad queue", "a")}), "op 1: queue name"},
       {Req("t", {Enq("p1", "", "a")}), "op 0: queue name is empty"},
       {Req("t", {two_headers}), "op 0: 2 headers; at most --headers_max=1"},
+      {Req("t", {big_header}), "op 0: headers are 6 bytes; at most --header_bytes_max=5"},
+      {Req("t", {header_and_payload}),
+       "op 0: payload and headers are 11 bytes; at most --payload_bytes_max=10"},
+      {Req("t", {Enq("p1", "q", "0123456789"), Enq("p1", "q", "0123456789"), Enq("p1", "q", "0")}),
+       "the transaction has 21 bytes of messages; at most --txn_bytes_max=20"},
       {Req("t", {AckOp("p1", "q", 0, "tok")}), "op 0: ack sequence must be > 0"},
       {Req("t", {AckOp("p1", "q", 3, "")}), "op 0: ack lease_token is empty"},
       {Req("t", {neither}), "op 0: neither enqueue nor ack is set"},

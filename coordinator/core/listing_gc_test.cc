@@ -1,5 +1,9 @@
 // Transaction info, listing, the finished cache and record collection.
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
 #include "coordinator/core/coordinator_core_test_util.h"
 
 namespace atomq::coordinator {
@@ -196,6 +200,40 @@ TEST_F(CoordinatorCoreTest, CollectRecordsKeepsNewerAndRunningRecords) {
   EXPECT_EQ(core().CollectRecords({stale}, now), 1u);
   EXPECT_EQ(Take().persist.size(), 1u);
   EXPECT_EQ(view.records.count("t1"), 1u);
+}
+
+// QueryState on ids nobody began presumes abort and records it, so that the
+// id can never commit later; the record ends at once (nobody is owed an
+// outcome) and is collected after retention like any ended one. So a
+// stranger's questions about made-up ids cannot grow storage for good.
+TEST_F(CoordinatorCoreTest, PresumedAbortsOfUnknownIdsAreCollectedAfterRetention) {
+  config.retention_ms = 1000;
+  const int64_t asked = now;
+  for (int i = 0; i < 20; ++i) core().QueryState(i + 1, "made-up-" + std::to_string(i), now);
+  std::vector<std::string> keys;
+  size_t answered = 0;
+  for (Output o = Take(); !o.empty(); o = Take()) {
+    answered += o.state_replies.size();
+    for (const StateReply& r : o.state_replies) EXPECT_EQ(r.state, v1::STATE_ABORTED);
+    for (const Batch& b : o.persist) {
+      for (const Write& w : b.writes) {
+        if (w.db == kEndedDb) keys.push_back(w.key);
+      }
+      Durable(b);
+    }
+  }
+  EXPECT_EQ(answered, 20u);
+  ASSERT_EQ(keys.size(), 20u);
+  EXPECT_EQ(view.records.size(), 20u);
+  for (const auto& [id, r] : view.records) EXPECT_EQ(r.state(), v1::ENDED) << id;
+  std::sort(keys.begin(), keys.end());
+  EXPECT_EQ(core().CollectRecords(keys, asked + 1000), 0u);
+  EXPECT_EQ(core().CollectRecords(keys, asked + 1001), 20u);
+  Output o = Take();
+  ASSERT_EQ(o.persist.size(), 1u);
+  Durable(o.persist[0]);
+  EXPECT_EQ(core().records_erased(), 20u);
+  EXPECT_TRUE(view.records.empty());
 }
 
 }  // namespace

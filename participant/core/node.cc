@@ -19,6 +19,7 @@ Node::Node(Config config, const DurableView* view)
       producers_(config_),
       outcomes_(config_, view_) {
   ATOMQ_CHECK(config_.queue_memory_window > 0, "a queue keeps at least one message in memory");
+  ATOMQ_CHECK(static_cast<bool>(config_.random_bytes), "lease tokens need a source of randomness");
 }
 
 void Node::RequireRecovered() const { ATOMQ_CHECK(recovered_, "Recover() must come first"); }

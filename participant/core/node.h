@@ -150,13 +150,16 @@ class Node {
   absl::Status ValidatePrepare(const v1::PrepareRequest& req) const;
   // Empty when every op can be applied; else the reason for a NO.
   std::string CheckOps(const v1::PrepareRequest& req, int64_t now_ms);
+  // Why `req` is too old to prepare (PresumeAbort says why), or empty.
+  std::string TooOld(const v1::PrepareRequest& req, int64_t now_ms) const;
   void Prepare(RequestId r, const v1::PrepareRequest& req, int64_t now_ms);
   // True when `id` is prepared or settled here already: answered as the
   // first Prepare was (a NO when `digest` says other ops), or waiting for
   // its PREPARED record. No digest: a Prepare with use_staged.
   bool AnswerRepeatedPrepare(RequestId r, const std::string& id, std::optional<uint64_t> digest);
-  // RESOURCE_EXHAUSTED when --prepared_max transactions are in the table.
-  absl::Status CheckPreparedRoom() const;
+  // RESOURCE_EXHAUSTED when --prepared_max transactions are in the table,
+  // or when `bytes` more messages would pass --prepared_bytes_max.
+  absl::Status CheckPreparedRoom(uint64_t bytes) const;
   // A new entry for `req` with `ops`, PREPARED in memory only.
   Txn& AddTxn(const v1::PrepareRequest& req, google::protobuf::RepeatedPtrField<v1::Op> ops,
               int64_t now_ms);
@@ -211,8 +214,11 @@ class Node {
   void OnePhaseDone(Txn& t, const OnePhaseBatch& b, const absl::Status& status, int64_t now_ms);
 
   // --- termination.cc: 3PC quorum termination ---
-  // --payload_bytes_max and --headers_max, for CheckMessageLimits.
-  MessageLimits message_limits() const { return {config_.payload_bytes_max, config_.headers_max}; }
+  // --payload_bytes_max, --headers_max, --header_bytes_max, --txn_bytes_max.
+  MessageLimits message_limits() const {
+    return {config_.payload_bytes_max, config_.headers_max, config_.header_bytes_max,
+            config_.txn_bytes_max};
+  }
   static absl::Status NotThreePc(const std::string& id);
   void AnswerPromise(RequestId r, const Txn& t, bool promised);
   void AnswerAccept(RequestId r, v1::TxnState state, bool accepted, uint64_t promised);
@@ -317,6 +323,7 @@ class Node {
   OutcomeStore outcomes_;
   StagedWork staged_;
   std::map<std::string, Txn> txns_;
+  uint64_t prepared_bytes_ = 0;              // Txn::bytes of every entry of txns_
   std::map<uint64_t, std::string> timers_;   // in-doubt timer id -> txn id
   std::map<uint64_t, BatchRecord> batches_;  // token -> a batch handed out, not yet reported
   std::map<std::string, v1::HeuristicOutcome> heuristics_;  // durable ones, by txn id

@@ -88,7 +88,7 @@ void Node::PrepareOnePhase(RequestId r, const v1::PrepareRequest& req, int64_t n
   if (req.ops_size() == 0) return Vote(r, v1::READ_ONLY);  // nothing to keep or refuse
   std::string reason = CheckOps(req, now_ms);
   if (!reason.empty()) return OnePhaseNo(w, id, digest, std::move(reason), now_ms);
-  s = CheckPreparedRoom();
+  s = CheckPreparedRoom(EnqueueBytes(req.ops()));
   if (!s.ok()) return Fail(w, s);
   // PREPARED in memory only: every call on the id waits for the batch.
   Txn& t = AddTxn(req, req.ops(), now_ms);

@@ -130,12 +130,59 @@ TEST_F(ParticipantCoreTest, ForgetAndCollectionLeaveWhatMustStay) {
   EXPECT_EQ(core_->CollectOutcomes(again, now_), 1u);
   Persist(absl::ResourceExhaustedError("disk full"));
   EXPECT_EQ(core_->outcomes_erased(), 0u);
-  EXPECT_EQ(store_.Count(kForgettableDb), 1u);
+  // t3's entry, and t2's own: its presumed abort was forgettable from the start.
+  EXPECT_EQ(store_.Count(kForgettableDb), 2u);
   EXPECT_EQ(Commit("t3").size(), 1u);  // still known, from disk
   EXPECT_EQ(core_->CollectOutcomes(again, now_), 1u);
   Persist();
   EXPECT_EQ(core_->outcomes_erased(), 1u);
   EXPECT_FALSE(store_.Get<v1::OutcomeRecord>(kOutcomesDb, "t3").has_value());
+}
+
+// Questions about ids nobody prepared here (a stranger's QueryState,
+// Promise or Accept, an Abort) each record ABORTED so that a late Prepare
+// votes NO; the record is collected after --retention_ms like an ended
+// outcome, so that such questions cannot grow storage for good.
+TEST_F(ParticipantCoreTest, PresumedAbortsOfUnknownIdsAreCollectedAfterRetention) {
+  config_.retention_ms = 100;
+  Start();
+  CreateQueue("q");
+  const int64_t asked = now_;
+  for (int i = 0; i < 50; ++i) core_->QueryState(next_req_++, absl::StrCat("made-up-", i), now_);
+  core_->Promise(next_req_++, "made-up-promise", 5, now_);
+  Output o = Persist();
+  EXPECT_EQ(o.replies.size(), 51u);
+  EXPECT_EQ(store_.Count(kOutcomesDb), 51u);
+  EXPECT_EQ(store_.Count(kForgettableDb), 51u);
+  // Within the window the record stands: a late Prepare of the id votes NO.
+  EXPECT_EQ(Prepare(PrepareReq("made-up-0", {EnqueueOp("q", "late")})).vote(), v1::NO);
+
+  const std::vector<std::string> keys = store_.Keys(kForgettableDb);
+  EXPECT_EQ(core_->CollectOutcomes(keys, asked + 100), 0u);  // not yet past retention
+  EXPECT_TRUE(Collect().persist.empty());
+  now_ = asked + 101;
+  EXPECT_EQ(core_->CollectOutcomes(keys, now_), 51u);
+  Persist();
+  EXPECT_EQ(core_->outcomes_erased(), 51u);
+  EXPECT_EQ(store_.Count(kOutcomesDb), 0u);
+  EXPECT_EQ(store_.Count(kForgettableDb), 0u);
+  // Whoever asked about a real transaction asked after its Prepares were
+  // sent: a Prepare that old is refused, so forgetting the record is safe.
+  v1::PrepareRequest late = PrepareReq("made-up-2", {EnqueueOp("q", "late")});
+  late.set_created_unix_ms(asked);
+  const v1::PrepareResponse refused = Prepare(late);
+  EXPECT_EQ(refused.vote(), v1::NO);
+  EXPECT_TRUE(absl::StrContains(refused.reason(), "older than half of --retention_ms=100"))
+      << refused.reason();
+  late.set_created_unix_ms(now_ - 50);  // half the window: still fresh
+  EXPECT_EQ(Prepare(late).vote(), v1::YES);
+  EXPECT_TRUE(Abort("made-up-2").ok());
+  // Forgotten: the id is as new again (asking records it afresh).
+  core_->QueryState(next_req_, "made-up-1", now_);
+  o = Persist();
+  EXPECT_EQ(std::get<v1::QueryStateResponse>(Find(o, next_req_++)->body).state(),
+            v1::STATE_ABORTED);
+  EXPECT_TRUE(store_.Get<v1::OutcomeRecord>(kOutcomesDb, "made-up-1").has_value());
 }
 
 TEST_F(ResolveTest, HeuristicOutcomesAreNeverForgotten) {

@@ -35,6 +35,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -52,24 +53,37 @@
 
 namespace atomq::participant {
 
+// Random bytes in a lease token (it is their hex: twice as many characters).
+inline constexpr size_t kLeaseTokenBytes = 16;
+
 struct Config {
-  std::string participant_id;            // --id
-  uint64_t boot_count = 1;               // lease tokens carry it
+  std::string participant_id;  // --id
+  uint64_t boot_count = 1;     // this start's number (MetaRecord)
+  // Fills `n` bytes at `out` with bytes nobody can predict: lease tokens are
+  // made of them (kLeaseTokenBytes each). Required: the server fills it from
+  // the kernel's CSPRNG, the simulator and unit tests from their seed.
+  std::function<void(uint8_t* out, size_t n)> random_bytes;
   uint32_t ops_per_txn_max = 1000;       // --ops_per_txn_max (ops per prepare)
   uint32_t participants_per_txn_max = 1000;  // --participants_per_txn_max (a Prepare's peers)
-  uint32_t payload_bytes_max = 1 << 20;  // --payload_bytes_max
+  uint32_t payload_bytes_max = 1 << 20;  // --payload_bytes_max: payload + headers of a message
   uint32_t headers_max = 64;             // --headers_max
+  uint32_t header_bytes_max = 64 << 10;  // --header_bytes_max: header keys + values of a message
+  uint64_t txn_bytes_max = 64 << 20;     // --txn_bytes_max: messages of one transaction here
   uint32_t prepared_max = 10000;         // --prepared_max: in-doubt + prepared at once
-  uint32_t queues_max = 10000;           // --queues_max
-  uint32_t lease_ms = 30000;             // --lease_ms: default lease
-  uint32_t lease_ms_max = 3600000;       // --lease_ms_max
-  uint32_t receive_max = 1000;           // --receive_max: messages per Receive
-  uint32_t max_deliveries_max = 1000;    // --max_deliveries_max: a queue's max_deliveries
-  uint32_t producers_max = 100000;       // --producers_max: dedup entries (queue, producer)
-  uint32_t in_doubt_after_ms = 2000;     // --in_doubt_after_ms
-  uint32_t resend_initial_ms = 100;      // --resend_initial_ms
-  uint32_t resend_max_ms = 5000;         // --resend_max_ms
-  uint32_t outcome_cache_max = 100000;   // --outcome_cache_max: outcomes kept in memory
+  // --prepared_bytes_max: messages of the transactions prepared here (in
+  // doubt included) at once, MessageBytes (common/op_limits.h) of their
+  // enqueues.
+  uint64_t prepared_bytes_max = 1ull << 30;
+  uint32_t queues_max = 10000;          // --queues_max
+  uint32_t lease_ms = 30000;            // --lease_ms: default lease
+  uint32_t lease_ms_max = 3600000;      // --lease_ms_max
+  uint32_t receive_max = 1000;          // --receive_max: messages per Receive
+  uint32_t max_deliveries_max = 1000;   // --max_deliveries_max: a queue's max_deliveries
+  uint32_t producers_max = 100000;      // --producers_max: dedup entries (queue, producer)
+  uint32_t in_doubt_after_ms = 2000;    // --in_doubt_after_ms
+  uint32_t resend_initial_ms = 100;     // --resend_initial_ms
+  uint32_t resend_max_ms = 5000;        // --resend_max_ms
+  uint32_t outcome_cache_max = 100000;  // --outcome_cache_max: outcomes kept in memory
   // --queue_memory_window: ready, never-delivered messages of one queue kept
   // in memory; beyond it a queue's backlog stays on disk only.
   uint32_t queue_memory_window = 10000;
@@ -213,8 +227,12 @@ class ParticipantCore {
   // --- commit protocol (each answers through Output::replies) ---
   // Validates this node's ops: queues exist, sizes within limits, each acked
   // message leased with that token and not already pinned by another
-  // transaction. NO with a reason otherwise. A repeated Prepare with the same
-  // ops answers as the first; with other ops it is a NO.
+  // transaction; sizes include header bytes (--payload_bytes_max,
+  // --header_bytes_max, --txn_bytes_max). NO with a reason otherwise, also for
+  // a Prepare whose created_unix_ms is older than retention_ms / 2 (see
+  // QueryState). RESOURCE_EXHAUSTED past --prepared_max or
+  // --prepared_bytes_max. A repeated Prepare with the same ops answers as
+  // the first; with other ops it is a NO.
   // With one_phase (this node is the only participant) it commits at once:
   // YES with the sequences once the one commit batch is durable, or NO once
   // an ABORTED outcome is durable; nothing is ever PREPARED (never in doubt).
@@ -223,7 +241,9 @@ class ParticipantCore {
   void Commit(RequestId request, const std::string& txn_id, int64_t now_ms);
   void Abort(RequestId request, const std::string& txn_id, int64_t now_ms);
   // From a peer or the coordinator. Unknown ids answer STATE_ABORTED after an
-  // ABORTED outcome is persisted (this node will then vote NO).
+  // ABORTED outcome is persisted (this node will then vote NO), together
+  // with a kForgettableDb entry: the record is collected after retention_ms
+  // (CollectOutcomes), when a Prepare of the id would be refused as too old.
   void QueryState(RequestId request, const std::string& txn_id, int64_t now_ms);
 
   // 3PC termination, as an acceptor (from a peer leading a round, or the

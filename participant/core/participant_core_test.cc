@@ -115,6 +115,60 @@ TEST_F(ParticipantCoreTest, PreparedMaxIsResourceExhausted) {
   EXPECT_EQ(Prepare(PrepareReq("t1", {EnqueueOp("q", "a")})).vote(), v1::YES);
 }
 
+// Header bytes count with the payload, and the enqueues of one transaction
+// have a bound of their own.
+TEST_F(ParticipantCoreTest, PrepareVotesNoForHeaderAndTransactionBytes) {
+  config_.payload_bytes_max = 10;
+  config_.header_bytes_max = 6;
+  config_.txn_bytes_max = 12;
+  Start();
+  CreateQueue("q");
+  v1::Op big_header = EnqueueOp("q", "");
+  (*big_header.mutable_enqueue()->mutable_headers())["k"] = "123456";
+  v1::PrepareResponse r = Prepare(PrepareReq("t1", {big_header}));
+  EXPECT_EQ(r.vote(), v1::NO);
+  EXPECT_EQ(r.reason(), "op 0: headers are 7 bytes; at most --header_bytes_max=6");
+
+  v1::Op both = EnqueueOp("q", "123456");
+  (*both.mutable_enqueue()->mutable_headers())["k"] = "12345";
+  r = Prepare(PrepareReq("t2", {both}));
+  EXPECT_EQ(r.vote(), v1::NO);
+  EXPECT_EQ(r.reason(), "op 0: payload and headers are 12 bytes; at most --payload_bytes_max=10");
+
+  r = Prepare(PrepareReq("t3", {EnqueueOp("q", "1234567"), EnqueueOp("q", "123456")}));
+  EXPECT_EQ(r.vote(), v1::NO);
+  EXPECT_EQ(r.reason(), "the transaction has 13 bytes of messages; at most --txn_bytes_max=12");
+  EXPECT_TRUE(core_->ListTransactions().empty());
+  EXPECT_EQ(Prepare(PrepareReq("t4", {EnqueueOp("q", "123456"), EnqueueOp("q", "123456")})).vote(),
+            v1::YES);
+}
+
+// Prepared work is bounded in bytes as well as in count; settling frees
+// its share, and a recovered transaction counts again.
+TEST_F(ParticipantCoreTest, PreparedBytesMaxIsResourceExhausted) {
+  config_.prepared_bytes_max = 10;
+  Start();
+  CreateQueue("q");
+  v1::Op op = EnqueueOp("q", "1234");
+  (*op.mutable_enqueue()->mutable_headers())["k"] = "v";  // 6 bytes
+  EXPECT_EQ(Prepare(PrepareReq("t1", {op})).vote(), v1::YES);
+  core_->Prepare(50, PrepareReq("t2", {op}), now_);
+  Output o = Collect();
+  EXPECT_TRUE(o.persist.empty());
+  const absl::Status s = StatusOf(o, 50);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(s.message(),
+            "6 bytes of messages prepared here and 6 more would pass --prepared_bytes_max=10");
+  EXPECT_FALSE(Txn("t2").has_value());
+  EXPECT_EQ(Prepare(PrepareReq("t3", {EnqueueOp("q", "1234")})).vote(), v1::YES);  // 10 fits
+  Restart();
+  core_->Prepare(51, PrepareReq("t4", {EnqueueOp("q", "1")}), now_);
+  EXPECT_EQ(StatusOf(Collect(), 51).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Commit("t1").size(), 1u);
+  EXPECT_TRUE(Abort("t3").ok());
+  EXPECT_EQ(Prepare(PrepareReq("t2", {op})).vote(), v1::YES);
+}
+
 TEST_F(ParticipantCoreTest, AckOpVotesNoForStaleForeignPinnedOrMissing) {
   Start();
   CreateQueue("q");

@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <set>
 #include <string>
 #include <utility>
@@ -71,6 +72,15 @@ class FakeStore : public DurableView {
     T rec;
     EXPECT_TRUE(DecodeRecord(it->second, &rec).ok());
     return rec;
+  }
+
+  std::vector<std::string> Keys(const std::string& db) const {
+    std::vector<std::string> keys;
+    auto d = dbs_.find(db);
+    if (d != dbs_.end()) {
+      for (const auto& [key, value] : d->second) keys.push_back(key);
+    }
+    return keys;
   }
 
   size_t Count(const std::string& db) const {
@@ -152,6 +162,11 @@ class ParticipantCoreTest : public ::testing::Test {
   ParticipantCoreTest() {
     config_.participant_id = "p1";
     config_.boot_count = 7;
+    // Distinct bytes for every token, across restarts too, as the kernel's
+    // would be.
+    config_.random_bytes = [gen = std::make_shared<std::mt19937_64>(7)](uint8_t* out, size_t n) {
+      for (size_t i = 0; i < n; ++i) out[i] = static_cast<uint8_t>((*gen)() >> 56);
+    };
   }
 
   void Start() { Restart(); }

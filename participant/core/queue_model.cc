@@ -1,9 +1,11 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/codec.h"
+#include "common/op_limits.h"
 #include "common/validate.h"
 #include "participant/core/node.h"
 
@@ -168,6 +170,9 @@ std::set<std::string> TouchedQueues(const v1::PreparedRecord& rec) {
 
 void Node::Pin(Txn& t) {
   const std::string& id = t.rec.txn_id();
+  ATOMQ_CHECK(t.bytes == 0, "a transaction is pinned once");
+  t.bytes = EnqueueBytes(t.rec.ops());
+  prepared_bytes_ += t.bytes;
   for (const std::string& name : TouchedQueues(t.rec)) {
     Queue* q = queues_.Find(name);
     ATOMQ_CHECK(q != nullptr, "a prepared transaction's queue exists");
@@ -292,8 +297,12 @@ absl::StatusOr<std::vector<Lease>> Node::Receive(const std::string& name, uint32
 }
 
 absl::Status Node::NotCurrentLease(const std::string& token, const std::string& msg) {
-  return absl::FailedPreconditionError(
-      absl::StrCat("lease token \"", token, "\" is not the current lease of ", msg));
+  return absl::FailedPreconditionError(absl::StrCat("lease token \"", Clip(token, kLeaseTokenEcho),
+                                                    "\" is not the current lease of ", msg));
+}
+
+bool CurrentLease(const Message& m, const std::string& token) {
+  return !m.lease_token.empty() && ConstantTimeEquals(m.lease_token, token);
 }
 
 absl::StatusOr<Message*> Node::HeldLease(Queue& q, const std::string& msg, uint64_t seq,
@@ -308,7 +317,7 @@ absl::StatusOr<Message*> Node::HeldLease(Queue& q, const std::string& msg, uint6
     return absl::FailedPreconditionError(
         absl::StrCat("message ", msg, " is held by prepared transaction ", m.pinned_by));
   }
-  if (m.lease_token.empty() || m.lease_token != token) return NotCurrentLease(token, msg);
+  if (!CurrentLease(m, token)) return NotCurrentLease(token, msg);
   return &m;
 }
 
@@ -401,7 +410,10 @@ bool QueueModel::UnpinMessage(Queue& q, uint64_t seq, const std::string& id, boo
 }
 
 std::string QueueModel::NewLeaseToken() {
-  return absl::StrCat(config.boot_count, "-", next_lease++);
+  uint8_t bytes[kLeaseTokenBytes];
+  config.random_bytes(bytes, sizeof bytes);
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(bytes), sizeof bytes));
 }
 
 const std::string& OpQueue(const v1::Op& op) {

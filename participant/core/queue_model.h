@@ -82,7 +82,8 @@ struct QueueModel {
   // Undoes PinMessage if `id` pinned `seq`; `restore` puts it back where its
   // lease says. False when `id` did not pin it.
   bool UnpinMessage(Queue& q, uint64_t seq, const std::string& id, bool restore, int64_t now_ms);
-  // A fresh lease token: this boot, then a counter.
+  // A fresh lease token: kLeaseTokenBytes from Config::random_bytes, in hex.
+  // A restart forgets every lease, so a token from before it is refused.
   std::string NewLeaseToken();
   v1::QueueInfo Info(const Queue& q) const;
   // Names `q` in Output::ready_queues, once per output.
@@ -92,7 +93,6 @@ struct QueueModel {
   const Config& config;
   const DurableView* view;
   Output& out;
-  uint64_t next_lease = 1;
   uint64_t next_queue_id = 1;
   std::map<std::string, Queue> by_name;
   std::map<uint64_t, std::string> names;                                 // id -> name
@@ -102,6 +102,12 @@ struct QueueModel {
 };
 
 bool Expired(const Message& m, int64_t now_ms);
+// Whether `token` is the lease `m` is under (compared in constant time, so
+// that the time of a refusal tells nothing of the token).
+bool CurrentLease(const Message& m, const std::string& token);
+// How much of a client's token an error message shows: enough to tell
+// tokens apart, not to give one back whole.
+inline constexpr size_t kLeaseTokenEcho = 8;
 // Takes a message out of `ready`/`leases`, e.g. to pin it.
 void Detach(Queue& q, uint64_t seq, const Message& m);
 // Whether `m` goes to the dead-letter queue rather than back to ready.

@@ -1,8 +1,12 @@
 // The queue model: leases, receive and ack, pins of prepared transactions,
 // and paging a backlog kept on disk.
+#include "participant/core/queue_model.h"
+
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/codec.h"
 #include "gtest/gtest.h"
@@ -72,7 +76,6 @@ TEST_F(ParticipantCoreTest, ExpiredLeaseRedeliversWithHigherDeliveryCount) {
   ASSERT_EQ(first.size(), 2u);
   EXPECT_EQ(first[0].delivery_count, 1u);
   EXPECT_EQ(first[0].expires_ms, now_ + 50);
-  EXPECT_EQ(first[0].lease_token.rfind("7-", 0), 0u);  // carries the boot count
   EXPECT_NE(first[0].lease_token, first[1].lease_token);
   EXPECT_EQ(Info("q").leased(), 2u);
   EXPECT_EQ(Info("q").ready(), 1u);
@@ -122,6 +125,80 @@ TEST_F(ParticipantCoreTest, AckRequiresTheCurrentLeaseAndWaitsForDurability) {
   EXPECT_EQ(Info("q").ready() + Info("q").leased(), 0u);
   core_->Ack(6, "q", 1, second[0].lease_token, now_);
   EXPECT_EQ(StatusOf(Collect(), 6).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// --- lease tokens: random, opaque, never guessed from another ---
+
+TEST_F(ParticipantCoreTest, LeaseTokensAreRandomHexAndDistinct) {
+  Start();
+  CreateQueue("q");
+  Produce("p", "q", {"m1", "m2"});
+  std::vector<Lease> got = Receive("q", 2);
+  ASSERT_EQ(got.size(), 2u);
+  for (const Lease& l : got) {
+    EXPECT_EQ(l.lease_token.size(), 2 * kLeaseTokenBytes);
+    for (char c : l.lease_token) EXPECT_TRUE(absl::ascii_isxdigit(c)) << l.lease_token;
+  }
+  EXPECT_NE(got[0].lease_token, got[1].lease_token);
+}
+
+// A token of the right shape, one character off: every way of settling
+// the message with it is refused and nothing changes.
+TEST_F(QueueFeaturesTest, ForgedTokenOfTheRightShapeSettlesNothing) {
+  Start();
+  CreateQueue("q");
+  Produce("p", "q", {"m"});
+  std::vector<Lease> got = Receive("q");
+  ASSERT_EQ(got.size(), 1u);
+  std::string forged = got[0].lease_token;
+  forged.back() = forged.back() == '0' ? '1' : '0';
+  const v1::QueueInfo before = Info("q");
+
+  core_->Ack(next_req_, "q", 1, forged, now_);
+  Output o = Collect();
+  EXPECT_TRUE(o.persist.empty());
+  const absl::Status ack = StatusOf(o, next_req_++);
+  EXPECT_EQ(ack.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_FALSE(absl::StrContains(ack.message(), forged)) << ack;  // clipped
+  EXPECT_TRUE(absl::StrContains(ack.message(), forged.substr(0, kLeaseTokenEcho))) << ack;
+  EXPECT_EQ(Nack(got[0], false, forged).first.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Nack(got[0], true, forged).first.code(), absl::StatusCode::kFailedPrecondition);
+  const v1::PrepareResponse vote = Prepare(PrepareReq("t1", {AckOp("q", 1, forged)}));
+  EXPECT_EQ(vote.vote(), v1::NO);
+  EXPECT_FALSE(absl::StrContains(vote.reason(), forged)) << vote.reason();
+  v1::StageRequest stage;
+  stage.set_txn_id("s1");
+  *stage.add_ops() = AckOp("q", 1, forged);
+  EXPECT_EQ(core_->Stage(stage, now_).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(Collect().persist.empty());
+  EXPECT_FALSE(Txn("t1").has_value());
+  EXPECT_EQ(core_->staged_transactions(), 0u);
+  EXPECT_EQ(Info("q").DebugString(), before.DebugString());
+  // The holder's own token still works.
+  core_->Ack(next_req_, "q", 1, got[0].lease_token, now_);
+  EXPECT_TRUE(StatusOf(Persist(), next_req_++).ok());
+}
+
+// Leases live in memory only: after a restart no token from before it
+// settles anything, and the redelivery carries a new one.
+TEST_F(QueueFeaturesTest, TokenFromBeforeARestartIsRefused) {
+  Start();
+  CreateQueue("q");
+  Produce("p", "q", {"m"});
+  std::vector<Lease> got = Receive("q");
+  ASSERT_EQ(got.size(), 1u);
+  Restart();
+  core_->Ack(next_req_, "q", 1, got[0].lease_token, now_);
+  Output o = Collect();
+  EXPECT_TRUE(o.persist.empty());
+  EXPECT_EQ(StatusOf(o, next_req_++).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Nack(got[0], false).first.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Prepare(PrepareReq("t1", {AckOp("q", 1, got[0].lease_token)})).vote(), v1::NO);
+  std::vector<Lease> again = Receive("q");
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_NE(again[0].lease_token, got[0].lease_token);
+  core_->Ack(next_req_, "q", 1, got[0].lease_token, now_);
+  EXPECT_EQ(StatusOf(Collect(), next_req_++).code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(ParticipantCoreTest, ReceiveValidatesLimits) {

@@ -85,8 +85,7 @@ absl::StatusOr<uint64_t> Node::ValidateStageOps(const v1::StageRequest& req) con
     if (op.has_enqueue()) {
       const v1::Enqueue& e = op.enqueue();
       ATOMQ_RETURN_IF_ERROR(CheckMessageLimits(message_limits(), at, e.payload(), e.headers()));
-      bytes += e.payload().size();
-      for (const auto& [k, v] : e.headers()) bytes += k.size() + v.size();
+      bytes += MessageBytes(e.payload(), e.headers());
     } else if (op.ack().sequence() == 0 || op.ack().lease_token().empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat(at, "an ack needs a sequence > 0 and a lease_token"));
@@ -127,6 +126,9 @@ absl::Status Node::CheckStageable(const v1::StageRequest& req, uint64_t bytes, i
         absl::StrCat(have + req.ops_size(), " ops staged for ", id,
                      "; --ops_per_txn_max=", config_.ops_per_txn_max));
   }
+  const uint64_t mine = it == staged_.txns.end() ? 0 : it->second.bytes;
+  ATOMQ_RETURN_IF_ERROR(CheckTxnBytes(
+      message_limits(), absl::StrCat("transaction ", id, " would stage "), mine + bytes));
   if (staged_.bytes + bytes > config_.staged_bytes_max) {
     return absl::ResourceExhaustedError(absl::StrCat(staged_.bytes + bytes,
                                                      " bytes would be staged here; "
@@ -210,6 +212,7 @@ void Node::PrepareStaged(RequestId r, const v1::PrepareRequest& req, int64_t now
                 absl::StrCat("nothing staged for txn ", id, " on ", config_.participant_id,
                              " (expired or lost in a restart)"));
   }
+  if (std::string old = TooOld(req, now_ms); !old.empty()) return Vote(r, v1::NO, std::move(old));
   const uint32_t have = static_cast<uint32_t>(st->second.ops.size());
   if (req.staged_ops() != 0 && req.staged_ops() != have) {
     std::string reason =
@@ -218,7 +221,7 @@ void Node::PrepareStaged(RequestId r, const v1::PrepareRequest& req, int64_t now
     DropStaged(id, now_ms, "the client staged another count");
     return Vote(r, v1::NO, std::move(reason));
   }
-  s = CheckPreparedRoom();
+  s = CheckPreparedRoom(st->second.bytes);
   if (!s.ok()) return Fail({ReplyKind::kPrepare, r}, s);
   // The pins pass from the staged work to the prepared transaction.
   ReleaseStaged(id, st->second, false, now_ms);

@@ -98,6 +98,31 @@ TEST_F(ParticipantCoreTest, StagePinsAcksAndPrepareTakesExactlyTheStagedOps) {
   EXPECT_TRUE(absl::StrContains(after.message(), "already committed")) << after;
 }
 
+// --txn_bytes_max bounds what one transaction stages over all its batches;
+// the Prepare that takes staged work counts it against --prepared_bytes_max.
+TEST_F(ParticipantCoreTest, StagedBytesCountAgainstTheTransactionAndPreparedBounds) {
+  config_.txn_bytes_max = 8;
+  config_.prepared_bytes_max = 12;
+  Start();
+  CreateQueue("q");
+  const int64_t exp = now_ + 5000;
+  ASSERT_TRUE(core_->Stage(StageReq("s1", {EnqueueOp("q", "12345")}, exp, 1), now_).ok());
+  absl::Status s = core_->Stage(StageReq("s1", {EnqueueOp("q", "1234")}, exp, 2), now_).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(),
+            "transaction s1 would stage 9 bytes of messages; at most --txn_bytes_max=8");
+  ASSERT_TRUE(core_->Stage(StageReq("s1", {EnqueueOp("q", "123")}, exp, 2), now_).ok());
+  ASSERT_TRUE(core_->Stage(StageReq("s2", {EnqueueOp("q", "12345")}, exp, 1), now_).ok());
+  EXPECT_EQ(Prepare(StagedPrepareReq("s1", 2)).vote(), v1::YES);  // 8 of 12
+  core_->Prepare(60, StagedPrepareReq("s2", 1), now_);
+  const absl::Status full = StatusOf(Collect(), 60);
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(full.message(), "--prepared_bytes_max=12")) << full;
+  EXPECT_EQ(core_->staged_transactions(), 1u);  // s2 stays staged
+  EXPECT_EQ(Commit("s1").size(), 2u);
+  EXPECT_EQ(Prepare(StagedPrepareReq("s2", 1)).vote(), v1::YES);
+}
+
 TEST_F(ParticipantCoreTest, StageRefusesBadOpsAndLimitsAndStagesNothing) {
   config_.staged_txns_max = 1;
   config_.ops_per_txn_max = 2;

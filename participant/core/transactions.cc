@@ -25,6 +25,8 @@ std::vector<Waiter> WaitersFor(std::optional<Waiter> w) {
 void Node::EraseTxn(const std::string& id) {
   auto it = txns_.find(id);
   ATOMQ_CHECK(it != txns_.end(), "erasing a known transaction");
+  ATOMQ_CHECK(prepared_bytes_ >= it->second.bytes, "prepared bytes add up");
+  prepared_bytes_ -= it->second.bytes;
   timers_.erase(it->second.timer_id);
   txns_.erase(it);
 }
@@ -69,8 +71,24 @@ absl::Status Node::ValidatePrepare(const v1::PrepareRequest& req) const {
   return absl::OkStatus();
 }
 
+std::string Node::TooOld(const v1::PrepareRequest& req, int64_t now_ms) const {
+  const int64_t age = now_ms - req.created_unix_ms();
+  if (req.created_unix_ms() == 0 || age <= static_cast<int64_t>(config_.retention_ms / 2)) {
+    return "";
+  }
+  return absl::StrCat("the Prepare is ", age,
+                      " ms old, older than half of --retention_ms=", config_.retention_ms,
+                      " (a presumed abort of the id may be forgotten)");
+}
+
 std::string Node::CheckOps(const v1::PrepareRequest& req, int64_t now_ms) {
+  if (std::string old = TooOld(req, now_ms); !old.empty()) return old;
   if (absl::Status s = CheckOpCount(static_cast<uint64_t>(req.ops_size()), config_.ops_per_txn_max);
+      !s.ok()) {
+    return std::string(s.message());
+  }
+  if (absl::Status s =
+          CheckTxnBytes(message_limits(), "the transaction has ", EnqueueBytes(req.ops()));
       !s.ok()) {
     return std::string(s.message());
   }
@@ -111,9 +129,9 @@ std::string Node::CheckOps(const v1::PrepareRequest& req, int64_t now_ms) {
     if (m->second.lease_token.empty()) {
       return absl::StrCat("message ", msg, " is not leased (stale lease token)");
     }
-    if (m->second.lease_token != a.lease_token()) {
-      return absl::StrCat("lease token \"", a.lease_token(), "\" is not the current lease of ", msg,
-                          " (stale or foreign token)");
+    if (!CurrentLease(m->second, a.lease_token())) {
+      return absl::StrCat("lease token \"", Clip(a.lease_token(), kLeaseTokenEcho),
+                          "\" is not the current lease of ", msg, " (stale or foreign token)");
     }
     if (Expired(m->second, now_ms)) {
       return absl::StrCat("lease on ", msg, " expired at ", m->second.lease_expires_ms,
@@ -134,7 +152,7 @@ void Node::Prepare(RequestId r, const v1::PrepareRequest& req, int64_t now_ms) {
   if (req.ops_size() == 0 && req.protocol() != v1::THREE_PC) return Vote(r, v1::READ_ONLY);
   std::string reason = CheckOps(req, now_ms);
   if (!reason.empty()) return Vote(r, v1::NO, std::move(reason));
-  s = CheckPreparedRoom();
+  s = CheckPreparedRoom(EnqueueBytes(req.ops()));
   if (!s.ok()) return Fail({ReplyKind::kPrepare, r}, s);
   StartPrepare({ReplyKind::kPrepare, r}, AddTxn(req, req.ops(), now_ms));
 }
@@ -171,10 +189,17 @@ bool Node::AnswerRepeatedPrepare(RequestId r, const std::string& id,
   return true;
 }
 
-absl::Status Node::CheckPreparedRoom() const {
-  if (txns_.size() < config_.prepared_max) return absl::OkStatus();
-  return absl::ResourceExhaustedError(absl::StrCat(
-      txns_.size(), " transactions prepared here; --prepared_max=", config_.prepared_max));
+absl::Status Node::CheckPreparedRoom(uint64_t bytes) const {
+  if (txns_.size() >= config_.prepared_max) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        txns_.size(), " transactions prepared here; --prepared_max=", config_.prepared_max));
+  }
+  if (prepared_bytes_ + bytes > config_.prepared_bytes_max) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(prepared_bytes_, " bytes of messages prepared here and ", bytes,
+                     " more would pass --prepared_bytes_max=", config_.prepared_bytes_max));
+  }
+  return absl::OkStatus();
 }
 
 Txn& Node::AddTxn(const v1::PrepareRequest& req, google::protobuf::RepeatedPtrField<v1::Op> ops,
@@ -378,12 +403,21 @@ void Node::AnswerAborted(const Waiter& w, const CachedOutcome& o) {
   Answer(w.request, absl::OkStatus(), v1::AbortResponse());
 }
 
+// The record is forgettable from the start (a kForgettableDb entry in the
+// same batch): no coordinator will send an END notice for an id it may
+// never have heard of, and a stranger's questions must not grow storage
+// for good. It goes after --retention_ms. Whoever asks about a real
+// transaction asks after its Prepares were sent, so a Prepare arriving
+// after that is older than half the window and TooOld refuses it
+// (docs/design.md section 3.11).
 void Node::PresumeAbort(const Waiter& w, const std::string& id, int64_t now_ms) {
   v1::OutcomeRecord o;
   o.set_txn_id(id);
   o.set_state(v1::STATE_ABORTED);
   o.set_decided_unix_ms(now_ms);
-  uint64_t token = Submit({Put(kOutcomesDb, id, o)}, PresumedAbortBatch{{{w}}, id, ""});
+  uint64_t token = Submit({Put(kOutcomesDb, id, o),
+                           Write{kForgettableDb, schema::ForgettableKey(now_ms, id), "", false}},
+                          PresumedAbortBatch{{{w}}, id, ""});
   outcomes_.Remember(std::move(o), token);
 }
 

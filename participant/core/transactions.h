@@ -46,6 +46,7 @@ struct Txn {
   v1::OutcomeRecord outcome;        // what the commit or abort in flight writes
   uint32_t enqueues = 0;
   uint32_t acks = 0;
+  uint64_t bytes = 0;  // EnqueueBytes of its ops, counted against --prepared_bytes_max
   // In doubt.
   bool in_doubt = false;
   bool ask_peers = false;

@@ -119,14 +119,28 @@ void Checker::OnPut(const std::string& node, const std::string& db, const std::s
     }
     auto [it, fresh] = payloads_.emplace(std::make_pair(node, m.payload()), key);
     if (!fresh && it->second != key) {
-      Violation(m.txn_id(), absl::StrCat("duplicate: payload \"", m.payload(), "\" enqueued twice on ",
-                                         node));
+      Violation(m.txn_id(),
+                absl::StrCat("duplicate: payload \"", m.payload(), "\" enqueued twice on ", node));
     }
     committed_messages_[{node, key}] = m.txn_id();
   }
 }
 
 void Checker::OnErase(const std::string& node, const std::string& db, const std::string& key) {
+  if (db == participant::kOutcomesDb) {
+    // A collected ABORTED outcome (a presumed abort, or one after its END)
+    // lets the id run anew at that node, but only while no coordinator
+    // decided the id commit: the decision then stands and a later outcome
+    // must agree with it.
+    auto t = txns_.find(key);
+    if (t == txns_.end()) return;
+    auto o = t->second.outcomes.find(node);
+    if (o != t->second.outcomes.end() && o->second == v1::STATE_ABORTED &&
+        !t->second.coordinator_commit.value_or(false)) {
+      t->second.outcomes.erase(o);
+    }
+    return;
+  }
   if (db != participant::kMessagesDb) return;
   auto it = committed_messages_.find({node, key});
   if (it == committed_messages_.end()) return;
@@ -276,7 +290,8 @@ void Checker::AfterStep() {
       }
     }
     if (commit && abort) {
-      Violation(id, absl::StrCat("agreement: committed at ", who_commit, ", aborted at ", who_abort));
+      Violation(id,
+                absl::StrCat("agreement: committed at ", who_commit, ", aborted at ", who_abort));
     }
     if (commit) {
       // Validity: every participant voted YES, i.e. made PREPARED durable;
@@ -344,8 +359,8 @@ void Checker::CheckAllDecided() {
             !o && known != t.outcomes.end() && known->second == v1::STATE_COMMITTED;
         if (!collected && (!o || o->state() != v1::STATE_COMMITTED)) {
           violations_.push_back(absl::StrCat("txn ", id,
-                                             ": durability: the client was told COMMITTED but ",
-                                             p, " has no COMMITTED outcome"));
+                                             ": durability: the client was told COMMITTED but ", p,
+                                             " has no COMMITTED outcome"));
           break;
         }
       }

@@ -30,6 +30,8 @@ class Checker {
   // A write that became durable on `node` (applied in batch order).
   void OnPut(const std::string& node, const std::string& db, const std::string& key,
              const std::string& value);
+  // An erase that became durable on `node`: a committed message must never
+  // go; a collected ABORTED outcome lets its id run anew there.
   void OnErase(const std::string& node, const std::string& db, const std::string& key);
 
   // Replies as a core releases them, checked against the node's disk.
@@ -78,8 +80,8 @@ class Checker {
     // Participants whose COMMITTED outcome came from a one-phase Prepare
     // (OutcomeRecord.one_phase): valid only as the single participant.
     std::set<std::string> one_phase;
-    std::optional<bool> coordinator_commit;        // the coordinator's durable decision
-    bool staged = false;  // a parallel commit's PREPARING record became durable
+    std::optional<bool> coordinator_commit;  // the coordinator's durable decision
+    bool staged = false;                     // a parallel commit's PREPARING record became durable
     std::optional<v1::Outcome> told;
     bool reported = false;  // one violation line per transaction is enough
   };

@@ -28,8 +28,8 @@ const char* const kParticipants[] = {"p1", "p2", "p3"};
 constexpr int kParticipantCount = 3;
 
 // Simulated milliseconds.
-constexpr int64_t kChaosMs = 3000;        // faults happen only before this
-constexpr int64_t kIssueMs = 1500;        // the client starts transactions before this
+constexpr int64_t kChaosMs = 3000;  // faults happen only before this
+constexpr int64_t kIssueMs = 1500;  // the client starts transactions before this
 constexpr int64_t kMajorityPhaseMs = 8000;
 constexpr int64_t kHealedPhaseMs = 15000;
 constexpr int64_t kRpcTimeoutMs = 300;
@@ -53,6 +53,18 @@ class Rng {
   std::mt19937_64 gen_;
 };
 
+// Lease tokens for a node's incarnation, from the run's seed: a replay
+// makes the same ones, and drawing them leaves the run's other choices be.
+std::function<void(uint8_t*, size_t)> SeededBytes(uint64_t seed, const std::string& node,
+                                                  uint64_t incarnation) {
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a of the node id
+  for (unsigned char c : node) h = (h ^ c) * 0x100000001b3ull;
+  auto gen = std::make_shared<std::mt19937_64>(seed ^ h ^ (incarnation * 0x9E3779B97F4A7C15ull));
+  return [gen](uint8_t* out, size_t n) {
+    for (size_t i = 0; i < n; ++i) out[i] = static_cast<uint8_t>((*gen)() >> 56);
+  };
+}
+
 enum class Kind {
   kPrepare,
   kPreCommit,
@@ -67,15 +79,24 @@ enum class Kind {
 
 const char* KindName(Kind k) {
   switch (k) {
-    case Kind::kPrepare: return "Prepare";
-    case Kind::kPreCommit: return "PreCommit";
-    case Kind::kCommit: return "Commit";
-    case Kind::kAbort: return "Abort";
-    case Kind::kQuery: return "QueryState";
-    case Kind::kPromise: return "Promise";
-    case Kind::kAccept: return "Accept";
-    case Kind::kExecute: return "Execute";
-    case Kind::kForget: return "Forget";
+    case Kind::kPrepare:
+      return "Prepare";
+    case Kind::kPreCommit:
+      return "PreCommit";
+    case Kind::kCommit:
+      return "Commit";
+    case Kind::kAbort:
+      return "Abort";
+    case Kind::kQuery:
+      return "QueryState";
+    case Kind::kPromise:
+      return "Promise";
+    case Kind::kAccept:
+      return "Accept";
+    case Kind::kExecute:
+      return "Execute";
+    case Kind::kForget:
+      return "Forget";
   }
   return "?";
 }
@@ -91,8 +112,8 @@ struct Request {
 
 struct Answer {
   absl::Status status;
-  participant::ReplyBody body;  // from a participant
-  v1::ExecuteResponse execute;  // from the coordinator's Execute
+  participant::ReplyBody body;                     // from a participant
+  v1::ExecuteResponse execute;                     // from the coordinator's Execute
   v1::TxnState state = v1::TXN_STATE_UNSPECIFIED;  // from the coordinator's QueryState
 };
 
@@ -157,8 +178,7 @@ class ParticipantView : public participant::DurableView {
   std::optional<v1::OutcomeRecord> FindOutcome(const std::string& txn_id) const override {
     return Lookup<v1::OutcomeRecord>(n_->disk, participant::kOutcomesDb, txn_id);
   }
-  absl::StatusOr<std::vector<uint64_t>> ScanMessages(uint64_t queue_id, uint64_t from,
-                                                     uint64_t to,
+  absl::StatusOr<std::vector<uint64_t>> ScanMessages(uint64_t queue_id, uint64_t from, uint64_t to,
                                                      uint32_t limit) const override {
     std::vector<uint64_t> seqs;
     auto d = n_->disk.find(participant::kMessagesDb);
@@ -200,7 +220,8 @@ class Sim {
   // Runs events until `until`; false when none is left.
   void RunUntil(int64_t until);
   void Trace(const std::string& line) {
-    if (options_.verbose) std::fprintf(stderr, "%8lld %s\n", static_cast<long long>(now_), line.c_str());
+    if (options_.verbose)
+      std::fprintf(stderr, "%8lld %s\n", static_cast<long long>(now_), line.c_str());
   }
 
   Node& node(const std::string& id) {
@@ -312,8 +333,9 @@ void Sim::Rpc(const std::string& from, const std::string& to, Request req, int64
                          : ""));
   auto shared = std::make_shared<Request>(std::move(req));
   Deliver(from, to, [this, to, id, shared] { Handle(to, id, *shared); });
-  At(now_ + timeout_ms,
-     [this, id] { Complete(id, Answer{absl::DeadlineExceededError("rpc deadline"), {}, {}, {}}); });
+  At(now_ + timeout_ms, [this, id] {
+    Complete(id, Answer{absl::DeadlineExceededError("rpc deadline"), {}, {}, {}});
+  });
 }
 
 void Sim::Complete(uint64_t id, const Answer& a) {
@@ -341,15 +363,30 @@ void Sim::Handle(const std::string& to, uint64_t call, const Request& req) {
   } else {
     ParticipantCore& c = *n.participant;
     switch (req.kind) {
-      case Kind::kPrepare: c.Prepare(rid, req.prepare, now_); break;
-      case Kind::kPreCommit: c.PreCommit(rid, req.txn_id, now_); break;
-      case Kind::kCommit: c.Commit(rid, req.txn_id, now_); break;
-      case Kind::kAbort: c.Abort(rid, req.txn_id, now_); break;
-      case Kind::kQuery: c.QueryState(rid, req.txn_id, now_); break;
-      case Kind::kPromise: c.Promise(rid, req.txn_id, req.ballot, now_); break;
-      case Kind::kAccept: c.Accept(rid, req.txn_id, req.ballot, req.value, now_); break;
+      case Kind::kPrepare:
+        c.Prepare(rid, req.prepare, now_);
+        break;
+      case Kind::kPreCommit:
+        c.PreCommit(rid, req.txn_id, now_);
+        break;
+      case Kind::kCommit:
+        c.Commit(rid, req.txn_id, now_);
+        break;
+      case Kind::kAbort:
+        c.Abort(rid, req.txn_id, now_);
+        break;
+      case Kind::kQuery:
+        c.QueryState(rid, req.txn_id, now_);
+        break;
+      case Kind::kPromise:
+        c.Promise(rid, req.txn_id, req.ballot, now_);
+        break;
+      case Kind::kAccept:
+        c.Accept(rid, req.txn_id, req.ballot, req.value, now_);
+        break;
       case Kind::kExecute:
-      case Kind::kForget: break;
+      case Kind::kForget:
+        break;
     }
   }
   Drain(n);
@@ -404,7 +441,9 @@ void Sim::Boot(Node& n) {
     c.resend_max_ms = 200;
     c.queue_memory_window = queue_memory_window_;
     c.retention_ms = retention_ms_;
-    if (options_.plant == Plant::kLeaderIgnoresAccepted || options_.plant == Plant::kForgetBeforeEnd) {
+    c.random_bytes = SeededBytes(options_.seed, n.id, n.incarnation);
+    if (options_.plant == Plant::kLeaderIgnoresAccepted ||
+        options_.plant == Plant::kForgetBeforeEnd) {
       c.plant = options_.plant;
     }
     n.participant_view = std::make_unique<ParticipantView>(&n);
@@ -536,13 +575,27 @@ void Sim::DrainCoordinator(Node& n) {
         req.kind = Kind::kPrepare;
         req.prepare = std::move(m.prepare);
         break;
-      case coordinator::MsgType::kPreCommit: req.kind = Kind::kPreCommit; break;
-      case coordinator::MsgType::kCommit: req.kind = Kind::kCommit; break;
-      case coordinator::MsgType::kAbort: req.kind = Kind::kAbort; break;
-      case coordinator::MsgType::kPromise: req.kind = Kind::kPromise; break;
-      case coordinator::MsgType::kAccept: req.kind = Kind::kAccept; break;
-      case coordinator::MsgType::kForget: req.kind = Kind::kForget; break;
-      case coordinator::MsgType::kQuery: req.kind = Kind::kQuery; break;
+      case coordinator::MsgType::kPreCommit:
+        req.kind = Kind::kPreCommit;
+        break;
+      case coordinator::MsgType::kCommit:
+        req.kind = Kind::kCommit;
+        break;
+      case coordinator::MsgType::kAbort:
+        req.kind = Kind::kAbort;
+        break;
+      case coordinator::MsgType::kPromise:
+        req.kind = Kind::kPromise;
+        break;
+      case coordinator::MsgType::kAccept:
+        req.kind = Kind::kAccept;
+        break;
+      case coordinator::MsgType::kForget:
+        req.kind = Kind::kForget;
+        break;
+      case coordinator::MsgType::kQuery:
+        req.kind = Kind::kQuery;
+        break;
     }
     const Kind kind = req.kind;
     const std::string txn = m.txn_id, p = m.participant;
@@ -559,7 +612,9 @@ void Sim::DrainCoordinator(Node& n) {
                                                 : a.status,
                                   now_);
               break;
-            case Kind::kPreCommit: core.OnPreCommitReply(txn, p, a.status, now_); break;
+            case Kind::kPreCommit:
+              core.OnPreCommitReply(txn, p, a.status, now_);
+              break;
             case Kind::kCommit:
               core.OnCommitReply(txn, p,
                                  a.status.ok() ? absl::StatusOr<v1::CommitResponse>(
@@ -567,7 +622,9 @@ void Sim::DrainCoordinator(Node& n) {
                                                : a.status,
                                  now_);
               break;
-            case Kind::kAbort: core.OnAbortReply(txn, p, a.status, now_); break;
+            case Kind::kAbort:
+              core.OnAbortReply(txn, p, a.status, now_);
+              break;
             case Kind::kQuery:
               core.OnQueryReply(txn, p,
                                 a.status.ok() ? absl::StatusOr<v1::QueryStateResponse>(
@@ -651,10 +708,18 @@ void Sim::DrainParticipant(Node& n) {
     req.ballot = m.ballot;
     req.value = m.value;
     switch (m.type) {
-      case participant::PeerMsgType::kPromise: req.kind = Kind::kPromise; break;
-      case participant::PeerMsgType::kAccept: req.kind = Kind::kAccept; break;
-      case participant::PeerMsgType::kCommit: req.kind = Kind::kCommit; break;
-      case participant::PeerMsgType::kAbort: req.kind = Kind::kAbort; break;
+      case participant::PeerMsgType::kPromise:
+        req.kind = Kind::kPromise;
+        break;
+      case participant::PeerMsgType::kAccept:
+        req.kind = Kind::kAccept;
+        break;
+      case participant::PeerMsgType::kCommit:
+        req.kind = Kind::kCommit;
+        break;
+      case participant::PeerMsgType::kAbort:
+        req.kind = Kind::kAbort;
+        break;
     }
     const Kind kind = req.kind;
     const std::string txn = m.txn_id, target = m.target;
@@ -663,11 +728,12 @@ void Sim::DrainParticipant(Node& n) {
         [this, self, kind, txn, target, ballot](const Answer& a) {
           Node& me = node(self);
           if (kind == Kind::kPromise) {
-            me.participant->OnPromiseReply(txn, target, ballot,
-                                           a.status.ok() ? absl::StatusOr<v1::PromiseResponse>(
-                                                               std::get<v1::PromiseResponse>(a.body))
-                                                         : a.status,
-                                           now_);
+            me.participant->OnPromiseReply(
+                txn, target, ballot,
+                a.status.ok()
+                    ? absl::StatusOr<v1::PromiseResponse>(std::get<v1::PromiseResponse>(a.body))
+                    : a.status,
+                now_);
           } else if (kind == Kind::kAccept) {
             me.participant->OnAcceptReply(txn, target, ballot,
                                           a.status.ok() ? absl::StatusOr<v1::AcceptResponse>(
@@ -968,19 +1034,21 @@ const std::vector<std::string>& Plants() { return PlantNames(); }
 
 const char* ModeName(ProtocolMode mode) {
   switch (mode) {
-    case ProtocolMode::k2pc: return "2pc";
-    case ProtocolMode::k3pc: return "3pc";
-    case ProtocolMode::kMixed: return "mixed";
+    case ProtocolMode::k2pc:
+      return "2pc";
+    case ProtocolMode::k3pc:
+      return "3pc";
+    case ProtocolMode::kMixed:
+      return "mixed";
   }
   return "?";
 }
 
 std::string ReplayCommand(const Options& options) {
-  return absl::StrCat("build/bin/atomq-sim --seed=", options.seed,
-                      " --protocol=", ModeName(options.mode),
-                      options.plant == Plant::kNone ? ""
-                                                   : absl::StrCat(" --plant=", PlantName(options.plant)),
-                      " --verbose");
+  return absl::StrCat(
+      "build/bin/atomq-sim --seed=", options.seed, " --protocol=", ModeName(options.mode),
+      options.plant == Plant::kNone ? "" : absl::StrCat(" --plant=", PlantName(options.plant)),
+      " --verbose");
 }
 
 }  // namespace atomq::sim
