@@ -303,10 +303,10 @@ void AwaitCollected(Cluster& c, double erased) {
 }
 
 // 20,000 QueryState calls on made-up ids once grew both data files by 10 MB
-// for good. Now what they record goes after --retention_ms: a second round
-// reuses the space of the first, and in the end no record is left.
+// for good. Now what they record goes after --retention_ms: later rounds
+// reuse the space of the first ones, and in the end no record is left.
 TEST(LimitsTest, QuestionsAboutMadeUpIdsLeaveNothingAfterRetention) {
-  constexpr int kIds = 20000;
+  constexpr int kIds = 10000;
   ClusterOptions opts;
   opts.participants = 1;
   opts.participant_metrics = true;
@@ -327,9 +327,14 @@ TEST(LimitsTest, QuestionsAboutMadeUpIdsLeaveNothingAfterRetention) {
 
   AskAbout(c, "made-up-b-", kIds);
   AwaitCollected(c, 2 * kIds);
-  // Freed pages are used again: the second round grows the file far less
-  // than the 10 MB such calls once left for good.
-  EXPECT_LE(FileBytes(participant_file), participant_after_one * 3 / 2);
+  const int64_t participant_after_two = FileBytes(participant_file);
+  AskAbout(c, "made-up-c-", kIds);
+  AwaitCollected(c, 3 * kIds);
+  // Freed pages are used again, though LMDB reuses them a little late and
+  // unevenly (seen: 1.0 to 1.6 times the first round's file after three).
+  // Records never collected would make three rounds about three times one.
+  EXPECT_LE(FileBytes(participant_file), participant_after_one * 2)
+      << "after one round " << participant_after_one << ", after two " << participant_after_two;
 
   c.KillCoordinator();
   c.KillParticipant(1);
