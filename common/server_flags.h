@@ -11,6 +11,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
 #include "atomq/v1/records.pb.h"
+#include "common/access.h"
 #include "common/metrics.h"
 #include "common/storage.h"
 #include "common/tls.h"
@@ -28,6 +29,7 @@ struct ServerFlags {
   bool metrics_remote = false;       // --metrics_allow_remote
   std::string cluster_id = "atomq";  // --cluster_id
   bool init = false;                 // --init
+  AccessFlags access;                // --roles_file, --tokens_file, --allow_anyone, --token_file
 };
 
 // Registers an option whose value `check` validates and whose default shows
@@ -40,7 +42,7 @@ CLI::Option* AddCheckedFlag(CLI::App& app, const std::string& name, T& value,
 
 // Registers --id, --listen, --data_dir, --metrics_listen, --lmdb_map_size_mb,
 // --lazy_write_delay_ms, --group_commit_batches_max, --message_bytes_max,
-// --cluster_id and --init.
+// --cluster_id, --init and the access flags (common/access.h).
 void AddServerFlags(CLI::App& app, ServerFlags* flags, const std::string& id_help,
                     const std::string& data_dir_help);
 
@@ -62,10 +64,12 @@ void AddRetentionFlags(CLI::App& app, const std::string& what, uint64_t* retenti
 
 struct Store {
   std::unique_ptr<Storage> storage;
-  v1::MetaRecord meta;  // with this start's boot count
+  v1::MetaRecord meta;                   // with this start's boot count
+  std::shared_ptr<const Access> access;  // from the access flags
 };
 
-// Validates --id, the TLS flags and --metrics_listen, opens the LMDB environment with `dbs`, checks
+// Validates --id, the TLS flags and --metrics_listen, loads the access flags
+// (LoadAccess, common/access.h: the dial token too), opens the LMDB environment with `dbs`, checks
 // (or on a first start writes) the directory's identity in `meta_db` and raises the boot count
 // (common/identity.h). The error message is ready to print.
 absl::StatusOr<Store> OpenStore(ServerFlags& flags, std::vector<std::string> dbs,

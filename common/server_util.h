@@ -25,7 +25,7 @@ grpc::Status ToGrpc(const absl::Status& s);
 absl::Status FromGrpc(const grpc::Status& s);
 
 // Channels by address, created on first use and kept, dialled with
-// DialCredentials() (common/tls.h).
+// DialChannel (common/bearer.h): DialCredentials() and the dial token.
 class ChannelCache {
  public:
   std::shared_ptr<grpc::Channel> Get(const std::string& address);

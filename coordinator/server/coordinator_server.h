@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "atomq/v1/coordinator.grpc.pb.h"
 #include "atomq/v1/participant.grpc.pb.h"
+#include "common/access.h"
 #include "common/clock.h"
 #include "common/core_driver.h"
 #include "common/periodic_sweep.h"
@@ -43,6 +44,8 @@ struct ServerOptions {
   // --stream_in_flight_max: unanswered transactions of one ExecuteStream call
   // before the coordinator stops reading it (the client's back-pressure).
   uint32_t stream_in_flight_max = 10000;
+  // Who may make which call (--roles_file, common/access.h); null: everyone.
+  std::shared_ptr<const Access> access;
 };
 
 class CoordinatorServer final : public v1::Coordinator::CallbackService {

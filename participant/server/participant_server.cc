@@ -69,6 +69,18 @@ std::function<void(const Reply&)> ReplyTo(grpc::ServerUnaryReactor* reactor, Res
   };
 }
 
+// `deliver`, after an audit line of the admin action (common/access.h) and
+// its result.
+std::function<void(const Reply&)> Audited(std::function<void(const Reply&)> deliver,
+                                          std::string who, std::string action, AuditFields fields) {
+  return [deliver = std::move(deliver), who = std::move(who), action = std::move(action),
+          fields = std::move(fields)](const Reply& r) mutable {
+    fields.emplace_back("result", r.status.ok() ? "OK" : r.status.ToString());
+    Audit(who, action, fields);
+    deliver(r);
+  };
+}
+
 bool WritesRecord(const Batch& batch, const char* db, v1::TxnState state) {
   for (const Write& w : batch.writes) {
     if (w.db != db || w.erase) continue;
@@ -158,9 +170,16 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
  public:
   explicit TxnService(ParticipantNode* node) : node_(node) {}
 
+  // Answers and returns true unless the caller holds `role` (common/access.h).
+  bool Refuse(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor,
+              const char* method, Role role) {
+    return Refused(reactor, node_->options_.access->Check(*ctx, method, {role}));
+  }
+
   grpc::ServerUnaryReactor* Prepare(grpc::CallbackServerContext* ctx, const v1::PrepareRequest* req,
                                     v1::PrepareResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.Prepare", Role::kPeer)) return reactor;
     auto deliver = ReplyTo(reactor, resp);
     RequestId rid = node_->replies_.Expect([deliver](const Reply& r) {
       const auto* vote = std::get_if<v1::PrepareResponse>(&r.body);
@@ -175,6 +194,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* PreCommit(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
                                       v1::PreCommitResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.PreCommit", Role::kPeer)) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.PreCommit(rid, req->txn_id(), node_->clock_.NowMs()); });
@@ -183,6 +203,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Commit(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
                                    v1::CommitResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.Commit", Role::kPeer)) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.Commit(rid, req->txn_id(), node_->clock_.NowMs()); });
@@ -191,6 +212,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
                                   v1::AbortResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.Abort", Role::kPeer)) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.Abort(rid, req->txn_id(), node_->clock_.NowMs()); });
@@ -199,6 +221,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* QueryState(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
                                        v1::QueryStateResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.QueryState", Role::kPeer)) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.QueryState(rid, req->txn_id(), node_->clock_.NowMs()); });
@@ -207,6 +230,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Promise(grpc::CallbackServerContext* ctx, const v1::PromiseRequest* req,
                                     v1::PromiseResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.Promise", Role::kPeer)) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) {
       c.Promise(rid, req->txn_id(), req->ballot(), node_->clock_.NowMs());
@@ -216,6 +240,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Accept(grpc::CallbackServerContext* ctx, const v1::AcceptRequest* req,
                                    v1::AcceptResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.Accept", Role::kPeer)) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) {
       c.Accept(rid, req->txn_id(), req->ballot(), req->value(), node_->clock_.NowMs());
@@ -225,6 +250,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Batch(grpc::CallbackServerContext* ctx, const v1::BatchRequest* req,
                                   v1::BatchResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.Batch", Role::kPeer)) return reactor;
     const int n = req->items_size();
     if (n > static_cast<int>(node_->options_.batch_items_max)) {
       reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -264,8 +290,11 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Stage(grpc::CallbackServerContext* ctx, const v1::StageRequest* req,
                                   v1::StageResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    absl::StatusOr<std::string> who =
+        node_->options_.access->CheckOps(*ctx, "ParticipantTxn.Stage", req->ops());
+    if (Refused(reactor, who)) return reactor;
     absl::StatusOr<v1::StageResponse> r;
-    node_->WithCore([&](ParticipantCore& c) { r = c.Stage(*req, node_->clock_.NowMs()); });
+    node_->WithCore([&](ParticipantCore& c) { r = c.Stage(*req, node_->clock_.NowMs(), *who); });
     if (r.ok()) *resp = std::move(*r);
     reactor->Finish(ToGrpc(r.status()));
     return reactor;
@@ -275,6 +304,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
                                              const v1::ListParticipantTxnsRequest* req,
                                              v1::ListParticipantTxnsResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.ListTransactions", Role::kOperator)) return reactor;
     std::vector<v1::ParticipantTxnInfo> list;
     std::vector<v1::HeuristicOutcome> heuristic;
     node_->core_.Inspect([&](const ParticipantCore& c) {
@@ -291,7 +321,13 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Resolve(grpc::CallbackServerContext* ctx, const v1::ResolveRequest* req,
                                     v1::ResolveResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
+    absl::StatusOr<std::string> who =
+        node_->options_.access->Check(*ctx, "ParticipantTxn.Resolve", {Role::kOperator});
+    if (Refused(reactor, who)) return reactor;
+    RequestId rid = node_->replies_.Expect(Audited(ReplyTo(reactor, resp), *who, "resolve",
+                                                   {{"txn", req->txn_id()},
+                                                    {"outcome", v1::Outcome_Name(req->outcome())},
+                                                    {"note", req->operator_note()}}));
     node_->WithCore([&](ParticipantCore& c) { c.Resolve(rid, *req, node_->clock_.NowMs()); });
     return reactor;
   }
@@ -304,11 +340,22 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
  public:
   explicit QueueService(ParticipantNode* node) : node_(node) {}
 
+  // Answers and returns true unless the caller holds `role` on `queue`.
+  bool Refuse(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor,
+              const char* method, Role role, const std::string& queue) {
+    return Refused(reactor, node_->options_.access->Check(*ctx, method, {role}, queue));
+  }
+
   grpc::ServerUnaryReactor* CreateQueue(grpc::CallbackServerContext* ctx,
                                         const v1::CreateQueueRequest* req,
                                         v1::CreateQueueResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
+    absl::StatusOr<std::string> who =
+        node_->options_.access->Check(*ctx, "Queue.CreateQueue", {Role::kOperator});
+    if (Refused(reactor, who)) return reactor;
+    RequestId rid = node_->replies_.Expect(
+        Audited(ReplyTo(reactor, resp), *who, "create-queue",
+                {{"queue", req->name()}, {"dead_letter_queue", req->dead_letter_queue()}}));
     node_->WithCore([&](ParticipantCore& c) { c.CreateQueue(rid, *req, node_->clock_.NowMs()); });
     return reactor;
   }
@@ -316,7 +363,11 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
                                         const v1::DeleteQueueRequest* req,
                                         v1::DeleteQueueResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
+    absl::StatusOr<std::string> who =
+        node_->options_.access->Check(*ctx, "Queue.DeleteQueue", {Role::kOperator});
+    if (Refused(reactor, who)) return reactor;
+    RequestId rid = node_->replies_.Expect(
+        Audited(ReplyTo(reactor, resp), *who, "delete-queue", {{"queue", req->name()}}));
     node_->WithCore(
         [&](ParticipantCore& c) { c.DeleteQueue(rid, req->name(), node_->clock_.NowMs()); });
     return reactor;
@@ -325,6 +376,8 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
                                        const v1::ListQueuesRequest* req,
                                        v1::ListQueuesResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refused(reactor, node_->options_.access->Identify(*ctx, "Queue.ListQueues")))
+      return reactor;
     std::vector<v1::QueueInfo> list =
         node_->core_.Inspect([](const ParticipantCore& c) { return c.ListQueues(); });
     for (v1::QueueInfo& q : list) *resp->add_queues() = std::move(q);
@@ -343,6 +396,7 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
   grpc::ServerUnaryReactor* Nack(grpc::CallbackServerContext* ctx, const v1::NackRequest* req,
                                  v1::NackResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "Queue.Nack", Role::kConsumer, req->queue())) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) { c.Nack(rid, *req, node_->clock_.NowMs()); });
     return reactor;
@@ -350,6 +404,7 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
   grpc::ServerUnaryReactor* Send(grpc::CallbackServerContext* ctx, const v1::SendRequest* req,
                                  v1::SendResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "Queue.Send", Role::kProducer, req->queue())) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) { c.Send(rid, *req, node_->clock_.NowMs()); });
     return reactor;
@@ -357,6 +412,7 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
   grpc::ServerUnaryReactor* Ack(grpc::CallbackServerContext* ctx, const v1::AckRequest* req,
                                 v1::AckResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "Queue.Ack", Role::kConsumer, req->queue())) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) {
       c.Ack(rid, req->queue(), req->sequence(), req->lease_token(), node_->clock_.NowMs());
@@ -383,7 +439,10 @@ ParticipantNode::ParticipantNode(Config config, ServerOptions options, Storage* 
       lease_sweep_(&timers_, &clock_, &stopped_, options.lease_sweep_ms, /*batch_max=*/0, [this] {
         WithCore([&](ParticipantCore& c) { c.ExpireLeases(clock_.NowMs()); });
         return size_t{0};
-      }) {}
+      }) {
+  waiter_shares_ = std::make_unique<IdentityShares>(options.waiters_per_identity_max);
+  subscription_shares_ = std::make_unique<IdentityShares>(options.subscriptions_per_identity_max);
+}
 
 ParticipantNode::~ParticipantNode() { Stop(); }
 
@@ -423,6 +482,7 @@ grpc::Service* ParticipantNode::queue_service() { return queue_service_.get(); }
 absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config config,
                                                                          ServerOptions options,
                                                                          Storage* storage) {
+  if (options.access == nullptr) options.access = Access::Open();
   const uint32_t receive_max = config.receive_max;
   const uint64_t retention_ms = config.retention_ms;
   std::unique_ptr<ParticipantNode> node(new ParticipantNode(std::move(config), options, storage));
