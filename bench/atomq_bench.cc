@@ -30,6 +30,7 @@
 #include "bench/options.h"
 #include "bench/probes.h"
 #include "bench/report.h"
+#include "common/bearer.h"
 
 namespace atomq::bench {
 namespace {
@@ -292,6 +293,9 @@ int main(int argc, char** argv) {
     return atomq::bench::Fail(std::string(st.message()));
   }
   atomq::SetDialCredentials(atomq::ChannelCredentials(o.tls));
+  if (absl::Status st = atomq::SetDialTokenFrom(o.token_file, /*from_env=*/true); !st.ok()) {
+    return atomq::bench::Fail(std::string(st.message()));
+  }
   atomq::bench::CatchStopSignals();
   return atomq::bench::RunBench(o);
 }

@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/bearer.h"
 
 namespace atomq::bench {
 namespace {
@@ -48,7 +49,7 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& addr, int index) {
   // Its own connection: not shared through gRPC's global subchannel pool.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetInt("atomq.bench.channel", index);
-  return grpc::CreateCustomChannel(addr, atomq::DialCredentials(), args);
+  return atomq::DialChannel(addr, args);
 }
 
 void SetDeadline(grpc::ClientContext* ctx, int ms) {

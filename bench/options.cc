@@ -86,6 +86,8 @@ void AddProbeAndServerFlags(CLI::App& app, BenchOptions* o) {
 
 void AddBenchFlags(CLI::App& app, BenchOptions* o) {
   atomq::AddTlsFlags(app, &o->tls, /*server=*/false);
+  app.add_option("--token_file", o->token_file,
+                 "file holding the bearer token sent with every call (default: env ATOMQ_TOKEN)");
   AddClusterFlags(app, o);
   AddWorkloadFlags(app, o);
   AddFileFlags(app, o);

@@ -44,6 +44,7 @@ struct BenchOptions {
   double disk_probe_seconds = 1;
   // How it dials servers it did not spawn (spawned ones speak plaintext).
   atomq::TlsFlags tls;
+  std::string token_file;  // --token_file (else env ATOMQ_TOKEN)
   // Passed on to the spawned servers.
   std::vector<std::string> coordinator_args;
   std::vector<std::string> participant_args;

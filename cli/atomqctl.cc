@@ -4,6 +4,7 @@
 #include "CLI/CLI.hpp"
 #include "cli/commands.h"
 #include "cli/ctl_common.h"
+#include "common/bearer.h"
 
 int main(int argc, char** argv) {
   using namespace atomq::ctl;  // NOLINT: the tool's own namespace
@@ -19,11 +20,15 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--json", g.json, "print JSON instead of a table");
   atomq::AddTlsFlags(app, &g.tls, /*server=*/false);
+  app.add_option("--token_file", g.token_file,
+                 "file holding the bearer token sent with every call (default: env ATOMQ_TOKEN)");
   // Before any command runs: refuse an unasked-for plaintext connection.
   app.parse_complete_callback([&g] {
     absl::Status st = atomq::CheckTlsFlags(g.tls, /*server=*/false);
     if (!st.ok()) throw CLI::ValidationError("TLS", std::string(st.message()));
     atomq::SetDialCredentials(atomq::ChannelCredentials(g.tls));
+    st = atomq::SetDialTokenFrom(g.token_file, /*from_env=*/true);
+    if (!st.ok()) throw CLI::ValidationError("--token_file", std::string(st.message()));
   });
 
   int rc = 0;

@@ -11,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/bearer.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace atomq::ctl {
@@ -29,7 +30,7 @@ int RpcError(const char* what, const grpc::Status& s) {
 std::shared_ptr<grpc::Channel> Connect(const std::string& addr) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
-  return grpc::CreateCustomChannel(addr, DialCredentials(), args);
+  return DialChannel(addr, args);
 }
 
 void SetDeadline(grpc::ClientContext* ctx, const Globals& g) {

@@ -21,6 +21,7 @@ struct Globals {
   uint32_t rpc_timeout_ms = 10000;
   bool json = false;
   TlsFlags tls;
+  std::string token_file;  // --token_file (else env ATOMQ_TOKEN)
 };
 
 // Exit statuses: 0 success (a transaction committed), 1 a transaction
@@ -32,7 +33,7 @@ int Error(const std::string& msg);
 // Prints "atomqctl: WHAT failed: CODE: message"; returns 2.
 int RpcError(const char* what, const grpc::Status& s);
 
-// A channel to `addr` with DialCredentials() (common/tls.h).
+// A channel to `addr` (DialChannel, common/bearer.h: TLS and the token).
 std::shared_ptr<grpc::Channel> Connect(const std::string& addr);
 // The deadline of one call: --rpc_timeout_ms from now.
 void SetDeadline(grpc::ClientContext* ctx, const Globals& g);

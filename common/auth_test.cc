@@ -1,3 +1,5 @@
+// AuthPolicy (common/auth.h), Access and audit lines (common/access.h) and
+// token files (common/bearer.h).
 #include "common/auth.h"
 
 #include <sys/stat.h>
@@ -7,6 +9,9 @@
 #include <fstream>
 
 #include "absl/strings/match.h"
+#include "common/access.h"
+#include "common/bearer.h"
+#include "grpcpp/test/server_context_test_spouse.h"
 #include "gtest/gtest.h"
 
 namespace atomq {
@@ -32,6 +37,14 @@ class AuthTest : public ::testing::Test {
                                  "app producer,consumer orders*,audit\n"
                                  "ops   operator\n"),
                             File("tokens", "app 0123456789abcdef0123\nops fedcba9876543210fedc\n"));
+  }
+  std::shared_ptr<const Access> StandardAccess() {
+    AccessFlags f;
+    f.roles_file = File("roles", "c1 peer\napp producer,consumer orders*\nops operator\n");
+    f.tokens_file = File("tokens", "app 0123456789abcdef0123\nops fedcba9876543210fedc\n");
+    absl::StatusOr<std::shared_ptr<const Access>> a = LoadAccess(f, /*plaintext=*/true);
+    EXPECT_TRUE(a.ok()) << a.status();
+    return a.ok() ? *a : nullptr;
   }
   std::filesystem::path dir_;
 };
@@ -89,6 +102,104 @@ TEST(ConstantTimeEquals, ComparesContentsAndLengths) {
   EXPECT_FALSE(ConstantTimeEquals("abc", "abd"));
   EXPECT_FALSE(ConstantTimeEquals("abc", "abcd"));
   EXPECT_TRUE(ConstantTimeEquals("", ""));
+}
+
+// A call's context carrying `authorization` (none when empty). The spouse
+// holds the metadata the context points into.
+struct Call {
+  explicit Call(const std::string& authorization) {
+    if (!authorization.empty()) spouse.AddClientMetadata("authorization", authorization);
+  }
+  grpc::ServerContext ctx;
+  grpc::testing::ServerContextTestSpouse spouse{&ctx};
+};
+
+TEST_F(AuthTest, RefusalsNameIdentityRoleAndMethod) {
+  std::shared_ptr<const Access> a = StandardAccess();
+  ASSERT_NE(a, nullptr);
+  Call nobody("");
+  absl::StatusOr<std::string> who = a->Check(nobody.ctx, "Queue.Send", {Role::kProducer});
+  EXPECT_EQ(who.status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_TRUE(absl::StrContains(who.status().message(), "Queue.Send")) << who.status();
+  Call wrong("Bearer 0123456789abcdef0124");
+  EXPECT_EQ(a->Check(wrong.ctx, "Queue.Send", {Role::kProducer}).status().code(),
+            absl::StatusCode::kUnauthenticated);
+
+  Call app("Bearer 0123456789abcdef0123");
+  who = a->Check(app.ctx, "Queue.Send", {Role::kProducer}, "orders");
+  ASSERT_TRUE(who.ok()) << who.status();
+  EXPECT_EQ(*who, "app");
+  who = a->Check(app.ctx, "ParticipantTxn.Prepare", {Role::kPeer});
+  EXPECT_EQ(who.status().code(), absl::StatusCode::kPermissionDenied);
+  for (const char* part : {"ParticipantTxn.Prepare", "peer", "app"}) {
+    EXPECT_TRUE(absl::StrContains(who.status().message(), part)) << who.status();
+  }
+  who = a->Check(app.ctx, "Coordinator.GetTransaction", {Role::kProducer, Role::kOperator});
+  EXPECT_TRUE(who.ok()) << who.status();
+  Call ops("Bearer fedcba9876543210fedc");
+  EXPECT_TRUE(
+      a->Check(ops.ctx, "Coordinator.GetTransaction", {Role::kProducer, Role::kOperator}).ok());
+  EXPECT_EQ(a->Check(ops.ctx, "Queue.Receive", {Role::kConsumer}, "orders").status().code(),
+            absl::StatusCode::kPermissionDenied);
+}
+
+TEST_F(AuthTest, EachOpNeedsItsRoleOnItsQueue) {
+  std::shared_ptr<const Access> a = StandardAccess();
+  ASSERT_NE(a, nullptr);
+  google::protobuf::RepeatedPtrField<v1::Op> ops;
+  ops.Add()->mutable_enqueue()->set_queue("orders-eu");
+  ops.Add()->mutable_ack()->set_queue("orders-us");
+  EXPECT_TRUE(a->AllowOps("app", "Coordinator.Execute", ops).ok());
+  ops.Add()->mutable_ack()->set_queue("payroll");
+  absl::Status s = a->AllowOps("app", "Coordinator.Execute", ops);
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(absl::StrContains(s.message(), "op 2: ")) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "payroll as consumer")) << s;
+}
+
+TEST_F(AuthTest, NoRolesFileOnlyWithPlaintextOrAllowAnyone) {
+  AccessFlags f;
+  absl::StatusOr<std::shared_ptr<const Access>> a = LoadAccess(f, /*plaintext=*/false);
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(a.status().message(), "--allow_anyone")) << a.status();
+  a = LoadAccess(f, /*plaintext=*/true);
+  ASSERT_TRUE(a.ok());
+  EXPECT_TRUE((*a)->open());
+  f.allow_anyone = true;
+  a = LoadAccess(f, /*plaintext=*/false);
+  ASSERT_TRUE(a.ok());
+  EXPECT_TRUE((*a)->open());
+  f.roles_file = File("roles", "c1 peer\n");
+  EXPECT_EQ(LoadAccess(f, false).status().code(), absl::StatusCode::kInvalidArgument);
+  f.allow_anyone = false;
+  f.roles_file.clear();
+  f.tokens_file = File("tokens", "app 0123456789abcdef0123\n");
+  EXPECT_EQ(LoadAccess(f, true).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(AuthTest, TokenFileHoldsOnePrivateToken) {
+  absl::StatusOr<std::string> t = ReadTokenFile(File("t1", "# mine\n0123456789abcdef\n"));
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(*t, "0123456789abcdef");
+  t = ReadTokenFile(File("t2", "0123456789abcdef\n", 0644));
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kFailedPrecondition);
+  t = ReadTokenFile(File("t3", "app 0123456789abcdef\n"));
+  EXPECT_TRUE(absl::StrContains(t.status().message(), "t3:1:")) << t.status();
+  t = ReadTokenFile(File("t4", "\n"));
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(AuditLineTest, ContentCannotForgeALineOrAField) {
+  const std::string line =
+      AuditLine("ops", "resolve",
+                {{"txn", "t1"}, {"note", "fine\n2026-01-01 audit who=\"root\" action=\"delete\""}});
+  EXPECT_EQ(line.find('\n'), std::string::npos) << line;
+  EXPECT_TRUE(absl::StartsWith(line, "audit who=\"ops\" action=\"resolve\" txn=\"t1\" note=\""))
+      << line;
+  EXPECT_TRUE(absl::StrContains(line, "fine\\x0a2026")) << line;
+  EXPECT_FALSE(absl::StrContains(line, "who=\"root\"")) << line;
+  // A long value is clipped.
+  EXPECT_LT(AuditLine("ops", "resolve", {{"note", std::string(10000, 'x')}}).size(), 400u);
 }
 
 }  // namespace

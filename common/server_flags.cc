@@ -48,6 +48,7 @@ void AddServerFlags(CLI::App& app, ServerFlags* f, const std::string& id_help,
   app.add_flag("--init", f->init,
                "initialise a data dir that is not empty but has no data file (a missing or "
                "empty dir is initialised on its first start without it)");
+  AddAccessFlags(app, &f->access);
 }
 
 void AddOpLimitFlags(CLI::App& app, const std::string& ops_help, const std::string& item,
@@ -102,6 +103,8 @@ absl::StatusOr<Store> OpenStore(ServerFlags& f, std::vector<std::string> dbs,
   }
   ATOMQ_RETURN_IF_ERROR(CheckTlsFlags(f.tls, /*server=*/true));
   ATOMQ_RETURN_IF_ERROR(CheckMetricsListen(f));
+  ATOMQ_ASSIGN_OR_RETURN(std::shared_ptr<const Access> access,
+                         LoadAccess(f.access, f.tls.plaintext));
   if (absl::Status st = ValidateNodeId(f.cluster_id); !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("--cluster_id: ", st.message()));
   }
@@ -114,6 +117,7 @@ absl::StatusOr<Store> OpenStore(ServerFlags& f, std::vector<std::string> dbs,
   const IdentityOptions identity{f.id, f.cluster_id, f.data_dir, fresh,
                                  absl::ToUnixMillis(absl::Now())};
   ATOMQ_ASSIGN_OR_RETURN(out.meta, StartFromIdentity(out.storage.get(), meta_db, identity));
+  out.access = std::move(access);
   return out;
 }
 

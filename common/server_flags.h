@@ -11,6 +11,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
 #include "atomq/v1/records.pb.h"
+#include "common/access.h"
 #include "common/metrics.h"
 #include "common/storage.h"
 #include "common/tls.h"
@@ -34,6 +35,7 @@ struct ServerFlags {
   // calls are still served, before the server stops.
   uint32_t drain_ms = 0;
   uint32_t channels_max = 1024;      // --channels_max: outbound channels kept (ChannelCache)
+  AccessFlags access;                // --roles_file, --tokens_file, --allow_anyone, --token_file
 };
 
 // Registers an option whose value `check` validates and whose default shows
@@ -46,7 +48,8 @@ CLI::Option* AddCheckedFlag(CLI::App& app, const std::string& name, T& value,
 
 // Registers --id, --listen, --data_dir, --metrics_listen, --lmdb_map_size_mb,
 // --lazy_write_delay_ms, --group_commit_batches_max, --message_bytes_max,
-// --cluster_id, --init, --list_limit_max, --drain_ms and --channels_max.
+// --cluster_id, --init, --list_limit_max, --drain_ms, --channels_max and the
+// access flags (common/access.h).
 void AddServerFlags(CLI::App& app, ServerFlags* flags, const std::string& id_help,
                     const std::string& data_dir_help);
 
@@ -78,10 +81,12 @@ void AddRetentionFlags(CLI::App& app, const std::string& what, uint64_t* retenti
 
 struct Store {
   std::unique_ptr<Storage> storage;
-  v1::MetaRecord meta;  // with this start's boot count
+  v1::MetaRecord meta;                   // with this start's boot count
+  std::shared_ptr<const Access> access;  // from the access flags
 };
 
-// Validates --id, the TLS flags and --metrics_listen, opens the LMDB environment with `dbs`, checks
+// Validates --id, the TLS flags and --metrics_listen, loads the access flags
+// (LoadAccess, common/access.h: the dial token too), opens the LMDB environment with `dbs`, checks
 // (or on a first start writes) the directory's identity in `meta_db` and raises the boot count
 // (common/identity.h). The error message is ready to print.
 absl::StatusOr<Store> OpenStore(ServerFlags& flags, std::vector<std::string> dbs,

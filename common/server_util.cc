@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "common/bearer.h"
 #include "common/codec.h"
 #include "common/crash.h"
 #include "common/request_guard.h"
@@ -45,7 +46,7 @@ std::shared_ptr<grpc::Channel> ChannelCache::Get(const std::string& address) {
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetMaxReceiveMessageSize(-1);
-  auto ch = grpc::CreateCustomChannel(address, DialCredentials(), args);
+  auto ch = DialChannel(address, args);
   ++created_;
   if (channels_.size() >= max_) {
     channels_.erase(recent_.back());

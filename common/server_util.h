@@ -29,9 +29,10 @@ grpc::Status ToGrpc(const absl::Status& s);
 absl::Status FromGrpc(const grpc::Status& s);
 
 // Channels by address, created on first use and kept, dialled with
-// DialCredentials() (common/tls.h). At most `max` are kept (--channels_max):
-// past it the least recently used one is dropped from the cache (calls under
-// way on it finish; a later Get dials anew).
+// DialChannel (common/bearer.h): DialCredentials() and the dial token. At
+// most `max` are kept (--channels_max): past it the least recently used one
+// is dropped from the cache (calls under way on it finish; a later Get dials
+// anew).
 class ChannelCache {
  public:
   explicit ChannelCache(size_t max = 1024) : max_(max < 1 ? 1 : max) {}

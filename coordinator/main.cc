@@ -155,6 +155,7 @@ int Serve(CoordinatorFlags* f) {
   absl::StatusOr<atomq::Store> store =
       atomq::OpenStore(f->server, {c::kTxnDb, c::kMetaDb, c::kEndedDb}, c::kMetaDb);
   if (!store.ok()) return Fail(std::string(store.status().message()));
+  f->opts.access = store->access;
   const std::string& id = f->server.id;
   const std::string& listen = f->server.listen;
   Config& cfg = f->cfg;

@@ -90,6 +90,12 @@ void AddConsumerFlags(CLI::App& app, ParticipantFlags* f) {
   AddCheckedFlag(app, "--subscriptions_max", f->opts.subscriptions_max,
                  "Subscribe streams open at once; more get RESOURCE_EXHAUSTED",
                  CLI::Range(0u, 10000000u));
+  AddCheckedFlag(app, "--waiters_per_identity_max", f->opts.waiters_per_identity_max,
+                 "of --waiters_max, what one identity may hold (default: a quarter of it)",
+                 CLI::Range(0u, 10000000u));
+  AddCheckedFlag(app, "--subscriptions_per_identity_max", f->opts.subscriptions_per_identity_max,
+                 "of --subscriptions_max, what one identity may hold (default: a quarter of it)",
+                 CLI::Range(0u, 10000000u));
   AddCheckedFlag(app, "--lease_sweep_ms", f->opts.lease_sweep_ms,
                  "how often expired leases return their messages (and wake consumers)",
                  CLI::Range(1u, 60000u));
@@ -115,6 +121,10 @@ void AddStagingFlags(CLI::App& app, Config* cfg) {
                  CLI::Range(1u, 10000000u));
   AddCheckedFlag(app, "--staged_bytes_max", cfg->staged_bytes_max,
                  "payload and header bytes staged in memory, all transactions together",
+                 CLI::Range(uint64_t{0}, uint64_t{1} << 40));
+  AddCheckedFlag(app, "--staged_bytes_per_identity_max", cfg->staged_bytes_per_identity_max,
+                 "of --staged_bytes_max, what one identity's transactions may hold (default: a "
+                 "quarter of it)",
                  CLI::Range(uint64_t{0}, uint64_t{1} << 40));
   AddCheckedFlag(app, "--stage_timeout_ms_max", cfg->stage_timeout_ms_max,
                  "longest time staged work is kept, whatever its expires_unix_ms says",
@@ -180,6 +190,20 @@ void AddParticipantFlags(CLI::App& app, ParticipantFlags* f) {
   AddCallFlags(app, &f->opts);
 }
 
+// A per-identity share not given is a quarter of its budget: room for
+// three other clients at least.
+void DefaultShares(const CLI::App& app, ParticipantFlags* f) {
+  if (app.count("--waiters_per_identity_max") == 0) {
+    f->opts.waiters_per_identity_max = (f->opts.waiters_max + 3) / 4;
+  }
+  if (app.count("--subscriptions_per_identity_max") == 0) {
+    f->opts.subscriptions_per_identity_max = (f->opts.subscriptions_max + 3) / 4;
+  }
+  if (app.count("--staged_bytes_per_identity_max") == 0) {
+    f->cfg.staged_bytes_per_identity_max = f->cfg.staged_bytes_max / 4;
+  }
+}
+
 // Checks what one flag alone cannot; fills in the coordinators and peers.
 int CheckFlags(ParticipantFlags* f) {
   const Config& cfg = f->cfg;
@@ -207,6 +231,7 @@ int Serve(ParticipantFlags* f) {
                         p::kMetaDb, p::kHeuristicDb, p::kForgettableDb},
                        p::kMetaDb);
   if (!store.ok()) return Fail(std::string(store.status().message()));
+  f->opts.access = store->access;
   const std::string& id = f->server.id;
   const std::string& listen = f->server.listen;
   f->cfg.participant_id = id;
@@ -258,6 +283,7 @@ int main(int argc, char** argv) {
   ParticipantFlags f;
   AddParticipantFlags(app, &f);
   CLI11_PARSE(app, argc, argv);
+  DefaultShares(app, &f);
   if (int rc = CheckFlags(&f); rc != 0) return rc;
   return Serve(&f);
 }

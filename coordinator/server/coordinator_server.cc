@@ -68,9 +68,17 @@ class CoordinatorServer::ExecuteStreamCall final
   ExecuteStreamCall(CoordinatorServer* server, grpc::CallbackServerContext* ctx)
       : server_(server), ctx_(ctx) {}
 
-  void Start() {
+  // Reads the client's requests, or when `who` is a refusal, ends with it.
+  void Start(absl::StatusOr<std::string> who) {
     self_ = shared_from_this();
     absl::MutexLock lock(&mu_);
+    if (!who.ok()) {
+      finishing_ = true;
+      Finish(grpc::Status(static_cast<grpc::StatusCode>(who.status().code()),
+                          std::string(who.status().message())));
+      return;
+    }
+    identity_ = *std::move(who);
     StartRead(&in_);
   }
 
@@ -163,24 +171,41 @@ class CoordinatorServer::ExecuteStreamCall final
     Deliver(std::move(results));
   }
 
-  // Hands every item of in_ to the core in one call.
+  // Hands every item of in_ the caller may run to the core in one call; the
+  // others are answered PERMISSION_DENIED.
   void Execute() {
     const int n = in_.items_size();
     {
       absl::MutexLock lock(&mu_);
       unanswered_ += static_cast<uint64_t>(n);
     }
-    std::vector<RequestId> rids(static_cast<size_t>(n));
+    std::vector<RequestId> rids(static_cast<size_t>(n), 0);
+    std::vector<v1::StreamedResult> refused;
     for (int i = 0; i < n; ++i) {
+      const v1::StreamedExecute& item = in_.items(i);
+      absl::Status allowed = server_->options_.access->AllowOps(
+          identity_, "Coordinator.ExecuteStream", item.request().ops());
+      if (!allowed.ok()) {
+        v1::StreamedResult& r = refused.emplace_back();
+        r.set_tag(item.tag());
+        r.set_code(static_cast<int32_t>(allowed.code()));
+        r.set_message(std::string(allowed.message()));
+        continue;
+      }
       rids[static_cast<size_t>(i)] =
-          server_->replies_.Expect(Pending{nullptr, nullptr, nullptr, self_, in_.items(i).tag()});
+          server_->replies_.Expect(Pending{nullptr, nullptr, nullptr, self_, item.tag()});
     }
     server_->WithCore([&](CoordinatorCore& c) {
       const int64_t now = server_->clock_.NowMs();
       for (int i = 0; i < n; ++i) {
+        if (rids[static_cast<size_t>(i)] == 0) continue;
         c.Execute(rids[static_cast<size_t>(i)], in_.items(i).request(), now);
       }
     });
+    if (!refused.empty()) {
+      server_->replies_failed_ += refused.size();
+      Deliver(std::move(refused));
+    }
   }
 
   // Results made but not yet taken by gRPC (a client that does not read
@@ -271,6 +296,7 @@ class CoordinatorServer::ExecuteStreamCall final
   CoordinatorServer* const server_;
   grpc::CallbackServerContext* const ctx_;
   std::shared_ptr<ExecuteStreamCall> self_;  // until OnDone
+  std::string identity_;                     // the caller, from Start
   v1::ExecuteStreamRequest in_;
   absl::Mutex mu_;
   v1::ExecuteStreamResponse out_ ABSL_GUARDED_BY(mu_);
@@ -339,6 +365,7 @@ void CoordinatorServer::Stop() {
 absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Create(Config config,
                                                                              ServerOptions options,
                                                                              Storage* storage) {
+  if (options.access == nullptr) options.access = Access::Open();
   std::unique_ptr<CoordinatorServer> s(new CoordinatorServer(std::move(config), options, storage));
   std::vector<v1::CoordinatorTxnRecord> records;
   absl::Status bad;
@@ -652,6 +679,8 @@ grpc::ServerUnaryReactor* CoordinatorServer::Execute(grpc::CallbackServerContext
                                                      const v1::ExecuteRequest* req,
                                                      v1::ExecuteResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (Refused(reactor, options_.access->CheckOps(*ctx, "Coordinator.Execute", req->ops())))
+    return reactor;
   if (RejectIfStopped(reactor)) return reactor;
   RequestId rid = replies_.Expect(Pending{reactor, resp, nullptr, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.Execute(rid, *req, clock_.NowMs()); });
@@ -661,7 +690,7 @@ grpc::ServerUnaryReactor* CoordinatorServer::Execute(grpc::CallbackServerContext
 grpc::ServerBidiReactor<v1::ExecuteStreamRequest, v1::ExecuteStreamResponse>*
 CoordinatorServer::ExecuteStream(grpc::CallbackServerContext* ctx) {
   auto call = std::make_shared<ExecuteStreamCall>(this, ctx);
-  call->Start();
+  call->Start(options_.access->Check(*ctx, "Coordinator.ExecuteStream", {Role::kProducer}));
   return call.get();
 }
 
@@ -669,6 +698,8 @@ grpc::ServerUnaryReactor* CoordinatorServer::Begin(grpc::CallbackServerContext* 
                                                    const v1::BeginTxnRequest* req,
                                                    v1::BeginTxnResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (Refused(reactor, options_.access->Check(*ctx, "Coordinator.Begin", {Role::kProducer})))
+    return reactor;
   if (RejectIfStopped(reactor)) return reactor;
   absl::StatusOr<v1::BeginTxnResponse> r;
   WithCore([&](CoordinatorCore& c) { r = c.Begin(*req, clock_.NowMs()); });
@@ -681,6 +712,8 @@ grpc::ServerUnaryReactor* CoordinatorServer::Commit(grpc::CallbackServerContext*
                                                     const v1::CommitTxnRequest* req,
                                                     v1::ExecuteResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (Refused(reactor, options_.access->Check(*ctx, "Coordinator.Commit", {Role::kProducer})))
+    return reactor;
   if (RejectIfStopped(reactor)) return reactor;
   RequestId rid = replies_.Expect(Pending{reactor, resp, nullptr, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.Commit(rid, *req, clock_.NowMs()); });
@@ -691,6 +724,8 @@ grpc::ServerUnaryReactor* CoordinatorServer::Rollback(grpc::CallbackServerContex
                                                       const v1::RollbackTxnRequest* req,
                                                       v1::RollbackTxnResponse*) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (Refused(reactor, options_.access->Check(*ctx, "Coordinator.Rollback", {Role::kProducer})))
+    return reactor;
   if (RejectIfStopped(reactor)) return reactor;
   RequestId rid = replies_.Expect(Pending{reactor, nullptr, nullptr, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.Rollback(rid, *req, clock_.NowMs()); });
@@ -701,6 +736,8 @@ grpc::ServerUnaryReactor* CoordinatorServer::QueryState(grpc::CallbackServerCont
                                                         const v1::TxnRef* req,
                                                         v1::QueryStateResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (Refused(reactor, options_.access->Check(*ctx, "Coordinator.QueryState", {Role::kPeer})))
+    return reactor;
   RequestId rid = replies_.Expect(Pending{reactor, nullptr, resp, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.QueryState(rid, req->txn_id(), clock_.NowMs()); });
   return reactor;
@@ -710,6 +747,10 @@ grpc::ServerUnaryReactor* CoordinatorServer::GetTransaction(grpc::CallbackServer
                                                             const v1::GetTransactionRequest* req,
                                                             v1::TransactionInfo* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (Refused(reactor, options_.access->Check(*ctx, "Coordinator.GetTransaction",
+                                              {Role::kProducer, Role::kOperator}))) {
+    return reactor;
+  }
   absl::StatusOr<v1::TransactionInfo> info =
       core_.Inspect([&](const CoordinatorCore& c) { return c.GetTransaction(req->txn_id()); });
   if (info.ok()) *resp = std::move(*info);
@@ -721,6 +762,10 @@ grpc::ServerUnaryReactor* CoordinatorServer::ListTransactions(
     grpc::CallbackServerContext* ctx, const v1::ListTransactionsRequest* req,
     v1::ListTransactionsResponse* resp) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (Refused(reactor,
+              options_.access->Check(*ctx, "Coordinator.ListTransactions", {Role::kOperator}))) {
+    return reactor;
+  }
   absl::StatusOr<v1::ListTransactionsResponse> page = core_.Inspect(
       [&](const CoordinatorCore& c) { return c.ListTransactions(*req, options_.list_limit_max); });
   if (page.ok()) *resp = std::move(*page);

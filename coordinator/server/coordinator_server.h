@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "atomq/v1/coordinator.grpc.pb.h"
 #include "atomq/v1/participant.grpc.pb.h"
+#include "common/access.h"
 #include "common/clock.h"
 #include "common/core_driver.h"
 #include "common/periodic_sweep.h"
@@ -51,6 +52,8 @@ struct ServerOptions {
   uint32_t stream_replies_buffered_max = 10000;
   uint32_t stream_stalled_ms_max = 30000;
   uint32_t channels_max = 1024;  // --channels_max: outbound channels kept
+  // Who may make which call (--roles_file, common/access.h); null: everyone.
+  std::shared_ptr<const Access> access;
 };
 
 class CoordinatorServer final : public v1::Coordinator::CallbackService {

@@ -250,13 +250,17 @@ class Node {
   bool RoundUnderWay(const Txn& t, int64_t now_ms) const;
 
   // --- staging.cc: interactive staged work ---
-  absl::StatusOr<v1::StageResponse> Stage(const v1::StageRequest& req, int64_t now_ms);
+  absl::StatusOr<v1::StageResponse> Stage(const v1::StageRequest& req, int64_t now_ms,
+                                          const std::string& identity);
   // The bytes `req` stages, or why its ops are malformed.
   absl::StatusOr<uint64_t> ValidateStageOps(const v1::StageRequest& req) const;
   // Why `req` cannot be staged now (batch order, limits, its ops), or OK;
   // `*retry` is set when it repeats a batch applied already.
   absl::Status CheckStageable(const v1::StageRequest& req, uint64_t bytes, int64_t now_ms,
-                              const StagedTxn** retry);
+                              const std::string& identity, const StagedTxn** retry);
+  // Whether `identity` may add `bytes` to `existing` (null: a new transaction).
+  absl::Status CheckStagedShare(const StagedTxn* existing, const std::string& id, uint64_t bytes,
+                                const std::string& identity) const;
   void PinStagedOp(const std::string& id, const v1::Op& op);
   // Undoes PinStagedOp for every op; `restore` puts acked messages back
   // where their leases say (else the caller pins them again at once).

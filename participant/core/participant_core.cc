@@ -101,9 +101,10 @@ void ParticipantCore::OnTimer(uint64_t timer_id, int64_t now_ms) {
 }
 
 absl::StatusOr<v1::StageResponse> ParticipantCore::Stage(const v1::StageRequest& req,
-                                                         int64_t now_ms) {
+                                                         int64_t now_ms,
+                                                         const std::string& identity) {
   node_->RequireRecovered();
-  return node_->Stage(req, now_ms);
+  return node_->Stage(req, now_ms, identity);
 }
 
 size_t ParticipantCore::staged_transactions() const { return node_->staged_transactions(); }

@@ -90,8 +90,11 @@ struct Config {
   // Interactive transactions (Stage): staged work is memory only.
   uint32_t staged_txns_max = 10000;          // --staged_txns_max: transactions with staged work
   uint64_t staged_bytes_max = 256ull << 20;  // --staged_bytes_max: payload bytes staged, all txns
-  uint32_t stage_timeout_ms_max = 60000;     // --stage_timeout_ms_max: longest life of staged work
-  uint32_t operator_note_bytes_max = 4096;   // --operator_note_bytes_max: a Resolve's note
+  // --staged_bytes_per_identity_max: of those, what one caller's transactions
+  // may hold, so that one client cannot take the whole budget.
+  uint64_t staged_bytes_per_identity_max = 64ull << 20;
+  uint32_t stage_timeout_ms_max = 60000;    // --stage_timeout_ms_max: longest life of staged work
+  uint32_t operator_note_bytes_max = 4096;  // --operator_note_bytes_max: a Resolve's note
   // --retention_ms: an outcome the coordinator ENDED is erased this long after
   // the notice (Forget), so that retries and late messages within it still get
   // the same answer.
@@ -359,7 +362,12 @@ class ParticipantCore {
   // Nothing is persisted, so the answer is immediate. A Prepare with
   // use_staged prepares exactly the staged ops (NO if none, or if
   // staged_ops is set and differs); a plain Prepare for the id drops them.
-  absl::StatusOr<v1::StageResponse> Stage(const v1::StageRequest& req, int64_t now_ms);
+  // `identity` is the caller's (the adapter authenticated it): its
+  // transactions' staged bytes count against staged_bytes_per_identity_max,
+  // and a transaction staged by one identity takes no work from another
+  // (PERMISSION_DENIED).
+  absl::StatusOr<v1::StageResponse> Stage(const v1::StageRequest& req, int64_t now_ms,
+                                          const std::string& identity = "");
   // Transactions holding staged (not yet prepared) work.
   size_t staged_transactions() const;
 

@@ -39,6 +39,12 @@ void Node::ReleaseStaged(const std::string& id, StagedTxn& st, bool restore, int
   }
   ATOMQ_CHECK(staged_.bytes >= st.bytes, "staged bytes add up");
   staged_.bytes -= st.bytes;
+  auto mine = staged_.bytes_by_identity.find(st.identity);
+  if (mine != staged_.bytes_by_identity.end()) {
+    ATOMQ_CHECK(mine->second >= st.bytes, "staged bytes add up per identity");
+    mine->second -= st.bytes;
+    if (mine->second == 0) staged_.bytes_by_identity.erase(mine);
+  }
   staged_.timers.erase(st.timer_id);
 }
 
@@ -94,10 +100,29 @@ absl::StatusOr<uint64_t> Node::ValidateStageOps(const v1::StageRequest& req) con
   return bytes;
 }
 
+absl::Status Node::CheckStagedShare(const StagedTxn* existing, const std::string& id,
+                                    uint64_t bytes, const std::string& identity) const {
+  if (existing != nullptr && existing->identity != identity) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("transaction ", id, " was staged here by another identity"));
+  }
+  auto mine = staged_.bytes_by_identity.find(identity);
+  const uint64_t have = mine == staged_.bytes_by_identity.end() ? 0 : mine->second;
+  if (have + bytes > config_.staged_bytes_per_identity_max) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(have + bytes, " bytes would be staged here by ", Clip(identity),
+                     "; --staged_bytes_per_identity_max=", config_.staged_bytes_per_identity_max));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Node::CheckStageable(const v1::StageRequest& req, uint64_t bytes, int64_t now_ms,
-                                  const StagedTxn** retry) {
+                                  const std::string& identity, const StagedTxn** retry) {
   const std::string& id = req.txn_id();
   auto it = staged_.txns.find(id);
+  if (it != staged_.txns.end() && it->second.identity != identity) {
+    return CheckStagedShare(&it->second, id, 0, identity);
+  }
   const size_t applied = it == staged_.txns.end() ? 0 : it->second.batches.size();
   if (req.batch() != 0) {
     if (req.batch() <= applied) {
@@ -135,6 +160,8 @@ absl::Status Node::CheckStageable(const v1::StageRequest& req, uint64_t bytes, i
                                                      "--staged_bytes_max=",
                                                      config_.staged_bytes_max));
   }
+  ATOMQ_RETURN_IF_ERROR(
+      CheckStagedShare(it == staged_.txns.end() ? nullptr : &it->second, id, bytes, identity));
   for (const v1::Op& op : req.ops()) {
     if (queues_.Find(OpQueue(op)) == nullptr) return queues_.NoQueue(OpQueue(op));
   }
@@ -145,7 +172,8 @@ absl::Status Node::CheckStageable(const v1::StageRequest& req, uint64_t bytes, i
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::StageResponse> Node::Stage(const v1::StageRequest& req, int64_t now_ms) {
+absl::StatusOr<v1::StageResponse> Node::Stage(const v1::StageRequest& req, int64_t now_ms,
+                                              const std::string& identity) {
   absl::StatusOr<uint64_t> bytes = ValidateStageOps(req);
   if (!bytes.ok()) return bytes.status();
   const std::string& id = req.txn_id();
@@ -167,11 +195,12 @@ absl::StatusOr<v1::StageResponse> Node::Stage(const v1::StageRequest& req, int64
                                                       "); begin a new one"));
   }
   const StagedTxn* retry = nullptr;
-  absl::Status s = CheckStageable(req, *bytes, now_ms, &retry);
+  absl::Status s = CheckStageable(req, *bytes, now_ms, identity, &retry);
   if (!s.ok()) return s;
   if (retry != nullptr) return StagedResponse(*retry);
 
   StagedTxn& st = staged_.txns[id];
+  st.identity = identity;
   for (const v1::Op& op : req.ops()) {
     v1::Op* kept = st.ops.Add();
     *kept = op;
@@ -181,6 +210,7 @@ absl::StatusOr<v1::StageResponse> Node::Stage(const v1::StageRequest& req, int64
   st.batches.push_back(OpsDigest(req.ops()));
   st.bytes += *bytes;
   staged_.bytes += *bytes;
+  if (*bytes > 0) staged_.bytes_by_identity[identity] += *bytes;
   if (st.timer_id == 0 || expires < st.expires_ms) {
     staged_.timers.erase(st.timer_id);
     st.expires_ms = expires;

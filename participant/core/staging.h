@@ -19,12 +19,14 @@ struct StagedTxn {
   int64_t expires_ms = 0;
   uint64_t timer_id = 0;
   uint64_t bytes = 0;
+  std::string identity;  // who staged it (its first Stage call)
 };
 
 struct StagedWork {
   std::map<std::string, StagedTxn> txns;
-  std::map<uint64_t, std::string> timers;  // expiry timer -> txn id
-  uint64_t bytes = 0;                      // payload and header bytes, all txns
+  std::map<uint64_t, std::string> timers;             // expiry timer -> txn id
+  uint64_t bytes = 0;                                 // payload and header bytes, all txns
+  std::map<std::string, uint64_t> bytes_by_identity;  // the same, per identity (none at 0)
 };
 
 }  // namespace atomq::participant

@@ -166,6 +166,30 @@ TEST_F(ParticipantCoreTest, StageRefusesBadOpsAndLimitsAndStagesNothing) {
   EXPECT_EQ(core_->staged_transactions(), 1u);
 }
 
+TEST_F(ParticipantCoreTest, StagedBytesHaveAShareForEachIdentity) {
+  config_.staged_bytes_max = 100;
+  config_.staged_bytes_per_identity_max = 10;
+  Start();
+  CreateQueue("in");
+  const int64_t exp = now_ + 5000;
+  auto stage = [&](const std::string& txn, const std::string& payload, const std::string& who) {
+    return core_->Stage(StageReq(txn, {EnqueueOp("in", payload)}, exp), now_, who).status();
+  };
+  ASSERT_TRUE(stage("a1", "12345678", "alice").ok());
+  absl::Status s = stage("a2", "123", "alice");  // 11 bytes for alice
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(s.message(), "--staged_bytes_per_identity_max=10")) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "alice")) << s;
+  // Bob's share is his own, and he adds nothing to alice's transaction.
+  ASSERT_TRUE(stage("b1", "1234567890", "bob").ok());
+  s = stage("a1", "1", "bob");
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(core_->staged_transactions(), 2u);
+  // Dropped work gives its share back.
+  ASSERT_TRUE(Abort("a1").ok());
+  EXPECT_TRUE(stage("a2", "123", "alice").ok());
+}
+
 TEST_F(ParticipantCoreTest, StagedWorkExpiresAndPrepareThenVotesNo) {
   Start();
   CreateQueue("in");

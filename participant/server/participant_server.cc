@@ -70,6 +70,18 @@ std::function<void(const Reply&)> ReplyTo(grpc::ServerUnaryReactor* reactor, Res
   };
 }
 
+// `deliver`, after an audit line of the admin action (common/access.h) and
+// its result.
+std::function<void(const Reply&)> Audited(std::function<void(const Reply&)> deliver,
+                                          std::string who, std::string action, AuditFields fields) {
+  return [deliver = std::move(deliver), who = std::move(who), action = std::move(action),
+          fields = std::move(fields)](const Reply& r) mutable {
+    fields.emplace_back("result", r.status.ok() ? "OK" : r.status.ToString());
+    Audit(who, action, fields);
+    deliver(r);
+  };
+}
+
 bool WritesRecord(const Batch& batch, const char* db, v1::TxnState state) {
   for (const Write& w : batch.writes) {
     if (w.db != db || w.erase) continue;
@@ -161,9 +173,16 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
  public:
   explicit TxnService(ParticipantNode* node) : node_(node) {}
 
+  // Answers and returns true unless the caller holds `role` (common/access.h).
+  bool Refuse(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor,
+              const char* method, Role role) {
+    return Refused(reactor, node_->options_.access->Check(*ctx, method, {role}));
+  }
+
   grpc::ServerUnaryReactor* Prepare(grpc::CallbackServerContext* ctx, const v1::PrepareRequest* req,
                                     v1::PrepareResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.Prepare", Role::kPeer)) return reactor;
     if (absl::Status st = node_->CheckCoordinator(*req); !st.ok()) {
       reactor->Finish(ToGrpc(st));
       return reactor;
@@ -182,6 +201,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* PreCommit(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
                                       v1::PreCommitResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.PreCommit", Role::kPeer)) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.PreCommit(rid, req->txn_id(), node_->clock_.NowMs()); });
@@ -190,6 +210,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Commit(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
                                    v1::CommitResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.Commit", Role::kPeer)) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.Commit(rid, req->txn_id(), node_->clock_.NowMs()); });
@@ -198,6 +219,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
                                   v1::AbortResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.Abort", Role::kPeer)) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.Abort(rid, req->txn_id(), node_->clock_.NowMs()); });
@@ -206,6 +228,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* QueryState(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
                                        v1::QueryStateResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.QueryState", Role::kPeer)) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.QueryState(rid, req->txn_id(), node_->clock_.NowMs()); });
@@ -214,6 +237,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Promise(grpc::CallbackServerContext* ctx, const v1::PromiseRequest* req,
                                     v1::PromiseResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.Promise", Role::kPeer)) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) {
       c.Promise(rid, req->txn_id(), req->ballot(), node_->clock_.NowMs());
@@ -223,6 +247,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Accept(grpc::CallbackServerContext* ctx, const v1::AcceptRequest* req,
                                    v1::AcceptResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.Accept", Role::kPeer)) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) {
       c.Accept(rid, req->txn_id(), req->ballot(), req->value(), node_->clock_.NowMs());
@@ -232,6 +257,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Batch(grpc::CallbackServerContext* ctx, const v1::BatchRequest* req,
                                   v1::BatchResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.Batch", Role::kPeer)) return reactor;
     const int n = req->items_size();
     if (n > static_cast<int>(node_->options_.batch_items_max)) {
       reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -276,8 +302,11 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Stage(grpc::CallbackServerContext* ctx, const v1::StageRequest* req,
                                   v1::StageResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    absl::StatusOr<std::string> who =
+        node_->options_.access->CheckOps(*ctx, "ParticipantTxn.Stage", req->ops());
+    if (Refused(reactor, who)) return reactor;
     absl::StatusOr<v1::StageResponse> r;
-    node_->WithCore([&](ParticipantCore& c) { r = c.Stage(*req, node_->clock_.NowMs()); });
+    node_->WithCore([&](ParticipantCore& c) { r = c.Stage(*req, node_->clock_.NowMs(), *who); });
     if (r.ok()) *resp = std::move(*r);
     reactor->Finish(ToGrpc(r.status()));
     return reactor;
@@ -287,6 +316,7 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
                                              const v1::ListParticipantTxnsRequest* req,
                                              v1::ListParticipantTxnsResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "ParticipantTxn.ListTransactions", Role::kOperator)) return reactor;
     const ServerOptions& o = node_->options_;
     absl::StatusOr<v1::ListParticipantTxnsResponse> page =
         node_->core_.Inspect([&](const ParticipantCore& c) {
@@ -301,7 +331,13 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
   grpc::ServerUnaryReactor* Resolve(grpc::CallbackServerContext* ctx, const v1::ResolveRequest* req,
                                     v1::ResolveResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
+    absl::StatusOr<std::string> who =
+        node_->options_.access->Check(*ctx, "ParticipantTxn.Resolve", {Role::kOperator});
+    if (Refused(reactor, who)) return reactor;
+    RequestId rid = node_->replies_.Expect(Audited(ReplyTo(reactor, resp), *who, "resolve",
+                                                   {{"txn", req->txn_id()},
+                                                    {"outcome", v1::Outcome_Name(req->outcome())},
+                                                    {"note", req->operator_note()}}));
     node_->WithCore([&](ParticipantCore& c) { c.Resolve(rid, *req, node_->clock_.NowMs()); });
     return reactor;
   }
@@ -314,11 +350,22 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
  public:
   explicit QueueService(ParticipantNode* node) : node_(node) {}
 
+  // Answers and returns true unless the caller holds `role` on `queue`.
+  bool Refuse(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor,
+              const char* method, Role role, const std::string& queue) {
+    return Refused(reactor, node_->options_.access->Check(*ctx, method, {role}, queue));
+  }
+
   grpc::ServerUnaryReactor* CreateQueue(grpc::CallbackServerContext* ctx,
                                         const v1::CreateQueueRequest* req,
                                         v1::CreateQueueResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
+    absl::StatusOr<std::string> who =
+        node_->options_.access->Check(*ctx, "Queue.CreateQueue", {Role::kOperator});
+    if (Refused(reactor, who)) return reactor;
+    RequestId rid = node_->replies_.Expect(
+        Audited(ReplyTo(reactor, resp), *who, "create-queue",
+                {{"queue", req->name()}, {"dead_letter_queue", req->dead_letter_queue()}}));
     node_->WithCore([&](ParticipantCore& c) { c.CreateQueue(rid, *req, node_->clock_.NowMs()); });
     return reactor;
   }
@@ -326,7 +373,11 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
                                         const v1::DeleteQueueRequest* req,
                                         v1::DeleteQueueResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
-    RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
+    absl::StatusOr<std::string> who =
+        node_->options_.access->Check(*ctx, "Queue.DeleteQueue", {Role::kOperator});
+    if (Refused(reactor, who)) return reactor;
+    RequestId rid = node_->replies_.Expect(
+        Audited(ReplyTo(reactor, resp), *who, "delete-queue", {{"queue", req->name()}}));
     node_->WithCore(
         [&](ParticipantCore& c) { c.DeleteQueue(rid, req->name(), node_->clock_.NowMs()); });
     return reactor;
@@ -343,6 +394,8 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
                                        const v1::ListQueuesRequest* req,
                                        v1::ListQueuesResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refused(reactor, node_->options_.access->Identify(*ctx, "Queue.ListQueues")))
+      return reactor;
     std::vector<v1::QueueInfo> list =
         node_->core_.Inspect([](const ParticipantCore& c) { return c.ListQueues(); });
     for (v1::QueueInfo& q : list) *resp->add_queues() = std::move(q);
@@ -361,6 +414,7 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
   grpc::ServerUnaryReactor* Nack(grpc::CallbackServerContext* ctx, const v1::NackRequest* req,
                                  v1::NackResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "Queue.Nack", Role::kConsumer, req->queue())) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) { c.Nack(rid, *req, node_->clock_.NowMs()); });
     return reactor;
@@ -368,6 +422,7 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
   grpc::ServerUnaryReactor* Send(grpc::CallbackServerContext* ctx, const v1::SendRequest* req,
                                  v1::SendResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "Queue.Send", Role::kProducer, req->queue())) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) { c.Send(rid, *req, node_->clock_.NowMs()); });
     return reactor;
@@ -375,6 +430,7 @@ class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
   grpc::ServerUnaryReactor* Ack(grpc::CallbackServerContext* ctx, const v1::AckRequest* req,
                                 v1::AckResponse* resp) override {
     auto* reactor = ctx->DefaultReactor();
+    if (Refuse(ctx, reactor, "Queue.Ack", Role::kConsumer, req->queue())) return reactor;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) {
       c.Ack(rid, req->queue(), req->sequence(), req->lease_token(), node_->clock_.NowMs());
@@ -402,7 +458,10 @@ ParticipantNode::ParticipantNode(Config config, ServerOptions options, Storage* 
       lease_sweep_(&timers_, &clock_, &stopped_, options.lease_sweep_ms, /*batch_max=*/0, [this] {
         WithCore([&](ParticipantCore& c) { c.ExpireLeases(clock_.NowMs()); });
         return size_t{0};
-      }) {}
+      }) {
+  waiter_shares_ = std::make_unique<IdentityShares>(options.waiters_per_identity_max);
+  subscription_shares_ = std::make_unique<IdentityShares>(options.subscriptions_per_identity_max);
+}
 
 ParticipantNode::~ParticipantNode() { Stop(); }
 
@@ -448,6 +507,7 @@ grpc::Service* ParticipantNode::queue_service() { return queue_service_.get(); }
 absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config config,
                                                                          ServerOptions options,
                                                                          Storage* storage) {
+  if (options.access == nullptr) options.access = Access::Open();
   const uint32_t receive_max = config.receive_max;
   const uint64_t retention_ms = config.retention_ms;
   const std::string participant_id = config.participant_id;

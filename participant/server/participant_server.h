@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "atomq/v1/coordinator.grpc.pb.h"
 #include "atomq/v1/participant.grpc.pb.h"
+#include "common/access.h"
 #include "common/clock.h"
 #include "common/core_driver.h"
 #include "common/periodic_sweep.h"
@@ -34,7 +35,10 @@ struct ServerOptions {
   uint32_t receive_wait_ms_max = 60000;  // --receive_wait_ms_max: longest long-poll
   uint32_t waiters_max = 10000;          // --waiters_max: long-poll Receives parked at once
   uint32_t subscriptions_max = 1000;     // --subscriptions_max: Subscribe streams open at once
-  uint32_t lease_sweep_ms = 100;         // --lease_sweep_ms: how often expired leases return
+  // Of those, what one identity may hold (a quarter unless set).
+  uint32_t waiters_per_identity_max = 2500;       // --waiters_per_identity_max
+  uint32_t subscriptions_per_identity_max = 250;  // --subscriptions_per_identity_max
+  uint32_t lease_sweep_ms = 100;  // --lease_sweep_ms: how often expired leases return
   // Outcome collection (Config::retention_ms says how old an entry must be).
   uint32_t gc_interval_ms = 1000;  // --gc_interval_ms: how often to look
   // --gc_batch_max: outcomes erased per look (a full look looks again in
@@ -53,6 +57,8 @@ struct ServerOptions {
   std::map<std::string, std::string> coordinators;
   std::map<std::string, std::string> peers;
   std::string self_address;
+  // Who may make which call (--roles_file, common/access.h); null: everyone.
+  std::shared_ptr<const Access> access;
 };
 
 // Owns the core and its I/O; exposes the two gRPC services.
@@ -114,9 +120,10 @@ class ParticipantNode {
   grpc::ServerBidiReactor<v1::SubscribeRequest, v1::SubscribeResponse>* StartSubscribe(
       grpc::CallbackServerContext* ctx);
   // Registers `w` to be woken when `queue` gains ready messages. Call inside
-  // WithCore right after a Receive found nothing, so no wake is missed. False
-  // when --waiters_max long-polls are parked already (streams are not counted).
-  bool Park(const std::string& queue, const std::shared_ptr<Waiting>& w, bool long_poll)
+  // WithCore right after a Receive found nothing, so no wake is missed.
+  // RESOURCE_EXHAUSTED when --waiters_max long-polls are parked already, or
+  // --waiters_per_identity_max of w's identity (streams are not counted).
+  absl::Status Park(const std::string& queue, const std::shared_ptr<Waiting>& w, bool long_poll)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(core_.mu());
   void Unpark(const std::string& queue, uint64_t waiter_id);
   // From Dispatch: wakes (on the timer thread) everything parked on `queues`.
@@ -127,7 +134,12 @@ class ParticipantNode {
   std::map<std::string, std::map<uint64_t, std::shared_ptr<Waiting>>> waiters_
       ABSL_GUARDED_BY(waiters_mu_);
   uint32_t parked_long_polls_ ABSL_GUARDED_BY(waiters_mu_) = 0;
-  std::set<uint64_t> long_poll_ids_ ABSL_GUARDED_BY(waiters_mu_);  // parked long-polls
+  // Parked long-polls: id -> identity.
+  std::map<uint64_t, std::string> long_poll_ids_ ABSL_GUARDED_BY(waiters_mu_);
+  // Forgets parked long-poll `id` (if it is one) in both counts.
+  void ForgetLongPollLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(waiters_mu_);
+  std::unique_ptr<IdentityShares> waiter_shares_;        // --waiters_per_identity_max
+  std::unique_ptr<IdentityShares> subscription_shares_;  // --subscriptions_per_identity_max
   std::atomic<uint32_t> open_subscriptions_{0};
   uint32_t core_receive_max_ = 1000;  // Config::receive_max: bounds a stream's window
   uint64_t retention_ms_ = 600000;    // Config::retention_ms: where a collection scan stops

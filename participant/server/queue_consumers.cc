@@ -12,22 +12,26 @@
 #include "common/codec.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "common/validate.h"
 #include "participant/server/participant_server.h"
 
 namespace atomq::participant {
 
 class ParticipantNode::Waiting {
  public:
-  explicit Waiting(uint64_t id) : id_(id) {}
+  Waiting(uint64_t id, std::string identity) : id_(id), identity_(std::move(identity)) {}
   virtual ~Waiting() = default;
   // On the timer thread, without node locks held.
   virtual void Wake() = 0;
   // Shutdown: answer now.
   virtual void Stop() = 0;
   uint64_t id() const { return id_; }
+  // The caller it waits for (common/access.h): whose share it takes.
+  const std::string& identity() const { return identity_; }
 
  private:
   const uint64_t id_;
+  const std::string identity_;
 };
 
 namespace {
@@ -118,8 +122,8 @@ class ParticipantNode::LongPoll final : public Waiting,
  public:
   LongPoll(ParticipantNode* node, grpc::CallbackServerContext* ctx,
            grpc::ServerUnaryReactor* reactor, const v1::ReceiveRequest& req,
-           v1::ReceiveResponse* resp, int64_t deadline_ms)
-      : Waiting(node->next_waiter_++),
+           v1::ReceiveResponse* resp, int64_t deadline_ms, std::string identity)
+      : Waiting(node->next_waiter_++, std::move(identity)),
         node_(node),
         ctx_(ctx),
         reactor_(reactor),
@@ -169,7 +173,7 @@ class ParticipantNode::LongPoll final : public Waiting,
       // Nobody to deliver to: lease nothing.
       if (ctx_->IsCancelled()) return Finish(grpc::Status::CANCELLED);
       absl::StatusOr<std::vector<Lease>> leases;
-      bool parked = false;
+      absl::Status parked = absl::CancelledError("not parked");
       node_->WithCore([&](ParticipantCore& c) {
         leases =
             c.Receive(req_.queue(), req_.max_messages(), req_.lease_ms(), node_->clock_.NowMs());
@@ -181,14 +185,7 @@ class ParticipantNode::LongPoll final : public Waiting,
       if (!leases.ok()) return Finish(ToGrpc(leases.status()));
       if (leases->empty()) {
         if (final) return Finish(grpc::Status::OK);
-        if (!parked) {
-          if (first) {
-            return Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                       absl::StrCat("--waiters_max=", node_->options_.waiters_max,
-                                                    " consumers are waiting already; retry")));
-          }
-          return Finish(grpc::Status::OK);
-        }
+        if (!parked.ok()) return Finish(first ? ToGrpc(parked) : grpc::Status::OK);
         if (first) {
           first = false;
           std::weak_ptr<LongPoll> self = shared_from_this();
@@ -257,6 +254,9 @@ grpc::ServerUnaryReactor* ParticipantNode::StartReceive(grpc::CallbackServerCont
                                                         const v1::ReceiveRequest* req,
                                                         v1::ReceiveResponse* resp) {
   auto* reactor = ctx->DefaultReactor();
+  absl::StatusOr<std::string> who =
+      options_.access->Check(*ctx, "Queue.Receive", {Role::kConsumer}, req->queue());
+  if (Refused(reactor, who)) return reactor;
   if (req->peek()) {
     // A look under the lock, payloads read outside it; nothing to wait for.
     absl::StatusOr<std::vector<Lease>> looks =
@@ -276,7 +276,7 @@ grpc::ServerUnaryReactor* ParticipantNode::StartReceive(grpc::CallbackServerCont
   if (client < std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) {
     deadline = std::min(deadline, ToUnixMs(client) - 100);
   }
-  auto lp = std::make_shared<LongPoll>(this, ctx, reactor, *req, resp, deadline);
+  auto lp = std::make_shared<LongPoll>(this, ctx, reactor, *req, resp, deadline, *std::move(who));
   lp->Start();
   return reactor;
 }
@@ -302,7 +302,8 @@ class ParticipantNode::SubscribeReactor final
 class ParticipantNode::Subscription final : public Waiting,
                                             public std::enable_shared_from_this<Subscription> {
  public:
-  Subscription(ParticipantNode* node, uint64_t id) : Waiting(id), node_(node) {}
+  Subscription(ParticipantNode* node, uint64_t id, std::string identity)
+      : Waiting(id, std::move(identity)), node_(node) {}
 
   void Attach(SubscribeReactor* r) { reactor_ = r; }
 
@@ -362,7 +363,10 @@ class ParticipantNode::Subscription final : public Waiting,
       reactor_ = nullptr;
       held.swap(outstanding_);
       queue = queue_;
-      if (counted_) node_->open_subscriptions_--;
+      if (counted_) {
+        node_->open_subscriptions_--;
+        node_->subscription_shares_->Give(identity());
+      }
     }
     node_->Unpark(queue, id());
     {
@@ -388,6 +392,11 @@ class ParticipantNode::Subscription final : public Waiting,
   }
 
   void Wake() override { Pump(); }
+  // The caller may not subscribe (common/access.h): the stream ends at once.
+  void Refuse(grpc::Status status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    FinishLocked(std::move(status));
+  }
   void Stop() override {
     std::lock_guard<std::mutex> lock(mu_);
     FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the participant is shutting down"));
@@ -407,12 +416,22 @@ class ParticipantNode::Subscription final : public Waiting,
         return FinishLocked(Invalid(absl::StrCat(
             "prefetch is ", prefetch, "; at most --receive_max=", node_->core_receive_max_)));
       }
+      absl::Status allowed = node_->options_.access->Allow(identity(), "Queue.Subscribe",
+                                                           {Role::kConsumer}, o.queue());
+      if (!allowed.ok()) return FinishLocked(ToGrpc(allowed));
       if (node_->open_subscriptions_.fetch_add(1) >= node_->options_.subscriptions_max) {
         node_->open_subscriptions_--;
         return FinishLocked(
             grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                          absl::StrCat("--subscriptions_max=", node_->options_.subscriptions_max,
                                       " streams are open already")));
+      }
+      if (!node_->subscription_shares_->Take(identity())) {
+        node_->open_subscriptions_--;
+        return FinishLocked(grpc::Status(
+            grpc::StatusCode::RESOURCE_EXHAUSTED,
+            absl::StrCat("--subscriptions_per_identity_max=", node_->subscription_shares_->max(),
+                         " streams of ", Clip(identity()), " are open already")));
       }
       counted_ = true;
       opened_ = true;
@@ -513,7 +532,7 @@ class ParticipantNode::Subscription final : public Waiting,
         leases = c.Receive(queue_, want, lease_ms_, node_->clock_.NowMs());
         if (leases.ok() && leases->empty()) {
           node_->core_.mu().AssertHeld();
-          node_->Park(queue_, shared_from_this(), false);
+          node_->Park(queue_, shared_from_this(), false).IgnoreError();  // streams always park
         }
       });
       if (!leases.ok()) {
@@ -663,41 +682,64 @@ void ParticipantNode::SubscribeReactor::OnDone() {
 }
 
 grpc::ServerBidiReactor<v1::SubscribeRequest, v1::SubscribeResponse>*
-ParticipantNode::StartSubscribe(grpc::CallbackServerContext* /*ctx*/) {
-  auto sub = std::make_shared<Subscription>(this, next_waiter_++);
+ParticipantNode::StartSubscribe(grpc::CallbackServerContext* ctx) {
+  // The queue is checked at `open`; the caller and its role now.
+  absl::StatusOr<std::string> who =
+      options_.access->Check(*ctx, "Queue.Subscribe", {Role::kConsumer});
+  auto sub = std::make_shared<Subscription>(this, next_waiter_++, who.ok() ? *who : "");
   {
     absl::MutexLock lock(&waiters_mu_);
     subscriptions_[sub->id()] = sub;
   }
   auto* reactor = new SubscribeReactor(sub);
-  if (consumers_stopped_) sub->Stop();
+  if (!who.ok()) {
+    sub->Refuse(ToGrpc(who.status()));
+  } else if (consumers_stopped_) {
+    sub->Stop();
+  }
   return reactor;
 }
 
 // --- parking and waking ---
 
-bool ParticipantNode::Park(const std::string& queue, const std::shared_ptr<Waiting>& w,
-                           bool long_poll) {
+absl::Status ParticipantNode::Park(const std::string& queue, const std::shared_ptr<Waiting>& w,
+                                   bool long_poll) {
   absl::MutexLock lock(&waiters_mu_);
-  if (consumers_stopped_) return false;
+  if (consumers_stopped_) return absl::UnavailableError("the participant is shutting down");
   auto& parked = waiters_[queue];
-  if (parked.count(w->id()) > 0) return true;
+  if (parked.count(w->id()) > 0) return absl::OkStatus();
   if (long_poll) {
-    if (parked_long_polls_ >= options_.waiters_max) return false;
+    if (parked_long_polls_ >= options_.waiters_max) {
+      if (parked.empty()) waiters_.erase(queue);
+      return absl::ResourceExhaustedError(absl::StrCat("--waiters_max=", options_.waiters_max,
+                                                       " consumers are waiting already; retry"));
+    }
+    if (!waiter_shares_->Take(w->identity())) {
+      if (parked.empty()) waiters_.erase(queue);
+      return absl::ResourceExhaustedError(
+          absl::StrCat("--waiters_per_identity_max=", waiter_shares_->max(), " Receives of ",
+                       Clip(w->identity()), " are waiting already; retry"));
+    }
     parked_long_polls_++;
-    long_poll_ids_.insert(w->id());
+    long_poll_ids_[w->id()] = w->identity();
   }
   parked[w->id()] = w;
-  return true;
+  return absl::OkStatus();
+}
+
+void ParticipantNode::ForgetLongPollLocked(uint64_t id) {
+  auto it = long_poll_ids_.find(id);
+  if (it == long_poll_ids_.end()) return;
+  waiter_shares_->Give(it->second);
+  long_poll_ids_.erase(it);
+  parked_long_polls_--;
 }
 
 void ParticipantNode::Unpark(const std::string& queue, uint64_t waiter_id) {
   absl::MutexLock lock(&waiters_mu_);
   auto it = waiters_.find(queue);
   if (it == waiters_.end()) return;
-  if (it->second.erase(waiter_id) > 0 && long_poll_ids_.erase(waiter_id) > 0) {
-    parked_long_polls_--;
-  }
+  if (it->second.erase(waiter_id) > 0) ForgetLongPollLocked(waiter_id);
   if (it->second.empty()) waiters_.erase(it);
 }
 
@@ -709,7 +751,7 @@ void ParticipantNode::WakeQueues(const std::vector<std::string>& queues) {
       auto it = waiters_.find(q);
       if (it == waiters_.end()) continue;
       for (auto& [id, w] : it->second) {
-        if (long_poll_ids_.erase(id) > 0) parked_long_polls_--;
+        ForgetLongPollLocked(id);
         woken.push_back(std::move(w));
       }
       waiters_.erase(it);
@@ -730,8 +772,7 @@ void ParticipantNode::StopConsumers() {
       for (auto& [id, w] : parked) all.push_back(w);
     }
     waiters_.clear();
-    long_poll_ids_.clear();
-    parked_long_polls_ = 0;
+    while (!long_poll_ids_.empty()) ForgetLongPollLocked(long_poll_ids_.begin()->first);
     for (auto& [id, weak] : subscriptions_) {
       if (auto s = weak.lock()) all.push_back(s);
     }

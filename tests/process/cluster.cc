@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/bearer.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 
@@ -27,6 +29,14 @@
 
 namespace atomq::testing {
 namespace {
+
+// A server's own token, from its id.
+std::string ServerToken(const std::string& id) { return id + "-token-0123456789abcdef"; }
+
+void WriteFile(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+  chmod(path.c_str(), 0600);
+}
 
 void Deadline(grpc::ClientContext* ctx, int ms) {
   ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
@@ -108,6 +118,7 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   for (int i = 0; i < options_.participants; ++i) participant_ports_.push_back(FreePort());
   for (int i = 0; i < options_.participants; ++i) metrics_ports_.push_back(FreePort());
   participant_procs_.resize(options_.participants);
+  if (!options_.roles.empty()) WriteAccessFiles();
   if (!options_.tls) {
     setenv("ATOMQ_PLAINTEXT", "1", 1);  // the atomqctl a test runs speaks plaintext too
     return;
@@ -136,10 +147,15 @@ std::shared_ptr<grpc::ChannelCredentials> Cluster::credentials() const {
   return grpc::SslCredentials(o);
 }
 
-std::shared_ptr<grpc::Channel> Cluster::Channel(const std::string& address) const {
+std::shared_ptr<grpc::Channel> Cluster::Channel(const std::string& address,
+                                                const std::string& token) const {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return grpc::CreateCustomChannel(address, credentials(), args);
+  if (token.empty()) return grpc::CreateCustomChannel(address, credentials(), args);
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> f;
+  f.push_back(BearerInterceptor(token));
+  return grpc::experimental::CreateCustomChannelWithInterceptors(address, credentials(), args,
+                                                                 std::move(f));
 }
 
 std::vector<std::string> Cluster::TlsArgs(const std::string& name) const {
@@ -148,6 +164,33 @@ std::vector<std::string> Cluster::TlsArgs(const std::string& name) const {
   return {"--tls_cert=" + t + "/" + name + ".pem", "--tls_key=" + t + "/" + name + ".key",
           "--tls_ca=" + t + "/ca.pem", "--tls_client_auth=" + options_.tls_client_auth,
           "--tls_reload_s=1"};
+}
+
+std::string Cluster::admin_token() const {
+  return options_.roles.empty() ? "" : ServerToken("admin");
+}
+
+void Cluster::WriteAccessFiles() {
+  std::string roles = "admin producer,consumer,operator,peer\nc1 peer\n";
+  std::string tokens =
+      absl::StrCat("admin ", ServerToken("admin"), "\nc1 ", ServerToken("c1"), "\n");
+  WriteFile(dir_ + "/c1.token", ServerToken("c1"));
+  for (int i = 1; i <= options_.participants; ++i) {
+    const std::string p = participant_id(i);
+    absl::StrAppend(&roles, p, " peer\n");
+    absl::StrAppend(&tokens, p, " ", ServerToken(p), "\n");
+    WriteFile(dir_ + "/" + p + ".token", ServerToken(p));
+  }
+  for (const std::string& line : options_.roles) absl::StrAppend(&roles, line, "\n");
+  for (const auto& [who, token] : options_.tokens) absl::StrAppend(&tokens, who, " ", token, "\n");
+  WriteFile(dir_ + "/roles", roles);
+  WriteFile(dir_ + "/tokens", tokens);
+}
+
+std::vector<std::string> Cluster::AccessArgs(const std::string& id) const {
+  if (options_.roles.empty()) return {};
+  return {"--roles_file=" + dir_ + "/roles", "--tokens_file=" + dir_ + "/tokens",
+          "--token_file=" + dir_ + "/" + id + ".token"};
 }
 
 Cluster::~Cluster() {
@@ -220,6 +263,7 @@ void Cluster::StartCoordinator(const std::map<std::string, std::string>& env, bo
                                    "--rpc_timeout_ms=1000",
                                    "--txn_timeout_ms=3000"};
   for (const std::string& a : TlsArgs("c1")) args.push_back(a);
+  for (const std::string& a : AccessArgs("c1")) args.push_back(a);
   for (const std::string& a : options_.coordinator_args) args.push_back(a);
   coordinator_.log = dir_ + "/c1.log";
   coordinator_.pid = Spawn("atomq-coordinator", args, env, coordinator_.log);
@@ -254,6 +298,7 @@ void Cluster::StartParticipant(int i, const std::map<std::string, std::string>& 
   if (options_.participant_metrics) {
     args.push_back(absl::StrCat("--metrics_listen=127.0.0.1:", metrics_ports_[i - 1]));
   }
+  for (const std::string& a : AccessArgs(participant_id(i))) args.push_back(a);
   for (const std::string& a : options_.participant_args) args.push_back(a);
   p.log = dir_ + "/" + participant_id(i) + ".log";
   p.pid = Spawn("atomq-participant", args, env, p.log);
@@ -308,13 +353,18 @@ std::optional<int> Cluster::WaitParticipantExit(int i, int timeout_ms) {
 bool Cluster::CoordinatorRunning() const { return coordinator_.pid > 0; }
 
 std::unique_ptr<v1::Coordinator::Stub> Cluster::coordinator() {
-  return v1::Coordinator::NewStub(Channel(coordinator_address()));
+  return coordinator_as(admin_token());
 }
-std::unique_ptr<v1::Queue::Stub> Cluster::queue(int i) {
-  return v1::Queue::NewStub(Channel(participant_address(i)));
+std::unique_ptr<v1::Queue::Stub> Cluster::queue(int i) { return queue_as(i, admin_token()); }
+std::unique_ptr<v1::ParticipantTxn::Stub> Cluster::txn(int i) { return txn_as(i, admin_token()); }
+std::unique_ptr<v1::Coordinator::Stub> Cluster::coordinator_as(const std::string& token) {
+  return v1::Coordinator::NewStub(Channel(coordinator_address(), token));
 }
-std::unique_ptr<v1::ParticipantTxn::Stub> Cluster::txn(int i) {
-  return v1::ParticipantTxn::NewStub(Channel(participant_address(i)));
+std::unique_ptr<v1::Queue::Stub> Cluster::queue_as(int i, const std::string& token) {
+  return v1::Queue::NewStub(Channel(participant_address(i), token));
+}
+std::unique_ptr<v1::ParticipantTxn::Stub> Cluster::txn_as(int i, const std::string& token) {
+  return v1::ParticipantTxn::NewStub(Channel(participant_address(i), token));
 }
 
 void Cluster::CreateQueue(int i, const std::string& name) {

@@ -46,6 +46,13 @@ struct ClusterOptions {
   std::vector<std::string> coordinator_args;  // extra flags
   std::vector<std::string> participant_args;  // extra flags for every participant
   bool participant_metrics = false;  // serve each participant's /metrics (ParticipantMetric)
+  // Access control (common/access.h), on when `roles` is not empty: every
+  // server gets --roles_file with these lines ("IDENTITY ROLES [QUEUES]")
+  // plus c1 and each participant as peer and "admin" with every role, and
+  // --tokens_file with `tokens` (identity -> token) plus theirs. Servers dial
+  // with their own token; the Cluster's calls and stubs carry admin's.
+  std::vector<std::string> roles;
+  std::map<std::string, std::string> tokens;
 };
 
 class Cluster {
@@ -86,7 +93,8 @@ class Cluster {
   // TLS, else plaintext. Each channel has its own connections (a new one
   // makes a new handshake).
   std::shared_ptr<grpc::ChannelCredentials> credentials() const;
-  std::shared_ptr<grpc::Channel> Channel(const std::string& address) const;
+  std::shared_ptr<grpc::Channel> Channel(const std::string& address,
+                                        const std::string& token = "") const;
   // The flags a server `name` speaks TLS (or plaintext) with.
   std::vector<std::string> TlsArgs(const std::string& name) const;
   int participants() const { return options_.participants; }
@@ -95,6 +103,12 @@ class Cluster {
   std::unique_ptr<v1::Coordinator::Stub> coordinator();
   std::unique_ptr<v1::Queue::Stub> queue(int i);
   std::unique_ptr<v1::ParticipantTxn::Stub> txn(int i);
+  // Stubs whose calls carry `token` (none when empty) instead of admin's.
+  std::unique_ptr<v1::Coordinator::Stub> coordinator_as(const std::string& token);
+  std::unique_ptr<v1::Queue::Stub> queue_as(int i, const std::string& token);
+  std::unique_ptr<v1::ParticipantTxn::Stub> txn_as(int i, const std::string& token);
+  // The token the Cluster's own calls carry (empty without access control).
+  std::string admin_token() const;
 
   // Convenience calls with a deadline; they fail the test on error.
   void CreateQueue(int i, const std::string& name);
@@ -117,6 +131,10 @@ class Cluster {
   void Kill(Proc* p);
   std::optional<int> WaitExit(Proc* p, int timeout_ms);
   void WaitReady(const std::string& what, const std::function<bool()>& probe);
+  // Writes the roles and tokens files and each server's token file.
+  void WriteAccessFiles();
+  // --roles_file, --tokens_file and --token_file of server `id`, if any.
+  std::vector<std::string> AccessArgs(const std::string& id) const;
 
   ClusterOptions options_;
   std::string dir_;

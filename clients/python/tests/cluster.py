@@ -58,10 +58,16 @@ class Cluster:
     """One coordinator (c1) and participants p1..pN."""
 
     def __init__(self, participants: int = 2, coordinator_args: Optional[List[str]] = None,
-                 participant_args: Optional[List[str]] = None, tls: bool = False) -> None:
+                 participant_args: Optional[List[str]] = None, tls: bool = False,
+                 roles: Optional[List[str]] = None,
+                 tokens: Optional[Dict[str, str]] = None) -> None:
         """``tls``: mTLS on every link (a CA and certificates for c1, p1.. and
         "client" made with openssl in ``tls_dir``); else every process runs
-        --plaintext."""
+        --plaintext. ``roles`` ("IDENTITY ROLES [QUEUES]" lines) turn access
+        control on: every server gets a roles file with them plus c1 and each
+        participant as peer and "admin" with every role, and a tokens file
+        with ``tokens`` (identity -> token) plus theirs; servers dial with
+        their own token, and readiness probes carry admin's."""
         self.dir = Path(tempfile.mkdtemp(prefix="atomq-py-"))
         self.tls = tls
         self.n = participants
@@ -75,6 +81,11 @@ class Cluster:
             for name in ["c1", *self.ports]:
                 make_certificate(self.tls_dir, name, "ca", name, f"IP:127.0.0.1,DNS:{name}")
             make_certificate(self.tls_dir, "client", "ca", "client", "DNS:client")
+
+        self.roles = roles or []
+        self.admin_token = "admin-token-0123456789abcdef" if self.roles else ""
+        if self.roles:
+            self._write_access_files(tokens or {})
 
     @property
     def tls_dir(self) -> Path:
@@ -93,6 +104,29 @@ class Cluster:
         t = self.tls_dir
         return ((t / "ca.pem").read_bytes(), (t / f"{name}.pem").read_bytes(),
                 (t / f"{name}.key").read_bytes())
+    def _write_access_files(self, tokens: Dict[str, str]) -> None:
+        servers = ["c1", *self.ports]
+        roles = ["admin producer,consumer,operator,peer", *(f"{s} peer" for s in servers),
+                 *self.roles]
+        all_tokens = {"admin": self.admin_token, **{s: f"{s}-token-0123456789abcdef"
+                                                    for s in servers}, **tokens}
+        for name, text in [("roles", roles), ("tokens", [f"{i} {t}" for i, t in all_tokens.items()])]:
+            path = self.dir / name
+            path.write_text("\n".join(text) + "\n")
+            path.chmod(0o600)
+        for s in servers:
+            path = self.dir / f"{s}.token"
+            path.write_text(all_tokens[s] + "\n")
+            path.chmod(0o600)
+
+    def _access_args(self, name: str) -> List[str]:
+        if not self.roles:
+            return []
+        return [f"--roles_file={self.dir / 'roles'}", f"--tokens_file={self.dir / 'tokens'}",
+                f"--token_file={self.dir / (name + '.token')}"]
+
+    def _metadata(self):
+        return (("authorization", f"Bearer {self.admin_token}"),) if self.admin_token else ()
 
     @property
     def coordinator(self) -> str:
@@ -121,9 +155,10 @@ class Cluster:
             f"--data_dir={self.dir / p}", f"--coordinators=c1={self.coordinator}",
             *([f"--peers={peers}"] if peers else []),
             "--in_doubt_after_ms=300", "--resend_initial_ms=50", "--resend_max_ms=300",
-            "--rpc_timeout_ms=1000", "--lease_sweep_ms=50", *self.participant_args])
+            "--rpc_timeout_ms=1000", "--lease_sweep_ms=50", *self._access_args(p),
+            *self.participant_args])
         self._wait(p, self.participants[p], lambda ch: pgrpc.QueueStub(ch).ListQueues(
-            ppb.ListQueuesRequest(), timeout=0.3))
+            ppb.ListQueuesRequest(), timeout=0.3, metadata=self._metadata()))
 
     def start_coordinator(self) -> None:
         self.kill("c1")
@@ -131,9 +166,10 @@ class Cluster:
         self._spawn("c1", "atomq-coordinator", [
             "--id=c1", *self.tls_args("c1"), f"--listen={self.coordinator}", f"--data_dir={self.dir / 'c1'}",
             f"--participants={parts}", "--resend_initial_ms=20", "--resend_max_ms=300",
-            "--rpc_timeout_ms=1000", "--txn_timeout_ms=3000", *self.coordinator_args])
+            "--rpc_timeout_ms=1000", "--txn_timeout_ms=3000", *self._access_args("c1"),
+            *self.coordinator_args])
         self._wait("c1", self.coordinator, lambda ch: cgrpc.CoordinatorStub(ch).ListTransactions(
-            cpb.ListTransactionsRequest(), timeout=0.3))
+            cpb.ListTransactionsRequest(), timeout=0.3, metadata=self._metadata()))
 
     def kill(self, name: str) -> None:
         """SIGKILLs one process (c1, p1, ...) by its pid and reaps it."""
