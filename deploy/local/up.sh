@@ -42,9 +42,17 @@ tls_flags() {  # TLS_FLAGS: the TLS flags of server $1
   TLS_FLAGS=(--tls_cert="$TLS/$1.pem" --tls_key="$TLS/$1.key" --tls_ca="$TLS/ca.pem"
              --tls_client_auth=require)
 }
-# ROLES: who may call what (issue 11). --roles_file=... goes here, for every
-# server, once it exists; ROLES_FLAGS is added to each server's command line.
-ROLES_FLAGS=()
+# Who may call what (README "Who may do what"): the servers are peers, the
+# demo's client certificate may do everything else. Written once; edit it to
+# add identities, and restart.
+ROLES="$DATA/roles"
+if [ ! -f "$ROLES" ]; then
+  mkdir -p "$DATA"
+  printf '%s\n' "# identity roles [queue globs]" "c1 peer" "p1 peer" "p2 peer" "p3 peer" \
+    "client producer,consumer,operator" >"$ROLES"
+  chmod 600 "$ROLES"
+fi
+ROLES_FLAGS=(--roles_file="$ROLES")
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 

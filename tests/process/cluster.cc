@@ -161,9 +161,13 @@ std::shared_ptr<grpc::Channel> Cluster::Channel(const std::string& address,
 std::vector<std::string> Cluster::TlsArgs(const std::string& name) const {
   if (!options_.tls) return {"--plaintext"};
   const std::string t = tls_dir();
-  return {"--tls_cert=" + t + "/" + name + ".pem", "--tls_key=" + t + "/" + name + ".key",
-          "--tls_ca=" + t + "/ca.pem", "--tls_client_auth=" + options_.tls_client_auth,
-          "--tls_reload_s=1"};
+  std::vector<std::string> args = {
+      "--tls_cert=" + t + "/" + name + ".pem", "--tls_key=" + t + "/" + name + ".key",
+      "--tls_ca=" + t + "/ca.pem", "--tls_client_auth=" + options_.tls_client_auth,
+      "--tls_reload_s=1"};
+  // A TLS server without a roles file must be told that anyone may call.
+  if (options_.roles.empty()) args.push_back("--allow_anyone");
+  return args;
 }
 
 std::string Cluster::admin_token() const {

@@ -97,7 +97,8 @@ class Cluster:
             return ["--plaintext"]
         t = self.tls_dir
         return [f"--tls_cert={t / name}.pem", f"--tls_key={t / name}.key", f"--tls_ca={t}/ca.pem",
-                "--tls_client_auth=require", "--tls_reload_s=1"]
+                "--tls_client_auth=require", "--tls_reload_s=1",
+                *([] if self.roles else ["--allow_anyone"])]
 
     def client_tls(self, name: str = "client") -> Tuple[bytes, bytes, bytes]:
         """(CA, certificate, key) PEMs of client ``name``."""
