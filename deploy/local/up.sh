@@ -27,7 +27,8 @@ make_certificates() {
     -keyout "$TLS/ca.key" -out "$TLS/ca.pem" 2>/dev/null
   for name in c1 p1 p2 p3 client; do
     local san="DNS:$name"
-    [ "$name" = client ] || san="IP:127.0.0.1,DNS:localhost,DNS:$name"
+    # The first SAN is the identity roles name (docs/design.md section 11).
+    [ "$name" = client ] || san="DNS:$name,IP:127.0.0.1,DNS:localhost"
     openssl req -newkey rsa:2048 -nodes -subj "/CN=$name" \
       -keyout "$TLS/$name.key" -out "$TLS/$name.csr" 2>/dev/null
     printf 'subjectAltName=%s\n' "$san" >"$TLS/$name.ext"
