@@ -51,15 +51,6 @@ void Deadline(grpc::ClientContext* ctx, int ms = 3000) {
   ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
 }
 
-v1::Op EnqueueOp(const std::string& participant, const std::string& queue,
-                 const std::string& payload) {
-  v1::Op op;
-  op.set_participant(participant);
-  op.mutable_enqueue()->set_queue(queue);
-  op.mutable_enqueue()->set_payload(payload);
-  return op;
-}
-
 // What the cluster holds, as the admin sees it: queues with their counts,
 // the coordinator's transactions, each participant's transactions.
 std::string Snapshot(Cluster& c) {

@@ -381,6 +381,18 @@ void Cluster::CreateQueue(int i, const std::string& name) {
   ASSERT_TRUE(s.ok()) << "CreateQueue " << name << " on p" << i << ": " << s.error_message();
 }
 
+v1::QueueInfo Cluster::QueueInfoOf(int i, const std::string& name) {
+  grpc::ClientContext ctx;
+  Deadline(&ctx, 5000);
+  v1::ListQueuesResponse resp;
+  EXPECT_TRUE(queue(i)->ListQueues(&ctx, v1::ListQueuesRequest(), &resp).ok());
+  for (const v1::QueueInfo& q : resp.queues()) {
+    if (q.name() == name) return q;
+  }
+  ADD_FAILURE() << "no queue " << name;
+  return v1::QueueInfo();
+}
+
 std::vector<std::string> Cluster::Drain(int i, const std::string& name) {
   std::vector<std::string> out;
   auto stub = queue(i);

@@ -94,7 +94,7 @@ class Cluster {
   // makes a new handshake).
   std::shared_ptr<grpc::ChannelCredentials> credentials() const;
   std::shared_ptr<grpc::Channel> Channel(const std::string& address,
-                                        const std::string& token = "") const;
+                                         const std::string& token = "") const;
   // The flags a server `name` speaks TLS (or plaintext) with.
   std::vector<std::string> TlsArgs(const std::string& name) const;
   int participants() const { return options_.participants; }
@@ -112,6 +112,8 @@ class Cluster {
 
   // Convenience calls with a deadline; they fail the test on error.
   void CreateQueue(int i, const std::string& name);
+  // Queue `name` as participant i lists it (a test failure if it is absent).
+  v1::QueueInfo QueueInfoOf(int i, const std::string& name);
   // Receives and acks everything ready in `queue` on participant i.
   std::vector<std::string> Drain(int i, const std::string& queue);
   // Participant i's state of `txn_id` (no side effects: from its transaction list

@@ -89,18 +89,6 @@ v1::ExecuteResponse ExecuteAck(Cluster& c, const v1::Delivery& d, const std::str
   return resp;
 }
 
-v1::QueueInfo Info(Cluster& c, const std::string& name) {
-  grpc::ClientContext ctx;
-  Deadline(&ctx, 5000);
-  v1::ListQueuesResponse resp;
-  EXPECT_TRUE(c.queue(1)->ListQueues(&ctx, v1::ListQueuesRequest(), &resp).ok());
-  for (const v1::QueueInfo& q : resp.queues()) {
-    if (q.name() == name) return q;
-  }
-  ADD_FAILURE() << "no queue " << name;
-  return v1::QueueInfo();
-}
-
 // A second consumer that knows the queue, the sequence and the shape of a
 // token (but not the token) cannot ack, nack or transactionally ack the
 // first consumer's delivery: not with the old <boot>-<n> guesses, random
@@ -137,12 +125,12 @@ TEST(LimitsTest, AnotherConsumersDeliveryCannotBeSettledWithAGuessedToken) {
     EXPECT_TRUE(absl::StrContains(r.reason(), "not the current lease")) << r.reason();
   }
   // Nothing moved: the message is still leased to its consumer, "out" is empty.
-  EXPECT_EQ(Info(c, "in").leased(), 1u);
-  EXPECT_EQ(Info(c, "out").ready(), 0u);
+  EXPECT_EQ(c.QueueInfoOf(1, "in").leased(), 1u);
+  EXPECT_EQ(c.QueueInfoOf(1, "out").ready(), 0u);
   // Its own token settles it, in a transaction.
   EXPECT_EQ(ExecuteAck(c, mine, mine.lease_token(), "real").outcome(), v1::COMMITTED);
-  EXPECT_EQ(Info(c, "in").leased() + Info(c, "in").ready(), 0u);
-  EXPECT_EQ(Info(c, "out").ready(), 1u);
+  EXPECT_EQ(c.QueueInfoOf(1, "in").leased() + c.QueueInfoOf(1, "in").ready(), 0u);
+  EXPECT_EQ(c.QueueInfoOf(1, "out").ready(), 1u);
 
   // A token from before a restart settles nothing after it.
   ASSERT_TRUE(Send(c, send).ok());
@@ -185,7 +173,7 @@ TEST(LimitsTest, HeaderBytesAreLimitedAndCountedWithThePayload) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_TRUE(absl::StrContains(s.error_message(), "payload and headers are")) << s.error_message();
   EXPECT_TRUE(absl::StrContains(s.error_message(), "--payload_bytes_max")) << s.error_message();
-  EXPECT_EQ(Info(c, "q").ready(), 0u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").ready(), 0u);
 
   auto execute = [&](std::vector<v1::Op> ops) {
     grpc::ClientContext ctx;
@@ -209,7 +197,7 @@ TEST(LimitsTest, HeaderBytesAreLimitedAndCountedWithThePayload) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_TRUE(absl::StrContains(s.error_message(), "--txn_bytes_max=3000000")) << s.error_message();
   EXPECT_TRUE(execute({op, op}).ok());
-  EXPECT_EQ(Info(c, "q").ready(), 2u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").ready(), 2u);
 }
 
 // Prepared work is bounded in bytes: a Prepare past --prepared_bytes_max is
@@ -258,7 +246,7 @@ TEST(LimitsTest, PreparedBytesAreBounded) {
   ASSERT_TRUE(prepare("big-2", &resp).ok());
   EXPECT_EQ(resp.vote(), v1::YES);
   EXPECT_TRUE(abort("big-2").ok());
-  EXPECT_EQ(Info(c, "q").ready(), 0u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").ready(), 0u);
 }
 
 int64_t FileBytes(const std::string& path) {

@@ -103,18 +103,6 @@ grpc::Status Nack(Cluster& c, const v1::Delivery& d, bool dead_letter,
   return s;
 }
 
-v1::QueueInfo Info(Cluster& c, const std::string& name) {
-  grpc::ClientContext ctx;
-  Deadline(&ctx, 5000);
-  v1::ListQueuesResponse resp;
-  EXPECT_TRUE(c.queue(1)->ListQueues(&ctx, v1::ListQueuesRequest(), &resp).ok());
-  for (const v1::QueueInfo& q : resp.queues()) {
-    if (q.name() == name) return q;
-  }
-  ADD_FAILURE() << "no queue " << name;
-  return v1::QueueInfo();
-}
-
 std::vector<std::string> Payloads(const std::vector<v1::Delivery>& ds) {
   std::vector<std::string> out;
   for (const v1::Delivery& d : ds) out.push_back(d.payload());
@@ -223,7 +211,7 @@ TEST(QueueTest, PreparedWorkIsInvisibleAndPinnedAcksAreNotRedelivered) {
   EXPECT_EQ(Ack(c, leased.deliveries[0]).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(Nack(c, leased.deliveries[0], false).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
-  v1::QueueInfo info = Info(c, "q");
+  v1::QueueInfo info = c.QueueInfoOf(1, "q");
   EXPECT_EQ(info.ready(), 0u);
   EXPECT_EQ(info.pending_in_txn(), 2u);  // one staged enqueue, one pinned ack
   EXPECT_EQ(info.version(), 2u);
@@ -244,7 +232,7 @@ TEST(QueueTest, PreparedWorkIsInvisibleAndPinnedAcksAreNotRedelivered) {
   }
   Received after = Receive(c, "q", 10, 2000);
   EXPECT_EQ(Payloads(after.deliveries), std::vector<std::string>{"old"});
-  EXPECT_EQ(Info(c, "q").version(), 2u);  // nothing committed
+  EXPECT_EQ(c.QueueInfoOf(1, "q").version(), 2u);  // nothing committed
 }
 
 TEST(QueueTest, ExpiredLeasesAndRestartsRedeliverNeverLose) {
@@ -255,7 +243,7 @@ TEST(QueueTest, ExpiredLeasesAndRestartsRedeliverNeverLose) {
   EXPECT_EQ(Send(c, "q", "b").sequence(), 2u);
   Received first = Receive(c, "q", 10, 0, 300);
   ASSERT_EQ(Payloads(first.deliveries), (std::vector<std::string>{"a", "b"}));
-  EXPECT_EQ(Info(c, "q").leased(), 2u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").leased(), 2u);
   // The leases run out while a consumer waits: it wakes with both, in order.
   Received again = Receive(c, "q", 10, 3000, 60000);
   ASSERT_EQ(Payloads(again.deliveries), (std::vector<std::string>{"a", "b"}));
@@ -276,7 +264,7 @@ TEST(QueueTest, ExpiredLeasesAndRestartsRedeliverNeverLose) {
   c.KillParticipant(1);
   c.StartParticipant(1);
   EXPECT_EQ(Payloads(Receive(c, "q", 10, 0).deliveries), std::vector<std::string>{"c"});
-  EXPECT_EQ(Info(c, "q").version(), 4u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").version(), 4u);
 }
 
 // A backlog longer than --queue_memory_window lives on disk and is read in
@@ -290,17 +278,17 @@ TEST(QueueTest, BacklogBeyondTheMemoryWindowDeliversInOrderAcrossARestart) {
   for (int i = 1; i <= 300; ++i) {
     ASSERT_EQ(Send(c, "q", absl::StrCat("m", i)).sequence(), static_cast<uint64_t>(i));
   }
-  EXPECT_EQ(Info(c, "q").ready(), 300u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").ready(), 300u);
   Received first = Receive(c, "q", 20, 0, 60000);
   ASSERT_EQ(first.deliveries.size(), 20u);
   for (int i = 0; i < 20; ++i) EXPECT_EQ(first.deliveries[i].payload(), absl::StrCat("m", i + 1));
-  EXPECT_EQ(Info(c, "q").ready(), 280u);
-  EXPECT_EQ(Info(c, "q").leased(), 20u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").ready(), 280u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").leased(), 20u);
 
   c.KillParticipant(1);
   c.StartParticipant(1);
-  EXPECT_EQ(Info(c, "q").ready(), 300u);
-  EXPECT_EQ(Info(c, "q").leased(), 0u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").ready(), 300u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").leased(), 0u);
   EXPECT_EQ(Send(c, "q", "m301").sequence(), 301u);  // behind the backlog on disk
   std::vector<std::string> got;
   for (;;) {
@@ -317,8 +305,8 @@ TEST(QueueTest, BacklogBeyondTheMemoryWindowDeliversInOrderAcrossARestart) {
   }
   ASSERT_EQ(got.size(), 301u);
   for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], absl::StrCat("m", i + 1));
-  EXPECT_EQ(Info(c, "q").ready(), 0u);
-  EXPECT_EQ(Info(c, "q").leased(), 271u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").ready(), 0u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").leased(), 271u);
 }
 
 TEST(QueueTest, MaxDeliveriesDeadLettersAndNackRequeuesOrDeadLetters) {
@@ -328,8 +316,8 @@ TEST(QueueTest, MaxDeliveriesDeadLettersAndNackRequeuesOrDeadLetters) {
   EXPECT_EQ(CreateQueue(c, "q", 2, "missing").error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(CreateQueue(c, "q", 2, "").error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   ASSERT_TRUE(CreateQueue(c, "q", 2, "dlq").ok());
-  EXPECT_EQ(Info(c, "q").max_deliveries(), 2u);
-  EXPECT_EQ(Info(c, "q").dead_letter_queue(), "dlq");
+  EXPECT_EQ(c.QueueInfoOf(1, "q").max_deliveries(), 2u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").dead_letter_queue(), "dlq");
   {
     grpc::ClientContext ctx;
     Deadline(&ctx, 5000);
@@ -369,7 +357,7 @@ TEST(QueueTest, MaxDeliveriesDeadLettersAndNackRequeuesOrDeadLetters) {
   ASSERT_TRUE(Nack(c, fine2.deliveries[0], true, &nr).ok());
   EXPECT_TRUE(nr.dead_lettered());
   EXPECT_EQ(nr.dead_letter_sequence(), 2u);
-  EXPECT_EQ(Info(c, "q").ready() + Info(c, "q").leased(), 0u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").ready() + c.QueueInfoOf(1, "q").leased(), 0u);
   // The move is durable.
   c.KillParticipant(1);
   c.StartParticipant(1);
@@ -388,7 +376,7 @@ TEST(QueueTest, AutoAckDeletesDurablyBeforeDelivering) {
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   ASSERT_EQ(Payloads(r.deliveries), (std::vector<std::string>{"a", "b"}));
   EXPECT_TRUE(r.deliveries[0].lease_token().empty());
-  v1::QueueInfo info = Info(c, "q");
+  v1::QueueInfo info = c.QueueInfoOf(1, "q");
   EXPECT_EQ(info.ready(), 1u);
   EXPECT_EQ(info.leased(), 0u);
   // Auto-ack with a long-poll wakes too.
@@ -496,7 +484,7 @@ TEST(QueueTest, StreamDeliversNoMoreThanItsCreditWindowUntilAcks) {
   EXPECT_EQ(d1.payload(), "m1");
   EXPECT_EQ(d2.payload(), "m2");
   EXPECT_FALSE(s.Next(600).has_value()) << "a third delivery with a window of 2";
-  EXPECT_EQ(Info(c, "q").leased(), 2u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").leased(), 2u);
 
   s.Ack(d1);
   v1::Delivery d3 = s.NextDelivery();
@@ -519,11 +507,11 @@ TEST(QueueTest, StreamDeliversNoMoreThanItsCreditWindowUntilAcks) {
   // Closing returns the unacked (m4, m5, m6) at once.
   EXPECT_TRUE(s.Close().ok());
   auto start = Clock::now();
-  while (Info(c, "q").ready() != 3 && MsSince(start) < 3000) {
+  while (c.QueueInfoOf(1, "q").ready() != 3 && MsSince(start) < 3000) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  EXPECT_EQ(Info(c, "q").ready(), 3u);
-  EXPECT_EQ(Info(c, "q").leased(), 0u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").ready(), 3u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").leased(), 0u);
 }
 
 TEST(QueueTest, StreamLeaseExpiryReturnsTheMessageAndFreesTheWindow) {
@@ -571,7 +559,7 @@ TEST(QueueTest, StreamAutoAckAndBadFirstMessage) {
     EXPECT_TRUE(d3.lease_token().empty());
     EXPECT_TRUE(s.Close().ok());
   }
-  EXPECT_EQ(Info(c, "q").ready() + Info(c, "q").leased(), 0u);
+  EXPECT_EQ(c.QueueInfoOf(1, "q").ready() + c.QueueInfoOf(1, "q").leased(), 0u);
   {
     v1::SubscribeOpen open;
     open.set_queue("missing");
