@@ -12,6 +12,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -164,6 +166,19 @@ absl::StatusOr<std::string> HttpGet(const std::string& addr, const std::string& 
   return ReplyBody(addr, path, resp);
 }
 
+// The whole of a small file; false if it could not be read (for a thread's
+// file under /proc: the thread exited).
+bool ReadSmallFile(const std::string& path, std::string* out) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  out->clear();
+  char buf[4096];
+  ssize_t n = 0;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) out->append(buf, size_t(n));
+  close(fd);
+  return n == 0;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -266,6 +281,77 @@ double PeakRssSelf() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   return double(ru.ru_maxrss) * 1024;
+}
+
+// ---------------------------------------------------------------------------
+// Context switches.
+
+Switches ParseSwitches(absl::string_view status) {
+  Switches s;
+  for (absl::string_view line : absl::StrSplit(status, '\n')) {
+    std::pair<absl::string_view, absl::string_view> kv =
+        absl::StrSplit(line, absl::MaxSplits(':', 1));
+    double* field = kv.first == "voluntary_ctxt_switches"      ? &s.voluntary
+                    : kv.first == "nonvoluntary_ctxt_switches" ? &s.nonvoluntary
+                                                               : nullptr;
+    uint64_t n = 0;
+    if (field != nullptr && absl::SimpleAtoi(absl::StripAsciiWhitespace(kv.second), &n)) {
+      *field = double(n);
+    }
+  }
+  return s;
+}
+
+SwitchSample SampleSwitches(pid_t pid) {
+  SwitchSample sample;
+  const std::string task_dir = absl::StrCat("/proc/", pid, "/task");
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(task_dir, ec)) {
+    ThreadSwitches t;
+    std::string status;
+    if (!absl::SimpleAtoi(entry.path().filename().string(), &t.tid) ||
+        !ReadSmallFile(entry.path().string() + "/status", &status)) {
+      continue;
+    }
+    t.switches = ParseSwitches(status);
+    if (!std::isfinite(t.switches.Total())) continue;
+    if (ReadSmallFile(entry.path().string() + "/comm", &t.name)) {
+      t.name = std::string(absl::StripTrailingAsciiWhitespace(t.name));
+    }
+    sample.threads.push_back(std::move(t));
+  }
+  if (ec) {
+    sample.error = absl::StrCat(task_dir, ": ", ec.message());
+  } else if (sample.threads.empty()) {
+    sample.error = absl::StrCat(task_dir, ": no thread's switches could be read");
+  }
+  return sample;
+}
+
+WindowSwitches SwitchesBetween(const SwitchSample& start, const SwitchSample& end) {
+  WindowSwitches w;
+  w.error = !start.error.empty() ? start.error : end.error;
+  if (!w.error.empty()) return w;
+  std::unordered_map<pid_t, Switches> before;
+  for (const ThreadSwitches& t : start.threads) before[t.tid] = t.switches;
+  w.total = Switches{0, 0};
+  for (const ThreadSwitches& t : end.threads) {
+    ThreadSwitches d = t;
+    auto it = before.find(t.tid);
+    if (it != before.end() && it->second.voluntary <= t.switches.voluntary &&
+        it->second.nonvoluntary <= t.switches.nonvoluntary) {
+      d.switches.voluntary -= it->second.voluntary;
+      d.switches.nonvoluntary -= it->second.nonvoluntary;
+    }
+    w.total.voluntary += d.switches.voluntary;
+    w.total.nonvoluntary += d.switches.nonvoluntary;
+    w.threads.push_back(std::move(d));
+  }
+  std::stable_sort(w.threads.begin(), w.threads.end(),
+                   [](const ThreadSwitches& a, const ThreadSwitches& b) {
+                     return a.switches.Total() > b.switches.Total();
+                   });
+  return w;
 }
 
 }  // namespace atomq::bench
