@@ -9,6 +9,8 @@
 // latency percentiles, and from each server's /metrics the fsyncs and CPU
 // spent per transaction, read against the data disk's own serial fsync rate
 // measured in the same run.
+#include <unistd.h>
+
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -204,6 +206,17 @@ std::vector<Scrape> ScrapeAll(const std::vector<Server>& servers) {
   return out;
 }
 
+// The threads of every spawned server and of the bench, into the start or
+// the end of the window's samples. Taken inside the scrapes, so the window
+// does not count the switches of serving them.
+void SampleAllSwitches(const std::vector<Proc>& procs, bool start, RunResult* r) {
+  auto at = [start](RunResult::SwitchSamples& s) -> SwitchSample& {
+    return start ? s.start : s.end;
+  };
+  for (const Proc& p : procs) at(r->server_switches[p.name]) = SampleSwitches(p.pid);
+  at(r->bench_switches) = SampleSwitches(getpid());
+}
+
 LoadOptions LoadOptionsOf(const BenchOptions& o) {
   LoadOptions l;
   l.clients = o.clients;
@@ -224,6 +237,7 @@ void MeasureLoad(const BenchOptions& o, LoadGenerator& load, ClusterRun* run, Ru
   pacer.WaitUntil(pacer.start() + SecondsToDuration(o.warmup), "warmup");
 
   r->before = ScrapeAll(r->scraped);
+  SampleAllSwitches(run->cluster.procs, /*start=*/true, r);
   double bench_cpu0 = CpuSelf();
   auto t0 = Clock::now();
   const uint64_t consumed0 = load.consumed();
@@ -233,6 +247,7 @@ void MeasureLoad(const BenchOptions& o, LoadGenerator& load, ClusterRun* run, Ru
   const uint64_t consumed1 = load.consumed();
   auto t1 = Clock::now();
   double bench_cpu1 = CpuSelf();
+  SampleAllSwitches(run->cluster.procs, /*start=*/false, r);
   r->after = ScrapeAll(r->scraped);
 
   load.Stop();

@@ -42,6 +42,8 @@ struct BenchOptions {
   int rpc_timeout_ms = 30000;
   uint32_t txn_timeout_ms = 0;
   double disk_probe_seconds = 1;
+  bool threads_report = false;  // each process's busiest threads by switches
+  int threads_report_max = 8;
   // How it dials servers it did not spawn (spawned ones speak plaintext).
   atomq::TlsFlags tls;
   std::string token_file;  // --token_file (else env ATOMQ_TOKEN)

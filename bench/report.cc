@@ -1,5 +1,6 @@
 #include "bench/report.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 
@@ -106,6 +107,26 @@ void AddServerTotals(const ServerFigures& s, Figures* f) {
   if (std::isfinite(s.batches)) f->total_batches += s.batches;
 }
 
+double PerTxn(double v, uint64_t committed) { return committed ? v / double(committed) : NAN; }
+
+// The switches of the window for every scraped server (an error for one
+// the bench did not spawn) and their sum if every one was read.
+void ReadSwitches(const RunResult& r, Figures* f) {
+  Switches sum{0, 0};
+  for (ServerFigures& s : f->servers) {
+    auto it = r.server_switches.find(s.name);
+    if (it == r.server_switches.end()) {
+      s.switches.error = "not spawned by the bench: its threads are not read";
+    } else {
+      s.switches = SwitchesBetween(it->second.start, it->second.end);
+    }
+    sum.voluntary += s.switches.total.voluntary;
+    sum.nonvoluntary += s.switches.total.nonvoluntary;
+  }
+  if (!f->servers.empty()) f->server_switches = sum;
+  f->bench_switches = SwitchesBetween(r.bench_switches.start, r.bench_switches.end);
+}
+
 // "100->120 (+20%)" in MiB; "-" without both figures.
 std::string MiBSpan(double from, double to) {
   if (!std::isfinite(from) || !std::isfinite(to) || from <= 0) return std::string("-");
@@ -143,6 +164,17 @@ void PrintSummary(const BenchOptions& o, const RunResult& r, const Figures& f) {
               Fmt(f.fsync_complete ? f.total_batches : NAN, 0).c_str());
   std::printf("  CPU ms / txn   servers %s  bench %s\n", Fmt(f.server_cpu_per_txn * kMs, 3).c_str(),
               Fmt(f.bench_cpu_per_txn * kMs, 3).c_str());
+  const Switches& sv = f.server_switches;
+  const Switches& bv = f.bench_switches.total;
+  std::printf(
+      "  context switches / committed txn   servers %s (voluntary %s, non-voluntary %s)  "
+      "bench %s (%s, %s)\n",
+      Fmt(PerTxn(sv.Total(), t.committed), 2).c_str(),
+      Fmt(PerTxn(sv.voluntary, t.committed), 2).c_str(),
+      Fmt(PerTxn(sv.nonvoluntary, t.committed), 2).c_str(),
+      Fmt(PerTxn(bv.Total(), t.committed), 2).c_str(),
+      Fmt(PerTxn(bv.voluntary, t.committed), 2).c_str(),
+      Fmt(PerTxn(bv.nonvoluntary, t.committed), 2).c_str());
 }
 
 void PrintCoordinatorFigures(const RunResult& r, const Figures& f) {
@@ -174,6 +206,51 @@ void PrintServerTable(const RunResult& r, const Figures& f) {
   }
   std::printf("  %-22s %10s %10s %10s %12s\n", "bench", Fmt(r.bench_cpu_s).c_str(), "-", "-",
               Fmt(PeakRssSelf() / kMiB, 1).c_str());
+}
+
+// Each process's context switches in the window (summed over the threads
+// alive at its end), and per committed transaction.
+void PrintSwitchTable(const RunResult& r, const Figures& f) {
+  const uint64_t n = r.load.committed;
+  std::printf("  %-22s %10s %14s %10s %12s %8s\n", "context switches", "voluntary", "non-voluntary",
+              "vol/txn", "non-vol/txn", "threads");
+  auto row = [n](const std::string& name, const WindowSwitches& w) {
+    if (!w.error.empty()) {
+      std::printf("  %-22s switches unavailable: %s\n", name.c_str(), w.error.c_str());
+      return;
+    }
+    std::printf("  %-22s %10s %14s %10s %12s %8zu\n", name.c_str(),
+                Fmt(w.total.voluntary, 0).c_str(), Fmt(w.total.nonvoluntary, 0).c_str(),
+                Fmt(PerTxn(w.total.voluntary, n), 2).c_str(),
+                Fmt(PerTxn(w.total.nonvoluntary, n), 2).c_str(), w.threads.size());
+  };
+  for (const ServerFigures& s : f.servers) row(s.name, s.switches);
+  row("bench", f.bench_switches);
+}
+
+// With --threads_report: the threads of one process with the most switches.
+void PrintThreads(const std::string& name, const WindowSwitches& w, int max, uint64_t n) {
+  if (!w.error.empty()) return;
+  const size_t shown = std::min(w.threads.size(), size_t(max));
+  std::printf("  %s: the %zu of %zu threads with the most context switches in the window\n",
+              name.c_str(), shown, w.threads.size());
+  std::printf("    %8s %-16s %10s %14s %10s %12s\n", "tid", "thread", "voluntary", "non-voluntary",
+              "vol/txn", "non-vol/txn");
+  for (size_t i = 0; i < shown; ++i) {
+    const ThreadSwitches& t = w.threads[i];
+    std::printf("    %8d %-16s %10s %14s %10s %12s\n", int(t.tid), t.name.c_str(),
+                Fmt(t.switches.voluntary, 0).c_str(), Fmt(t.switches.nonvoluntary, 0).c_str(),
+                Fmt(PerTxn(t.switches.voluntary, n), 2).c_str(),
+                Fmt(PerTxn(t.switches.nonvoluntary, n), 2).c_str());
+  }
+}
+
+void PrintThreadsReport(const BenchOptions& o, const RunResult& r, const Figures& f) {
+  if (!o.threads_report) return;
+  for (const ServerFigures& s : f.servers) {
+    PrintThreads(s.name, s.switches, o.threads_report_max, r.load.committed);
+  }
+  PrintThreads("bench", f.bench_switches, o.threads_report_max, r.load.committed);
 }
 
 void PrintProblems(const RunResult& r) {
@@ -210,7 +287,31 @@ std::string JsonLatency(const Histogram& lat) {
                       ", \"mean\": ", JsonNumber(lat.mean() / kMs), "}");
 }
 
-std::string JsonServer(const ServerFigures& f) {
+// A process's switches in the window; with --threads_report, its busiest
+// threads too.
+std::string JsonSwitches(const WindowSwitches& w, uint64_t committed, const BenchOptions& o) {
+  if (!w.error.empty()) return absl::StrCat("{\"error\": ", JsonString(w.error), "}");
+  std::string out = absl::StrCat(
+      "{\"error\": null, \"voluntary\": ", JsonNumber(w.total.voluntary),
+      ", \"nonvoluntary\": ", JsonNumber(w.total.nonvoluntary),
+      ", \"voluntary_per_committed_txn\": ", JsonNumber(PerTxn(w.total.voluntary, committed)),
+      ", \"nonvoluntary_per_committed_txn\": ", JsonNumber(PerTxn(w.total.nonvoluntary, committed)),
+      ", \"threads_alive\": ", w.threads.size());
+  if (o.threads_report) {
+    std::vector<std::string> threads;
+    for (size_t i = 0; i < w.threads.size() && i < size_t(o.threads_report_max); ++i) {
+      const ThreadSwitches& t = w.threads[i];
+      threads.push_back(absl::StrCat("{\"tid\": ", t.tid, ", \"name\": ", JsonString(t.name),
+                                     ", \"voluntary\": ", JsonNumber(t.switches.voluntary),
+                                     ", \"nonvoluntary\": ", JsonNumber(t.switches.nonvoluntary),
+                                     "}"));
+    }
+    absl::StrAppend(&out, ", \"threads\": [", absl::StrJoin(threads, ", "), "]");
+  }
+  return out + "}";
+}
+
+std::string JsonServer(const ServerFigures& f, uint64_t committed, const BenchOptions& o) {
   return absl::StrCat(
       "{\"name\": ", JsonString(f.name), ", \"metrics\": ", JsonString(f.metrics_address),
       ", \"error\": ", f.error.empty() ? "null" : JsonString(f.error),
@@ -221,7 +322,8 @@ std::string JsonServer(const ServerFigures& f) {
       ", \"rss_start_bytes\": ", JsonNumber(f.rss_start),
       ", \"rss_end_bytes\": ", JsonNumber(f.rss_end),
       ", \"anon_rss_start_bytes\": ", JsonNumber(f.anon_start),
-      ", \"anon_rss_end_bytes\": ", JsonNumber(f.anon_end), "}");
+      ", \"anon_rss_end_bytes\": ", JsonNumber(f.anon_end),
+      ", \"context_switches\": ", JsonSwitches(f.switches, committed, o), "}");
 }
 
 void JsonRunFields(const BenchOptions& o, const RunResult& r, const Figures& f, JsonObject* j) {
@@ -250,6 +352,14 @@ void JsonCostFields(const BenchOptions& o, const RunResult& r, const Figures& f,
   j->Field("server_cpu_s_per_txn", JsonNumber(f.server_cpu_per_txn));
   j->Field("bench_cpu_s_per_txn", JsonNumber(f.bench_cpu_per_txn));
   j->Field("bench_cpu_s", JsonNumber(r.bench_cpu_s));
+  const uint64_t n = r.load.committed;
+  j->Field("server_context_switches_per_committed_txn",
+           JsonNumber(PerTxn(f.server_switches.Total(), n)));
+  j->Field("server_voluntary_switches_per_committed_txn",
+           JsonNumber(PerTxn(f.server_switches.voluntary, n)));
+  j->Field("server_nonvoluntary_switches_per_committed_txn",
+           JsonNumber(PerTxn(f.server_switches.nonvoluntary, n)));
+  j->Field("bench_context_switches", JsonSwitches(f.bench_switches, n, o));
   j->Field("consumed_msgs_per_s",
            o.consume ? JsonNumber(double(r.consumed) / r.window_s) : std::string("null"));
   j->Field("participant_batch_calls", JsonNumber(f.batch_calls));
@@ -260,9 +370,9 @@ void JsonCostFields(const BenchOptions& o, const RunResult& r, const Figures& f,
                                                ", \"error\": ", JsonNumber(f.coord_errors), "}"));
 }
 
-void JsonServerFields(const RunResult& r, const Figures& f, JsonObject* j) {
+void JsonServerFields(const BenchOptions& o, const RunResult& r, const Figures& f, JsonObject* j) {
   std::vector<std::string> servers;
-  for (const ServerFigures& s : f.servers) servers.push_back(JsonServer(s));
+  for (const ServerFigures& s : f.servers) servers.push_back(JsonServer(s, r.load.committed, o));
   j->Field("servers", absl::StrCat("[", absl::StrJoin(servers, ", "), "]"));
   std::vector<std::string> errs;
   for (auto& [k, v] : r.load.error_kinds) errs.push_back(absl::StrCat(JsonString(k), ": ", v));
@@ -299,6 +409,7 @@ Figures ComputeFigures(const RunResult& r) {
   f.server_cpu_per_txn = f.cpu_complete && f.finished ? f.total_cpu / double(f.finished) : NAN;
   f.bench_cpu_per_txn = f.finished ? r.bench_cpu_s / double(f.finished) : NAN;
   f.ratio_to_disk = f.committed_per_s / r.disk_fsyncs_per_s;
+  ReadSwitches(r, &f);
   return f;
 }
 
@@ -306,6 +417,8 @@ void PrintReport(const BenchOptions& o, const RunResult& r, const Figures& f) {
   PrintSummary(o, r, f);
   PrintCoordinatorFigures(r, f);
   PrintServerTable(r, f);
+  PrintSwitchTable(r, f);
+  PrintThreadsReport(o, r, f);
   PrintProblems(r);
   std::fflush(stdout);
 }
@@ -315,7 +428,7 @@ void WriteJson(const std::string& path, const BenchOptions& o, const RunResult& 
   JsonObject j;
   JsonRunFields(o, r, f, &j);
   JsonCostFields(o, r, f, &j);
-  JsonServerFields(r, f, &j);
+  JsonServerFields(o, r, f, &j);
   std::ofstream out(path);
   out << j.Close();
   if (!out) std::fprintf(stderr, "atomq-bench: cannot write %s\n", path.c_str());

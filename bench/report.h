@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,13 @@ struct RunResult {
   // The scraped servers and their /metrics when the window began and ended.
   std::vector<Server> scraped;
   std::vector<Scrape> before, after;
+  // The threads of each spawned server (by name, as in `scraped`) and of
+  // the bench itself when the window began and ended.
+  struct SwitchSamples {
+    SwitchSample start, end;
+  };
+  std::map<std::string, SwitchSamples> server_switches;
+  SwitchSamples bench_switches;
   std::vector<std::string> server_problems;
   std::string died;  // a spawned server that died during the run
   bool interrupted = false;
@@ -44,6 +52,8 @@ struct ServerFigures {
   // Resident memory when the measured window began and ended: all of it,
   // and the anonymous part (heap; the rest is mostly LMDB's mapped pages).
   double rss_start = NAN, rss_end = NAN, anon_start = NAN, anon_end = NAN;
+  // Its threads' context switches; an error for a server not spawned here.
+  WindowSwitches switches;
 };
 
 // The figures derived from a RunResult; NaN where one could not be had.
@@ -59,6 +69,10 @@ struct Figures {
   double fsyncs_per_txn = NAN;
   double server_cpu_per_txn = NAN;
   double bench_cpu_per_txn = NAN;
+  // Context switches over all servers (NaN unless every one was read) and
+  // the bench's, in the window; per committed transaction when printed.
+  Switches server_switches;
+  WindowSwitches bench_switches;
   double ratio_to_disk = NAN;  // committed txn/s per disk fsync/s
 };
 
