@@ -77,8 +77,8 @@ void AddProbeAndServerFlags(CLI::App& app, BenchOptions* o) {
   AddChecked(app, "--disk_probe_seconds", o->disk_probe_seconds,
              "how long to measure the disk's serial fsync rate (0: skip)", CLI::Range(0.0, 60.0));
   app.add_flag("--threads_report", o->threads_report,
-               "also list each local process's threads with the most context switches in the "
-               "window (in the text report and --json)");
+               "also list the threads of each spawned server and of the bench with the most "
+               "context switches in the window (in the text report and --json)");
   AddChecked(app, "--threads_report_max", o->threads_report_max,
              "threads listed per process by --threads_report", CLI::Range(1, 100000));
   app.add_option("--coordinator_arg", o->coordinator_args,
