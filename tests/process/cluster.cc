@@ -125,10 +125,11 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   }
   const std::string t = tls_dir();
   MakeCa(t, "ca");
-  MakeCertificate(t, "c1", "ca", "c1", "IP:127.0.0.1,DNS:c1");
+  // A server's id first among its SANs: the identity the roles file names.
+  MakeCertificate(t, "c1", "ca", "c1", "DNS:c1,IP:127.0.0.1");
   for (int i = 1; i <= options_.participants; ++i) {
     MakeCertificate(t, participant_id(i), "ca", participant_id(i),
-                    "IP:127.0.0.1,DNS:" + participant_id(i));
+                    "DNS:" + participant_id(i) + ",IP:127.0.0.1");
   }
   MakeCertificate(t, "client", "ca", "client", "DNS:client");
   // The atomqctl a test runs presents the client certificate.
@@ -138,24 +139,31 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   setenv("ATOMQ_TLS_KEY", (t + "/client.key").c_str(), 1);
 }
 
-std::shared_ptr<grpc::ChannelCredentials> Cluster::credentials() const {
+void Cluster::MakeClientCertificate(const std::string& name, const std::string& identity) {
+  MakeCertificate(tls_dir(), name, "ca", name, "DNS:" + identity);
+}
+
+std::shared_ptr<grpc::ChannelCredentials> Cluster::credentials(
+    const std::string& certificate) const {
   if (!options_.tls) return grpc::InsecureChannelCredentials();
+  const std::string f = tls_dir() + "/" + (certificate.empty() ? "client" : certificate);
   grpc::SslCredentialsOptions o;
   o.pem_root_certs = ReadFile(tls_dir() + "/ca.pem");
-  o.pem_private_key = ReadFile(tls_dir() + "/client.key");
-  o.pem_cert_chain = ReadFile(tls_dir() + "/client.pem");
+  o.pem_private_key = ReadFile(f + ".key");
+  o.pem_cert_chain = ReadFile(f + ".pem");
   return grpc::SslCredentials(o);
 }
 
 std::shared_ptr<grpc::Channel> Cluster::Channel(const std::string& address,
-                                                const std::string& token) const {
+                                                const std::string& token,
+                                                const std::string& certificate) const {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  if (token.empty()) return grpc::CreateCustomChannel(address, credentials(), args);
+  if (token.empty()) return grpc::CreateCustomChannel(address, credentials(certificate), args);
   std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> f;
   f.push_back(BearerInterceptor(token));
-  return grpc::experimental::CreateCustomChannelWithInterceptors(address, credentials(), args,
-                                                                 std::move(f));
+  return grpc::experimental::CreateCustomChannelWithInterceptors(address, credentials(certificate),
+                                                                 args, std::move(f));
 }
 
 std::vector<std::string> Cluster::TlsArgs(const std::string& name) const {
@@ -361,14 +369,17 @@ std::unique_ptr<v1::Coordinator::Stub> Cluster::coordinator() {
 }
 std::unique_ptr<v1::Queue::Stub> Cluster::queue(int i) { return queue_as(i, admin_token()); }
 std::unique_ptr<v1::ParticipantTxn::Stub> Cluster::txn(int i) { return txn_as(i, admin_token()); }
-std::unique_ptr<v1::Coordinator::Stub> Cluster::coordinator_as(const std::string& token) {
-  return v1::Coordinator::NewStub(Channel(coordinator_address(), token));
+std::unique_ptr<v1::Coordinator::Stub> Cluster::coordinator_as(const std::string& token,
+                                                               const std::string& certificate) {
+  return v1::Coordinator::NewStub(Channel(coordinator_address(), token, certificate));
 }
-std::unique_ptr<v1::Queue::Stub> Cluster::queue_as(int i, const std::string& token) {
-  return v1::Queue::NewStub(Channel(participant_address(i), token));
+std::unique_ptr<v1::Queue::Stub> Cluster::queue_as(int i, const std::string& token,
+                                                   const std::string& certificate) {
+  return v1::Queue::NewStub(Channel(participant_address(i), token, certificate));
 }
-std::unique_ptr<v1::ParticipantTxn::Stub> Cluster::txn_as(int i, const std::string& token) {
-  return v1::ParticipantTxn::NewStub(Channel(participant_address(i), token));
+std::unique_ptr<v1::ParticipantTxn::Stub> Cluster::txn_as(int i, const std::string& token,
+                                                          const std::string& certificate) {
+  return v1::ParticipantTxn::NewStub(Channel(participant_address(i), token, certificate));
 }
 
 void Cluster::CreateQueue(int i, const std::string& name) {

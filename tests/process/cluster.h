@@ -50,7 +50,10 @@ struct ClusterOptions {
   // server gets --roles_file with these lines ("IDENTITY ROLES [QUEUES]")
   // plus c1 and each participant as peer and "admin" with every role, and
   // --tokens_file with `tokens` (identity -> token) plus theirs. Servers dial
-  // with their own token; the Cluster's calls and stubs carry admin's.
+  // with their own token; the Cluster's calls and stubs carry admin's. Under
+  // TLS a certificate's identity wins over any token: servers are then their
+  // certificates (c1, p1..), and the Cluster's calls are made by "client",
+  // which `roles` must name with the roles those calls need.
   std::vector<std::string> roles;
   std::map<std::string, std::string> tokens;
 };
@@ -89,12 +92,16 @@ class Cluster {
   // The directory of the certificates (ClusterOptions::tls): ca.pem, and
   // NAME.pem / NAME.key for c1, p1.. and client.
   std::string tls_dir() const { return dir_ + "/tls"; }
-  // What this Cluster's channels dial with: the client certificate under
-  // TLS, else plaintext. Each channel has its own connections (a new one
-  // makes a new handshake).
-  std::shared_ptr<grpc::ChannelCredentials> credentials() const;
-  std::shared_ptr<grpc::Channel> Channel(const std::string& address,
-                                         const std::string& token = "") const;
+  // Another client certificate in tls_dir(), signed by the cluster's CA:
+  // `name`.pem/.key with common name `name` and `identity` as its first
+  // (DNS) SAN, which is the identity servers see (common/tls.h).
+  void MakeClientCertificate(const std::string& name, const std::string& identity);
+  // What this Cluster's channels dial with: under TLS the client certificate
+  // `certificate` of tls_dir() (empty: "client"), else plaintext. Each
+  // channel has its own connections (a new one makes a new handshake).
+  std::shared_ptr<grpc::ChannelCredentials> credentials(const std::string& certificate = "") const;
+  std::shared_ptr<grpc::Channel> Channel(const std::string& address, const std::string& token = "",
+                                         const std::string& certificate = "") const;
   // The flags a server `name` speaks TLS (or plaintext) with.
   std::vector<std::string> TlsArgs(const std::string& name) const;
   int participants() const { return options_.participants; }
@@ -103,10 +110,14 @@ class Cluster {
   std::unique_ptr<v1::Coordinator::Stub> coordinator();
   std::unique_ptr<v1::Queue::Stub> queue(int i);
   std::unique_ptr<v1::ParticipantTxn::Stub> txn(int i);
-  // Stubs whose calls carry `token` (none when empty) instead of admin's.
-  std::unique_ptr<v1::Coordinator::Stub> coordinator_as(const std::string& token);
-  std::unique_ptr<v1::Queue::Stub> queue_as(int i, const std::string& token);
-  std::unique_ptr<v1::ParticipantTxn::Stub> txn_as(int i, const std::string& token);
+  // Stubs whose calls carry `token` (none when empty) instead of admin's,
+  // and under TLS present client certificate `certificate` (as credentials()).
+  std::unique_ptr<v1::Coordinator::Stub> coordinator_as(const std::string& token,
+                                                        const std::string& certificate = "");
+  std::unique_ptr<v1::Queue::Stub> queue_as(int i, const std::string& token,
+                                            const std::string& certificate = "");
+  std::unique_ptr<v1::ParticipantTxn::Stub> txn_as(int i, const std::string& token,
+                                                   const std::string& certificate = "");
   // The token the Cluster's own calls carry (empty without access control).
   std::string admin_token() const;
 

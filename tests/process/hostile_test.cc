@@ -2,7 +2,10 @@
 // (empty, oversized, invalid characters, unknown enums, bodies that are not
 // protobuf, strings that are not UTF-8, someone else's lease), each answered
 // with the right code and a short message, and the cluster's state the same
-// afterwards (docs/design.md section 11).
+// afterwards (docs/design.md section 11). Every case runs twice: against a
+// plaintext cluster that lets anyone call, and against one with mTLS on
+// every link and a roles file, the suite's certificate holding every role,
+// so that authentication and roles change none of the answers.
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -69,11 +72,16 @@ grpc::Status Call(const std::shared_ptr<grpc::Channel>& channel, const Case& c,
   return status;
 }
 
-class HostileTest : public ::testing::Test {
+// The parameter: mTLS with roles, else plaintext without.
+class HostileTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
     ClusterOptions options;
     options.participants = 2;
+    if (GetParam()) {
+      options.tls = true;
+      options.roles = {"client producer,consumer,operator,peer"};
+    }
     cluster_ = std::make_unique<Cluster>(options);
     cluster_->StartAll();
     cluster_->CreateQueue(1, "q");
@@ -361,12 +369,11 @@ std::vector<Case> Cases(const v1::Delivery& leased) {
   return cases;
 }
 
-TEST_F(HostileTest, EveryMalformedRequestIsRefusedClearlyAndChangesNothing) {
+TEST_P(HostileTest, EveryMalformedRequestIsRefusedClearlyAndChangesNothing) {
   const std::string before = Snapshot();
-  auto participant =
-      grpc::CreateChannel(cluster_->participant_address(1), grpc::InsecureChannelCredentials());
-  auto coordinator =
-      grpc::CreateChannel(cluster_->coordinator_address(), grpc::InsecureChannelCredentials());
+  // The suite's client: plaintext, or its certificate under mTLS.
+  auto participant = cluster_->Channel(cluster_->participant_address(1));
+  auto coordinator = cluster_->Channel(cluster_->coordinator_address());
   const std::vector<Case> cases = Cases(leased_);
   ASSERT_GE(cases.size(), 60u);
   for (const Case& c : cases) {
@@ -387,7 +394,30 @@ TEST_F(HostileTest, EveryMalformedRequestIsRefusedClearlyAndChangesNothing) {
   ack.set_lease_token(leased_.lease_token());
   v1::AckResponse resp;
   EXPECT_TRUE(cluster_->queue(1)->Ack(&ctx, ack, &resp).ok());
+  if (!GetParam()) return;
+  // The run above was under mTLS and roles: a certificate the roles file
+  // does not name may not delete the queue, and plaintext is not spoken.
+  cluster_->MakeClientCertificate("stranger", "stranger");
+  grpc::ClientContext dctx;
+  dctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::DeleteQueueRequest del;
+  del.set_name("q");
+  v1::DeleteQueueResponse dresp;
+  grpc::Status s = cluster_->queue_as(1, "", "stranger")->DeleteQueue(&dctx, del, &dresp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+  Case list{"ListQueues over plaintext", "/atomq.v1.Queue/ListQueues", "",
+            grpc::StatusCode::UNAVAILABLE};
+  std::string message;
+  s = Call(
+      grpc::CreateChannel(cluster_->participant_address(1), grpc::InsecureChannelCredentials()),
+      list, &message);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << message;
 }
+
+INSTANTIATE_TEST_SUITE_P(Links, HostileTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "MtlsWithRoles" : "Plaintext";
+                         });
 
 }  // namespace
 }  // namespace atomq::testing
