@@ -35,6 +35,10 @@ void AddServerFlags(CLI::App& app, ServerFlags* f, const std::string& id_help,
   AddCheckedFlag(app, "--channels_max", f->channels_max,
                  "outbound gRPC channels kept open (the least recently used is closed past it)",
                  CLI::Range(1u, 1000000u));
+  AddCheckedFlag(app, "--loop_threads", f->loop_threads,
+                 "threads that run every gRPC event and the protocol on the same thread "
+                 "(about one per core)",
+                 CLI::Range(1u, 64u));
   AddTlsFlags(app, &f->tls, /*server=*/true);
   app.add_flag("--metrics_allow_remote", f->metrics_remote,
                "serve /metrics (plain HTTP) on a non-loopback --metrics_listen too");

@@ -34,8 +34,9 @@ struct ServerFlags {
   // --drain_ms: at SIGINT/SIGTERM, how long health reports NOT_SERVING while
   // calls are still served, before the server stops.
   uint32_t drain_ms = 0;
-  uint32_t channels_max = 1024;      // --channels_max: outbound channels kept (ChannelCache)
-  AccessFlags access;                // --roles_file, --tokens_file, --allow_anyone, --token_file
+  uint32_t channels_max = 1024;  // --channels_max: outbound channels kept (ChannelCache)
+  uint32_t loop_threads = 2;     // --loop_threads: threads of the RpcLoop
+  AccessFlags access;            // --roles_file, --tokens_file, --allow_anyone, --token_file
 };
 
 // Registers an option whose value `check` validates and whose default shows
@@ -48,7 +49,8 @@ CLI::Option* AddCheckedFlag(CLI::App& app, const std::string& name, T& value,
 
 // Registers --id, --listen, --data_dir, --metrics_listen, --lmdb_map_size_mb,
 // --lazy_write_delay_ms, --group_commit_batches_max, --message_bytes_max,
-// --cluster_id, --init, --list_limit_max, --drain_ms, --channels_max and the
+// --cluster_id, --init, --list_limit_max, --drain_ms, --channels_max,
+// --loop_threads and the
 // access flags (common/access.h).
 void AddServerFlags(CLI::App& app, ServerFlags* flags, const std::string& id_help,
                     const std::string& data_dir_help);

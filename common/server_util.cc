@@ -69,22 +69,29 @@ uint64_t ChannelCache::created() {
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
     const std::string& listen, const std::vector<grpc::Service*>& services,
-    uint32_t message_bytes_max, std::shared_ptr<grpc::ServerCredentials> credentials) {
+    uint32_t message_bytes_max, std::shared_ptr<grpc::ServerCredentials> credentials,
+    RpcLoop* loop) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
+  grpc::ServerBuilder own;
+  grpc::ServerBuilder& builder = loop != nullptr ? loop->builder() : own;
   int port = 0;
   builder.AddListeningPort(listen, std::move(credentials), &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(message_bytes_max));
   for (grpc::Service* s : services) builder.RegisterService(s);
-  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> guards;
-  guards.push_back(MalformedRequestGuard());
-  builder.experimental().SetInterceptorCreators(std::move(guards));
+  // A loop parses its requests itself (common/rpc_loop.h); a server of the
+  // callback API needs the guard for that.
+  if (loop == nullptr) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> guards;
+    guards.push_back(MalformedRequestGuard());
+    builder.experimental().SetInterceptorCreators(std::move(guards));
+  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot listen on ", listen, " (in use, or not a local address?)"));
   }
+  if (loop != nullptr) loop->Serve();
   return server;
 }
 
@@ -195,52 +202,57 @@ int WaitForSignal() {
   return sig;
 }
 
-void CallPromise(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::string& txn_id,
-                 uint64_t ballot, uint32_t timeout_ms,
+namespace {
+
+// One call on `loop`; `done` gets the answer or the call's error. `stub`
+// stays until the call ends.
+template <typename Resp, typename Req, typename PrepareFn>
+void CallForStatus(RpcLoop* loop, std::shared_ptr<v1::ParticipantTxn::Stub> stub, Req req,
+                   uint32_t timeout_ms, PrepareFn prepare,
+                   std::function<void(const absl::StatusOr<Resp>&)> done) {
+  v1::ParticipantTxn::Stub* s = stub.get();
+  CallOnLoop<Resp>(
+      loop, std::move(req), timeout_ms, /*wait_for_ready=*/false,
+      [s, prepare](grpc::ClientContext* ctx, const Req& r, grpc::CompletionQueue* cq) {
+        return (s->*prepare)(ctx, r, cq);
+      },
+      [stub, done = std::move(done)](const grpc::Status& st, const Resp& resp) {
+        done(st.ok() ? absl::StatusOr<Resp>(resp) : FromGrpc(st));
+      });
+}
+
+}  // namespace
+
+void CallPromise(RpcLoop* loop, std::shared_ptr<v1::ParticipantTxn::Stub> stub,
+                 const std::string& txn_id, uint64_t ballot, uint32_t timeout_ms,
                  std::function<void(const absl::StatusOr<v1::PromiseResponse>&)> done) {
   v1::PromiseRequest req;
   req.set_txn_id(txn_id);
   req.set_ballot(ballot);
-  AsyncUnary<v1::PromiseResponse>(
-      std::move(req), timeout_ms,
-      [stub](auto* ctx, auto* r, auto* resp, auto cb) {
-        stub->async()->Promise(ctx, r, resp, std::move(cb));
-      },
-      [done = std::move(done)](const grpc::Status& s, const v1::PromiseResponse& resp) {
-        done(s.ok() ? absl::StatusOr<v1::PromiseResponse>(resp) : FromGrpc(s));
-      });
+  CallForStatus<v1::PromiseResponse>(loop, std::move(stub), std::move(req), timeout_ms,
+                                     &v1::ParticipantTxn::Stub::PrepareAsyncPromise,
+                                     std::move(done));
 }
 
-void CallQueryState(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::string& txn_id,
-                    uint32_t timeout_ms,
+void CallQueryState(RpcLoop* loop, std::shared_ptr<v1::ParticipantTxn::Stub> stub,
+                    const std::string& txn_id, uint32_t timeout_ms,
                     std::function<void(const absl::StatusOr<v1::QueryStateResponse>&)> done) {
   v1::TxnRef ref;
   ref.set_txn_id(txn_id);
-  AsyncUnary<v1::QueryStateResponse>(
-      std::move(ref), timeout_ms,
-      [stub](auto* ctx, auto* r, auto* resp, auto cb) {
-        stub->async()->QueryState(ctx, r, resp, std::move(cb));
-      },
-      [done = std::move(done)](const grpc::Status& s, const v1::QueryStateResponse& resp) {
-        done(s.ok() ? absl::StatusOr<v1::QueryStateResponse>(resp) : FromGrpc(s));
-      });
+  CallForStatus<v1::QueryStateResponse>(loop, std::move(stub), std::move(ref), timeout_ms,
+                                        &v1::ParticipantTxn::Stub::PrepareAsyncQueryState,
+                                        std::move(done));
 }
 
-void CallAccept(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::string& txn_id,
-                uint64_t ballot, v1::TxnState value, uint32_t timeout_ms,
+void CallAccept(RpcLoop* loop, std::shared_ptr<v1::ParticipantTxn::Stub> stub,
+                const std::string& txn_id, uint64_t ballot, v1::TxnState value, uint32_t timeout_ms,
                 std::function<void(const absl::StatusOr<v1::AcceptResponse>&)> done) {
   v1::AcceptRequest req;
   req.set_txn_id(txn_id);
   req.set_ballot(ballot);
   req.set_value(value);
-  AsyncUnary<v1::AcceptResponse>(
-      std::move(req), timeout_ms,
-      [stub](auto* ctx, auto* r, auto* resp, auto cb) {
-        stub->async()->Accept(ctx, r, resp, std::move(cb));
-      },
-      [done = std::move(done)](const grpc::Status& s, const v1::AcceptResponse& resp) {
-        done(s.ok() ? absl::StatusOr<v1::AcceptResponse>(resp) : FromGrpc(s));
-      });
+  CallForStatus<v1::AcceptResponse>(loop, std::move(stub), std::move(req), timeout_ms,
+                                    &v1::ParticipantTxn::Stub::PrepareAsyncAccept, std::move(done));
 }
 
 }  // namespace atomq

@@ -17,6 +17,8 @@
 #include "atomq/v1/records.pb.h"
 #include "common/codec.h"
 #include "common/log.h"
+#include "common/loop_unary.h"
+#include "common/rpc_loop.h"
 #include "common/storage.h"
 #include "grpcpp/grpcpp.h"
 
@@ -55,9 +57,12 @@ class ChannelCache {
 // Builds and starts a server on `listen` (host:port) with health checking
 // and reflection, speaking TLS per `credentials` (common/tls.h).
 // FAILED_PRECONDITION if the address cannot be bound.
+// With `loop`, the server is built with the loop's builder and its methods
+// are served on the loop (common/rpc_loop.h).
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
     const std::string& listen, const std::vector<grpc::Service*>& services,
-    uint32_t message_bytes_max, std::shared_ptr<grpc::ServerCredentials> credentials);
+    uint32_t message_bytes_max, std::shared_ptr<grpc::ServerCredentials> credentials,
+    RpcLoop* loop = nullptr);
 
 // Health (grpc.health.v1) of `server` for "" and each of `service_names`
 // (full names, e.g. "atomq.v1.Queue"): SERVING or NOT_SERVING.
@@ -124,38 +129,19 @@ std::optional<Record> FindRecord(Storage* storage, const std::string& db, const 
   return rec;
 }
 
-// Starts one unary RPC on the callback API and calls `done(status, resp)`
-// on a gRPC thread when it finishes. `start(ctx, req, resp, cb)` issues it
-// (typically stub->async()->Method(...)). Nothing blocks.
-template <typename Resp, typename Req, typename StartFn, typename DoneFn>
-void AsyncUnary(Req req, uint32_t timeout_ms, StartFn start, DoneFn done) {
-  struct CallState {
-    grpc::ClientContext ctx;
-    Req req;
-    Resp resp;
-  };
-  auto* c = new CallState;
-  c->req = std::move(req);
-  c->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
-  start(&c->ctx, &c->req, &c->resp, [c, done = std::move(done)](grpc::Status s) {
-    done(s, c->resp);
-    delete c;
-  });
-}
-
 // 3PC termination rounds (led by the coordinator or a participant): one
 // Promise or Accept to a participant; `done` gets its answer or the call's
-// error, on a gRPC thread.
-void CallPromise(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::string& txn_id,
-                 uint64_t ballot, uint32_t timeout_ms,
+// error, on a loop thread.
+void CallPromise(RpcLoop* loop, std::shared_ptr<v1::ParticipantTxn::Stub> stub,
+                 const std::string& txn_id, uint64_t ballot, uint32_t timeout_ms,
                  std::function<void(const absl::StatusOr<v1::PromiseResponse>&)> done);
 // A participant's QueryState (a peer in doubt, or a coordinator recovering a
 // parallel commit); `done` gets its answer or the call's error.
-void CallQueryState(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::string& txn_id,
-                    uint32_t timeout_ms,
+void CallQueryState(RpcLoop* loop, std::shared_ptr<v1::ParticipantTxn::Stub> stub,
+                    const std::string& txn_id, uint32_t timeout_ms,
                     std::function<void(const absl::StatusOr<v1::QueryStateResponse>&)> done);
-void CallAccept(std::shared_ptr<v1::ParticipantTxn::Stub> stub, const std::string& txn_id,
-                uint64_t ballot, v1::TxnState value, uint32_t timeout_ms,
+void CallAccept(RpcLoop* loop, std::shared_ptr<v1::ParticipantTxn::Stub> stub,
+                const std::string& txn_id, uint64_t ballot, v1::TxnState value, uint32_t timeout_ms,
                 std::function<void(const absl::StatusOr<v1::AcceptResponse>&)> done);
 
 }  // namespace atomq

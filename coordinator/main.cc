@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/rpc_loop.h"
 #include "common/server_flags.h"
 #include "common/server_util.h"
 #include "coordinator/server/coordinator_server.h"
@@ -170,15 +171,17 @@ int Serve(CoordinatorFlags* f) {
 
   atomq::SetDialCredentials(atomq::ChannelCredentials(f->server.tls));
   const std::vector<std::string> services = {atomq::v1::Coordinator::service_full_name()};
+  // Every gRPC event, in and out, runs on the loop (common/rpc_loop.h).
+  atomq::RpcLoop loop(static_cast<int>(f->server.loop_threads));
   // Health says NOT_SERVING (and calls UNAVAILABLE) until recovery is done.
   auto recovering =
       atomq::RecoveringServer::Start(listen, services, atomq::ServerCredentials(f->server.tls));
   if (!recovering.ok()) return Fail(std::string(recovering.status().message()));
-  auto service = c::CoordinatorServer::Create(cfg, f->opts, store->storage.get());
+  auto service = c::CoordinatorServer::Create(cfg, f->opts, store->storage.get(), &loop);
   if (!service.ok()) return Fail(absl::StrCat("recovery failed: ", service.status().message()));
   recovering->reset();
   auto server = atomq::StartServer(listen, {service->get()}, f->server.message_bytes_max,
-                                   atomq::ServerCredentials(f->server.tls));
+                                   atomq::ServerCredentials(f->server.tls), &loop);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   atomq::SetServing(server->get(), services, true);
   atomq::LogLine(absl::StrCat("atomq-coordinator ", id, " serving on ", listen, " (boot ",
@@ -193,6 +196,7 @@ int Serve(CoordinatorFlags* f) {
   metrics->reset();
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   (*service)->Stop();
+  loop.Shutdown();
   server->reset();
   service->reset();
   store->storage.reset();

@@ -14,6 +14,7 @@
 #include "common/check.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/rpc_loop.h"
 #include "common/server_flags.h"
 #include "common/server_util.h"
 #include "participant/server/participant_server.h"
@@ -245,16 +246,18 @@ int Serve(ParticipantFlags* f) {
   atomq::SetDialCredentials(atomq::ChannelCredentials(f->server.tls));
   const std::vector<std::string> services = {atomq::v1::ParticipantTxn::service_full_name(),
                                              atomq::v1::Queue::service_full_name()};
+  // Every gRPC event, in and out, runs on the loop (common/rpc_loop.h).
+  atomq::RpcLoop loop(static_cast<int>(f->server.loop_threads));
   // Health says NOT_SERVING (and calls UNAVAILABLE) until recovery is done.
   auto recovering =
       atomq::RecoveringServer::Start(listen, services, atomq::ServerCredentials(f->server.tls));
   if (!recovering.ok()) return Fail(std::string(recovering.status().message()));
-  auto node = p::ParticipantNode::Create(f->cfg, f->opts, store->storage.get());
+  auto node = p::ParticipantNode::Create(f->cfg, f->opts, store->storage.get(), &loop);
   if (!node.ok()) return Fail(absl::StrCat("recovery failed: ", node.status().message()));
   recovering->reset();
-  auto server =
-      atomq::StartServer(listen, {(*node)->txn_service(), (*node)->queue_service()},
-                         f->server.message_bytes_max, atomq::ServerCredentials(f->server.tls));
+  auto server = atomq::StartServer(listen, {(*node)->txn_service(), (*node)->queue_service()},
+                                   f->server.message_bytes_max,
+                                   atomq::ServerCredentials(f->server.tls), &loop);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   atomq::SetServing(server->get(), services, true);
   atomq::LogLine(absl::StrCat("atomq-participant ", id, " serving on ", listen, " (boot ",
@@ -269,6 +272,7 @@ int Serve(ParticipantFlags* f) {
   (*node)->StopConsumers();
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   (*node)->Stop();
+  loop.Shutdown();
   server->reset();
   node->reset();
   store->storage.reset();

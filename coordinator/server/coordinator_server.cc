@@ -62,10 +62,10 @@ std::function<void()> CrashPointsOf(const Batch& batch) {
 // One ExecuteStream call. Outlives its gRPC reactor role while replies are
 // owed (Pending entries hold it); after OnDone it drops them.
 class CoordinatorServer::ExecuteStreamCall final
-    : public grpc::ServerBidiReactor<v1::ExecuteStreamRequest, v1::ExecuteStreamResponse>,
+    : public BidiReactor<v1::ExecuteStreamRequest, v1::ExecuteStreamResponse>,
       public std::enable_shared_from_this<ExecuteStreamCall> {
  public:
-  ExecuteStreamCall(CoordinatorServer* server, grpc::CallbackServerContext* ctx)
+  ExecuteStreamCall(CoordinatorServer* server, grpc::ServerContext* ctx)
       : server_(server), ctx_(ctx) {}
 
   // Reads the client's requests, or when `who` is a refusal, ends with it.
@@ -121,6 +121,15 @@ class CoordinatorServer::ExecuteStreamCall final
       read_paused_ = true;
       ResumeOrStallLocked();
     }
+  }
+
+  void OnReadMalformed(grpc::Status status) override {
+    absl::MutexLock lock(&mu_);
+    reads_done_ = true;
+    if (finish_wanted_) return;
+    finish_wanted_ = true;
+    finish_status_ = std::move(status);
+    WriteNextLocked();
   }
 
   void OnWriteDone(bool ok) override {
@@ -294,7 +303,7 @@ class CoordinatorServer::ExecuteStreamCall final
   }
 
   CoordinatorServer* const server_;
-  grpc::CallbackServerContext* const ctx_;
+  grpc::ServerContext* const ctx_;
   std::shared_ptr<ExecuteStreamCall> self_;  // until OnDone
   std::string identity_;                     // the caller, from Start
   v1::ExecuteStreamRequest in_;
@@ -313,18 +322,36 @@ class CoordinatorServer::ExecuteStreamCall final
   grpc::Status finish_status_ ABSL_GUARDED_BY(mu_);
 };
 
-CoordinatorServer::CoordinatorServer(Config config, ServerOptions options, Storage* storage)
+CoordinatorServer::CoordinatorServer(Config config, ServerOptions options, Storage* storage,
+                                     RpcLoop* loop)
     : options_(options),
       storage_(storage),
+      loop_(loop),
       view_(std::make_unique<View>(storage)),
       channels_(options.channels_max),
       core_(
           std::make_unique<CoordinatorCore>(std::move(config), view_.get()), storage, &clock_,
           &timers_, &stopped_, [this](Output out) { Dispatch(std::move(out)); }, CrashPointsOf),
       gc_(&timers_, &clock_, &stopped_, options.gc_interval_ms, options.gc_batch_max,
-          [this] { return CollectGarbage(); }) {}
+          [this] { return CollectGarbage(); }) {
+  ServeMethods();
+}
 
 CoordinatorServer::~CoordinatorServer() { Stop(); }
+
+void CoordinatorServer::ServeMethods() {
+  ServeMember(loop_, this, "Execute", this, &CoordinatorServer::Execute);
+  ServeBidi<v1::ExecuteStreamRequest, v1::ExecuteStreamResponse>(
+      loop_, this, "ExecuteStream",
+      [this](grpc::ServerContext* ctx) { return ExecuteStream(ctx); });
+  ServeMember(loop_, this, "GetTransaction", this, &CoordinatorServer::GetTransaction);
+  ServeMember(loop_, this, "ListTransactions", this, &CoordinatorServer::ListTransactions);
+  ServeMember(loop_, this, "QueryState", this, &CoordinatorServer::QueryState);
+  ServeMember(loop_, this, "Begin", this, &CoordinatorServer::Begin);
+  ServeMember(loop_, this, "Commit", this, &CoordinatorServer::Commit);
+  ServeMember(loop_, this, "Rollback", this, &CoordinatorServer::Rollback);
+  Check();
+}
 
 std::string CoordinatorServer::RenderMetrics() {
   std::string out;
@@ -364,9 +391,11 @@ void CoordinatorServer::Stop() {
 
 absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Create(Config config,
                                                                              ServerOptions options,
-                                                                             Storage* storage) {
+                                                                             Storage* storage,
+                                                                             RpcLoop* loop) {
   if (options.access == nullptr) options.access = Access::Open();
-  std::unique_ptr<CoordinatorServer> s(new CoordinatorServer(std::move(config), options, storage));
+  std::unique_ptr<CoordinatorServer> s(
+      new CoordinatorServer(std::move(config), options, storage, loop));
   std::vector<v1::CoordinatorTxnRecord> records;
   absl::Status bad;
   ATOMQ_RETURN_IF_ERROR(
@@ -523,15 +552,12 @@ class CoordinatorServer::Link {
     server_->batch_calls_++;
     server_->batch_items_ += msgs.size();
     v1::ParticipantTxn::Stub* stub = stub_.get();
-    AsyncUnary<v1::BatchResponse>(
-        std::move(req), server_->options_.rpc_timeout_ms,
-        [stub](auto* ctx, auto* r, auto* resp, auto cb) {
-          // A participant that just restarted is reached as soon as it
-          // listens (within the deadline), not refused while the channel
-          // waits out its reconnect backoff.
-          ctx->set_wait_for_ready(true);
-          stub->async()->Batch(ctx, r, resp, std::move(cb));
-        },
+    // Waits for ready: a participant that just restarted is reached as soon
+    // as it listens (within the deadline), not refused while the channel
+    // waits out its reconnect backoff.
+    CallOnLoop<v1::BatchResponse>(
+        server_->loop_, std::move(req), server_->options_.rpc_timeout_ms, /*wait_for_ready=*/true,
+        [stub](auto* ctx, const auto& r, auto* cq) { return stub->PrepareAsyncBatch(ctx, r, cq); },
         [this, sent](const grpc::Status& status, const v1::BatchResponse& resp) {
           server_->OnBatchReply(*sent, status, resp);
           std::vector<OutMessage> next;
@@ -580,14 +606,14 @@ void CoordinatorServer::SendTermination(OutMessage m) {
   const uint64_t ballot = m.ballot;
   if (m.type == MsgType::kQuery) {
     CallQueryState(
-        stub, txn, options_.rpc_timeout_ms,
+        loop_, stub, txn, options_.rpc_timeout_ms,
         [this, txn, p](const absl::StatusOr<v1::QueryStateResponse>& r) {
           WithCore([&](CoordinatorCore& c) { c.OnQueryReply(txn, p, r, clock_.NowMs()); });
         });
     return;
   }
   if (m.type == MsgType::kPromise) {
-    CallPromise(stub, txn, ballot, options_.rpc_timeout_ms,
+    CallPromise(loop_, stub, txn, ballot, options_.rpc_timeout_ms,
                 [this, txn, p, ballot](const absl::StatusOr<v1::PromiseResponse>& r) {
                   WithCore([&](CoordinatorCore& c) {
                     c.OnPromiseReply(txn, p, ballot, r, clock_.NowMs());
@@ -596,7 +622,7 @@ void CoordinatorServer::SendTermination(OutMessage m) {
     return;
   }
   CallAccept(
-      stub, txn, ballot, m.value, options_.rpc_timeout_ms,
+      loop_, stub, txn, ballot, m.value, options_.rpc_timeout_ms,
       [this, txn, p, ballot](const absl::StatusOr<v1::AcceptResponse>& r) {
         WithCore([&](CoordinatorCore& c) { c.OnAcceptReply(txn, p, ballot, r, clock_.NowMs()); });
       });
@@ -669,108 +695,89 @@ size_t CoordinatorServer::CollectGarbage() {
   return keys.size();
 }
 
-bool CoordinatorServer::RejectIfStopped(grpc::ServerUnaryReactor* reactor) {
+bool CoordinatorServer::RejectIfStopped(UnaryReactor* reactor) {
   if (!stopped_) return false;
   reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator is shutting down"));
   return true;
 }
 
-grpc::ServerUnaryReactor* CoordinatorServer::Execute(grpc::CallbackServerContext* ctx,
-                                                     const v1::ExecuteRequest* req,
-                                                     v1::ExecuteResponse* resp) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  if (Refused(reactor, options_.access->CheckOps(*ctx, "Coordinator.Execute", req->ops())))
-    return reactor;
-  if (RejectIfStopped(reactor)) return reactor;
+void CoordinatorServer::Execute(grpc::ServerContext* ctx, const v1::ExecuteRequest* req,
+                                v1::ExecuteResponse* resp, UnaryReactor* reactor) {
+  if (Refused(reactor, options_.access->CheckOps(*ctx, "Coordinator.Execute", req->ops()))) return;
+  if (RejectIfStopped(reactor)) return;
   RequestId rid = replies_.Expect(Pending{reactor, resp, nullptr, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.Execute(rid, *req, clock_.NowMs()); });
-  return reactor;
 }
 
-grpc::ServerBidiReactor<v1::ExecuteStreamRequest, v1::ExecuteStreamResponse>*
-CoordinatorServer::ExecuteStream(grpc::CallbackServerContext* ctx) {
+BidiReactor<v1::ExecuteStreamRequest, v1::ExecuteStreamResponse>* CoordinatorServer::ExecuteStream(
+    grpc::ServerContext* ctx) {
   auto call = std::make_shared<ExecuteStreamCall>(this, ctx);
   call->Start(options_.access->Check(*ctx, "Coordinator.ExecuteStream", {Role::kProducer}));
   return call.get();
 }
 
-grpc::ServerUnaryReactor* CoordinatorServer::Begin(grpc::CallbackServerContext* ctx,
-                                                   const v1::BeginTxnRequest* req,
-                                                   v1::BeginTxnResponse* resp) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+void CoordinatorServer::Begin(grpc::ServerContext* ctx, const v1::BeginTxnRequest* req,
+                              v1::BeginTxnResponse* resp, UnaryReactor* reactor) {
   if (Refused(reactor, options_.access->Check(*ctx, "Coordinator.Begin", {Role::kProducer})))
-    return reactor;
-  if (RejectIfStopped(reactor)) return reactor;
+    return;
+  if (RejectIfStopped(reactor)) return;
   absl::StatusOr<v1::BeginTxnResponse> r;
   WithCore([&](CoordinatorCore& c) { r = c.Begin(*req, clock_.NowMs()); });
   if (r.ok()) *resp = std::move(*r);
   reactor->Finish(ToGrpc(r.status()));
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* CoordinatorServer::Commit(grpc::CallbackServerContext* ctx,
-                                                    const v1::CommitTxnRequest* req,
-                                                    v1::ExecuteResponse* resp) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+void CoordinatorServer::Commit(grpc::ServerContext* ctx, const v1::CommitTxnRequest* req,
+                               v1::ExecuteResponse* resp, UnaryReactor* reactor) {
   if (Refused(reactor, options_.access->Check(*ctx, "Coordinator.Commit", {Role::kProducer})))
-    return reactor;
-  if (RejectIfStopped(reactor)) return reactor;
+    return;
+  if (RejectIfStopped(reactor)) return;
   RequestId rid = replies_.Expect(Pending{reactor, resp, nullptr, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.Commit(rid, *req, clock_.NowMs()); });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* CoordinatorServer::Rollback(grpc::CallbackServerContext* ctx,
-                                                      const v1::RollbackTxnRequest* req,
-                                                      v1::RollbackTxnResponse*) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+void CoordinatorServer::Rollback(grpc::ServerContext* ctx, const v1::RollbackTxnRequest* req,
+                                 v1::RollbackTxnResponse* resp, UnaryReactor* reactor) {
   if (Refused(reactor, options_.access->Check(*ctx, "Coordinator.Rollback", {Role::kProducer})))
-    return reactor;
-  if (RejectIfStopped(reactor)) return reactor;
+    return;
+  if (RejectIfStopped(reactor)) return;
   RequestId rid = replies_.Expect(Pending{reactor, nullptr, nullptr, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.Rollback(rid, *req, clock_.NowMs()); });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* CoordinatorServer::QueryState(grpc::CallbackServerContext* ctx,
-                                                        const v1::TxnRef* req,
-                                                        v1::QueryStateResponse* resp) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+void CoordinatorServer::QueryState(grpc::ServerContext* ctx, const v1::TxnRef* req,
+                                   v1::QueryStateResponse* resp, UnaryReactor* reactor) {
   if (Refused(reactor, options_.access->Check(*ctx, "Coordinator.QueryState", {Role::kPeer})))
-    return reactor;
+    return;
   RequestId rid = replies_.Expect(Pending{reactor, nullptr, resp, nullptr, 0});
   WithCore([&](CoordinatorCore& c) { c.QueryState(rid, req->txn_id(), clock_.NowMs()); });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* CoordinatorServer::GetTransaction(grpc::CallbackServerContext* ctx,
-                                                            const v1::GetTransactionRequest* req,
-                                                            v1::TransactionInfo* resp) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+void CoordinatorServer::GetTransaction(grpc::ServerContext* ctx,
+                                       const v1::GetTransactionRequest* req,
+                                       v1::TransactionInfo* resp, UnaryReactor* reactor) {
   if (Refused(reactor, options_.access->Check(*ctx, "Coordinator.GetTransaction",
                                               {Role::kProducer, Role::kOperator}))) {
-    return reactor;
+    return;
   }
   absl::StatusOr<v1::TransactionInfo> info =
       core_.Inspect([&](const CoordinatorCore& c) { return c.GetTransaction(req->txn_id()); });
   if (info.ok()) *resp = std::move(*info);
   reactor->Finish(ToGrpc(info.status()));
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* CoordinatorServer::ListTransactions(
-    grpc::CallbackServerContext* ctx, const v1::ListTransactionsRequest* req,
-    v1::ListTransactionsResponse* resp) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+void CoordinatorServer::ListTransactions(grpc::ServerContext* ctx,
+                                         const v1::ListTransactionsRequest* req,
+                                         v1::ListTransactionsResponse* resp,
+                                         UnaryReactor* reactor) {
   if (Refused(reactor,
               options_.access->Check(*ctx, "Coordinator.ListTransactions", {Role::kOperator}))) {
-    return reactor;
+    return;
   }
   absl::StatusOr<v1::ListTransactionsResponse> page = core_.Inspect(
       [&](const CoordinatorCore& c) { return c.ListTransactions(*req, options_.list_limit_max); });
   if (page.ok()) *resp = std::move(*page);
   reactor->Finish(ToGrpc(page.status()));
-  return reactor;
 }
 
 }  // namespace atomq::coordinator

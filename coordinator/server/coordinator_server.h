@@ -1,7 +1,8 @@
 // The coordinator's gRPC adapter: carries CoordinatorCore outputs out
 // (storage, participant RPCs, timers, client replies) and feeds results back.
-// All core calls happen under one mutex; I/O happens outside it, and no
-// thread is held per transaction (callback API on both sides).
+// All core calls happen under one mutex; I/O happens outside it, on the
+// process's RpcLoop (common/rpc_loop.h) for calls in and out alike, and no
+// thread is held per transaction.
 #pragma once
 
 #include <atomic>
@@ -16,6 +17,8 @@
 #include "common/access.h"
 #include "common/clock.h"
 #include "common/core_driver.h"
+#include "common/loop_bidi.h"
+#include "common/loop_unary.h"
 #include "common/periodic_sweep.h"
 #include "common/reply_table.h"
 #include "common/server_util.h"
@@ -56,12 +59,14 @@ struct ServerOptions {
   std::shared_ptr<const Access> access;
 };
 
-class CoordinatorServer final : public v1::Coordinator::CallbackService {
+class CoordinatorServer final : public LoopService<v1::Coordinator> {
  public:
-  // `storage` must outlive the server. Reads the "txn" database and recovers.
+  // `storage` and `loop` must outlive the server; its methods are served
+  // and its calls to participants made on `loop`. Reads the "txn" database
+  // and recovers.
   static absl::StatusOr<std::unique_ptr<CoordinatorServer>> Create(Config config,
                                                                    ServerOptions options,
-                                                                   Storage* storage);
+                                                                   Storage* storage, RpcLoop* loop);
   ~CoordinatorServer() override;
 
   // Stops timers and outbound work; call after the gRPC server shut down.
@@ -69,27 +74,23 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   // Prometheus text: storage, replies, transactions in flight, process.
   std::string RenderMetrics();
 
-  grpc::ServerUnaryReactor* Execute(grpc::CallbackServerContext* ctx, const v1::ExecuteRequest* req,
-                                    v1::ExecuteResponse* resp) override;
-  grpc::ServerBidiReactor<v1::ExecuteStreamRequest, v1::ExecuteStreamResponse>* ExecuteStream(
-      grpc::CallbackServerContext* ctx) override;
-  grpc::ServerUnaryReactor* GetTransaction(grpc::CallbackServerContext* ctx,
-                                           const v1::GetTransactionRequest* req,
-                                           v1::TransactionInfo* resp) override;
-  grpc::ServerUnaryReactor* ListTransactions(grpc::CallbackServerContext* ctx,
-                                             const v1::ListTransactionsRequest* req,
-                                             v1::ListTransactionsResponse* resp) override;
-  grpc::ServerUnaryReactor* QueryState(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
-                                       v1::QueryStateResponse* resp) override;
+  void Execute(grpc::ServerContext* ctx, const v1::ExecuteRequest* req, v1::ExecuteResponse* resp,
+               UnaryReactor* reactor);
+  BidiReactor<v1::ExecuteStreamRequest, v1::ExecuteStreamResponse>* ExecuteStream(
+      grpc::ServerContext* ctx);
+  void GetTransaction(grpc::ServerContext* ctx, const v1::GetTransactionRequest* req,
+                      v1::TransactionInfo* resp, UnaryReactor* reactor);
+  void ListTransactions(grpc::ServerContext* ctx, const v1::ListTransactionsRequest* req,
+                        v1::ListTransactionsResponse* resp, UnaryReactor* reactor);
+  void QueryState(grpc::ServerContext* ctx, const v1::TxnRef* req, v1::QueryStateResponse* resp,
+                  UnaryReactor* reactor);
   // Interactive transactions.
-  grpc::ServerUnaryReactor* Begin(grpc::CallbackServerContext* ctx, const v1::BeginTxnRequest* req,
-                                  v1::BeginTxnResponse* resp) override;
-  grpc::ServerUnaryReactor* Commit(grpc::CallbackServerContext* ctx,
-                                   const v1::CommitTxnRequest* req,
-                                   v1::ExecuteResponse* resp) override;
-  grpc::ServerUnaryReactor* Rollback(grpc::CallbackServerContext* ctx,
-                                     const v1::RollbackTxnRequest* req,
-                                     v1::RollbackTxnResponse* resp) override;
+  void Begin(grpc::ServerContext* ctx, const v1::BeginTxnRequest* req, v1::BeginTxnResponse* resp,
+             UnaryReactor* reactor);
+  void Commit(grpc::ServerContext* ctx, const v1::CommitTxnRequest* req, v1::ExecuteResponse* resp,
+              UnaryReactor* reactor);
+  void Rollback(grpc::ServerContext* ctx, const v1::RollbackTxnRequest* req,
+                v1::RollbackTxnResponse* resp, UnaryReactor* reactor);
 
  private:
   class View;
@@ -101,7 +102,7 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   };
   class ExecuteStreamCall;
   struct Pending {
-    grpc::ServerUnaryReactor* reactor;
+    UnaryReactor* reactor;
     v1::ExecuteResponse* execute = nullptr;
     v1::QueryStateResponse* state = nullptr;
     // An ExecuteStream item instead: its call and tag.
@@ -109,7 +110,9 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
     uint64_t tag = 0;
   };
 
-  CoordinatorServer(Config config, ServerOptions options, Storage* storage);
+  CoordinatorServer(Config config, ServerOptions options, Storage* storage, RpcLoop* loop);
+  // Hands every method to the loop.
+  void ServeMethods();
 
   // Every core input: common/core_driver.h.
   template <typename Fn>
@@ -133,7 +136,7 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
   // gc_batch_max; returns how many keys it looked at.
   size_t CollectGarbage();
   // Answers UNAVAILABLE once Stop() ran; true if it did.
-  bool RejectIfStopped(grpc::ServerUnaryReactor* reactor);
+  bool RejectIfStopped(UnaryReactor* reactor);
   void SendTermination(OutMessage msg);
   void OnBatchReply(const std::vector<Sent>& sent, const grpc::Status& status,
                     const v1::BatchResponse& resp);
@@ -144,6 +147,7 @@ class CoordinatorServer final : public v1::Coordinator::CallbackService {
 
   const ServerOptions options_;
   Storage* const storage_;
+  RpcLoop* const loop_;
   RealClock clock_;
   std::unique_ptr<View> view_;
   ChannelCache channels_;

@@ -54,7 +54,7 @@ namespace {
 
 // Delivers a core Reply into a unary reactor's response.
 template <typename Resp>
-std::function<void(const Reply&)> ReplyTo(grpc::ServerUnaryReactor* reactor, Resp* resp) {
+std::function<void(const Reply&)> ReplyTo(UnaryReactor* reactor, Resp* resp) {
   return [reactor, resp](const Reply& r) {
     if (!r.status.ok()) {
       reactor->Finish(ToGrpc(r.status));
@@ -169,23 +169,34 @@ void HandToCore(ParticipantCore& c, const v1::BatchRequest& req, const std::vect
 
 }  // namespace
 
-class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackService {
+class ParticipantNode::TxnService final : public LoopService<v1::ParticipantTxn> {
  public:
-  explicit TxnService(ParticipantNode* node) : node_(node) {}
+  TxnService(ParticipantNode* node, RpcLoop* loop) : node_(node) {
+    ServeMember(loop, this, "Prepare", this, &TxnService::Prepare);
+    ServeMember(loop, this, "PreCommit", this, &TxnService::PreCommit);
+    ServeMember(loop, this, "Commit", this, &TxnService::Commit);
+    ServeMember(loop, this, "Abort", this, &TxnService::Abort);
+    ServeMember(loop, this, "QueryState", this, &TxnService::QueryState);
+    ServeMember(loop, this, "ListTransactions", this, &TxnService::ListTransactions);
+    ServeMember(loop, this, "Promise", this, &TxnService::Promise);
+    ServeMember(loop, this, "Accept", this, &TxnService::Accept);
+    ServeMember(loop, this, "Stage", this, &TxnService::Stage);
+    ServeMember(loop, this, "Batch", this, &TxnService::Batch);
+    ServeMember(loop, this, "Resolve", this, &TxnService::Resolve);
+    Check();
+  }
 
   // Answers and returns true unless the caller holds `role` (common/access.h).
-  bool Refuse(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor,
-              const char* method, Role role) {
+  bool Refuse(grpc::ServerContext* ctx, UnaryReactor* reactor, const char* method, Role role) {
     return Refused(reactor, node_->options_.access->Check(*ctx, method, {role}));
   }
 
-  grpc::ServerUnaryReactor* Prepare(grpc::CallbackServerContext* ctx, const v1::PrepareRequest* req,
-                                    v1::PrepareResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    if (Refuse(ctx, reactor, "ParticipantTxn.Prepare", Role::kPeer)) return reactor;
+  void Prepare(grpc::ServerContext* ctx, const v1::PrepareRequest* req, v1::PrepareResponse* resp,
+               UnaryReactor* reactor) {
+    if (Refuse(ctx, reactor, "ParticipantTxn.Prepare", Role::kPeer)) return;
     if (absl::Status st = node_->CheckCoordinator(*req); !st.ok()) {
       reactor->Finish(ToGrpc(st));
-      return reactor;
+      return;
     }
     auto deliver = ReplyTo(reactor, resp);
     RequestId rid = node_->replies_.Expect([deliver](const Reply& r) {
@@ -196,78 +207,64 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
       deliver(r);
     });
     node_->WithCore([&](ParticipantCore& c) { c.Prepare(rid, *req, node_->clock_.NowMs()); });
-    return reactor;
   }
-  grpc::ServerUnaryReactor* PreCommit(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
-                                      v1::PreCommitResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    if (Refuse(ctx, reactor, "ParticipantTxn.PreCommit", Role::kPeer)) return reactor;
+  void PreCommit(grpc::ServerContext* ctx, const v1::TxnRef* req, v1::PreCommitResponse* resp,
+                 UnaryReactor* reactor) {
+    if (Refuse(ctx, reactor, "ParticipantTxn.PreCommit", Role::kPeer)) return;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.PreCommit(rid, req->txn_id(), node_->clock_.NowMs()); });
-    return reactor;
   }
-  grpc::ServerUnaryReactor* Commit(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
-                                   v1::CommitResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    if (Refuse(ctx, reactor, "ParticipantTxn.Commit", Role::kPeer)) return reactor;
+  void Commit(grpc::ServerContext* ctx, const v1::TxnRef* req, v1::CommitResponse* resp,
+              UnaryReactor* reactor) {
+    if (Refuse(ctx, reactor, "ParticipantTxn.Commit", Role::kPeer)) return;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.Commit(rid, req->txn_id(), node_->clock_.NowMs()); });
-    return reactor;
   }
-  grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
-                                  v1::AbortResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    if (Refuse(ctx, reactor, "ParticipantTxn.Abort", Role::kPeer)) return reactor;
+  void Abort(grpc::ServerContext* ctx, const v1::TxnRef* req, v1::AbortResponse* resp,
+             UnaryReactor* reactor) {
+    if (Refuse(ctx, reactor, "ParticipantTxn.Abort", Role::kPeer)) return;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.Abort(rid, req->txn_id(), node_->clock_.NowMs()); });
-    return reactor;
   }
-  grpc::ServerUnaryReactor* QueryState(grpc::CallbackServerContext* ctx, const v1::TxnRef* req,
-                                       v1::QueryStateResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    if (Refuse(ctx, reactor, "ParticipantTxn.QueryState", Role::kPeer)) return reactor;
+  void QueryState(grpc::ServerContext* ctx, const v1::TxnRef* req, v1::QueryStateResponse* resp,
+                  UnaryReactor* reactor) {
+    if (Refuse(ctx, reactor, "ParticipantTxn.QueryState", Role::kPeer)) return;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore(
         [&](ParticipantCore& c) { c.QueryState(rid, req->txn_id(), node_->clock_.NowMs()); });
-    return reactor;
   }
-  grpc::ServerUnaryReactor* Promise(grpc::CallbackServerContext* ctx, const v1::PromiseRequest* req,
-                                    v1::PromiseResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    if (Refuse(ctx, reactor, "ParticipantTxn.Promise", Role::kPeer)) return reactor;
+  void Promise(grpc::ServerContext* ctx, const v1::PromiseRequest* req, v1::PromiseResponse* resp,
+               UnaryReactor* reactor) {
+    if (Refuse(ctx, reactor, "ParticipantTxn.Promise", Role::kPeer)) return;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) {
       c.Promise(rid, req->txn_id(), req->ballot(), node_->clock_.NowMs());
     });
-    return reactor;
   }
-  grpc::ServerUnaryReactor* Accept(grpc::CallbackServerContext* ctx, const v1::AcceptRequest* req,
-                                   v1::AcceptResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    if (Refuse(ctx, reactor, "ParticipantTxn.Accept", Role::kPeer)) return reactor;
+  void Accept(grpc::ServerContext* ctx, const v1::AcceptRequest* req, v1::AcceptResponse* resp,
+              UnaryReactor* reactor) {
+    if (Refuse(ctx, reactor, "ParticipantTxn.Accept", Role::kPeer)) return;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) {
       c.Accept(rid, req->txn_id(), req->ballot(), req->value(), node_->clock_.NowMs());
     });
-    return reactor;
   }
-  grpc::ServerUnaryReactor* Batch(grpc::CallbackServerContext* ctx, const v1::BatchRequest* req,
-                                  v1::BatchResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    if (Refuse(ctx, reactor, "ParticipantTxn.Batch", Role::kPeer)) return reactor;
+  void Batch(grpc::ServerContext* ctx, const v1::BatchRequest* req, v1::BatchResponse* resp,
+             UnaryReactor* reactor) {
+    if (Refuse(ctx, reactor, "ParticipantTxn.Batch", Role::kPeer)) return;
     const int n = req->items_size();
     if (n > static_cast<int>(node_->options_.batch_items_max)) {
       reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                    absl::StrCat("batch of ", n, " items; at most ",
                                                 node_->options_.batch_items_max, " allowed")));
-      return reactor;
+      return;
     }
     if (n == 0) {
       reactor->Finish(grpc::Status::OK);
-      return reactor;
+      return;
     }
     for (int i = 0; i < n; ++i) resp->add_results();
     // Items are answered on whatever thread releases them; each writes only
@@ -295,28 +292,23 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
       resp->mutable_results(i)->set_message(std::string(refused[i].message()));
       done();
     }
-    return reactor;
   }
 
   // Staged work is memory only, so the core answers at once.
-  grpc::ServerUnaryReactor* Stage(grpc::CallbackServerContext* ctx, const v1::StageRequest* req,
-                                  v1::StageResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
+  void Stage(grpc::ServerContext* ctx, const v1::StageRequest* req, v1::StageResponse* resp,
+             UnaryReactor* reactor) {
     absl::StatusOr<std::string> who =
         node_->options_.access->CheckOps(*ctx, "ParticipantTxn.Stage", req->ops());
-    if (Refused(reactor, who)) return reactor;
+    if (Refused(reactor, who)) return;
     absl::StatusOr<v1::StageResponse> r;
     node_->WithCore([&](ParticipantCore& c) { r = c.Stage(*req, node_->clock_.NowMs(), *who); });
     if (r.ok()) *resp = std::move(*r);
     reactor->Finish(ToGrpc(r.status()));
-    return reactor;
   }
 
-  grpc::ServerUnaryReactor* ListTransactions(grpc::CallbackServerContext* ctx,
-                                             const v1::ListParticipantTxnsRequest* req,
-                                             v1::ListParticipantTxnsResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    if (Refuse(ctx, reactor, "ParticipantTxn.ListTransactions", Role::kOperator)) return reactor;
+  void ListTransactions(grpc::ServerContext* ctx, const v1::ListParticipantTxnsRequest* req,
+                        v1::ListParticipantTxnsResponse* resp, UnaryReactor* reactor) {
+    if (Refuse(ctx, reactor, "ParticipantTxn.ListTransactions", Role::kOperator)) return;
     const ServerOptions& o = node_->options_;
     absl::StatusOr<v1::ListParticipantTxnsResponse> page =
         node_->core_.Inspect([&](const ParticipantCore& c) {
@@ -324,130 +316,116 @@ class ParticipantNode::TxnService final : public v1::ParticipantTxn::CallbackSer
         });
     if (page.ok()) *resp = std::move(*page);
     reactor->Finish(ToGrpc(page.status()));
-    return reactor;
   }
 
   // Operator resolution (heuristic): answered once the outcome is durable.
-  grpc::ServerUnaryReactor* Resolve(grpc::CallbackServerContext* ctx, const v1::ResolveRequest* req,
-                                    v1::ResolveResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
+  void Resolve(grpc::ServerContext* ctx, const v1::ResolveRequest* req, v1::ResolveResponse* resp,
+               UnaryReactor* reactor) {
     absl::StatusOr<std::string> who =
         node_->options_.access->Check(*ctx, "ParticipantTxn.Resolve", {Role::kOperator});
-    if (Refused(reactor, who)) return reactor;
+    if (Refused(reactor, who)) return;
     RequestId rid = node_->replies_.Expect(Audited(ReplyTo(reactor, resp), *who, "resolve",
                                                    {{"txn", req->txn_id()},
                                                     {"outcome", v1::Outcome_Name(req->outcome())},
                                                     {"note", req->operator_note()}}));
     node_->WithCore([&](ParticipantCore& c) { c.Resolve(rid, *req, node_->clock_.NowMs()); });
-    return reactor;
   }
 
  private:
   ParticipantNode* node_;
 };
 
-class ParticipantNode::QueueService final : public v1::Queue::CallbackService {
+class ParticipantNode::QueueService final : public LoopService<v1::Queue> {
  public:
-  explicit QueueService(ParticipantNode* node) : node_(node) {}
+  QueueService(ParticipantNode* node, RpcLoop* loop) : node_(node) {
+    ServeMember(loop, this, "CreateQueue", this, &QueueService::CreateQueue);
+    ServeMember(loop, this, "DeleteQueue", this, &QueueService::DeleteQueue);
+    ServeMember(loop, this, "ListQueues", this, &QueueService::ListQueues);
+    ServeMember(loop, this, "PurgeQueue", this, &QueueService::PurgeQueue);
+    // A long-poll learns that its client is gone.
+    ServeMember(loop, this, "Receive", node, &ParticipantNode::StartReceive,
+                /*watch_cancel=*/true);
+    ServeMember(loop, this, "Ack", this, &QueueService::Ack);
+    ServeMember(loop, this, "Nack", this, &QueueService::Nack);
+    ServeMember(loop, this, "Send", this, &QueueService::Send);
+    ServeBidi<v1::SubscribeRequest, v1::SubscribeResponse>(
+        loop, this, "Subscribe",
+        [node](grpc::ServerContext* ctx) { return node->StartSubscribe(ctx); });
+    Check();
+  }
 
   // Answers and returns true unless the caller holds `role` on `queue`.
-  bool Refuse(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor,
-              const char* method, Role role, const std::string& queue) {
+  bool Refuse(grpc::ServerContext* ctx, UnaryReactor* reactor, const char* method, Role role,
+              const std::string& queue) {
     return Refused(reactor, node_->options_.access->Check(*ctx, method, {role}, queue));
   }
 
-  grpc::ServerUnaryReactor* CreateQueue(grpc::CallbackServerContext* ctx,
-                                        const v1::CreateQueueRequest* req,
-                                        v1::CreateQueueResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
+  void CreateQueue(grpc::ServerContext* ctx, const v1::CreateQueueRequest* req,
+                   v1::CreateQueueResponse* resp, UnaryReactor* reactor) {
     absl::StatusOr<std::string> who =
         node_->options_.access->Check(*ctx, "Queue.CreateQueue", {Role::kOperator});
-    if (Refused(reactor, who)) return reactor;
+    if (Refused(reactor, who)) return;
     RequestId rid = node_->replies_.Expect(
         Audited(ReplyTo(reactor, resp), *who, "create-queue",
                 {{"queue", req->name()}, {"dead_letter_queue", req->dead_letter_queue()}}));
     node_->WithCore([&](ParticipantCore& c) { c.CreateQueue(rid, *req, node_->clock_.NowMs()); });
-    return reactor;
   }
-  grpc::ServerUnaryReactor* DeleteQueue(grpc::CallbackServerContext* ctx,
-                                        const v1::DeleteQueueRequest* req,
-                                        v1::DeleteQueueResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
+  void DeleteQueue(grpc::ServerContext* ctx, const v1::DeleteQueueRequest* req,
+                   v1::DeleteQueueResponse* resp, UnaryReactor* reactor) {
     absl::StatusOr<std::string> who =
         node_->options_.access->Check(*ctx, "Queue.DeleteQueue", {Role::kOperator});
-    if (Refused(reactor, who)) return reactor;
+    if (Refused(reactor, who)) return;
     RequestId rid = node_->replies_.Expect(
         Audited(ReplyTo(reactor, resp), *who, "delete-queue", {{"queue", req->name()}}));
     node_->WithCore(
         [&](ParticipantCore& c) { c.DeleteQueue(rid, req->name(), node_->clock_.NowMs()); });
-    return reactor;
   }
-  grpc::ServerUnaryReactor* PurgeQueue(grpc::CallbackServerContext* ctx,
-                                       const v1::PurgeQueueRequest* req,
-                                       v1::PurgeQueueResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
+  void PurgeQueue(grpc::ServerContext* ctx, const v1::PurgeQueueRequest* req,
+                  v1::PurgeQueueResponse* resp, UnaryReactor* reactor) {
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) { c.PurgeQueue(rid, req->name()); });
-    return reactor;
   }
-  grpc::ServerUnaryReactor* ListQueues(grpc::CallbackServerContext* ctx,
-                                       const v1::ListQueuesRequest* req,
-                                       v1::ListQueuesResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    if (Refused(reactor, node_->options_.access->Identify(*ctx, "Queue.ListQueues")))
-      return reactor;
+  void ListQueues(grpc::ServerContext* ctx, const v1::ListQueuesRequest* req,
+                  v1::ListQueuesResponse* resp, UnaryReactor* reactor) {
+    if (Refused(reactor, node_->options_.access->Identify(*ctx, "Queue.ListQueues"))) return;
     std::vector<v1::QueueInfo> list =
         node_->core_.Inspect([](const ParticipantCore& c) { return c.ListQueues(); });
     for (v1::QueueInfo& q : list) *resp->add_queues() = std::move(q);
     reactor->Finish(grpc::Status::OK);
-    return reactor;
   }
-  // Long-poll, auto-ack and payload reads: queue_consumers.cc.
-  grpc::ServerUnaryReactor* Receive(grpc::CallbackServerContext* ctx, const v1::ReceiveRequest* req,
-                                    v1::ReceiveResponse* resp) override {
-    return node_->StartReceive(ctx, req, resp);
-  }
-  grpc::ServerBidiReactor<v1::SubscribeRequest, v1::SubscribeResponse>* Subscribe(
-      grpc::CallbackServerContext* ctx) override {
-    return node_->StartSubscribe(ctx);
-  }
-  grpc::ServerUnaryReactor* Nack(grpc::CallbackServerContext* ctx, const v1::NackRequest* req,
-                                 v1::NackResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    if (Refuse(ctx, reactor, "Queue.Nack", Role::kConsumer, req->queue())) return reactor;
+  void Nack(grpc::ServerContext* ctx, const v1::NackRequest* req, v1::NackResponse* resp,
+            UnaryReactor* reactor) {
+    if (Refuse(ctx, reactor, "Queue.Nack", Role::kConsumer, req->queue())) return;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) { c.Nack(rid, *req, node_->clock_.NowMs()); });
-    return reactor;
   }
-  grpc::ServerUnaryReactor* Send(grpc::CallbackServerContext* ctx, const v1::SendRequest* req,
-                                 v1::SendResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    if (Refuse(ctx, reactor, "Queue.Send", Role::kProducer, req->queue())) return reactor;
+  void Send(grpc::ServerContext* ctx, const v1::SendRequest* req, v1::SendResponse* resp,
+            UnaryReactor* reactor) {
+    if (Refuse(ctx, reactor, "Queue.Send", Role::kProducer, req->queue())) return;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) { c.Send(rid, *req, node_->clock_.NowMs()); });
-    return reactor;
   }
-  grpc::ServerUnaryReactor* Ack(grpc::CallbackServerContext* ctx, const v1::AckRequest* req,
-                                v1::AckResponse* resp) override {
-    auto* reactor = ctx->DefaultReactor();
-    if (Refuse(ctx, reactor, "Queue.Ack", Role::kConsumer, req->queue())) return reactor;
+  void Ack(grpc::ServerContext* ctx, const v1::AckRequest* req, v1::AckResponse* resp,
+           UnaryReactor* reactor) {
+    if (Refuse(ctx, reactor, "Queue.Ack", Role::kConsumer, req->queue())) return;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
     node_->WithCore([&](ParticipantCore& c) {
       c.Ack(rid, req->queue(), req->sequence(), req->lease_token(), node_->clock_.NowMs());
     });
-    return reactor;
   }
 
  private:
   ParticipantNode* node_;
 };
 
-ParticipantNode::ParticipantNode(Config config, ServerOptions options, Storage* storage)
+ParticipantNode::ParticipantNode(Config config, ServerOptions options, Storage* storage,
+                                 RpcLoop* loop)
     : options_(options),
       storage_(storage),
+      loop_(loop),
       view_(std::make_unique<View>(storage)),
-      txn_service_(std::make_unique<TxnService>(this)),
-      queue_service_(std::make_unique<QueueService>(this)),
+      txn_service_(std::make_unique<TxnService>(this, loop)),
+      queue_service_(std::make_unique<QueueService>(this, loop)),
       channels_(options.channels_max),
       core_(
           std::make_unique<ParticipantCore>(std::move(config), view_.get()), storage, &clock_,
@@ -506,12 +484,14 @@ grpc::Service* ParticipantNode::queue_service() { return queue_service_.get(); }
 
 absl::StatusOr<std::unique_ptr<ParticipantNode>> ParticipantNode::Create(Config config,
                                                                          ServerOptions options,
-                                                                         Storage* storage) {
+                                                                         Storage* storage,
+                                                                         RpcLoop* loop) {
   if (options.access == nullptr) options.access = Access::Open();
   const uint32_t receive_max = config.receive_max;
   const uint64_t retention_ms = config.retention_ms;
   const std::string participant_id = config.participant_id;
-  std::unique_ptr<ParticipantNode> node(new ParticipantNode(std::move(config), options, storage));
+  std::unique_ptr<ParticipantNode> node(
+      new ParticipantNode(std::move(config), options, storage, loop));
   node->core_receive_max_ = receive_max;
   node->retention_ms_ = retention_ms;
   node->participant_id_ = participant_id;
@@ -556,14 +536,14 @@ void ParticipantNode::SendPeerMsg(OutPeerMsg m) {
   const uint64_t ballot = m.ballot;
   switch (m.type) {
     case PeerMsgType::kPromise:
-      return CallPromise(stub, txn, ballot, options_.rpc_timeout_ms,
+      return CallPromise(loop_, stub, txn, ballot, options_.rpc_timeout_ms,
                          [this, txn, target, ballot](const absl::StatusOr<v1::PromiseResponse>& r) {
                            WithCore([&](ParticipantCore& c) {
                              c.OnPromiseReply(txn, target, ballot, r, clock_.NowMs());
                            });
                          });
     case PeerMsgType::kAccept:
-      return CallAccept(stub, txn, ballot, m.value, options_.rpc_timeout_ms,
+      return CallAccept(loop_, stub, txn, ballot, m.value, options_.rpc_timeout_ms,
                         [this, txn, target, ballot](const absl::StatusOr<v1::AcceptResponse>& r) {
                           WithCore([&](ParticipantCore& c) {
                             c.OnAcceptReply(txn, target, ballot, r, clock_.NowMs());
@@ -575,19 +555,19 @@ void ParticipantNode::SendPeerMsg(OutPeerMsg m) {
       v1::TxnRef ref;
       ref.set_txn_id(txn);
       if (m.type == PeerMsgType::kCommit) {
-        AsyncUnary<v1::CommitResponse>(
-            std::move(ref), options_.rpc_timeout_ms,
-            [stub](auto* ctx, auto* r, auto* resp, auto cb) {
-              stub->async()->Commit(ctx, r, resp, std::move(cb));
+        CallOnLoop<v1::CommitResponse>(
+            loop_, std::move(ref), options_.rpc_timeout_ms, /*wait_for_ready=*/false,
+            [stub](auto* ctx, const auto& r, auto* cq) {
+              return stub->PrepareAsyncCommit(ctx, r, cq);
             },
-            [](const grpc::Status&, const v1::CommitResponse&) {});
+            [stub](const grpc::Status&, const v1::CommitResponse&) {});
       } else {
-        AsyncUnary<v1::AbortResponse>(
-            std::move(ref), options_.rpc_timeout_ms,
-            [stub](auto* ctx, auto* r, auto* resp, auto cb) {
-              stub->async()->Abort(ctx, r, resp, std::move(cb));
+        CallOnLoop<v1::AbortResponse>(
+            loop_, std::move(ref), options_.rpc_timeout_ms, /*wait_for_ready=*/false,
+            [stub](auto* ctx, const auto& r, auto* cq) {
+              return stub->PrepareAsyncAbort(ctx, r, cq);
             },
-            [](const grpc::Status&, const v1::AbortResponse&) {});
+            [stub](const grpc::Status&, const v1::AbortResponse&) {});
       }
       return;
     }
@@ -604,18 +584,19 @@ void ParticipantNode::SendQuery(OutQuery q) {
   std::optional<std::string> address = AddressOf(q.target, q.to_coordinator);
   if (!address.has_value()) return;
   if (!q.to_coordinator) {
-    return CallQueryState(v1::ParticipantTxn::NewStub(channels_.Get(*address)), txn,
+    return CallQueryState(loop_, v1::ParticipantTxn::NewStub(channels_.Get(*address)), txn,
                           options_.rpc_timeout_ms, std::move(report));
   }
   std::shared_ptr<v1::Coordinator::Stub> stub = v1::Coordinator::NewStub(channels_.Get(*address));
   v1::TxnRef ref;
   ref.set_txn_id(txn);
-  AsyncUnary<v1::QueryStateResponse>(
-      std::move(ref), options_.rpc_timeout_ms,
-      [stub](auto* ctx, auto* req, auto* resp, auto cb) {
-        stub->async()->QueryState(ctx, req, resp, std::move(cb));
+  CallOnLoop<v1::QueryStateResponse>(
+      loop_, std::move(ref), options_.rpc_timeout_ms, /*wait_for_ready=*/false,
+      [stub](auto* ctx, const auto& r, auto* cq) {
+        return stub->PrepareAsyncQueryState(ctx, r, cq);
       },
-      [report = std::move(report)](const grpc::Status& s, const v1::QueryStateResponse& resp) {
+      [stub, report = std::move(report)](const grpc::Status& s,
+                                         const v1::QueryStateResponse& resp) {
         report(s.ok() ? absl::StatusOr<v1::QueryStateResponse>(resp) : FromGrpc(s));
       });
 }

@@ -19,6 +19,8 @@
 #include "common/access.h"
 #include "common/clock.h"
 #include "common/core_driver.h"
+#include "common/loop_bidi.h"
+#include "common/loop_unary.h"
 #include "common/periodic_sweep.h"
 #include "common/reply_table.h"
 #include "common/server_util.h"
@@ -64,10 +66,11 @@ struct ServerOptions {
 // Owns the core and its I/O; exposes the two gRPC services.
 class ParticipantNode {
  public:
-  // Reads every database and recovers. `storage` must outlive the node.
+  // Reads every database and recovers. `storage` and `loop` must outlive
+  // the node; its services are served and its calls made on `loop`.
   static absl::StatusOr<std::unique_ptr<ParticipantNode>> Create(Config config,
                                                                  ServerOptions options,
-                                                                 Storage* storage);
+                                                                 Storage* storage, RpcLoop* loop);
   ~ParticipantNode();
   void Stop();
   // Ends waiting consumers (long-poll Receives answer with what is ready,
@@ -85,7 +88,7 @@ class ParticipantNode {
   class QueueService;
   using ReplyFn = std::function<void(const Reply&)>;
 
-  ParticipantNode(Config config, ServerOptions options, Storage* storage);
+  ParticipantNode(Config config, ServerOptions options, Storage* storage, RpcLoop* loop);
 
   // Every core input: common/core_driver.h.
   template <typename Fn>
@@ -115,10 +118,10 @@ class ParticipantNode {
   class LongPoll;      // a Receive with wait_ms
   class Subscription;  // a Subscribe stream's state
   class SubscribeReactor;
-  grpc::ServerUnaryReactor* StartReceive(grpc::CallbackServerContext* ctx,
-                                         const v1::ReceiveRequest* req, v1::ReceiveResponse* resp);
-  grpc::ServerBidiReactor<v1::SubscribeRequest, v1::SubscribeResponse>* StartSubscribe(
-      grpc::CallbackServerContext* ctx);
+  void StartReceive(grpc::ServerContext* ctx, const v1::ReceiveRequest* req,
+                    v1::ReceiveResponse* resp, UnaryReactor* reactor);
+  BidiReactor<v1::SubscribeRequest, v1::SubscribeResponse>* StartSubscribe(
+      grpc::ServerContext* ctx);
   // Registers `w` to be woken when `queue` gains ready messages. Call inside
   // WithCore right after a Receive found nothing, so no wake is missed.
   // RESOURCE_EXHAUSTED when --waiters_max long-polls are parked already, or
@@ -149,6 +152,7 @@ class ParticipantNode {
 
   const ServerOptions options_;
   Storage* const storage_;
+  RpcLoop* const loop_;
   RealClock clock_;
   std::unique_ptr<View> view_;
   std::unique_ptr<TxnService> txn_service_;

@@ -120,12 +120,10 @@ void AutoAck(ReplyTable<std::function<void(const Reply&)>>* replies,
 class ParticipantNode::LongPoll final : public Waiting,
                                         public std::enable_shared_from_this<LongPoll> {
  public:
-  LongPoll(ParticipantNode* node, grpc::CallbackServerContext* ctx,
-           grpc::ServerUnaryReactor* reactor, const v1::ReceiveRequest& req,
+  LongPoll(ParticipantNode* node, UnaryReactor* reactor, const v1::ReceiveRequest& req,
            v1::ReceiveResponse* resp, int64_t deadline_ms, std::string identity)
       : Waiting(node->next_waiter_++, std::move(identity)),
         node_(node),
-        ctx_(ctx),
         reactor_(reactor),
         req_(req),
         resp_(resp),
@@ -171,7 +169,7 @@ class ParticipantNode::LongPoll final : public Waiting,
         final = final_ || node_->clock_.NowMs() >= deadline_ms_ || node_->consumers_stopped_;
       }
       // Nobody to deliver to: lease nothing.
-      if (ctx_->IsCancelled()) return Finish(grpc::Status::CANCELLED);
+      if (reactor_->cancelled()) return Finish(grpc::Status::CANCELLED);
       absl::StatusOr<std::vector<Lease>> leases;
       absl::Status parked = absl::CancelledError("not parked");
       node_->WithCore([&](ParticipantCore& c) {
@@ -219,7 +217,7 @@ class ParticipantNode::LongPoll final : public Waiting,
       return;
     }
     ParticipantNode* node = node_;
-    grpc::ServerUnaryReactor* reactor = reactor_;
+    UnaryReactor* reactor = reactor_;
     v1::ReceiveResponse* resp = resp_;
     AutoAck(&node->replies_, &node->core_, node->clock_, std::move(ds),
             [reactor, resp](std::vector<v1::Delivery> acked) {
@@ -238,8 +236,7 @@ class ParticipantNode::LongPoll final : public Waiting,
   }
 
   ParticipantNode* const node_;
-  grpc::CallbackServerContext* const ctx_;
-  grpc::ServerUnaryReactor* const reactor_;
+  UnaryReactor* const reactor_;
   const v1::ReceiveRequest req_;
   v1::ReceiveResponse* const resp_;
   const int64_t deadline_ms_;
@@ -250,13 +247,11 @@ class ParticipantNode::LongPoll final : public Waiting,
   bool done_ = false;
 };
 
-grpc::ServerUnaryReactor* ParticipantNode::StartReceive(grpc::CallbackServerContext* ctx,
-                                                        const v1::ReceiveRequest* req,
-                                                        v1::ReceiveResponse* resp) {
-  auto* reactor = ctx->DefaultReactor();
+void ParticipantNode::StartReceive(grpc::ServerContext* ctx, const v1::ReceiveRequest* req,
+                                   v1::ReceiveResponse* resp, UnaryReactor* reactor) {
   absl::StatusOr<std::string> who =
       options_.access->Check(*ctx, "Queue.Receive", {Role::kConsumer}, req->queue());
-  if (Refused(reactor, who)) return reactor;
+  if (Refused(reactor, who)) return;
   if (req->peek()) {
     // A look under the lock, payloads read outside it; nothing to wait for.
     absl::StatusOr<std::vector<Lease>> looks =
@@ -266,7 +261,7 @@ grpc::ServerUnaryReactor* ParticipantNode::StartReceive(grpc::CallbackServerCont
         resp->mutable_deliveries()->RemoveLast();
     }
     reactor->Finish(ToGrpc(looks.status()));
-    return reactor;
+    return;
   }
   const int64_t now = clock_.NowMs();
   int64_t deadline = now + std::min(req->wait_ms(), options_.receive_wait_ms_max);
@@ -276,18 +271,18 @@ grpc::ServerUnaryReactor* ParticipantNode::StartReceive(grpc::CallbackServerCont
   if (client < std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) {
     deadline = std::min(deadline, ToUnixMs(client) - 100);
   }
-  auto lp = std::make_shared<LongPoll>(this, ctx, reactor, *req, resp, deadline, *std::move(who));
+  auto lp = std::make_shared<LongPoll>(this, reactor, *req, resp, deadline, *std::move(who));
   lp->Start();
-  return reactor;
 }
 
 // --- Subscribe streams ---
 
 class ParticipantNode::SubscribeReactor final
-    : public grpc::ServerBidiReactor<v1::SubscribeRequest, v1::SubscribeResponse> {
+    : public BidiReactor<v1::SubscribeRequest, v1::SubscribeResponse> {
  public:
   explicit SubscribeReactor(std::shared_ptr<Subscription> sub);
   void OnReadDone(bool ok) override;
+  void OnReadMalformed(grpc::Status status) override;
   void OnWriteDone(bool ok) override;
   void OnCancel() override;
   void OnDone() override;
@@ -328,6 +323,11 @@ class ParticipantNode::Subscription final : public Waiting,
         return FinishLocked(Invalid("empty SubscribeRequest"));
       }
     }
+  }
+  // A message that is not a SubscribeRequest ends the stream with `status`.
+  void OnMalformed(grpc::Status status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    FinishLocked(std::move(status));
   }
   // The client is done sending (or gone): end once pending writes are out.
   void OnReadsDone() {
@@ -674,6 +674,9 @@ void ParticipantNode::SubscribeReactor::OnReadDone(bool ok) {
   in_.Clear();
   sub_->ReadNext(&in_);
 }
+void ParticipantNode::SubscribeReactor::OnReadMalformed(grpc::Status status) {
+  sub_->OnMalformed(std::move(status));
+}
 void ParticipantNode::SubscribeReactor::OnWriteDone(bool ok) { sub_->OnWriteDone(ok); }
 void ParticipantNode::SubscribeReactor::OnCancel() { sub_->OnCancel(); }
 void ParticipantNode::SubscribeReactor::OnDone() {
@@ -681,8 +684,8 @@ void ParticipantNode::SubscribeReactor::OnDone() {
   delete this;
 }
 
-grpc::ServerBidiReactor<v1::SubscribeRequest, v1::SubscribeResponse>*
-ParticipantNode::StartSubscribe(grpc::CallbackServerContext* ctx) {
+BidiReactor<v1::SubscribeRequest, v1::SubscribeResponse>* ParticipantNode::StartSubscribe(
+    grpc::ServerContext* ctx) {
   // The queue is checked at `open`; the caller and its role now.
   absl::StatusOr<std::string> who =
       options_.access->Check(*ctx, "Queue.Subscribe", {Role::kConsumer});
