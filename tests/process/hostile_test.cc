@@ -72,6 +72,34 @@ grpc::Status Call(const std::shared_ptr<grpc::Channel>& channel, const Case& c,
   return status;
 }
 
+// Sends `body` as one message of stream `method`, then half-closes; the
+// call's final status.
+grpc::Status StreamCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                        const std::string& body) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::CompletionQueue cq;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call = stub.PrepareCall(&ctx, method, &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  call->StartCall(reinterpret_cast<void*>(1));
+  cq.Next(&tag, &ok);
+  grpc::Slice slice(body);
+  grpc::ByteBuffer msg(&slice, 1);
+  call->Write(msg, reinterpret_cast<void*>(2));
+  cq.Next(&tag, &ok);
+  call->WritesDone(reinterpret_cast<void*>(3));
+  cq.Next(&tag, &ok);
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(4));
+  cq.Next(&tag, &ok);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return status;
+}
+
 // The parameter: mTLS with roles, else plaintext without.
 class HostileTest : public ::testing::TestWithParam<bool> {
  protected:
@@ -412,6 +440,32 @@ TEST_P(HostileTest, EveryMalformedRequestIsRefusedClearlyAndChangesNothing) {
       grpc::CreateChannel(cluster_->participant_address(1), grpc::InsecureChannelCredentials()),
       list, &message);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << message;
+}
+
+// A stream message that is not what the method takes ends the call
+// INVALID_ARGUMENT naming the method, not as if the client had closed.
+TEST_P(HostileTest, MalformedStreamMessagesEndTheCallInvalidArgument) {
+  const std::string before = Snapshot();
+  auto participant = cluster_->Channel(cluster_->participant_address(1));
+  auto coordinator = cluster_->Channel(cluster_->coordinator_address());
+  const std::string bad_utf8 = "bad\xc3\x28id";
+  const std::string not_protobuf = "\xff\xff\xff";
+  // Subscribe: an `open` (field 1) whose queue (field 1) is not UTF-8;
+  // ExecuteStream: an item whose request's id is not.
+  const std::vector<std::pair<std::string, std::string>> bodies = {
+      {not_protobuf, not_protobuf},
+      {RawString(1, RawString(2, RawString(1, bad_utf8))), RawString(1, RawString(1, bad_utf8))}};
+  for (const auto& [execute, subscribe] : bodies) {
+    grpc::Status s = StreamCall(coordinator, "/atomq.v1.Coordinator/ExecuteStream", execute);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_NE(s.error_message().find("atomq.v1.Coordinator.ExecuteStream"), std::string::npos)
+        << s.error_message();
+    s = StreamCall(participant, "/atomq.v1.Queue/Subscribe", subscribe);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_NE(s.error_message().find("atomq.v1.Queue.Subscribe"), std::string::npos)
+        << s.error_message();
+  }
+  EXPECT_EQ(Snapshot(), before);
 }
 
 INSTANTIATE_TEST_SUITE_P(Links, HostileTest, ::testing::Bool(),
