@@ -106,8 +106,14 @@ void Node::OnePhaseNo(const Waiter& w, const std::string& id, uint64_t digest, s
   o.set_decided_unix_ms(now_ms);
   o.set_ops_digest(digest);
   o.set_one_phase(true);
+  // Forgettable from the start, as a presumed abort (PresumeAbort): a
+  // coordinator that never heard of the id sends no END notice, and forged
+  // one-phase Prepares must not grow storage for good. A late copy of the
+  // Prepare is older than half of --retention_ms by then and votes NO.
   const uint64_t token =
-      Submit({Put(kOutcomesDb, id, o)}, PresumedAbortBatch{{{w}}, id, std::move(reason)});
+      Submit({Put(kOutcomesDb, id, o),
+              Write{kForgettableDb, schema::ForgettableKey(now_ms, id), "", false}},
+             PresumedAbortBatch{{{w}}, id, std::move(reason)});
   outcomes_.Remember(std::move(o), token);
 }
 

@@ -109,8 +109,11 @@ TEST_F(ParticipantCoreTest, OnePhaseNoIsDurableBeforeItIsToldAndFinal) {
   Output o = Collect();
   EXPECT_TRUE(o.replies.empty());
   ASSERT_EQ(o.persist.size(), 1u);
-  ASSERT_EQ(o.persist[0].writes.size(), 1u);
+  // The outcome, and its collection entry: nobody may send an END notice.
+  ASSERT_EQ(o.persist[0].writes.size(), 2u);
   EXPECT_EQ(o.persist[0].writes[0].db, kOutcomesDb);
+  EXPECT_EQ(o.persist[0].writes[1].db, kForgettableDb);
+  const std::string entry = o.persist[0].writes[1].key;
   core_->Prepare(101, req, now_);  // a duplicate joins it
   EXPECT_TRUE(Collect().replies.empty());
   o = Persist();
@@ -132,6 +135,12 @@ TEST_F(ParticipantCoreTest, OnePhaseNoIsDurableBeforeItIsToldAndFinal) {
   EXPECT_TRUE(Collect().persist.empty());
   EXPECT_EQ(Info("late").ready(), 0u);
   EXPECT_EQ(Info("late").version(), 1u);
+  // After the retention window the outcome is collected like any other.
+  now_ += static_cast<int64_t>(config_.retention_ms) + 1;
+  EXPECT_EQ(core_->CollectOutcomes({entry}, now_), 1u);
+  Persist();
+  EXPECT_FALSE(store_.Get<v1::OutcomeRecord>(kOutcomesDb, "t1").has_value());
+  EXPECT_EQ(store_.Count(kForgettableDb), 0u);
 }
 
 TEST_F(ParticipantCoreTest, OnePhaseFailedWriteIsAnErrorAndKeepsNothing) {
