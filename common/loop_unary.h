@@ -163,7 +163,7 @@ class UnaryCall final : public LoopTag, public UnaryReactor {
     // on another thread before it returns.
     refs_.fetch_add(1);
     if (!grpc::SerializationTraits<Req>::Deserialize(&request_, &req_).ok()) {
-      Finish(MalformedRequest(method_->full_name()));
+      Finish(MalformedRequest(method_->name()));
     } else {
       method_->handler()(&ctx_, &req_, &response_, this);
     }
@@ -203,7 +203,6 @@ class UnaryMethod final : public MethodServer {
     if (!loop_->Begin([call](grpc::ServerCompletionQueue* cq) { call->Wait(cq); })) delete call;
   }
   const std::string& name() const override { return name_; }
-  const std::string& full_name() const { return name_; }
   RpcLoop* loop() const { return loop_; }
   Service* service() const { return service_; }
   int index() const { return index_; }
