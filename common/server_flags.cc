@@ -37,7 +37,7 @@ void AddServerFlags(CLI::App& app, ServerFlags* f, const std::string& id_help,
                  CLI::Range(1u, 1000000u));
   AddCheckedFlag(app, "--loop_threads", f->loop_threads,
                  "threads that run every gRPC event and the protocol on the same thread "
-                 "(about one per core)",
+                 "(more than one trade the poller role on every event: see README)",
                  CLI::Range(1u, 64u));
   AddTlsFlags(app, &f->tls, /*server=*/true);
   app.add_flag("--metrics_allow_remote", f->metrics_remote,
@@ -136,9 +136,8 @@ void AwaitShutdownSignal() {
   LogLine(absl::StrCat("signal ", sig, ": shutting down"));
 }
 
-void Drain(const ServerFlags& f, grpc::Server* server,
-           const std::vector<std::string>& service_names) {
-  SetServing(server, service_names, false);
+void Drain(const ServerFlags& f, LoopHealth* health) {
+  health->Set(false);
   if (f.drain_ms == 0) return;
   LogLine(absl::StrCat("draining for ", f.drain_ms, " ms (health: NOT_SERVING)"));
   absl::SleepFor(absl::Milliseconds(f.drain_ms));

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "atomq/v1/records.pb.h"
 #include "common/access.h"
+#include "common/loop_health.h"
 #include "common/metrics.h"
 #include "common/storage.h"
 #include "common/tls.h"
@@ -35,7 +36,7 @@ struct ServerFlags {
   // calls are still served, before the server stops.
   uint32_t drain_ms = 0;
   uint32_t channels_max = 1024;  // --channels_max: outbound channels kept (ChannelCache)
-  uint32_t loop_threads = 2;     // --loop_threads: threads of the RpcLoop
+  uint32_t loop_threads = 1;     // --loop_threads: threads of the RpcLoop
   AccessFlags access;            // --roles_file, --tokens_file, --allow_anyone, --token_file
 };
 
@@ -103,10 +104,8 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetrics(const ServerFlags& f
 // server shuts down.
 void AwaitShutdownSignal();
 
-// After AwaitShutdownSignal: health says NOT_SERVING for "" and
-// `service_names` (load balancers stop sending) while `server` still serves
-// calls for --drain_ms.
-void Drain(const ServerFlags& flags, grpc::Server* server,
-           const std::vector<std::string>& service_names);
+// After AwaitShutdownSignal: `health` says NOT_SERVING (load balancers stop
+// sending) while the server still serves calls for --drain_ms.
+void Drain(const ServerFlags& flags, LoopHealth* health);
 
 }  // namespace atomq

@@ -2,19 +2,21 @@
 
 #include <signal.h>
 
+#include <set>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/bearer.h"
 #include "common/codec.h"
 #include "common/crash.h"
-#include "common/request_guard.h"
+#include "common/loop_unary.h"
 #include "common/status.h"
 #include "common/tls.h"
 #include "common/validate.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpc/health/v1/health.pb.h"
 #include "grpcpp/generic/async_generic_service.h"
-#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/impl/codegen/proto_utils.h"
 
 namespace atomq {
 
@@ -71,54 +73,75 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
     const std::string& listen, const std::vector<grpc::Service*>& services,
     uint32_t message_bytes_max, std::shared_ptr<grpc::ServerCredentials> credentials,
     RpcLoop* loop) {
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder own;
-  grpc::ServerBuilder& builder = loop != nullptr ? loop->builder() : own;
+  grpc::ServerBuilder& builder = loop->builder();
   int port = 0;
   builder.AddListeningPort(listen, std::move(credentials), &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(message_bytes_max));
   for (grpc::Service* s : services) builder.RegisterService(s);
-  // A loop parses its requests itself (common/rpc_loop.h); a server of the
-  // callback API needs the guard for that.
-  if (loop == nullptr) {
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> guards;
-    guards.push_back(MalformedRequestGuard());
-    builder.experimental().SetInterceptorCreators(std::move(guards));
-  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot listen on ", listen, " (in use, or not a local address?)"));
   }
-  if (loop != nullptr) loop->Serve();
+  loop->Serve();
   return server;
 }
 
-void SetServing(grpc::Server* server, const std::vector<std::string>& service_names, bool serving) {
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  if (health == nullptr) return;
-  health->SetServingStatus("", serving);
-  for (const std::string& name : service_names) health->SetServingStatus(name, serving);
-}
-
-// Answers every call UNAVAILABLE (the health service, registered by name,
-// is not routed here).
+// Answers health checks NOT_SERVING (NOT_FOUND for a name it does not know)
+// and every other call UNAVAILABLE.
 class RecoveringServer::Refuser final : public grpc::CallbackGenericService {
+ public:
+  explicit Refuser(const std::vector<std::string>& service_names)
+      : names_(service_names.begin(), service_names.end()) {
+    names_.insert("");
+  }
+
+ private:
   class Reactor final : public grpc::ServerGenericBidiReactor {
    public:
-    Reactor() {
-      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                          "the server is recovering its state; retry shortly"));
+    Reactor(const Refuser* refuser, bool health) : refuser_(refuser) {
+      if (!health) {
+        Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                            "the server is recovering its state; retry shortly"));
+        return;
+      }
+      StartRead(&request_);
+    }
+    void OnReadDone(bool ok) override {
+      grpc::health::v1::HealthCheckRequest req;
+      if (!ok || !grpc::SerializationTraits<grpc::health::v1::HealthCheckRequest>::Deserialize(
+                     &request_, &req)
+                      .ok()) {
+        return Finish(MalformedRequest("/grpc.health.v1.Health/Check"));
+      }
+      if (refuser_->names_.count(req.service()) == 0) {
+        return Finish(grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                   absl::StrCat("no service \"", Clip(req.service()), "\"")));
+      }
+      grpc::health::v1::HealthCheckResponse resp;
+      resp.set_status(grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+      bool own = false;
+      grpc::SerializationTraits<grpc::health::v1::HealthCheckResponse>::Serialize(resp, &response_,
+                                                                                  &own);
+      StartWriteAndFinish(&response_, grpc::WriteOptions(), grpc::Status::OK);
     }
     void OnDone() override { delete this; }
+
+   private:
+    const Refuser* const refuser_;
+    grpc::ByteBuffer request_;
+    grpc::ByteBuffer response_;
   };
-  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext*) override {
-    return new Reactor;
+
+  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
+    return new Reactor(this, ctx->method() == "/grpc.health.v1.Health/Check");
   }
+
+  std::set<std::string> names_;
 };
 
-RecoveringServer::RecoveringServer() : refuser_(std::make_unique<Refuser>()) {}
+RecoveringServer::RecoveringServer(const std::vector<std::string>& service_names)
+    : refuser_(std::make_unique<Refuser>(service_names)) {}
 
 RecoveringServer::~RecoveringServer() {
   if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
@@ -127,8 +150,7 @@ RecoveringServer::~RecoveringServer() {
 absl::StatusOr<std::unique_ptr<RecoveringServer>> RecoveringServer::Start(
     const std::string& listen, const std::vector<std::string>& service_names,
     std::shared_ptr<grpc::ServerCredentials> credentials) {
-  std::unique_ptr<RecoveringServer> r(new RecoveringServer);
-  grpc::EnableDefaultHealthCheckService(true);
+  std::unique_ptr<RecoveringServer> r(new RecoveringServer(service_names));
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(listen, std::move(credentials), &port);
@@ -138,7 +160,6 @@ absl::StatusOr<std::unique_ptr<RecoveringServer>> RecoveringServer::Start(
     return absl::FailedPreconditionError(
         absl::StrCat("cannot listen on ", listen, " (in use, or not a local address?)"));
   }
-  SetServing(r->server_.get(), service_names, false);
   return r;
 }
 

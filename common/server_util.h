@@ -1,4 +1,4 @@
-// What both servers share: gRPC server setup (health, reflection), client
+// What both servers share: gRPC server setup, client
 // channels, status conversion, and flag parsing helpers.
 #pragma once
 
@@ -54,19 +54,14 @@ class ChannelCache {
   uint64_t created_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-// Builds and starts a server on `listen` (host:port) with health checking
-// and reflection, speaking TLS per `credentials` (common/tls.h).
-// FAILED_PRECONDITION if the address cannot be bound.
-// With `loop`, the server is built with the loop's builder and its methods
-// are served on the loop (common/rpc_loop.h).
+// Builds and starts a server on `listen` (host:port) with `loop`'s builder,
+// speaking TLS per `credentials` (common/tls.h), and serves its methods on
+// the loop (common/rpc_loop.h; health is one of `services`, from
+// common/loop_health.h). FAILED_PRECONDITION if the address cannot be bound.
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
     const std::string& listen, const std::vector<grpc::Service*>& services,
     uint32_t message_bytes_max, std::shared_ptr<grpc::ServerCredentials> credentials,
-    RpcLoop* loop = nullptr);
-
-// Health (grpc.health.v1) of `server` for "" and each of `service_names`
-// (full names, e.g. "atomq.v1.Queue"): SERVING or NOT_SERVING.
-void SetServing(grpc::Server* server, const std::vector<std::string>& service_names, bool serving);
+    RpcLoop* loop);
 
 // What listens on `listen` while a server recovers, before StartServer: every
 // call is answered UNAVAILABLE ("recovering"), and health reports NOT_SERVING
@@ -81,7 +76,7 @@ class RecoveringServer {
 
  private:
   class Refuser;
-  RecoveringServer();
+  explicit RecoveringServer(const std::vector<std::string>& service_names);
   std::unique_ptr<Refuser> refuser_;
   std::unique_ptr<grpc::Server> server_;
 };

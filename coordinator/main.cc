@@ -10,6 +10,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "common/loop_health.h"
 #include "common/metrics.h"
 #include "common/rpc_loop.h"
 #include "common/server_flags.h"
@@ -180,10 +181,12 @@ int Serve(CoordinatorFlags* f) {
   auto service = c::CoordinatorServer::Create(cfg, f->opts, store->storage.get(), &loop);
   if (!service.ok()) return Fail(absl::StrCat("recovery failed: ", service.status().message()));
   recovering->reset();
-  auto server = atomq::StartServer(listen, {service->get()}, f->server.message_bytes_max,
+  atomq::LoopHealth health(&loop, services);
+  auto server = atomq::StartServer(listen, {service->get(), health.service()},
+                                   f->server.message_bytes_max,
                                    atomq::ServerCredentials(f->server.tls), &loop);
   if (!server.ok()) return Fail(std::string(server.status().message()));
-  atomq::SetServing(server->get(), services, true);
+  health.Set(true);
   atomq::LogLine(absl::StrCat("atomq-coordinator ", id, " serving on ", listen, " (boot ",
                               store->meta.boot_count(), ", ", cfg.participants.size(),
                               " participants)"));
@@ -192,7 +195,7 @@ int Serve(CoordinatorFlags* f) {
   if (!metrics.ok()) return Fail(std::string(metrics.status().message()));
 
   atomq::AwaitShutdownSignal();
-  atomq::Drain(f->server, server->get(), services);
+  atomq::Drain(f->server, &health);
   metrics->reset();
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   (*service)->Stop();

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
 #include "common/log.h"
+#include "common/loop_health.h"
 #include "common/metrics.h"
 #include "common/rpc_loop.h"
 #include "common/server_flags.h"
@@ -255,11 +256,14 @@ int Serve(ParticipantFlags* f) {
   auto node = p::ParticipantNode::Create(f->cfg, f->opts, store->storage.get(), &loop);
   if (!node.ok()) return Fail(absl::StrCat("recovery failed: ", node.status().message()));
   recovering->reset();
-  auto server = atomq::StartServer(listen, {(*node)->txn_service(), (*node)->queue_service()},
+  atomq::LoopHealth health(&loop, services);
+  auto server = atomq::StartServer(listen,
+                                   {(*node)->txn_service(), (*node)->queue_service(),
+                                    health.service()},
                                    f->server.message_bytes_max,
                                    atomq::ServerCredentials(f->server.tls), &loop);
   if (!server.ok()) return Fail(std::string(server.status().message()));
-  atomq::SetServing(server->get(), services, true);
+  health.Set(true);
   atomq::LogLine(absl::StrCat("atomq-participant ", id, " serving on ", listen, " (boot ",
                               store->meta.boot_count(), ")"));
   p::ParticipantNode* target = node->get();
@@ -267,7 +271,7 @@ int Serve(ParticipantFlags* f) {
   if (!metrics.ok()) return Fail(std::string(metrics.status().message()));
 
   atomq::AwaitShutdownSignal();
-  atomq::Drain(f->server, server->get(), services);
+  atomq::Drain(f->server, &health);
   metrics->reset();
   (*node)->StopConsumers();
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/loop_health.h"
 #include "common/server_util.h"
 #include "common/tls.h"
 #include "google/protobuf/wrappers.pb.h"
@@ -315,6 +316,7 @@ TEST(AdminTest, WhileRecoveringCallsAreUnavailableAndHealthNotServing) {
   for (const char* s : kParticipantServices) {
     EXPECT_EQ(Health(addr, s), kNotServing) << "service \"" << s << "\"";
   }
+  EXPECT_EQ(Health(addr, "atomq.v1.Nothing"), -int64_t{grpc::StatusCode::NOT_FOUND});
   auto stub = v1::Queue::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   Deadline(&ctx, 2000);
@@ -324,13 +326,18 @@ TEST(AdminTest, WhileRecoveringCallsAreUnavailableAndHealthNotServing) {
   EXPECT_NE(s.error_message().find("recovering"), std::string::npos) << s.error_message();
   // Gone at once: the real server binds the same address next.
   r->reset();
-  v1::Queue::CallbackService queue;
+  RpcLoop loop(1);
+  LoopHealth health(&loop, {"atomq.v1.Queue"});
   absl::StatusOr<std::unique_ptr<grpc::Server>> server =
-      StartServer(addr, {&queue}, 1 << 20, grpc::InsecureServerCredentials());
+      StartServer(addr, {health.service()}, 1 << 20, grpc::InsecureServerCredentials(), &loop);
   ASSERT_TRUE(server.ok()) << server.status();
-  SetServing(server->get(), {"atomq.v1.Queue"}, true);
+  EXPECT_EQ(Health(addr, "atomq.v1.Queue"), kNotServing);
+  health.Set(true);
+  EXPECT_EQ(Health(addr, ""), kServing);
   EXPECT_EQ(Health(addr, "atomq.v1.Queue"), kServing);
+  EXPECT_EQ(Health(addr, "atomq.v1.Nothing"), -int64_t{grpc::StatusCode::NOT_FOUND});
   (*server)->Shutdown(std::chrono::system_clock::now());
+  loop.Shutdown();
 }
 
 }  // namespace
