@@ -9,9 +9,33 @@ missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-echo "installing: ${missing[*]}"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-$SUDO apt-get update -q
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+APT=($SUDO env DEBIAN_FRONTEND=noninteractive apt-get)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  "${APT[@]}" update -q
+  "${APT[@]}" install -y -q "${missing[@]}"
+fi
+
+# The consensus engine: C-Raft 0.22.1 or later (raft_step). Debian 13 has it;
+# Debian 12 has it in its backports suite, enabled here from the mirror this
+# machine is already configured with.
+pkg-config --atleast-version=0.22.1 raft 2>/dev/null && exit 0
+candidate=$(apt-cache policy libraft-dev 2>/dev/null | awk '/Candidate:/ {print $2}')
+if [ -n "$candidate" ] && [ "$candidate" != "(none)" ] &&
+   dpkg --compare-versions "$candidate" ge 0.22.1; then
+  "${APT[@]}" install -y -q libraft-dev
+  exit 0
+fi
+codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+mirror=$(bash "$(dirname "$0")/debian-mirror.sh" "$codename")
+if [ -z "$mirror" ]; then
+  echo "no Debian mirror for $codename found in /etc/apt; cannot enable $codename-backports" >&2
+  exit 1
+fi
+echo "enabling $codename-backports from $mirror for libraft-dev"
+printf 'Types: deb\nURIs: %s\nSuites: %s-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+  "$mirror" "$codename" | $SUDO tee /etc/apt/sources.list.d/atomq-backports.sources >/dev/null
+"${APT[@]}" update -q
+"${APT[@]}" install -y -q -t "$codename-backports" libraft-dev
