@@ -15,29 +15,12 @@
 #include "absl/time/time.h"
 #include "atomq/v1/records.pb.h"
 #include "common/server_util.h"
+#include "common/temp_dir.h"
 #include "gtest/gtest.h"
 
 namespace atomq {
 namespace {
 
-// A fresh directory under /tmp, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/atomq_storage_test.XXXXXX";
-    char* p = mkdtemp(tmpl);
-    EXPECT_NE(p, nullptr);
-    path_ = p ? p : "/tmp/atomq_storage_test.failed";
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 LmdbOptions Options(const std::string& dir, uint64_t map_size_mb = 64) {
   LmdbOptions o;
