@@ -1,0 +1,351 @@
+#include "replication/replicated_storage.h"
+
+#include <cstdlib>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "atomq/v1/replica.pb.h"
+#include "common/clock.h"
+#include "common/codec.h"
+#include "common/log.h"
+
+namespace atomq::replication {
+namespace {
+
+constexpr char kAppliedKey[] = "applied";
+
+std::string EncodeBatch(const Batch& batch) {
+  v1::ReplicatedBatch r;
+  for (const atomq::Write& w : batch.writes) {
+    v1::ReplicatedWrite* o = r.add_writes();
+    o->set_db(w.db);
+    o->set_key(w.key);
+    o->set_value(w.value);
+    o->set_erase(w.erase);
+  }
+  return r.SerializeAsString();
+}
+
+absl::StatusOr<std::vector<atomq::Write>> DecodeBatch(const std::string& data) {
+  v1::ReplicatedBatch r;
+  if (!r.ParseFromString(data)) return absl::DataLossError("a log entry that is not a batch");
+  std::vector<atomq::Write> out;
+  for (const v1::ReplicatedWrite& w : r.writes()) {
+    out.push_back(atomq::Write{w.db(), w.key(), w.value(), w.erase()});
+  }
+  return out;
+}
+
+// A replica whose own disk fails cannot go on: what it acknowledged could
+// be lost. Stop, as a failed write does on a single disk.
+[[noreturn]] void Fatal(const std::string& what) {
+  LogLine(absl::StrCat("replica: ", what, "; stopping"));
+  std::abort();
+}
+
+}  // namespace
+
+// Callbacks from the store and the timer outlive nothing: they reach the
+// replica through this, cleared when it goes.
+struct ReplicatedStorage::Life {
+  absl::Mutex mu;
+  ReplicatedStorage* self ABSL_GUARDED_BY(mu);
+};
+
+absl::StatusOr<std::unique_ptr<ReplicatedStorage>> ReplicatedStorage::Open(const Options& options,
+                                                                           Storage* local,
+                                                                           Transport* transport,
+                                                                           TimerQueue* timers) {
+  absl::StatusOr<DurableState> disk = RaftLog::Load(local);
+  if (!disk.ok()) return disk.status();
+  if (disk->term == 0 && disk->entries.empty() && !disk->snapshot.has_value()) {
+    if (options.bootstrap.empty()) {
+      return absl::FailedPreconditionError(
+          "this replica's disk holds no log and no members were given to start a group with");
+    }
+    *disk = RaftEngine::Bootstrap(options.bootstrap);
+    RaftLog fresh{DurableState{}};
+    if (absl::Status st = local->Write(fresh.Initialize(*disk)); !st.ok()) return st;
+  }
+  absl::StatusOr<std::optional<std::string>> applied = local->Get(kAppliedDb, kAppliedKey);
+  if (!applied.ok()) return applied.status();
+  uint64_t applied_index = 0;
+  if (applied->has_value()) {
+    if ((*applied)->size() != 8) return absl::DataLossError("the applied index does not decode");
+    applied_index = DecodeU64(**applied);
+  }
+  absl::StatusOr<std::unique_ptr<RaftEngine>> engine = RaftEngine::Create(options.engine);
+  if (!engine.ok()) return engine.status();
+  std::unique_ptr<ReplicatedStorage> r(
+      new ReplicatedStorage(local, transport, timers, std::move(*engine), *disk, applied_index));
+  {
+    absl::MutexLock lock(&r->mu_);
+    r->Handle(r->engine_->Start(Now(), *disk));
+  }
+  r->RunHook();
+  return r;
+}
+
+ReplicatedStorage::ReplicatedStorage(Storage* local, Transport* transport, TimerQueue* timers,
+                                     std::unique_ptr<RaftEngine> engine, const DurableState& disk,
+                                     uint64_t applied)
+    : local_(local),
+      transport_(transport),
+      timers_(timers),
+      life_(std::make_shared<Life>()),
+      engine_(std::move(engine)),
+      log_(disk),
+      submitted_apply_(applied),
+      applied_(applied) {
+  absl::MutexLock lock(&life_->mu);
+  life_->self = this;
+}
+
+ReplicatedStorage::~ReplicatedStorage() {
+  Stop();
+  absl::MutexLock lock(&life_->mu);  // waits for a callback under way
+  life_->self = nullptr;
+}
+
+void ReplicatedStorage::Stop() {
+  std::map<uint64_t, DoneFn> pending;
+  {
+    absl::MutexLock lock(&mu_);
+    stopped_ = true;
+    pending.swap(pending_);
+  }
+  for (auto& [index, done] : pending) done(absl::UnavailableError("the replica stopped"));
+}
+
+int64_t ReplicatedStorage::Now() { return RealClock().NowMs(); }
+
+template <typename Fn>
+auto ReplicatedStorage::Guarded(Fn fn) {
+  return [life = life_, fn = std::move(fn)](auto&&... args) {
+    absl::MutexLock lock(&life->mu);
+    if (life->self != nullptr) fn(life->self, std::forward<decltype(args)>(args)...);
+  };
+}
+
+void ReplicatedStorage::Submit(Batch batch, DoneFn done) {
+  absl::Status refused;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopped_ || !serving_) {
+      refused = absl::UnavailableError(
+          engine_->leader_id() != 0 && engine_->leader_id() != engine_->id()
+              ? absl::StrCat("not the leader; the leader is member ", engine_->leader_id(), " at ",
+                             engine_->leader_address())
+              : "not the leader; no leader is known yet");
+    } else {
+      absl::StatusOr<RaftUpdate> u =
+          engine_->Submit(Now(), {LogEntry{0, EntryType::kCommand, EncodeBatch(batch)}});
+      if (!u.ok()) {
+        refused = absl::UnavailableError(u.status().message());
+      } else {
+        pending_[engine_->last_index()] = std::move(done);
+        Handle(std::move(u));
+      }
+    }
+  }
+  if (!refused.ok()) done(refused);
+  RunHook();
+}
+
+absl::StatusOr<std::optional<std::string>> ReplicatedStorage::Get(const std::string& db,
+                                                                  const std::string& key) {
+  return local_->Get(db, key);
+}
+
+absl::Status ReplicatedStorage::Scan(
+    const std::string& db, const std::string& prefix,
+    const std::function<bool(std::string_view, std::string_view)>& fn) {
+  return local_->Scan(db, prefix, fn);
+}
+
+StorageStats ReplicatedStorage::Stats() const { return local_->Stats(); }
+
+void ReplicatedStorage::Receive(RaftMessage message) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopped_) return;
+    Handle(engine_->Receive(Now(), message));
+  }
+  RunHook();
+}
+
+void ReplicatedStorage::Handle(absl::StatusOr<RaftUpdate> result) {
+  if (!result.ok()) {
+    // A peer's message the engine refused, or an event at the wrong time:
+    // nothing changed.
+    LogLine(absl::StrCat("replica ", engine_->id(), ": ", result.status().ToString()));
+    return;
+  }
+  RaftUpdate u = std::move(*result);
+  Batch persist = log_.Persist(u);
+  const uint64_t write = u.entries_index.has_value() ? u.write : 0;
+  if (!persist.writes.empty()) {
+    // Term and vote must be on disk before any message of this update goes.
+    std::vector<RaftMessage> held;
+    if (u.term_or_vote) held = std::move(u.messages);
+    local_->Submit(std::move(persist), Guarded([write, held = std::move(held)](
+                                                   ReplicatedStorage* self, absl::Status st) {
+                     if (!st.ok())
+                       Fatal(absl::StrCat("the log could not be written: ", st.ToString()));
+                     {
+                       absl::MutexLock lock(&self->mu_);
+                       if (self->stopped_) return;
+                       if (write != 0) self->Handle(self->engine_->PersistedEntries(Now(), write));
+                       self->Send(held);
+                     }
+                     self->RunHook();
+                   }));
+  }
+  if (u.install.has_value()) {
+    // Snapshot installs come with the state transfer (not built yet).
+    Fatal("a snapshot install was asked for; state transfer is not built yet");
+  }
+  Send(std::move(u.messages));
+  if (engine_->state() == RaftState::kLeader && barrier_ == 0) {
+    // A new leader's first entry: once applied, everything committed before
+    // it is applied too, and the core may recover from the store.
+    absl::StatusOr<RaftUpdate> b = engine_->Submit(Now(), {LogEntry{0, EntryType::kBarrier, ""}});
+    if (b.ok()) {
+      barrier_ = engine_->last_index();
+      Handle(std::move(b));
+    }
+  } else if (engine_->state() != RaftState::kLeader) {
+    barrier_ = 0;
+  }
+  Apply();
+  CheckServing();
+  Arm(engine_->next_timeout());
+}
+
+void ReplicatedStorage::Send(std::vector<RaftMessage> messages) {
+  for (RaftMessage& m : messages) {
+    const uint64_t to = m.peer;
+    const std::string address = m.peer_address;
+    transport_->Send(to, address, std::move(m));
+  }
+}
+
+void ReplicatedStorage::Apply() {
+  while (submitted_apply_ < engine_->applicable_index()) {
+    const uint64_t index = submitted_apply_ + 1;
+    const LogEntry* e = engine_->entry(index);
+    if (e == nullptr) Fatal(absl::StrCat("committed entry ", index, " is not in the log"));
+    Batch b;
+    if (e->type == EntryType::kCommand) {
+      absl::StatusOr<std::vector<atomq::Write>> writes = DecodeBatch(e->data);
+      if (!writes.ok()) Fatal(absl::StrCat("entry ", index, ": ", writes.status().message()));
+      b.writes = std::move(*writes);
+    }
+    // The index with the writes, in one transaction: a replay after a
+    // crash starts after it.
+    b.writes.push_back(atomq::Write{kAppliedDb, kAppliedKey, EncodeU64(index), false});
+    submitted_apply_ = index;
+    local_->Submit(std::move(b), Guarded([index](ReplicatedStorage* self, absl::Status st) {
+                     self->Applied(index, std::move(st));
+                   }));
+    if (e->type == EntryType::kChange) Handle(engine_->Configuration(Now(), index));
+  }
+}
+
+void ReplicatedStorage::Applied(uint64_t index, absl::Status status) {
+  if (!status.ok())
+    Fatal(absl::StrCat("entry ", index, " could not be applied: ", status.ToString()));
+  std::vector<DoneFn> done;
+  {
+    absl::MutexLock lock(&mu_);
+    applied_ = index;
+    while (!pending_.empty() && pending_.begin()->first <= index) {
+      done.push_back(std::move(pending_.begin()->second));
+      pending_.erase(pending_.begin());
+    }
+    CheckServing();
+  }
+  for (DoneFn& d : done) d(absl::OkStatus());
+  RunHook();
+}
+
+void ReplicatedStorage::Arm(uint64_t at) {
+  if (stopped_ || at >= armed_at_) return;
+  armed_at_ = at;
+  timers_->At(static_cast<int64_t>(at), Guarded([](ReplicatedStorage* self) { self->OnTimer(); }));
+}
+
+void ReplicatedStorage::OnTimer() {
+  {
+    absl::MutexLock lock(&mu_);
+    armed_at_ = UINT64_MAX;
+    if (stopped_) return;
+    const int64_t now = Now();
+    if (static_cast<uint64_t>(now) >= engine_->next_timeout()) {
+      Handle(engine_->Timeout(now));
+    } else {
+      Arm(engine_->next_timeout());
+    }
+  }
+  RunHook();
+}
+
+void ReplicatedStorage::CheckServing() {
+  const bool leading = engine_->state() == RaftState::kLeader;
+  if (!leading && !pending_.empty()) {
+    FailPending("leadership was lost before the write committed; it may still commit");
+  }
+  const bool serving = leading && barrier_ != 0 && applied_ >= barrier_;
+  if (serving != serving_) {
+    serving_ = serving;
+    hook_due_ = true;
+  }
+}
+
+void ReplicatedStorage::FailPending(const std::string& why) {
+  std::map<uint64_t, DoneFn> pending;
+  pending.swap(pending_);
+  // Run outside the lock: queued on the timer thread at once.
+  timers_->At(0, [pending = std::move(pending), why]() mutable {
+    for (auto& [index, done] : pending) done(absl::UnavailableError(why));
+  });
+}
+
+void ReplicatedStorage::SetServingHook(std::function<void(bool)> hook) {
+  {
+    absl::MutexLock lock(&mu_);
+    hook_ = std::move(hook);
+    hook_due_ = true;
+  }
+  RunHook();
+}
+
+void ReplicatedStorage::RunHook() {
+  absl::MutexLock hook_lock(&hook_mu_);
+  std::function<void(bool)> hook;
+  bool serving = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!hook_due_ || !hook_) return;
+    hook_due_ = false;
+    hook = hook_;
+    serving = serving_;
+  }
+  hook(serving);
+}
+
+GroupStatus ReplicatedStorage::Status() {
+  absl::MutexLock lock(&mu_);
+  GroupStatus s;
+  s.id = engine_->id();
+  s.state = engine_->state();
+  s.term = engine_->term();
+  s.leader_id = engine_->leader_id();
+  s.leader_address = engine_->leader_address();
+  s.commit_index = engine_->commit_index();
+  s.applied_index = applied_;
+  s.serving = serving_;
+  return s;
+}
+
+}  // namespace atomq::replication

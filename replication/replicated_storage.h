@@ -1,0 +1,126 @@
+// A replica of a group as a Storage (docs/design.md 10.2): on the leader,
+// Submit turns a batch into one log entry, and its DoneFn runs only once
+// that entry is committed in the group (stored on a majority's disks) and
+// applied to this replica's store, with the applied index in the same
+// transaction. Every replica applies the committed log in order; reads go
+// to the local store. A server's core is unchanged: it waits for its
+// batches as it does on a single disk.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/storage.h"
+#include "common/timer_queue.h"
+#include "replication/raft_engine.h"
+#include "replication/raft_log.h"
+
+namespace atomq::replication {
+
+// How a replica reaches the other members. Send never blocks and never
+// calls back into the sender (delivery is asynchronous); messages may be
+// lost, and the engine resends.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual void Send(uint64_t to, const std::string& address, RaftMessage message) = 0;
+};
+
+struct GroupStatus {
+  uint64_t id = 0;
+  RaftState state = RaftState::kUnavailable;
+  uint64_t term = 0;
+  uint64_t leader_id = 0;
+  std::string leader_address;
+  uint64_t commit_index = 0;
+  uint64_t applied_index = 0;  // this replica's version
+  bool serving = false;        // the leader, with everything committed applied
+};
+
+class ReplicatedStorage : public Storage {
+ public:
+  struct Options {
+    RaftEngine::Options engine;
+    // The members a brand-new group starts with (only used on an empty
+    // disk; a disk that holds a log keeps its own configuration).
+    std::vector<Member> bootstrap;
+  };
+
+  // Opens the replica on `local` (a store opened with RaftLog::Dbs() and
+  // kAppliedDb among its sub-databases). `local`, `transport` and `timers`
+  // must outlive it.
+  static absl::StatusOr<std::unique_ptr<ReplicatedStorage>> Open(const Options& options,
+                                                                 Storage* local,
+                                                                 Transport* transport,
+                                                                 TimerQueue* timers);
+  ~ReplicatedStorage() override;
+
+  // Where the applied index lives (key "applied").
+  static constexpr char kAppliedDb[] = "raft_applied";
+
+  // Storage. Submit on a replica that is not the serving leader fails at
+  // once UNAVAILABLE, naming the leader when known. A batch submitted
+  // while leading whose leadership is lost before it commits fails
+  // UNAVAILABLE too: it may still commit under the next leader.
+  void Submit(Batch batch, DoneFn done) override;
+  absl::StatusOr<std::optional<std::string>> Get(const std::string& db,
+                                                 const std::string& key) override;
+  absl::Status Scan(const std::string& db, const std::string& prefix,
+                    const std::function<bool(std::string_view, std::string_view)>& fn) override;
+  StorageStats Stats() const override;
+
+  // A message from member `message.peer`, from any thread.
+  void Receive(RaftMessage message) ABSL_LOCKS_EXCLUDED(mu_);
+  // Called (outside the lock) when this replica starts or stops serving.
+  void SetServingHook(std::function<void(bool serving)> hook) ABSL_LOCKS_EXCLUDED(mu_);
+  GroupStatus Status() ABSL_LOCKS_EXCLUDED(mu_);
+  // Stops timers and callbacks; later events are dropped.
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  ReplicatedStorage(Storage* local, Transport* transport, TimerQueue* timers,
+                    std::unique_ptr<RaftEngine> engine, const DurableState& disk, uint64_t applied);
+  static int64_t Now();
+  // Carries out an update: persist, send (after term and vote are durable),
+  // apply what became applicable, arm the timer.
+  void Handle(absl::StatusOr<RaftUpdate> update) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Send(std::vector<RaftMessage> messages) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Apply() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Applied(uint64_t index, absl::Status status) ABSL_LOCKS_EXCLUDED(mu_);
+  void Arm(uint64_t at) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OnTimer() ABSL_LOCKS_EXCLUDED(mu_);
+  void CheckServing() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FailPending(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RunHook() ABSL_LOCKS_EXCLUDED(mu_);
+  // `fn(self, args...)` as a callback that does nothing once this is gone.
+  template <typename Fn>
+  auto Guarded(Fn fn);
+
+  struct Life;
+  Storage* const local_;
+  Transport* const transport_;
+  TimerQueue* const timers_;
+  const std::shared_ptr<Life> life_;
+  absl::Mutex mu_;
+  std::unique_ptr<RaftEngine> engine_ ABSL_GUARDED_BY(mu_);
+  RaftLog log_ ABSL_GUARDED_BY(mu_);
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t submitted_apply_ ABSL_GUARDED_BY(mu_);  // last index handed to the store
+  uint64_t applied_ ABSL_GUARDED_BY(mu_);          // last index the store holds
+  uint64_t barrier_ ABSL_GUARDED_BY(mu_) = 0;      // this term's first entry, as leader
+  bool serving_ ABSL_GUARDED_BY(mu_) = false;
+  bool hook_due_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t armed_at_ ABSL_GUARDED_BY(mu_) = UINT64_MAX;
+  std::map<uint64_t, DoneFn> pending_ ABSL_GUARDED_BY(mu_);  // index -> Submit's done
+  std::function<void(bool)> hook_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex hook_mu_;  // one hook call at a time, in order
+};
+
+}  // namespace atomq::replication

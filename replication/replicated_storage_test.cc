@@ -1,0 +1,304 @@
+// Three replicas on real disks in one process, linked by an in-memory
+// network: a batch's DoneFn reports success only once a majority stored
+// it, every replica applies the same writes, a follower refuses writes
+// naming the leader, and the group survives a restarted follower and a
+// killed leader.
+#include "replication/replicated_storage.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/temp_dir.h"
+#include "gtest/gtest.h"
+
+namespace atomq::replication {
+namespace {
+
+constexpr char kDataDb[] = "data";
+
+// Delivers each message on its own thread, in order; drops what goes to or
+// comes from a cut member, or to one not attached (down).
+class Net {
+ public:
+  Net() : thread_([this] { Run(); }) {}
+  ~Net() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  class Endpoint : public Transport {
+   public:
+    Endpoint(Net* net, uint64_t id) : net_(net), id_(id) {}
+    void Send(uint64_t to, const std::string&, RaftMessage m) override {
+      m.peer = id_;
+      m.peer_address = absl::StrCat("r", id_);
+      net_->Queue(id_, to, std::move(m));
+    }
+
+   private:
+    Net* const net_;
+    const uint64_t id_;
+  };
+
+  Transport* endpoint(uint64_t id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& e = endpoints_[id];
+    if (e == nullptr) e = std::make_unique<Endpoint>(this, id);
+    return e.get();
+  }
+  // Null detaches (the replica is down); waits for a delivery under way.
+  void Attach(uint64_t id, ReplicatedStorage* r) {
+    std::lock_guard<std::mutex> deliver(deliver_mu_);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (r == nullptr) {
+      attached_.erase(id);
+    } else {
+      attached_[id] = r;
+    }
+  }
+  void Cut(uint64_t id, bool cut) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cut) {
+      cut_.insert(id);
+    } else {
+      cut_.erase(id);
+    }
+  }
+
+ private:
+  struct Item {
+    uint64_t from, to;
+    RaftMessage m;
+  };
+  void Queue(uint64_t from, uint64_t to, RaftMessage m) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(Item{from, to, std::move(m)});
+    }
+    cv_.notify_all();
+  }
+  void Run() {
+    while (true) {
+      Item item;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (stop_) return;
+        item = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      std::lock_guard<std::mutex> deliver(deliver_mu_);
+      ReplicatedStorage* target = nullptr;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (cut_.count(item.from) || cut_.count(item.to)) continue;
+        auto it = attached_.find(item.to);
+        if (it == attached_.end()) continue;
+        target = it->second;
+      }
+      target->Receive(std::move(item.m));
+    }
+  }
+
+  std::mutex deliver_mu_;  // held while a message is delivered
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::deque<Item> queue_;
+  std::map<uint64_t, std::unique_ptr<Endpoint>> endpoints_;
+  std::map<uint64_t, ReplicatedStorage*> attached_;
+  std::set<uint64_t> cut_;
+  std::thread thread_;
+};
+
+struct Replica {
+  uint64_t id = 0;
+  TempDir dir{"atomq_replica_test"};
+  std::unique_ptr<Storage> local;
+  std::unique_ptr<ReplicatedStorage> group;
+};
+
+class Group3 {
+ public:
+  Group3() {
+    for (uint64_t id = 1; id <= 3; ++id) {
+      replicas_[id].id = id;
+      Start(id);
+    }
+  }
+  ~Group3() {
+    for (uint64_t id = 1; id <= 3; ++id) Kill(id);
+    timers_.Stop();
+  }
+
+  void Start(uint64_t id) {
+    Replica& r = replicas_[id];
+    LmdbOptions o;
+    o.dir = r.dir.path();
+    o.dbs = RaftLog::Dbs();
+    o.dbs.push_back(ReplicatedStorage::kAppliedDb);
+    o.dbs.push_back(kDataDb);
+    o.map_size_mb = 64;
+    r.local = std::move(OpenLmdbStorage(o)).value();
+    ReplicatedStorage::Options g;
+    g.engine.id = id;
+    g.engine.address = absl::StrCat("r", id);
+    g.engine.seed = uint32_t(id) * 7919;
+    g.engine.election_timeout = 200;
+    g.engine.heartbeat_timeout = 40;
+    for (uint64_t m = 1; m <= 3; ++m) {
+      g.bootstrap.push_back(Member{m, absl::StrCat("r", m), MemberRole::kVoter});
+    }
+    absl::StatusOr<std::unique_ptr<ReplicatedStorage>> s =
+        ReplicatedStorage::Open(g, r.local.get(), net_.endpoint(id), &timers_);
+    ASSERT_TRUE(s.ok()) << s.status();
+    r.group = std::move(*s);
+    net_.Attach(id, r.group.get());
+  }
+
+  // As a SIGKILL would: the replica and its store go (what its store holds
+  // on disk stays).
+  void Kill(uint64_t id) {
+    Replica& r = replicas_[id];
+    net_.Attach(id, nullptr);
+    if (r.group != nullptr) r.group->Stop();
+    r.local.reset();  // the writer drains; callbacks find the replica stopped
+    r.group.reset();
+  }
+
+  ReplicatedStorage* at(uint64_t id) { return replicas_[id].group.get(); }
+  Net& net() { return net_; }
+
+  // The serving leader, waiting up to 10 s; 0 if none.
+  uint64_t Leader() {
+    for (int i = 0; i < 1000; ++i) {
+      for (uint64_t id = 1; id <= 3; ++id) {
+        if (at(id) != nullptr && at(id)->Status().serving) return id;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return 0;
+  }
+
+  // Writes data/key=value through `id` and waits for its DoneFn.
+  absl::Status Put(uint64_t id, const std::string& key, const std::string& value,
+                   int wait_ms = 5000) {
+    auto done = std::make_shared<std::promise<absl::Status>>();
+    std::future<absl::Status> f = done->get_future();
+    at(id)->Submit(Batch{0, {Write{kDataDb, key, value, false}}},
+                   [done](absl::Status st) { done->set_value(st); });
+    if (f.wait_for(std::chrono::milliseconds(wait_ms)) != std::future_status::ready) {
+      return absl::DeadlineExceededError("no answer");
+    }
+    return f.get();
+  }
+
+  bool WaitApplied(uint64_t id, uint64_t index) {
+    for (int i = 0; i < 1000; ++i) {
+      if (at(id)->Status().applied_index >= index) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+
+  std::string Value(uint64_t id, const std::string& key) {
+    absl::StatusOr<std::optional<std::string>> v = at(id)->Get(kDataDb, key);
+    return v.ok() && v->has_value() ? **v : "(none)";
+  }
+
+ private:
+  TimerQueue timers_;
+  Net net_;
+  std::map<uint64_t, Replica> replicas_;
+};
+
+TEST(ReplicatedStorageTest, EveryReplicaAppliesWhatTheLeaderCommitted) {
+  Group3 g;
+  uint64_t l = g.Leader();
+  ASSERT_NE(l, 0u);
+  for (int i = 0; i < 30; ++i) {
+    ASSERT_TRUE(g.Put(l, absl::StrCat("k", i), absl::StrCat("v", i)).ok()) << i;
+  }
+  const uint64_t applied = g.at(l)->Status().applied_index;
+  for (uint64_t id = 1; id <= 3; ++id) {
+    ASSERT_TRUE(g.WaitApplied(id, applied)) << id;
+    EXPECT_EQ(g.Value(id, "k29"), "v29") << id;
+    EXPECT_EQ(g.Value(id, "k0"), "v0") << id;
+  }
+}
+
+TEST(ReplicatedStorageTest, AFollowerRefusesWritesAndNamesTheLeader) {
+  Group3 g;
+  uint64_t l = g.Leader();
+  ASSERT_NE(l, 0u);
+  ASSERT_TRUE(g.Put(l, "a", "1").ok());
+  uint64_t f = l % 3 + 1;
+  absl::Status st = g.Put(f, "b", "2");
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_NE(st.message().find(absl::StrCat("member ", l)), std::string::npos) << st;
+  EXPECT_EQ(g.Value(l, "b"), "(none)");
+}
+
+TEST(ReplicatedStorageTest, AWriteIsAcknowledgedOnlyWithAMajority) {
+  Group3 g;
+  uint64_t l = g.Leader();
+  ASSERT_NE(l, 0u);
+  // One follower cut: the other makes a majority.
+  g.net().Cut(l % 3 + 1, true);
+  EXPECT_TRUE(g.Put(l, "one cut", "ok").ok());
+  // Both cut: never acknowledged as written (at most refused once the
+  // leader steps down).
+  g.net().Cut((l + 1) % 3 + 1, true);
+  absl::Status st = g.Put(l, "both cut", "x", 1500);
+  EXPECT_FALSE(st.ok()) << st;
+  g.net().Cut(l % 3 + 1, false);
+  g.net().Cut((l + 1) % 3 + 1, false);
+  uint64_t l2 = g.Leader();
+  ASSERT_NE(l2, 0u);
+  EXPECT_TRUE(g.Put(l2, "healed", "ok").ok());
+}
+
+TEST(ReplicatedStorageTest, ARestartedFollowerCatchesUpFromItsDisk) {
+  Group3 g;
+  uint64_t l = g.Leader();
+  ASSERT_NE(l, 0u);
+  ASSERT_TRUE(g.Put(l, "before", "1").ok());
+  uint64_t f = l % 3 + 1;
+  g.Kill(f);
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(g.Put(l, absl::StrCat("while down ", i), "x").ok());
+  g.Start(f);
+  ASSERT_TRUE(g.WaitApplied(f, g.at(l)->Status().applied_index));
+  EXPECT_EQ(g.Value(f, "before"), "1");
+  EXPECT_EQ(g.Value(f, "while down 19"), "x");
+}
+
+TEST(ReplicatedStorageTest, AKilledLeaderIsReplacedAndNothingCommittedIsLost) {
+  Group3 g;
+  uint64_t l = g.Leader();
+  ASSERT_NE(l, 0u);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(g.Put(l, absl::StrCat("k", i), "x").ok());
+  g.Kill(l);
+  uint64_t l2 = g.Leader();
+  ASSERT_NE(l2, 0u);
+  ASSERT_NE(l2, l);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(g.Value(l2, absl::StrCat("k", i)), "x") << i;
+  EXPECT_TRUE(g.Put(l2, "after", "y").ok());
+  g.Start(l);
+  ASSERT_TRUE(g.WaitApplied(l, g.at(l2)->Status().applied_index));
+  EXPECT_EQ(g.Value(l, "after"), "y");
+}
+
+}  // namespace
+}  // namespace atomq::replication
