@@ -98,19 +98,6 @@ void MakeCertificate(const std::string& dir, const std::string& name, const std:
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
 }
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
 Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   char tmpl[] = "/tmp/atomq-test-XXXXXX";
   dir_ = mkdtemp(tmpl);
@@ -434,11 +421,15 @@ std::vector<std::string> Cluster::Drain(int i, const std::string& name) {
 }
 
 double Cluster::ParticipantMetric(int i, const std::string& name) {
+  return MetricAt(metrics_ports_[i - 1], name);
+}
+
+double MetricAt(int port, const std::string& name) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(metrics_ports_[i - 1]));
+  addr.sin_port = htons(static_cast<uint16_t>(port));
   timeval tv{2, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {

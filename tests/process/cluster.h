@@ -13,12 +13,16 @@
 
 #include "atomq/v1/coordinator.grpc.pb.h"
 #include "atomq/v1/participant.grpc.pb.h"
+#include "common/free_port.h"
 #include "grpcpp/security/credentials.h"
 
 namespace atomq::testing {
 
-// A port that was free a moment ago on 127.0.0.1.
-int FreePort();
+using atomq::FreePort;  // common/free_port.h
+
+// A sample of the /metrics served on 127.0.0.1:`port`, or -1 when it cannot
+// be read.
+double MetricAt(int port, const std::string& name);
 
 // Runs `cmd` in a shell; its standard output.
 std::string RunCommand(const std::string& cmd);
