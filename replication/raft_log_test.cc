@@ -29,7 +29,8 @@ class Disk {
   }
   Storage* storage() { return storage_.get(); }
   void Write(Batch b) {
-    if (!b.writes.empty()) ASSERT_TRUE(storage_->Write(std::move(b)).ok());
+    if (b.writes.empty()) return;
+    ASSERT_TRUE(storage_->Write(std::move(b)).ok());
   }
 
  private:

@@ -1,0 +1,98 @@
+#include "replication/grpc_transport.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/validate.h"
+#include "replication/raft_wire.h"
+
+namespace atomq::replication {
+
+void GrpcTransport::Send(uint64_t to, const std::string& address, RaftMessage message) {
+  {
+    absl::MutexLock lock(&mu_);
+    Peer& p = peers_[to];
+    p.address = address;
+    p.queue.push_back(ToWire(message));
+    while (p.queue.size() > options_.queue_max) {
+      p.queue.pop_front();
+      ++dropped_;
+    }
+    if (p.in_flight) return;
+  }
+  Flush(to);
+}
+
+uint64_t GrpcTransport::dropped() {
+  absl::MutexLock lock(&mu_);
+  return dropped_;
+}
+
+void GrpcTransport::Flush(uint64_t to) {
+  v1::DeliverRequest req;
+  std::string address;
+  {
+    absl::MutexLock lock(&mu_);
+    Peer& p = peers_[to];
+    if (p.in_flight || p.queue.empty()) return;
+    p.in_flight = true;
+    address = p.address;
+    req.set_group(options_.group);
+    req.set_from(options_.self);
+    for (v1::RaftMessageProto& m : p.queue) *req.add_messages() = std::move(m);
+    p.queue.clear();
+  }
+  auto stub = std::make_shared<std::unique_ptr<v1::Replica::Stub>>(
+      v1::Replica::NewStub(channels_->Get(address)));
+  CallOnLoop<v1::DeliverResponse>(
+      loop_, std::move(req), options_.timeout_ms, /*wait_for_ready=*/false,
+      [stub](grpc::ClientContext* ctx, const v1::DeliverRequest& r, grpc::CompletionQueue* cq) {
+        return (*stub)->PrepareAsyncDeliver(ctx, r, cq);
+      },
+      [this, to, stub](const grpc::Status&, const v1::DeliverResponse&) {
+        // Lost messages are the engine's to resend; the next batch goes.
+        {
+          absl::MutexLock lock(&mu_);
+          peers_[to].in_flight = false;
+        }
+        Flush(to);
+      });
+}
+
+ReplicaService::ReplicaService(RpcLoop* loop, std::shared_ptr<const Access> access,
+                               std::string group, std::map<uint64_t, std::string> members,
+                               ReplicatedStorage* storage)
+    : access_(std::move(access)),
+      group_(std::move(group)),
+      members_(std::move(members)),
+      storage_(storage) {
+  ServeMember(loop, &service_, "Deliver", this, &ReplicaService::Deliver);
+  service_.Check();
+}
+
+void ReplicaService::Deliver(grpc::ServerContext* ctx, const v1::DeliverRequest* req,
+                             v1::DeliverResponse*, UnaryReactor* reactor) {
+  if (Refused(reactor, access_->Check(*ctx, "Replica.Deliver", {Role::kPeer}))) return;
+  if (req->group() != group_) {
+    return reactor->Finish(grpc::Status(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        absl::StrCat("this replica is of group ", group_, ", not ", Clip(req->group()))));
+  }
+  auto member = members_.find(req->from());
+  if (member == members_.end() || req->from() == 0) {
+    return reactor->Finish(
+        grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                     absl::StrCat("member ", req->from(), " is not of group ", group_)));
+  }
+  std::vector<RaftMessage> messages;
+  for (const v1::RaftMessageProto& p : req->messages()) {
+    absl::StatusOr<RaftMessage> m = FromWire(p, member->first, member->second);
+    if (!m.ok()) {
+      return reactor->Finish(
+          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(m.status().message())));
+    }
+    messages.push_back(std::move(*m));
+  }
+  reactor->Finish(grpc::Status::OK);
+  for (RaftMessage& m : messages) storage_->Receive(std::move(m));
+}
+
+}  // namespace atomq::replication

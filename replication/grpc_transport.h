@@ -1,0 +1,74 @@
+// The group's messages over gRPC, on the process's RpcLoop: a member sends
+// with one Deliver call in flight per peer, queueing what comes meanwhile
+// for the next call (the engine resends what is lost, so a full queue drops
+// its oldest); a member receives through ReplicaService, which checks that
+// the call names this group and one of its members.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "atomq/v1/replica.grpc.pb.h"
+#include "common/access.h"
+#include "common/loop_unary.h"
+#include "common/server_util.h"
+#include "replication/replicated_storage.h"
+
+namespace atomq::replication {
+
+class GrpcTransport : public Transport {
+ public:
+  struct Options {
+    std::string group;
+    uint64_t self = 0;
+    uint32_t queue_max = 1024;  // messages waiting per peer
+    uint32_t timeout_ms = 2000;
+  };
+  GrpcTransport(RpcLoop* loop, ChannelCache* channels, Options options)
+      : loop_(loop), channels_(channels), options_(std::move(options)) {}
+
+  void Send(uint64_t to, const std::string& address, RaftMessage message) override
+      ABSL_LOCKS_EXCLUDED(mu_);
+  uint64_t dropped() ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  struct Peer {
+    std::string address;
+    std::deque<v1::RaftMessageProto> queue;
+    bool in_flight = false;
+  };
+  void Flush(uint64_t to) ABSL_LOCKS_EXCLUDED(mu_);
+
+  RpcLoop* const loop_;
+  ChannelCache* const channels_;
+  const Options options_;
+  absl::Mutex mu_;
+  std::map<uint64_t, Peer> peers_ ABSL_GUARDED_BY(mu_);
+  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// atomq.v1.Replica on the loop, for one group's replica.
+class ReplicaService {
+ public:
+  // `members` maps member id to its address, as configured.
+  ReplicaService(RpcLoop* loop, std::shared_ptr<const Access> access, std::string group,
+                 std::map<uint64_t, std::string> members, ReplicatedStorage* storage);
+  grpc::Service* service() { return &service_; }
+
+ private:
+  void Deliver(grpc::ServerContext* ctx, const v1::DeliverRequest* req, v1::DeliverResponse* resp,
+               UnaryReactor* reactor);
+
+  LoopService<v1::Replica> service_;
+  const std::shared_ptr<const Access> access_;
+  const std::string group_;
+  const std::map<uint64_t, std::string> members_;
+  ReplicatedStorage* const storage_;
+};
+
+}  // namespace atomq::replication
