@@ -14,11 +14,12 @@
 #include "common/free_port.h"
 #include "common/temp_dir.h"
 #include "gtest/gtest.h"
+#include "replication/replica_testing.h"
 
 namespace atomq::replication {
 namespace {
 
-constexpr char kDataDb[] = "data";
+constexpr const char* kDataDb = kTestDataDb;
 constexpr char kGroup[] = "p1";
 
 struct Node {
@@ -51,13 +52,7 @@ class GrpcGroup {
     n.channels = std::make_unique<ChannelCache>();
     n.transport = std::make_unique<GrpcTransport>(n.loop.get(), n.channels.get(),
                                                   GrpcTransport::Options{kGroup, id});
-    LmdbOptions o;
-    o.dir = n.dir.path();
-    o.dbs = RaftLog::Dbs();
-    o.dbs.push_back(ReplicatedStorage::kAppliedDb);
-    o.dbs.push_back(kDataDb);
-    o.map_size_mb = 64;
-    n.local = std::move(OpenLmdbStorage(o)).value();
+    n.local = OpenReplicaStore(n.dir.path());
     ReplicatedStorage::Options g;
     g.engine.id = id;
     g.engine.address = members_[id];
@@ -91,37 +86,16 @@ class GrpcGroup {
     n.loop.reset();
   }
 
+  uint64_t Leader() {
+    return ServingLeader(3, [this](uint64_t id) { return at(id); });
+  }
+  absl::Status Put(uint64_t id, const std::string& key, const std::string& value,
+                   int wait_ms = 5000) {
+    return PutThrough(at(id), key, value, wait_ms);
+  }
+  bool WaitApplied(uint64_t id, uint64_t index) { return replication::WaitApplied(at(id), index); }
   ReplicatedStorage* at(uint64_t id) { return nodes_[id].group.get(); }
   const std::string& address(uint64_t id) { return members_[id]; }
-
-  uint64_t Leader() {
-    for (int i = 0; i < 1000; ++i) {
-      for (uint64_t id = 1; id <= 3; ++id) {
-        if (at(id) != nullptr && at(id)->Status().serving) return id;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return 0;
-  }
-
-  absl::Status Put(uint64_t id, const std::string& key, const std::string& value) {
-    auto done = std::make_shared<std::promise<absl::Status>>();
-    std::future<absl::Status> f = done->get_future();
-    at(id)->Submit(Batch{0, {Write{kDataDb, key, value, false}}},
-                   [done](absl::Status st) { done->set_value(st); });
-    if (f.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
-      return absl::DeadlineExceededError("no answer");
-    }
-    return f.get();
-  }
-
-  bool WaitApplied(uint64_t id, uint64_t index) {
-    for (int i = 0; i < 1000; ++i) {
-      if (at(id)->Status().applied_index >= index) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return false;
-  }
 
  private:
   TimerQueue timers_;

@@ -18,11 +18,12 @@
 #include "absl/strings/str_cat.h"
 #include "common/temp_dir.h"
 #include "gtest/gtest.h"
+#include "replication/replica_testing.h"
 
 namespace atomq::replication {
 namespace {
 
-constexpr char kDataDb[] = "data";
+constexpr const char* kDataDb = kTestDataDb;
 
 // Delivers each message on its own thread, in order; drops what goes to or
 // comes from a cut member, or to one not attached (down).
@@ -145,13 +146,7 @@ class Group3 {
 
   void Start(uint64_t id) {
     Replica& r = replicas_[id];
-    LmdbOptions o;
-    o.dir = r.dir.path();
-    o.dbs = RaftLog::Dbs();
-    o.dbs.push_back(ReplicatedStorage::kAppliedDb);
-    o.dbs.push_back(kDataDb);
-    o.map_size_mb = 64;
-    r.local = std::move(OpenLmdbStorage(o)).value();
+    r.local = OpenReplicaStore(r.dir.path());
     ReplicatedStorage::Options g;
     g.engine.id = id;
     g.engine.address = absl::StrCat("r", id);
@@ -178,40 +173,16 @@ class Group3 {
     r.group.reset();
   }
 
-  ReplicatedStorage* at(uint64_t id) { return replicas_[id].group.get(); }
-  Net& net() { return net_; }
-
-  // The serving leader, waiting up to 10 s; 0 if none.
   uint64_t Leader() {
-    for (int i = 0; i < 1000; ++i) {
-      for (uint64_t id = 1; id <= 3; ++id) {
-        if (at(id) != nullptr && at(id)->Status().serving) return id;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return 0;
+    return ServingLeader(3, [this](uint64_t id) { return at(id); });
   }
-
-  // Writes data/key=value through `id` and waits for its DoneFn.
   absl::Status Put(uint64_t id, const std::string& key, const std::string& value,
                    int wait_ms = 5000) {
-    auto done = std::make_shared<std::promise<absl::Status>>();
-    std::future<absl::Status> f = done->get_future();
-    at(id)->Submit(Batch{0, {Write{kDataDb, key, value, false}}},
-                   [done](absl::Status st) { done->set_value(st); });
-    if (f.wait_for(std::chrono::milliseconds(wait_ms)) != std::future_status::ready) {
-      return absl::DeadlineExceededError("no answer");
-    }
-    return f.get();
+    return PutThrough(at(id), key, value, wait_ms);
   }
-
-  bool WaitApplied(uint64_t id, uint64_t index) {
-    for (int i = 0; i < 1000; ++i) {
-      if (at(id)->Status().applied_index >= index) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return false;
-  }
+  bool WaitApplied(uint64_t id, uint64_t index) { return replication::WaitApplied(at(id), index); }
+  ReplicatedStorage* at(uint64_t id) { return replicas_[id].group.get(); }
+  Net& net() { return net_; }
 
   std::string Value(uint64_t id, const std::string& key) {
     absl::StatusOr<std::optional<std::string>> v = at(id)->Get(kDataDb, key);
