@@ -160,16 +160,28 @@ RABBIT_OUT=$("$TMP/rabbitmq_tx_bench" 127.0.0.1 "$PORT" "$CLIENTS" "$K" "$PAYLOA
 echo "$RABBIT_OUT"
 stop_rabbit  # before atomq runs: the two must not share the cores
 
+# atomq once as asked, and with --clients=1 once more with reply_at_decision
+# (issue 12's one-client target is set for both).
+run_atomq() {  # json extra-args...
+  local json=$1
+  shift
+  "$ATOMQ_BIN/atomq-bench" --spawn --participants="$K" --clients="$CLIENTS" \
+    --payload_bytes="$PAYLOAD" --duration="$DURATION" --warmup="$WARMUP" --api="$ATOMQ_API" \
+    --json="$json" "$@"
+}
 echo
 echo "== atomq: Execute with one enqueue on each of $K participants" \
      "($CLIENTS clients, $PAYLOAD B, ${DURATION}s, --api=$ATOMQ_API)"
-"$ATOMQ_BIN/atomq-bench" --spawn --participants="$K" --clients="$CLIENTS" \
-  --payload_bytes="$PAYLOAD" --duration="$DURATION" --warmup="$WARMUP" --api="$ATOMQ_API" \
-  --json="$TMP/atomq.json"
+run_atomq "$TMP/atomq.json"
+if [ "$CLIENTS" -eq 1 ]; then
+  echo
+  echo "== atomq, the same with --reply_at_decision"
+  run_atomq "$TMP/atomq_rad.json" --reply_at_decision
+fi
 
 kv() { echo "$RABBIT_OUT" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
-json_num() { sed -n "s/.*\"$1\": \([-0-9.e+]*\).*/\1/p" "$TMP/atomq.json" | head -n 1; }
-json_lat() { sed -n "s/.*\"latency_ms\": {[^}]*\"$1\": \([-0-9.e+]*\).*/\1/p" "$TMP/atomq.json"; }
+json_num() { sed -n "s/.*\"$1\": \([-0-9.e+]*\).*/\1/p" "${2:-$TMP/atomq.json}" | head -n 1; }
+json_lat() { sed -n "s/.*\"latency_ms\": {[^}]*\"$1\": \([-0-9.e+]*\).*/\1/p" "${2:-$TMP/atomq.json}"; }
 
 R_TPS=$(kv txn_per_s)
 R_P50=$(kv p50_ms)
@@ -177,17 +189,52 @@ R_P99=$(kv p99_ms)
 A_TPS=$(json_num committed_txn_per_s)
 A_P50=$(json_lat p50)
 A_P99=$(json_lat p99)
+A_CPU=$(json_num server_cpu_s_per_txn)
 DISK=$(json_num disk_fsyncs_per_s)
+D_P50=""
+D_CPU=""
+if [ -f "$TMP/atomq_rad.json" ]; then
+  D_P50=$(json_lat p50 "$TMP/atomq_rad.json")
+  D_CPU=$(json_num server_cpu_s_per_txn "$TMP/atomq_rad.json")
+fi
 
 echo
 DISK=$(awk -v d="$DISK" 'BEGIN { if (d != "") printf "%.0f", d }')
 echo "== comparison: $CLIENTS clients, K=$K, $PAYLOAD B payload, ${DURATION}s" \
      "(disk: ${DISK:-?} serial fsyncs/s)"
 awk -v api="$ATOMQ_API" -v rt="$R_TPS" -v r50="$R_P50" -v r99="$R_P99" \
-    -v at="$A_TPS" -v a50="$A_P50" -v a99="$A_P99" 'BEGIN {
-  printf "  %-16s %12s %10s %10s\n", "", "txn/s", "p50 ms", "p99 ms"
-  printf "  %-16s %12.1f %10.3f %10.3f\n", "rabbitmq", rt, r50, r99
-  printf "  %-16s %12.1f %10.3f %10.3f\n", "atomq (" api ")", at, a50, a99
+    -v at="$A_TPS" -v a50="$A_P50" -v a99="$A_P99" -v d50="$D_P50" 'BEGIN {
+  printf "  %-24s %12s %10s %10s\n", "", "txn/s", "p50 ms", "p99 ms"
+  printf "  %-24s %12.1f %10.3f %10.3f\n", "rabbitmq", rt, r50, r99
+  printf "  %-24s %12.1f %10.3f %10.3f\n", "atomq (" api ")", at, a50, a99
+  if (d50 != "") printf "  %-24s %12s %10.3f\n", "atomq, reply_at_decision", "", d50
   if (rt > 0) printf "  atomq / rabbitmq throughput: %.2fx\n", at / rt
   if (r99 > 0) printf "  atomq / rabbitmq p99 latency: %.2fx\n", a99 / r99
+}'
+
+# Issue 12's targets on this shape, each with how far it is from its goal.
+echo
+echo "== targets ($CLIENTS clients)"
+awk -v n="$CLIENTS" -v rt="$R_TPS" -v r50="$R_P50" -v r99="$R_P99" -v at="$A_TPS" \
+    -v a50="$A_P50" -v a99="$A_P99" -v acpu="$A_CPU" -v d50="$D_P50" -v dcpu="$D_CPU" '
+function check(what, got, want, higher_is_better) {
+  ok = higher_is_better ? got >= want : got <= want
+  printf "  %-48s %10.3f vs %10.3f  %s", what, got, want, ok ? "met" : "MISSED"
+  if (!ok && want > 0) printf " (%.2fx of the goal)", got / want
+  printf "\n"
+}
+BEGIN {
+  if (n == 1) {
+    if (d50 != "") check("p50 ms, reply_at_decision <= rabbitmq p50", d50, r50, 0)
+    check("p50 ms <= 1.5x rabbitmq p50", a50, 1.5 * r50, 0)
+    check("server CPU ms/txn <= 0.5", acpu * 1000, 0.5, 0)
+    if (dcpu != "") check("server CPU ms/txn, reply_at_decision <= 0.5", dcpu * 1000, 0.5, 0)
+  } else if (n == 64) {
+    check("txn/s >= 3x rabbitmq", at, 3 * rt, 1)
+    check("txn/s >= 20,000", at, 20000, 1)
+    check("p99 ms <= 0.5x rabbitmq p99", a99, 0.5 * r99, 0)
+    check("server CPU ms/txn <= 0.07", acpu * 1000, 0.07, 0)
+  } else {
+    print "  (targets are set for --clients=1 and --clients=64)"
+  }
 }'

@@ -201,8 +201,10 @@ int Serve(CoordinatorFlags* f) {
   (*service)->Stop();
   loop.Shutdown();
   server->reset();
-  service->reset();
+  // The store first: its writer reports the last batches to the core, which
+  // must still be there to hear them.
   store->storage.reset();
+  service->reset();
   return 0;
 }
 

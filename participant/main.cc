@@ -278,8 +278,10 @@ int Serve(ParticipantFlags* f) {
   (*node)->Stop();
   loop.Shutdown();
   server->reset();
-  node->reset();
+  // The store first: its writer reports the last batches to the core, which
+  // must still be there to hear them.
   store->storage.reset();
+  node->reset();
   return 0;
 }
 

@@ -1,6 +1,8 @@
 // ExecuteStream over real processes: per-item results matched by tag, the
 // same durability and errors as Execute, refusal of oversized messages,
 // back-pressure, and the call's end once every item is answered.
+#include <signal.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
@@ -241,6 +243,41 @@ struct NonReader {
 // call, reads no more from it meanwhile, and ends the call RESOURCE_EXHAUSTED
 // after --stream_stalled_ms_max (cancelling it after as long again if the
 // client still reads nothing).
+// A SIGTERM under load stops every server cleanly (exit 0): the store's
+// last reports reach a core that is still there (the coordinator once
+// crashed here, with an ExecuteStream open).
+TEST_F(StreamTest, SigtermUnderStreamLoadStopsEveryServerCleanly) {
+  Start();
+  Call call(*cluster_);
+  std::atomic<bool> stop{false};
+  std::thread reader([&] {
+    v1::ExecuteStreamResponse m;
+    while (call.stream->Read(&m)) {
+    }
+  });
+  std::thread writer([&] {
+    for (uint64_t i = 0; !stop && i < 100000; ++i) {
+      v1::ExecuteStreamRequest m;
+      v1::StreamedExecute* it = m.add_items();
+      it->set_tag(i);
+      *it->mutable_request() = ThreeWay(absl::StrCat("t", i));
+      if (!call.stream->Write(m)) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  ASSERT_EQ(kill(cluster_->coordinator_pid(), SIGTERM), 0);
+  EXPECT_EQ(cluster_->WaitCoordinatorExit(20000), std::optional<int>(0));
+  stop = true;
+  call.ctx.TryCancel();
+  writer.join();
+  reader.join();
+  for (int p = 1; p <= 3; ++p) {
+    cluster_->SignalParticipant(p, SIGTERM);
+    EXPECT_EQ(cluster_->WaitParticipantExit(p, 20000), std::optional<int>(0)) << "p" << p;
+  }
+}
+
 TEST(StreamBackPressureTest, AClientThatNeverReadsCannotGrowTheCoordinator) {
   ClusterOptions o;
   o.participants = 1;
