@@ -190,11 +190,12 @@ void ReplicatedStorage::Handle(absl::StatusOr<RaftUpdate> result) {
     if (u.term_or_vote) held = std::move(u.messages);
     local_->Submit(std::move(persist), Guarded([write, held = std::move(held)](
                                                    ReplicatedStorage* self, absl::Status st) {
-                     if (!st.ok())
-                       Fatal(absl::StrCat("the log could not be written: ", st.ToString()));
                      {
                        absl::MutexLock lock(&self->mu_);
-                       if (self->stopped_) return;
+                       if (self->stopped_) return;  // a closing store may fail what is left
+                       if (!st.ok()) {
+                         Fatal(absl::StrCat("the log could not be written: ", st.ToString()));
+                       }
                        if (write != 0) self->Handle(self->engine_->PersistedEntries(Now(), write));
                        self->Send(held);
                      }
@@ -253,11 +254,13 @@ void ReplicatedStorage::Apply() {
 }
 
 void ReplicatedStorage::Applied(uint64_t index, absl::Status status) {
-  if (!status.ok())
-    Fatal(absl::StrCat("entry ", index, " could not be applied: ", status.ToString()));
   std::vector<DoneFn> done;
   {
     absl::MutexLock lock(&mu_);
+    if (stopped_) return;  // a closing store may fail what is left
+    if (!status.ok()) {
+      Fatal(absl::StrCat("entry ", index, " could not be applied: ", status.ToString()));
+    }
     applied_ = index;
     while (!pending_.empty() && pending_.begin()->first <= index) {
       done.push_back(std::move(pending_.begin()->second));
