@@ -10,7 +10,10 @@ void GrpcTransport::Send(uint64_t to, const std::string& address, RaftMessage me
   {
     absl::MutexLock lock(&mu_);
     Peer& p = peers_[to];
-    p.address = address;
+    if (p.address != address) {
+      p.address = address;
+      p.stub.reset();
+    }
     p.queue.push_back(ToWire(message));
     while (p.queue.size() > options_.queue_max) {
       p.queue.pop_front();
@@ -28,24 +31,23 @@ uint64_t GrpcTransport::dropped() {
 
 void GrpcTransport::Flush(uint64_t to) {
   v1::DeliverRequest req;
-  std::string address;
+  std::shared_ptr<v1::Replica::Stub> stub;
   {
     absl::MutexLock lock(&mu_);
     Peer& p = peers_[to];
     if (p.in_flight || p.queue.empty()) return;
     p.in_flight = true;
-    address = p.address;
+    if (p.stub == nullptr) p.stub = v1::Replica::NewStub(channels_->Get(p.address));
+    stub = p.stub;
     req.set_group(options_.group);
     req.set_from(options_.self);
     for (v1::RaftMessageProto& m : p.queue) *req.add_messages() = std::move(m);
     p.queue.clear();
   }
-  auto stub = std::make_shared<std::unique_ptr<v1::Replica::Stub>>(
-      v1::Replica::NewStub(channels_->Get(address)));
   CallOnLoop<v1::DeliverResponse>(
       loop_, std::move(req), options_.timeout_ms, /*wait_for_ready=*/false,
       [stub](grpc::ClientContext* ctx, const v1::DeliverRequest& r, grpc::CompletionQueue* cq) {
-        return (*stub)->PrepareAsyncDeliver(ctx, r, cq);
+        return stub->PrepareAsyncDeliver(ctx, r, cq);
       },
       [this, to, stub](const grpc::Status&, const v1::DeliverResponse&) {
         // Lost messages are the engine's to resend; the next batch goes.

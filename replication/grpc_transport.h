@@ -39,6 +39,7 @@ class GrpcTransport : public Transport {
  private:
   struct Peer {
     std::string address;
+    std::shared_ptr<v1::Replica::Stub> stub;  // for `address`
     std::deque<v1::RaftMessageProto> queue;
     bool in_flight = false;
   };

@@ -406,14 +406,6 @@ int aq_raft_submit(aq_raft *h, uint64_t now, const aq_entry *entries, unsigned n
   return rv;
 }
 
-int aq_raft_catch_up(aq_raft *h, uint64_t now, uint64_t id, aq_update *out) {
-  struct raft_event ev;
-  memset(&ev, 0, sizeof ev);
-  ev.type = RAFT_CATCH_UP;
-  ev.catch_up.server_id = id;
-  return step(h, &ev, now, out);
-}
-
 int aq_raft_transfer(aq_raft *h, uint64_t now, uint64_t id, aq_update *out) {
   struct raft_event ev;
   memset(&ev, 0, sizeof ev);
@@ -433,20 +425,6 @@ void aq_raft_leader(aq_raft *h, uint64_t *id, const char **address) {
   raft_id lid = 0;
   raft_leader(&h->raft, &lid, address);
   *id = lid;
-}
-
-uint64_t aq_raft_match_index(const aq_raft *h, uint64_t id) {
-  raft_index index = 0;
-  if (raft_match_index(&h->raft, id, &index) != 0) return 0;
-  return index;
-}
-
-int aq_raft_role(aq_raft *h) { return raft_role(&h->raft); }
-
-int aq_raft_catch_up_status(const aq_raft *h, uint64_t id) {
-  int status = RAFT_CATCH_UP_NONE;
-  if (raft_catch_up(&h->raft, id, &status) != 0) return RAFT_CATCH_UP_NONE;
-  return status;
 }
 
 const char *aq_raft_errmsg(aq_raft *h) { return raft_errmsg(&h->raft); }

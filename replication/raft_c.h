@@ -112,7 +112,6 @@ int aq_raft_snapshot(aq_raft *r, uint64_t now, uint64_t index, uint64_t term, co
                      size_t conf_len, uint64_t conf_index, unsigned trailing, aq_update *out);
 int aq_raft_timeout(aq_raft *r, uint64_t now, aq_update *out);
 int aq_raft_submit(aq_raft *r, uint64_t now, const aq_entry *entries, unsigned n, aq_update *out);
-int aq_raft_catch_up(aq_raft *r, uint64_t now, uint64_t id, aq_update *out);
 int aq_raft_transfer(aq_raft *r, uint64_t now, uint64_t id, aq_update *out);
 
 uint64_t aq_raft_term(const aq_raft *r);
@@ -123,12 +122,6 @@ uint64_t aq_raft_next_timeout(const aq_raft *r);
 int aq_raft_state(aq_raft *r);
 /* The known leader (0 and NULL when none). */
 void aq_raft_leader(aq_raft *r, uint64_t *id, const char **address);
-/* Leader only: how far member `id` has stored the log (0 if unknown). */
-uint64_t aq_raft_match_index(const aq_raft *r, uint64_t id);
-/* AQ_STANDBY, AQ_VOTER, AQ_SPARE, or -1 when not a member. */
-int aq_raft_role(aq_raft *r);
-/* Leader only: member `id`'s catch-up (0 none, 1 running, 2 aborted, 3 finished). */
-int aq_raft_catch_up_status(const aq_raft *r, uint64_t id);
 const char *aq_raft_errmsg(aq_raft *r);
 /* What an error code means to a host: the event came at the wrong time
  * (not the leader, a change under way, busy), the input was malformed or

@@ -349,11 +349,6 @@ absl::StatusOr<RaftUpdate> RaftEngine::Submit(uint64_t now, const std::vector<Lo
   return Translate(rv, "submit", &u);
 }
 
-absl::StatusOr<RaftUpdate> RaftEngine::CatchUp(uint64_t now, uint64_t id) {
-  aq_update u;
-  return Translate(aq_raft_catch_up(raft_, now, id, &u), "catch up", &u);
-}
-
 absl::StatusOr<RaftUpdate> RaftEngine::Transfer(uint64_t now, uint64_t id) {
   aq_update u;
   return Translate(aq_raft_transfer(raft_, now, id, &u), "transfer", &u);
@@ -379,9 +374,6 @@ std::string RaftEngine::leader_address() const {
   aq_raft_leader(raft_, &id, &address);
   return address != nullptr ? address : "";
 }
-
-uint64_t RaftEngine::match_index(uint64_t id) const { return aq_raft_match_index(raft_, id); }
-int RaftEngine::catch_up_status(uint64_t id) const { return aq_raft_catch_up_status(raft_, id); }
 
 const LogEntry* RaftEngine::entry(uint64_t index) const {
   if (index < first_index_ || index >= first_index_ + log_.size()) return nullptr;

@@ -148,7 +148,6 @@ class RaftEngine {
   absl::StatusOr<RaftUpdate> Timeout(uint64_t now);
   // FAILED_PRECONDITION when not the leader (or handing leadership over).
   absl::StatusOr<RaftUpdate> Submit(uint64_t now, const std::vector<LogEntry>& entries);
-  absl::StatusOr<RaftUpdate> CatchUp(uint64_t now, uint64_t id);
   absl::StatusOr<RaftUpdate> Transfer(uint64_t now, uint64_t id);
 
   uint64_t id() const { return id_; }
@@ -165,10 +164,6 @@ class RaftEngine {
   // The leader this replica knows of (0 when none).
   uint64_t leader_id() const;
   std::string leader_address() const;
-  // Leader only: how far `id` has stored the log.
-  uint64_t match_index(uint64_t id) const;
-  // Leader only: 0 none, 1 running, 2 aborted, 3 finished.
-  int catch_up_status(uint64_t id) const;
   // The entry at `index` of the log this engine asked to persist, or null
   // (compacted, or beyond the end).
   const LogEntry* entry(uint64_t index) const;

@@ -17,7 +17,14 @@ namespace {
 
 class Disk {
  public:
-  Disk() : dir_("atomq_raft_log_test") { Open(); }
+  // A new one-member group's first state is on it (`boot`), tracked by `log`.
+  Disk()
+      : boot(RaftEngine::Bootstrap({Member{1, "r1", MemberRole::kVoter}})),
+        log(DurableState{}),
+        dir_("atomq_raft_log_test") {
+    Open();
+    Write(log.Initialize(boot));
+  }
   ~Disk() { storage_.reset(); }
   void Open() {
     storage_.reset();
@@ -28,10 +35,20 @@ class Disk {
     storage_ = std::move(OpenLmdbStorage(o)).value();
   }
   Storage* storage() { return storage_.get(); }
+  // `n` entries of `term` from index `from` on, through the log.
+  void Append(uint64_t from, int n, uint64_t term, const std::string& data) {
+    RaftUpdate u;
+    u.entries_index = from;
+    for (int i = 0; i < n; ++i) u.entries.push_back(LogEntry{term, EntryType::kCommand, data});
+    Write(log.Persist(u));
+  }
   void Write(Batch b) {
     if (b.writes.empty()) return;
     ASSERT_TRUE(storage_->Write(std::move(b)).ok());
   }
+
+  const DurableState boot;
+  RaftLog log;
 
  private:
   TempDir dir_;
@@ -48,9 +65,8 @@ std::unique_ptr<RaftEngine> NewEngine(uint64_t id) {
 // One member: it elects itself, and every entry commits once stored.
 TEST(RaftLogTest, ASingleMemberGroupRestartsWithWhatItCommitted) {
   Disk disk;
-  DurableState boot = RaftEngine::Bootstrap({Member{1, "r1", MemberRole::kVoter}});
-  RaftLog log(DurableState{});
-  disk.Write(log.Initialize(boot));
+  const DurableState& boot = disk.boot;
+  RaftLog& log = disk.log;
   std::unique_ptr<RaftEngine> e = NewEngine(1);
   uint64_t now = 0;
   // Persists each update before the next event, as a host does.
@@ -90,13 +106,8 @@ TEST(RaftLogTest, ASingleMemberGroupRestartsWithWhatItCommitted) {
 
 TEST(RaftLogTest, AReplacedSuffixIsGoneFromTheDisk) {
   Disk disk;
-  DurableState boot = RaftEngine::Bootstrap({Member{1, "r1", MemberRole::kVoter}});
-  RaftLog log(DurableState{});
-  disk.Write(log.Initialize(boot));
-  RaftUpdate u;
-  u.entries_index = 2;
-  for (int i = 0; i < 5; ++i) u.entries.push_back(LogEntry{1, EntryType::kCommand, "old"});
-  disk.Write(log.Persist(u));
+  RaftLog& log = disk.log;
+  disk.Append(2, 5, 1, "old");
   RaftUpdate v;
   v.term_or_vote = true;
   v.term = 2;
@@ -115,13 +126,9 @@ TEST(RaftLogTest, AReplacedSuffixIsGoneFromTheDisk) {
 
 TEST(RaftLogTest, CompactionAndAnInstalledSnapshotLoadAsTheEngineStartsFromThem) {
   Disk disk;
-  DurableState boot = RaftEngine::Bootstrap({Member{1, "r1", MemberRole::kVoter}});
-  RaftLog log(DurableState{});
-  disk.Write(log.Initialize(boot));
-  RaftUpdate u;
-  u.entries_index = 2;
-  for (int i = 0; i < 20; ++i) u.entries.push_back(LogEntry{1, EntryType::kCommand, "x"});
-  disk.Write(log.Persist(u));
+  const DurableState& boot = disk.boot;
+  RaftLog& log = disk.log;
+  disk.Append(2, 20, 1, "x");
   SnapshotPoint p{15, 1, boot.entries[0].data, 1};
   disk.Write(log.Compact(p, 12));
   absl::StatusOr<DurableState> d = RaftLog::Load(disk.storage());
@@ -145,13 +152,7 @@ TEST(RaftLogTest, CompactionAndAnInstalledSnapshotLoadAsTheEngineStartsFromThem)
 
 TEST(RaftLogTest, ADamagedOrMissingEntryRefusesToLoad) {
   Disk disk;
-  DurableState boot = RaftEngine::Bootstrap({Member{1, "r1", MemberRole::kVoter}});
-  RaftLog log(DurableState{});
-  disk.Write(log.Initialize(boot));
-  RaftUpdate u;
-  u.entries_index = 2;
-  for (int i = 0; i < 3; ++i) u.entries.push_back(LogEntry{1, EntryType::kCommand, "x"});
-  disk.Write(log.Persist(u));
+  disk.Append(2, 3, 1, "x");
   disk.Write(Batch{0, {Write{"raft_log", EncodeU64(3), "garbage", false}}});
   EXPECT_EQ(RaftLog::Load(disk.storage()).status().code(), absl::StatusCode::kDataLoss);
   disk.Write(Batch{0, {Write{"raft_log", EncodeU64(3), "", true}}});
