@@ -144,6 +144,12 @@ TEST(GrpcTransportTest, DeliverRefusesOtherGroupsStrangersAndMalformedMessages) 
   req.set_from(2);
   req.add_messages()->set_type(42);
   EXPECT_EQ(call(req).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // A snapshot offered by a member is refused, not half installed.
+  req.mutable_messages(0)->set_type(5);
+  req.mutable_messages(0)->set_term(1000);
+  req.mutable_messages(0)->set_snapshot_index(10);
+  req.mutable_messages(0)->set_snapshot_term(1000);
+  EXPECT_TRUE(call(req).ok());
   // The group is unharmed.
   uint64_t l = g.Leader();
   ASSERT_NE(l, 0u);

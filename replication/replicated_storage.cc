@@ -166,6 +166,13 @@ absl::Status ReplicatedStorage::Scan(
 StorageStats ReplicatedStorage::Stats() const { return local_->Stats(); }
 
 void ReplicatedStorage::Receive(RaftMessage message) {
+  if (message.type == MessageType::kInstallSnapshot) {
+    // State transfer is not built: a snapshot is refused here (the replica
+    // stays behind, and says so) rather than half installed.
+    LogLine(absl::StrCat("replica: a snapshot from member ", message.peer,
+                         " refused: state transfer is not built yet"));
+    return;
+  }
   {
     absl::MutexLock lock(&mu_);
     if (stopped_) return;
@@ -203,7 +210,7 @@ void ReplicatedStorage::Handle(absl::StatusOr<RaftUpdate> result) {
                    }));
   }
   if (u.install.has_value()) {
-    // Snapshot installs come with the state transfer (not built yet).
+    // Receive refuses snapshots until state transfer is built.
     Fatal("a snapshot install was asked for; state transfer is not built yet");
   }
   Send(std::move(u.messages));
