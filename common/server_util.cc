@@ -10,6 +10,7 @@
 #include "common/bearer.h"
 #include "common/codec.h"
 #include "common/crash.h"
+#include "common/loop_health.h"
 #include "common/loop_unary.h"
 #include "common/status.h"
 #include "common/tls.h"
@@ -92,9 +93,7 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
 class RecoveringServer::Refuser final : public grpc::CallbackGenericService {
  public:
   explicit Refuser(const std::vector<std::string>& service_names)
-      : names_(service_names.begin(), service_names.end()) {
-    names_.insert("");
-  }
+      : names_(service_names.begin(), service_names.end()) {}
 
  private:
   class Reactor final : public grpc::ServerGenericBidiReactor {
@@ -110,16 +109,13 @@ class RecoveringServer::Refuser final : public grpc::CallbackGenericService {
     void OnReadDone(bool ok) override {
       grpc::health::v1::HealthCheckRequest req;
       if (!ok || !grpc::SerializationTraits<grpc::health::v1::HealthCheckRequest>::Deserialize(
-                     &request_, &req)
+                      &request_, &req)
                       .ok()) {
         return Finish(MalformedRequest("/grpc.health.v1.Health/Check"));
       }
-      if (refuser_->names_.count(req.service()) == 0) {
-        return Finish(grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                   absl::StrCat("no service \"", Clip(req.service()), "\"")));
-      }
       grpc::health::v1::HealthCheckResponse resp;
-      resp.set_status(grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+      grpc::Status st = AnswerHealth(refuser_->names_, /*serving=*/false, req, &resp);
+      if (!st.ok()) return Finish(st);
       bool own = false;
       grpc::SerializationTraits<grpc::health::v1::HealthCheckResponse>::Serialize(resp, &response_,
                                                                                   &own);
@@ -137,7 +133,7 @@ class RecoveringServer::Refuser final : public grpc::CallbackGenericService {
     return new Reactor(this, ctx->method() == "/grpc.health.v1.Health/Check");
   }
 
-  std::set<std::string> names_;
+  const std::set<std::string> names_;
 };
 
 RecoveringServer::RecoveringServer(const std::vector<std::string>& service_names)
