@@ -89,19 +89,21 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
 }
 
 // Answers health checks NOT_SERVING (NOT_FOUND for a name it does not know)
-// and every other call UNAVAILABLE.
-class RecoveringServer::Refuser final : public grpc::CallbackGenericService {
+// and every other call with its refusal.
+class StandInServer::Refuser final : public grpc::CallbackGenericService {
  public:
-  explicit Refuser(const std::vector<std::string>& service_names)
-      : names_(service_names.begin(), service_names.end()) {}
+  Refuser(const std::vector<std::string>& service_names, StandInServer::Refusal refusal)
+      : names_(service_names.begin(), service_names.end()), refusal_(std::move(refusal)) {}
 
  private:
   class Reactor final : public grpc::ServerGenericBidiReactor {
    public:
     Reactor(const Refuser* refuser, bool health) : refuser_(refuser) {
       if (!health) {
-        Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                            "the server is recovering its state; retry shortly"));
+        Finish(refuser->refusal_
+                   ? refuser->refusal_()
+                   : grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                  "the server is recovering its state; retry shortly"));
         return;
       }
       StartRead(&request_);
@@ -134,19 +136,20 @@ class RecoveringServer::Refuser final : public grpc::CallbackGenericService {
   }
 
   const std::set<std::string> names_;
+  const StandInServer::Refusal refusal_;
 };
 
-RecoveringServer::RecoveringServer(const std::vector<std::string>& service_names)
-    : refuser_(std::make_unique<Refuser>(service_names)) {}
+StandInServer::StandInServer(const std::vector<std::string>& service_names, Refusal refusal)
+    : refuser_(std::make_unique<Refuser>(service_names, std::move(refusal))) {}
 
-RecoveringServer::~RecoveringServer() {
+StandInServer::~StandInServer() {
   if (server_ != nullptr) server_->Shutdown(std::chrono::system_clock::now());
 }
 
-absl::StatusOr<std::unique_ptr<RecoveringServer>> RecoveringServer::Start(
+absl::StatusOr<std::unique_ptr<StandInServer>> StandInServer::Start(
     const std::string& listen, const std::vector<std::string>& service_names,
-    std::shared_ptr<grpc::ServerCredentials> credentials) {
-  std::unique_ptr<RecoveringServer> r(new RecoveringServer(service_names));
+    std::shared_ptr<grpc::ServerCredentials> credentials, Refusal refusal) {
+  std::unique_ptr<StandInServer> r(new StandInServer(service_names, std::move(refusal)));
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(listen, std::move(credentials), &port);

@@ -63,20 +63,23 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
     uint32_t message_bytes_max, std::shared_ptr<grpc::ServerCredentials> credentials,
     RpcLoop* loop);
 
-// What listens on `listen` while a server recovers, before StartServer: every
-// call is answered UNAVAILABLE ("recovering"), and health reports NOT_SERVING
-// for "" and `service_names`. Destroy it (it shuts down at once) before
-// StartServer binds the same address. FAILED_PRECONDITION as StartServer.
-class RecoveringServer {
+// What listens on `listen` while the server cannot serve: while it
+// recovers, and while it is a member of a group that is not the leader.
+// Every call is answered with `refusal()` (by default UNAVAILABLE,
+// "recovering"), and health reports NOT_SERVING for "" and
+// `service_names`. Destroy it (it shuts down at once) before StartServer
+// binds the same address. FAILED_PRECONDITION as StartServer.
+class StandInServer {
  public:
-  static absl::StatusOr<std::unique_ptr<RecoveringServer>> Start(
+  using Refusal = std::function<grpc::Status()>;
+  static absl::StatusOr<std::unique_ptr<StandInServer>> Start(
       const std::string& listen, const std::vector<std::string>& service_names,
-      std::shared_ptr<grpc::ServerCredentials> credentials);
-  ~RecoveringServer();
+      std::shared_ptr<grpc::ServerCredentials> credentials, Refusal refusal = nullptr);
+  ~StandInServer();
 
  private:
   class Refuser;
-  explicit RecoveringServer(const std::vector<std::string>& service_names);
+  StandInServer(const std::vector<std::string>& service_names, Refusal refusal);
   std::unique_ptr<Refuser> refuser_;
   std::unique_ptr<grpc::Server> server_;
 };

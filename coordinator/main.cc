@@ -41,7 +41,9 @@ int Fail(const std::string& msg) {
 void AddClusterFlags(CLI::App& app, CoordinatorFlags* f) {
   app.add_option("--advertise", f->advertise,
                  "host:port participants reach this coordinator at (default: --listen)");
-  app.add_option("--participants", f->participants, "id=host:port,... of every participant")
+  app.add_option("--participants", f->participants,
+                 "id=host:port,... of every participant; a participant that is a group of "
+                 "replicas is id=host:port|host:port|host:port (its members' client addresses)")
       ->required();
   AddCheckedFlag(app, "--default_protocol", f->protocol, "2pc or 3pc, for requests that name none",
                  CLI::IsMember({"2pc", "3pc"}));
@@ -176,7 +178,7 @@ int Serve(CoordinatorFlags* f) {
   atomq::RpcLoop loop(static_cast<int>(f->server.loop_threads));
   // Health says NOT_SERVING (and calls UNAVAILABLE) until recovery is done.
   auto recovering =
-      atomq::RecoveringServer::Start(listen, services, atomq::ServerCredentials(f->server.tls));
+      atomq::StandInServer::Start(listen, services, atomq::ServerCredentials(f->server.tls));
   if (!recovering.ok()) return Fail(std::string(recovering.status().message()));
   auto service = c::CoordinatorServer::Create(cfg, f->opts, store->storage.get(), &loop);
   if (!service.ok()) return Fail(absl::StrCat("recovery failed: ", service.status().message()));

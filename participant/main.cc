@@ -5,6 +5,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,6 +21,8 @@
 #include "common/server_flags.h"
 #include "common/server_util.h"
 #include "participant/server/participant_server.h"
+#include "replication/group_member.h"
+#include "replication/raft_log.h"
 
 namespace {
 
@@ -30,6 +34,13 @@ struct ParticipantFlags {
   atomq::ServerFlags server;
   std::string coordinators;  // --coordinators
   std::string peers;         // --peers
+  // Replication (empty --group: one disk, no group).
+  std::string group;  // --group
+  std::map<uint64_t, atomq::replication::MemberAddresses> members;
+  uint64_t member_id = 0;               // --member_id
+  std::string peer_listen;              // --peer_listen
+  uint32_t election_timeout_ms = 1000;  // --election_timeout_ms
+  uint32_t heartbeat_ms = 100;          // --heartbeat_ms
   Config cfg;
   ServerOptions opts;
 };
@@ -165,6 +176,23 @@ void AddClusterFlags(CLI::App& app, ParticipantFlags* f) {
                  "transactions and joined in 3PC termination rounds (default: none)");
 }
 
+// A participant whose id names a group of replicas (docs/design.md 10.2).
+void AddGroupFlags(CLI::App& app, ParticipantFlags* f) {
+  app.add_option("--group", f->group,
+                 "id=client_host:port/peer_host:port,... of every replica of this participant "
+                 "(3 or 5; default: none, one disk). The leader serves on its client address; "
+                 "the others refuse calls with the leader's address");
+  app.add_option("--member_id", f->member_id, "this replica's id in --group");
+  app.add_option("--peer_listen", f->peer_listen,
+                 "address to take the group's replication traffic on (default: this member's "
+                 "peer address in --group)");
+  AddCheckedFlag(app, "--election_timeout_ms", f->election_timeout_ms,
+                 "how long followers wait without hearing from a leader before electing another",
+                 CLI::Range(10u, 600000u));
+  AddCheckedFlag(app, "--heartbeat_ms", f->heartbeat_ms,
+                 "how often a leader reminds followers it is there", CLI::Range(1u, 60000u));
+}
+
 // Calls to the coordinator and peers.
 void AddCallFlags(CLI::App& app, ServerOptions* opts) {
   AddCheckedFlag(app, "--rpc_timeout_ms", opts->rpc_timeout_ms, "deadline of one outbound query",
@@ -189,6 +217,7 @@ void AddParticipantFlags(CLI::App& app, ParticipantFlags* f) {
   AddOutcomeFlags(app, f);
   AddQueueMemoryFlags(app, &f->cfg);
   AddClusterFlags(app, f);
+  AddGroupFlags(app, f);
   AddCallFlags(app, &f->opts);
 }
 
@@ -218,71 +247,167 @@ int CheckFlags(ParticipantFlags* f) {
   f->opts.coordinators = *std::move(coordinators);
   f->opts.peers = *std::move(peers);
   if (cfg.lease_ms > cfg.lease_ms_max) return Fail("--lease_ms exceeds --lease_ms_max");
+  if (!f->group.empty()) {
+    auto members = atomq::replication::ParseGroup(f->group);
+    if (!members.ok()) return Fail(absl::StrCat("--group: ", members.status().message()));
+    if (members->count(f->member_id) == 0) {
+      return Fail("--member_id: must name one of the members of --group");
+    }
+    if (f->heartbeat_ms * 2 > f->election_timeout_ms) {
+      return Fail("--heartbeat_ms must be at most half of --election_timeout_ms");
+    }
+    f->members = *std::move(members);
+  } else if (f->member_id != 0 || !f->peer_listen.empty()) {
+    return Fail("--member_id and --peer_listen need --group");
+  }
   if (cfg.resend_initial_ms > cfg.resend_max_ms) {
     return Fail("--resend_initial_ms exceeds --resend_max_ms");
   }
   return 0;
 }
 
-// Recovers from the store, serves until SIGINT/SIGTERM, then stops.
-int Serve(ParticipantFlags* f) {
+// The node and what serves it on the client address: the loop every gRPC
+// event runs on, health, the server.
+class ServedNode final : public atomq::replication::Leading {
+ public:
+  // Recovers from `storage`, then calls `release` (which frees the address
+  // of the stand-in that holds it) and serves.
+  static absl::StatusOr<std::unique_ptr<ServedNode>> Start(ParticipantFlags* f,
+                                                           atomq::Storage* storage,
+                                                           const std::function<void()>& release) {
+    namespace p = atomq::participant;
+    std::unique_ptr<ServedNode> s(new ServedNode(static_cast<int>(f->server.loop_threads)));
+    auto node = p::ParticipantNode::Create(f->cfg, f->opts, storage, &s->loop_);
+    if (!node.ok()) {
+      return absl::Status(node.status().code(),
+                          absl::StrCat("recovery failed: ", node.status().message()));
+    }
+    s->node_ = std::move(*node);
+    release();
+    s->health_ = std::make_unique<atomq::LoopHealth>(&s->loop_, Services());
+    auto server = atomq::StartServer(
+        f->server.listen,
+        {s->node_->txn_service(), s->node_->queue_service(), s->health_->service()},
+        f->server.message_bytes_max, atomq::ServerCredentials(f->server.tls), &s->loop_);
+    if (!server.ok()) return server.status();
+    s->server_ = std::move(*server);
+    s->health_->Set(true);
+    return s;
+  }
+  static std::vector<std::string> Services() {
+    return {atomq::v1::ParticipantTxn::service_full_name(), atomq::v1::Queue::service_full_name()};
+  }
+  ~ServedNode() override {
+    Stop();
+    server_.reset();
+    node_.reset();
+  }
+  atomq::LoopHealth* health() { return health_.get(); }
+  void Stop() override {
+    if (stopped_) return;
+    stopped_ = true;
+    node_->StopConsumers();
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    node_->Stop();
+    loop_.Shutdown();
+  }
+  std::string RenderMetrics() override { return node_->RenderMetrics(); }
+
+ private:
+  explicit ServedNode(int threads) : loop_(threads) {}
+  atomq::RpcLoop loop_;
+  std::unique_ptr<atomq::participant::ParticipantNode> node_;
+  std::unique_ptr<atomq::LoopHealth> health_;
+  std::unique_ptr<grpc::Server> server_;
+  bool stopped_ = false;
+};
+
+absl::StatusOr<atomq::Store> Open(ParticipantFlags* f) {
   namespace p = atomq::participant;
-  absl::StatusOr<atomq::Store> store =
-      atomq::OpenStore(f->server,
-                       {p::kQueuesDb, p::kMessagesDb, p::kPreparedDb, p::kOutcomesDb, p::kDedupDb,
-                        p::kMetaDb, p::kHeuristicDb, p::kForgettableDb},
-                       p::kMetaDb);
-  if (!store.ok()) return Fail(std::string(store.status().message()));
+  std::vector<std::string> dbs = {p::kQueuesDb, p::kMessagesDb, p::kPreparedDb,  p::kOutcomesDb,
+                                  p::kDedupDb,  p::kMetaDb,     p::kHeuristicDb, p::kForgettableDb};
+  if (!f->group.empty()) {
+    for (const std::string& db : atomq::replication::RaftLog::Dbs()) dbs.push_back(db);
+    dbs.push_back(atomq::replication::ReplicatedStorage::kAppliedDb);
+  }
+  absl::StatusOr<atomq::Store> store = atomq::OpenStore(f->server, dbs, p::kMetaDb);
+  if (!store.ok()) return store.status();
   f->opts.access = store->access;
-  const std::string& id = f->server.id;
-  const std::string& listen = f->server.listen;
-  f->cfg.participant_id = id;
+  f->cfg.participant_id = f->server.id;
   f->cfg.boot_count = store->meta.boot_count();
   f->opts.channels_max = f->server.channels_max;
-  f->opts.self_address = listen;
-
+  f->opts.self_address = f->server.listen;
   f->opts.list_limit_max = f->server.list_limit_max;
   f->cfg.random_bytes = KernelRandomBytes;
+  return store;
+}
 
-  atomq::SetDialCredentials(atomq::ChannelCredentials(f->server.tls));
-  const std::vector<std::string> services = {atomq::v1::ParticipantTxn::service_full_name(),
-                                             atomq::v1::Queue::service_full_name()};
-  // Every gRPC event, in and out, runs on the loop (common/rpc_loop.h).
-  atomq::RpcLoop loop(static_cast<int>(f->server.loop_threads));
+// One disk: recovers from the store, serves until SIGINT/SIGTERM, then stops.
+int ServeAlone(ParticipantFlags* f, atomq::Store* store) {
+  const std::string& listen = f->server.listen;
   // Health says NOT_SERVING (and calls UNAVAILABLE) until recovery is done.
-  auto recovering =
-      atomq::RecoveringServer::Start(listen, services, atomq::ServerCredentials(f->server.tls));
-  if (!recovering.ok()) return Fail(std::string(recovering.status().message()));
-  auto node = p::ParticipantNode::Create(f->cfg, f->opts, store->storage.get(), &loop);
-  if (!node.ok()) return Fail(absl::StrCat("recovery failed: ", node.status().message()));
-  recovering->reset();
-  atomq::LoopHealth health(&loop, services);
-  auto server = atomq::StartServer(listen,
-                                   {(*node)->txn_service(), (*node)->queue_service(),
-                                    health.service()},
-                                   f->server.message_bytes_max,
-                                   atomq::ServerCredentials(f->server.tls), &loop);
-  if (!server.ok()) return Fail(std::string(server.status().message()));
-  health.Set(true);
-  atomq::LogLine(absl::StrCat("atomq-participant ", id, " serving on ", listen, " (boot ",
+  auto stand_in = atomq::StandInServer::Start(listen, ServedNode::Services(),
+                                              atomq::ServerCredentials(f->server.tls));
+  if (!stand_in.ok()) return Fail(std::string(stand_in.status().message()));
+  auto served = ServedNode::Start(f, store->storage.get(), [&] { stand_in->reset(); });
+  if (!served.ok()) return Fail(std::string(served.status().message()));
+  atomq::LogLine(absl::StrCat("atomq-participant ", f->server.id, " serving on ", listen, " (boot ",
                               store->meta.boot_count(), ")"));
-  p::ParticipantNode* target = node->get();
+  ServedNode* target = served->get();
   auto metrics = atomq::StartMetrics(f->server, [target] { return target->RenderMetrics(); });
   if (!metrics.ok()) return Fail(std::string(metrics.status().message()));
 
   atomq::AwaitShutdownSignal();
-  atomq::Drain(f->server, &health);
+  atomq::Drain(f->server, (*served)->health());
   metrics->reset();
-  (*node)->StopConsumers();
-  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  (*node)->Stop();
-  loop.Shutdown();
-  server->reset();
+  (*served)->Stop();
   // The store first: its writer reports the last batches to the core, which
   // must still be there to hear them.
   store->storage.reset();
-  node->reset();
+  served->reset();
   return 0;
+}
+
+// A replica of the participant's group: serves while it leads.
+int ServeInGroup(ParticipantFlags* f, atomq::Store* store) {
+  namespace r = atomq::replication;
+  r::GroupMember::Options o;
+  o.group = f->server.id;
+  o.member_id = f->member_id;
+  o.members = f->members;
+  o.listen = f->server.listen;
+  o.peer_listen = f->peer_listen;
+  o.service_names = ServedNode::Services();
+  o.credentials = atomq::ServerCredentials(f->server.tls);
+  o.access = f->opts.access;
+  o.message_bytes_max = f->server.message_bytes_max;
+  o.election_timeout_ms = f->election_timeout_ms;
+  o.heartbeat_ms = f->heartbeat_ms;
+  auto member = r::GroupMember::Start(
+      o, store->storage.get(),
+      [f](atomq::Storage* replica,
+          const std::function<void()>& release) -> absl::StatusOr<std::unique_ptr<r::Leading>> {
+        auto served = ServedNode::Start(f, replica, release);
+        if (!served.ok()) return served.status();
+        return std::unique_ptr<r::Leading>(std::move(*served));
+      });
+  if (!member.ok()) return Fail(std::string(member.status().message()));
+  r::GroupMember* target = member->get();
+  auto metrics = atomq::StartMetrics(f->server, [target] { return target->RenderMetrics(); });
+  if (!metrics.ok()) return Fail(std::string(metrics.status().message()));
+  atomq::AwaitShutdownSignal();
+  metrics->reset();
+  (*member)->Stop();
+  member->reset();
+  store->storage.reset();
+  return 0;
+}
+
+int Serve(ParticipantFlags* f) {
+  absl::StatusOr<atomq::Store> store = Open(f);
+  if (!store.ok()) return Fail(std::string(store.status().message()));
+  atomq::SetDialCredentials(atomq::ChannelCredentials(f->server.tls));
+  return f->group.empty() ? ServeAlone(f, &*store) : ServeInGroup(f, &*store);
 }
 
 }  // namespace

@@ -103,18 +103,15 @@ ReplicatedStorage::ReplicatedStorage(Storage* local, Transport* transport, Timer
 
 ReplicatedStorage::~ReplicatedStorage() {
   Stop();
+  Settle();
   absl::MutexLock lock(&life_->mu);  // waits for a callback under way
   life_->self = nullptr;
 }
 
 void ReplicatedStorage::Stop() {
-  std::map<uint64_t, DoneFn> pending;
-  {
-    absl::MutexLock lock(&mu_);
-    stopped_ = true;
-    pending.swap(pending_);
-  }
-  for (auto& [index, done] : pending) done(absl::UnavailableError("the replica stopped"));
+  absl::MutexLock lock(&mu_);
+  stopped_ = true;
+  FailPending("the replica stopped");
 }
 
 int64_t ReplicatedStorage::Now() { return RealClock().NowMs(); }
@@ -127,11 +124,67 @@ auto ReplicatedStorage::Guarded(Fn fn) {
   };
 }
 
+void ReplicatedStorage::Settle() {
+  for (;;) {
+    std::vector<std::pair<DoneFn, absl::Status>> fns;
+    {
+      absl::MutexLock lock(&mu_);
+      // Waits in line with the timer thread, but does not depend on it: it
+      // may be stopped already.
+      fns.swap(later_);
+      if (fns.empty()) {
+        mu_.Await(absl::Condition(
+            +[](ReplicatedStorage* self) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+              return !self->later_.empty() || (self->callbacks_ == 0 && self->pending_.empty());
+            },
+            this));
+        if (later_.empty()) return;
+        continue;
+      }
+      ++callbacks_;
+    }
+    RunCallbacks(std::move(fns));
+  }
+}
+
+void ReplicatedStorage::Later(std::vector<DoneFn> fns, absl::Status status) {
+  if (fns.empty()) return;
+  for (DoneFn& done : fns) later_.emplace_back(std::move(done), status);
+  timers_->At(0, Guarded([](ReplicatedStorage* self) {
+                std::vector<std::pair<DoneFn, absl::Status>> fns;
+                {
+                  absl::MutexLock lock(&self->mu_);
+                  fns.swap(self->later_);
+                  if (fns.empty()) return;
+                  ++self->callbacks_;
+                }
+                self->RunCallbacks(std::move(fns));
+              }));
+}
+
+void ReplicatedStorage::RunCallbacks(std::vector<std::pair<DoneFn, absl::Status>> fns) {
+  for (auto& [done, status] : fns) done(status);
+  absl::MutexLock lock(&mu_);
+  --callbacks_;
+}
+
 void ReplicatedStorage::Submit(Batch batch, DoneFn done) {
-  absl::Status refused;
+  uint64_t term;
   {
     absl::MutexLock lock(&mu_);
-    if (stopped_ || !serving_) {
+    term = serving_term_;
+  }
+  SubmitIn(term, std::move(batch), std::move(done));
+}
+
+void ReplicatedStorage::SubmitIn(uint64_t term, Batch batch, DoneFn done) {
+  {
+    absl::MutexLock lock(&mu_);
+    absl::Status refused;
+    if (!stopped_ && serving_ && term != serving_term_) {
+      refused = absl::UnavailableError(
+          "this replica's leadership changed since the node was built; it is being rebuilt");
+    } else if (stopped_ || !serving_) {
       refused = absl::UnavailableError(
           engine_->leader_id() != 0 && engine_->leader_id() != engine_->id()
               ? absl::StrCat("not the leader; the leader is member ", engine_->leader_id(), " at ",
@@ -147,8 +200,9 @@ void ReplicatedStorage::Submit(Batch batch, DoneFn done) {
         Handle(std::move(u));
       }
     }
+    // Never on the caller's thread: it may hold a lock its DoneFn takes.
+    if (!refused.ok()) Later({std::move(done)}, refused);
   }
-  if (!refused.ok()) done(refused);
   RunHook();
 }
 
@@ -274,8 +328,13 @@ void ReplicatedStorage::Applied(uint64_t index, absl::Status status) {
       pending_.erase(pending_.begin());
     }
     CheckServing();
+    if (!done.empty()) ++callbacks_;
   }
-  for (DoneFn& d : done) d(absl::OkStatus());
+  if (!done.empty()) {
+    std::vector<std::pair<DoneFn, absl::Status>> fns;
+    for (DoneFn& d : done) fns.emplace_back(std::move(d), absl::OkStatus());
+    RunCallbacks(std::move(fns));
+  }
   RunHook();
 }
 
@@ -308,20 +367,19 @@ void ReplicatedStorage::CheckServing() {
   const bool serving = leading && barrier_ != 0 && applied_ >= barrier_;
   if (serving != serving_) {
     serving_ = serving;
+    if (serving) ++serving_term_;
     hook_due_ = true;
   }
 }
 
 void ReplicatedStorage::FailPending(const std::string& why) {
-  std::map<uint64_t, DoneFn> pending;
-  pending.swap(pending_);
-  // Run outside the lock: queued on the timer thread at once.
-  timers_->At(0, [pending = std::move(pending), why]() mutable {
-    for (auto& [index, done] : pending) done(absl::UnavailableError(why));
-  });
+  std::vector<DoneFn> fns;
+  for (auto& [index, done] : pending_) fns.push_back(std::move(done));
+  pending_.clear();
+  Later(std::move(fns), absl::UnavailableError(why));
 }
 
-void ReplicatedStorage::SetServingHook(std::function<void(bool)> hook) {
+void ReplicatedStorage::SetServingHook(ServingHook hook) {
   {
     absl::MutexLock lock(&mu_);
     hook_ = std::move(hook);
@@ -332,16 +390,18 @@ void ReplicatedStorage::SetServingHook(std::function<void(bool)> hook) {
 
 void ReplicatedStorage::RunHook() {
   absl::MutexLock hook_lock(&hook_mu_);
-  std::function<void(bool)> hook;
+  ServingHook hook;
   bool serving = false;
+  uint64_t term = 0;
   {
     absl::MutexLock lock(&mu_);
     if (!hook_due_ || !hook_) return;
     hook_due_ = false;
     hook = hook_;
     serving = serving_;
+    term = serving_term_;
   }
-  hook(serving);
+  hook(serving, term);
 }
 
 GroupStatus ReplicatedStorage::Status() {

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -78,11 +79,23 @@ class ReplicatedStorage : public Storage {
 
   // A message from member `message.peer`, from any thread.
   void Receive(RaftMessage message) ABSL_LOCKS_EXCLUDED(mu_);
-  // Called (outside the lock) when this replica starts or stops serving.
-  void SetServingHook(std::function<void(bool serving)> hook) ABSL_LOCKS_EXCLUDED(mu_);
+  // Called (outside the lock, one call at a time) when this replica starts
+  // or stops serving; `term` counts the times it began serving, so that two
+  // calls with `serving` true and different terms mean it stopped between.
+  using ServingHook = std::function<void(bool serving, uint64_t term)>;
+  void SetServingHook(ServingHook hook) ABSL_LOCKS_EXCLUDED(mu_);
+  // Submit for a node built in serving term `term` (the hook's): refused
+  // UNAVAILABLE in any other, so that a node built on an earlier leadership
+  // never writes in a later one.
+  void SubmitIn(uint64_t term, Batch batch, DoneFn done) ABSL_LOCKS_EXCLUDED(mu_);
   GroupStatus Status() ABSL_LOCKS_EXCLUDED(mu_);
-  // Stops timers and callbacks; later events are dropped.
+  // Stops timers and callbacks; later events are dropped, and what waits
+  // for a commit fails UNAVAILABLE.
   void Stop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Waits until every DoneFn handed out has returned and none waits (or,
+  // stopped, is left), so that what they call may be destroyed. Call it
+  // once the node that submitted no longer submits.
+  void Settle() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   ReplicatedStorage(Storage* local, Transport* transport, TimerQueue* timers,
@@ -98,6 +111,10 @@ class ReplicatedStorage : public Storage {
   void OnTimer() ABSL_LOCKS_EXCLUDED(mu_);
   void CheckServing() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailPending(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues `fns` to run with `status` on the timer thread (or in Settle).
+  void Later(std::vector<DoneFn> fns, absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs `fns` outside the lock, counted in callbacks_ by the caller.
+  void RunCallbacks(std::vector<std::pair<DoneFn, absl::Status>> fns) ABSL_LOCKS_EXCLUDED(mu_);
   void RunHook() ABSL_LOCKS_EXCLUDED(mu_);
   // `fn(self, args...)` as a callback that does nothing once this is gone.
   template <typename Fn>
@@ -116,10 +133,13 @@ class ReplicatedStorage : public Storage {
   uint64_t applied_ ABSL_GUARDED_BY(mu_);          // last index the store holds
   uint64_t barrier_ ABSL_GUARDED_BY(mu_) = 0;      // this term's first entry, as leader
   bool serving_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t serving_term_ ABSL_GUARDED_BY(mu_) = 0;  // times serving began
   bool hook_due_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t armed_at_ ABSL_GUARDED_BY(mu_) = UINT64_MAX;
   std::map<uint64_t, DoneFn> pending_ ABSL_GUARDED_BY(mu_);  // index -> Submit's done
-  std::function<void(bool)> hook_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<DoneFn, absl::Status>> later_ ABSL_GUARDED_BY(mu_);  // to run
+  int callbacks_ ABSL_GUARDED_BY(mu_) = 0;  // DoneFn runs under way
+  ServingHook hook_ ABSL_GUARDED_BY(mu_);
   absl::Mutex hook_mu_;  // one hook call at a time, in order
 };
 

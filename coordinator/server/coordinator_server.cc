@@ -434,7 +434,7 @@ void CoordinatorServer::SendOrCrash(std::vector<OutMessage> msgs) {
   for (OutMessage& m : msgs) {
     if (crash_mid_fanout && m.type == MsgType::kCommit) {
       // Make sure exactly one Commit reached its participant, then die.
-      auto stub = v1::ParticipantTxn::NewStub(channels_.Get(m.address));
+      auto stub = v1::ParticipantTxn::NewStub(channels_.Get(leaders_.Current(m.address)));
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::milliseconds(options_.rpc_timeout_ms));
@@ -492,8 +492,11 @@ void CoordinatorServer::ReleaseStateReplies(const std::vector<StateReply>& repli
 // so the number of RPCs falls as load rises.
 class CoordinatorServer::Link {
  public:
-  Link(CoordinatorServer* server, std::shared_ptr<grpc::Channel> channel)
-      : server_(server), stub_(v1::ParticipantTxn::NewStub(std::move(channel))) {}
+  // `members`: the participant's address, or its group's ("a|b|c").
+  Link(CoordinatorServer* server, std::string members)
+      : server_(server),
+        members_(std::move(members)),
+        members_count_(std::max<size_t>(1, SplitMembers(members_).size())) {}
 
   // Messages made together leave in one call when none is under way.
   void Send(std::vector<OutMessage> msgs) {
@@ -551,14 +554,31 @@ class CoordinatorServer::Link {
     }
     server_->batch_calls_++;
     server_->batch_items_ += msgs.size();
-    v1::ParticipantTxn::Stub* stub = stub_.get();
-    // Waits for ready: a participant that just restarted is reached as soon
-    // as it listens (within the deadline), not refused while the channel
-    // waits out its reconnect backoff.
+    Call(std::move(req), std::move(sent), members_count_ - 1);
+  }
+
+  // One Batch call to the member guessed to lead. A refusal that moves the
+  // guess (a redirect, or a member that is down) is sent on at once, to
+  // each member at most once; what still fails goes to the core, which
+  // repeats it on its timers.
+  void Call(v1::BatchRequest req, std::shared_ptr<std::vector<Sent>> sent, size_t tries_left) {
+    const std::string address = server_->leaders_.Current(members_);
+    std::shared_ptr<v1::ParticipantTxn::Stub> stub = StubFor(address);
+    std::shared_ptr<v1::BatchRequest> again;
+    if (tries_left > 0) again = std::make_shared<v1::BatchRequest>(req);
+    // One participant waits for ready: restarted, it is reached as soon as
+    // it listens (within the deadline), not refused while the channel waits
+    // out its reconnect backoff. A group fails fast and tries the next.
     CallOnLoop<v1::BatchResponse>(
-        server_->loop_, std::move(req), server_->options_.rpc_timeout_ms, /*wait_for_ready=*/true,
+        server_->loop_, std::move(req), server_->options_.rpc_timeout_ms,
+        /*wait_for_ready=*/members_count_ == 1,
         [stub](auto* ctx, const auto& r, auto* cq) { return stub->PrepareAsyncBatch(ctx, r, cq); },
-        [this, sent](const grpc::Status& status, const v1::BatchResponse& resp) {
+        [this, sent, address, again, tries_left](const grpc::Status& status,
+                                                 const v1::BatchResponse& resp) {
+          if (Learn(address, status, resp) && !status.ok() && again != nullptr &&
+              status.error_code() == grpc::StatusCode::UNAVAILABLE && !server_->stopped_) {
+            return Call(std::move(*again), sent, tries_left - 1);
+          }
           server_->OnBatchReply(*sent, status, resp);
           std::vector<OutMessage> next;
           {
@@ -570,9 +590,37 @@ class CoordinatorServer::Link {
         });
   }
 
+  // One stub, for the member called last.
+  std::shared_ptr<v1::ParticipantTxn::Stub> StubFor(const std::string& address) {
+    absl::MutexLock lock(&mu_);
+    if (stub_ == nullptr || stub_address_ != address) {
+      stub_ = v1::ParticipantTxn::NewStub(server_->channels_.Get(address));
+      stub_address_ = address;
+    }
+    return stub_;
+  }
+
+  // A member that refused the call, or whose node refused its items because
+  // it no longer leads, moves the next call elsewhere; the core repeats what
+  // failed.
+  // True when the guess moved.
+  bool Learn(const std::string& address, const grpc::Status& status,
+             const v1::BatchResponse& resp) {
+    if (!status.ok()) return server_->leaders_.Learn(members_, address, status);
+    for (const v1::BatchResult& r : resp.results()) {
+      if (r.code() != grpc::StatusCode::UNAVAILABLE) continue;
+      return server_->leaders_.Learn(members_, address,
+                                     grpc::Status(grpc::StatusCode::UNAVAILABLE, r.message()));
+    }
+    return false;
+  }
+
   CoordinatorServer* const server_;
-  const std::unique_ptr<v1::ParticipantTxn::Stub> stub_;
+  const std::string members_;
+  const size_t members_count_;
   absl::Mutex mu_;
+  std::shared_ptr<v1::ParticipantTxn::Stub> stub_ ABSL_GUARDED_BY(mu_);
+  std::string stub_address_ ABSL_GUARDED_BY(mu_);
   std::deque<OutMessage> queued_ ABSL_GUARDED_BY(mu_);
   uint32_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
 };
@@ -589,7 +637,7 @@ void CoordinatorServer::Send(std::vector<OutMessage> msgs) {
         continue;
       }
       std::unique_ptr<Link>& l = links_[m.address];
-      if (l == nullptr) l = std::make_unique<Link>(this, channels_.Get(m.address));
+      if (l == nullptr) l = std::make_unique<Link>(this, m.address);
       by_link[l.get()].push_back(std::move(m));
     }
   }
@@ -600,21 +648,27 @@ void CoordinatorServer::Send(std::vector<OutMessage> msgs) {
 // 3PC termination rounds the coordinator leads, and recovery's questions
 // about PREPARING records: one RPC per message.
 void CoordinatorServer::SendTermination(OutMessage m) {
+  const std::string address = leaders_.Current(m.address);
   std::shared_ptr<v1::ParticipantTxn::Stub> stub =
-      v1::ParticipantTxn::NewStub(channels_.Get(m.address));
+      v1::ParticipantTxn::NewStub(channels_.Get(address));
   const std::string txn = m.txn_id, p = m.participant;
   const uint64_t ballot = m.ballot;
+  auto learn = [this, members = m.address, address](const absl::Status& st) {
+    leaders_.Learn(members, address, st);
+  };
   if (m.type == MsgType::kQuery) {
     CallQueryState(
         loop_, stub, txn, options_.rpc_timeout_ms,
-        [this, txn, p](const absl::StatusOr<v1::QueryStateResponse>& r) {
+        [this, txn, p, learn](const absl::StatusOr<v1::QueryStateResponse>& r) {
+          learn(r.status());
           WithCore([&](CoordinatorCore& c) { c.OnQueryReply(txn, p, r, clock_.NowMs()); });
         });
     return;
   }
   if (m.type == MsgType::kPromise) {
     CallPromise(loop_, stub, txn, ballot, options_.rpc_timeout_ms,
-                [this, txn, p, ballot](const absl::StatusOr<v1::PromiseResponse>& r) {
+                [this, txn, p, ballot, learn](const absl::StatusOr<v1::PromiseResponse>& r) {
+                  learn(r.status());
                   WithCore([&](CoordinatorCore& c) {
                     c.OnPromiseReply(txn, p, ballot, r, clock_.NowMs());
                   });
@@ -623,7 +677,8 @@ void CoordinatorServer::SendTermination(OutMessage m) {
   }
   CallAccept(
       loop_, stub, txn, ballot, m.value, options_.rpc_timeout_ms,
-      [this, txn, p, ballot](const absl::StatusOr<v1::AcceptResponse>& r) {
+      [this, txn, p, ballot, learn](const absl::StatusOr<v1::AcceptResponse>& r) {
+        learn(r.status());
         WithCore([&](CoordinatorCore& c) { c.OnAcceptReply(txn, p, ballot, r, clock_.NowMs()); });
       });
 }

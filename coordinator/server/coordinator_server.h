@@ -17,6 +17,7 @@
 #include "common/access.h"
 #include "common/clock.h"
 #include "common/core_driver.h"
+#include "common/leader_book.h"
 #include "common/loop_bidi.h"
 #include "common/loop_unary.h"
 #include "common/periodic_sweep.h"
@@ -151,6 +152,7 @@ class CoordinatorServer final : public LoopService<v1::Coordinator> {
   RealClock clock_;
   std::unique_ptr<View> view_;
   ChannelCache channels_;
+  LeaderBook leaders_;  // which member of a participant group to call
   TimerQueue timers_;
   std::atomic<bool> stopped_{false};
   std::atomic<bool> first_vote_seen_{false};

@@ -233,8 +233,19 @@ class ParticipantNode::TxnService final : public LoopService<v1::ParticipantTxn>
                   UnaryReactor* reactor) {
     if (Refuse(ctx, reactor, "ParticipantTxn.QueryState", Role::kPeer)) return;
     RequestId rid = node_->replies_.Expect(ReplyTo(reactor, resp));
-    node_->WithCore(
-        [&](ParticipantCore& c) { c.QueryState(rid, req->txn_id(), node_->clock_.NowMs()); });
+    // Its answer decides outcomes, so it must not come from a group leader
+    // deposed without knowing it: an empty batch, written after the
+    // question came, proves this node still led then (docs/design.md 10.2).
+    // On one disk it costs an empty write.
+    ParticipantNode* node = node_;
+    node_->core_.SubmitOrdered(atomq::Batch{}, [node, rid, txn = req->txn_id()](absl::Status st) {
+      if (!st.ok()) {
+        std::optional<ReplyFn> reply = node->replies_.Take(rid);
+        if (reply.has_value()) (*reply)(Reply{rid, st, {}});
+        return;
+      }
+      node->WithCore([&](ParticipantCore& c) { c.QueryState(rid, txn, node->clock_.NowMs()); });
+    });
   }
   void Promise(grpc::ServerContext* ctx, const v1::PromiseRequest* req, v1::PromiseResponse* resp,
                UnaryReactor* reactor) {
@@ -528,27 +539,37 @@ void ParticipantNode::Dispatch(Output out) {
 void ParticipantNode::SendPeerMsg(OutPeerMsg m) {
   if (stopped_) return;
   // Not sent: the round goes without its answer, as with a lost message.
-  std::optional<std::string> address = AddressOf(m.target, /*coordinator=*/false);
-  if (!address.has_value()) return;
+  std::optional<std::string> members = AddressOf(m.target, /*coordinator=*/false);
+  if (!members.has_value()) return;
+  const std::string address = leaders_.Current(*members);
   std::shared_ptr<v1::ParticipantTxn::Stub> stub =
-      v1::ParticipantTxn::NewStub(channels_.Get(*address));
+      v1::ParticipantTxn::NewStub(channels_.Get(address));
   const std::string txn = m.txn_id, target = m.target;
   const uint64_t ballot = m.ballot;
+  // A peer that is a group: the next message goes to the leader its
+  // members point at.
+  auto learn = [this, members = *members, address](const absl::Status& st) {
+    leaders_.Learn(members, address, st);
+  };
   switch (m.type) {
     case PeerMsgType::kPromise:
-      return CallPromise(loop_, stub, txn, ballot, options_.rpc_timeout_ms,
-                         [this, txn, target, ballot](const absl::StatusOr<v1::PromiseResponse>& r) {
-                           WithCore([&](ParticipantCore& c) {
-                             c.OnPromiseReply(txn, target, ballot, r, clock_.NowMs());
-                           });
-                         });
+      return CallPromise(
+          loop_, stub, txn, ballot, options_.rpc_timeout_ms,
+          [this, txn, target, ballot, learn](const absl::StatusOr<v1::PromiseResponse>& r) {
+            learn(r.status());
+            WithCore([&](ParticipantCore& c) {
+              c.OnPromiseReply(txn, target, ballot, r, clock_.NowMs());
+            });
+          });
     case PeerMsgType::kAccept:
-      return CallAccept(loop_, stub, txn, ballot, m.value, options_.rpc_timeout_ms,
-                        [this, txn, target, ballot](const absl::StatusOr<v1::AcceptResponse>& r) {
-                          WithCore([&](ParticipantCore& c) {
-                            c.OnAcceptReply(txn, target, ballot, r, clock_.NowMs());
-                          });
-                        });
+      return CallAccept(
+          loop_, stub, txn, ballot, m.value, options_.rpc_timeout_ms,
+          [this, txn, target, ballot, learn](const absl::StatusOr<v1::AcceptResponse>& r) {
+            learn(r.status());
+            WithCore([&](ParticipantCore& c) {
+              c.OnAcceptReply(txn, target, ballot, r, clock_.NowMs());
+            });
+          });
     case PeerMsgType::kCommit:
     case PeerMsgType::kAbort: {
       // The decision: peers that miss it run a round of their own.
@@ -560,14 +581,18 @@ void ParticipantNode::SendPeerMsg(OutPeerMsg m) {
             [stub](auto* ctx, const auto& r, auto* cq) {
               return stub->PrepareAsyncCommit(ctx, r, cq);
             },
-            [stub](const grpc::Status&, const v1::CommitResponse&) {});
+            [stub, learn](const grpc::Status& st, const v1::CommitResponse&) {
+              learn(FromGrpc(st));
+            });
       } else {
         CallOnLoop<v1::AbortResponse>(
             loop_, std::move(ref), options_.rpc_timeout_ms, /*wait_for_ready=*/false,
             [stub](auto* ctx, const auto& r, auto* cq) {
               return stub->PrepareAsyncAbort(ctx, r, cq);
             },
-            [stub](const grpc::Status&, const v1::AbortResponse&) {});
+            [stub, learn](const grpc::Status& st, const v1::AbortResponse&) {
+              learn(FromGrpc(st));
+            });
       }
       return;
     }
@@ -577,17 +602,20 @@ void ParticipantNode::SendPeerMsg(OutPeerMsg m) {
 void ParticipantNode::SendQuery(OutQuery q) {
   if (stopped_) return;
   const std::string txn = q.txn_id, target = q.target;
-  auto report = [this, txn, target](const absl::StatusOr<v1::QueryStateResponse>& r) {
+  // Not sent: the core asks again on its timer, as after a lost answer.
+  std::optional<std::string> members = AddressOf(q.target, q.to_coordinator);
+  if (!members.has_value()) return;
+  const std::string address = leaders_.Current(*members);
+  auto report = [this, txn, target, members = *members,
+                 address](const absl::StatusOr<v1::QueryStateResponse>& r) {
+    leaders_.Learn(members, address, r.status());
     WithCore([&](ParticipantCore& c) { c.OnQueryReply(txn, target, r, clock_.NowMs()); });
   };
-  // Not sent: the core asks again on its timer, as after a lost answer.
-  std::optional<std::string> address = AddressOf(q.target, q.to_coordinator);
-  if (!address.has_value()) return;
   if (!q.to_coordinator) {
-    return CallQueryState(loop_, v1::ParticipantTxn::NewStub(channels_.Get(*address)), txn,
+    return CallQueryState(loop_, v1::ParticipantTxn::NewStub(channels_.Get(address)), txn,
                           options_.rpc_timeout_ms, std::move(report));
   }
-  std::shared_ptr<v1::Coordinator::Stub> stub = v1::Coordinator::NewStub(channels_.Get(*address));
+  std::shared_ptr<v1::Coordinator::Stub> stub = v1::Coordinator::NewStub(channels_.Get(address));
   v1::TxnRef ref;
   ref.set_txn_id(txn);
   CallOnLoop<v1::QueryStateResponse>(

@@ -19,6 +19,7 @@
 #include "common/access.h"
 #include "common/clock.h"
 #include "common/core_driver.h"
+#include "common/leader_book.h"
 #include "common/loop_bidi.h"
 #include "common/loop_unary.h"
 #include "common/periodic_sweep.h"
@@ -160,6 +161,7 @@ class ParticipantNode {
   static constexpr int64_t kSkipLogIntervalMs = 10000;
   std::string participant_id_;  // Config::participant_id: its own termination messages
   ChannelCache channels_;
+  LeaderBook leaders_;  // which member of a group (coordinator or peer) to call
   std::atomic<uint64_t> dials_skipped_{0};  // queries and messages to unconfigured ids
   absl::Mutex skip_log_mu_;
   int64_t skip_logged_ms_ ABSL_GUARDED_BY(skip_log_mu_) = -1;

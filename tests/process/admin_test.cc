@@ -310,7 +310,7 @@ TEST(AdminTest, HealthIsServingAfterStartAndNotServingWhileDraining) {
 TEST(AdminTest, WhileRecoveringCallsAreUnavailableAndHealthNotServing) {
   // What both servers listen with until their recovery is done.
   const std::string addr = absl::StrCat("127.0.0.1:", FreePort());
-  absl::StatusOr<std::unique_ptr<RecoveringServer>> r = RecoveringServer::Start(
+  absl::StatusOr<std::unique_ptr<StandInServer>> r = StandInServer::Start(
       addr, {"atomq.v1.ParticipantTxn", "atomq.v1.Queue"}, grpc::InsecureServerCredentials());
   ASSERT_TRUE(r.ok()) << r.status();
   for (const char* s : kParticipantServices) {

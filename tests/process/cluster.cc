@@ -105,6 +105,16 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   for (int i = 0; i < options_.participants; ++i) participant_ports_.push_back(FreePort());
   for (int i = 0; i < options_.participants; ++i) metrics_ports_.push_back(FreePort());
   participant_procs_.resize(options_.participants);
+  if (options_.replicas > 1) {
+    replicas_.resize(options_.participants);
+    for (auto& group : replicas_) {
+      group.resize(options_.replicas);
+      for (Replica& r : group) {
+        r.client_port = FreePort();
+        r.peer_port = FreePort();
+      }
+    }
+  }
   if (!options_.roles.empty()) WriteAccessFiles();
   if (!options_.tls) {
     setenv("ATOMQ_PLAINTEXT", "1", 1);  // the atomqctl a test runs speaks plaintext too
@@ -195,6 +205,9 @@ std::vector<std::string> Cluster::AccessArgs(const std::string& id) const {
 Cluster::~Cluster() {
   Kill(&coordinator_);
   for (Proc& p : participant_procs_) Kill(&p);
+  for (auto& group : replicas_) {
+    for (Replica& r : group) Kill(&r.proc);
+  }
   const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
   bool failed = info != nullptr && info->result()->Failed();
   if (failed) {
@@ -216,7 +229,16 @@ std::string Cluster::coordinator_address() const {
   return absl::StrCat("127.0.0.1:", coordinator_port_);
 }
 std::string Cluster::participant_address(int i) const {
-  return absl::StrCat("127.0.0.1:", participant_ports_[i - 1]);
+  if (options_.replicas <= 1) return absl::StrCat("127.0.0.1:", participant_ports_[i - 1]);
+  std::string out;
+  for (int j = 1; j <= options_.replicas; ++j) {
+    absl::StrAppend(&out, j > 1 ? "|" : "", replica_address(i, j));
+  }
+  return out;
+}
+
+std::string Cluster::replica_address(int i, int j) const {
+  return absl::StrCat("127.0.0.1:", replicas_[i - 1][j - 1].client_port);
 }
 
 pid_t Cluster::Spawn(const std::string& binary, const std::vector<std::string>& args,
@@ -275,30 +297,38 @@ void Cluster::StartCoordinator(const std::map<std::string, std::string>& env, bo
   });
 }
 
-void Cluster::StartParticipant(int i, const std::map<std::string, std::string>& env, bool wait) {
-  Proc& p = participant_procs_[i - 1];
-  Kill(&p);
+std::vector<std::string> Cluster::ParticipantArgs(int i) const {
   std::string peers;
   for (int j = 1; j <= options_.participants; ++j) {
     if (j == i) continue;
     absl::StrAppend(&peers, peers.empty() ? "" : ",", participant_id(j), "=",
                     participant_address(j));
   }
-  std::vector<std::string> args = {"--id=" + participant_id(i),
-                                   "--listen=" + participant_address(i),
-                                   "--coordinators=c1=" + coordinator_address(),
-                                   "--data_dir=" + dir_ + "/" + participant_id(i),
-                                   "--in_doubt_after_ms=300",
-                                   "--resend_initial_ms=50",
-                                   "--resend_max_ms=300",
-                                   "--rpc_timeout_ms=1000"};
+  std::vector<std::string> args = {
+      "--id=" + participant_id(i), "--coordinators=c1=" + coordinator_address(),
+      "--in_doubt_after_ms=300",   "--resend_initial_ms=50",
+      "--resend_max_ms=300",       "--rpc_timeout_ms=1000"};
   for (const std::string& a : TlsArgs(participant_id(i))) args.push_back(a);
   if (!peers.empty()) args.push_back("--peers=" + peers);  // an empty value would take the next
+  for (const std::string& a : AccessArgs(participant_id(i))) args.push_back(a);
+  for (const std::string& a : options_.participant_args) args.push_back(a);
+  return args;
+}
+
+void Cluster::StartParticipant(int i, const std::map<std::string, std::string>& env, bool wait) {
+  if (options_.replicas > 1) {
+    for (int j = 1; j <= options_.replicas; ++j) StartReplica(i, j, env);
+    if (wait) EXPECT_NE(LeaderOf(i), 0) << participant_id(i) << " elected no serving leader";
+    return;
+  }
+  Proc& p = participant_procs_[i - 1];
+  Kill(&p);
+  std::vector<std::string> args = ParticipantArgs(i);
+  args.push_back("--listen=" + participant_address(i));
+  args.push_back("--data_dir=" + dir_ + "/" + participant_id(i));
   if (options_.participant_metrics) {
     args.push_back(absl::StrCat("--metrics_listen=127.0.0.1:", metrics_ports_[i - 1]));
   }
-  for (const std::string& a : AccessArgs(participant_id(i))) args.push_back(a);
-  for (const std::string& a : options_.participant_args) args.push_back(a);
   p.log = dir_ + "/" + participant_id(i) + ".log";
   p.pid = Spawn("atomq-participant", args, env, p.log);
   if (!wait) return;
@@ -308,6 +338,51 @@ void Cluster::StartParticipant(int i, const std::map<std::string, std::string>& 
     v1::ListQueuesResponse resp;
     return queue(i)->ListQueues(&ctx, v1::ListQueuesRequest(), &resp).ok();
   });
+}
+
+void Cluster::StartReplica(int i, int j, const std::map<std::string, std::string>& env) {
+  Replica& r = replicas_[i - 1][j - 1];
+  Kill(&r.proc);
+  std::string group;
+  for (int k = 1; k <= options_.replicas; ++k) {
+    absl::StrAppend(&group, k > 1 ? "," : "", k, "=", replica_address(i, k),
+                    "/127.0.0.1:", replicas_[i - 1][k - 1].peer_port);
+  }
+  const std::string name = absl::StrCat(participant_id(i), "-r", j);
+  std::vector<std::string> args = ParticipantArgs(i);
+  args.push_back("--listen=" + replica_address(i, j));
+  args.push_back("--data_dir=" + dir_ + "/" + name);
+  args.push_back("--group=" + group);
+  args.push_back(absl::StrCat("--member_id=", j));
+  args.push_back("--election_timeout_ms=300");
+  args.push_back("--heartbeat_ms=50");
+  r.proc.log = dir_ + "/" + name + ".log";
+  r.proc.pid = Spawn("atomq-participant", args, env, r.proc.log);
+}
+
+void Cluster::KillReplica(int i, int j) { Kill(&replicas_[i - 1][j - 1].proc); }
+bool Cluster::ReplicaRunning(int i, int j) const { return replicas_[i - 1][j - 1].proc.pid > 0; }
+
+int Cluster::LeaderOf(int i, int timeout_ms) {
+  int64_t end = NowMs() + timeout_ms;
+  do {
+    for (int j = 1; j <= options_.replicas; ++j) {
+      if (!ReplicaRunning(i, j)) continue;
+      grpc::ClientContext ctx;
+      Deadline(&ctx, 200);
+      v1::ListQueuesResponse resp;
+      auto stub = v1::Queue::NewStub(Channel(replica_address(i, j), admin_token()));
+      if (stub->ListQueues(&ctx, v1::ListQueuesRequest(), &resp).ok()) return j;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  } while (NowMs() < end);
+  return 0;
+}
+
+std::string Cluster::Reachable(int i) {
+  if (options_.replicas <= 1) return participant_address(i);
+  int j = LeaderOf(i);
+  return j == 0 ? replica_address(i, 1) : replica_address(i, j);
 }
 
 void Cluster::StartAll() {
@@ -323,7 +398,10 @@ void Cluster::Kill(Proc* p) {
 }
 
 void Cluster::KillCoordinator() { Kill(&coordinator_); }
-void Cluster::KillParticipant(int i) { Kill(&participant_procs_[i - 1]); }
+void Cluster::KillParticipant(int i) {
+  Kill(&participant_procs_[i - 1]);
+  for (int j = 1; options_.replicas > 1 && j <= options_.replicas; ++j) KillReplica(i, j);
+}
 void Cluster::SignalParticipant(int i, int sig) {
   if (participant_procs_[i - 1].pid > 0) kill(participant_procs_[i - 1].pid, sig);
 }
@@ -362,11 +440,11 @@ std::unique_ptr<v1::Coordinator::Stub> Cluster::coordinator_as(const std::string
 }
 std::unique_ptr<v1::Queue::Stub> Cluster::queue_as(int i, const std::string& token,
                                                    const std::string& certificate) {
-  return v1::Queue::NewStub(Channel(participant_address(i), token, certificate));
+  return v1::Queue::NewStub(Channel(Reachable(i), token, certificate));
 }
 std::unique_ptr<v1::ParticipantTxn::Stub> Cluster::txn_as(int i, const std::string& token,
                                                           const std::string& certificate) {
-  return v1::ParticipantTxn::NewStub(Channel(participant_address(i), token, certificate));
+  return v1::ParticipantTxn::NewStub(Channel(Reachable(i), token, certificate));
 }
 
 void Cluster::CreateQueue(int i, const std::string& name) {

@@ -41,6 +41,10 @@ v1::Op EnqueueOp(const std::string& participant, const std::string& queue,
 
 struct ClusterOptions {
   int participants = 3;
+  // Replicas of each participant (docs/design.md 10.2): 1 is one process;
+  // more make each participant a group, replica j of participant i on its
+  // own client and peer ports with data in dir()/pI-rJ.
+  int replicas = 1;
   // mTLS on every link (docs/design.md section 11): a CA, a certificate for
   // c1, p1.. and "client" in dir()/tls, servers with --tls_client_auth (and
   // --tls_reload_s=1), and this Cluster's channels and atomqctl with the
@@ -78,8 +82,17 @@ class Cluster {
     options_.participant_args = std::move(args);
   }
 
-  void KillCoordinator();  // SIGKILL and reap
-  void KillParticipant(int i);
+  void KillCoordinator();       // SIGKILL and reap
+  void KillParticipant(int i);  // every replica of it
+  // One replica of a participant group (replicas > 1).
+  void StartReplica(int i, int j, const std::map<std::string, std::string>& env = {});
+  void KillReplica(int i, int j);
+  bool ReplicaRunning(int i, int j) const;
+  // The client address of replica j of participant i.
+  std::string replica_address(int i, int j) const;
+  // The replica of participant i that serves (answers ListQueues), polling
+  // up to `timeout_ms`; 0 when none does.
+  int LeaderOf(int i, int timeout_ms = 15000);
   // Sends `sig` (e.g. SIGTERM, a clean shutdown) to participant i; reap it
   // with WaitParticipantExit.
   void SignalParticipant(int i, int sig);
@@ -91,6 +104,8 @@ class Cluster {
   pid_t coordinator_pid() const { return coordinator_.pid; }
 
   std::string coordinator_address() const;
+  // A group's is its members' client addresses, "a|b|c"; a stub made by
+  // queue(i) or txn(i) dials the member that serves at the time.
   std::string participant_address(int i) const;
   std::string participant_id(int i) const { return "p" + std::to_string(i); }
   // The directory of the certificates (ClusterOptions::tls): ca.pem, and
@@ -160,6 +175,16 @@ class Cluster {
   std::vector<int> metrics_ports_;
   Proc coordinator_;
   std::vector<Proc> participant_procs_;
+  struct Replica {
+    int client_port = 0;
+    int peer_port = 0;
+    Proc proc;
+  };
+  std::vector<std::vector<Replica>> replicas_;  // [i-1][j-1], replicas > 1
+  // The flags every start of participant i takes (not its address or data).
+  std::vector<std::string> ParticipantArgs(int i) const;
+  // Where a stub for participant i is to dial now.
+  std::string Reachable(int i);
 };
 
 }  // namespace atomq::testing

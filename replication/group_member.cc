@@ -1,0 +1,262 @@
+#include "replication/group_member.h"
+
+#include <sys/random.h>
+
+#include <cstdlib>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/leader_book.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/validate.h"
+
+namespace atomq::replication {
+namespace {
+
+[[noreturn]] void Fatal(const std::string& what) {
+  LogLine(absl::StrCat("group member: ", what, "; stopping"));
+  std::abort();
+}
+
+// The replica store as the served node sees it: its writes go in the
+// serving term it was built in, or not at all.
+class TermStorage final : public StorageWrapper {
+ public:
+  TermStorage(ReplicatedStorage* replica, uint64_t term)
+      : StorageWrapper(replica), replica_(replica), term_(term) {}
+  void Submit(Batch batch, DoneFn done) override {
+    replica_->SubmitIn(term_, std::move(batch), std::move(done));
+  }
+  void SubmitDeferred(Batch batch, DoneFn done) override {
+    Submit(std::move(batch), std::move(done));
+  }
+
+ private:
+  ReplicatedStorage* const replica_;
+  const uint64_t term_;
+};
+
+const char* RoleName(RaftState s) {
+  switch (s) {
+    case RaftState::kLeader:
+      return "leader";
+    case RaftState::kCandidate:
+      return "candidate";
+    case RaftState::kFollower:
+      return "follower";
+    default:
+      return "unavailable";
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::map<uint64_t, MemberAddresses>> ParseGroup(const std::string& flag) {
+  std::map<uint64_t, MemberAddresses> out;
+  for (absl::string_view part : absl::StrSplit(flag, ',', absl::SkipEmpty())) {
+    std::vector<std::string> kv = absl::StrSplit(part, absl::MaxSplits('=', 1));
+    std::vector<std::string> addrs;
+    if (kv.size() == 2) addrs = absl::StrSplit(kv[1], '/');
+    uint64_t id = 0;
+    if (kv.size() != 2 || !absl::SimpleAtoi(kv[0], &id) || id == 0 || addrs.size() != 2 ||
+        addrs[0].empty() || addrs[1].empty() || addrs[0] == addrs[1]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "bad member \"", Clip(part), "\": want id=client_host:port/peer_host:port, id > 0"));
+    }
+    if (!out.emplace(id, MemberAddresses{addrs[0], addrs[1]}).second) {
+      return absl::InvalidArgumentError(absl::StrCat("member ", id, " listed twice"));
+    }
+  }
+  return out;
+}
+
+std::string ClientAddresses(const std::map<uint64_t, MemberAddresses>& members) {
+  std::vector<std::string> out;
+  for (const auto& [id, a] : members) out.push_back(a.client);
+  return absl::StrJoin(out, "|");
+}
+
+GroupMember::GroupMember(Options options, StartLeading start)
+    : options_(std::move(options)), start_(std::move(start)), channels_(64) {}
+
+absl::StatusOr<std::unique_ptr<GroupMember>> GroupMember::Start(Options options, Storage* local,
+                                                                StartLeading start) {
+  auto self_entry = options.members.find(options.member_id);
+  if (self_entry == options.members.end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("member ", options.member_id, " is not one of the group's members"));
+  }
+  if (options.peer_listen.empty()) options.peer_listen = self_entry->second.peer;
+  std::unique_ptr<GroupMember> m(new GroupMember(std::move(options), std::move(start)));
+  const Options& o = m->options_;
+  m->transport_ = std::make_unique<GrpcTransport>(&m->peer_loop_, &m->channels_,
+                                                  GrpcTransport::Options{o.group, o.member_id});
+  ReplicatedStorage::Options ro;
+  ro.engine.id = o.member_id;
+  ro.engine.address = o.members.at(o.member_id).peer;
+  // Randomized election timeouts must differ between members.
+  uint32_t seed = 0;
+  if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed)) seed = uint32_t(o.member_id);
+  ro.engine.seed = seed;
+  ro.engine.election_timeout = o.election_timeout_ms;
+  ro.engine.heartbeat_timeout = o.heartbeat_ms;
+  std::map<uint64_t, std::string> peers;
+  for (const auto& [id, a] : o.members) {
+    ro.bootstrap.push_back(Member{id, a.peer});
+    peers[id] = a.peer;
+  }
+  absl::StatusOr<std::unique_ptr<ReplicatedStorage>> replica =
+      ReplicatedStorage::Open(ro, local, m->transport_.get(), &m->timers_);
+  if (!replica.ok()) return replica.status();
+  m->replica_ = std::move(*replica);
+  m->replica_service_ = std::make_unique<ReplicaService>(&m->peer_loop_, o.access, o.group,
+                                                         std::move(peers), m->replica_.get());
+  absl::StatusOr<std::unique_ptr<grpc::Server>> peer_server =
+      StartServer(o.peer_listen, {m->replica_service_->service()}, o.message_bytes_max,
+                  o.credentials, &m->peer_loop_);
+  if (!peer_server.ok()) return peer_server.status();
+  m->peer_server_ = std::move(*peer_server);
+  GroupMember* raw = m.get();
+  absl::StatusOr<std::unique_ptr<StandInServer>> stand_in = StandInServer::Start(
+      o.listen, o.service_names, o.credentials, [raw] { return raw->NotLeader(); });
+  if (!stand_in.ok()) return stand_in.status();
+  m->stand_in_ = std::move(*stand_in);
+  m->roles_ = std::thread([raw] { raw->RunRoles(); });
+  m->replica_->SetServingHook(
+      [raw](bool serving, uint64_t term) { raw->OnServing(serving, term); });
+  LogLine(absl::StrCat("member ", o.member_id, " of ", o.group, ": peers on ", o.peer_listen,
+                       ", clients on ", o.listen));
+  return m;
+}
+
+GroupMember::~GroupMember() { Stop(); }
+
+void GroupMember::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  if (roles_.joinable()) roles_.join();
+  std::unique_ptr<Leading> leading;
+  {
+    absl::MutexLock lock(&mu_);
+    leading = std::move(leading_);
+  }
+  if (leading != nullptr) leading->Stop();
+  replica_->Stop();
+  replica_->Settle();
+  leading.reset();
+  {
+    absl::MutexLock lock(&mu_);
+    term_storage_.reset();
+  }
+  stand_in_.reset();
+  peer_server_->Shutdown(std::chrono::system_clock::now());
+  peer_loop_.Shutdown();
+  timers_.Stop();
+}
+
+grpc::Status GroupMember::NotLeader() {
+  const GroupStatus s = replica_->Status();
+  v1::NotLeader where;
+  where.set_group(options_.group);
+  where.set_term(s.term);
+  auto leader = options_.members.find(s.leader_id);
+  if (leader != options_.members.end() && s.leader_id != options_.member_id) {
+    where.set_leader_member(s.leader_id);
+    where.set_leader_address(leader->second.client);
+  }
+  return NotLeaderStatus(where);
+}
+
+void GroupMember::OnServing(bool serving, uint64_t term) {
+  absl::MutexLock lock(&mu_);
+  want_ = serving ? term : 0;
+}
+
+void GroupMember::RunRoles() {
+  for (;;) {
+    uint64_t want, served;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](GroupMember* self) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return self->stopping_ || self->want_ != self->served_;
+          },
+          this));
+      if (stopping_) return;
+      want = want_;
+      served = served_;
+    }
+    if (served != 0) BecomeFollower();
+    if (want != 0) BecomeLeader(want);
+  }
+}
+
+void GroupMember::BecomeLeader(uint64_t term) {
+  TermStorage* storage = new TermStorage(replica_.get(), term);
+  absl::StatusOr<std::unique_ptr<Leading>> leading = start_(storage, [this] { stand_in_.reset(); });
+  if (!leading.ok()) Fatal(absl::StrCat("cannot serve as leader: ", leading.status().ToString()));
+  LogLine(absl::StrCat("member ", options_.member_id, " of ", options_.group,
+                       " leads and serves on ", options_.listen));
+  absl::MutexLock lock(&mu_);
+  term_storage_.reset(storage);
+  leading_ = std::move(*leading);
+  served_ = term;
+  ++leaderships_;
+}
+
+void GroupMember::BecomeFollower() {
+  std::unique_ptr<Leading> leading;
+  {
+    absl::MutexLock lock(&mu_);
+    leading = std::move(leading_);
+  }
+  leading->Stop();
+  replica_->Settle();
+  leading.reset();
+  {
+    absl::MutexLock lock(&mu_);
+    term_storage_.reset();
+    served_ = 0;
+  }
+  LogLine(absl::StrCat("member ", options_.member_id, " of ", options_.group,
+                       " no longer leads; refusing calls with the leader's address"));
+  GroupMember* raw = this;
+  absl::StatusOr<std::unique_ptr<StandInServer>> stand_in =
+      StandInServer::Start(options_.listen, options_.service_names, options_.credentials,
+                           [raw] { return raw->NotLeader(); });
+  if (!stand_in.ok()) Fatal(std::string(stand_in.status().message()));
+  stand_in_ = std::move(*stand_in);
+}
+
+std::string GroupMember::RenderMetrics() {
+  const GroupStatus s = replica_->Status();
+  std::string out;
+  const std::string labels =
+      absl::StrCat("{group=\"", options_.group, "\",member=\"", options_.member_id, "\",role=\"",
+                   RoleName(s.state), "\"}");
+  AppendMetric(&out, "atomq_replica_role", "gauge",
+               "1, labelled with this replica's role in its group", 1, labels);
+  AppendMetric(&out, "atomq_replica_term", "gauge", "the group's term as this replica knows it",
+               double(s.term));
+  AppendMetric(&out, "atomq_replica_leader", "gauge", "member id of the leader (0: none known)",
+               double(s.leader_id));
+  AppendMetric(&out, "atomq_replica_commit_index", "gauge", "last log index known committed",
+               double(s.commit_index));
+  AppendMetric(&out, "atomq_replica_applied_index", "gauge",
+               "this replica's version: the last entry applied to its store",
+               double(s.applied_index));
+  absl::MutexLock lock(&mu_);
+  AppendMetric(&out, "atomq_replica_leaderships_total", "counter",
+               "times this replica began serving as leader", double(leaderships_));
+  if (leading_ != nullptr) out += leading_->RenderMetrics();
+  return out;
+}
+
+}  // namespace atomq::replication

@@ -1,0 +1,123 @@
+// One replica of a group, as a server process runs it (docs/design.md 10.2):
+// the replica store, its peer listener (atomq.v1.Replica on its own address,
+// as etcd keeps peer and client URLs apart), and the client address. While
+// this replica is the group's serving leader, the client address holds the
+// server's own services, built on the replica store by `StartLeading`; at
+// any other time a stand-in there refuses every call UNAVAILABLE with where
+// the leader is (common/leader_book.h).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/access.h"
+#include "common/rpc_loop.h"
+#include "common/server_util.h"
+#include "common/timer_queue.h"
+#include "replication/grpc_transport.h"
+#include "replication/replicated_storage.h"
+
+namespace atomq::replication {
+
+struct MemberAddresses {
+  std::string client;  // where callers reach it (the server's --listen)
+  std::string peer;    // where the other members reach it (atomq.v1.Replica)
+};
+
+// "1=127.0.0.1:7101/127.0.0.1:7201,2=..." (member id = client/peer
+// address) -> members; INVALID_ARGUMENT naming the bad entry.
+absl::StatusOr<std::map<uint64_t, MemberAddresses>> ParseGroup(const std::string& flag);
+// The members' client addresses as callers name the group: "a|b|c".
+std::string ClientAddresses(const std::map<uint64_t, MemberAddresses>& members);
+
+// What the server runs while this replica leads.
+class Leading {
+ public:
+  virtual ~Leading() = default;
+  // Stops taking calls and giving answers (its server and loop shut down);
+  // the object must stay usable by storage callbacks until destroyed.
+  virtual void Stop() = 0;
+  // Prometheus text of the served node.
+  virtual std::string RenderMetrics() = 0;
+};
+
+class GroupMember {
+ public:
+  struct Options {
+    std::string group;  // the participant or coordinator id
+    uint64_t member_id = 0;
+    std::map<uint64_t, MemberAddresses> members;
+    std::string listen;       // client address to bind (--listen)
+    std::string peer_listen;  // peer address to bind (default: this member's peer address)
+    std::vector<std::string> service_names;  // what health names
+    std::shared_ptr<grpc::ServerCredentials> credentials;
+    std::shared_ptr<const Access> access;
+    uint32_t message_bytes_max = 64 << 20;
+    uint32_t election_timeout_ms = 1000;  // --election_timeout_ms
+    uint32_t heartbeat_ms = 100;          // --heartbeat_ms
+  };
+  // Builds the served node on the replica store, which is the serving
+  // leader's and holds everything committed, and calls `release` just
+  // before it binds the client address (the stand-in holds it until then).
+  // An error ends the process.
+  using StartLeading = std::function<absl::StatusOr<std::unique_ptr<Leading>>(
+      Storage* replica, const std::function<void()>& release)>;
+
+  // Opens the replica on `local` (opened with RaftLog::Dbs() and
+  // ReplicatedStorage::kAppliedDb among its sub-databases; it must outlive
+  // this) and starts listening.
+  static absl::StatusOr<std::unique_ptr<GroupMember>> Start(Options options, Storage* local,
+                                                            StartLeading start);
+  ~GroupMember();  // Stop()
+  // Stops serving and the replica. Idempotent.
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_);
+
+  GroupStatus Status() { return replica_->Status(); }
+  // Prometheus text: the replica's role, term and indexes, and the served
+  // node's own while leading.
+  std::string RenderMetrics() ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  explicit GroupMember(Options options, StartLeading start);
+  // The refusal of a member that does not lead.
+  grpc::Status NotLeader();
+  void OnServing(bool serving, uint64_t term) ABSL_LOCKS_EXCLUDED(mu_);
+  // The role thread: makes what is served follow `want_`, one change at a
+  // time.
+  void RunRoles() ABSL_LOCKS_EXCLUDED(mu_);
+  void BecomeLeader(uint64_t term) ABSL_LOCKS_EXCLUDED(mu_);
+  void BecomeFollower() ABSL_LOCKS_EXCLUDED(mu_);
+
+  const Options options_;
+  const StartLeading start_;
+  TimerQueue timers_;
+  RpcLoop peer_loop_{1};
+  ChannelCache channels_;
+  std::unique_ptr<GrpcTransport> transport_;
+  std::unique_ptr<ReplicatedStorage> replica_;
+  std::unique_ptr<ReplicaService> replica_service_;
+  std::unique_ptr<grpc::Server> peer_server_;
+
+  absl::Mutex mu_;
+  // Serving terms (ReplicatedStorage::ServingHook): the one to serve in (0:
+  // none) and the one the running node was built in (0: none runs).
+  uint64_t want_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t served_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::unique_ptr<Storage> term_storage_ ABSL_GUARDED_BY(mu_);  // what leading_ writes to
+  std::unique_ptr<Leading> leading_ ABSL_GUARDED_BY(mu_);
+  uint64_t leaderships_ ABSL_GUARDED_BY(mu_) = 0;
+  // Only the role thread (and Stop, after joining it) touches these.
+  std::unique_ptr<StandInServer> stand_in_;
+  std::thread roles_;
+};
+
+}  // namespace atomq::replication

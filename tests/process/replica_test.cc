@@ -1,0 +1,126 @@
+// Participants that are groups of three replicas, as real processes on
+// loopback (docs/design.md 10.2): the leader serves, the others refuse with
+// where it is, and transactions keep committing after the leader is
+// SIGKILLed, with every committed message there once and nothing else.
+#include <chrono>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/leader_book.h"
+#include "gtest/gtest.h"
+#include "tests/process/cluster.h"
+
+namespace atomq::testing {
+namespace {
+
+// What became of the transactions a test ran: committed, aborted, or not
+// known (the call failed: it may have committed).
+struct Ledger {
+  std::set<std::string> committed;
+  std::set<std::string> unknown;
+};
+
+// Runs transaction `id`: one enqueue on each participant.
+void RunTxn(Cluster& c, const std::string& id, Ledger* ledger) {
+  v1::ExecuteRequest req;
+  req.set_txn_id(id);
+  for (int i = 1; i <= c.participants(); ++i) {
+    *req.add_ops() = EnqueueOp(c.participant_id(i), "q", id);
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::ExecuteResponse resp;
+  grpc::Status s = c.coordinator()->Execute(&ctx, req, &resp);
+  if (s.ok() && resp.outcome() == v1::COMMITTED) {
+    ledger->committed.insert(id);
+  } else if (!s.ok()) {
+    ledger->unknown.insert(id);
+  }
+}
+
+// Every committed payload is in participant i's queue exactly once, and
+// nothing that did not commit or might have.
+void ExpectExactlyCommitted(Cluster& c, int i, const Ledger& ledger) {
+  std::vector<std::string> got = c.Drain(i, "q");
+  std::multiset<std::string> seen(got.begin(), got.end());
+  for (const std::string& id : ledger.committed) {
+    EXPECT_EQ(seen.count(id), 1u) << id << " committed but is on p" << i << " " << seen.count(id)
+                                  << " times";
+  }
+  for (const std::string& id : seen) {
+    EXPECT_TRUE(ledger.committed.count(id) > 0 || ledger.unknown.count(id) > 0)
+        << id << " is on p" << i << " but did not commit";
+    EXPECT_EQ(seen.count(id), 1u) << id << " is on p" << i << " more than once";
+  }
+}
+
+TEST(ReplicaTest, FollowersRefuseNamingTheLeader) {
+  Cluster c(ClusterOptions{.participants = 1, .replicas = 3});
+  c.StartAll();
+  const int leader = c.LeaderOf(1);
+  ASSERT_NE(leader, 0);
+  for (int j = 1; j <= 3; ++j) {
+    if (j == leader) continue;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    v1::ListQueuesResponse resp;
+    grpc::Status s = v1::Queue::NewStub(c.Channel(c.replica_address(1, j)))
+                         ->ListQueues(&ctx, v1::ListQueuesRequest(), &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+    std::optional<v1::NotLeader> where = NotLeaderOf(s);
+    ASSERT_TRUE(where.has_value()) << s.error_message();
+    EXPECT_EQ(where->group(), "p1");
+    EXPECT_EQ(where->leader_address(), c.replica_address(1, leader)) << s.error_message();
+    EXPECT_EQ(where->leader_member(), uint64_t(leader));
+  }
+}
+
+TEST(ReplicaTest, TransactionsCommitAcrossALeadersLossWithNothingLostOrDoubled) {
+  Cluster c(ClusterOptions{.participants = 2, .replicas = 3});
+  c.StartAll();
+  c.CreateQueue(1, "q");
+  c.CreateQueue(2, "q");
+  Ledger ledger;
+  for (int n = 0; n < 20; ++n) RunTxn(c, absl::StrCat("before-", n), &ledger);
+  EXPECT_EQ(ledger.committed.size(), 20u);
+
+  const int old_leader = c.LeaderOf(1);
+  ASSERT_NE(old_leader, 0);
+  c.KillReplica(1, old_leader);
+  // Commits resume once p1 has a new leader and the coordinator found it.
+  size_t after = 0;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  for (int n = 0; after < 20 && std::chrono::steady_clock::now() < end; ++n) {
+    const size_t had = ledger.committed.size();
+    RunTxn(c, absl::StrCat("after-", n), &ledger);
+    after += ledger.committed.size() - had;
+  }
+  EXPECT_EQ(after, 20u) << "transactions stopped committing after p1's leader was killed";
+  const int new_leader = c.LeaderOf(1);
+  EXPECT_NE(new_leader, 0);
+  EXPECT_NE(new_leader, old_leader);
+
+  ExpectExactlyCommitted(c, 1, ledger);
+  ExpectExactlyCommitted(c, 2, ledger);
+
+  // The killed replica comes back and catches up; with the leader that
+  // replaced it gone too, the group serves from it and the third, and what
+  // was acked stays acked.
+  c.StartReplica(1, old_leader);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  c.KillReplica(1, new_leader);
+  const int third = c.LeaderOf(1, 20000);
+  ASSERT_NE(third, 0) << "no leader after the restarted replica rejoined";
+  EXPECT_NE(third, new_leader);
+  EXPECT_TRUE(c.Drain(1, "q").empty()) << "acked messages came back";
+  Ledger later;
+  RunTxn(c, "last", &later);
+  EXPECT_EQ(later.committed.size(), 1u);
+  ExpectExactlyCommitted(c, 1, later);
+}
+
+}  // namespace
+}  // namespace atomq::testing
