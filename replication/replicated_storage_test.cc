@@ -271,5 +271,42 @@ TEST(ReplicatedStorageTest, AKilledLeaderIsReplacedAndNothingCommittedIsLost) {
   EXPECT_EQ(g.Value(l, "after"), "y");
 }
 
+TEST(ReplicatedStorageTest, ARefusalNeverRunsOnTheSubmittersThread) {
+  // A core submits under its own lock and its DoneFn takes that lock: run
+  // on the submitter's thread, a refusal would deadlock it.
+  Group3 g;
+  uint64_t l = g.Leader();
+  ASSERT_NE(l, 0u);
+  absl::Mutex core;
+  std::promise<absl::Status> got;
+  {
+    absl::MutexLock lock(&core);
+    g.at(l % 3 + 1)->Submit(Batch{0, {Write{kTestDataDb, "k", "v", false}}},
+                            [&](absl::Status st) {
+                              absl::MutexLock again(&core);
+                              got.set_value(st);
+                            });
+  }
+  std::future<absl::Status> f = got.get_future();
+  ASSERT_EQ(f.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  EXPECT_EQ(f.get().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(ReplicatedStorageTest, ANodeBuiltInOneServingTermNeverWritesInAnother) {
+  Group3 g;
+  uint64_t l = g.Leader();
+  ASSERT_NE(l, 0u);
+  std::promise<absl::Status> stale;
+  // Terms count from 1; this one has not begun.
+  g.at(l)->SubmitIn(999, Batch{0, {Write{kTestDataDb, "stale", "x", false}}},
+                    [&](absl::Status st) { stale.set_value(st); });
+  std::future<absl::Status> f = stale.get_future();
+  ASSERT_EQ(f.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  EXPECT_EQ(f.get().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(g.Put(l, "current", "y").ok());
+  g.at(l)->Settle();
+  EXPECT_EQ(g.Value(l, "stale"), "(none)");
+}
+
 }  // namespace
 }  // namespace atomq::replication
