@@ -15,7 +15,9 @@ int main(int argc, char** argv) {
   app.fallthrough();
   Globals g;
   app.add_option("--coordinator", g.coordinator, "coordinator address host:port");
-  app.add_option("--participant", g.participant, "participant address host:port");
+  app.add_option("--participant", g.participant,
+                 "participant address host:port; a group of replicas as host:port|host:port|... "
+                 "(its leader is found)");
   app.add_option("--rpc_timeout_ms", g.rpc_timeout_ms, "deadline of each call")
       ->capture_default_str();
   app.add_flag("--json", g.json, "print JSON instead of a table");
@@ -29,6 +31,7 @@ int main(int argc, char** argv) {
     atomq::SetDialCredentials(atomq::ChannelCredentials(g.tls));
     st = atomq::SetDialTokenFrom(g.token_file, /*from_env=*/true);
     if (!st.ok()) throw CLI::ValidationError("--token_file", std::string(st.message()));
+    g.participant = ServingMember(g, g.participant);
   });
 
   int rc = 0;

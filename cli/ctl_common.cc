@@ -1,5 +1,6 @@
 #include "cli/ctl_common.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -12,7 +13,9 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/bearer.h"
+#include "common/leader_book.h"
 #include "google/protobuf/util/json_util.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace atomq::ctl {
 
@@ -31,6 +34,21 @@ std::shared_ptr<grpc::Channel> Connect(const std::string& addr) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   return DialChannel(addr, args);
+}
+
+std::string ServingMember(const Globals& g, const std::string& members) {
+  std::vector<std::string> all = SplitMembers(members);
+  if (all.size() < 2) return members;
+  for (const std::string& m : all) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::milliseconds(std::min<uint32_t>(g.rpc_timeout_ms, 1000)));
+    grpc::health::v1::HealthCheckResponse resp;
+    grpc::Status s = grpc::health::v1::Health::NewStub(Connect(m))
+                         ->Check(&ctx, grpc::health::v1::HealthCheckRequest(), &resp);
+    if (s.ok() && resp.status() == grpc::health::v1::HealthCheckResponse::SERVING) return m;
+  }
+  return all.front();
 }
 
 void SetDeadline(grpc::ClientContext* ctx, const Globals& g) {

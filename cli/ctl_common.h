@@ -35,6 +35,11 @@ int RpcError(const char* what, const grpc::Status& s);
 
 // A channel to `addr` (DialChannel, common/bearer.h: TLS and the token).
 std::shared_ptr<grpc::Channel> Connect(const std::string& addr);
+// Of a group's members ("a|b|c", common/leader_book.h), the one whose
+// health check says SERVING (its leader); the first when none does (a call
+// there then fails naming the leader, or saying none is known). An address
+// without '|' is returned as it is.
+std::string ServingMember(const Globals& g, const std::string& members);
 // The deadline of one call: --rpc_timeout_ms from now.
 void SetDeadline(grpc::ClientContext* ctx, const Globals& g);
 

@@ -78,6 +78,23 @@ TEST(ReplicaTest, FollowersRefuseNamingTheLeader) {
   }
 }
 
+TEST(ReplicaTest, AtomqctlFindsTheLeaderOfAGroup) {
+  Cluster c(ClusterOptions{.participants = 1, .replicas = 3});
+  c.StartAll();
+  const std::string ctl =
+      absl::StrCat(ATOMQ_BIN_DIR, "/atomqctl --participant='", c.participant_address(1), "' ");
+  EXPECT_NE(RunCommand(ctl + "queue create jobs 2>&1").find("queue jobs created"),
+            std::string::npos);
+  EXPECT_NE(RunCommand(ctl + "queue list 2>&1").find("jobs"), std::string::npos);
+  // One follower alone: the call fails and says where the leader is.
+  const int leader = c.LeaderOf(1);
+  const int follower = leader % 3 + 1;
+  const std::string out = RunCommand(
+      absl::StrCat(ATOMQ_BIN_DIR, "/atomqctl --participant=", c.replica_address(1, follower),
+                   " queue list 2>&1"));
+  EXPECT_NE(out.find("the leader is " + c.replica_address(1, leader)), std::string::npos) << out;
+}
+
 TEST(ReplicaTest, TransactionsCommitAcrossALeadersLossWithNothingLostOrDoubled) {
   Cluster c(ClusterOptions{.participants = 2, .replicas = 3});
   c.StartAll();
