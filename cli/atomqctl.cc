@@ -42,6 +42,9 @@ int main(int argc, char** argv) {
   CLI::App* queue = app.add_subcommand("queue", "queues on a participant");
   queue->require_subcommand(1);
   AddQueueCommands(queue, g, &rc);
+  CLI::App* cluster = app.add_subcommand("cluster", "replica groups");
+  cluster->require_subcommand(1);
+  AddClusterCommands(cluster, g, &rc);
 
   try {
     app.parse(argc, argv);

@@ -40,19 +40,6 @@ class TermStorage final : public StorageWrapper {
   const uint64_t term_;
 };
 
-const char* RoleName(RaftState s) {
-  switch (s) {
-    case RaftState::kLeader:
-      return "leader";
-    case RaftState::kCandidate:
-      return "candidate";
-    case RaftState::kFollower:
-      return "follower";
-    default:
-      return "unavailable";
-  }
-}
-
 }  // namespace
 
 absl::StatusOr<std::map<uint64_t, MemberAddresses>> ParseGroup(const std::string& flag) {
@@ -113,8 +100,10 @@ absl::StatusOr<std::unique_ptr<GroupMember>> GroupMember::Start(Options options,
       ReplicatedStorage::Open(ro, local, m->transport_.get(), &m->timers_);
   if (!replica.ok()) return replica.status();
   m->replica_ = std::move(*replica);
-  m->replica_service_ = std::make_unique<ReplicaService>(&m->peer_loop_, o.access, o.group,
-                                                         std::move(peers), m->replica_.get());
+  std::map<uint64_t, std::string> clients;
+  for (const auto& [id, a] : o.members) clients[id] = a.client;
+  m->replica_service_ = std::make_unique<ReplicaService>(
+      &m->peer_loop_, o.access, o.group, std::move(peers), m->replica_.get(), std::move(clients));
   absl::StatusOr<std::unique_ptr<grpc::Server>> peer_server =
       StartServer(o.peer_listen, {m->replica_service_->service()}, o.message_bytes_max,
                   o.credentials, &m->peer_loop_);

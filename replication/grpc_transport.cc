@@ -61,13 +61,35 @@ void GrpcTransport::Flush(uint64_t to) {
 
 ReplicaService::ReplicaService(RpcLoop* loop, std::shared_ptr<const Access> access,
                                std::string group, std::map<uint64_t, std::string> members,
-                               ReplicatedStorage* storage)
+                               ReplicatedStorage* storage, std::map<uint64_t, std::string> clients)
     : access_(std::move(access)),
       group_(std::move(group)),
       members_(std::move(members)),
-      storage_(storage) {
+      storage_(storage),
+      clients_(std::move(clients)) {
   ServeMember(loop, &service_, "Deliver", this, &ReplicaService::Deliver);
+  ServeMember(loop, &service_, "Status", this, &ReplicaService::Status);
   service_.Check();
+}
+
+void ReplicaService::Status(grpc::ServerContext* ctx, const v1::ReplicaStatusRequest*,
+                            v1::ReplicaStatus* resp, UnaryReactor* reactor) {
+  if (Refused(reactor,
+              access_->Check(*ctx, "Replica.Status", {Role::kOperator, Role::kPeer}))) {
+    return;
+  }
+  const GroupStatus s = storage_->Status();
+  resp->set_group(group_);
+  resp->set_member(s.id);
+  resp->set_role(RoleName(s.state));
+  resp->set_term(s.term);
+  resp->set_leader_member(s.leader_id);
+  resp->set_commit_index(s.commit_index);
+  resp->set_applied_index(s.applied_index);
+  resp->set_serving(s.serving);
+  if (auto m = members_.find(s.id); m != members_.end()) resp->set_peer_address(m->second);
+  if (auto c = clients_.find(s.id); c != clients_.end()) resp->set_client_address(c->second);
+  reactor->Finish(grpc::Status::OK);
 }
 
 void ReplicaService::Deliver(grpc::ServerContext* ctx, const v1::DeliverRequest* req,

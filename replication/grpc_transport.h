@@ -56,20 +56,25 @@ class GrpcTransport : public Transport {
 // atomq.v1.Replica on the loop, for one group's replica.
 class ReplicaService {
  public:
-  // `members` maps member id to its address, as configured.
+  // `members` maps member id to its (peer) address, as configured;
+  // `clients` to its client address, where known.
   ReplicaService(RpcLoop* loop, std::shared_ptr<const Access> access, std::string group,
-                 std::map<uint64_t, std::string> members, ReplicatedStorage* storage);
+                 std::map<uint64_t, std::string> members, ReplicatedStorage* storage,
+                 std::map<uint64_t, std::string> clients = {});
   grpc::Service* service() { return &service_; }
 
  private:
   void Deliver(grpc::ServerContext* ctx, const v1::DeliverRequest* req, v1::DeliverResponse* resp,
                UnaryReactor* reactor);
+  void Status(grpc::ServerContext* ctx, const v1::ReplicaStatusRequest* req,
+              v1::ReplicaStatus* resp, UnaryReactor* reactor);
 
   LoopService<v1::Replica> service_;
   const std::shared_ptr<const Access> access_;
   const std::string group_;
   const std::map<uint64_t, std::string> members_;
   ReplicatedStorage* const storage_;
+  const std::map<uint64_t, std::string> clients_;
 };
 
 }  // namespace atomq::replication

@@ -45,6 +45,19 @@ absl::StatusOr<std::vector<atomq::Write>> DecodeBatch(const std::string& data) {
 
 }  // namespace
 
+const char* RoleName(RaftState state) {
+  switch (state) {
+    case RaftState::kLeader:
+      return "leader";
+    case RaftState::kCandidate:
+      return "candidate";
+    case RaftState::kFollower:
+      return "follower";
+    default:
+      return "unavailable";
+  }
+}
+
 // Callbacks from the store and the timer outlive nothing: they reach the
 // replica through this, cleared when it goes.
 struct ReplicatedStorage::Life {

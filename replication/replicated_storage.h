@@ -45,6 +45,9 @@ struct GroupStatus {
   bool serving = false;        // the leader, with everything committed applied
 };
 
+// "leader", "candidate", "follower" or "unavailable".
+const char* RoleName(RaftState state);
+
 class ReplicatedStorage : public Storage {
  public:
   struct Options {

@@ -112,6 +112,7 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
       for (Replica& r : group) {
         r.client_port = FreePort();
         r.peer_port = FreePort();
+        r.metrics_port = FreePort();
       }
     }
   }
@@ -241,6 +242,10 @@ std::string Cluster::replica_address(int i, int j) const {
   return absl::StrCat("127.0.0.1:", replicas_[i - 1][j - 1].client_port);
 }
 
+std::string Cluster::replica_peer_address(int i, int j) const {
+  return absl::StrCat("127.0.0.1:", replicas_[i - 1][j - 1].peer_port);
+}
+
 pid_t Cluster::Spawn(const std::string& binary, const std::vector<std::string>& args,
                      const std::map<std::string, std::string>& env, const std::string& log) {
   std::string path = std::string(ATOMQ_BIN_DIR) + "/" + binary;
@@ -356,6 +361,9 @@ void Cluster::StartReplica(int i, int j, const std::map<std::string, std::string
   args.push_back(absl::StrCat("--member_id=", j));
   args.push_back("--election_timeout_ms=300");
   args.push_back("--heartbeat_ms=50");
+  if (options_.participant_metrics) {
+    args.push_back(absl::StrCat("--metrics_listen=127.0.0.1:", r.metrics_port));
+  }
   r.proc.log = dir_ + "/" + name + ".log";
   r.proc.pid = Spawn("atomq-participant", args, env, r.proc.log);
 }
@@ -496,6 +504,10 @@ std::vector<std::string> Cluster::Drain(int i, const std::string& name) {
     }
   }
   return out;
+}
+
+double Cluster::ReplicaMetric(int i, int j, const std::string& name) {
+  return MetricAt(replicas_[i - 1][j - 1].metrics_port, name);
 }
 
 double Cluster::ParticipantMetric(int i, const std::string& name) {

@@ -88,8 +88,11 @@ class Cluster {
   void StartReplica(int i, int j, const std::map<std::string, std::string>& env = {});
   void KillReplica(int i, int j);
   bool ReplicaRunning(int i, int j) const;
-  // The client address of replica j of participant i.
+  // The client and peer addresses of replica j of participant i.
   std::string replica_address(int i, int j) const;
+  std::string replica_peer_address(int i, int j) const;
+  // A sample of replica j's /metrics (participant_metrics), or -1.
+  double ReplicaMetric(int i, int j, const std::string& name);
   // The replica of participant i that serves (answers ListQueues), polling
   // up to `timeout_ms`; 0 when none does.
   int LeaderOf(int i, int timeout_ms = 15000);
@@ -178,6 +181,7 @@ class Cluster {
   struct Replica {
     int client_port = 0;
     int peer_port = 0;
+    int metrics_port = 0;
     Proc proc;
   };
   std::vector<std::vector<Replica>> replicas_;  // [i-1][j-1], replicas > 1

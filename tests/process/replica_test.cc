@@ -95,6 +95,79 @@ TEST(ReplicaTest, AtomqctlFindsTheLeaderOfAGroup) {
   EXPECT_NE(out.find("the leader is " + c.replica_address(1, leader)), std::string::npos) << out;
 }
 
+// Each member's "applied_index" in `json` (atomqctl cluster status --json),
+// in order; -1 for one that reported none.
+std::vector<long> Versions(const std::string& json) {
+  std::vector<long> out;
+  size_t at = 0;
+  while ((at = json.find("\"peer_address\"", at)) != std::string::npos) {
+    ++at;
+    out.push_back(-1);
+  }
+  size_t i = 0;
+  for (size_t start = 0;
+       (start = json.find("{\n   \"", start)) != std::string::npos && i < out.size();
+       ++i, ++start) {
+    size_t end = json.find("}", start);
+    size_t v = json.find("\"applied_index\": \"", start);
+    if (v != std::string::npos && v < end) out[i] = std::stol(json.substr(v + 18));
+  }
+  return out;
+}
+
+TEST(ReplicaTest, ClusterStatusAndMetricsShowEveryReplicasVersion) {
+  Cluster c(ClusterOptions{.participants = 1, .replicas = 3, .participant_metrics = true});
+  c.StartAll();
+  c.CreateQueue(1, "q");
+  for (int n = 0; n < 5; ++n) {
+    Ledger ledger;
+    RunTxn(c, absl::StrCat("t", n), &ledger);
+  }
+  std::string members;
+  for (int j = 1; j <= 3; ++j)
+    absl::StrAppend(&members, j > 1 ? "|" : "", c.replica_peer_address(1, j));
+  const std::string ctl =
+      absl::StrCat(ATOMQ_BIN_DIR, "/atomqctl cluster status --members='", members, "'");
+  std::string json;
+  std::vector<long> v;
+  for (int tries = 0; tries < 50; ++tries) {
+    json = RunCommand(ctl + " --json 2>&1");
+    v = Versions(json);
+    if (v.size() == 3 && v[0] > 0 && v[0] == v[1] && v[1] == v[2]) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(v.size(), 3u) << json;
+  EXPECT_GT(v[0], 5) << json;  // the queue, the transactions, the barrier
+  EXPECT_EQ(v[0], v[1]) << json;
+  EXPECT_EQ(v[1], v[2]) << json;
+  size_t leaders = 0;
+  for (size_t at = 0; (at = json.find("\"role\": \"leader\"", at)) != std::string::npos; ++at) {
+    ++leaders;
+  }
+  EXPECT_EQ(leaders, 1u) << json;
+  EXPECT_NE(json.find("\"client_address\": \"" + c.replica_address(1, c.LeaderOf(1)) + "\""),
+            std::string::npos)
+      << json;
+  const int leader = c.LeaderOf(1);
+  for (int j = 1; j <= 3; ++j) {
+    EXPECT_EQ(c.ReplicaMetric(1, j, "atomq_replica_applied_index"), double(v[j - 1])) << j;
+    EXPECT_EQ(c.ReplicaMetric(1, j, "atomq_replica_leader"), double(leader)) << j;
+    EXPECT_GE(c.ReplicaMetric(1, j, "atomq_replica_term"), 1) << j;
+    // The served node's own metrics come from the leader only.
+    const double batches = c.ReplicaMetric(1, j, "atomq_storage_batches_total");
+    if (j == leader) {
+      EXPECT_GT(batches, 0) << j;
+    } else {
+      EXPECT_EQ(batches, -1) << j;
+    }
+  }
+  // A member that is down shows as unreachable; the others still answer.
+  c.KillReplica(1, c.LeaderOf(1) % 3 + 1);
+  const std::string table = RunCommand(ctl + " 2>&1");
+  EXPECT_NE(table.find("unreachable"), std::string::npos) << table;
+  EXPECT_NE(table.find("leader*"), std::string::npos) << table;
+}
+
 TEST(ReplicaTest, TransactionsCommitAcrossALeadersLossWithNothingLostOrDoubled) {
   Cluster c(ClusterOptions{.participants = 2, .replicas = 3});
   c.StartAll();

@@ -1,0 +1,91 @@
+// atomqctl cluster: what every replica of a group reports (docs/design.md
+// 10.2), asked on the members' peer addresses (atomq.v1.Replica.Status).
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "atomq/v1/replica.grpc.pb.h"
+#include "cli/commands.h"
+#include "common/leader_book.h"
+
+namespace atomq::ctl {
+namespace {
+
+// One status per member, in the order given; a member that cannot be
+// asked is "unreachable" with the error.
+v1::GroupStatusReport AskMembers(const Globals& g, const std::vector<std::string>& peers) {
+  v1::GroupStatusReport report;
+  uint64_t commit = 0;
+  for (const std::string& peer : peers) {
+    CallContext ctx(g);
+    v1::ReplicaStatus* r = report.add_replicas();
+    grpc::Status s =
+        v1::Replica::NewStub(Connect(peer))->Status(&ctx, v1::ReplicaStatusRequest(), r);
+    if (!s.ok()) {
+      r->Clear();
+      r->set_role("unreachable");
+      r->set_error(absl::StrCat(s.error_code(), ": ", s.error_message()));
+    }
+    r->set_peer_address(peer);
+    commit = std::max(commit, r->commit_index());
+  }
+  for (v1::ReplicaStatus& r : *report.mutable_replicas()) {
+    if (r.error().empty()) r.set_lag(commit - std::min(commit, r.applied_index()));
+  }
+  return report;
+}
+
+void PrintTable(const v1::GroupStatusReport& report) {
+  std::printf("%-7s %-12s %-6s %-7s %-10s %-10s %-6s %-22s %s\n", "MEMBER", "ROLE", "TERM",
+              "LEADER", "COMMIT", "VERSION", "LAG", "CLIENT", "PEER");
+  for (const v1::ReplicaStatus& r : report.replicas()) {
+    if (!r.error().empty()) {
+      std::printf("%-7s %-12s %s  (%s)\n", "?", "unreachable", r.peer_address().c_str(),
+                  r.error().c_str());
+      continue;
+    }
+    std::printf("%-7llu %-12s %-6llu %-7llu %-10llu %-10llu %-6llu %-22s %s\n",
+                static_cast<unsigned long long>(r.member()),
+                (r.role() + (r.serving() ? "*" : "")).c_str(),
+                static_cast<unsigned long long>(r.term()),
+                static_cast<unsigned long long>(r.leader_member()),
+                static_cast<unsigned long long>(r.commit_index()),
+                static_cast<unsigned long long>(r.applied_index()),
+                static_cast<unsigned long long>(r.lag()), r.client_address().c_str(),
+                r.peer_address().c_str());
+  }
+  std::printf("(* serving; VERSION: the last entry applied; LAG: behind the highest commit)\n");
+}
+
+}  // namespace
+
+void AddClusterCommands(CLI::App* cluster, const Globals& g, int* rc) {
+  auto members = std::make_shared<std::string>();
+  CLI::App* status = cluster->add_subcommand(
+      "status", "every replica of a group: role, term, leader, commit index, version, lag");
+  status
+      ->add_option("--members", *members,
+                   "the group's peer addresses (its --group's peer parts), host:port|host:port|...")
+      ->required();
+  status->callback([&g, rc, members] {
+    std::vector<std::string> peers = SplitMembers(*members);
+    if (peers.empty()) {
+      *rc = Error("cluster status needs --members=host:port|...");
+      return;
+    }
+    v1::GroupStatusReport report = AskMembers(g, peers);
+    if (g.json) {
+      PrintJson(report);
+    } else {
+      PrintTable(report);
+    }
+    bool any = false;
+    for (const v1::ReplicaStatus& r : report.replicas()) any |= r.error().empty();
+    *rc = any ? 0 : 2;
+  });
+}
+
+}  // namespace atomq::ctl
