@@ -3,13 +3,21 @@
 # their data under ./data, creates demo queues and commits one transaction
 # across all three. Every link speaks mTLS (--tls_client_auth=require): on
 # its first run it makes a local CA and certificates with openssl in
-# ./data/tls. Stop them with deploy/local/down.sh.
+# ./data/tls. With ATOMQ_REPLICAS=3 each participant is a group of three
+# replicas (docs/design.md 10.2): replica j of pI serves clients on
+# BASE+10*I+j and replicates on BASE+100+10*I+j. The coordinator is one
+# process either way. Stop them with deploy/local/down.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 BASE=${ATOMQ_BASE_PORT:-7100}
 DATA=${ATOMQ_DATA:-$ROOT/data}
 BIN=$ROOT/build/bin
+REPLICAS=${ATOMQ_REPLICAS:-1}
+case "$REPLICAS" in
+  1 | 3 | 5) ;;
+  *) echo "ATOMQ_REPLICAS must be 1, 3 or 5" >&2; exit 2 ;;
+esac
 
 bash deploy/local/build.sh
 mkdir -p "$DATA"
@@ -57,9 +65,16 @@ ROLES_FLAGS=(--roles_file="$ROLES")
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# Where clients reach participant $1: its address, or its replicas' (a|b|c).
+address_of() {
+  if [ "$REPLICAS" = 1 ]; then echo "127.0.0.1:$((BASE + $1))"; return; fi
+  local out="" j
+  for j in $(seq 1 "$REPLICAS"); do out="${out:+$out|}127.0.0.1:$((BASE + 10 * $1 + j))"; done
+  echo "$out"
+}
 PARTS=""
 for i in 1 2 3; do
-  PARTS="${PARTS:+$PARTS,}p$i=127.0.0.1:$((BASE + i))"
+  PARTS="${PARTS:+$PARTS,}p$i=$(address_of "$i")"
 done
 
 start() {  # name, then the command
@@ -76,12 +91,24 @@ start() {  # name, then the command
 for i in 1 2 3; do
   peers=""
   for j in 1 2 3; do
-    [ "$j" = "$i" ] || peers="${peers:+$peers,}p$j=127.0.0.1:$((BASE + j))"
+    [ "$j" = "$i" ] || peers="${peers:+$peers,}p$j=$(address_of "$j")"
   done
   tls_flags "p$i"
-  start "p$i" "$BIN/atomq-participant" --id="p$i" --listen="127.0.0.1:$((BASE + i))" \
-    --data_dir="$DATA/p$i" --coordinators="c1=127.0.0.1:$BASE" --peers="$peers" \
-    "${TLS_FLAGS[@]}" "${ROLES_FLAGS[@]}"
+  common=(--id="p$i" --coordinators="c1=127.0.0.1:$BASE" --peers="$peers"
+          "${TLS_FLAGS[@]}" "${ROLES_FLAGS[@]}")
+  if [ "$REPLICAS" = 1 ]; then
+    start "p$i" "$BIN/atomq-participant" --listen="127.0.0.1:$((BASE + i))" \
+      --data_dir="$DATA/p$i" "${common[@]}"
+    continue
+  fi
+  group=""
+  for j in $(seq 1 "$REPLICAS"); do
+    group="${group:+$group,}$j=127.0.0.1:$((BASE + 10 * i + j))/127.0.0.1:$((BASE + 100 + 10 * i + j))"
+  done
+  for j in $(seq 1 "$REPLICAS"); do
+    start "p$i-r$j" "$BIN/atomq-participant" --listen="127.0.0.1:$((BASE + 10 * i + j))" \
+      --data_dir="$DATA/p$i-r$j" --group="$group" --member_id="$j" "${common[@]}"
+  done
 done
 tls_flags c1
 start c1 "$BIN/atomq-coordinator" --id=c1 --listen="127.0.0.1:$BASE" --data_dir="$DATA/c1" \
@@ -100,14 +127,14 @@ wait_up() {  # what, then the probe command
   echo "$what did not come up; see its log in $DATA" >&2
   exit 1
 }
-for i in 1 2 3; do wait_up "p$i" $CTL --participant="127.0.0.1:$((BASE + i))" queue list; done
+for i in 1 2 3; do wait_up "p$i" $CTL --participant="$(address_of "$i")" queue list; done
 wait_up c1 $CTL --coordinator="127.0.0.1:$BASE" txn list
 
 echo
 echo "creating demo queues: orders on p1, audit on p2, billing on p3"
 for spec in 1:orders 2:audit 3:billing; do
   i=${spec%%:*}; q=${spec#*:}
-  $CTL --participant="127.0.0.1:$((BASE + i))" queue create "$q" 2>/dev/null ||
+  $CTL --participant="$(address_of "$i")" queue create "$q" 2>/dev/null ||
     echo "queue $q on p$i exists already"
 done
 
@@ -117,13 +144,26 @@ echo "+ atomqctl --coordinator=127.0.0.1:$BASE txn exec --enqueue=p1:orders=orde
 $CTL --coordinator="127.0.0.1:$BASE" txn exec --enqueue=p1:orders=order-42 \
   --enqueue=p2:audit=order-42-created --enqueue=p3:billing=invoice-42
 
+if [ "$REPLICAS" = 1 ]; then
+  P1=127.0.0.1:$((BASE + 1)) P2=127.0.0.1:$((BASE + 2)) P3=127.0.0.1:$((BASE + 3))
+else
+  P1="'$(address_of 1)'" P2="'$(address_of 2)'" P3="'$(address_of 3)'"
+  echo
+  echo "p1's replicas:"
+  members=""
+  for j in $(seq 1 "$REPLICAS"); do members="${members:+$members|}127.0.0.1:$((BASE + 110 + j))"; done
+  echo "+ atomqctl cluster status --members='$members'"
+  $CTL cluster status --members="$members"
+fi
+
 cat <<MSG
 
 The cluster is up, speaking mTLS on every link (certificates in $TLS):
   coordinator c1   127.0.0.1:$BASE   data $DATA/c1
-  participant p1   127.0.0.1:$((BASE + 1))   data $DATA/p1
-  participant p2   127.0.0.1:$((BASE + 2))   data $DATA/p2
-  participant p3   127.0.0.1:$((BASE + 3))   data $DATA/p3
+  participant p1   $P1
+  participant p2   $P2
+  participant p3   $P3
+  (data in $DATA, one directory per process)
 
 atomqctl needs the client certificate; in your shell:
   export ATOMQ_TLS_CA=$TLS/ca.pem
@@ -133,8 +173,8 @@ atomqctl needs the client certificate; in your shell:
  cert="$TLS/client.pem", key="$TLS/client.key")))
 
 Look around:
-  $BIN/atomqctl --participant=127.0.0.1:$((BASE + 1)) queue list
-  $BIN/atomqctl --participant=127.0.0.1:$((BASE + 2)) queue receive audit
+  $BIN/atomqctl --participant=$P1 queue list
+  $BIN/atomqctl --participant=$P2 queue receive audit
   $BIN/atomqctl --coordinator=127.0.0.1:$BASE txn list --state=in-doubt
   $BIN/atomqctl --coordinator=127.0.0.1:$BASE txn exec --protocol=3pc --enqueue=p1:orders=a --enqueue=p3:billing=b
 Stop it: deploy/local/down.sh
