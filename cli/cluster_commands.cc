@@ -58,6 +58,12 @@ void PrintTable(const v1::GroupStatusReport& report) {
                 r.peer_address().c_str());
   }
   std::printf("(* serving; VERSION: the last entry applied; LAG: behind the highest commit)\n");
+  for (const v1::ReplicaStatus& r : report.replicas()) {
+    if (!r.fault().empty()) {
+      std::printf("member %llu takes no part: %s\n", static_cast<unsigned long long>(r.member()),
+                  r.fault().c_str());
+    }
+  }
 }
 
 }  // namespace

@@ -22,7 +22,6 @@
 #include "common/server_util.h"
 #include "participant/server/participant_server.h"
 #include "replication/group_member.h"
-#include "replication/raft_log.h"
 
 namespace {
 
@@ -327,8 +326,7 @@ absl::StatusOr<atomq::Store> Open(ParticipantFlags* f) {
   std::vector<std::string> dbs = {p::kQueuesDb, p::kMessagesDb, p::kPreparedDb,  p::kOutcomesDb,
                                   p::kDedupDb,  p::kMetaDb,     p::kHeuristicDb, p::kForgettableDb};
   if (!f->group.empty()) {
-    for (const std::string& db : atomq::replication::RaftLog::Dbs()) dbs.push_back(db);
-    dbs.push_back(atomq::replication::ReplicatedStorage::kAppliedDb);
+    for (const std::string& db : atomq::replication::ReplicatedStorage::Dbs()) dbs.push_back(db);
   }
   absl::StatusOr<atomq::Store> store = atomq::OpenStore(f->server, dbs, p::kMetaDb);
   if (!store.ok()) return store.status();

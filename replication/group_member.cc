@@ -100,6 +100,10 @@ absl::StatusOr<std::unique_ptr<GroupMember>> GroupMember::Start(Options options,
       ReplicatedStorage::Open(ro, local, m->transport_.get(), &m->timers_);
   if (!replica.ok()) return replica.status();
   m->replica_ = std::move(*replica);
+  ReplicatedStorage* replica_raw = m->replica_.get();
+  m->transport_->SetDisk(replica_raw->disk(), [replica_raw](uint64_t peer, const std::string& why) {
+    replica_raw->Refused(peer, why);
+  });
   std::map<uint64_t, std::string> clients;
   for (const auto& [id, a] : o.members) clients[id] = a.client;
   m->replica_service_ = std::make_unique<ReplicaService>(

@@ -71,8 +71,8 @@ class GroupMember {
   using StartLeading = std::function<absl::StatusOr<std::unique_ptr<Leading>>(
       Storage* replica, const std::function<void()>& release)>;
 
-  // Opens the replica on `local` (opened with RaftLog::Dbs() and
-  // ReplicatedStorage::kAppliedDb among its sub-databases; it must outlive
+  // Opens the replica on `local` (opened with ReplicatedStorage::Dbs()
+  // among its sub-databases; it must outlive
   // this) and starts listening.
   static absl::StatusOr<std::unique_ptr<GroupMember>> Start(Options options, Storage* local,
                                                             StartLeading start);

@@ -1,6 +1,8 @@
 #include "replication/grpc_transport.h"
 
 #include "absl/strings/str_cat.h"
+#include "common/clock.h"
+#include "common/log.h"
 #include "common/validate.h"
 #include "replication/raft_wire.h"
 
@@ -24,6 +26,13 @@ void GrpcTransport::Send(uint64_t to, const std::string& address, RaftMessage me
   Flush(to);
 }
 
+void GrpcTransport::SetDisk(std::string disk,
+                            std::function<void(uint64_t, const std::string&)> refused) {
+  absl::MutexLock lock(&mu_);
+  disk_ = std::move(disk);
+  refused_ = std::move(refused);
+}
+
 uint64_t GrpcTransport::dropped() {
   absl::MutexLock lock(&mu_);
   return dropped_;
@@ -41,6 +50,7 @@ void GrpcTransport::Flush(uint64_t to) {
     stub = p.stub;
     req.set_group(options_.group);
     req.set_from(options_.self);
+    req.set_disk(disk_);
     for (v1::RaftMessageProto& m : p.queue) *req.add_messages() = std::move(m);
     p.queue.clear();
   }
@@ -49,12 +59,15 @@ void GrpcTransport::Flush(uint64_t to) {
       [stub](grpc::ClientContext* ctx, const v1::DeliverRequest& r, grpc::CompletionQueue* cq) {
         return stub->PrepareAsyncDeliver(ctx, r, cq);
       },
-      [this, to, stub](const grpc::Status&, const v1::DeliverResponse&) {
+      [this, to, stub](const grpc::Status& status, const v1::DeliverResponse&) {
         // Lost messages are the engine's to resend; the next batch goes.
+        std::function<void(uint64_t, const std::string&)> refused;
         {
           absl::MutexLock lock(&mu_);
           peers_[to].in_flight = false;
+          if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) refused = refused_;
         }
+        if (refused) refused(to, status.error_message());
         Flush(to);
       });
 }
@@ -87,6 +100,8 @@ void ReplicaService::Status(grpc::ServerContext* ctx, const v1::ReplicaStatusReq
   resp->set_commit_index(s.commit_index);
   resp->set_applied_index(s.applied_index);
   resp->set_serving(s.serving);
+  resp->set_fault(s.fault);
+  resp->set_disk(storage_->disk());
   if (auto m = members_.find(s.id); m != members_.end()) resp->set_peer_address(m->second);
   if (auto c = clients_.find(s.id); c != clients_.end()) resp->set_client_address(c->second);
   reactor->Finish(grpc::Status::OK);
@@ -105,6 +120,16 @@ void ReplicaService::Deliver(grpc::ServerContext* ctx, const v1::DeliverRequest*
     return reactor->Finish(
         grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
                      absl::StrCat("member ", req->from(), " is not of group ", group_)));
+  }
+  if (absl::Status st = storage_->CheckPeer(req->from(), req->disk()); !st.ok()) {
+    const int64_t now = RealClock().NowMs();
+    absl::MutexLock lock(&log_mu_);
+    // A replaced member keeps trying: one line per minute.
+    if (refusal_logged_ms_ < 0 || now - refusal_logged_ms_ >= 60000) {
+      LogLine(absl::StrCat("replica: refused: ", st.message()));
+      refusal_logged_ms_ = now;
+    }
+    return reactor->Finish(ToGrpc(st));
   }
   std::vector<RaftMessage> messages;
   for (const v1::RaftMessageProto& p : req->messages()) {

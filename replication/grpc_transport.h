@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -35,6 +36,11 @@ class GrpcTransport : public Transport {
   void Send(uint64_t to, const std::string& address, RaftMessage message) override
       ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t dropped() ABSL_LOCKS_EXCLUDED(mu_);
+  // The disk id sent with every message (ReplicatedStorage::disk), known
+  // once the replica is open, and whom to tell when a peer refuses it
+  // (FAILED_PRECONDITION: ReplicatedStorage::Refused).
+  void SetDisk(std::string disk, std::function<void(uint64_t peer, const std::string& why)> refused)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Peer {
@@ -51,6 +57,8 @@ class GrpcTransport : public Transport {
   absl::Mutex mu_;
   std::map<uint64_t, Peer> peers_ ABSL_GUARDED_BY(mu_);
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string disk_ ABSL_GUARDED_BY(mu_);
+  std::function<void(uint64_t, const std::string&)> refused_ ABSL_GUARDED_BY(mu_);
 };
 
 // atomq.v1.Replica on the loop, for one group's replica.
@@ -75,6 +83,8 @@ class ReplicaService {
   const std::map<uint64_t, std::string> members_;
   ReplicatedStorage* const storage_;
   const std::map<uint64_t, std::string> clients_;
+  absl::Mutex log_mu_;
+  int64_t refusal_logged_ms_ ABSL_GUARDED_BY(log_mu_) = -1;
 };
 
 }  // namespace atomq::replication

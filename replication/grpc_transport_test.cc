@@ -5,6 +5,7 @@
 #include "replication/grpc_transport.h"
 
 #include <chrono>
+#include <filesystem>
 #include <future>
 #include <map>
 #include <memory>
@@ -60,8 +61,18 @@ class GrpcGroup {
     g.engine.election_timeout = 300;
     g.engine.heartbeat_timeout = 50;
     for (auto& [m, address] : members_) g.bootstrap.push_back(Member{m, address});
-    n.group =
-        std::move(ReplicatedStorage::Open(g, n.local.get(), n.transport.get(), &timers_)).value();
+    absl::StatusOr<std::unique_ptr<ReplicatedStorage>> opened =
+        ReplicatedStorage::Open(g, n.local.get(), n.transport.get(), &timers_);
+    last_open_ = opened.status();
+    if (!opened.ok()) {
+      n.local.reset();
+      return;
+    }
+    n.group = std::move(*opened);
+    ReplicatedStorage* r = n.group.get();
+    n.transport->SetDisk(r->disk(), [r](uint64_t peer, const std::string& why) {
+      r->Refused(peer, why);
+    });
     n.service = std::make_unique<ReplicaService>(n.loop.get(), Access::Open(), kGroup, members_,
                                                  n.group.get());
     absl::StatusOr<std::unique_ptr<grpc::Server>> s =
@@ -95,12 +106,22 @@ class GrpcGroup {
   }
   bool WaitApplied(uint64_t id, uint64_t index) { return replication::WaitApplied(at(id), index); }
   ReplicatedStorage* at(uint64_t id) { return nodes_[id].group.get(); }
+  const absl::Status& last_open() const { return last_open_; }
   const std::string& address(uint64_t id) { return members_[id]; }
+  // Kills `id` and loses everything on its disk.
+  void Wipe(uint64_t id) {
+    Kill(id);
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(nodes_[id].dir.path())) {
+      std::filesystem::remove_all(e.path(), ec);
+    }
+  }
 
  private:
   TimerQueue timers_;
   std::map<uint64_t, std::string> members_;
   std::map<uint64_t, Node> nodes_;
+  absl::Status last_open_;
 };
 
 TEST(GrpcTransportTest, AGroupOverGrpcCommitsAndReplacesALostLeader) {
@@ -142,6 +163,7 @@ TEST(GrpcTransportTest, DeliverRefusesOtherGroupsStrangersAndMalformedMessages) 
   req.set_from(9);
   EXPECT_EQ(call(req).error_code(), grpc::StatusCode::PERMISSION_DENIED);
   req.set_from(2);
+  req.set_disk(g.at(2)->disk());
   req.add_messages()->set_type(42);
   EXPECT_EQ(call(req).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   // A snapshot offered by a member is refused, not half installed.
@@ -154,6 +176,76 @@ TEST(GrpcTransportTest, DeliverRefusesOtherGroupsStrangersAndMalformedMessages) 
   uint64_t l = g.Leader();
   ASSERT_NE(l, 0u);
   EXPECT_TRUE(g.Put(l, "still", "ok").ok());
+}
+
+// Amnesia (docs/design.md 10.2): a member whose disk was lost comes back
+// with another disk id; the group's registry names its old one, so the
+// others refuse its messages (it can neither vote twice nor lead), it
+// learns from the registry that it lost its data and stops, and a restart
+// on that disk is refused.
+TEST(GrpcTransportTest, AMemberThatLostItsDiskIsRefusedAndTheGroupGoesOn) {
+  GrpcGroup g;
+  const uint64_t l = g.Leader();
+  ASSERT_NE(l, 0u);
+  ASSERT_TRUE(g.Put(l, "before", "1").ok());
+  const uint64_t f = l % 3 + 1;
+  auto stub =
+      v1::Replica::NewStub(grpc::CreateChannel(g.address(l), grpc::InsecureChannelCredentials()));
+  auto deliver_as_f = [&](const std::string& disk) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::DeliverRequest req;
+    req.set_group(kGroup);
+    req.set_from(f);
+    req.set_disk(disk);
+    v1::DeliverResponse resp;
+    return stub->Deliver(&ctx, req, &resp);
+  };
+  // The leader registers every member it hears from.
+  grpc::Status forged;
+  for (int i = 0; i < 100; ++i) {
+    forged = deliver_as_f("another disk");
+    if (forged.error_code() == grpc::StatusCode::FAILED_PRECONDITION) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(forged.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << forged.error_message();
+  EXPECT_NE(forged.error_message().find("replace it"), std::string::npos) << forged.error_message();
+  const std::string old_disk = g.at(f)->disk();
+  EXPECT_TRUE(deliver_as_f(old_disk).ok());
+
+  g.Wipe(f);
+  g.Start(f);
+  EXPECT_NE(g.at(f)->disk(), old_disk);
+  // The others refuse it, and it says so.
+  bool faulted = false;
+  for (int i = 0; i < 100 && !faulted; ++i) {
+    faulted = !g.at(f)->Status().fault.empty();
+    if (!faulted) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(faulted);
+  EXPECT_NE(g.at(f)->Status().fault.find("data was lost"), std::string::npos)
+      << g.at(f)->Status().fault;
+  // The two others go on, and the wiped one never serves.
+  ASSERT_TRUE(g.Put(l, "after", "2").ok());
+  g.Kill(l);
+  const uint64_t l2 = g.Leader();
+  EXPECT_NE(l2, f);
+  EXPECT_EQ(l2, 0u) << "one member of three cannot lead; the wiped one takes no part";
+  // Restarted on its new disk, it is still refused: the registry is the
+  // others', not its own.
+  g.Kill(f);
+  g.Start(f);
+  ASSERT_TRUE(g.last_open().ok()) << g.last_open();
+  g.Start(l);
+  faulted = false;
+  for (int i = 0; i < 100 && !faulted; ++i) {
+    faulted = !g.at(f)->Status().fault.empty();
+    if (!faulted) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(faulted);
+  const uint64_t l3 = g.Leader();
+  EXPECT_NE(l3, 0u);
+  EXPECT_NE(l3, f);
 }
 
 }  // namespace

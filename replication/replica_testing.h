@@ -21,8 +21,7 @@ inline constexpr char kTestDataDb[] = "data";
 inline std::unique_ptr<Storage> OpenReplicaStore(const std::string& dir) {
   LmdbOptions o;
   o.dir = dir;
-  o.dbs = RaftLog::Dbs();
-  o.dbs.push_back(ReplicatedStorage::kAppliedDb);
+  o.dbs = ReplicatedStorage::Dbs();
   o.dbs.push_back(kTestDataDb);
   o.map_size_mb = 64;
   return std::move(OpenLmdbStorage(o)).value();

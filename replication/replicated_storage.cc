@@ -1,18 +1,24 @@
 #include "replication/replicated_storage.h"
 
+#include <sys/random.h>
+
 #include <cstdlib>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "atomq/v1/replica.pb.h"
 #include "common/clock.h"
 #include "common/codec.h"
 #include "common/log.h"
+#include "common/validate.h"
 
 namespace atomq::replication {
 namespace {
 
 constexpr char kAppliedKey[] = "applied";
+constexpr char kReplicaMetaDb[] = "raft_meta";  // RaftLog's; this replica's own
+constexpr char kDiskKey[] = "disk";
 
 std::string EncodeBatch(const Batch& batch) {
   v1::ReplicatedBatch r;
@@ -43,7 +49,53 @@ absl::StatusOr<std::vector<atomq::Write>> DecodeBatch(const std::string& data) {
   std::abort();
 }
 
+// This replica's disk id (raft_meta "disk"), made on first use: random, so
+// that a wiped disk comes back as another.
+absl::StatusOr<std::string> LoadDiskId(Storage* local) {
+  absl::StatusOr<std::optional<std::string>> id = local->Get(kReplicaMetaDb, kDiskKey);
+  if (!id.ok()) return id.status();
+  if (id->has_value()) return **id;
+  uint8_t raw[16];
+  if (getrandom(raw, sizeof(raw), 0) != static_cast<ssize_t>(sizeof(raw))) {
+    return absl::InternalError("getrandom failed: no disk id can be made");
+  }
+  std::string made = absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(raw), sizeof(raw)));
+  if (absl::Status st = local->Write(Batch{0, {atomq::Write{kReplicaMetaDb, kDiskKey, made, false}}});
+      !st.ok()) {
+    return st;
+  }
+  return made;
+}
+
+absl::StatusOr<std::map<uint64_t, std::string>> LoadRegistry(Storage* local) {
+  std::map<uint64_t, std::string> out;
+  bool bad = false;
+  absl::Status st = local->Scan(ReplicatedStorage::kDisksDb, "",
+                                [&](std::string_view key, std::string_view value) {
+                                  if (key.size() != 8) {
+                                    bad = true;
+                                    return false;
+                                  }
+                                  out[DecodeU64(std::string(key))] = std::string(value);
+                                  return true;
+                                });
+  if (!st.ok()) return st;
+  if (bad) return absl::DataLossError("a disk registry key is not a member id");
+  return out;
+}
+
 }  // namespace
+
+const std::vector<std::string>& ReplicatedStorage::Dbs() {
+  static const std::vector<std::string> dbs = [] {
+    std::vector<std::string> d = RaftLog::Dbs();
+    d.push_back(kAppliedDb);
+    d.push_back(kDisksDb);
+    return d;
+  }();
+  return dbs;
+}
 
 const char* RoleName(RaftState state) {
   switch (state) {
@@ -87,10 +139,20 @@ absl::StatusOr<std::unique_ptr<ReplicatedStorage>> ReplicatedStorage::Open(const
     if ((*applied)->size() != 8) return absl::DataLossError("the applied index does not decode");
     applied_index = DecodeU64(**applied);
   }
+  absl::StatusOr<std::string> disk_id = LoadDiskId(local);
+  if (!disk_id.ok()) return disk_id.status();
+  absl::StatusOr<std::map<uint64_t, std::string>> disks = LoadRegistry(local);
+  if (!disks.ok()) return disks.status();
+  if (auto mine = disks->find(options.engine.id); mine != disks->end() && mine->second != *disk_id) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the group registered disk ", mine->second, " for member ", options.engine.id,
+        ", not this one (", *disk_id, "): this replica lost its data; replace it as a member"));
+  }
   absl::StatusOr<std::unique_ptr<RaftEngine>> engine = RaftEngine::Create(options.engine);
   if (!engine.ok()) return engine.status();
   std::unique_ptr<ReplicatedStorage> r(
-      new ReplicatedStorage(local, transport, timers, std::move(*engine), *disk, applied_index));
+      new ReplicatedStorage(local, transport, timers, std::move(*engine), *disk, applied_index,
+                            *std::move(disk_id), *std::move(disks)));
   {
     absl::MutexLock lock(&r->mu_);
     r->Handle(r->engine_->Start(Now(), *disk));
@@ -101,15 +163,18 @@ absl::StatusOr<std::unique_ptr<ReplicatedStorage>> ReplicatedStorage::Open(const
 
 ReplicatedStorage::ReplicatedStorage(Storage* local, Transport* transport, TimerQueue* timers,
                                      std::unique_ptr<RaftEngine> engine, const DurableState& disk,
-                                     uint64_t applied)
+                                     uint64_t applied, std::string disk_id,
+                                     std::map<uint64_t, std::string> disks)
     : local_(local),
+      disk_(std::move(disk_id)),
       transport_(transport),
       timers_(timers),
       life_(std::make_shared<Life>()),
       engine_(std::move(engine)),
       log_(disk),
       submitted_apply_(applied),
-      applied_(applied) {
+      applied_(applied),
+      disks_(std::move(disks)) {
   absl::MutexLock lock(&life_->mu);
   life_->self = this;
 }
@@ -193,30 +258,85 @@ void ReplicatedStorage::Submit(Batch batch, DoneFn done) {
 void ReplicatedStorage::SubmitIn(uint64_t term, Batch batch, DoneFn done) {
   {
     absl::MutexLock lock(&mu_);
-    absl::Status refused;
-    if (!stopped_ && serving_ && term != serving_term_) {
-      refused = absl::UnavailableError(
-          "this replica's leadership changed since the node was built; it is being rebuilt");
-    } else if (stopped_ || !serving_) {
-      refused = absl::UnavailableError(
-          engine_->leader_id() != 0 && engine_->leader_id() != engine_->id()
-              ? absl::StrCat("not the leader; the leader is member ", engine_->leader_id(), " at ",
-                             engine_->leader_address())
-              : "not the leader; no leader is known yet");
-    } else {
-      absl::StatusOr<RaftUpdate> u =
-          engine_->Submit(Now(), {LogEntry{0, EntryType::kCommand, EncodeBatch(batch)}});
-      if (!u.ok()) {
-        refused = absl::UnavailableError(u.status().message());
-      } else {
-        pending_[engine_->last_index()] = std::move(done);
-        Handle(std::move(u));
-      }
-    }
-    // Never on the caller's thread: it may hold a lock its DoneFn takes.
-    if (!refused.ok()) Later({std::move(done)}, refused);
+    SubmitLocked(term, std::move(batch), std::move(done));
   }
   RunHook();
+}
+
+void ReplicatedStorage::SubmitLocked(uint64_t term, Batch batch, DoneFn done) {
+  absl::Status refused;
+  if (!stopped_ && serving_ && term != serving_term_) {
+    refused = absl::UnavailableError(
+        "this replica's leadership changed since the node was built; it is being rebuilt");
+  } else if (stopped_ || !serving_) {
+    refused = absl::UnavailableError(
+        engine_->leader_id() != 0 && engine_->leader_id() != engine_->id()
+            ? absl::StrCat("not the leader; the leader is member ", engine_->leader_id(), " at ",
+                           engine_->leader_address())
+            : "not the leader; no leader is known yet");
+  } else {
+    absl::StatusOr<RaftUpdate> u =
+        engine_->Submit(Now(), {LogEntry{0, EntryType::kCommand, EncodeBatch(batch)}});
+    if (!u.ok()) {
+      refused = absl::UnavailableError(u.status().message());
+    } else {
+      pending_[engine_->last_index()] = std::move(done);
+      Handle(std::move(u));
+    }
+  }
+  // Never on the caller's thread: it may hold a lock its DoneFn takes.
+  if (!refused.ok()) Later({std::move(done)}, refused);
+}
+
+absl::Status ReplicatedStorage::CheckPeer(uint64_t member, const std::string& disk) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (disk.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("member ", member, " sent no disk id"));
+    }
+    auto known = disks_.find(member);
+    if (known != disks_.end()) {
+      if (known->second == disk) return absl::OkStatus();
+      return absl::FailedPreconditionError(absl::StrCat(
+          "member ", member, " speaks from disk ", Clip(disk, 40), " but the group registered ",
+          known->second, " for it: its data was lost; replace it as a member, do not rejoin it"));
+    }
+    Register(member, disk);
+  }
+  RunHook();
+  return absl::OkStatus();
+}
+
+void ReplicatedStorage::Refused(uint64_t peer, const std::string& why) {
+  absl::MutexLock lock(&mu_);
+  if (!fault_.empty()) return;
+  fault_ = absl::StrCat("member ", peer, " refuses this replica: ", why);
+  LogLine(absl::StrCat("replica: ", fault_));
+}
+
+void ReplicatedStorage::Register(uint64_t member, const std::string& disk) {
+  if (!serving_ || disks_.count(member) > 0 || !registering_.insert(member).second) return;
+  Batch b;
+  b.writes.push_back(atomq::Write{kDisksDb, EncodeU64(member), disk, false});
+  // Not Guarded: it runs among other DoneFns, inside a Guarded callback;
+  // Settle waits for it.
+  SubmitLocked(serving_term_, std::move(b), [this, member](absl::Status) {
+    absl::MutexLock lock(&mu_);
+    registering_.erase(member);
+  });
+}
+
+void ReplicatedStorage::Registered(const atomq::Write& w) {
+  if (w.key.size() != 8) Fatal("a disk registry entry whose key is not a member id");
+  const uint64_t member = DecodeU64(w.key);
+  disks_[member] = w.value;
+  if (member != engine_->id() || w.value == disk_ || !fault_.empty()) return;
+  fault_ = absl::StrCat("the group registered disk ", w.value, " for member ", member,
+                        ", not this one (", disk_,
+                        "): this replica lost its data and takes no part; replace it");
+  LogLine(absl::StrCat("replica: ", fault_));
+  stopped_ = true;
+  FailPending(fault_);
 }
 
 absl::StatusOr<std::optional<std::string>> ReplicatedStorage::Get(const std::string& db,
@@ -315,6 +435,10 @@ void ReplicatedStorage::Apply() {
       absl::StatusOr<std::vector<atomq::Write>> writes = DecodeBatch(e->data);
       if (!writes.ok()) Fatal(absl::StrCat("entry ", index, ": ", writes.status().message()));
       b.writes = std::move(*writes);
+      for (const atomq::Write& w : b.writes) {
+        if (w.db == kDisksDb) Registered(w);
+      }
+      if (stopped_) return;
     }
     // The index with the writes, in one transaction: a replay after a
     // crash starts after it.
@@ -382,6 +506,7 @@ void ReplicatedStorage::CheckServing() {
     serving_ = serving;
     if (serving) ++serving_term_;
     hook_due_ = true;
+    if (serving) Register(engine_->id(), disk_);
   }
 }
 
@@ -428,6 +553,7 @@ GroupStatus ReplicatedStorage::Status() {
   s.commit_index = engine_->commit_index();
   s.applied_index = applied_;
   s.serving = serving_;
+  s.fault = fault_;
   return s;
 }
 

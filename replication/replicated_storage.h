@@ -10,12 +10,14 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/storage.h"
@@ -43,6 +45,7 @@ struct GroupStatus {
   uint64_t commit_index = 0;
   uint64_t applied_index = 0;  // this replica's version
   bool serving = false;        // the leader, with everything committed applied
+  std::string fault;           // why this replica takes no part (its disk was replaced)
 };
 
 // "leader", "candidate", "follower" or "unavailable".
@@ -57,9 +60,10 @@ class ReplicatedStorage : public Storage {
     std::vector<Member> bootstrap;
   };
 
-  // Opens the replica on `local` (a store opened with RaftLog::Dbs() and
-  // kAppliedDb among its sub-databases). `local`, `transport` and `timers`
-  // must outlive it.
+  // Opens the replica on `local` (a store opened with Dbs() among its
+  // sub-databases). `local`, `transport` and `timers` must outlive it.
+  // FAILED_PRECONDITION when the group's registry names another disk for
+  // this member: its data was lost, and it must be replaced, not rejoined.
   static absl::StatusOr<std::unique_ptr<ReplicatedStorage>> Open(const Options& options,
                                                                  Storage* local,
                                                                  Transport* transport,
@@ -68,6 +72,24 @@ class ReplicatedStorage : public Storage {
 
   // Where the applied index lives (key "applied").
   static constexpr char kAppliedDb[] = "raft_applied";
+  // The group's disk registry (replicated): member id (8 bytes) -> the id
+  // of the disk it first spoke from.
+  static constexpr char kDisksDb[] = "raft_disks";
+  // Every sub-database a replica needs: RaftLog's, kAppliedDb, kDisksDb.
+  static const std::vector<std::string>& Dbs();
+
+  // This replica's disk id: random, made when its log was first written,
+  // kept in its own raft_meta. Sent with every message (DeliverRequest.disk).
+  const std::string& disk() const { return disk_; }
+  // Whether a message from `member`, speaking from `disk`, may be taken
+  // (docs/design.md 10.2, amnesia): FAILED_PRECONDITION when the registry
+  // names another disk for it (it lost its data and could vote twice). A
+  // member not registered yet is taken, and the serving leader registers it.
+  absl::Status CheckPeer(uint64_t member, const std::string& disk) ABSL_LOCKS_EXCLUDED(mu_);
+  // `peer` refused this replica's messages (CheckPeer's refusal there):
+  // shown as its fault (Status) and logged once. Safety does not rest on
+  // it: the others refuse it whatever it believes.
+  void Refused(uint64_t peer, const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Storage. Submit on a replica that is not the serving leader fails at
   // once UNAVAILABLE, naming the leader when known. A batch submitted
@@ -102,7 +124,14 @@ class ReplicatedStorage : public Storage {
 
  private:
   ReplicatedStorage(Storage* local, Transport* transport, TimerQueue* timers,
-                    std::unique_ptr<RaftEngine> engine, const DurableState& disk, uint64_t applied);
+                    std::unique_ptr<RaftEngine> engine, const DurableState& disk, uint64_t applied,
+                    std::string disk_id, std::map<uint64_t, std::string> disks);
+  // Submit's work, under the lock; a refusal's DoneFn runs Later.
+  void SubmitLocked(uint64_t term, Batch batch, DoneFn done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The serving leader writes `member` -> `disk` into the registry, once.
+  void Register(uint64_t member, const std::string& disk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A registry write being applied: learnt, and checked against this disk.
+  void Registered(const atomq::Write& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static int64_t Now();
   // Carries out an update: persist, send (after term and vote are durable),
   // apply what became applicable, arm the timer.
@@ -125,6 +154,7 @@ class ReplicatedStorage : public Storage {
 
   struct Life;
   Storage* const local_;
+  const std::string disk_;
   Transport* const transport_;
   TimerQueue* const timers_;
   const std::shared_ptr<Life> life_;
@@ -144,6 +174,9 @@ class ReplicatedStorage : public Storage {
   int callbacks_ ABSL_GUARDED_BY(mu_) = 0;  // DoneFn runs under way
   ServingHook hook_ ABSL_GUARDED_BY(mu_);
   absl::Mutex hook_mu_;  // one hook call at a time, in order
+  std::map<uint64_t, std::string> disks_ ABSL_GUARDED_BY(mu_);  // the registry, as applied
+  std::set<uint64_t> registering_ ABSL_GUARDED_BY(mu_);        // entries in flight
+  std::string fault_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace atomq::replication

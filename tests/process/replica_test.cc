@@ -3,6 +3,7 @@
 // where it is, and transactions keep committing after the leader is
 // SIGKILLed, with every committed message there once and nothing else.
 #include <chrono>
+#include <filesystem>
 #include <set>
 #include <string>
 #include <thread>
@@ -166,6 +167,43 @@ TEST(ReplicaTest, ClusterStatusAndMetricsShowEveryReplicasVersion) {
   const std::string table = RunCommand(ctl + " 2>&1");
   EXPECT_NE(table.find("unreachable"), std::string::npos) << table;
   EXPECT_NE(table.find("leader*"), std::string::npos) << table;
+}
+
+TEST(ReplicaTest, AFollowerWhoseDiskWasWipedIsRefusedAndTheGroupGoesOn) {
+  Cluster c(ClusterOptions{.participants = 1, .replicas = 3});
+  c.StartAll();
+  c.CreateQueue(1, "q");
+  Ledger ledger;
+  for (int n = 0; n < 5; ++n) RunTxn(c, absl::StrCat("t", n), &ledger);
+  const int leader = c.LeaderOf(1);
+  const int wiped = leader % 3 + 1;
+  c.KillReplica(1, wiped);
+  std::filesystem::remove_all(absl::StrCat(c.dir(), "/p1-r", wiped));
+  c.StartReplica(1, wiped);
+  std::string members;
+  for (int j = 1; j <= 3; ++j) {
+    absl::StrAppend(&members, j > 1 ? "|" : "", c.replica_peer_address(1, j));
+  }
+  const std::string ctl =
+      absl::StrCat(ATOMQ_BIN_DIR, "/atomqctl cluster status --members='", members, "' 2>&1");
+  std::string table;
+  for (int tries = 0; tries < 50; ++tries) {
+    table = RunCommand(ctl);
+    if (table.find("takes no part") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_NE(table.find(absl::StrCat("member ", wiped, " takes no part")), std::string::npos)
+      << table;
+  EXPECT_NE(table.find("data was lost"), std::string::npos) << table;
+  // The other two still commit, and a wiped follower cannot become leader
+  // when the leader goes: one healthy replica of three is not a majority.
+  for (int n = 0; n < 5; ++n) RunTxn(c, absl::StrCat("u", n), &ledger);
+  EXPECT_EQ(ledger.committed.size(), 10u);
+  c.KillReplica(1, leader);
+  EXPECT_EQ(c.LeaderOf(1, 3000), 0) << "a replica that lost its disk took part in an election";
+  c.StartReplica(1, leader);
+  EXPECT_NE(c.LeaderOf(1), 0);
+  ExpectExactlyCommitted(c, 1, ledger);
 }
 
 TEST(ReplicaTest, TransactionsCommitAcrossALeadersLossWithNothingLostOrDoubled) {
