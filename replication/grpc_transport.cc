@@ -87,8 +87,7 @@ ReplicaService::ReplicaService(RpcLoop* loop, std::shared_ptr<const Access> acce
 
 void ReplicaService::Status(grpc::ServerContext* ctx, const v1::ReplicaStatusRequest*,
                             v1::ReplicaStatus* resp, UnaryReactor* reactor) {
-  if (Refused(reactor,
-              access_->Check(*ctx, "Replica.Status", {Role::kOperator, Role::kPeer}))) {
+  if (Refused(reactor, access_->Check(*ctx, "Replica.Status", {Role::kOperator, Role::kPeer}))) {
     return;
   }
   const GroupStatus s = storage_->Status();

@@ -70,9 +70,8 @@ class GrpcGroup {
     }
     n.group = std::move(*opened);
     ReplicatedStorage* r = n.group.get();
-    n.transport->SetDisk(r->disk(), [r](uint64_t peer, const std::string& why) {
-      r->Refused(peer, why);
-    });
+    n.transport->SetDisk(r->disk(),
+                         [r](uint64_t peer, const std::string& why) { r->Refused(peer, why); });
     n.service = std::make_unique<ReplicaService>(n.loop.get(), Access::Open(), kGroup, members_,
                                                  n.group.get());
     absl::StatusOr<std::unique_ptr<grpc::Server>> s =

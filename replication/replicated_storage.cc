@@ -59,9 +59,10 @@ absl::StatusOr<std::string> LoadDiskId(Storage* local) {
   if (getrandom(raw, sizeof(raw), 0) != static_cast<ssize_t>(sizeof(raw))) {
     return absl::InternalError("getrandom failed: no disk id can be made");
   }
-  std::string made = absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(raw), sizeof(raw)));
-  if (absl::Status st = local->Write(Batch{0, {atomq::Write{kReplicaMetaDb, kDiskKey, made, false}}});
+  std::string made =
+      absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(raw), sizeof(raw)));
+  if (absl::Status st =
+          local->Write(Batch{0, {atomq::Write{kReplicaMetaDb, kDiskKey, made, false}}});
       !st.ok()) {
     return st;
   }
@@ -143,7 +144,8 @@ absl::StatusOr<std::unique_ptr<ReplicatedStorage>> ReplicatedStorage::Open(const
   if (!disk_id.ok()) return disk_id.status();
   absl::StatusOr<std::map<uint64_t, std::string>> disks = LoadRegistry(local);
   if (!disks.ok()) return disks.status();
-  if (auto mine = disks->find(options.engine.id); mine != disks->end() && mine->second != *disk_id) {
+  if (auto mine = disks->find(options.engine.id);
+      mine != disks->end() && mine->second != *disk_id) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the group registered disk ", mine->second, " for member ", options.engine.id,
         ", not this one (", *disk_id, "): this replica lost its data; replace it as a member"));

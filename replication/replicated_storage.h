@@ -10,8 +10,8 @@
 #include <cstdint>
 #include <functional>
 #include <map>
-#include <set>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -173,9 +173,9 @@ class ReplicatedStorage : public Storage {
   std::vector<std::pair<DoneFn, absl::Status>> later_ ABSL_GUARDED_BY(mu_);  // to run
   int callbacks_ ABSL_GUARDED_BY(mu_) = 0;  // DoneFn runs under way
   ServingHook hook_ ABSL_GUARDED_BY(mu_);
-  absl::Mutex hook_mu_;  // one hook call at a time, in order
+  absl::Mutex hook_mu_;                                         // one hook call at a time, in order
   std::map<uint64_t, std::string> disks_ ABSL_GUARDED_BY(mu_);  // the registry, as applied
-  std::set<uint64_t> registering_ ABSL_GUARDED_BY(mu_);        // entries in flight
+  std::set<uint64_t> registering_ ABSL_GUARDED_BY(mu_);         // entries in flight
   std::string fault_ ABSL_GUARDED_BY(mu_);
 };
 
