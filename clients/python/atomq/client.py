@@ -252,6 +252,7 @@ class _Connection:
             (("authorization", f"Bearer {token}"),) if token else ())
         self._lock = threading.Lock()
         self._channels: Dict[str, Any] = {}
+        self._leaders: Dict[str, str] = {}  # a group's participant id -> member to call
 
     @property
     def metadata(self) -> Tuple[Tuple[str, str], ...]:
@@ -280,10 +281,29 @@ class _Connection:
             return ch
 
     def _queue(self, participant: str) -> pgrpc.QueueStub:
-        return pgrpc.QueueStub(self._channel(self._address(participant)))
+        return self._stub(participant, pgrpc.QueueStub)
 
     def _txn(self, participant: str) -> pgrpc.ParticipantTxnStub:
-        return pgrpc.ParticipantTxnStub(self._channel(self._address(participant)))
+        return self._stub(participant, pgrpc.ParticipantTxnStub)
+
+    def _stub(self, participant: str, kind: Any) -> Any:
+        address = self._address(participant)
+        if "|" not in address:
+            return kind(self._channel(address))
+        return _GroupStub(self, participant, address.split("|"), kind)
+
+    def _member(self, participant: str, members: List[str]) -> str:
+        """The member of a group to call now: the last that served, else the first."""
+        with self._lock:
+            return self._leaders.get(participant, members[0])
+
+    def _moved(self, participant: str, members: List[str], address: str) -> None:
+        """A call to ``address`` failed UNAVAILABLE (a follower, or down): the
+        next call goes to the next member, unless another call moved on
+        already."""
+        with self._lock:
+            if self._leaders.get(participant, members[0]) == address:
+                self._leaders[participant] = members[(members.index(address) + 1) % len(members)]
 
     def _coordinator_stub(self) -> cgrpc.CoordinatorStub:
         return cgrpc.CoordinatorStub(self._channel(self._coordinator()))
@@ -293,12 +313,63 @@ class _Connection:
         return max(self.call_timeout, (timeout or 0) + 5.0)
 
 
+class _GroupStub:
+    """A stub for a participant that is a group of replicas ("a|b|c"): each
+    call goes to the member that last served; one refused UNAVAILABLE (a
+    follower, which names the leader, or a member that is down) moves the
+    next call on, so the caller's retry finds the leader within a few
+    tries. A stream opens at the member of the moment; its reader calls
+    ``failed`` when it ends UNAVAILABLE."""
+
+    def __init__(self, conn: _Connection, participant: str, members: List[str],
+                 kind: Any) -> None:
+        self._conn, self._participant, self._members, self._kind = (
+            conn, participant, members, kind)
+        self._streamed = ""
+
+    def failed(self) -> None:
+        if self._streamed:
+            self._conn._moved(self._participant, self._members, self._streamed)
+
+    def _method(self, name: str) -> Tuple[str, Any]:
+        address = self._conn._member(self._participant, self._members)
+        return address, getattr(self._kind(self._conn._channel(address)), name)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "Subscribe":
+            self._streamed, method = self._method(name)
+            return method
+        conn, participant, members = self._conn, self._participant, self._members
+        if conn._grpc is grpc:
+            def call(request: Any, **kwargs: Any) -> Any:
+                address, method = self._method(name)
+                try:
+                    return method(request, **kwargs)
+                except grpc.RpcError as e:
+                    if e.code() == grpc.StatusCode.UNAVAILABLE:
+                        conn._moved(participant, members, address)
+                    raise
+            return call
+
+        async def acall(request: Any, **kwargs: Any) -> Any:
+            address, method = self._method(name)
+            try:
+                return await method(request, **kwargs)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    conn._moved(participant, members, address)
+                raise
+        return acall
+
+
 class Client(_Connection):
     """A connection to an atomq cluster: one coordinator and its participants.
 
     ``coordinator``: host:port of ``atomq-coordinator`` (for ``execute``,
     ``move`` and ``transaction``). ``participants``: participant id ->
-    host:port, the same ids the coordinator was started with (for
+    host:port (a group of replicas: its members' host:port joined by ``|``,
+    as the coordinator's ``--participants`` names it; calls go to its
+    leader), the same ids the coordinator was started with (for
     consumers, ``send``, staging and queue administration). ``tls``: None
     for plaintext, True for TLS with the system's roots, or a ``TLS``.
     ``token``: a bearer token sent as ``authorization: Bearer <token>`` on

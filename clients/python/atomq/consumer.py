@@ -196,6 +196,8 @@ class Consumer:
                     delay = 0.05
                     self._dispatch(generation, response)
             except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE and hasattr(stub, "failed"):
+                    stub.failed()  # a group's follower, or a member that is down
                 err = errors.from_rpc_error(e, f"Subscribe to {self.queue}")
                 if isinstance(err, (errors.NotFound, errors.InvalidArgument,
                                     errors.Unauthenticated, errors.PermissionDenied)):

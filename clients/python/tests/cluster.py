@@ -60,19 +60,24 @@ class Cluster:
     def __init__(self, participants: int = 2, coordinator_args: Optional[List[str]] = None,
                  participant_args: Optional[List[str]] = None, tls: bool = False,
                  roles: Optional[List[str]] = None,
-                 tokens: Optional[Dict[str, str]] = None) -> None:
+                 tokens: Optional[Dict[str, str]] = None, replicas: int = 1) -> None:
         """``tls``: mTLS on every link (a CA and certificates for c1, p1.. and
         "client" made with openssl in ``tls_dir``); else every process runs
         --plaintext. ``roles`` ("IDENTITY ROLES [QUEUES]" lines) turn access
         control on: every server gets a roles file with them plus c1 and each
         participant as peer and "admin" with every role, and a tokens file
         with ``tokens`` (identity -> token) plus theirs; servers dial with
-        their own token, and readiness probes carry admin's."""
+        their own token, and readiness probes carry admin's. ``replicas`` > 1
+        makes each participant a group (replica j of pI is process "pI-rJ")."""
         self.dir = Path(tempfile.mkdtemp(prefix="atomq-py-"))
         self.tls = tls
         self.n = participants
         self.coordinator_port = free_port()
         self.ports = {f"p{i}": free_port() for i in range(1, participants + 1)}
+        self.replicas = replicas
+        # pI -> [(client port, peer port)] of its replicas, when replicated.
+        self.replica_ports = {p: [(free_port(), free_port()) for _ in range(replicas)]
+                              for p in self.ports} if replicas > 1 else {}
         self.coordinator_args = coordinator_args or []
         self.participant_args = participant_args or []
         self.procs: Dict[str, subprocess.Popen] = {}
@@ -135,7 +140,30 @@ class Cluster:
 
     @property
     def participants(self) -> Dict[str, str]:
+        if self.replicas > 1:
+            return {p: "|".join(f"127.0.0.1:{c}" for c, _ in ports)
+                    for p, ports in self.replica_ports.items()}
         return {p: f"127.0.0.1:{port}" for p, port in self.ports.items()}
+
+    def replica_address(self, p: str, j: int) -> str:
+        return f"127.0.0.1:{self.replica_ports[p][j - 1][0]}"
+
+    def leader_of(self, p: str, timeout: float = 15.0) -> int:
+        """The replica of ``p`` that serves (answers ListQueues); 0 if none does."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for j in range(1, self.replicas + 1):
+                if f"{p}-r{j}" not in self.procs:
+                    continue
+                with self._channel(self.replica_address(p, j)) as channel:
+                    try:
+                        pgrpc.QueueStub(channel).ListQueues(ppb.ListQueuesRequest(), timeout=0.3,
+                                                            metadata=self._metadata())
+                        return j
+                    except grpc.RpcError:
+                        pass
+            time.sleep(0.02)
+        return 0
 
     def env(self) -> Dict[str, str]:
         """Environment for a process that uses this cluster (Client.from_env)."""
@@ -148,18 +176,37 @@ class Cluster:
         self.start_coordinator()
         return self
 
-    def start_participant(self, p: str) -> None:
-        self.kill(p)
+    def _participant_args(self, p: str) -> List[str]:
         peers = ",".join(f"{q}={a}" for q, a in self.participants.items() if q != p)
+        return [f"--id={p}", *self.tls_args(p), f"--coordinators=c1={self.coordinator}",
+                *([f"--peers={peers}"] if peers else []),
+                "--in_doubt_after_ms=300", "--resend_initial_ms=50", "--resend_max_ms=300",
+                "--rpc_timeout_ms=1000", "--lease_sweep_ms=50", *self._access_args(p),
+                *self.participant_args]
+
+    def start_participant(self, p: str) -> None:
+        if self.replicas > 1:
+            for j in range(1, self.replicas + 1):
+                self.start_replica(p, j)
+            if self.leader_of(p) == 0:
+                raise RuntimeError(f"{p} elected no serving leader:\n{self.logs()}")
+            return
+        self.kill(p)
         self._spawn(p, "atomq-participant", [
-            f"--id={p}", *self.tls_args(p), f"--listen={self.participants[p]}",
-            f"--data_dir={self.dir / p}", f"--coordinators=c1={self.coordinator}",
-            *([f"--peers={peers}"] if peers else []),
-            "--in_doubt_after_ms=300", "--resend_initial_ms=50", "--resend_max_ms=300",
-            "--rpc_timeout_ms=1000", "--lease_sweep_ms=50", *self._access_args(p),
-            *self.participant_args])
+            *self._participant_args(p), f"--listen={self.participants[p]}",
+            f"--data_dir={self.dir / p}"])
         self._wait(p, self.participants[p], lambda ch: pgrpc.QueueStub(ch).ListQueues(
             ppb.ListQueuesRequest(), timeout=0.3, metadata=self._metadata()))
+
+    def start_replica(self, p: str, j: int) -> None:
+        name = f"{p}-r{j}"
+        self.kill(name)
+        group = ",".join(f"{k}=127.0.0.1:{c}/127.0.0.1:{peer}"
+                         for k, (c, peer) in enumerate(self.replica_ports[p], start=1))
+        self._spawn(name, "atomq-participant", [
+            *self._participant_args(p), f"--listen={self.replica_address(p, j)}",
+            f"--data_dir={self.dir / name}", f"--group={group}", f"--member_id={j}",
+            "--election_timeout_ms=300", "--heartbeat_ms=50"])
 
     def start_coordinator(self) -> None:
         self.kill("c1")
