@@ -1,9 +1,11 @@
 // atomqctl cluster: what every replica of a group reports (docs/design.md
 // 10.2), asked on the members' peer addresses (atomq.v1.Replica.Status).
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -66,10 +68,59 @@ void PrintTable(const v1::GroupStatusReport& report) {
   }
 }
 
+// Asks the leader among `peers` to hand leadership to member `to`, then
+// waits (up to --rpc_timeout_ms) until `to` serves.
+int Transfer(const Globals& g, const std::vector<std::string>& peers, uint64_t to) {
+  v1::GroupStatusReport before = AskMembers(g, peers);
+  const v1::ReplicaStatus* leader = nullptr;
+  for (const v1::ReplicaStatus& r : before.replicas()) {
+    if (r.role() == "leader") leader = &r;
+  }
+  if (leader == nullptr) return Error("no member of the group leads now; retry shortly");
+  if (leader->member() == to) {
+    std::printf("member %llu leads already (term %llu)\n", static_cast<unsigned long long>(to),
+                static_cast<unsigned long long>(leader->term()));
+    return 0;
+  }
+  CallContext ctx(g);
+  v1::TransferLeadershipRequest req;
+  req.set_to(to);
+  v1::TransferLeadershipResponse resp;
+  grpc::Status s =
+      v1::Replica::NewStub(Connect(leader->peer_address()))->TransferLeadership(&ctx, req, &resp);
+  if (!s.ok()) return RpcError("TransferLeadership", s);
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(g.rpc_timeout_ms);
+  while (std::chrono::steady_clock::now() < end) {
+    const v1::GroupStatusReport now = AskMembers(g, peers);
+    for (const v1::ReplicaStatus& r : now.replicas()) {
+      if (r.member() == to && r.role() == "leader" && r.serving()) {
+        std::printf("member %llu leads and serves (term %llu)\n",
+                    static_cast<unsigned long long>(to), static_cast<unsigned long long>(r.term()));
+        return 0;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return Error(absl::StrCat("member ", to, " did not take over within --rpc_timeout_ms"));
+}
+
 }  // namespace
 
 void AddClusterCommands(CLI::App* cluster, const Globals& g, int* rc) {
   auto members = std::make_shared<std::string>();
+  auto to = std::make_shared<uint64_t>(0);
+  CLI::App* transfer = cluster->add_subcommand(
+      "transfer", "hand a group's leadership to another member (maintenance)");
+  transfer
+      ->add_option("--members", *members,
+                   "the group's peer addresses (its --group's peer parts), host:port|host:port|...")
+      ->required();
+  transfer->add_option("--to", *to, "the member id to lead")->required();
+  transfer->callback([&g, rc, members, to] {
+    std::vector<std::string> peers = SplitMembers(*members);
+    *rc = peers.empty() ? Error("cluster transfer needs --members=host:port|...")
+                        : Transfer(g, peers, *to);
+  });
   CLI::App* status = cluster->add_subcommand(
       "status", "every replica of a group: role, term, leader, commit index, version, lag");
   status

@@ -18,7 +18,7 @@ void AddInteractiveTxnCommands(CLI::App* txn, const Globals& g, int* rc);
 // queue create, delete, purge, list, info, send, receive, ack and nack.
 void AddQueueCommands(CLI::App* queue, const Globals& g, int* rc);
 
-// cluster status: the replicas of a group.
+// cluster status and transfer: the replicas of a group.
 void AddClusterCommands(CLI::App* cluster, const Globals& g, int* rc);
 
 }  // namespace atomq::ctl

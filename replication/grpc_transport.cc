@@ -82,7 +82,25 @@ ReplicaService::ReplicaService(RpcLoop* loop, std::shared_ptr<const Access> acce
       clients_(std::move(clients)) {
   ServeMember(loop, &service_, "Deliver", this, &ReplicaService::Deliver);
   ServeMember(loop, &service_, "Status", this, &ReplicaService::Status);
+  ServeMember(loop, &service_, "TransferLeadership", this, &ReplicaService::TransferLeadership);
   service_.Check();
+}
+
+void ReplicaService::TransferLeadership(grpc::ServerContext* ctx,
+                                        const v1::TransferLeadershipRequest* req,
+                                        v1::TransferLeadershipResponse*, UnaryReactor* reactor) {
+  absl::StatusOr<std::string> who =
+      access_->Check(*ctx, "Replica.TransferLeadership", {Role::kOperator});
+  if (Refused(reactor, who)) return;
+  absl::Status st = members_.count(req->to()) == 0
+                        ? absl::InvalidArgumentError(
+                              absl::StrCat("member ", req->to(), " is not of group ", group_))
+                        : storage_->Transfer(req->to());
+  Audit(*who, "transfer-leadership",
+        {{"group", group_},
+         {"to", absl::StrCat(req->to())},
+         {"result", st.ok() ? "OK" : absl::StatusCodeToString(st.code())}});
+  reactor->Finish(ToGrpc(st));
 }
 
 void ReplicaService::Status(grpc::ServerContext* ctx, const v1::ReplicaStatusRequest*,

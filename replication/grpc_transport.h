@@ -76,6 +76,8 @@ class ReplicaService {
                UnaryReactor* reactor);
   void Status(grpc::ServerContext* ctx, const v1::ReplicaStatusRequest* req,
               v1::ReplicaStatus* resp, UnaryReactor* reactor);
+  void TransferLeadership(grpc::ServerContext* ctx, const v1::TransferLeadershipRequest* req,
+                          v1::TransferLeadershipResponse* resp, UnaryReactor* reactor);
 
   LoopService<v1::Replica> service_;
   const std::shared_ptr<const Access> access_;

@@ -544,6 +544,23 @@ void ReplicatedStorage::RunHook() {
   hook(serving, term);
 }
 
+absl::Status ReplicatedStorage::Transfer(uint64_t to) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopped_ || engine_->state() != RaftState::kLeader) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "member ", engine_->id(), " does not lead; the leader is member ", engine_->leader_id()));
+    }
+    if (to == engine_->id()) return absl::OkStatus();
+    absl::StatusOr<RaftUpdate> u = engine_->Transfer(Now(), to);
+    if (!u.ok()) return u.status();
+    LogLine(absl::StrCat("replica ", engine_->id(), ": handing leadership to member ", to));
+    Handle(std::move(u));
+  }
+  RunHook();
+  return absl::OkStatus();
+}
+
 GroupStatus ReplicatedStorage::Status() {
   absl::MutexLock lock(&mu_);
   GroupStatus s;

@@ -114,6 +114,9 @@ class ReplicatedStorage : public Storage {
   // never writes in a later one.
   void SubmitIn(uint64_t term, Batch batch, DoneFn done) ABSL_LOCKS_EXCLUDED(mu_);
   GroupStatus Status() ABSL_LOCKS_EXCLUDED(mu_);
+  // Hands leadership to member `to`. FAILED_PRECONDITION when this replica
+  // does not lead; the engine's refusal otherwise.
+  absl::Status Transfer(uint64_t to) ABSL_LOCKS_EXCLUDED(mu_);
   // Stops timers and callbacks; later events are dropped, and what waits
   // for a commit fails UNAVAILABLE.
   void Stop() ABSL_LOCKS_EXCLUDED(mu_);

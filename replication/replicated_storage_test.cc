@@ -271,6 +271,24 @@ TEST(ReplicatedStorageTest, AKilledLeaderIsReplacedAndNothingCommittedIsLost) {
   EXPECT_EQ(g.Value(l, "after"), "y");
 }
 
+TEST(ReplicatedStorageTest, LeadershipIsHandedOverOnRequest) {
+  Group3 g;
+  uint64_t l = g.Leader();
+  ASSERT_NE(l, 0u);
+  ASSERT_TRUE(g.Put(l, "before", "1").ok());
+  const uint64_t to = l % 3 + 1;
+  EXPECT_EQ(g.at(to)->Transfer(l).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(g.at(l)->Transfer(to).ok());
+  bool moved = false;
+  for (int i = 0; i < 100 && !moved; ++i) {
+    moved = g.at(to)->Status().serving;
+    if (!moved) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(moved);
+  EXPECT_TRUE(g.Put(to, "after", "2").ok());
+  EXPECT_EQ(g.Value(to, "before"), "1");
+}
+
 TEST(ReplicatedStorageTest, ARefusalNeverRunsOnTheSubmittersThread) {
   // A core submits under its own lock and its DoneFn takes that lock: run
   // on the submitter's thread, a refusal would deadlock it.

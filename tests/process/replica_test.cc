@@ -2,6 +2,7 @@
 // loopback (docs/design.md 10.2): the leader serves, the others refuse with
 // where it is, and transactions keep committing after the leader is
 // SIGKILLed, with every committed message there once and nothing else.
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <set>
@@ -167,6 +168,42 @@ TEST(ReplicaTest, ClusterStatusAndMetricsShowEveryReplicasVersion) {
   const std::string table = RunCommand(ctl + " 2>&1");
   EXPECT_NE(table.find("unreachable"), std::string::npos) << table;
   EXPECT_NE(table.find("leader*"), std::string::npos) << table;
+}
+
+TEST(ReplicaTest, LeadershipMovesOnRequestWhileTransactionsRun) {
+  Cluster c(ClusterOptions{.participants = 1, .replicas = 3});
+  c.StartAll();
+  c.CreateQueue(1, "q");
+  const int leader = c.LeaderOf(1);
+  const int next = leader % 3 + 1;
+  std::string members;
+  for (int j = 1; j <= 3; ++j) {
+    absl::StrAppend(&members, j > 1 ? "|" : "", c.replica_peer_address(1, j));
+  }
+  Ledger ledger;
+  std::atomic<bool> done{false};
+  std::thread load([&] {
+    for (int n = 0; !done; ++n) RunTxn(c, absl::StrCat("t", n), &ledger);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const std::string out = RunCommand(absl::StrCat(
+      ATOMQ_BIN_DIR, "/atomqctl cluster transfer --members='", members, "' --to=", next, " 2>&1"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  done = true;
+  load.join();
+  EXPECT_NE(out.find(absl::StrCat("member ", next, " leads and serves")), std::string::npos) << out;
+  EXPECT_EQ(c.LeaderOf(1), next);
+  const size_t committed = ledger.committed.size();
+  Ledger after;
+  RunTxn(c, "after", &after);
+  EXPECT_EQ(after.committed.size(), 1u);
+  EXPECT_GT(committed, 5u);
+  for (const std::string& id : after.committed) ledger.committed.insert(id);
+  ExpectExactlyCommitted(c, 1, ledger);
+  // Asking a member that is not of the group is refused.
+  const std::string bad = RunCommand(absl::StrCat(
+      ATOMQ_BIN_DIR, "/atomqctl cluster transfer --members='", members, "' --to=9 2>&1"));
+  EXPECT_NE(bad.find("INVALID_ARGUMENT"), std::string::npos) << bad;
 }
 
 TEST(ReplicaTest, AFollowerWhoseDiskWasWipedIsRefusedAndTheGroupGoesOn) {
