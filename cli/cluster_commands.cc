@@ -104,29 +104,33 @@ int Transfer(const Globals& g, const std::vector<std::string>& peers, uint64_t t
   return Error(absl::StrCat("member ", to, " did not take over within --rpc_timeout_ms"));
 }
 
+// A subcommand of `cluster` that takes the group's --members.
+CLI::App* AddGroupCommand(CLI::App* cluster, const char* name, const char* what,
+                          std::string* members) {
+  CLI::App* sub = cluster->add_subcommand(name, what);
+  sub->add_option("--members", *members,
+                  "the group's peer addresses (its --group's peer parts), host:port|host:port|...")
+      ->required();
+  return sub;
+}
+
 }  // namespace
 
 void AddClusterCommands(CLI::App* cluster, const Globals& g, int* rc) {
   auto members = std::make_shared<std::string>();
   auto to = std::make_shared<uint64_t>(0);
-  CLI::App* transfer = cluster->add_subcommand(
-      "transfer", "hand a group's leadership to another member (maintenance)");
-  transfer
-      ->add_option("--members", *members,
-                   "the group's peer addresses (its --group's peer parts), host:port|host:port|...")
-      ->required();
+  CLI::App* transfer =
+      AddGroupCommand(cluster, "transfer",
+                      "hand a group's leadership to another member (maintenance)", members.get());
   transfer->add_option("--to", *to, "the member id to lead")->required();
   transfer->callback([&g, rc, members, to] {
     std::vector<std::string> peers = SplitMembers(*members);
     *rc = peers.empty() ? Error("cluster transfer needs --members=host:port|...")
                         : Transfer(g, peers, *to);
   });
-  CLI::App* status = cluster->add_subcommand(
-      "status", "every replica of a group: role, term, leader, commit index, version, lag");
-  status
-      ->add_option("--members", *members,
-                   "the group's peer addresses (its --group's peer parts), host:port|host:port|...")
-      ->required();
+  CLI::App* status = AddGroupCommand(
+      cluster, "status", "every replica of a group: role, term, leader, commit index, version, lag",
+      members.get());
   status->callback([&g, rc, members] {
     std::vector<std::string> peers = SplitMembers(*members);
     if (peers.empty()) {
