@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <optional>
 #include <random>
@@ -723,14 +724,21 @@ TEST(TxnTest, ExactlyOnceChecksCatchAPlantedNonTransactionalAck) {
   EXPECT_GT(consumer.redelivered_after_commit.load(), 0);
 }
 
-TEST(TxnTest, ExactlyOncePipelineSurvivesKillsOfEveryProcess) {
-  const int n = EnvInt("ATOMQ_PIPELINE_MESSAGES", 200);
-  const int kills = EnvInt("ATOMQ_PIPELINE_KILLS", 5);
-  const uint64_t seed = EnvInt("ATOMQ_PIPELINE_SEED", 20261124);
+// A process the pipeline's run may SIGKILL and restart.
+struct Victim {
+  std::string name;
+  std::function<void()> kill;
+  std::function<void()> start;
+};
+
+// Moves `n` messages from p1's `in` to p2's `out` while `kills` victims,
+// chosen by a seeded RNG, are SIGKILLed at random points and restarted;
+// then checks every message arrived exactly once.
+void CheckPipelineUnderKills(Cluster& c, int n, int kills, uint64_t seed,
+                             const std::vector<Victim>& victims) {
   std::printf("pipeline: seed %llu, %d messages, %d kills (replay: ATOMQ_PIPELINE_SEED=%llu)\n",
               static_cast<unsigned long long>(seed), n, kills,
               static_cast<unsigned long long>(seed));
-  Cluster c(TwoNodes());
   c.StartAll();
   c.CreateQueue(1, "in");
   c.CreateQueue(2, "out");
@@ -748,7 +756,6 @@ TEST(TxnTest, ExactlyOncePipelineSurvivesKillsOfEveryProcess) {
   std::vector<int> at;
   for (int k = 0; k < kills; ++k) at.push_back(static_cast<int>(rng() % (n * 8 / 10)) + n / 20);
   std::sort(at.begin(), at.end());
-  const char* names[] = {"coordinator", "p1", "p2"};
   int done_kills = 0;
   for (int threshold : at) {
     while (!consumer.done && consumer.committed < threshold) {
@@ -756,20 +763,13 @@ TEST(TxnTest, ExactlyOncePipelineSurvivesKillsOfEveryProcess) {
     }
     if (consumer.done) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 60));
-    int victim = static_cast<int>(rng() % 3);
-    std::printf("pipeline: SIGKILL %s at %d moved\n", names[victim], consumer.committed.load());
-    if (victim == 0) {
-      c.KillCoordinator();
-    } else {
-      c.KillParticipant(victim);
-    }
+    const Victim& victim = victims[rng() % victims.size()];
+    std::printf("pipeline: SIGKILL %s at %d moved\n", victim.name.c_str(),
+                consumer.committed.load());
+    victim.kill();
     ++done_kills;
     std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 300));
-    if (victim == 0) {
-      c.StartCoordinator();
-    } else {
-      c.StartParticipant(victim);
-    }
+    victim.start();
   }
   worker.join();
   std::printf(
@@ -793,6 +793,45 @@ TEST(TxnTest, ExactlyOncePipelineSurvivesKillsOfEveryProcess) {
   std::vector<std::string> problems = ExactlyOnceViolations(c.Drain(2, "out"), payloads);
   for (const std::string& p : problems) ADD_FAILURE() << p;
   EXPECT_GE(consumer.committed.load(), n / 2) << "most moves should be told COMMITTED";
+}
+
+TEST(TxnTest, ExactlyOncePipelineSurvivesKillsOfEveryProcess) {
+  Cluster c(TwoNodes());
+  CheckPipelineUnderKills(
+      c, EnvInt("ATOMQ_PIPELINE_MESSAGES", 200), EnvInt("ATOMQ_PIPELINE_KILLS", 5),
+      EnvInt("ATOMQ_PIPELINE_SEED", 20261124),
+      {{"coordinator", [&] { c.KillCoordinator(); }, [&] { c.StartCoordinator(); }},
+       {"p1", [&] { c.KillParticipant(1); }, [&] { c.StartParticipant(1); }},
+       {"p2", [&] { c.KillParticipant(2); }, [&] { c.StartParticipant(2); }}});
+}
+
+// Participants as groups of three (docs/design.md 10.2): one replica at a
+// time, leader or not, is SIGKILLed and restarted, and so is the
+// coordinator; every message still moves exactly once.
+TEST(TxnTest, ExactlyOncePipelineSurvivesKillsOfAMinorityOfEachGroup) {
+  ClusterOptions o = TwoNodes();
+  o.replicas = 3;
+  Cluster c(o);
+  std::vector<Victim> victims = {
+      {"coordinator", [&] { c.KillCoordinator(); }, [&] { c.StartCoordinator(); }}};
+  // Each group's leader of the moment, and one of its followers; the one
+  // killed is the one restarted.
+  auto killed = std::make_shared<std::map<int, int>>();
+  for (int i = 1; i <= 2; ++i) {
+    for (bool leader : {true, false}) {
+      victims.push_back({absl::StrCat("p", i, leader ? "'s leader" : "'s follower"),
+                         [&c, i, leader, killed] {
+                           int j = c.LeaderOf(i);
+                           if (!leader || j == 0) j = j % 3 + 1;
+                           (*killed)[i] = j;
+                           c.KillReplica(i, j);
+                         },
+                         [&c, i, killed] { c.StartReplica(i, (*killed)[i]); }});
+    }
+  }
+  CheckPipelineUnderKills(c, EnvInt("ATOMQ_PIPELINE_MESSAGES", 100),
+                          EnvInt("ATOMQ_PIPELINE_KILLS", 5),
+                          EnvInt("ATOMQ_PIPELINE_SEED", 20261202), victims);
 }
 
 }  // namespace
