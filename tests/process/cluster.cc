@@ -113,6 +113,13 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
         r.client_port = FreePort();
         r.peer_port = FreePort();
         r.metrics_port = FreePort();
+        // The kernel may hand the proxy a port FreePort() gave out and
+        // released; the server would then share it (SO_REUSEPORT).
+        while (options_.peer_proxies &&
+               (r.proxy == nullptr || r.proxy->port() == r.peer_port ||
+                r.proxy->port() == r.client_port || r.proxy->port() == r.metrics_port)) {
+          r.proxy = std::make_unique<TcpProxy>(0, r.peer_port);
+        }
       }
     }
   }
@@ -243,8 +250,11 @@ std::string Cluster::replica_address(int i, int j) const {
 }
 
 std::string Cluster::replica_peer_address(int i, int j) const {
-  return absl::StrCat("127.0.0.1:", replicas_[i - 1][j - 1].peer_port);
+  const Replica& r = replicas_[i - 1][j - 1];
+  return absl::StrCat("127.0.0.1:", r.proxy != nullptr ? r.proxy->port() : r.peer_port);
 }
+
+void Cluster::CutPeer(int i, int j, bool cut) { replicas_[i - 1][j - 1].proxy->Cut(cut); }
 
 pid_t Cluster::Spawn(const std::string& binary, const std::vector<std::string>& args,
                      const std::map<std::string, std::string>& env, const std::string& log) {
@@ -350,8 +360,8 @@ void Cluster::StartReplica(int i, int j, const std::map<std::string, std::string
   Kill(&r.proc);
   std::string group;
   for (int k = 1; k <= options_.replicas; ++k) {
-    absl::StrAppend(&group, k > 1 ? "," : "", k, "=", replica_address(i, k),
-                    "/127.0.0.1:", replicas_[i - 1][k - 1].peer_port);
+    absl::StrAppend(&group, k > 1 ? "," : "", k, "=", replica_address(i, k), "/",
+                    replica_peer_address(i, k));
   }
   const std::string name = absl::StrCat(participant_id(i), "-r", j);
   std::vector<std::string> args = ParticipantArgs(i);
@@ -359,6 +369,7 @@ void Cluster::StartReplica(int i, int j, const std::map<std::string, std::string
   args.push_back("--data_dir=" + dir_ + "/" + name);
   args.push_back("--group=" + group);
   args.push_back(absl::StrCat("--member_id=", j));
+  args.push_back(absl::StrCat("--peer_listen=127.0.0.1:", r.peer_port));
   args.push_back("--election_timeout_ms=300");
   args.push_back("--heartbeat_ms=50");
   if (options_.participant_metrics) {

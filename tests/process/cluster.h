@@ -15,6 +15,7 @@
 #include "atomq/v1/participant.grpc.pb.h"
 #include "common/free_port.h"
 #include "grpcpp/security/credentials.h"
+#include "tests/process/tcp_proxy.h"
 
 namespace atomq::testing {
 
@@ -45,6 +46,9 @@ struct ClusterOptions {
   // more make each participant a group, replica j of participant i on its
   // own client and peer ports with data in dir()/pI-rJ.
   int replicas = 1;
+  // Each replica's peer address is a TcpProxy (tests/process/tcp_proxy.h)
+  // in front of its real one, so that CutPeer can partition it.
+  bool peer_proxies = false;
   // mTLS on every link (docs/design.md section 11): a CA, a certificate for
   // c1, p1.. and "client" in dir()/tls, servers with --tls_client_auth (and
   // --tls_reload_s=1), and this Cluster's channels and atomqctl with the
@@ -91,6 +95,10 @@ class Cluster {
   // The client and peer addresses of replica j of participant i.
   std::string replica_address(int i, int j) const;
   std::string replica_peer_address(int i, int j) const;
+  // With peer_proxies: drops every connection to replica j's peer address
+  // and refuses new ones (cut), or lets them through again. The replica
+  // then hears no other member, while its own messages still go out.
+  void CutPeer(int i, int j, bool cut);
   // A sample of replica j's /metrics (participant_metrics), or -1.
   double ReplicaMetric(int i, int j, const std::string& name);
   // The replica of participant i that serves (answers ListQueues), polling
@@ -182,6 +190,7 @@ class Cluster {
     int client_port = 0;
     int peer_port = 0;
     int metrics_port = 0;
+    std::unique_ptr<TcpProxy> proxy;  // peer_proxies: in front of peer_port
     Proc proc;
   };
   std::vector<std::vector<Replica>> replicas_;  // [i-1][j-1], replicas > 1

@@ -206,6 +206,54 @@ TEST(ReplicaTest, LeadershipMovesOnRequestWhileTransactionsRun) {
   EXPECT_NE(bad.find("INVALID_ARGUMENT"), std::string::npos) << bad;
 }
 
+// The leader cut off from the other members (their messages no longer
+// reach it): it cannot commit, steps down, the two others elect a leader
+// and transactions go on; healed, the old leader catches up to the same
+// version, and every committed message is there once.
+TEST(ReplicaTest, ALeaderCutOffFromItsFollowersIsReplacedAndCatchesUpWhenHealed) {
+  ClusterOptions o;
+  o.participants = 1;
+  o.replicas = 3;
+  o.peer_proxies = true;
+  o.participant_metrics = true;
+  Cluster c(o);
+  c.StartAll();
+  c.CreateQueue(1, "q");
+  Ledger ledger;
+  for (int n = 0; n < 10; ++n) RunTxn(c, absl::StrCat("before-", n), &ledger);
+  const int old_leader = c.LeaderOf(1);
+  ASSERT_NE(old_leader, 0);
+  c.CutPeer(1, old_leader, true);
+  int new_leader = 0;
+  for (int tries = 0; tries < 200; ++tries) {
+    new_leader = c.LeaderOf(1, 0);
+    if (new_leader != 0 && new_leader != old_leader) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_NE(new_leader, 0);
+  ASSERT_NE(new_leader, old_leader);
+  size_t after = 0;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (int n = 0; after < 10 && std::chrono::steady_clock::now() < end; ++n) {
+    const size_t had = ledger.committed.size();
+    RunTxn(c, absl::StrCat("cut-", n), &ledger);
+    after += ledger.committed.size() - had;
+  }
+  EXPECT_EQ(after, 10u) << "transactions stopped committing while the old leader was cut off";
+
+  c.CutPeer(1, old_leader, false);
+  double versions[4] = {0, 0, 0, 0};
+  bool converged = false;
+  for (int tries = 0; tries < 200 && !converged; ++tries) {
+    for (int j = 1; j <= 3; ++j) versions[j] = c.ReplicaMetric(1, j, "atomq_replica_applied_index");
+    converged = versions[1] > 0 && versions[1] == versions[2] && versions[2] == versions[3];
+    if (!converged) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(converged) << versions[1] << " " << versions[2] << " " << versions[3];
+  EXPECT_EQ(c.ReplicaMetric(1, old_leader, "atomq_replica_leader"), double(c.LeaderOf(1)));
+  ExpectExactlyCommitted(c, 1, ledger);
+}
+
 TEST(ReplicaTest, AFollowerWhoseDiskWasWipedIsRefusedAndTheGroupGoesOn) {
   Cluster c(ClusterOptions{.participants = 1, .replicas = 3});
   c.StartAll();
