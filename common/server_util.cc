@@ -49,6 +49,12 @@ std::shared_ptr<grpc::Channel> ChannelCache::Get(const std::string& address) {
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetMaxReceiveMessageSize(-1);
+  if (keepalive_ms_ > 0) {
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, keepalive_ms_);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, keepalive_ms_);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  }
   auto ch = DialChannel(address, args);
   ++created_;
   if (channels_.size() >= max_) {
@@ -68,6 +74,12 @@ size_t ChannelCache::size() {
 uint64_t ChannelCache::created() {
   absl::MutexLock lock(&mu_);
   return created_;
+}
+
+void AllowKeepalivePings(grpc::ServerBuilder& builder, int interval_ms) {
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, interval_ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
 }
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(

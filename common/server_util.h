@@ -37,7 +37,13 @@ absl::Status FromGrpc(const grpc::Status& s);
 // anew).
 class ChannelCache {
  public:
-  explicit ChannelCache(size_t max = 1024) : max_(max < 1 ? 1 : max) {}
+  // `keepalive_ms` > 0: each channel pings its connection when idle that
+  // often and drops it when a ping goes unanswered as long, so that a
+  // connection a partition silenced (no reset, nothing read) is replaced
+  // instead of holding calls until TCP gives up. The server must allow
+  // such pings (AllowKeepalivePings).
+  explicit ChannelCache(size_t max = 1024, int keepalive_ms = 0)
+      : max_(max < 1 ? 1 : max), keepalive_ms_(keepalive_ms) {}
   std::shared_ptr<grpc::Channel> Get(const std::string& address);
   size_t size();
   uint64_t created();  // channels made since start (evicted ones included)
@@ -48,11 +54,16 @@ class ChannelCache {
     std::list<std::string>::iterator recent;  // its place in recent_
   };
   const size_t max_;
+  const int keepalive_ms_;
   absl::Mutex mu_;
   std::map<std::string, Entry> channels_ ABSL_GUARDED_BY(mu_);
   std::list<std::string> recent_ ABSL_GUARDED_BY(mu_);  // most recently used first
   uint64_t created_ ABSL_GUARDED_BY(mu_) = 0;
 };
+
+// Lets clients of a server built with `builder` ping every `interval_ms`
+// when idle (ChannelCache's keepalive) without being sent away.
+void AllowKeepalivePings(grpc::ServerBuilder& builder, int interval_ms);
 
 // Builds and starts a server on `listen` (host:port) with `loop`'s builder,
 // speaking TLS per `credentials` (common/tls.h), and serves its methods on

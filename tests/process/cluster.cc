@@ -255,6 +255,7 @@ std::string Cluster::replica_peer_address(int i, int j) const {
 }
 
 void Cluster::CutPeer(int i, int j, bool cut) { replicas_[i - 1][j - 1].proxy->Cut(cut); }
+void Cluster::SilencePeer(int i, int j) { replicas_[i - 1][j - 1].proxy->Silence(); }
 
 pid_t Cluster::Spawn(const std::string& binary, const std::vector<std::string>& args,
                      const std::map<std::string, std::string>& env, const std::string& log) {

@@ -99,6 +99,9 @@ class Cluster {
   // and refuses new ones (cut), or lets them through again. The replica
   // then hears no other member, while its own messages still go out.
   void CutPeer(int i, int j, bool cut);
+  // With peer_proxies: the connections to replica j's peer address open now
+  // go silent for good (tcp_proxy.h), without a reset.
+  void SilencePeer(int i, int j);
   // A sample of replica j's /metrics (participant_metrics), or -1.
   double ReplicaMetric(int i, int j, const std::string& name);
   // The replica of participant i that serves (answers ListQueues), polling

@@ -206,6 +206,12 @@ TEST(ReplicaTest, LeadershipMovesOnRequestWhileTransactionsRun) {
   EXPECT_NE(bad.find("INVALID_ARGUMENT"), std::string::npos) << bad;
 }
 
+// Every member's version as its /metrics says, [1..3]; true once equal.
+bool VersionsAgree(Cluster& c, double* versions) {
+  for (int j = 1; j <= 3; ++j) versions[j] = c.ReplicaMetric(1, j, "atomq_replica_applied_index");
+  return versions[1] > 0 && versions[1] == versions[2] && versions[2] == versions[3];
+}
+
 // The leader cut off from the other members (their messages no longer
 // reach it): it cannot commit, steps down, the two others elect a leader
 // and transactions go on; healed, the old leader catches up to the same
@@ -245,13 +251,40 @@ TEST(ReplicaTest, ALeaderCutOffFromItsFollowersIsReplacedAndCatchesUpWhenHealed)
   double versions[4] = {0, 0, 0, 0};
   bool converged = false;
   for (int tries = 0; tries < 200 && !converged; ++tries) {
-    for (int j = 1; j <= 3; ++j) versions[j] = c.ReplicaMetric(1, j, "atomq_replica_applied_index");
-    converged = versions[1] > 0 && versions[1] == versions[2] && versions[2] == versions[3];
+    converged = VersionsAgree(c, versions);
     if (!converged) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   EXPECT_TRUE(converged) << versions[1] << " " << versions[2] << " " << versions[3];
   EXPECT_EQ(c.ReplicaMetric(1, old_leader, "atomq_replica_leader"), double(c.LeaderOf(1)));
   ExpectExactlyCommitted(c, 1, ledger);
+}
+
+// A partition that sends no reset: the leader's connection to a follower
+// goes silent for good. Keepalive pings on peer channels find it dead, a
+// new connection is made, and the follower catches up.
+TEST(ReplicaTest, AFollowerBehindASilentConnectionCatchesUp) {
+  ClusterOptions o;
+  o.participants = 1;
+  o.replicas = 3;
+  o.peer_proxies = true;
+  o.participant_metrics = true;
+  Cluster c(o);
+  c.StartAll();
+  c.CreateQueue(1, "q");
+  const int leader = c.LeaderOf(1);
+  const int follower = leader % 3 + 1;
+  c.SilencePeer(1, follower);
+  Ledger ledger;
+  for (int n = 0; n < 10; ++n) RunTxn(c, absl::StrCat("t", n), &ledger);
+  EXPECT_EQ(ledger.committed.size(), 10u);
+  double versions[4] = {0, 0, 0, 0};
+  bool agree = false;
+  for (int tries = 0; tries < 200 && !agree; ++tries) {
+    agree = VersionsAgree(c, versions);
+    if (!agree) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(agree) << "member " << follower << " stayed behind: " << versions[1] << " "
+                     << versions[2] << " " << versions[3];
 }
 
 TEST(ReplicaTest, AFollowerWhoseDiskWasWipedIsRefusedAndTheGroupGoesOn) {

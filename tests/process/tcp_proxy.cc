@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <map>
+#include <set>
 #include <vector>
 
 namespace atomq::testing {
@@ -54,6 +55,7 @@ TcpProxy::~TcpProxy() {
 
 void TcpProxy::Run() {
   std::map<int, int> other;  // each end of a forwarded connection -> the other end
+  std::set<int> silenced;    // ends left open with nothing read from them
   auto drop = [&](int fd) {
     auto it = other.find(fd);
     if (it == other.end()) return;
@@ -62,13 +64,20 @@ void TcpProxy::Run() {
     close(peer);
     other.erase(fd);
     other.erase(peer);
+    silenced.erase(fd);
+    silenced.erase(peer);
   };
   while (!stop_) {
     if (cut_) {
       while (!other.empty()) drop(other.begin()->first);
     }
+    if (silence_.exchange(false)) {
+      for (const auto& [fd, peer] : other) silenced.insert(fd);
+    }
     std::vector<pollfd> fds{{listener_, POLLIN, 0}};
-    for (const auto& [fd, peer] : other) fds.push_back({fd, POLLIN, 0});
+    for (const auto& [fd, peer] : other) {
+      if (silenced.count(fd) == 0) fds.push_back({fd, POLLIN, 0});
+    }
     if (poll(fds.data(), fds.size(), 20) <= 0) continue;
     if (fds[0].revents & POLLIN) {
       int in = accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);

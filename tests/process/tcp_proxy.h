@@ -20,6 +20,10 @@ class TcpProxy {
 
   int port() const { return port_; }
   void Cut(bool cut) { cut_ = cut; }
+  // Silences every connection open now, for good: they stay open but
+  // nothing more crosses them either way (a partition that sends no reset).
+  // Connections made later are forwarded.
+  void Silence() { silence_ = true; }
 
  private:
   void Run();
@@ -28,6 +32,7 @@ class TcpProxy {
   int port_ = 0;
   const int target_;
   std::atomic<bool> cut_{false};
+  std::atomic<bool> silence_{false};
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
