@@ -206,6 +206,16 @@ TEST(ReplicaTest, LeadershipMovesOnRequestWhileTransactionsRun) {
   EXPECT_NE(bad.find("INVALID_ARGUMENT"), std::string::npos) << bad;
 }
 
+// One participant as a group of three behind peer proxies, with metrics.
+ClusterOptions ProxiedGroup() {
+  ClusterOptions o;
+  o.participants = 1;
+  o.replicas = 3;
+  o.peer_proxies = true;
+  o.participant_metrics = true;
+  return o;
+}
+
 // Every member's version as its /metrics says, [1..3]; true once equal.
 bool VersionsAgree(Cluster& c, double* versions) {
   for (int j = 1; j <= 3; ++j) versions[j] = c.ReplicaMetric(1, j, "atomq_replica_applied_index");
@@ -217,12 +227,7 @@ bool VersionsAgree(Cluster& c, double* versions) {
 // and transactions go on; healed, the old leader catches up to the same
 // version, and every committed message is there once.
 TEST(ReplicaTest, ALeaderCutOffFromItsFollowersIsReplacedAndCatchesUpWhenHealed) {
-  ClusterOptions o;
-  o.participants = 1;
-  o.replicas = 3;
-  o.peer_proxies = true;
-  o.participant_metrics = true;
-  Cluster c(o);
+  Cluster c(ProxiedGroup());
   c.StartAll();
   c.CreateQueue(1, "q");
   Ledger ledger;
@@ -263,12 +268,7 @@ TEST(ReplicaTest, ALeaderCutOffFromItsFollowersIsReplacedAndCatchesUpWhenHealed)
 // goes silent for good. Keepalive pings on peer channels find it dead, a
 // new connection is made, and the follower catches up.
 TEST(ReplicaTest, AFollowerBehindASilentConnectionCatchesUp) {
-  ClusterOptions o;
-  o.participants = 1;
-  o.replicas = 3;
-  o.peer_proxies = true;
-  o.participant_metrics = true;
-  Cluster c(o);
+  Cluster c(ProxiedGroup());
   c.StartAll();
   c.CreateQueue(1, "q");
   const int leader = c.LeaderOf(1);
