@@ -39,7 +39,7 @@ TEST(LeaderBookTest, FollowsARedirectToAConfiguredMemberOnly) {
   EXPECT_EQ(book.Current(group), "127.0.0.1:3");
   // A redirect elsewhere is not followed: the guess moves on as if the
   // member were down.
-  EXPECT_TRUE(book.Learn(group, "127.0.0.1:3", NotLeaderStatus(Leader("10.9.9.9:1"))));
+  EXPECT_TRUE(book.Learn(group, "127.0.0.1:3", NotLeaderStatus(Leader("127.0.0.9:1"))));
   EXPECT_EQ(book.Current(group), "127.0.0.1:1");
 }
 

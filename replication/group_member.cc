@@ -120,10 +120,7 @@ absl::StatusOr<std::unique_ptr<GroupMember>> GroupMember::Start(Options options,
   if (!peer_server.ok()) return peer_server.status();
   m->peer_server_ = std::move(*peer_server);
   GroupMember* raw = m.get();
-  absl::StatusOr<std::unique_ptr<StandInServer>> stand_in = StandInServer::Start(
-      o.listen, o.service_names, o.credentials, [raw] { return raw->NotLeader(); });
-  if (!stand_in.ok()) return stand_in.status();
-  m->stand_in_ = std::move(*stand_in);
+  if (absl::Status st = m->StartStandIn(); !st.ok()) return st;
   m->roles_ = std::thread([raw] { raw->RunRoles(); });
   m->replica_->SetServingHook(
       [raw](bool serving, uint64_t term) { raw->OnServing(serving, term); });
@@ -141,19 +138,7 @@ void GroupMember::Stop() {
     stopping_ = true;
   }
   if (roles_.joinable()) roles_.join();
-  std::unique_ptr<Leading> leading;
-  {
-    absl::MutexLock lock(&mu_);
-    leading = std::move(leading_);
-  }
-  if (leading != nullptr) leading->Stop();
-  replica_->Stop();
-  replica_->Settle();
-  leading.reset();
-  {
-    absl::MutexLock lock(&mu_);
-    term_storage_.reset();
-  }
+  StopLeading(/*replica_too=*/true);
   stand_in_.reset();
   peer_server_->Shutdown(std::chrono::system_clock::now());
   peer_loop_.Shutdown();
@@ -210,28 +195,36 @@ void GroupMember::BecomeLeader(uint64_t term) {
   ++leaderships_;
 }
 
-void GroupMember::BecomeFollower() {
+void GroupMember::StopLeading(bool replica_too) {
   std::unique_ptr<Leading> leading;
   {
     absl::MutexLock lock(&mu_);
     leading = std::move(leading_);
   }
-  leading->Stop();
+  if (leading != nullptr) leading->Stop();
+  if (replica_too) replica_->Stop();
+  // What the store hands back may still call into the node.
   replica_->Settle();
   leading.reset();
-  {
-    absl::MutexLock lock(&mu_);
-    term_storage_.reset();
-    served_ = 0;
-  }
-  LogLine(absl::StrCat("member ", options_.member_id, " of ", options_.group,
-                       " no longer leads; refusing calls with the leader's address"));
-  GroupMember* raw = this;
+  absl::MutexLock lock(&mu_);
+  term_storage_.reset();
+  served_ = 0;
+}
+
+absl::Status GroupMember::StartStandIn() {
   absl::StatusOr<std::unique_ptr<StandInServer>> stand_in =
       StandInServer::Start(options_.listen, options_.service_names, options_.credentials,
-                           [raw] { return raw->NotLeader(); });
-  if (!stand_in.ok()) Fatal(std::string(stand_in.status().message()));
+                           [this] { return NotLeader(); });
+  if (!stand_in.ok()) return stand_in.status();
   stand_in_ = std::move(*stand_in);
+  return absl::OkStatus();
+}
+
+void GroupMember::BecomeFollower() {
+  StopLeading(/*replica_too=*/false);
+  LogLine(absl::StrCat("member ", options_.member_id, " of ", options_.group,
+                       " no longer leads; refusing calls with the leader's address"));
+  if (absl::Status st = StartStandIn(); !st.ok()) Fatal(std::string(st.message()));
 }
 
 std::string GroupMember::RenderMetrics() {

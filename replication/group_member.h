@@ -95,6 +95,11 @@ class GroupMember {
   void RunRoles() ABSL_LOCKS_EXCLUDED(mu_);
   void BecomeLeader(uint64_t term) ABSL_LOCKS_EXCLUDED(mu_);
   void BecomeFollower() ABSL_LOCKS_EXCLUDED(mu_);
+  // Stops the served node (and, with `replica_too`, the replica), waits for
+  // the store's callbacks, then destroys the node.
+  void StopLeading(bool replica_too) ABSL_LOCKS_EXCLUDED(mu_);
+  // The refusing stand-in on the client address.
+  absl::Status StartStandIn();
 
   const Options options_;
   const StartLeading start_;

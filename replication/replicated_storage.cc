@@ -205,41 +205,40 @@ auto ReplicatedStorage::Guarded(Fn fn) {
 }
 
 void ReplicatedStorage::Settle() {
+  // In line with the timer thread, but not depending on it: it may be
+  // stopped already.
+  while (RunLater()) {
+  }
   for (;;) {
-    std::vector<std::pair<DoneFn, absl::Status>> fns;
     {
       absl::MutexLock lock(&mu_);
-      // Waits in line with the timer thread, but does not depend on it: it
-      // may be stopped already.
-      fns.swap(later_);
-      if (fns.empty()) {
-        mu_.Await(absl::Condition(
-            +[](ReplicatedStorage* self) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-              return !self->later_.empty() || (self->callbacks_ == 0 && self->pending_.empty());
-            },
-            this));
-        if (later_.empty()) return;
-        continue;
-      }
-      ++callbacks_;
+      mu_.Await(absl::Condition(
+          +[](ReplicatedStorage* self) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return !self->later_.empty() || (self->callbacks_ == 0 && self->pending_.empty());
+          },
+          this));
+      if (later_.empty()) return;
     }
-    RunCallbacks(std::move(fns));
+    RunLater();
   }
 }
 
 void ReplicatedStorage::Later(std::vector<DoneFn> fns, absl::Status status) {
   if (fns.empty()) return;
   for (DoneFn& done : fns) later_.emplace_back(std::move(done), status);
-  timers_->At(0, Guarded([](ReplicatedStorage* self) {
-                std::vector<std::pair<DoneFn, absl::Status>> fns;
-                {
-                  absl::MutexLock lock(&self->mu_);
-                  fns.swap(self->later_);
-                  if (fns.empty()) return;
-                  ++self->callbacks_;
-                }
-                self->RunCallbacks(std::move(fns));
-              }));
+  timers_->At(0, Guarded([](ReplicatedStorage* self) { self->RunLater(); }));
+}
+
+bool ReplicatedStorage::RunLater() {
+  std::vector<std::pair<DoneFn, absl::Status>> fns;
+  {
+    absl::MutexLock lock(&mu_);
+    fns.swap(later_);
+    if (fns.empty()) return false;
+    ++callbacks_;
+  }
+  RunCallbacks(std::move(fns));
+  return true;
 }
 
 void ReplicatedStorage::RunCallbacks(std::vector<std::pair<DoneFn, absl::Status>> fns) {
@@ -249,12 +248,11 @@ void ReplicatedStorage::RunCallbacks(std::vector<std::pair<DoneFn, absl::Status>
 }
 
 void ReplicatedStorage::Submit(Batch batch, DoneFn done) {
-  uint64_t term;
   {
     absl::MutexLock lock(&mu_);
-    term = serving_term_;
+    SubmitLocked(serving_term_, std::move(batch), std::move(done));
   }
-  SubmitIn(term, std::move(batch), std::move(done));
+  RunHook();
 }
 
 void ReplicatedStorage::SubmitIn(uint64_t term, Batch batch, DoneFn done) {
@@ -454,7 +452,7 @@ void ReplicatedStorage::Apply() {
 }
 
 void ReplicatedStorage::Applied(uint64_t index, absl::Status status) {
-  std::vector<DoneFn> done;
+  std::vector<std::pair<DoneFn, absl::Status>> done;
   {
     absl::MutexLock lock(&mu_);
     if (stopped_) return;  // a closing store may fail what is left
@@ -463,17 +461,13 @@ void ReplicatedStorage::Applied(uint64_t index, absl::Status status) {
     }
     applied_ = index;
     while (!pending_.empty() && pending_.begin()->first <= index) {
-      done.push_back(std::move(pending_.begin()->second));
+      done.emplace_back(std::move(pending_.begin()->second), absl::OkStatus());
       pending_.erase(pending_.begin());
     }
     CheckServing();
     if (!done.empty()) ++callbacks_;
   }
-  if (!done.empty()) {
-    std::vector<std::pair<DoneFn, absl::Status>> fns;
-    for (DoneFn& d : done) fns.emplace_back(std::move(d), absl::OkStatus());
-    RunCallbacks(std::move(fns));
-  }
+  if (!done.empty()) RunCallbacks(std::move(done));
   RunHook();
 }
 

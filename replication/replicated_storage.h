@@ -148,6 +148,8 @@ class ReplicatedStorage : public Storage {
   void FailPending(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Queues `fns` to run with `status` on the timer thread (or in Settle).
   void Later(std::vector<DoneFn> fns, absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs what Later queued, outside the lock; false when nothing was.
+  bool RunLater() ABSL_LOCKS_EXCLUDED(mu_);
   // Runs `fns` outside the lock, counted in callbacks_ by the caller.
   void RunCallbacks(std::vector<std::pair<DoneFn, absl::Status>> fns) ABSL_LOCKS_EXCLUDED(mu_);
   void RunHook() ABSL_LOCKS_EXCLUDED(mu_);

@@ -299,11 +299,10 @@ TEST(ReplicatedStorageTest, ARefusalNeverRunsOnTheSubmittersThread) {
   std::promise<absl::Status> got;
   {
     absl::MutexLock lock(&core);
-    g.at(l % 3 + 1)->Submit(Batch{0, {Write{kTestDataDb, "k", "v", false}}},
-                            [&](absl::Status st) {
-                              absl::MutexLock again(&core);
-                              got.set_value(st);
-                            });
+    g.at(l % 3 + 1)->Submit(Batch{0, {Write{kTestDataDb, "k", "v", false}}}, [&](absl::Status st) {
+      absl::MutexLock again(&core);
+      got.set_value(st);
+    });
   }
   std::future<absl::Status> f = got.get_future();
   ASSERT_EQ(f.wait_for(std::chrono::seconds(5)), std::future_status::ready);

@@ -43,6 +43,19 @@ void RunTxn(Cluster& c, const std::string& id, Ledger* ledger) {
   }
 }
 
+// Runs transactions named `prefix`-N until `want` more commit or `seconds`
+// pass; how many did.
+size_t CommitMore(Cluster& c, const std::string& prefix, size_t want, int seconds, Ledger* ledger) {
+  size_t got = 0;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  for (int n = 0; got < want && std::chrono::steady_clock::now() < end; ++n) {
+    const size_t had = ledger->committed.size();
+    RunTxn(c, absl::StrCat(prefix, "-", n), ledger);
+    got += ledger->committed.size() - had;
+  }
+  return got;
+}
+
 // Every committed payload is in participant i's queue exactly once, and
 // nothing that did not commit or might have.
 void ExpectExactlyCommitted(Cluster& c, int i, const Ledger& ledger) {
@@ -243,14 +256,8 @@ TEST(ReplicaTest, ALeaderCutOffFromItsFollowersIsReplacedAndCatchesUpWhenHealed)
   }
   ASSERT_NE(new_leader, 0);
   ASSERT_NE(new_leader, old_leader);
-  size_t after = 0;
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  for (int n = 0; after < 10 && std::chrono::steady_clock::now() < end; ++n) {
-    const size_t had = ledger.committed.size();
-    RunTxn(c, absl::StrCat("cut-", n), &ledger);
-    after += ledger.committed.size() - had;
-  }
-  EXPECT_EQ(after, 10u) << "transactions stopped committing while the old leader was cut off";
+  EXPECT_EQ(CommitMore(c, "cut", 10, 20, &ledger), 10u)
+      << "transactions stopped committing while the old leader was cut off";
 
   c.CutPeer(1, old_leader, false);
   double versions[4] = {0, 0, 0, 0};
@@ -337,14 +344,8 @@ TEST(ReplicaTest, TransactionsCommitAcrossALeadersLossWithNothingLostOrDoubled) 
   ASSERT_NE(old_leader, 0);
   c.KillReplica(1, old_leader);
   // Commits resume once p1 has a new leader and the coordinator found it.
-  size_t after = 0;
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  for (int n = 0; after < 20 && std::chrono::steady_clock::now() < end; ++n) {
-    const size_t had = ledger.committed.size();
-    RunTxn(c, absl::StrCat("after-", n), &ledger);
-    after += ledger.committed.size() - had;
-  }
-  EXPECT_EQ(after, 20u) << "transactions stopped committing after p1's leader was killed";
+  EXPECT_EQ(CommitMore(c, "after", 20, 30, &ledger), 20u)
+      << "transactions stopped committing after p1's leader was killed";
   const int new_leader = c.LeaderOf(1);
   EXPECT_NE(new_leader, 0);
   EXPECT_NE(new_leader, old_leader);
