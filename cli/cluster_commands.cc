@@ -10,14 +10,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "atomq/v1/replica.grpc.pb.h"
+#include "cli/cluster.h"
 #include "cli/commands.h"
 #include "common/leader_book.h"
 
 namespace atomq::ctl {
-namespace {
 
-// One status per member, in the order given; a member that cannot be
-// asked is "unreachable" with the error.
 v1::GroupStatusReport AskMembers(const Globals& g, const std::vector<std::string>& peers) {
   v1::GroupStatusReport report;
   uint64_t commit = 0;
@@ -40,6 +38,16 @@ v1::GroupStatusReport AskMembers(const Globals& g, const std::vector<std::string
   return report;
 }
 
+const v1::ReplicaStatus* LeaderIn(const v1::GroupStatusReport& report) {
+  const v1::ReplicaStatus* leader = nullptr;
+  for (const v1::ReplicaStatus& r : report.replicas()) {
+    if (r.role() == "leader" && (leader == nullptr || r.term() > leader->term())) leader = &r;
+  }
+  return leader;
+}
+
+namespace {
+
 void PrintTable(const v1::GroupStatusReport& report) {
   std::printf("%-7s %-12s %-6s %-7s %-10s %-10s %-6s %-22s %s\n", "MEMBER", "ROLE", "TERM",
               "LEADER", "COMMIT", "VERSION", "LAG", "CLIENT", "PEER");
@@ -60,6 +68,17 @@ void PrintTable(const v1::GroupStatusReport& report) {
                 r.peer_address().c_str());
   }
   std::printf("(* serving; VERSION: the last entry applied; LAG: behind the highest commit)\n");
+  const v1::ReplicaStatus* leader = LeaderIn(report);
+  if (leader != nullptr) {
+    std::printf("members, as the leader (member %llu) has them:\n",
+                static_cast<unsigned long long>(leader->member()));
+    for (const v1::GroupMemberInfo& m : leader->members()) {
+      std::printf("  %-5llu %-8s stored up to %-10llu %s/%s\n",
+                  static_cast<unsigned long long>(m.member()), m.role().c_str(),
+                  static_cast<unsigned long long>(m.match_index()), m.client_address().c_str(),
+                  m.peer_address().c_str());
+    }
+  }
   for (const v1::ReplicaStatus& r : report.replicas()) {
     if (!r.fault().empty()) {
       std::printf("member %llu takes no part: %s\n", static_cast<unsigned long long>(r.member()),
@@ -72,10 +91,7 @@ void PrintTable(const v1::GroupStatusReport& report) {
 // waits (up to --rpc_timeout_ms) until `to` serves.
 int Transfer(const Globals& g, const std::vector<std::string>& peers, uint64_t to) {
   v1::GroupStatusReport before = AskMembers(g, peers);
-  const v1::ReplicaStatus* leader = nullptr;
-  for (const v1::ReplicaStatus& r : before.replicas()) {
-    if (r.role() == "leader") leader = &r;
-  }
+  const v1::ReplicaStatus* leader = LeaderIn(before);
   if (leader == nullptr) return Error("no member of the group leads now; retry shortly");
   if (leader->member() == to) {
     std::printf("member %llu leads already (term %llu)\n", static_cast<unsigned long long>(to),
@@ -117,6 +133,7 @@ CLI::App* AddGroupCommand(CLI::App* cluster, const char* name, const char* what,
 }  // namespace
 
 void AddClusterCommands(CLI::App* cluster, const Globals& g, int* rc) {
+  AddMemberCommands(cluster, g, rc);
   auto members = std::make_shared<std::string>();
   auto to = std::make_shared<uint64_t>(0);
   CLI::App* transfer =

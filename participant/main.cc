@@ -38,6 +38,7 @@ struct ParticipantFlags {
   std::map<uint64_t, atomq::replication::MemberAddresses> members;
   uint64_t member_id = 0;               // --member_id
   std::string peer_listen;              // --peer_listen
+  bool join = false;                    // --join
   uint32_t election_timeout_ms = 1000;  // --election_timeout_ms
   uint32_t heartbeat_ms = 100;          // --heartbeat_ms
   Config cfg;
@@ -185,6 +186,9 @@ void AddGroupFlags(CLI::App& app, ParticipantFlags* f) {
   app.add_option("--peer_listen", f->peer_listen,
                  "address to take the group's replication traffic on (default: this member's "
                  "peer address in --group)");
+  app.add_flag("--join", f->join,
+               "on an empty disk, wait to be added to the running group (atomqctl cluster add or "
+               "replace) instead of starting a new one; a disk that holds the log ignores it");
   AddCheckedFlag(app, "--election_timeout_ms", f->election_timeout_ms,
                  "how long followers wait without hearing from a leader before electing another",
                  CLI::Range(10u, 600000u));
@@ -256,8 +260,8 @@ int CheckFlags(ParticipantFlags* f) {
       return Fail("--heartbeat_ms must be at most half of --election_timeout_ms");
     }
     f->members = *std::move(members);
-  } else if (f->member_id != 0 || !f->peer_listen.empty()) {
-    return Fail("--member_id and --peer_listen need --group");
+  } else if (f->member_id != 0 || !f->peer_listen.empty() || f->join) {
+    return Fail("--member_id, --peer_listen and --join need --group");
   }
   if (cfg.resend_initial_ms > cfg.resend_max_ms) {
     return Fail("--resend_initial_ms exceeds --resend_max_ms");
@@ -375,6 +379,7 @@ int ServeInGroup(ParticipantFlags* f, atomq::Store* store) {
   o.members = f->members;
   o.listen = f->server.listen;
   o.peer_listen = f->peer_listen;
+  o.join = f->join;
   o.service_names = ServedNode::Services();
   o.credentials = atomq::ServerCredentials(f->server.tls);
   o.access = f->opts.access;

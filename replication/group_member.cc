@@ -89,17 +89,16 @@ absl::StatusOr<std::unique_ptr<GroupMember>> GroupMember::Start(Options options,
                                                   GrpcTransport::Options{o.group, o.member_id});
   ReplicatedStorage::Options ro;
   ro.engine.id = o.member_id;
-  ro.engine.address = o.members.at(o.member_id).peer;
+  ro.engine.address = ConfigAddress(o.members.at(o.member_id));
+  ro.join = o.join;
   // Randomized election timeouts must differ between members.
   uint32_t seed = 0;
   if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed)) seed = uint32_t(o.member_id);
   ro.engine.seed = seed;
   ro.engine.election_timeout = o.election_timeout_ms;
   ro.engine.heartbeat_timeout = o.heartbeat_ms;
-  std::map<uint64_t, std::string> peers;
-  for (const auto& [id, a] : o.members) {
-    ro.bootstrap.push_back(Member{id, a.peer});
-    peers[id] = a.peer;
+  if (!o.join) {
+    for (const auto& [id, a] : o.members) ro.bootstrap.push_back(Member{id, ConfigAddress(a)});
   }
   absl::StatusOr<std::unique_ptr<ReplicatedStorage>> replica =
       ReplicatedStorage::Open(ro, local, m->transport_.get(), &m->timers_);
@@ -109,10 +108,8 @@ absl::StatusOr<std::unique_ptr<GroupMember>> GroupMember::Start(Options options,
   m->transport_->SetDisk(replica_raw->disk(), [replica_raw](uint64_t peer, const std::string& why) {
     replica_raw->Refused(peer, why);
   });
-  std::map<uint64_t, std::string> clients;
-  for (const auto& [id, a] : o.members) clients[id] = a.client;
-  m->replica_service_ = std::make_unique<ReplicaService>(
-      &m->peer_loop_, o.access, o.group, std::move(peers), m->replica_.get(), std::move(clients));
+  m->replica_service_ = std::make_unique<ReplicaService>(&m->peer_loop_, o.access, o.group,
+                                                         o.members, m->replica_.get());
   AllowKeepalivePings(m->peer_loop_.builder(), kPeerKeepaliveMs / 2);
   absl::StatusOr<std::unique_ptr<grpc::Server>> peer_server =
       StartServer(o.peer_listen, {m->replica_service_->service()}, o.message_bytes_max,
@@ -150,10 +147,11 @@ grpc::Status GroupMember::NotLeader() {
   v1::NotLeader where;
   where.set_group(options_.group);
   where.set_term(s.term);
-  auto leader = options_.members.find(s.leader_id);
-  if (leader != options_.members.end() && s.leader_id != options_.member_id) {
+  MemberAddresses leader;
+  if (s.leader_id != options_.member_id &&
+      FindMember(s.members, options_.members, s.leader_id, &leader) && !leader.client.empty()) {
     where.set_leader_member(s.leader_id);
-    where.set_leader_address(leader->second.client);
+    where.set_leader_address(leader.client);
   }
   return NotLeaderStatus(where);
 }

@@ -27,11 +27,6 @@
 
 namespace atomq::replication {
 
-struct MemberAddresses {
-  std::string client;  // where callers reach it (the server's --listen)
-  std::string peer;    // where the other members reach it (atomq.v1.Replica)
-};
-
 // "1=127.0.0.1:7101/127.0.0.1:7201,2=..." (member id = client/peer
 // address) -> members; INVALID_ARGUMENT naming the bad entry.
 absl::StatusOr<std::map<uint64_t, MemberAddresses>> ParseGroup(const std::string& flag);
@@ -54,7 +49,13 @@ class GroupMember {
   struct Options {
     std::string group;  // the participant or coordinator id
     uint64_t member_id = 0;
+    // The group as configured (--group). It starts a new group on an empty
+    // disk; once a replica holds the log, the configuration in it says who
+    // the members are (ReplicaService).
     std::map<uint64_t, MemberAddresses> members;
+    // An empty disk waits to be added by the group's leader (--join)
+    // instead of starting a group.
+    bool join = false;
     std::string listen;       // client address to bind (--listen)
     std::string peer_listen;  // peer address to bind (default: this member's peer address)
     std::vector<std::string> service_names;  // what health names

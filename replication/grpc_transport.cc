@@ -7,13 +7,57 @@
 #include "replication/raft_wire.h"
 
 namespace atomq::replication {
+namespace {
+
+// host:port, as a flag would name it; nothing that would split a
+// configuration address or a member list.
+absl::Status ValidateAddress(const char* field, const std::string& address) {
+  constexpr size_t kMax = 255;
+  if (address.empty() || address.size() > kMax || address.find(':') == std::string::npos ||
+      address.find_first_of("/,|= \t\r\n") != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, " \"", Clip(address), "\" is not host:port (at most ", kMax, " bytes)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string ConfigAddress(const MemberAddresses& a) {
+  return a.client.empty() ? a.peer : absl::StrCat(a.client, "/", a.peer);
+}
+
+MemberAddresses SplitConfigAddress(const std::string& address) {
+  const size_t slash = address.find('/');
+  if (slash == std::string::npos) return MemberAddresses{"", address};
+  return MemberAddresses{address.substr(0, slash), address.substr(slash + 1)};
+}
+
+bool FindMember(const std::vector<Member>& members,
+                const std::map<uint64_t, MemberAddresses>& configured, uint64_t id,
+                MemberAddresses* out) {
+  if (members.empty()) {
+    auto it = configured.find(id);
+    if (it == configured.end()) return false;
+    *out = it->second;
+    return true;
+  }
+  for (const Member& m : members) {
+    if (m.id == id) {
+      *out = SplitConfigAddress(m.address);
+      return true;
+    }
+  }
+  return false;
+}
 
 void GrpcTransport::Send(uint64_t to, const std::string& address, RaftMessage message) {
   {
     absl::MutexLock lock(&mu_);
     Peer& p = peers_[to];
-    if (p.address != address) {
-      p.address = address;
+    const std::string peer = SplitConfigAddress(address).peer;
+    if (p.address != peer) {
+      p.address = peer;
       p.stub.reset();
     }
     p.queue.push_back(ToWire(message));
@@ -73,17 +117,66 @@ void GrpcTransport::Flush(uint64_t to) {
 }
 
 ReplicaService::ReplicaService(RpcLoop* loop, std::shared_ptr<const Access> access,
-                               std::string group, std::map<uint64_t, std::string> members,
-                               ReplicatedStorage* storage, std::map<uint64_t, std::string> clients)
+                               std::string group, std::map<uint64_t, MemberAddresses> configured,
+                               ReplicatedStorage* storage)
     : access_(std::move(access)),
       group_(std::move(group)),
-      members_(std::move(members)),
-      storage_(storage),
-      clients_(std::move(clients)) {
+      configured_(std::move(configured)),
+      storage_(storage) {
   ServeMember(loop, &service_, "Deliver", this, &ReplicaService::Deliver);
   ServeMember(loop, &service_, "Status", this, &ReplicaService::Status);
   ServeMember(loop, &service_, "TransferLeadership", this, &ReplicaService::TransferLeadership);
+  ServeMember(loop, &service_, "ChangeMembers", this, &ReplicaService::ChangeMembers);
   service_.Check();
+}
+
+void ReplicaService::ChangeMembers(grpc::ServerContext* ctx, const v1::ChangeMembersRequest* req,
+                                   v1::ReplicaStatus* resp, UnaryReactor* reactor) {
+  absl::StatusOr<std::string> who =
+      access_->Check(*ctx, "Replica.ChangeMembers", {Role::kOperator});
+  if (Refused(reactor, who)) return;
+  MemberChange change = MemberChange::kAdd;
+  absl::Status bad;
+  switch (req->change()) {
+    case v1::ChangeMembersRequest::ADD:
+      if (absl::Status a = ValidateAddress("client_address", req->client_address()); !a.ok()) {
+        bad = a;
+      } else if (absl::Status p = ValidateAddress("peer_address", req->peer_address()); !p.ok()) {
+        bad = p;
+      } else if (req->client_address() == req->peer_address()) {
+        bad = absl::InvalidArgumentError("client_address and peer_address must differ");
+      }
+      break;
+    case v1::ChangeMembersRequest::PROMOTE:
+      change = MemberChange::kPromote;
+      break;
+    case v1::ChangeMembersRequest::REMOVE:
+      change = MemberChange::kRemove;
+      break;
+    default:
+      bad = absl::InvalidArgumentError("change must be ADD, PROMOTE or REMOVE");
+  }
+  if (bad.ok() && req->member() == 0) bad = absl::InvalidArgumentError("member must be above 0");
+  const std::string what = v1::ChangeMembersRequest::Change_Name(req->change());
+  auto audit = [this, who = *who, what, member = req->member()](const absl::Status& st) {
+    Audit(who, "change-members",
+          {{"group", group_},
+           {"change", what},
+           {"member", absl::StrCat(member)},
+           {"result", st.ok() ? "OK" : absl::StatusCodeToString(st.code())}});
+  };
+  if (!bad.ok()) {
+    audit(bad);
+    return reactor->Finish(ToGrpc(bad));
+  }
+  Member m{req->member(),
+           ConfigAddress(MemberAddresses{req->client_address(), req->peer_address()}),
+           MemberRole::kStandby};
+  storage_->ChangeMembers(change, std::move(m), [this, resp, reactor, audit](absl::Status st) {
+    audit(st);
+    if (st.ok()) Fill(resp);
+    reactor->Finish(ToGrpc(st));
+  });
 }
 
 void ReplicaService::TransferLeadership(grpc::ServerContext* ctx,
@@ -92,7 +185,8 @@ void ReplicaService::TransferLeadership(grpc::ServerContext* ctx,
   absl::StatusOr<std::string> who =
       access_->Check(*ctx, "Replica.TransferLeadership", {Role::kOperator});
   if (Refused(reactor, who)) return;
-  absl::Status st = members_.count(req->to()) == 0
+  MemberAddresses ignored;
+  absl::Status st = !Find(req->to(), &ignored)
                         ? absl::InvalidArgumentError(
                               absl::StrCat("member ", req->to(), " is not of group ", group_))
                         : storage_->Transfer(req->to());
@@ -108,6 +202,11 @@ void ReplicaService::Status(grpc::ServerContext* ctx, const v1::ReplicaStatusReq
   if (Refused(reactor, access_->Check(*ctx, "Replica.Status", {Role::kOperator, Role::kPeer}))) {
     return;
   }
+  Fill(resp);
+  reactor->Finish(grpc::Status::OK);
+}
+
+void ReplicaService::Fill(v1::ReplicaStatus* resp) {
   const GroupStatus s = storage_->Status();
   resp->set_group(group_);
   resp->set_member(s.id);
@@ -119,9 +218,23 @@ void ReplicaService::Status(grpc::ServerContext* ctx, const v1::ReplicaStatusReq
   resp->set_serving(s.serving);
   resp->set_fault(s.fault);
   resp->set_disk(storage_->disk());
-  if (auto m = members_.find(s.id); m != members_.end()) resp->set_peer_address(m->second);
-  if (auto c = clients_.find(s.id); c != clients_.end()) resp->set_client_address(c->second);
-  reactor->Finish(grpc::Status::OK);
+  if (MemberAddresses self; FindMember(s.members, configured_, s.id, &self)) {
+    resp->set_peer_address(self.peer);
+    resp->set_client_address(self.client);
+  }
+  for (const Member& m : s.members) {
+    v1::GroupMemberInfo* info = resp->add_members();
+    const MemberAddresses a = SplitConfigAddress(m.address);
+    info->set_member(m.id);
+    info->set_role(m.role == MemberRole::kVoter     ? "voter"
+                   : m.role == MemberRole::kStandby ? "standby"
+                                                    : "spare");
+    info->set_client_address(a.client);
+    info->set_peer_address(a.peer);
+    if (auto match = s.match.find(m.id); match != s.match.end()) {
+      info->set_match_index(match->second);
+    }
+  }
 }
 
 void ReplicaService::Deliver(grpc::ServerContext* ctx, const v1::DeliverRequest* req,
@@ -132,8 +245,8 @@ void ReplicaService::Deliver(grpc::ServerContext* ctx, const v1::DeliverRequest*
         grpc::StatusCode::FAILED_PRECONDITION,
         absl::StrCat("this replica is of group ", group_, ", not ", Clip(req->group()))));
   }
-  auto member = members_.find(req->from());
-  if (member == members_.end() || req->from() == 0) {
+  MemberAddresses from;
+  if (req->from() == 0 || !Find(req->from(), &from)) {
     return reactor->Finish(
         grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
                      absl::StrCat("member ", req->from(), " is not of group ", group_)));
@@ -150,7 +263,7 @@ void ReplicaService::Deliver(grpc::ServerContext* ctx, const v1::DeliverRequest*
   }
   std::vector<RaftMessage> messages;
   for (const v1::RaftMessageProto& p : req->messages()) {
-    absl::StatusOr<RaftMessage> m = FromWire(p, member->first, member->second);
+    absl::StatusOr<RaftMessage> m = FromWire(p, req->from(), ConfigAddress(from));
     if (!m.ok()) {
       return reactor->Finish(
           grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(m.status().message())));

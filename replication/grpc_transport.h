@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -21,6 +22,22 @@
 #include "replication/replicated_storage.h"
 
 namespace atomq::replication {
+
+struct MemberAddresses {
+  std::string client;  // where callers reach it (the server's --listen)
+  std::string peer;    // where the other members reach it (atomq.v1.Replica)
+};
+// A member's address in its group's configuration is "client/peer", so
+// that every replica knows both for every member, added ones too. Without
+// a '/', an address is a peer address alone.
+std::string ConfigAddress(const MemberAddresses& a);
+MemberAddresses SplitConfigAddress(const std::string& address);
+// Member `id`'s addresses: from `members` (a configuration) when it is not
+// empty, else from `configured` (the --group flag: all a member that joins
+// knows before it is sent the log); false when neither has it.
+bool FindMember(const std::vector<Member>& members,
+                const std::map<uint64_t, MemberAddresses>& configured, uint64_t id,
+                MemberAddresses* out);
 
 class GrpcTransport : public Transport {
  public:
@@ -61,14 +78,12 @@ class GrpcTransport : public Transport {
   std::function<void(uint64_t, const std::string&)> refused_ ABSL_GUARDED_BY(mu_);
 };
 
-// atomq.v1.Replica on the loop, for one group's replica.
+// atomq.v1.Replica on the loop, for one group's replica. Who is a member
+// follows the replica's configuration (FindMember).
 class ReplicaService {
  public:
-  // `members` maps member id to its (peer) address, as configured;
-  // `clients` to its client address, where known.
   ReplicaService(RpcLoop* loop, std::shared_ptr<const Access> access, std::string group,
-                 std::map<uint64_t, std::string> members, ReplicatedStorage* storage,
-                 std::map<uint64_t, std::string> clients = {});
+                 std::map<uint64_t, MemberAddresses> configured, ReplicatedStorage* storage);
   grpc::Service* service() { return &service_; }
 
  private:
@@ -78,13 +93,18 @@ class ReplicaService {
               v1::ReplicaStatus* resp, UnaryReactor* reactor);
   void TransferLeadership(grpc::ServerContext* ctx, const v1::TransferLeadershipRequest* req,
                           v1::TransferLeadershipResponse* resp, UnaryReactor* reactor);
+  void ChangeMembers(grpc::ServerContext* ctx, const v1::ChangeMembersRequest* req,
+                     v1::ReplicaStatus* resp, UnaryReactor* reactor);
+  bool Find(uint64_t id, MemberAddresses* out) {
+    return FindMember(storage_->Members(), configured_, id, out);
+  }
+  void Fill(v1::ReplicaStatus* resp);
 
   LoopService<v1::Replica> service_;
   const std::shared_ptr<const Access> access_;
   const std::string group_;
-  const std::map<uint64_t, std::string> members_;
+  const std::map<uint64_t, MemberAddresses> configured_;
   ReplicatedStorage* const storage_;
-  const std::map<uint64_t, std::string> clients_;
   absl::Mutex log_mu_;
   int64_t refusal_logged_ms_ ABSL_GUARDED_BY(log_mu_) = -1;
 };

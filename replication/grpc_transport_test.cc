@@ -72,8 +72,10 @@ class GrpcGroup {
     ReplicatedStorage* r = n.group.get();
     n.transport->SetDisk(r->disk(),
                          [r](uint64_t peer, const std::string& why) { r->Refused(peer, why); });
-    n.service = std::make_unique<ReplicaService>(n.loop.get(), Access::Open(), kGroup, members_,
-                                                 n.group.get());
+    std::map<uint64_t, MemberAddresses> configured;
+    for (auto& [m, address] : members_) configured[m] = MemberAddresses{"", address};
+    n.service = std::make_unique<ReplicaService>(n.loop.get(), Access::Open(), kGroup,
+                                                 std::move(configured), n.group.get());
     absl::StatusOr<std::unique_ptr<grpc::Server>> s =
         StartServer(members_[id], {n.service->service()}, 1 << 24,
                     grpc::InsecureServerCredentials(), n.loop.get());

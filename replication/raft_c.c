@@ -414,6 +414,67 @@ int aq_raft_transfer(aq_raft *h, uint64_t now, uint64_t id, aq_update *out) {
   return step(h, &ev, now, out);
 }
 
+int aq_raft_catch_up(aq_raft *h, uint64_t now, uint64_t id, aq_update *out) {
+  struct raft *r = &h->raft;
+  /* The engine asserts all of this rather than refusing it. */
+  if (raft_state(r) != RAFT_LEADER) return RAFT_NOTLEADER;
+  const struct raft_server *s = NULL;
+  for (unsigned i = 0; i < r->configuration.n; i++) {
+    if (r->configuration.servers[i].id == id) s = &r->configuration.servers[i];
+  }
+  if (s == NULL) return RAFT_BADID;
+  if (s->role == RAFT_VOTER) return RAFT_BADROLE;
+  if (aq_raft_changing(h)) return RAFT_CANTCHANGE;
+  struct raft_event ev;
+  memset(&ev, 0, sizeof ev);
+  ev.type = RAFT_CATCH_UP;
+  ev.catch_up.server_id = id;
+  return step(h, &ev, now, out);
+}
+
+int aq_raft_catch_up_status(aq_raft *h, uint64_t id) {
+  int status = 0;
+  int rv = raft_catch_up(&h->raft, id, &status);
+  if (rv != 0) return -rv;
+  switch (status) {
+    case RAFT_CATCH_UP_RUNNING:
+      return AQ_CATCH_UP_RUNNING;
+    case RAFT_CATCH_UP_ABORTED:
+      return AQ_CATCH_UP_ABORTED;
+    case RAFT_CATCH_UP_FINISHED:
+      return AQ_CATCH_UP_FINISHED;
+    default:
+      return AQ_CATCH_UP_NONE;
+  }
+}
+
+uint64_t aq_raft_match_index(aq_raft *h, uint64_t id) {
+  raft_index index = 0;
+  if (raft_match_index(&h->raft, id, &index) != 0) return 0;
+  return index;
+}
+
+int aq_raft_members(aq_raft *h, void **out, size_t *out_len, uint64_t *index) {
+  struct raft *r = &h->raft;
+  *index = r->configuration_uncommitted_index != 0 ? r->configuration_uncommitted_index
+                                                   : r->configuration_committed_index;
+  *out = NULL;
+  *out_len = 0;
+  if (r->configuration.n == 0) return 0;
+  struct raft_buffer b = {NULL, 0};
+  int rv = raft_configuration_encode(&r->configuration, &b);
+  if (rv != 0) return -rv;
+  *out = b.base;
+  *out_len = b.len;
+  return 0;
+}
+
+bool aq_raft_changing(aq_raft *h) {
+  struct raft *r = &h->raft;
+  return r->configuration_uncommitted_index != 0 ||
+         (raft_state(r) == RAFT_LEADER && r->leader_state.promotee_id != 0);
+}
+
 uint64_t aq_raft_term(const aq_raft *h) { return raft_current_term(&h->raft); }
 uint64_t aq_raft_voted_for(const aq_raft *h) { return raft_voted_for(&h->raft); }
 uint64_t aq_raft_commit_index(const aq_raft *h) { return raft_commit_index(&h->raft); }

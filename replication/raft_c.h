@@ -113,6 +113,30 @@ int aq_raft_snapshot(aq_raft *r, uint64_t now, uint64_t index, uint64_t term, co
 int aq_raft_timeout(aq_raft *r, uint64_t now, aq_update *out);
 int aq_raft_submit(aq_raft *r, uint64_t now, const aq_entry *entries, unsigned n, aq_update *out);
 int aq_raft_transfer(aq_raft *r, uint64_t now, uint64_t id, aq_update *out);
+/* The leader starts bringing standby or spare member `id` up to date, in
+ * rounds, before it may vote (aq_raft_catch_up_status says how it went).
+ * RAFT_NOTLEADER, RAFT_BADID (not a member), RAFT_BADROLE (a voter) or
+ * RAFT_CANTCHANGE (a change or another catch-up under way). */
+int aq_raft_catch_up(aq_raft *r, uint64_t now, uint64_t id, aq_update *out);
+enum {
+  AQ_CATCH_UP_NONE = 0,
+  AQ_CATCH_UP_RUNNING = 1,
+  AQ_CATCH_UP_ABORTED = 2,
+  AQ_CATCH_UP_FINISHED = 3
+};
+/* Where member `id`'s catch-up stands, on the leader; negative (a C-Raft
+ * error) when not the leader or not a member. */
+int aq_raft_catch_up_status(aq_raft *r, uint64_t id);
+/* The leader's match index for member `id` (0 when not the leader or not a
+ * member). */
+uint64_t aq_raft_match_index(aq_raft *r, uint64_t id);
+/* The current configuration (the last change, committed or not), encoded as
+ * aq_conf_encode does (freed with aq_free), and the index of its entry (0:
+ * none yet, a member waiting to be sent the log). A negative C-Raft error
+ * when out of memory. */
+int aq_raft_members(aq_raft *r, void **out, size_t *out_len, uint64_t *index);
+/* Whether a configuration change or a catch-up is under way. */
+bool aq_raft_changing(aq_raft *r);
 
 uint64_t aq_raft_term(const aq_raft *r);
 uint64_t aq_raft_voted_for(const aq_raft *r);

@@ -354,6 +354,46 @@ absl::StatusOr<RaftUpdate> RaftEngine::Transfer(uint64_t now, uint64_t id) {
   return Translate(aq_raft_transfer(raft_, now, id, &u), "transfer", &u);
 }
 
+absl::StatusOr<RaftUpdate> RaftEngine::ChangeMembers(uint64_t now,
+                                                     const std::vector<Member>& members) {
+  std::string conf = EncodeConfiguration(members);
+  if (conf.empty()) return absl::InvalidArgumentError("members with a duplicate id or address");
+  return Submit(now, {LogEntry{0, EntryType::kChange, std::move(conf)}});
+}
+
+absl::StatusOr<RaftUpdate> RaftEngine::CatchUp(uint64_t now, uint64_t id) {
+  aq_update u;
+  return Translate(aq_raft_catch_up(raft_, now, id, &u), "catch up", &u);
+}
+
+RaftEngine::CatchUpState RaftEngine::catch_up(uint64_t id) const {
+  switch (aq_raft_catch_up_status(raft_, id)) {
+    case AQ_CATCH_UP_RUNNING:
+      return CatchUpState::kRunning;
+    case AQ_CATCH_UP_ABORTED:
+      return CatchUpState::kAborted;
+    case AQ_CATCH_UP_FINISHED:
+      return CatchUpState::kFinished;
+    default:
+      return CatchUpState::kNone;
+  }
+}
+
+uint64_t RaftEngine::match_index(uint64_t id) const { return aq_raft_match_index(raft_, id); }
+
+std::vector<Member> RaftEngine::members() const {
+  void* bytes = nullptr;
+  size_t len = 0;
+  uint64_t index = 0;
+  if (aq_raft_members(raft_, &bytes, &len, &index) != 0 || bytes == nullptr) return {};
+  absl::StatusOr<std::vector<Member>> m =
+      DecodeConfiguration(std::string(static_cast<const char*>(bytes), len));
+  aq_free(bytes);
+  return m.ok() ? *std::move(m) : std::vector<Member>{};
+}
+
+bool RaftEngine::changing() const { return aq_raft_changing(raft_); }
+
 uint64_t RaftEngine::term() const { return aq_raft_term(raft_); }
 uint64_t RaftEngine::commit_index() const { return aq_raft_commit_index(raft_); }
 uint64_t RaftEngine::applicable_index() const { return std::min(commit_index(), stored_); }

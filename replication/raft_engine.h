@@ -149,6 +149,23 @@ class RaftEngine {
   // FAILED_PRECONDITION when not the leader (or handing leadership over).
   absl::StatusOr<RaftUpdate> Submit(uint64_t now, const std::vector<LogEntry>& entries);
   absl::StatusOr<RaftUpdate> Transfer(uint64_t now, uint64_t id);
+  // Membership, one change at a time (FAILED_PRECONDITION while another is
+  // under way, or when not the leader): `members` becomes the group's
+  // configuration as soon as its entry is appended, and is committed as
+  // any entry is.
+  absl::StatusOr<RaftUpdate> ChangeMembers(uint64_t now, const std::vector<Member>& members);
+  // The leader starts bringing standby `id` up to date, in rounds, before
+  // it is made a voter (catch_up says how it goes).
+  absl::StatusOr<RaftUpdate> CatchUp(uint64_t now, uint64_t id);
+  enum class CatchUpState { kNone, kRunning, kAborted, kFinished };
+  CatchUpState catch_up(uint64_t id) const;
+  // On the leader: the last index member `id` is known to store (0 otherwise).
+  uint64_t match_index(uint64_t id) const;
+  // The current configuration (its last change, committed or not); empty
+  // for a member that joins and has not been sent the log yet.
+  std::vector<Member> members() const;
+  // A configuration change or a catch-up is under way.
+  bool changing() const;
 
   uint64_t id() const { return id_; }
   uint64_t term() const;

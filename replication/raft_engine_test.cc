@@ -106,6 +106,13 @@ class Group {
 
   void Restart(uint64_t id) { Start(at(id)); }
 
+  // A new member with an empty disk: it waits to be sent the log.
+  void Join(uint64_t id) {
+    Replica& r = replicas_[id];
+    r.id = id;
+    Start(r);
+  }
+
   // Cuts `id` off from every other member both ways (or heals it).
   void Isolate(uint64_t id, bool cut) {
     if (cut) {
@@ -563,6 +570,56 @@ TEST(RaftEngineTest, AConfigurationEntryDemotesAVoterOnceCommitted) {
   }));
   // Two voters left: both must store an entry for it to commit.
   ASSERT_TRUE(g.Commit("two voters"));
+  EXPECT_TRUE(g.violations().empty()) << g.violations()[0];
+}
+
+// A replaced member (docs/design.md 10.2): a new one with an empty disk is
+// added as a standby, caught up in rounds, made a voter, and the lost one
+// removed, one change at a time; the group commits throughout.
+TEST(RaftEngineTest, AMemberIsReplacedOneChangeAtATime) {
+  Group g(3, 8);
+  uint64_t l = g.ElectLeader();
+  for (int i = 0; i < 30; ++i) ASSERT_TRUE(g.Commit(absl::StrCat("c", i)));
+  const uint64_t lost = l % 3 + 1;
+  g.Crash(lost);
+  g.Join(4);
+  RaftEngine& e = *g.at(l).engine;
+  EXPECT_TRUE(g.at(4).engine->members().empty());
+  std::vector<Member> next = e.members();
+  ASSERT_EQ(next.size(), 3u);
+  next.push_back(Member{4, Group::Address(4), MemberRole::kStandby});
+  g.Handle(g.at(l), e.ChangeMembers(g.now(), next));
+  // One change at a time: a second one while the first is uncommitted is refused.
+  EXPECT_TRUE(e.changing());
+  EXPECT_EQ(e.ChangeMembers(g.now(), next).status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(g.RunUntil([&] { return !e.changing(); }));
+  // A voter cannot be caught up; nor can a stranger.
+  EXPECT_FALSE(e.CatchUp(g.now(), l).ok());
+  EXPECT_FALSE(e.CatchUp(g.now(), 9).ok());
+  g.Handle(g.at(l), e.CatchUp(g.now(), 4));
+  ASSERT_TRUE(g.RunUntil([&] { return e.catch_up(4) == RaftEngine::CatchUpState::kFinished; }));
+  EXPECT_GE(e.match_index(4), e.commit_index() - 1);
+  for (Member& m : next) {
+    if (m.id == 4) m.role = MemberRole::kVoter;
+  }
+  g.Handle(g.at(l), e.ChangeMembers(g.now(), next));
+  ASSERT_TRUE(g.RunUntil([&] { return !e.changing(); }));
+  std::vector<Member> without;
+  for (const Member& m : next) {
+    if (m.id != lost) without.push_back(m);
+  }
+  g.Handle(g.at(l), e.ChangeMembers(g.now(), without));
+  ASSERT_TRUE(g.RunUntil([&] { return !e.changing(); }));
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(g.Commit(absl::StrCat("d", i)));
+  // The new member holds the whole log, and the same state.
+  ASSERT_TRUE(g.RunUntil([&] { return g.at(4).applied == g.at(l).applied; }));
+  EXPECT_EQ(g.at(4).hash, g.at(l).hash);
+  EXPECT_EQ(g.at(4).engine->members().size(), 3u);
+  // Three voters again (l, the other survivor, 4): with the survivor down, 4
+  // is what makes a majority.
+  const uint64_t other = 6 - l - lost;
+  g.Crash(other);
+  ASSERT_TRUE(g.Commit("l and 4"));
   EXPECT_TRUE(g.violations().empty()) << g.violations()[0];
 }
 

@@ -2,11 +2,13 @@
 
 #include <sys/random.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <utility>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "atomq/v1/replica.pb.h"
 #include "common/clock.h"
 #include "common/codec.h"
@@ -125,13 +127,16 @@ absl::StatusOr<std::unique_ptr<ReplicatedStorage>> ReplicatedStorage::Open(const
   absl::StatusOr<DurableState> disk = RaftLog::Load(local);
   if (!disk.ok()) return disk.status();
   if (disk->term == 0 && disk->entries.empty() && !disk->snapshot.has_value()) {
-    if (options.bootstrap.empty()) {
+    if (options.join) {
+      // Nothing to write: the leader sends the log from its start.
+    } else if (options.bootstrap.empty()) {
       return absl::FailedPreconditionError(
           "this replica's disk holds no log and no members were given to start a group with");
+    } else {
+      *disk = RaftEngine::Bootstrap(options.bootstrap);
+      RaftLog fresh{DurableState{}};
+      if (absl::Status st = local->Write(fresh.Initialize(*disk)); !st.ok()) return st;
     }
-    *disk = RaftEngine::Bootstrap(options.bootstrap);
-    RaftLog fresh{DurableState{}};
-    if (absl::Status st = local->Write(fresh.Initialize(*disk)); !st.ok()) return st;
   }
   absl::StatusOr<std::optional<std::string>> applied = local->Get(kAppliedDb, kAppliedKey);
   if (!applied.ok()) return applied.status();
@@ -158,6 +163,7 @@ absl::StatusOr<std::unique_ptr<ReplicatedStorage>> ReplicatedStorage::Open(const
   {
     absl::MutexLock lock(&r->mu_);
     r->Handle(r->engine_->Start(Now(), *disk));
+    r->RestoreConfiguration();
   }
   r->RunHook();
   return r;
@@ -414,7 +420,21 @@ void ReplicatedStorage::Handle(absl::StatusOr<RaftUpdate> result) {
   }
   Apply();
   CheckServing();
+  CheckPromotion();
   Arm(engine_->next_timeout());
+}
+
+void ReplicatedStorage::RestoreConfiguration() {
+  // The engine takes a restored log's last configuration entry (past index
+  // 1) as uncommitted, and would refuse every later change while it waits
+  // to hear otherwise; one this replica applied is committed.
+  const uint64_t upto = std::min(applied_, engine_->last_index());
+  for (uint64_t i = std::max<uint64_t>(engine_->first_index(), 2); i <= upto; ++i) {
+    const LogEntry* e = engine_->entry(i);
+    if (e != nullptr && e->type == EntryType::kChange) {
+      Handle(engine_->Configuration(Now(), i));
+    }
+  }
 }
 
 void ReplicatedStorage::Send(std::vector<RaftMessage> messages) {
@@ -494,7 +514,7 @@ void ReplicatedStorage::OnTimer() {
 
 void ReplicatedStorage::CheckServing() {
   const bool leading = engine_->state() == RaftState::kLeader;
-  if (!leading && !pending_.empty()) {
+  if (!leading && (!pending_.empty() || promoted_)) {
     FailPending("leadership was lost before the write committed; it may still commit");
   }
   const bool serving = leading && barrier_ != 0 && applied_ >= barrier_;
@@ -510,6 +530,9 @@ void ReplicatedStorage::FailPending(const std::string& why) {
   std::vector<DoneFn> fns;
   for (auto& [index, done] : pending_) fns.push_back(std::move(done));
   pending_.clear();
+  if (promoted_) fns.push_back(std::move(promoted_));
+  promoted_ = nullptr;
+  promoting_ = 0;
   Later(std::move(fns), absl::UnavailableError(why));
 }
 
@@ -555,6 +578,130 @@ absl::Status ReplicatedStorage::Transfer(uint64_t to) {
   return absl::OkStatus();
 }
 
+std::vector<Member> ReplicatedStorage::Members() {
+  absl::MutexLock lock(&mu_);
+  return engine_->members();
+}
+
+absl::StatusOr<std::vector<Member>> ReplicatedStorage::Changed(MemberChange change,
+                                                               const Member& member) {
+  std::vector<Member> members = engine_->members();
+  auto it = std::find_if(members.begin(), members.end(),
+                         [&](const Member& m) { return m.id == member.id; });
+  const bool known = it != members.end();
+  switch (change) {
+    case MemberChange::kAdd:
+      if (known) {
+        return absl::InvalidArgumentError(absl::StrCat("member ", member.id, " is one already"));
+      }
+      // An id once used stays its disk's (the amnesia guard): a new member
+      // takes a new one.
+      if (disks_.count(member.id) > 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("member id ", member.id,
+                         " was used before in this group; give the new member a new id"));
+      }
+      for (const Member& m : members) {
+        if (m.address == member.address) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("member ", m.id, " has address ", m.address, " already"));
+        }
+      }
+      members.push_back(Member{member.id, member.address, MemberRole::kStandby});
+      return members;
+    case MemberChange::kPromote:
+      if (!known) break;
+      if (it->role == MemberRole::kVoter) {
+        return absl::InvalidArgumentError(absl::StrCat("member ", member.id, " votes already"));
+      }
+      it->role = MemberRole::kVoter;
+      return members;
+    case MemberChange::kRemove:
+      if (!known) break;
+      if (member.id == engine_->id()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("member ", member.id, " leads: hand leadership to another first"));
+      }
+      members.erase(it);
+      return members;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("member ", member.id, " is not of the group"));
+}
+
+void ReplicatedStorage::ChangeMembers(MemberChange change, Member member, DoneFn done) {
+  {
+    absl::MutexLock lock(&mu_);
+    absl::Status refused;
+    absl::StatusOr<std::vector<Member>> next = Changed(change, member);
+    if (stopped_ || !serving_) {
+      refused = absl::FailedPreconditionError(absl::StrCat("member ", engine_->id(),
+                                                           " does not serve as leader; member ",
+                                                           engine_->leader_id(), " leads"));
+    } else if (engine_->changing()) {
+      refused = absl::FailedPreconditionError("another change of members is under way");
+    } else if (!next.ok()) {
+      refused = next.status();
+    } else if (change == MemberChange::kPromote) {
+      absl::StatusOr<RaftUpdate> u = engine_->CatchUp(Now(), member.id);
+      if (u.ok()) {
+        promoting_ = member.id;
+        promoted_ = std::move(done);
+        LogLine(absl::StrCat("replica ", engine_->id(), ": catching up member ", member.id));
+        Handle(std::move(u));
+        // A round ends only when the member stores more: one that is up to
+        // date already in an idle group would wait for a write that may
+        // never come, and be given up on.
+        absl::StatusOr<RaftUpdate> b =
+            engine_->Submit(Now(), {LogEntry{0, EntryType::kBarrier, ""}});
+        if (b.ok()) Handle(std::move(b));
+      } else {
+        refused = u.status();
+      }
+    } else {
+      SubmitMembers(*next, std::move(done));
+    }
+    if (!refused.ok()) Later({std::move(done)}, refused);
+  }
+  RunHook();
+}
+
+void ReplicatedStorage::SubmitMembers(const std::vector<Member>& members, DoneFn done) {
+  absl::StatusOr<RaftUpdate> u = engine_->ChangeMembers(Now(), members);
+  if (!u.ok()) {
+    Later({std::move(done)}, u.status());
+    return;
+  }
+  LogLine(absl::StrCat("replica ", engine_->id(), ": members become ",
+                       absl::StrJoin(members, ",", [](std::string* out, const Member& m) {
+                         absl::StrAppend(out, m.id,
+                                         m.role == MemberRole::kVoter ? "" : "(standby)");
+                       })));
+  pending_[engine_->last_index()] = std::move(done);
+  Handle(std::move(u));
+}
+
+void ReplicatedStorage::CheckPromotion() {
+  if (promoting_ == 0) return;
+  const RaftEngine::CatchUpState state = engine_->catch_up(promoting_);
+  if (state == RaftEngine::CatchUpState::kRunning) return;
+  const uint64_t id = promoting_;
+  DoneFn done = std::move(promoted_);
+  promoting_ = 0;
+  promoted_ = nullptr;
+  if (state != RaftEngine::CatchUpState::kFinished) {
+    Later({std::move(done)},
+          absl::UnavailableError(absl::StrCat(
+              "member ", id, " did not catch up (unreachable, or slower than the group writes)")));
+    return;
+  }
+  absl::StatusOr<std::vector<Member>> next = Changed(MemberChange::kPromote, Member{id});
+  if (!next.ok()) {
+    Later({std::move(done)}, next.status());
+    return;
+  }
+  SubmitMembers(*next, std::move(done));
+}
+
 GroupStatus ReplicatedStorage::Status() {
   absl::MutexLock lock(&mu_);
   GroupStatus s;
@@ -567,6 +714,10 @@ GroupStatus ReplicatedStorage::Status() {
   s.applied_index = applied_;
   s.serving = serving_;
   s.fault = fault_;
+  s.members = engine_->members();
+  if (s.state == RaftState::kLeader) {
+    for (const Member& m : s.members) s.match[m.id] = engine_->match_index(m.id);
+  }
   return s;
 }
 

@@ -43,9 +43,20 @@ struct GroupStatus {
   uint64_t leader_id = 0;
   std::string leader_address;
   uint64_t commit_index = 0;
-  uint64_t applied_index = 0;  // this replica's version
-  bool serving = false;        // the leader, with everything committed applied
-  std::string fault;           // why this replica takes no part (its disk was replaced)
+  uint64_t applied_index = 0;   // this replica's version
+  bool serving = false;         // the leader, with everything committed applied
+  std::string fault;            // why this replica takes no part (its disk was replaced)
+  std::vector<Member> members;  // the configuration as this replica knows it
+  // On the leader: the last index each member is known to store.
+  std::map<uint64_t, uint64_t> match;
+};
+
+// A change of a group's members (docs/design.md 10.2): one at a time, on
+// the serving leader.
+enum class MemberChange {
+  kAdd,      // a new member, as a standby: sent the log, counted in nothing
+  kPromote,  // a standby caught up in rounds, then made a voter
+  kRemove,   // a member leaves the configuration (not the leader itself)
 };
 
 // "leader", "candidate", "follower" or "unavailable".
@@ -58,6 +69,9 @@ class ReplicatedStorage : public Storage {
     // The members a brand-new group starts with (only used on an empty
     // disk; a disk that holds a log keeps its own configuration).
     std::vector<Member> bootstrap;
+    // An empty disk waits to be sent the group's log (a member being
+    // added) instead of starting a group.
+    bool join = false;
   };
 
   // Opens the replica on `local` (a store opened with Dbs() among its
@@ -117,6 +131,15 @@ class ReplicatedStorage : public Storage {
   // Hands leadership to member `to`. FAILED_PRECONDITION when this replica
   // does not lead; the engine's refusal otherwise.
   absl::Status Transfer(uint64_t to) ABSL_LOCKS_EXCLUDED(mu_);
+  // Changes the group's members (`member.address` only for kAdd); `done`
+  // runs, never on the caller's thread, once the new configuration is
+  // committed and applied here, or with why not: FAILED_PRECONDITION when
+  // this replica does not serve as leader or another change is under way,
+  // INVALID_ARGUMENT for a change that does not fit the members,
+  // UNAVAILABLE when a standby did not catch up or leadership was lost.
+  void ChangeMembers(MemberChange change, Member member, DoneFn done) ABSL_LOCKS_EXCLUDED(mu_);
+  // The configuration as this replica knows it (empty while it joins).
+  std::vector<Member> Members() ABSL_LOCKS_EXCLUDED(mu_);
   // Stops timers and callbacks; later events are dropped, and what waits
   // for a commit fails UNAVAILABLE.
   void Stop() ABSL_LOCKS_EXCLUDED(mu_);
@@ -140,11 +163,21 @@ class ReplicatedStorage : public Storage {
   // apply what became applicable, arm the timer.
   void Handle(absl::StatusOr<RaftUpdate> update) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Send(std::vector<RaftMessage> messages) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Tells the engine which restored configuration entries are committed.
+  void RestoreConfiguration() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Apply() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Applied(uint64_t index, absl::Status status) ABSL_LOCKS_EXCLUDED(mu_);
   void Arm(uint64_t at) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OnTimer() ABSL_LOCKS_EXCLUDED(mu_);
   void CheckServing() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The configuration `change` makes of the current one, or why it cannot.
+  absl::StatusOr<std::vector<Member>> Changed(MemberChange change, const Member& member)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Submits `members` as the configuration; `done` when it is applied.
+  void SubmitMembers(const std::vector<Member>& members, DoneFn done)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A standby being caught up: made a voter once it is, failed if it is not.
+  void CheckPromotion() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailPending(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Queues `fns` to run with `status` on the timer thread (or in Settle).
   void Later(std::vector<DoneFn> fns, absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -182,6 +215,9 @@ class ReplicatedStorage : public Storage {
   std::map<uint64_t, std::string> disks_ ABSL_GUARDED_BY(mu_);  // the registry, as applied
   std::set<uint64_t> registering_ ABSL_GUARDED_BY(mu_);         // entries in flight
   std::string fault_ ABSL_GUARDED_BY(mu_);
+  // The member being caught up before it may vote, and who waits for it.
+  uint64_t promoting_ ABSL_GUARDED_BY(mu_) = 0;
+  DoneFn promoted_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace atomq::replication

@@ -140,20 +140,23 @@ class Group3 {
     }
   }
   ~Group3() {
-    for (uint64_t id = 1; id <= 3; ++id) Kill(id);
+    for (auto& [id, r] : replicas_) Kill(id);
     timers_.Stop();
   }
 
-  void Start(uint64_t id) {
+  // With `join`, a member with an empty disk that waits to be added.
+  void Start(uint64_t id, bool join = false) {
     Replica& r = replicas_[id];
+    r.id = id;
     r.local = OpenReplicaStore(r.dir.path());
     ReplicatedStorage::Options g;
+    g.join = join;
     g.engine.id = id;
     g.engine.address = absl::StrCat("r", id);
     g.engine.seed = uint32_t(id) * 7919;
     g.engine.election_timeout = 200;
     g.engine.heartbeat_timeout = 40;
-    for (uint64_t m = 1; m <= 3; ++m) {
+    for (uint64_t m = 1; m <= 3 && !join; ++m) {
       g.bootstrap.push_back(Member{m, absl::StrCat("r", m), MemberRole::kVoter});
     }
     absl::StatusOr<std::unique_ptr<ReplicatedStorage>> s =
@@ -174,14 +177,17 @@ class Group3 {
   }
 
   uint64_t Leader() {
-    return ServingLeader(3, [this](uint64_t id) { return at(id); });
+    return ServingLeader(replicas_.rbegin()->first, [this](uint64_t id) { return at(id); });
   }
   absl::Status Put(uint64_t id, const std::string& key, const std::string& value,
                    int wait_ms = 5000) {
     return PutThrough(at(id), key, value, wait_ms);
   }
   bool WaitApplied(uint64_t id, uint64_t index) { return replication::WaitApplied(at(id), index); }
-  ReplicatedStorage* at(uint64_t id) { return replicas_[id].group.get(); }
+  ReplicatedStorage* at(uint64_t id) {
+    auto it = replicas_.find(id);
+    return it == replicas_.end() ? nullptr : it->second.group.get();
+  }
   Net& net() { return net_; }
 
   std::string Value(uint64_t id, const std::string& key) {
@@ -323,6 +329,98 @@ TEST(ReplicatedStorageTest, ANodeBuiltInOneServingTermNeverWritesInAnother) {
   EXPECT_TRUE(g.Put(l, "current", "y").ok());
   g.at(l)->Settle();
   EXPECT_EQ(g.Value(l, "stale"), "(none)");
+}
+
+// Changes `r`'s group and waits for the answer.
+absl::Status Change(ReplicatedStorage* r, MemberChange change, uint64_t id,
+                    const std::string& address = "") {
+  std::promise<absl::Status> done;
+  r->ChangeMembers(change, Member{id, address, MemberRole::kStandby},
+                   [&](absl::Status st) { done.set_value(st); });
+  std::future<absl::Status> f = done.get_future();
+  if (f.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
+    return absl::DeadlineExceededError("no answer");
+  }
+  return f.get();
+}
+
+MemberRole RoleOf(ReplicatedStorage* r, uint64_t id) {
+  for (const Member& m : r->Members()) {
+    if (m.id == id) return m.role;
+  }
+  return MemberRole::kSpare;
+}
+
+// docs/design.md 10.2, replacing a member: a new one joins with an empty
+// disk, is added as a standby, caught up, made a voter, and the one it
+// replaces removed; it then counts in the majority.
+TEST(ReplicatedStorageTest, AJoiningMemberIsAddedPromotedAndCountsOnceAnotherIsRemoved) {
+  Group3 g;
+  uint64_t l = g.Leader();
+  ASSERT_NE(l, 0u);
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(g.Put(l, absl::StrCat("k", i), "v").ok());
+  g.Start(4, /*join=*/true);
+  EXPECT_TRUE(g.at(4)->Members().empty());
+  EXPECT_EQ(g.at(4)->Status().applied_index, 0u);
+  ASSERT_TRUE(Change(g.at(l), MemberChange::kAdd, 4, "r4").ok());
+  EXPECT_EQ(RoleOf(g.at(l), 4), MemberRole::kStandby);
+  // Refusals change nothing.
+  EXPECT_EQ(Change(g.at(l % 3 + 1), MemberChange::kRemove, l).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Change(g.at(l), MemberChange::kRemove, l).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Change(g.at(l), MemberChange::kAdd, 4, "r9").code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Change(g.at(l), MemberChange::kAdd, 5, "r4").code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Change(g.at(l), MemberChange::kPromote, l % 3 + 1).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Change(g.at(l), MemberChange::kRemove, 9).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(g.at(l)->Members().size(), 4u);
+
+  // Up to date already, in a group that writes nothing meanwhile: it is
+  // still promoted (a catch-up round ends only when the member stores more).
+  ASSERT_TRUE(g.WaitApplied(4, g.at(l)->Status().commit_index));
+  ASSERT_TRUE(Change(g.at(l), MemberChange::kPromote, 4).ok());
+  EXPECT_EQ(RoleOf(g.at(l), 4), MemberRole::kVoter);
+  ASSERT_TRUE(g.WaitApplied(4, g.at(l)->Status().commit_index));
+  EXPECT_EQ(g.Value(4, "k19"), "v");
+  EXPECT_EQ(RoleOf(g.at(4), 4), MemberRole::kVoter);
+
+  // Restarted, every replica reads the members from its log, and whoever
+  // leads may change them again: a configuration it applied is committed.
+  for (uint64_t id = 1; id <= 4; ++id) g.Kill(id);
+  for (uint64_t id = 1; id <= 4; ++id) g.Start(id, /*join=*/id == 4);
+  l = g.Leader();
+  ASSERT_NE(l, 0u);
+  EXPECT_EQ(RoleOf(g.at(l), 4), MemberRole::kVoter);
+  const uint64_t follower = l == 4 ? 1 : l % 3 + 1;
+
+  g.Kill(follower);
+  ASSERT_TRUE(Change(g.at(l), MemberChange::kRemove, follower).ok());
+  EXPECT_EQ(g.at(l)->Members().size(), 3u);
+  // Three voters left; with one more down, the other two are the
+  // majority, so each must store what commits, member 4 too.
+  uint64_t other = 0;
+  for (uint64_t id = 1; id <= 4; ++id) {
+    if (id != l && id != follower && id != 4) other = id;
+  }
+  g.Kill(other);
+  ASSERT_TRUE(g.Put(l, "two of three", "y").ok());
+  ASSERT_TRUE(g.WaitApplied(4, g.at(l)->Status().commit_index));
+  EXPECT_EQ(g.Value(4, "two of three"), "y");
+}
+
+TEST(ReplicatedStorageTest, AStandbyThatCannotBeReachedIsNotPromoted) {
+  Group3 g;
+  uint64_t l = g.Leader();
+  ASSERT_NE(l, 0u);
+  ASSERT_TRUE(Change(g.at(l), MemberChange::kAdd, 4, "r4").ok());  // never started
+  EXPECT_EQ(Change(g.at(l), MemberChange::kPromote, 4).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(RoleOf(g.at(l), 4), MemberRole::kStandby);
+  // The group still commits, and the next change may go.
+  EXPECT_TRUE(g.Put(l, "after", "1").ok());
+  EXPECT_TRUE(Change(g.at(l), MemberChange::kRemove, 4).ok());
 }
 
 }  // namespace

@@ -361,7 +361,7 @@ void Cluster::StartReplica(int i, int j, const std::map<std::string, std::string
   Kill(&r.proc);
   std::string group;
   for (int k = 1; k <= options_.replicas; ++k) {
-    absl::StrAppend(&group, k > 1 ? "," : "", k, "=", replica_address(i, k), "/",
+    absl::StrAppend(&group, k > 1 ? "," : "", member_id(i, k), "=", replica_address(i, k), "/",
                     replica_peer_address(i, k));
   }
   const std::string name = absl::StrCat(participant_id(i), "-r", j);
@@ -369,7 +369,8 @@ void Cluster::StartReplica(int i, int j, const std::map<std::string, std::string
   args.push_back("--listen=" + replica_address(i, j));
   args.push_back("--data_dir=" + dir_ + "/" + name);
   args.push_back("--group=" + group);
-  args.push_back(absl::StrCat("--member_id=", j));
+  args.push_back(absl::StrCat("--member_id=", member_id(i, j)));
+  if (r.join) args.push_back("--join");
   args.push_back(absl::StrCat("--peer_listen=127.0.0.1:", r.peer_port));
   args.push_back("--election_timeout_ms=300");
   args.push_back("--heartbeat_ms=50");
@@ -381,6 +382,20 @@ void Cluster::StartReplica(int i, int j, const std::map<std::string, std::string
 }
 
 void Cluster::KillReplica(int i, int j) { Kill(&replicas_[i - 1][j - 1].proc); }
+
+void Cluster::ReplaceReplica(int i, int j, uint64_t member_id) {
+  Replica& r = replicas_[i - 1][j - 1];
+  Kill(&r.proc);
+  std::filesystem::remove_all(absl::StrCat(dir_, "/", participant_id(i), "-r", j));
+  r.member_id = member_id;
+  r.join = true;
+  StartReplica(i, j);
+}
+
+uint64_t Cluster::member_id(int i, int j) const {
+  const uint64_t id = replicas_[i - 1][j - 1].member_id;
+  return id != 0 ? id : uint64_t(j);
+}
 bool Cluster::ReplicaRunning(int i, int j) const { return replicas_[i - 1][j - 1].proc.pid > 0; }
 
 int Cluster::LeaderOf(int i, int timeout_ms) {

@@ -91,6 +91,12 @@ class Cluster {
   // One replica of a participant group (replicas > 1).
   void StartReplica(int i, int j, const std::map<std::string, std::string>& env = {});
   void KillReplica(int i, int j);
+  // Replica j's process dies and its disk is lost; in its place, at its
+  // addresses, a new member `member_id` starts on an empty disk and waits
+  // to be added (--join: atomqctl cluster replace).
+  void ReplaceReplica(int i, int j, uint64_t member_id);
+  // The member id replica j runs as.
+  uint64_t member_id(int i, int j) const;
   bool ReplicaRunning(int i, int j) const;
   // The client and peer addresses of replica j of participant i.
   std::string replica_address(int i, int j) const;
@@ -195,6 +201,8 @@ class Cluster {
     int metrics_port = 0;
     std::unique_ptr<TcpProxy> proxy;  // peer_proxies: in front of peer_port
     Proc proc;
+    uint64_t member_id = 0;  // 0: its slot number
+    bool join = false;
   };
   std::vector<std::vector<Replica>> replicas_;  // [i-1][j-1], replicas > 1
   // The flags every start of participant i takes (not its address or data).

@@ -113,19 +113,13 @@ TEST(ReplicaTest, AtomqctlFindsTheLeaderOfAGroup) {
 // Each member's "applied_index" in `json` (atomqctl cluster status --json),
 // in order; -1 for one that reported none.
 std::vector<long> Versions(const std::string& json) {
+  // A replica's object opens at the indent of "replicas"' elements; its
+  // "members" are deeper, after its applied_index.
   std::vector<long> out;
-  size_t at = 0;
-  while ((at = json.find("\"peer_address\"", at)) != std::string::npos) {
-    ++at;
-    out.push_back(-1);
-  }
-  size_t i = 0;
-  for (size_t start = 0;
-       (start = json.find("{\n   \"", start)) != std::string::npos && i < out.size();
-       ++i, ++start) {
+  for (size_t start = 0; (start = json.find("{\n   \"", start)) != std::string::npos; ++start) {
     size_t end = json.find("}", start);
     size_t v = json.find("\"applied_index\": \"", start);
-    if (v != std::string::npos && v < end) out[i] = std::stol(json.substr(v + 18));
+    out.push_back(v != std::string::npos && v < end ? std::stol(json.substr(v + 18)) : -1);
   }
   return out;
 }
@@ -328,6 +322,77 @@ TEST(ReplicaTest, AFollowerWhoseDiskWasWipedIsRefusedAndTheGroupGoesOn) {
   EXPECT_EQ(c.LeaderOf(1, 3000), 0) << "a replica that lost its disk took part in an election";
   c.StartReplica(1, leader);
   EXPECT_NE(c.LeaderOf(1), 0);
+  ExpectExactlyCommitted(c, 1, ledger);
+}
+
+// docs/design.md 10.2, a lost disk: the member whose disk is gone comes
+// back as a new member at the same addresses (--join), and atomqctl cluster
+// replace removes the old one, adds the new one, catches it up from the log
+// and makes it a voter; the group keeps every committed message, and the new
+// member counts in the majority. Callers change nothing.
+TEST(ReplicaTest, AMemberWhoseDiskWasLostIsReplacedAndCountsInTheMajority) {
+  Cluster c(ClusterOptions{.participants = 1, .replicas = 3, .participant_metrics = true});
+  c.StartAll();
+  c.CreateQueue(1, "q");
+  Ledger ledger;
+  ASSERT_EQ(CommitMore(c, "before", 10, 60, &ledger), 10u);
+  const int leader = c.LeaderOf(1);
+  const int lost = leader % 3 + 1;
+  c.ReplaceReplica(1, lost, 4);
+  std::string members;
+  for (int j = 1; j <= 3; ++j) {
+    absl::StrAppend(&members, j > 1 ? "|" : "", c.replica_peer_address(1, j));
+  }
+  const std::string ctl = absl::StrCat(ATOMQ_BIN_DIR, "/atomqctl cluster ");
+  const std::string group = absl::StrCat(" --members='", members, "'");
+  // The new member waits: it is no voter, and no leader knows it yet.
+  std::string waiting;
+  for (int tries = 0; tries < 50; ++tries) {
+    waiting = RunCommand(ctl + "status" + group + " --json 2>&1");
+    if (waiting.find("\"member\": \"4\"") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_NE(waiting.find("\"member\": \"4\""), std::string::npos) << waiting;
+  // Transactions run while the member is replaced.
+  std::atomic<bool> done{false};
+  std::thread load([&] {
+    for (int n = 0; !done; ++n) RunTxn(c, absl::StrCat("during-", n), &ledger);
+  });
+  const std::string out = RunCommand(absl::StrCat(
+      ctl, "replace", group, " --old=", lost, " --id=4 --client=", c.replica_address(1, lost),
+      " --peer=", c.replica_peer_address(1, lost), " 2>&1"));
+  done = true;
+  load.join();
+  EXPECT_NE(out.find(absl::StrCat("member 4 replaced member ", lost)), std::string::npos) << out;
+  // Removed first: the new member stands where the old one did.
+  EXPECT_LT(out.find("removing"), out.find("adding")) << out;
+  // Once more is a no-op; an id used before is refused.
+  const std::string again = RunCommand(absl::StrCat(
+      ctl, "replace", group, " --old=", lost, " --id=4 --client=", c.replica_address(1, lost),
+      " --peer=", c.replica_peer_address(1, lost), " 2>&1"));
+  EXPECT_NE(again.find("already replaced"), std::string::npos) << again;
+  const std::string reused = RunCommand(absl::StrCat(
+      ctl, "add", group, " --id=", lost, " --client=127.0.0.1:1 --peer=127.0.0.1:2 2>&1"));
+  EXPECT_NE(reused.find("was used before"), std::string::npos) << reused;
+  const std::string table = RunCommand(ctl + "status" + group + " 2>&1");
+  EXPECT_NE(table.find("  4     voter"), std::string::npos) << table;
+  EXPECT_EQ(table.find(absl::StrCat("  ", lost, "     voter")), std::string::npos) << table;
+  // The new member holds the group's version.
+  double versions[4] = {0, 0, 0, 0};
+  bool agree = false;
+  for (int tries = 0; tries < 100 && !agree; ++tries) {
+    agree = VersionsAgree(c, versions);
+    if (!agree) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(agree) << versions[1] << " " << versions[2] << " " << versions[3];
+  // With the third voter down, the leader and the new member are the
+  // majority: commits need member 4's disk.
+  const int now_leading = c.LeaderOf(1);
+  ASSERT_NE(now_leading, 0);
+  const int third = now_leading == lost ? leader : 6 - now_leading - lost;
+  c.KillReplica(1, third);
+  ASSERT_EQ(CommitMore(c, "two-of-three", 3, 60, &ledger), 3u);
+  c.StartReplica(1, third);
   ExpectExactlyCommitted(c, 1, ledger);
 }
 
