@@ -14,7 +14,8 @@ int main(int argc, char** argv) {
   // subcommand added below inherits this and hands them up.
   app.fallthrough();
   Globals g;
-  app.add_option("--coordinator", g.coordinator, "coordinator address host:port");
+  app.add_option("--coordinator", g.coordinator,
+                 "coordinator address host:port, or a group's members host:port|host:port|...");
   app.add_option("--participant", g.participant,
                  "participant address host:port; a group of replicas as host:port|host:port|... "
                  "(its leader is found)");
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
     st = atomq::SetDialTokenFrom(g.token_file, /*from_env=*/true);
     if (!st.ok()) throw CLI::ValidationError("--token_file", std::string(st.message()));
     g.participant = ServingMember(g, g.participant);
+    g.coordinator = ServingMember(g, g.coordinator);
   });
 
   int rc = 0;

@@ -2,6 +2,7 @@
 // an LMDB environment in --data_dir.
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -16,6 +17,7 @@
 #include "common/server_flags.h"
 #include "common/server_util.h"
 #include "coordinator/server/coordinator_server.h"
+#include "replication/group_flags.h"
 
 namespace {
 
@@ -28,6 +30,7 @@ struct CoordinatorFlags {
   std::string advertise;
   std::string participants;
   std::string protocol = "2pc";
+  atomq::replication::GroupFlags group;  // replication (none: one disk)
   Config cfg;
   ServerOptions opts;
 };
@@ -128,6 +131,7 @@ void AddCoordinatorFlags(CLI::App& app, CoordinatorFlags* f) {
   atomq::AddServerFlags(app, &f->server, "coordinator id; minted transaction ids begin with it",
                         "directory of the decision log (LMDB)");
   AddClusterFlags(app, f);
+  atomq::replication::AddGroupFlags(app, &f->group, "coordinator");
   AddTxnLimitFlags(app, &f->cfg);
   AddRecoveryTimingFlags(app, &f->cfg);
   AddProtocolFlags(app, &f->cfg);
@@ -150,64 +154,146 @@ int CheckFlags(CoordinatorFlags* f) {
     return Fail("--resend_initial_ms exceeds --resend_max_ms");
   }
   f->cfg.participants = *peers;
+  if (absl::Status st = atomq::replication::CheckGroupFlags(&f->group); !st.ok()) {
+    return Fail(std::string(st.message()));
+  }
   return 0;
 }
 
-// Recovers from the decision log, serves until SIGINT/SIGTERM, then stops.
-int Serve(CoordinatorFlags* f) {
+const std::vector<std::string>& Services() {
+  static const std::vector<std::string> services = {atomq::v1::Coordinator::service_full_name()};
+  return services;
+}
+
+// The coordinator and what serves it on the client address: the loop every
+// gRPC event runs on (common/rpc_loop.h), health, the server.
+class ServedCoordinator final : public atomq::replication::Leading {
+ public:
+  // Recovers from `storage`, then calls `release` (which frees the address
+  // of the stand-in that holds it) and serves.
+  static absl::StatusOr<std::unique_ptr<ServedCoordinator>> Start(
+      CoordinatorFlags* f, atomq::Storage* storage, const std::function<void()>& release) {
+    namespace c = atomq::coordinator;
+    std::unique_ptr<ServedCoordinator> s(
+        new ServedCoordinator(static_cast<int>(f->server.loop_threads)));
+    auto service = c::CoordinatorServer::Create(f->cfg, f->opts, storage, &s->loop_);
+    if (!service.ok()) {
+      return absl::Status(service.status().code(),
+                          absl::StrCat("recovery failed: ", service.status().message()));
+    }
+    s->service_ = std::move(*service);
+    release();
+    s->health_ = std::make_unique<atomq::LoopHealth>(&s->loop_, Services());
+    auto server = atomq::StartServer(f->server.listen, {s->service_.get(), s->health_->service()},
+                                     f->server.message_bytes_max,
+                                     atomq::ServerCredentials(f->server.tls), &s->loop_);
+    if (!server.ok()) return server.status();
+    s->server_ = std::move(*server);
+    s->health_->Set(true);
+    return s;
+  }
+  ~ServedCoordinator() override {
+    Stop();
+    server_.reset();
+    service_.reset();
+  }
+  atomq::LoopHealth* health() { return health_.get(); }
+  void Stop() override {
+    if (stopped_) return;
+    stopped_ = true;
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    service_->Stop();
+    loop_.Shutdown();
+  }
+  std::string RenderMetrics() override { return service_->RenderMetrics(); }
+
+ private:
+  explicit ServedCoordinator(int threads) : loop_(threads) {}
+  atomq::RpcLoop loop_;
+  std::unique_ptr<atomq::coordinator::CoordinatorServer> service_;
+  std::unique_ptr<atomq::LoopHealth> health_;
+  std::unique_ptr<grpc::Server> server_;
+  bool stopped_ = false;
+};
+
+// The decision log, and the configuration that comes from the flags.
+absl::StatusOr<atomq::Store> Open(CoordinatorFlags* f) {
   namespace c = atomq::coordinator;
-  absl::StatusOr<atomq::Store> store =
-      atomq::OpenStore(f->server, {c::kTxnDb, c::kMetaDb, c::kEndedDb}, c::kMetaDb);
-  if (!store.ok()) return Fail(std::string(store.status().message()));
+  std::vector<std::string> dbs = {c::kTxnDb, c::kMetaDb, c::kEndedDb};
+  if (f->group.enabled()) {
+    for (const std::string& db : atomq::replication::ReplicatedStorage::Dbs()) dbs.push_back(db);
+  }
+  absl::StatusOr<atomq::Store> store = atomq::OpenStore(f->server, dbs, c::kMetaDb);
+  if (!store.ok()) return store.status();
   f->opts.access = store->access;
-  const std::string& id = f->server.id;
-  const std::string& listen = f->server.listen;
   Config& cfg = f->cfg;
-  cfg.coordinator_id = id;
-  cfg.coordinator_address = f->advertise.empty() ? listen : f->advertise;
+  cfg.coordinator_id = f->server.id;
+  cfg.coordinator_address = f->advertise;
+  if (cfg.coordinator_address.empty()) {
+    cfg.coordinator_address = f->group.enabled()
+                                  ? atomq::replication::ClientAddresses(f->group.members)
+                                  : f->server.listen;
+  }
   cfg.boot_count = store->meta.boot_count();
   f->opts.channels_max = f->server.channels_max;
   cfg.retention_ms = f->opts.retention_ms;  // the core decides which records go
   cfg.default_protocol = f->protocol == "3pc" ? atomq::v1::THREE_PC : atomq::v1::TWO_PC;
-
   f->opts.list_limit_max = f->server.list_limit_max;
+  return store;
+}
 
-  atomq::SetDialCredentials(atomq::ChannelCredentials(f->server.tls));
-  const std::vector<std::string> services = {atomq::v1::Coordinator::service_full_name()};
-  // Every gRPC event, in and out, runs on the loop (common/rpc_loop.h).
-  atomq::RpcLoop loop(static_cast<int>(f->server.loop_threads));
+// One disk: recovers from the decision log, serves until SIGINT/SIGTERM,
+// then stops.
+int ServeAlone(CoordinatorFlags* f, atomq::Store* store) {
+  const std::string& listen = f->server.listen;
   // Health says NOT_SERVING (and calls UNAVAILABLE) until recovery is done.
-  auto recovering =
-      atomq::StandInServer::Start(listen, services, atomq::ServerCredentials(f->server.tls));
-  if (!recovering.ok()) return Fail(std::string(recovering.status().message()));
-  auto service = c::CoordinatorServer::Create(cfg, f->opts, store->storage.get(), &loop);
-  if (!service.ok()) return Fail(absl::StrCat("recovery failed: ", service.status().message()));
-  recovering->reset();
-  atomq::LoopHealth health(&loop, services);
-  auto server = atomq::StartServer(listen, {service->get(), health.service()},
-                                   f->server.message_bytes_max,
-                                   atomq::ServerCredentials(f->server.tls), &loop);
-  if (!server.ok()) return Fail(std::string(server.status().message()));
-  health.Set(true);
-  atomq::LogLine(absl::StrCat("atomq-coordinator ", id, " serving on ", listen, " (boot ",
-                              store->meta.boot_count(), ", ", cfg.participants.size(),
+  auto stand_in =
+      atomq::StandInServer::Start(listen, Services(), atomq::ServerCredentials(f->server.tls));
+  if (!stand_in.ok()) return Fail(std::string(stand_in.status().message()));
+  auto served = ServedCoordinator::Start(f, store->storage.get(), [&] { stand_in->reset(); });
+  if (!served.ok()) return Fail(std::string(served.status().message()));
+  atomq::LogLine(absl::StrCat("atomq-coordinator ", f->server.id, " serving on ", listen, " (boot ",
+                              store->meta.boot_count(), ", ", f->cfg.participants.size(),
                               " participants)"));
-  c::CoordinatorServer* target = service->get();
+  ServedCoordinator* target = served->get();
   auto metrics = atomq::StartMetrics(f->server, [target] { return target->RenderMetrics(); });
   if (!metrics.ok()) return Fail(std::string(metrics.status().message()));
 
   atomq::AwaitShutdownSignal();
-  atomq::Drain(f->server, &health);
+  atomq::Drain(f->server, (*served)->health());
   metrics->reset();
-  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  (*service)->Stop();
-  loop.Shutdown();
-  server->reset();
+  (*served)->Stop();
   // The store first: its writer reports the last batches to the core, which
   // must still be there to hear them.
   store->storage.reset();
-  service->reset();
+  served->reset();
   return 0;
+}
+
+// A replica of the coordinator's group: serves while it leads. Its
+// decision log is committed in the group before it is acted on, and each
+// leadership mints transaction ids under its own epoch.
+int ServeInGroup(CoordinatorFlags* f, atomq::Store* store) {
+  namespace r = atomq::replication;
+  absl::Status st = r::ServeInGroup(
+      f->group, f->server, Services(), f->opts.access, store->storage.get(),
+      [f](atomq::Storage* replica, uint64_t epoch,
+          const std::function<void()>& release) -> absl::StatusOr<std::unique_ptr<r::Leading>> {
+        f->cfg.boot_count = epoch;
+        auto served = ServedCoordinator::Start(f, replica, release);
+        if (!served.ok()) return served.status();
+        return std::unique_ptr<r::Leading>(std::move(*served));
+      });
+  if (!st.ok()) return Fail(std::string(st.message()));
+  store->storage.reset();
+  return 0;
+}
+
+int Serve(CoordinatorFlags* f) {
+  absl::StatusOr<atomq::Store> store = Open(f);
+  if (!store.ok()) return Fail(std::string(store.status().message()));
+  atomq::SetDialCredentials(atomq::ChannelCredentials(f->server.tls));
+  return f->group.enabled() ? ServeInGroup(f, &*store) : ServeAlone(f, &*store);
 }
 
 }  // namespace

@@ -21,7 +21,7 @@
 #include "common/server_flags.h"
 #include "common/server_util.h"
 #include "participant/server/participant_server.h"
-#include "replication/group_member.h"
+#include "replication/group_flags.h"
 
 namespace {
 
@@ -31,16 +31,9 @@ using atomq::participant::ServerOptions;
 
 struct ParticipantFlags {
   atomq::ServerFlags server;
-  std::string coordinators;  // --coordinators
-  std::string peers;         // --peers
-  // Replication (empty --group: one disk, no group).
-  std::string group;  // --group
-  std::map<uint64_t, atomq::replication::MemberAddresses> members;
-  uint64_t member_id = 0;               // --member_id
-  std::string peer_listen;              // --peer_listen
-  bool join = false;                    // --join
-  uint32_t election_timeout_ms = 1000;  // --election_timeout_ms
-  uint32_t heartbeat_ms = 100;          // --heartbeat_ms
+  std::string coordinators;              // --coordinators
+  std::string peers;                     // --peers
+  atomq::replication::GroupFlags group;  // replication (none: one disk)
   Config cfg;
   ServerOptions opts;
 };
@@ -176,26 +169,6 @@ void AddClusterFlags(CLI::App& app, ParticipantFlags* f) {
                  "transactions and joined in 3PC termination rounds (default: none)");
 }
 
-// A participant whose id names a group of replicas (docs/design.md 10.2).
-void AddGroupFlags(CLI::App& app, ParticipantFlags* f) {
-  app.add_option("--group", f->group,
-                 "id=client_host:port/peer_host:port,... of every replica of this participant "
-                 "(3 or 5; default: none, one disk). The leader serves on its client address; "
-                 "the others refuse calls with the leader's address");
-  app.add_option("--member_id", f->member_id, "this replica's id in --group");
-  app.add_option("--peer_listen", f->peer_listen,
-                 "address to take the group's replication traffic on (default: this member's "
-                 "peer address in --group)");
-  app.add_flag("--join", f->join,
-               "on an empty disk, wait to be added to the running group (atomqctl cluster add or "
-               "replace) instead of starting a new one; a disk that holds the log ignores it");
-  AddCheckedFlag(app, "--election_timeout_ms", f->election_timeout_ms,
-                 "how long followers wait without hearing from a leader before electing another",
-                 CLI::Range(10u, 600000u));
-  AddCheckedFlag(app, "--heartbeat_ms", f->heartbeat_ms,
-                 "how often a leader reminds followers it is there", CLI::Range(1u, 60000u));
-}
-
 // Calls to the coordinator and peers.
 void AddCallFlags(CLI::App& app, ServerOptions* opts) {
   AddCheckedFlag(app, "--rpc_timeout_ms", opts->rpc_timeout_ms, "deadline of one outbound query",
@@ -220,7 +193,7 @@ void AddParticipantFlags(CLI::App& app, ParticipantFlags* f) {
   AddOutcomeFlags(app, f);
   AddQueueMemoryFlags(app, &f->cfg);
   AddClusterFlags(app, f);
-  AddGroupFlags(app, f);
+  atomq::replication::AddGroupFlags(app, &f->group, "participant");
   AddCallFlags(app, &f->opts);
 }
 
@@ -250,18 +223,8 @@ int CheckFlags(ParticipantFlags* f) {
   f->opts.coordinators = *std::move(coordinators);
   f->opts.peers = *std::move(peers);
   if (cfg.lease_ms > cfg.lease_ms_max) return Fail("--lease_ms exceeds --lease_ms_max");
-  if (!f->group.empty()) {
-    auto members = atomq::replication::ParseGroup(f->group);
-    if (!members.ok()) return Fail(absl::StrCat("--group: ", members.status().message()));
-    if (members->count(f->member_id) == 0) {
-      return Fail("--member_id: must name one of the members of --group");
-    }
-    if (f->heartbeat_ms * 2 > f->election_timeout_ms) {
-      return Fail("--heartbeat_ms must be at most half of --election_timeout_ms");
-    }
-    f->members = *std::move(members);
-  } else if (f->member_id != 0 || !f->peer_listen.empty() || f->join) {
-    return Fail("--member_id, --peer_listen and --join need --group");
+  if (absl::Status st = atomq::replication::CheckGroupFlags(&f->group); !st.ok()) {
+    return Fail(std::string(st.message()));
   }
   if (cfg.resend_initial_ms > cfg.resend_max_ms) {
     return Fail("--resend_initial_ms exceeds --resend_max_ms");
@@ -329,7 +292,7 @@ absl::StatusOr<atomq::Store> Open(ParticipantFlags* f) {
   namespace p = atomq::participant;
   std::vector<std::string> dbs = {p::kQueuesDb, p::kMessagesDb, p::kPreparedDb,  p::kOutcomesDb,
                                   p::kDedupDb,  p::kMetaDb,     p::kHeuristicDb, p::kForgettableDb};
-  if (!f->group.empty()) {
+  if (f->group.enabled()) {
     for (const std::string& db : atomq::replication::ReplicatedStorage::Dbs()) dbs.push_back(db);
   }
   absl::StatusOr<atomq::Store> store = atomq::OpenStore(f->server, dbs, p::kMetaDb);
@@ -370,38 +333,20 @@ int ServeAlone(ParticipantFlags* f, atomq::Store* store) {
   return 0;
 }
 
-// A replica of the participant's group: serves while it leads.
+// A replica of the participant's group: serves while it leads, each time
+// as a new start (boot) numbered by the group's leadership epoch.
 int ServeInGroup(ParticipantFlags* f, atomq::Store* store) {
   namespace r = atomq::replication;
-  r::GroupMember::Options o;
-  o.group = f->server.id;
-  o.member_id = f->member_id;
-  o.members = f->members;
-  o.listen = f->server.listen;
-  o.peer_listen = f->peer_listen;
-  o.join = f->join;
-  o.service_names = ServedNode::Services();
-  o.credentials = atomq::ServerCredentials(f->server.tls);
-  o.access = f->opts.access;
-  o.message_bytes_max = f->server.message_bytes_max;
-  o.election_timeout_ms = f->election_timeout_ms;
-  o.heartbeat_ms = f->heartbeat_ms;
-  auto member = r::GroupMember::Start(
-      o, store->storage.get(),
-      [f](atomq::Storage* replica,
+  absl::Status st = r::ServeInGroup(
+      f->group, f->server, ServedNode::Services(), f->opts.access, store->storage.get(),
+      [f](atomq::Storage* replica, uint64_t epoch,
           const std::function<void()>& release) -> absl::StatusOr<std::unique_ptr<r::Leading>> {
+        f->cfg.boot_count = epoch;
         auto served = ServedNode::Start(f, replica, release);
         if (!served.ok()) return served.status();
         return std::unique_ptr<r::Leading>(std::move(*served));
       });
-  if (!member.ok()) return Fail(std::string(member.status().message()));
-  r::GroupMember* target = member->get();
-  auto metrics = atomq::StartMetrics(f->server, [target] { return target->RenderMetrics(); });
-  if (!metrics.ok()) return Fail(std::string(metrics.status().message()));
-  atomq::AwaitShutdownSignal();
-  metrics->reset();
-  (*member)->Stop();
-  member->reset();
+  if (!st.ok()) return Fail(std::string(st.message()));
   store->storage.reset();
   return 0;
 }
@@ -410,7 +355,7 @@ int Serve(ParticipantFlags* f) {
   absl::StatusOr<atomq::Store> store = Open(f);
   if (!store.ok()) return Fail(std::string(store.status().message()));
   atomq::SetDialCredentials(atomq::ChannelCredentials(f->server.tls));
-  return f->group.empty() ? ServeAlone(f, &*store) : ServeInGroup(f, &*store);
+  return f->group.enabled() ? ServeInGroup(f, &*store) : ServeAlone(f, &*store);
 }
 
 }  // namespace

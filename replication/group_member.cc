@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/codec.h"
 #include "common/leader_book.h"
 #include "common/log.h"
 #include "common/metrics.h"
@@ -44,6 +45,24 @@ class TermStorage final : public StorageWrapper {
   ReplicatedStorage* const replica_;
   const uint64_t term_;
 };
+
+// The group's next leadership epoch, committed in serving term `term`
+// before the node is built (replicated: ReplicatedStorage::kAppliedDb,
+// key "epoch"). UNAVAILABLE when the term ended meanwhile.
+absl::StatusOr<uint64_t> ClaimEpoch(Storage* term_storage) {
+  absl::StatusOr<std::optional<std::string>> last =
+      term_storage->Get(ReplicatedStorage::kAppliedDb, "epoch");
+  if (!last.ok()) return last.status();
+  uint64_t epoch = 1;
+  if (last->has_value()) {
+    if ((*last)->size() != 8) return absl::DataLossError("the leadership epoch does not decode");
+    epoch = DecodeU64(**last) + 1;
+  }
+  absl::Status st = term_storage->Write(
+      Batch{0, {atomq::Write{ReplicatedStorage::kAppliedDb, "epoch", EncodeU64(epoch), false}}});
+  if (!st.ok()) return st;
+  return epoch;
+}
 
 }  // namespace
 
@@ -182,7 +201,19 @@ void GroupMember::RunRoles() {
 
 void GroupMember::BecomeLeader(uint64_t term) {
   TermStorage* storage = new TermStorage(replica_.get(), term);
-  absl::StatusOr<std::unique_ptr<Leading>> leading = start_(storage, [this] { stand_in_.reset(); });
+  absl::StatusOr<uint64_t> epoch = ClaimEpoch(storage);
+  if (!epoch.ok()) {
+    // Leadership ended before it could be claimed: nothing is served in
+    // this term, and the next change of role tears down nothing.
+    LogLine(absl::StrCat("member ", options_.member_id, " of ", options_.group,
+                         " lost leadership before serving: ", epoch.status().message()));
+    delete storage;
+    absl::MutexLock lock(&mu_);
+    served_ = term;
+    return;
+  }
+  absl::StatusOr<std::unique_ptr<Leading>> leading =
+      start_(storage, *epoch, [this] { stand_in_.reset(); });
   if (!leading.ok()) Fatal(absl::StrCat("cannot serve as leader: ", leading.status().ToString()));
   LogLine(absl::StrCat("member ", options_.member_id, " of ", options_.group,
                        " leads and serves on ", options_.listen));
@@ -222,6 +253,8 @@ void GroupMember::BecomeFollower() {
   StopLeading(/*replica_too=*/false);
   LogLine(absl::StrCat("member ", options_.member_id, " of ", options_.group,
                        " no longer leads; refusing calls with the leader's address"));
+  // A leadership lost before it served left the stand-in in place.
+  if (stand_in_ != nullptr) return;
   if (absl::Status st = StartStandIn(); !st.ok()) Fatal(std::string(st.message()));
 }
 

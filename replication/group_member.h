@@ -68,9 +68,11 @@ class GroupMember {
   // Builds the served node on the replica store, which is the serving
   // leader's and holds everything committed, and calls `release` just
   // before it binds the client address (the stand-in holds it until then).
-  // An error ends the process.
+  // `epoch` counts the group's leaderships (replicated, committed before
+  // this call): what a node mints from it (the coordinator's transaction
+  // ids) never repeats an earlier leader's. An error ends the process.
   using StartLeading = std::function<absl::StatusOr<std::unique_ptr<Leading>>(
-      Storage* replica, const std::function<void()>& release)>;
+      Storage* replica, uint64_t epoch, const std::function<void()>& release)>;
 
   // Opens the replica on `local` (opened with ReplicatedStorage::Dbs()
   // among its sub-databases; it must outlive

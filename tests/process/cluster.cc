@@ -102,6 +102,14 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   char tmpl[] = "/tmp/atomq-test-XXXXXX";
   dir_ = mkdtemp(tmpl);
   coordinator_port_ = FreePort();
+  if (options_.coordinator_replicas > 1) {
+    coordinator_replicas_.resize(options_.coordinator_replicas);
+    for (Replica& r : coordinator_replicas_) {
+      r.client_port = FreePort();
+      r.peer_port = FreePort();
+      r.metrics_port = FreePort();
+    }
+  }
   for (int i = 0; i < options_.participants; ++i) participant_ports_.push_back(FreePort());
   for (int i = 0; i < options_.participants; ++i) metrics_ports_.push_back(FreePort());
   participant_procs_.resize(options_.participants);
@@ -211,7 +219,7 @@ std::vector<std::string> Cluster::AccessArgs(const std::string& id) const {
 }
 
 Cluster::~Cluster() {
-  Kill(&coordinator_);
+  KillCoordinator();
   for (Proc& p : participant_procs_) Kill(&p);
   for (auto& group : replicas_) {
     for (Replica& r : group) Kill(&r.proc);
@@ -234,7 +242,20 @@ Cluster::~Cluster() {
 }
 
 std::string Cluster::coordinator_address() const {
-  return absl::StrCat("127.0.0.1:", coordinator_port_);
+  if (options_.coordinator_replicas <= 1) return absl::StrCat("127.0.0.1:", coordinator_port_);
+  std::string out;
+  for (int j = 1; j <= options_.coordinator_replicas; ++j) {
+    absl::StrAppend(&out, j > 1 ? "|" : "", coordinator_replica_address(j));
+  }
+  return out;
+}
+
+std::string Cluster::coordinator_replica_address(int j) const {
+  return absl::StrCat("127.0.0.1:", coordinator_replicas_[j - 1].client_port);
+}
+
+std::string Cluster::coordinator_replica_peer_address(int j) const {
+  return absl::StrCat("127.0.0.1:", coordinator_replicas_[j - 1].peer_port);
 }
 std::string Cluster::participant_address(int i) const {
   if (options_.replicas <= 1) return absl::StrCat("127.0.0.1:", participant_ports_[i - 1]);
@@ -285,15 +306,12 @@ void Cluster::WaitReady(const std::string& what, const std::function<bool()>& pr
   ADD_FAILURE() << what << " did not answer within 15 s";
 }
 
-void Cluster::StartCoordinator(const std::map<std::string, std::string>& env, bool wait) {
-  Kill(&coordinator_);
+std::vector<std::string> Cluster::CoordinatorArgs() const {
   std::string parts;
   for (int i = 1; i <= options_.participants; ++i) {
     absl::StrAppend(&parts, i > 1 ? "," : "", participant_id(i), "=", participant_address(i));
   }
   std::vector<std::string> args = {"--id=c1",
-                                   "--listen=" + coordinator_address(),
-                                   "--data_dir=" + dir_ + "/c1",
                                    "--participants=" + parts,
                                    "--resend_initial_ms=20",
                                    "--resend_max_ms=300",
@@ -302,6 +320,19 @@ void Cluster::StartCoordinator(const std::map<std::string, std::string>& env, bo
   for (const std::string& a : TlsArgs("c1")) args.push_back(a);
   for (const std::string& a : AccessArgs("c1")) args.push_back(a);
   for (const std::string& a : options_.coordinator_args) args.push_back(a);
+  return args;
+}
+
+void Cluster::StartCoordinator(const std::map<std::string, std::string>& env, bool wait) {
+  if (options_.coordinator_replicas > 1) {
+    for (int j = 1; j <= options_.coordinator_replicas; ++j) StartCoordinatorReplica(j, env);
+    if (wait) EXPECT_NE(CoordinatorLeaderOf(), 0) << "the coordinator group elected no leader";
+    return;
+  }
+  Kill(&coordinator_);
+  std::vector<std::string> args = CoordinatorArgs();
+  args.push_back("--listen=" + coordinator_address());
+  args.push_back("--data_dir=" + dir_ + "/c1");
   coordinator_.log = dir_ + "/c1.log";
   coordinator_.pid = Spawn("atomq-coordinator", args, env, coordinator_.log);
   if (!wait) return;
@@ -311,6 +342,49 @@ void Cluster::StartCoordinator(const std::map<std::string, std::string>& env, bo
     v1::ListTransactionsResponse resp;
     return coordinator()->ListTransactions(&ctx, v1::ListTransactionsRequest(), &resp).ok();
   });
+}
+
+void Cluster::StartCoordinatorReplica(int j, const std::map<std::string, std::string>& env) {
+  Replica& r = coordinator_replicas_[j - 1];
+  Kill(&r.proc);
+  std::string group;
+  for (int k = 1; k <= options_.coordinator_replicas; ++k) {
+    absl::StrAppend(&group, k > 1 ? "," : "", k, "=", coordinator_replica_address(k), "/",
+                    coordinator_replica_peer_address(k));
+  }
+  const std::string name = absl::StrCat("c1-r", j);
+  std::vector<std::string> args = CoordinatorArgs();
+  args.push_back("--listen=" + coordinator_replica_address(j));
+  args.push_back("--data_dir=" + dir_ + "/" + name);
+  args.push_back("--group=" + group);
+  args.push_back(absl::StrCat("--member_id=", j));
+  args.push_back("--election_timeout_ms=300");
+  args.push_back("--heartbeat_ms=50");
+  args.push_back(absl::StrCat("--metrics_listen=127.0.0.1:", r.metrics_port));
+  r.proc.log = dir_ + "/" + name + ".log";
+  r.proc.pid = Spawn("atomq-coordinator", args, env, r.proc.log);
+}
+
+void Cluster::KillCoordinatorReplica(int j) { Kill(&coordinator_replicas_[j - 1].proc); }
+
+std::optional<int> Cluster::WaitCoordinatorReplicaExit(int j, int timeout_ms) {
+  return WaitExit(&coordinator_replicas_[j - 1].proc, timeout_ms);
+}
+
+int Cluster::CoordinatorLeaderOf(int timeout_ms) {
+  int64_t end = NowMs() + timeout_ms;
+  do {
+    for (int j = 1; j <= options_.coordinator_replicas; ++j) {
+      if (coordinator_replicas_[j - 1].proc.pid <= 0) continue;
+      grpc::ClientContext ctx;
+      Deadline(&ctx, 200);
+      v1::ListTransactionsResponse resp;
+      auto stub = v1::Coordinator::NewStub(Channel(coordinator_replica_address(j), admin_token()));
+      if (stub->ListTransactions(&ctx, v1::ListTransactionsRequest(), &resp).ok()) return j;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  } while (NowMs() < end);
+  return 0;
 }
 
 std::vector<std::string> Cluster::ParticipantArgs(int i) const {
@@ -432,7 +506,10 @@ void Cluster::Kill(Proc* p) {
   p->pid = -1;
 }
 
-void Cluster::KillCoordinator() { Kill(&coordinator_); }
+void Cluster::KillCoordinator() {
+  Kill(&coordinator_);
+  for (Replica& r : coordinator_replicas_) Kill(&r.proc);
+}
 void Cluster::KillParticipant(int i) {
   Kill(&participant_procs_[i - 1]);
   for (int j = 1; options_.replicas > 1 && j <= options_.replicas; ++j) KillReplica(i, j);
@@ -471,7 +548,12 @@ std::unique_ptr<v1::Queue::Stub> Cluster::queue(int i) { return queue_as(i, admi
 std::unique_ptr<v1::ParticipantTxn::Stub> Cluster::txn(int i) { return txn_as(i, admin_token()); }
 std::unique_ptr<v1::Coordinator::Stub> Cluster::coordinator_as(const std::string& token,
                                                                const std::string& certificate) {
-  return v1::Coordinator::NewStub(Channel(coordinator_address(), token, certificate));
+  std::string address = coordinator_address();
+  if (options_.coordinator_replicas > 1) {
+    const int j = CoordinatorLeaderOf(5000);
+    address = coordinator_replica_address(j == 0 ? 1 : j);
+  }
+  return v1::Coordinator::NewStub(Channel(address, token, certificate));
 }
 std::unique_ptr<v1::Queue::Stub> Cluster::queue_as(int i, const std::string& token,
                                                    const std::string& certificate) {

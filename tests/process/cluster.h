@@ -56,6 +56,9 @@ struct ClusterOptions {
   bool tls = false;
   std::string tls_client_auth = "require";
   std::vector<std::string> coordinator_args;  // extra flags
+  // The coordinator as a group of this many replicas (1: one process);
+  // coordinator_address() is then their client addresses joined by '|'.
+  int coordinator_replicas = 1;
   std::vector<std::string> participant_args;  // extra flags for every participant
   bool participant_metrics = false;  // serve each participant's /metrics (ParticipantMetric)
   // Access control (common/access.h), on when `roles` is not empty: every
@@ -86,7 +89,16 @@ class Cluster {
     options_.participant_args = std::move(args);
   }
 
-  void KillCoordinator();       // SIGKILL and reap
+  void KillCoordinator();  // SIGKILL and reap (every replica of it)
+  // One replica of the coordinator group (coordinator_replicas > 1).
+  void StartCoordinatorReplica(int j, const std::map<std::string, std::string>& env = {});
+  void KillCoordinatorReplica(int j);
+  std::optional<int> WaitCoordinatorReplicaExit(int j, int timeout_ms);
+  // The coordinator replica that serves, polling up to `timeout_ms`; 0
+  // when none does.
+  int CoordinatorLeaderOf(int timeout_ms = 15000);
+  std::string coordinator_replica_address(int j) const;
+  std::string coordinator_replica_peer_address(int j) const;
   void KillParticipant(int i);  // every replica of it
   // One replica of a participant group (replicas > 1).
   void StartReplica(int i, int j, const std::map<std::string, std::string>& env = {});
@@ -207,6 +219,9 @@ class Cluster {
   std::vector<std::vector<Replica>> replicas_;  // [i-1][j-1], replicas > 1
   // The flags every start of participant i takes (not its address or data).
   std::vector<std::string> ParticipantArgs(int i) const;
+  // The flags every start of the coordinator (or a replica of it) takes.
+  std::vector<std::string> CoordinatorArgs() const;
+  std::vector<Replica> coordinator_replicas_;  // coordinator_replicas > 1
   // Where a stub for participant i is to dial now.
   std::string Reachable(int i);
 };

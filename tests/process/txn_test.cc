@@ -805,15 +805,16 @@ TEST(TxnTest, ExactlyOncePipelineSurvivesKillsOfEveryProcess) {
        {"p2", [&] { c.KillParticipant(2); }, [&] { c.StartParticipant(2); }}});
 }
 
-// Participants as groups of three (docs/design.md 10.2): one replica at a
-// time, leader or not, is SIGKILLed and restarted, and so is the
-// coordinator; every message still moves exactly once.
+// Every process a replica of a group of three (docs/design.md 10.2): one
+// replica of a group at a time, leader or not, of the coordinator or of a
+// participant, is SIGKILLed and restarted; every message still moves
+// exactly once.
 TEST(TxnTest, ExactlyOncePipelineSurvivesKillsOfAMinorityOfEachGroup) {
   ClusterOptions o = TwoNodes();
   o.replicas = 3;
+  o.coordinator_replicas = 3;
   Cluster c(o);
-  std::vector<Victim> victims = {
-      {"coordinator", [&] { c.KillCoordinator(); }, [&] { c.StartCoordinator(); }}};
+  std::vector<Victim> victims;
   // Each group's leader of the moment, and one of its followers; the one
   // killed is the one restarted.
   auto killed = std::make_shared<std::map<int, int>>();
@@ -828,6 +829,16 @@ TEST(TxnTest, ExactlyOncePipelineSurvivesKillsOfAMinorityOfEachGroup) {
                          },
                          [&c, i, killed] { c.StartReplica(i, (*killed)[i]); }});
     }
+  }
+  for (bool leader : {true, false}) {
+    victims.push_back({leader ? "the coordinator's leader" : "a coordinator follower",
+                       [&c, leader, killed] {
+                         int j = c.CoordinatorLeaderOf();
+                         if (!leader || j == 0) j = j % 3 + 1;
+                         (*killed)[0] = j;
+                         c.KillCoordinatorReplica(j);
+                       },
+                       [&c, killed] { c.StartCoordinatorReplica((*killed)[0]); }});
   }
   CheckPipelineUnderKills(c, EnvInt("ATOMQ_PIPELINE_MESSAGES", 100),
                           EnvInt("ATOMQ_PIPELINE_KILLS", 5),

@@ -252,7 +252,7 @@ class _Connection:
             (("authorization", f"Bearer {token}"),) if token else ())
         self._lock = threading.Lock()
         self._channels: Dict[str, Any] = {}
-        self._leaders: Dict[str, str] = {}  # a group's participant id -> member to call
+        self._leaders: Dict[str, str] = {}  # a group's participant id ("": coordinator) -> member
 
     @property
     def metadata(self) -> Tuple[Tuple[str, str], ...]:
@@ -305,8 +305,12 @@ class _Connection:
             if self._leaders.get(participant, members[0]) == address:
                 self._leaders[participant] = members[(members.index(address) + 1) % len(members)]
 
-    def _coordinator_stub(self) -> cgrpc.CoordinatorStub:
-        return cgrpc.CoordinatorStub(self._channel(self._coordinator()))
+    def _coordinator_stub(self) -> Any:
+        address = self._coordinator()
+        if "|" not in address:
+            return cgrpc.CoordinatorStub(self._channel(address))
+        # A coordinator group: its leader is found as a participant group's is.
+        return _GroupStub(self, "", address.split("|"), cgrpc.CoordinatorStub)
 
     def _txn_call_timeout(self, timeout: Optional[float]) -> float:
         # The coordinator answers by the votes' deadline; leave room past it.
@@ -314,7 +318,7 @@ class _Connection:
 
 
 class _GroupStub:
-    """A stub for a participant that is a group of replicas ("a|b|c"): each
+    """A stub for a participant or coordinator that is a group of replicas ("a|b|c"): each
     call goes to the member that last served; one refused UNAVAILABLE (a
     follower, which names the leader, or a member that is down) moves the
     next call on, so the caller's retry finds the leader within a few
@@ -366,7 +370,8 @@ class Client(_Connection):
     """A connection to an atomq cluster: one coordinator and its participants.
 
     ``coordinator``: host:port of ``atomq-coordinator`` (for ``execute``,
-    ``move`` and ``transaction``). ``participants``: participant id ->
+    ``move`` and ``transaction``; a group of replicas as ``a|b|c``, whose
+    leader is found the same way). ``participants``: participant id ->
     host:port (a group of replicas: its members' host:port joined by ``|``,
     as the coordinator's ``--participants`` names it; calls go to its
     leader), the same ids the coordinator was started with (for
