@@ -92,6 +92,7 @@ class ManualStorage : public Storage {
     return absl::OkStatus();
   }
   StorageStats Stats() const override { return {}; }
+  std::vector<std::string> Dbs() const override { return {}; }
 
   std::deque<Submitted> queued;
   int drives = 0;

@@ -23,6 +23,9 @@ struct Write {
   std::string key;     // 1..511 bytes
   std::string value;   // ignored when erase
   bool erase = false;  // erasing a missing key is not an error
+  // Every key of `db` goes (key and value ignored): a replica taking a
+  // copy of another's state empties what it held first.
+  bool clear = false;
 };
 
 // Writes that become durable together or not at all.
@@ -51,6 +54,18 @@ struct StorageStats {
   uint64_t batches = 0;  // batches applied
   uint64_t commits = 0;  // LMDB write transactions committed = fsyncs
   uint64_t failures = 0;
+};
+
+// One version of a store, read a piece at a time (a replica's state sent to
+// another, docs/design.md 10.2): every record of its sub-databases, in
+// sub-database then key order. One caller at a time, from any thread; the
+// store must outlive it.
+class StoreReader {
+ public:
+  virtual ~StoreReader() = default;
+  // Appends the next records to `out` (as puts), at least one and about
+  // `bytes` of keys and values; false once no record is left.
+  virtual absl::StatusOr<bool> Next(size_t bytes, std::vector<Write>* out) = 0;
 };
 
 // Narrow on purpose, so a test can wrap it to fail or drop writes.
@@ -87,6 +102,14 @@ class Storage {
       const std::string& db, const std::string& prefix,
       const std::function<bool(std::string_view key, std::string_view value)>& fn) = 0;
   virtual StorageStats Stats() const = 0;
+  // The sub-databases it was opened with.
+  virtual std::vector<std::string> Dbs() const = 0;
+  // Every sub-database but `except`, as of now, in one read transaction
+  // (writes keep going meanwhile). UNIMPLEMENTED where the store cannot.
+  virtual absl::StatusOr<std::unique_ptr<StoreReader>> Read(
+      const std::vector<std::string>& except) {
+    return absl::UnimplementedError("this store cannot be read as one version");
+  }
 };
 
 // Forwards everything to a target; override what a test should break.
@@ -110,6 +133,11 @@ class StorageWrapper : public Storage {
     return target_->Scan(db, prefix, fn);
   }
   StorageStats Stats() const override { return target_->Stats(); }
+  std::vector<std::string> Dbs() const override { return target_->Dbs(); }
+  absl::StatusOr<std::unique_ptr<StoreReader>> Read(
+      const std::vector<std::string>& except) override {
+    return target_->Read(except);
+  }
 
  protected:
   Storage* target() { return target_; }

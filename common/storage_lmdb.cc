@@ -70,6 +70,50 @@ struct Pending {
   DoneFn done;
 };
 
+// A read transaction walked with one cursor, sub-database by sub-database.
+class LmdbReader : public StoreReader {
+ public:
+  LmdbReader(MDB_txn* txn, std::vector<std::pair<std::string, MDB_dbi>> dbs)
+      : txn_(txn), dbs_(std::move(dbs)) {}
+  ~LmdbReader() override {
+    if (cursor_ != nullptr) mdb_cursor_close(cursor_);
+    mdb_txn_abort(txn_);
+  }
+
+  absl::StatusOr<bool> Next(size_t bytes, std::vector<Write>* out) override {
+    size_t taken = 0;
+    while (next_db_ < dbs_.size()) {
+      MDB_cursor_op op = MDB_NEXT;
+      if (cursor_ == nullptr) {
+        int rc = mdb_cursor_open(txn_, dbs_[next_db_].second, &cursor_);
+        if (rc != 0) return LmdbError(rc, "open cursor on " + dbs_[next_db_].first);
+        op = MDB_FIRST;
+      }
+      MDB_val k, v;
+      int rc = mdb_cursor_get(cursor_, &k, &v, op);
+      if (rc == MDB_NOTFOUND) {
+        mdb_cursor_close(cursor_);
+        cursor_ = nullptr;
+        ++next_db_;
+        continue;
+      }
+      if (rc != 0) return LmdbError(rc, "read " + dbs_[next_db_].first);
+      out->push_back(Write{dbs_[next_db_].first,
+                           std::string(static_cast<const char*>(k.mv_data), k.mv_size),
+                           std::string(static_cast<const char*>(v.mv_data), v.mv_size), false});
+      taken += k.mv_size + v.mv_size;
+      if (taken >= bytes) return true;
+    }
+    return false;
+  }
+
+ private:
+  MDB_txn* const txn_;
+  const std::vector<std::pair<std::string, MDB_dbi>> dbs_;
+  size_t next_db_ = 0;
+  MDB_cursor* cursor_ = nullptr;  // on dbs_[next_db_], once opened
+};
+
 class LmdbStorage : public Storage {
  public:
   LmdbStorage(LmdbOptions options, int lock_fd, MDB_env* env,
@@ -175,6 +219,21 @@ class LmdbStorage : public Storage {
     return LmdbError(rc, absl::StrCat("scan ", db));
   }
 
+  std::vector<std::string> Dbs() const override { return options_.dbs; }
+
+  absl::StatusOr<std::unique_ptr<StoreReader>> Read(
+      const std::vector<std::string>& except) override {
+    std::vector<std::pair<std::string, MDB_dbi>> dbs;
+    for (const auto& [name, dbi] : dbis_) {
+      if (std::find(except.begin(), except.end(), name) == except.end())
+        dbs.emplace_back(name, dbi);
+    }
+    MDB_txn* txn = nullptr;
+    int rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, &txn);
+    if (rc != 0) return LmdbError(rc, "begin read txn in " + options_.dir);
+    return std::make_unique<LmdbReader>(txn, std::move(dbs));
+  }
+
   StorageStats Stats() const override {
     StorageStats s;
     s.batches = batches_.load();
@@ -197,6 +256,7 @@ class LmdbStorage : public Storage {
   absl::Status Validate(const Batch& batch) const {
     for (const atomq::Write& w : batch.writes) {
       ATOMQ_RETURN_IF_ERROR(Dbi(w.db).status());
+      if (w.clear) continue;
       if (w.key.empty() || w.key.size() > key_bytes_max_) {
         return absl::InvalidArgumentError(absl::StrCat("key of ", w.key.size(), " bytes in \"",
                                                        w.db, "\"; must be 1..", key_bytes_max_));
@@ -227,7 +287,9 @@ class LmdbStorage : public Storage {
     for (const atomq::Write& w : batch.writes) {
       MDB_dbi dbi = dbis_.find(w.db)->second;
       MDB_val k{w.key.size(), const_cast<char*>(w.key.data())};
-      if (w.erase) {
+      if (w.clear) {
+        rc = mdb_drop(child, dbi, 0);  // empties it; the sub-database stays
+      } else if (w.erase) {
         rc = mdb_del(child, dbi, &k, nullptr);
         if (rc == MDB_NOTFOUND) rc = 0;
       } else {

@@ -21,7 +21,6 @@
 namespace atomq {
 namespace {
 
-
 LmdbOptions Options(const std::string& dir, uint64_t map_size_mb = 64) {
   LmdbOptions o;
   o.dir = dir + "/data";  // not yet existing: Open creates it
@@ -115,6 +114,44 @@ TEST(StorageTest, PutGetEraseScan) {
   std::vector<std::string> order;
   for (const auto& kv : ScanAll(*s, "messages", "")) order.push_back(kv.second);
   EXPECT_EQ(order, (std::vector<std::string>{"1", "2", "300", "70000"}));
+}
+
+// A reader sees the store as it was when it began, across sub-databases,
+// while writes go on; a clear write empties one sub-database only.
+TEST(StorageTest, AReaderSeesOneVersionAndAClearEmptiesOneSubDatabase) {
+  TempDir tmp;
+  auto s = MustOpen(Options(tmp.path()));
+  ASSERT_NE(s, nullptr);
+  ASSERT_TRUE(s->Write(Batch{1,
+                             {Put("txn", "a", "1"), Put("txn", "b", "2"), Put("meta", "m", "3"),
+                              Put("messages", "x", "4")}})
+                  .ok());
+  absl::StatusOr<std::unique_ptr<StoreReader>> reader = s->Read({"meta"});
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  // Written after the reader began: not part of what it reads.
+  ASSERT_TRUE(s->Write(Batch{2, {Put("txn", "c", "5"), Erase("messages", "x")}}).ok());
+  std::vector<Write> got;
+  int pieces = 0;
+  for (bool more = true; more; ++pieces) {
+    absl::StatusOr<bool> next = (*reader)->Next(1, &got);  // one record a piece
+    ASSERT_TRUE(next.ok()) << next.status();
+    more = *next;
+  }
+  std::vector<std::string> seen;
+  for (const Write& w : got) seen.push_back(absl::StrCat(w.db, "/", w.key, "=", w.value));
+  // Sub-databases in name order, keys in order; "meta" left out.
+  EXPECT_EQ(seen, (std::vector<std::string>{"messages/x=4", "txn/a=1", "txn/b=2"}));
+  EXPECT_GE(pieces, 3);
+  reader->reset();
+
+  Write clear;
+  clear.db = "txn";
+  clear.clear = true;
+  ASSERT_TRUE(s->Write(Batch{3, {clear, Put("txn", "d", "6")}}).ok());
+  using KV = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(ScanAll(*s, "txn", ""), (KV{{"d", "6"}}));
+  EXPECT_EQ(MustGet(*s, "meta", "m"), "3");
+  EXPECT_EQ(s->Dbs(), (std::vector<std::string>{"txn", "meta", "messages"}));
 }
 
 // A damaged record is never taken for a missing one: for an outcome that
