@@ -84,6 +84,10 @@ void PrintTable(const v1::GroupStatusReport& report) {
       std::printf("member %llu takes no part: %s\n", static_cast<unsigned long long>(r.member()),
                   r.fault().c_str());
     }
+    if (r.installing()) {
+      std::printf("member %llu is copying another member's state (its log lacks what it missed)\n",
+                  static_cast<unsigned long long>(r.member()));
+    }
   }
 }
 

@@ -221,7 +221,8 @@ absl::StatusOr<atomq::Store> Open(CoordinatorFlags* f) {
   namespace c = atomq::coordinator;
   std::vector<std::string> dbs = {c::kTxnDb, c::kMetaDb, c::kEndedDb};
   if (f->group.enabled()) {
-    for (const std::string& db : atomq::replication::ReplicatedStorage::Dbs()) dbs.push_back(db);
+    for (const std::string& db : atomq::replication::ReplicatedStorage::ReplicaDbs())
+      dbs.push_back(db);
   }
   absl::StatusOr<atomq::Store> store = atomq::OpenStore(f->server, dbs, c::kMetaDb);
   if (!store.ok()) return store.status();

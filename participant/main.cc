@@ -293,7 +293,8 @@ absl::StatusOr<atomq::Store> Open(ParticipantFlags* f) {
   std::vector<std::string> dbs = {p::kQueuesDb, p::kMessagesDb, p::kPreparedDb,  p::kOutcomesDb,
                                   p::kDedupDb,  p::kMetaDb,     p::kHeuristicDb, p::kForgettableDb};
   if (f->group.enabled()) {
-    for (const std::string& db : atomq::replication::ReplicatedStorage::Dbs()) dbs.push_back(db);
+    for (const std::string& db : atomq::replication::ReplicatedStorage::ReplicaDbs())
+      dbs.push_back(db);
   }
   absl::StatusOr<atomq::Store> store = atomq::OpenStore(f->server, dbs, p::kMetaDb);
   if (!store.ok()) return store.status();

@@ -23,11 +23,26 @@ void AddGroupFlags(CLI::App& app, GroupFlags* f, const char* what) {
   app.add_flag("--join", f->join,
                "on an empty disk, wait to be added to the running group (atomqctl cluster add or "
                "replace) instead of starting a new one; a disk that holds the log ignores it");
-  AddCheckedFlag(app, "--election_timeout_ms", f->election_timeout_ms,
+  AddCheckedFlag(app, "--election_timeout_ms", f->tuning.election_timeout_ms,
                  "how long followers wait without hearing from a leader before electing another",
                  CLI::Range(10u, 600000u));
-  AddCheckedFlag(app, "--heartbeat_ms", f->heartbeat_ms,
+  AddCheckedFlag(app, "--heartbeat_ms", f->tuning.heartbeat_ms,
                  "how often a leader reminds followers it is there", CLI::Range(1u, 60000u));
+  AddCheckedFlag(app, "--snapshot_entries", f->tuning.snapshot_entries,
+                 "compact the log to a snapshot every this many applied entries (0: never); a "
+                 "member behind the compacted part copies another member's whole state",
+                 CLI::Range(uint64_t(0), uint64_t(1) << 40));
+  AddCheckedFlag(app, "--snapshot_trailing", f->tuning.snapshot_trailing,
+                 "entries kept before a snapshot point, so that a member a little behind is "
+                 "sent entries rather than the whole state",
+                 CLI::Range(0u, 1u << 30));
+  AddCheckedFlag(app, "--state_transfer_mb_max", f->tuning.state_transfer_mb_max,
+                 "the most of another member's state (MiB of keys and values) a copy may "
+                 "hold: it is held in memory, then written in one transaction",
+                 CLI::Range(1u, 1u << 20));
+  AddCheckedFlag(app, "--state_transfers_max", f->tuning.state_transfers_max,
+                 "copies of this replica's state other members may read at once",
+                 CLI::Range(1u, 64u));
 }
 
 absl::Status CheckGroupFlags(GroupFlags* f) {
@@ -43,7 +58,7 @@ absl::Status CheckGroupFlags(GroupFlags* f) {
   if (members->count(f->member_id) == 0) {
     return absl::InvalidArgumentError("--member_id: must name one of the members of --group");
   }
-  if (f->heartbeat_ms * 2 > f->election_timeout_ms) {
+  if (f->tuning.heartbeat_ms * 2 > f->tuning.election_timeout_ms) {
     return absl::InvalidArgumentError(
         "--heartbeat_ms must be at most half of --election_timeout_ms");
   }
@@ -66,8 +81,7 @@ absl::Status ServeInGroup(const GroupFlags& f, const ServerFlags& server,
   o.credentials = ServerCredentials(server.tls);
   o.access = std::move(access);
   o.message_bytes_max = server.message_bytes_max;
-  o.election_timeout_ms = f.election_timeout_ms;
-  o.heartbeat_ms = f.heartbeat_ms;
+  o.tuning = f.tuning;
   absl::StatusOr<std::unique_ptr<GroupMember>> member =
       GroupMember::Start(std::move(o), local, std::move(start));
   if (!member.ok()) return member.status();

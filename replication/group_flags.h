@@ -23,8 +23,7 @@ struct GroupFlags {
   uint64_t member_id = 0;                       // --member_id
   std::string peer_listen;                      // --peer_listen
   bool join = false;                            // --join
-  uint32_t election_timeout_ms = 1000;          // --election_timeout_ms
-  uint32_t heartbeat_ms = 100;                  // --heartbeat_ms
+  ReplicaTuning tuning;                         // --election_timeout_ms ...
   bool enabled() const { return !group.empty(); }
 };
 
@@ -34,7 +33,7 @@ void AddGroupFlags(CLI::App& app, GroupFlags* f, const char* what);
 absl::Status CheckGroupFlags(GroupFlags* f);
 
 // Runs this replica of group `server.id` on `local` (opened with
-// ReplicatedStorage::Dbs() among its sub-databases): `start` builds the
+// ReplicatedStorage::ReplicaDbs() among its sub-databases): `start` builds the
 // served node whenever it leads. Returns when SIGINT/SIGTERM came and
 // everything stopped; an error (the message) when it could not start.
 absl::Status ServeInGroup(const GroupFlags& f, const ServerFlags& server,

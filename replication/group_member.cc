@@ -114,8 +114,13 @@ absl::StatusOr<std::unique_ptr<GroupMember>> GroupMember::Start(Options options,
   uint32_t seed = 0;
   if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed)) seed = uint32_t(o.member_id);
   ro.engine.seed = seed;
-  ro.engine.election_timeout = o.election_timeout_ms;
-  ro.engine.heartbeat_timeout = o.heartbeat_ms;
+  const ReplicaTuning& t = o.tuning;
+  ro.engine.election_timeout = t.election_timeout_ms;
+  ro.engine.heartbeat_timeout = t.heartbeat_ms;
+  ro.snapshot_entries = t.snapshot_entries;
+  ro.snapshot_trailing = t.snapshot_trailing;
+  ro.state_bytes_max = uint64_t(t.state_transfer_mb_max) << 20;
+  ro.source.transfers_max = t.state_transfers_max;
   if (!o.join) {
     for (const auto& [id, a] : o.members) ro.bootstrap.push_back(Member{id, ConfigAddress(a)});
   }
@@ -275,6 +280,12 @@ std::string GroupMember::RenderMetrics() {
   AppendMetric(&out, "atomq_replica_applied_index", "gauge",
                "this replica's version: the last entry applied to its store",
                double(s.applied_index));
+  AppendMetric(&out, "atomq_replica_snapshot_index", "gauge",
+               "the log's snapshot point: it holds the entries after it", double(s.snapshot_index));
+  AppendMetric(&out, "atomq_replica_state_copies_total", "counter",
+               "times this replica installed a copy of another member's state", double(s.copies));
+  AppendMetric(&out, "atomq_replica_copying", "gauge",
+               "1 while this replica copies another member's state", s.installing ? 1 : 0);
   absl::MutexLock lock(&mu_);
   AppendMetric(&out, "atomq_replica_leaderships_total", "counter",
                "times this replica began serving as leader", double(leaderships_));

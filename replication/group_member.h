@@ -33,6 +33,17 @@ absl::StatusOr<std::map<uint64_t, MemberAddresses>> ParseGroup(const std::string
 // The members' client addresses as callers name the group: "a|b|c".
 std::string ClientAddresses(const std::map<uint64_t, MemberAddresses>& members);
 
+// How a replica runs: timers, compaction and state transfer (flags of the
+// same names, replication/group_flags.h).
+struct ReplicaTuning {
+  uint32_t election_timeout_ms = 1000;
+  uint32_t heartbeat_ms = 100;
+  uint64_t snapshot_entries = 8192;
+  uint32_t snapshot_trailing = 1024;
+  uint32_t state_transfer_mb_max = 1024;
+  uint32_t state_transfers_max = 2;
+};
+
 // What the server runs while this replica leads.
 class Leading {
  public:
@@ -62,8 +73,7 @@ class GroupMember {
     std::shared_ptr<grpc::ServerCredentials> credentials;
     std::shared_ptr<const Access> access;
     uint32_t message_bytes_max = 64 << 20;
-    uint32_t election_timeout_ms = 1000;  // --election_timeout_ms
-    uint32_t heartbeat_ms = 100;          // --heartbeat_ms
+    ReplicaTuning tuning;
   };
   // Builds the served node on the replica store, which is the serving
   // leader's and holds everything committed, and calls `release` just
@@ -74,7 +84,7 @@ class GroupMember {
   using StartLeading = std::function<absl::StatusOr<std::unique_ptr<Leading>>(
       Storage* replica, uint64_t epoch, const std::function<void()>& release)>;
 
-  // Opens the replica on `local` (opened with ReplicatedStorage::Dbs()
+  // Opens the replica on `local` (opened with ReplicatedStorage::ReplicaDbs()
   // among its sub-databases; it must outlive
   // this) and starts listening.
   static absl::StatusOr<std::unique_ptr<GroupMember>> Start(Options options, Storage* local,

@@ -5,6 +5,7 @@
 #include "common/log.h"
 #include "common/validate.h"
 #include "replication/raft_wire.h"
+#include "replication/state_transfer.h"
 
 namespace atomq::replication {
 namespace {
@@ -49,6 +50,89 @@ bool FindMember(const std::vector<Member>& members,
     }
   }
   return false;
+}
+
+GrpcTransport::GrpcTransport(RpcLoop* loop, ChannelCache* channels, Options options)
+    : loop_(loop), channels_(channels), options_(std::move(options)) {
+  fetcher_ = std::thread([this] { Fetcher(); });
+}
+
+GrpcTransport::~GrpcTransport() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  fetcher_.join();
+}
+
+void GrpcTransport::FetchState(uint64_t to, const std::string& address, uint64_t bytes_max,
+                               FetchedFn done) {
+  absl::MutexLock lock(&mu_);
+  fetches_.push_back(Fetch{to, SplitConfigAddress(address).peer, bytes_max, std::move(done)});
+}
+
+void GrpcTransport::Fetcher() {
+  for (;;) {
+    Fetch f;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](GrpcTransport* t)
+               ABSL_NO_THREAD_SAFETY_ANALYSIS { return t->stopping_ || !t->fetches_.empty(); },
+          this));
+      if (stopping_) return;
+      f = std::move(fetches_.front());
+      fetches_.pop_front();
+    }
+    f.done(Copy(f));
+  }
+}
+
+absl::StatusOr<std::vector<Write>> GrpcTransport::Copy(const Fetch& f) {
+  if (f.peer.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("no address for member ", f.to));
+  }
+  std::unique_ptr<v1::Replica::Stub> stub = v1::Replica::NewStub(channels_->Get(f.peer));
+  std::vector<Write> out;
+  uint64_t bytes = 0;
+  v1::FetchStateRequest req;
+  req.set_group(options_.group);
+  req.set_from(options_.self);
+  for (uint64_t piece = 0;; ++piece) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return absl::CancelledError("the replica is stopping");
+      req.set_disk(disk_);
+    }
+    req.set_piece(piece);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::milliseconds(std::max<uint32_t>(options_.timeout_ms, 10000)));
+    v1::StatePiece resp;
+    grpc::Status st = stub->FetchState(&ctx, req, &resp);
+    if (!st.ok()) {
+      return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
+                          absl::StrCat("member ", f.to, ": ", st.error_message()));
+    }
+    req.set_transfer(resp.transfer());
+    std::vector<Write> records;
+    for (v1::StateRecord& r : *resp.mutable_records()) {
+      bytes += r.key().size() + r.value().size();
+      records.push_back(Write{std::move(*r.mutable_db()), std::move(*r.mutable_key()),
+                              std::move(*r.mutable_value()), false});
+    }
+    if (PieceCrc(records) != resp.crc32c()) {
+      return absl::DataLossError(
+          absl::StrCat("piece ", piece, " from member ", f.to, " does not match its CRC"));
+    }
+    if (bytes > f.bytes_max) {
+      return absl::ResourceExhaustedError(absl::StrCat("member ", f.to, "'s state is over ",
+                                                       f.bytes_max >> 20,
+                                                       " MiB (--state_transfer_mb_max)"));
+    }
+    for (Write& w : records) out.push_back(std::move(w));
+    if (resp.last()) return out;
+  }
 }
 
 void GrpcTransport::Send(uint64_t to, const std::string& address, RaftMessage message) {
@@ -127,6 +211,7 @@ ReplicaService::ReplicaService(RpcLoop* loop, std::shared_ptr<const Access> acce
   ServeMember(loop, &service_, "Status", this, &ReplicaService::Status);
   ServeMember(loop, &service_, "TransferLeadership", this, &ReplicaService::TransferLeadership);
   ServeMember(loop, &service_, "ChangeMembers", this, &ReplicaService::ChangeMembers);
+  ServeMember(loop, &service_, "FetchState", this, &ReplicaService::FetchState);
   service_.Check();
 }
 
@@ -218,6 +303,8 @@ void ReplicaService::Fill(v1::ReplicaStatus* resp) {
   resp->set_serving(s.serving);
   resp->set_fault(s.fault);
   resp->set_disk(storage_->disk());
+  resp->set_snapshot_index(s.snapshot_index);
+  resp->set_installing(s.installing);
   if (MemberAddresses self; FindMember(s.members, configured_, s.id, &self)) {
     resp->set_peer_address(self.peer);
     resp->set_client_address(self.client);
@@ -237,21 +324,20 @@ void ReplicaService::Fill(v1::ReplicaStatus* resp) {
   }
 }
 
-void ReplicaService::Deliver(grpc::ServerContext* ctx, const v1::DeliverRequest* req,
-                             v1::DeliverResponse*, UnaryReactor* reactor) {
-  if (Refused(reactor, access_->Check(*ctx, "Replica.Deliver", {Role::kPeer}))) return;
-  if (req->group() != group_) {
-    return reactor->Finish(grpc::Status(
-        grpc::StatusCode::FAILED_PRECONDITION,
-        absl::StrCat("this replica is of group ", group_, ", not ", Clip(req->group()))));
+bool ReplicaService::CheckMember(const std::string& group, uint64_t from, const std::string& disk,
+                                 UnaryReactor* reactor, MemberAddresses* addresses) {
+  if (group != group_) {
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                     absl::StrCat("this replica is of group ", group_, ", not ", Clip(group))));
+    return false;
   }
-  MemberAddresses from;
-  if (req->from() == 0 || !Find(req->from(), &from)) {
-    return reactor->Finish(
-        grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                     absl::StrCat("member ", req->from(), " is not of group ", group_)));
+  if (from == 0 || !Find(from, addresses)) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                                 absl::StrCat("member ", from, " is not of group ", group_)));
+    return false;
   }
-  if (absl::Status st = storage_->CheckPeer(req->from(), req->disk()); !st.ok()) {
+  if (absl::Status st = storage_->CheckPeer(from, disk); !st.ok()) {
     const int64_t now = RealClock().NowMs();
     absl::MutexLock lock(&log_mu_);
     // A replaced member keeps trying: one line per minute.
@@ -259,8 +345,37 @@ void ReplicaService::Deliver(grpc::ServerContext* ctx, const v1::DeliverRequest*
       LogLine(absl::StrCat("replica: refused: ", st.message()));
       refusal_logged_ms_ = now;
     }
-    return reactor->Finish(ToGrpc(st));
+    reactor->Finish(ToGrpc(st));
+    return false;
   }
+  return true;
+}
+
+void ReplicaService::FetchState(grpc::ServerContext* ctx, const v1::FetchStateRequest* req,
+                                v1::StatePiece* resp, UnaryReactor* reactor) {
+  if (Refused(reactor, access_->Check(*ctx, "Replica.FetchState", {Role::kPeer}))) return;
+  MemberAddresses from;
+  if (!CheckMember(req->group(), req->from(), req->disk(), reactor, &from)) return;
+  absl::StatusOr<StateSource::Piece> piece =
+      storage_->source()->Next(req->transfer(), req->piece(), RealClock().NowMs());
+  if (!piece.ok()) return reactor->Finish(ToGrpc(piece.status()));
+  resp->set_transfer(piece->transfer);
+  resp->set_last(piece->last);
+  resp->set_crc32c(PieceCrc(piece->records));
+  for (Write& w : piece->records) {
+    v1::StateRecord* r = resp->add_records();
+    r->set_db(std::move(w.db));
+    r->set_key(std::move(w.key));
+    r->set_value(std::move(w.value));
+  }
+  reactor->Finish(grpc::Status::OK);
+}
+
+void ReplicaService::Deliver(grpc::ServerContext* ctx, const v1::DeliverRequest* req,
+                             v1::DeliverResponse*, UnaryReactor* reactor) {
+  if (Refused(reactor, access_->Check(*ctx, "Replica.Deliver", {Role::kPeer}))) return;
+  MemberAddresses from;
+  if (!CheckMember(req->group(), req->from(), req->disk(), reactor, &from)) return;
   std::vector<RaftMessage> messages;
   for (const v1::RaftMessageProto& p : req->messages()) {
     absl::StatusOr<RaftMessage> m = FromWire(p, req->from(), ConfigAddress(from));

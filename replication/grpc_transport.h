@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -47,11 +48,15 @@ class GrpcTransport : public Transport {
     uint32_t queue_max = 1024;  // messages waiting per peer
     uint32_t timeout_ms = 2000;
   };
-  GrpcTransport(RpcLoop* loop, ChannelCache* channels, Options options)
-      : loop_(loop), channels_(channels), options_(std::move(options)) {}
+  GrpcTransport(RpcLoop* loop, ChannelCache* channels, Options options);
+  ~GrpcTransport() override;  // waits for a copy under way to stop
 
   void Send(uint64_t to, const std::string& address, RaftMessage message) override
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Piece by piece (Replica.FetchState), each checked by its CRC, on a
+  // thread of its own: copies are rare and may be long.
+  void FetchState(uint64_t to, const std::string& address, uint64_t bytes_max,
+                  FetchedFn done) override ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t dropped() ABSL_LOCKS_EXCLUDED(mu_);
   // The disk id sent with every message (ReplicatedStorage::disk), known
   // once the replica is open, and whom to tell when a peer refuses it
@@ -67,6 +72,14 @@ class GrpcTransport : public Transport {
     bool in_flight = false;
   };
   void Flush(uint64_t to) ABSL_LOCKS_EXCLUDED(mu_);
+  struct Fetch {
+    uint64_t to;
+    std::string peer;  // its peer address
+    uint64_t bytes_max;
+    FetchedFn done;
+  };
+  void Fetcher() ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::vector<Write>> Copy(const Fetch& f) ABSL_LOCKS_EXCLUDED(mu_);
 
   RpcLoop* const loop_;
   ChannelCache* const channels_;
@@ -76,6 +89,9 @@ class GrpcTransport : public Transport {
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
   std::string disk_ ABSL_GUARDED_BY(mu_);
   std::function<void(uint64_t, const std::string&)> refused_ ABSL_GUARDED_BY(mu_);
+  std::deque<Fetch> fetches_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread fetcher_;  // last: starts once the rest is built
 };
 
 // atomq.v1.Replica on the loop, for one group's replica. Who is a member
@@ -95,6 +111,12 @@ class ReplicaService {
                           v1::TransferLeadershipResponse* resp, UnaryReactor* reactor);
   void ChangeMembers(grpc::ServerContext* ctx, const v1::ChangeMembersRequest* req,
                      v1::ReplicaStatus* resp, UnaryReactor* reactor);
+  void FetchState(grpc::ServerContext* ctx, const v1::FetchStateRequest* req, v1::StatePiece* resp,
+                  UnaryReactor* reactor);
+  // Whether `from`, speaking from `disk`, is a member of this group whose
+  // disk is the one registered; answers the call when not.
+  bool CheckMember(const std::string& group, uint64_t from, const std::string& disk,
+                   UnaryReactor* reactor, MemberAddresses* addresses);
   bool Find(uint64_t id, MemberAddresses* out) {
     return FindMember(storage_->Members(), configured_, id, out);
   }

@@ -21,23 +21,27 @@ inline constexpr char kTestDataDb[] = "data";
 inline std::unique_ptr<Storage> OpenReplicaStore(const std::string& dir) {
   LmdbOptions o;
   o.dir = dir;
-  o.dbs = ReplicatedStorage::Dbs();
+  o.dbs = ReplicatedStorage::ReplicaDbs();
   o.dbs.push_back(kTestDataDb);
   o.map_size_mb = 64;
   return std::move(OpenLmdbStorage(o)).value();
 }
 
-// Writes data/key=value through `r` and waits for its DoneFn.
-inline absl::Status PutThrough(ReplicatedStorage* r, const std::string& key,
-                               const std::string& value, int wait_ms = 5000) {
+// Writes `w` through `r` and waits for its DoneFn.
+inline absl::Status WriteThrough(ReplicatedStorage* r, Write w, int wait_ms = 5000) {
   auto done = std::make_shared<std::promise<absl::Status>>();
   std::future<absl::Status> f = done->get_future();
-  r->Submit(Batch{0, {Write{kTestDataDb, key, value, false}}},
-            [done](absl::Status st) { done->set_value(st); });
+  r->Submit(Batch{0, {std::move(w)}}, [done](absl::Status st) { done->set_value(st); });
   if (f.wait_for(std::chrono::milliseconds(wait_ms)) != std::future_status::ready) {
     return absl::DeadlineExceededError("no answer");
   }
   return f.get();
+}
+
+// Writes data/key=value through `r` and waits for its DoneFn.
+inline absl::Status PutThrough(ReplicatedStorage* r, const std::string& key,
+                               const std::string& value, int wait_ms = 5000) {
+  return WriteThrough(r, Write{kTestDataDb, key, value, false}, wait_ms);
 }
 
 // Waits up to 10 s for `r` to have applied `index`.

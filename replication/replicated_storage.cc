@@ -14,11 +14,11 @@
 #include "common/codec.h"
 #include "common/log.h"
 #include "common/validate.h"
+#include "replication/replica_internal.h"
 
 namespace atomq::replication {
 namespace {
 
-constexpr char kAppliedKey[] = "applied";
 constexpr char kReplicaMetaDb[] = "raft_meta";  // RaftLog's; this replica's own
 constexpr char kDiskKey[] = "disk";
 
@@ -44,13 +44,6 @@ absl::StatusOr<std::vector<atomq::Write>> DecodeBatch(const std::string& data) {
   return out;
 }
 
-// A replica whose own disk fails cannot go on: what it acknowledged could
-// be lost. Stop, as a failed write does on a single disk.
-[[noreturn]] void Fatal(const std::string& what) {
-  LogLine(absl::StrCat("replica: ", what, "; stopping"));
-  std::abort();
-}
-
 // This replica's disk id (raft_meta "disk"), made on first use: random, so
 // that a wiped disk comes back as another.
 absl::StatusOr<std::string> LoadDiskId(Storage* local) {
@@ -71,6 +64,13 @@ absl::StatusOr<std::string> LoadDiskId(Storage* local) {
   return made;
 }
 
+}  // namespace
+
+void Fatal(const std::string& what) {
+  LogLine(absl::StrCat("replica: ", what, "; stopping"));
+  std::abort();
+}
+
 absl::StatusOr<std::map<uint64_t, std::string>> LoadRegistry(Storage* local) {
   std::map<uint64_t, std::string> out;
   bool bad = false;
@@ -88,9 +88,7 @@ absl::StatusOr<std::map<uint64_t, std::string>> LoadRegistry(Storage* local) {
   return out;
 }
 
-}  // namespace
-
-const std::vector<std::string>& ReplicatedStorage::Dbs() {
+const std::vector<std::string>& ReplicatedStorage::ReplicaDbs() {
   static const std::vector<std::string> dbs = [] {
     std::vector<std::string> d = RaftLog::Dbs();
     d.push_back(kAppliedDb);
@@ -112,13 +110,6 @@ const char* RoleName(RaftState state) {
       return "unavailable";
   }
 }
-
-// Callbacks from the store and the timer outlive nothing: they reach the
-// replica through this, cleared when it goes.
-struct ReplicatedStorage::Life {
-  absl::Mutex mu;
-  ReplicatedStorage* self ABSL_GUARDED_BY(mu);
-};
 
 absl::StatusOr<std::unique_ptr<ReplicatedStorage>> ReplicatedStorage::Open(const Options& options,
                                                                            Storage* local,
@@ -158,21 +149,21 @@ absl::StatusOr<std::unique_ptr<ReplicatedStorage>> ReplicatedStorage::Open(const
   absl::StatusOr<std::unique_ptr<RaftEngine>> engine = RaftEngine::Create(options.engine);
   if (!engine.ok()) return engine.status();
   std::unique_ptr<ReplicatedStorage> r(
-      new ReplicatedStorage(local, transport, timers, std::move(*engine), *disk, applied_index,
-                            *std::move(disk_id), *std::move(disks)));
+      new ReplicatedStorage(options, local, transport, timers, std::move(*engine), *disk,
+                            applied_index, *std::move(disk_id), *std::move(disks)));
   {
     absl::MutexLock lock(&r->mu_);
     r->Handle(r->engine_->Start(Now(), *disk));
-    r->RestoreConfiguration();
+    r->RestoreConfiguration(*disk);
   }
   r->RunHook();
   return r;
 }
 
-ReplicatedStorage::ReplicatedStorage(Storage* local, Transport* transport, TimerQueue* timers,
-                                     std::unique_ptr<RaftEngine> engine, const DurableState& disk,
-                                     uint64_t applied, std::string disk_id,
-                                     std::map<uint64_t, std::string> disks)
+ReplicatedStorage::ReplicatedStorage(const Options& options, Storage* local, Transport* transport,
+                                     TimerQueue* timers, std::unique_ptr<RaftEngine> engine,
+                                     const DurableState& disk, uint64_t applied,
+                                     std::string disk_id, std::map<uint64_t, std::string> disks)
     : local_(local),
       disk_(std::move(disk_id)),
       transport_(transport),
@@ -182,6 +173,13 @@ ReplicatedStorage::ReplicatedStorage(Storage* local, Transport* transport, Timer
       log_(disk),
       submitted_apply_(applied),
       applied_(applied),
+      // What a snapshot holds was applied (compacted or installed with it).
+      seen_(disk.snapshot.has_value() ? disk.snapshot->index : 0),
+      snapshot_index_(disk.snapshot.has_value() ? disk.snapshot->index : 0),
+      snapshot_entries_(options.snapshot_entries),
+      snapshot_trailing_(options.snapshot_trailing),
+      state_bytes_max_(options.state_bytes_max),
+      source_(local, RaftLog::Dbs(), options.source),
       disks_(std::move(disks)) {
   absl::MutexLock lock(&life_->mu);
   life_->self = this;
@@ -201,14 +199,6 @@ void ReplicatedStorage::Stop() {
 }
 
 int64_t ReplicatedStorage::Now() { return RealClock().NowMs(); }
-
-template <typename Fn>
-auto ReplicatedStorage::Guarded(Fn fn) {
-  return [life = life_, fn = std::move(fn)](auto&&... args) {
-    absl::MutexLock lock(&life->mu);
-    if (life->self != nullptr) fn(life->self, std::forward<decltype(args)>(args)...);
-  };
-}
 
 void ReplicatedStorage::Settle() {
   // In line with the timer thread, but not depending on it: it may be
@@ -334,12 +324,15 @@ void ReplicatedStorage::Register(uint64_t member, const std::string& disk) {
 
 void ReplicatedStorage::Registered(const atomq::Write& w) {
   if (w.key.size() != 8) Fatal("a disk registry entry whose key is not a member id");
-  const uint64_t member = DecodeU64(w.key);
-  disks_[member] = w.value;
-  if (member != engine_->id() || w.value == disk_ || !fault_.empty()) return;
-  fault_ = absl::StrCat("the group registered disk ", w.value, " for member ", member,
-                        ", not this one (", disk_,
-                        "): this replica lost its data and takes no part; replace it");
+  Learn(DecodeU64(w.key), w.value);
+}
+
+void ReplicatedStorage::Learn(uint64_t member, const std::string& disk) {
+  disks_[member] = disk;
+  if (member != engine_->id() || disk == disk_ || !fault_.empty()) return;
+  fault_ =
+      absl::StrCat("the group registered disk ", disk, " for member ", member, ", not this one (",
+                   disk_, "): this replica lost its data and takes no part; replace it");
   LogLine(absl::StrCat("replica: ", fault_));
   stopped_ = true;
   FailPending(fault_);
@@ -359,16 +352,10 @@ absl::Status ReplicatedStorage::Scan(
 StorageStats ReplicatedStorage::Stats() const { return local_->Stats(); }
 
 void ReplicatedStorage::Receive(RaftMessage message) {
-  if (message.type == MessageType::kInstallSnapshot) {
-    // State transfer is not built: a snapshot is refused here (the replica
-    // stays behind, and says so) rather than half installed.
-    LogLine(absl::StrCat("replica: a snapshot from member ", message.peer,
-                         " refused: state transfer is not built yet"));
-    return;
-  }
   {
     absl::MutexLock lock(&mu_);
     if (stopped_) return;
+    if (message.type == MessageType::kInstallSnapshot) snapshot_sender_ = message.peer;
     Handle(engine_->Receive(Now(), message));
   }
   RunHook();
@@ -402,10 +389,7 @@ void ReplicatedStorage::Handle(absl::StatusOr<RaftUpdate> result) {
                      self->RunHook();
                    }));
   }
-  if (u.install.has_value()) {
-    // Receive refuses snapshots until state transfer is built.
-    Fatal("a snapshot install was asked for; state transfer is not built yet");
-  }
+  if (u.install.has_value()) BeginInstall(*u.install);
   Send(std::move(u.messages));
   if (engine_->state() == RaftState::kLeader && barrier_ == 0) {
     // A new leader's first entry: once applied, everything committed before
@@ -424,17 +408,24 @@ void ReplicatedStorage::Handle(absl::StatusOr<RaftUpdate> result) {
   Arm(engine_->next_timeout());
 }
 
-void ReplicatedStorage::RestoreConfiguration() {
+void ReplicatedStorage::RestoreConfiguration(const DurableState& disk) {
+  if (disk.snapshot.has_value()) {
+    conf_ = disk.snapshot->conf;
+    conf_index_ = disk.snapshot->conf_index;
+  }
   // The engine takes a restored log's last configuration entry (past index
   // 1) as uncommitted, and would refuse every later change while it waits
-  // to hear otherwise; one this replica applied is committed.
+  // to hear otherwise; one this replica applied is committed. Entries past
+  // the log's end that a copied state holds are told as they arrive.
   const uint64_t upto = std::min(applied_, engine_->last_index());
-  for (uint64_t i = std::max<uint64_t>(engine_->first_index(), 2); i <= upto; ++i) {
+  for (uint64_t i = engine_->first_index(); i <= upto; ++i) {
     const LogEntry* e = engine_->entry(i);
-    if (e != nullptr && e->type == EntryType::kChange) {
-      Handle(engine_->Configuration(Now(), i));
-    }
+    if (e == nullptr || e->type != EntryType::kChange) continue;
+    conf_ = e->data;
+    conf_index_ = i;
+    if (i >= 2) Handle(engine_->Configuration(Now(), i));
   }
+  seen_ = std::max(seen_, upto);
 }
 
 void ReplicatedStorage::Send(std::vector<RaftMessage> messages) {
@@ -446,10 +437,23 @@ void ReplicatedStorage::Send(std::vector<RaftMessage> messages) {
 }
 
 void ReplicatedStorage::Apply() {
-  while (submitted_apply_ < engine_->applicable_index()) {
-    const uint64_t index = submitted_apply_ + 1;
+  if (installing_.has_value()) return;  // the state is being replaced
+  while (seen_ < engine_->applicable_index()) {
+    const uint64_t index = seen_ + 1;
     const LogEntry* e = engine_->entry(index);
-    if (e == nullptr) Fatal(absl::StrCat("committed entry ", index, " is not in the log"));
+    if (e == nullptr) {
+      Fatal(absl::StrCat("member ", engine_->id(), ": committed entry ", index,
+                         " is not in the log (it starts at ", engine_->first_index(), ")"));
+    }
+    seen_ = index;
+    if (e->type == EntryType::kChange) {
+      conf_ = e->data;
+      conf_index_ = index;
+    }
+    if (index <= submitted_apply_) {  // in a state copied from another member
+      if (e->type == EntryType::kChange) Handle(engine_->Configuration(Now(), index));
+      continue;
+    }
     Batch b;
     if (e->type == EntryType::kCommand) {
       absl::StatusOr<std::vector<atomq::Write>> writes = DecodeBatch(e->data);
@@ -479,12 +483,14 @@ void ReplicatedStorage::Applied(uint64_t index, absl::Status status) {
     if (!status.ok()) {
       Fatal(absl::StrCat("entry ", index, " could not be applied: ", status.ToString()));
     }
-    applied_ = index;
+    // One applied before a copied state was installed reports late.
+    applied_ = std::max(applied_, index);
     while (!pending_.empty() && pending_.begin()->first <= index) {
       done.emplace_back(std::move(pending_.begin()->second), absl::OkStatus());
       pending_.erase(pending_.begin());
     }
     CheckServing();
+    Compact();
     if (!done.empty()) ++callbacks_;
   }
   if (!done.empty()) RunCallbacks(std::move(done));
@@ -718,6 +724,9 @@ GroupStatus ReplicatedStorage::Status() {
   if (s.state == RaftState::kLeader) {
     for (const Member& m : s.members) s.match[m.id] = engine_->match_index(m.id);
   }
+  s.snapshot_index = snapshot_index_;
+  s.installing = installing_.has_value();
+  s.copies = copies_;
   return s;
 }
 

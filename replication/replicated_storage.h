@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -24,6 +25,7 @@
 #include "common/timer_queue.h"
 #include "replication/raft_engine.h"
 #include "replication/raft_log.h"
+#include "replication/state_transfer.h"
 
 namespace atomq::replication {
 
@@ -34,6 +36,13 @@ class Transport {
  public:
   virtual ~Transport() = default;
   virtual void Send(uint64_t to, const std::string& address, RaftMessage message) = 0;
+  // Copies member `to`'s state (its StateSource, to the end of one
+  // version) and calls `done` once, on another thread (not at all once
+  // the transport stops): RESOURCE_EXHAUSTED
+  // past `bytes_max` of keys and values.
+  using FetchedFn = std::function<void(absl::StatusOr<std::vector<atomq::Write>>)>;
+  virtual void FetchState(uint64_t to, const std::string& address, uint64_t bytes_max,
+                          FetchedFn done) = 0;
 };
 
 struct GroupStatus {
@@ -49,6 +58,9 @@ struct GroupStatus {
   std::vector<Member> members;  // the configuration as this replica knows it
   // On the leader: the last index each member is known to store.
   std::map<uint64_t, uint64_t> match;
+  uint64_t snapshot_index = 0;  // the log starts after it
+  bool installing = false;      // copying another member's state
+  uint64_t copies = 0;          // states installed since it started
 };
 
 // A change of a group's members (docs/design.md 10.2): one at a time, on
@@ -72,6 +84,17 @@ class ReplicatedStorage : public Storage {
     // An empty disk waits to be sent the group's log (a member being
     // added) instead of starting a group.
     bool join = false;
+    // Every `snapshot_entries` applied entries (--snapshot_entries; 0:
+    // never) the log is compacted to a snapshot point, keeping the last
+    // `snapshot_trailing` (--snapshot_trailing) so that a member a little
+    // behind is sent entries, not the whole state.
+    uint64_t snapshot_entries = 8192;
+    uint32_t snapshot_trailing = 1024;
+    // The most of another member's state (keys and values) one copy may
+    // hold (--state_transfer_mb_max): it is held in memory, then written
+    // in one transaction.
+    uint64_t state_bytes_max = 1ull << 30;
+    StateSource::Options source;
   };
 
   // Opens the replica on `local` (a store opened with Dbs() among its
@@ -90,7 +113,7 @@ class ReplicatedStorage : public Storage {
   // of the disk it first spoke from.
   static constexpr char kDisksDb[] = "raft_disks";
   // Every sub-database a replica needs: RaftLog's, kAppliedDb, kDisksDb.
-  static const std::vector<std::string>& Dbs();
+  static const std::vector<std::string>& ReplicaDbs();
 
   // This replica's disk id: random, made when its log was first written,
   // kept in its own raft_meta. Sent with every message (DeliverRequest.disk).
@@ -115,6 +138,11 @@ class ReplicatedStorage : public Storage {
   absl::Status Scan(const std::string& db, const std::string& prefix,
                     const std::function<bool(std::string_view, std::string_view)>& fn) override;
   StorageStats Stats() const override;
+  std::vector<std::string> Dbs() const override { return local_->Dbs(); }
+  absl::StatusOr<std::unique_ptr<StoreReader>> Read(
+      const std::vector<std::string>& except) override {
+    return local_->Read(except);
+  }
 
   // A message from member `message.peer`, from any thread.
   void Receive(RaftMessage message) ABSL_LOCKS_EXCLUDED(mu_);
@@ -128,6 +156,8 @@ class ReplicatedStorage : public Storage {
   // never writes in a later one.
   void SubmitIn(uint64_t term, Batch batch, DoneFn done) ABSL_LOCKS_EXCLUDED(mu_);
   GroupStatus Status() ABSL_LOCKS_EXCLUDED(mu_);
+  // Where other members copy this replica's state from.
+  StateSource* source() { return &source_; }
   // Hands leadership to member `to`. FAILED_PRECONDITION when this replica
   // does not lead; the engine's refusal otherwise.
   absl::Status Transfer(uint64_t to) ABSL_LOCKS_EXCLUDED(mu_);
@@ -149,23 +179,41 @@ class ReplicatedStorage : public Storage {
   void Settle() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  ReplicatedStorage(Storage* local, Transport* transport, TimerQueue* timers,
-                    std::unique_ptr<RaftEngine> engine, const DurableState& disk, uint64_t applied,
-                    std::string disk_id, std::map<uint64_t, std::string> disks);
+  ReplicatedStorage(const Options& options, Storage* local, Transport* transport,
+                    TimerQueue* timers, std::unique_ptr<RaftEngine> engine,
+                    const DurableState& disk, uint64_t applied, std::string disk_id,
+                    std::map<uint64_t, std::string> disks);
   // Submit's work, under the lock; a refusal's DoneFn runs Later.
   void SubmitLocked(uint64_t term, Batch batch, DoneFn done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The serving leader writes `member` -> `disk` into the registry, once.
   void Register(uint64_t member, const std::string& disk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A registry write being applied: learnt, and checked against this disk.
   void Registered(const atomq::Write& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A registry entry learnt: a fault when it names another disk for this one.
+  void Learn(uint64_t member, const std::string& disk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static int64_t Now();
   // Carries out an update: persist, send (after term and vote are durable),
   // apply what became applicable, arm the timer.
   void Handle(absl::StatusOr<RaftUpdate> update) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Send(std::vector<RaftMessage> messages) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Tells the engine which restored configuration entries are committed.
-  void RestoreConfiguration() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Tells the engine which restored configuration entries are committed,
+  // and learns the configuration as of the applied index.
+  void RestoreConfiguration(const DurableState& disk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Apply() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Compacts the log once snapshot_entries were applied since the last time.
+  void Compact() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The engine asked to install a snapshot: copy a member's state for it.
+  void BeginInstall(const SnapshotPoint& point) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Asks the next member in turn for its state (each in turn, then again
+  // a second later).
+  void FetchNext() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Fetched(uint64_t from, absl::StatusOr<std::vector<atomq::Write>> copy)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The copy's applied index, once it is checked to be a whole state at
+  // or past the snapshot point and this replica's own.
+  absl::StatusOr<uint64_t> CheckCopy(const std::vector<atomq::Write>& copy)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Installed(uint64_t applied, absl::Status status) ABSL_LOCKS_EXCLUDED(mu_);
   void Applied(uint64_t index, absl::Status status) ABSL_LOCKS_EXCLUDED(mu_);
   void Arm(uint64_t at) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OnTimer() ABSL_LOCKS_EXCLUDED(mu_);
@@ -202,7 +250,27 @@ class ReplicatedStorage : public Storage {
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t submitted_apply_ ABSL_GUARDED_BY(mu_);  // last index handed to the store
   uint64_t applied_ ABSL_GUARDED_BY(mu_);          // last index the store holds
-  uint64_t barrier_ ABSL_GUARDED_BY(mu_) = 0;      // this term's first entry, as leader
+  // The last index Apply went past: applied, or in a state copied from
+  // another member (its configuration entries are still told the engine).
+  uint64_t seen_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string conf_ ABSL_GUARDED_BY(mu_);  // the configuration as of seen_
+  uint64_t conf_index_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t snapshot_index_ ABSL_GUARDED_BY(mu_) = 0;  // the last compaction or install
+  const uint64_t snapshot_entries_;
+  const uint32_t snapshot_trailing_;
+  const uint64_t state_bytes_max_;
+  StateSource source_;
+  // A snapshot being installed: the members to copy it from, in turn.
+  struct Installing {
+    SnapshotPoint point;
+    std::vector<Member> members;  // as of the snapshot point
+    std::vector<uint64_t> from;
+    size_t next = 0;
+  };
+  std::optional<Installing> installing_ ABSL_GUARDED_BY(mu_);
+  uint64_t snapshot_sender_ ABSL_GUARDED_BY(mu_) = 0;  // of the last InstallSnapshot
+  uint64_t copies_ ABSL_GUARDED_BY(mu_) = 0;           // states installed
+  uint64_t barrier_ ABSL_GUARDED_BY(mu_) = 0;          // this term's first entry, as leader
   bool serving_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t serving_term_ ABSL_GUARDED_BY(mu_) = 0;  // times serving began
   bool hook_due_ ABSL_GUARDED_BY(mu_) = false;
@@ -219,5 +287,20 @@ class ReplicatedStorage : public Storage {
   uint64_t promoting_ ABSL_GUARDED_BY(mu_) = 0;
   DoneFn promoted_ ABSL_GUARDED_BY(mu_);
 };
+
+// Callbacks from the store, the timer and the transport outlive nothing:
+// they reach the replica through this, cleared when it goes.
+struct ReplicatedStorage::Life {
+  absl::Mutex mu;
+  ReplicatedStorage* self ABSL_GUARDED_BY(mu);
+};
+
+template <typename Fn>
+auto ReplicatedStorage::Guarded(Fn fn) {
+  return [life = life_, fn = std::move(fn)](auto&&... args) {
+    absl::MutexLock lock(&life->mu);
+    if (life->self != nullptr) fn(life->self, std::forward<decltype(args)>(args)...);
+  };
+}
 
 }  // namespace atomq::replication

@@ -5,6 +5,7 @@
 // killed leader.
 #include "replication/replicated_storage.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -45,7 +46,10 @@ class Net {
     void Send(uint64_t to, const std::string&, RaftMessage m) override {
       m.peer = id_;
       m.peer_address = absl::StrCat("r", id_);
-      net_->Queue(id_, to, std::move(m));
+      net_->Queue(Item{id_, to, std::move(m), nullptr, 0});
+    }
+    void FetchState(uint64_t to, const std::string&, uint64_t bytes_max, FetchedFn done) override {
+      net_->Queue(Item{id_, to, RaftMessage{}, std::move(done), bytes_max});
     }
 
    private:
@@ -69,6 +73,11 @@ class Net {
       attached_[id] = r;
     }
   }
+  // Applied to every copy of a state on its way (null: none).
+  void Tamper(std::function<void(std::vector<Write>*)> fn) {
+    std::lock_guard<std::mutex> lock(mu_);
+    tamper_ = std::move(fn);
+  }
   void Cut(uint64_t id, bool cut) {
     std::lock_guard<std::mutex> lock(mu_);
     if (cut) {
@@ -79,16 +88,34 @@ class Net {
   }
 
  private:
+  // A message, or a copy of `to`'s state for `fetched`.
   struct Item {
     uint64_t from, to;
     RaftMessage m;
+    Transport::FetchedFn fetched;
+    uint64_t bytes_max;
   };
-  void Queue(uint64_t from, uint64_t to, RaftMessage m) {
+  void Queue(Item item) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back(Item{from, to, std::move(m)});
+      queue_.push_back(std::move(item));
     }
     cv_.notify_all();
+  }
+  static absl::StatusOr<std::vector<Write>> Copy(ReplicatedStorage* from, uint64_t bytes_max) {
+    std::vector<Write> out;
+    uint64_t transfer = 0, bytes = 0;
+    for (uint64_t seq = 0;; ++seq) {
+      absl::StatusOr<StateSource::Piece> p = from->source()->Next(transfer, seq, 0);
+      if (!p.ok()) return p.status();
+      transfer = p->transfer;
+      for (Write& w : p->records) {
+        bytes += w.key.size() + w.value.size();
+        out.push_back(std::move(w));
+      }
+      if (bytes > bytes_max) return absl::ResourceExhaustedError("past bytes_max");
+      if (p->last) return out;
+    }
   }
   void Run() {
     while (true) {
@@ -104,12 +131,23 @@ class Net {
       ReplicatedStorage* target = nullptr;
       {
         std::lock_guard<std::mutex> lock(mu_);
-        if (cut_.count(item.from) || cut_.count(item.to)) continue;
         auto it = attached_.find(item.to);
-        if (it == attached_.end()) continue;
-        target = it->second;
+        if (!cut_.count(item.from) && !cut_.count(item.to) && it != attached_.end()) {
+          target = it->second;
+        }
       }
-      target->Receive(std::move(item.m));
+      if (item.fetched) {
+        absl::StatusOr<std::vector<Write>> copy = target == nullptr
+                                                      ? absl::UnavailableError("unreachable")
+                                                      : Copy(target, item.bytes_max);
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (copy.ok() && tamper_) tamper_(&*copy);
+        }
+        item.fetched(std::move(copy));
+      } else if (target != nullptr) {
+        target->Receive(std::move(item.m));
+      }
     }
   }
 
@@ -121,6 +159,7 @@ class Net {
   std::map<uint64_t, std::unique_ptr<Endpoint>> endpoints_;
   std::map<uint64_t, ReplicatedStorage*> attached_;
   std::set<uint64_t> cut_;
+  std::function<void(std::vector<Write>*)> tamper_;
   std::thread thread_;
 };
 
@@ -133,7 +172,9 @@ struct Replica {
 
 class Group3 {
  public:
-  Group3() {
+  // `snapshot_entries`, `trailing`: how the replicas compact their logs.
+  explicit Group3(uint64_t snapshot_entries = 8192, uint32_t trailing = 1024)
+      : snapshot_entries_(snapshot_entries), trailing_(trailing) {
     for (uint64_t id = 1; id <= 3; ++id) {
       replicas_[id].id = id;
       Start(id);
@@ -151,6 +192,8 @@ class Group3 {
     r.local = OpenReplicaStore(r.dir.path());
     ReplicatedStorage::Options g;
     g.join = join;
+    g.snapshot_entries = snapshot_entries_;
+    g.snapshot_trailing = trailing_;
     g.engine.id = id;
     g.engine.address = absl::StrCat("r", id);
     g.engine.seed = uint32_t(id) * 7919;
@@ -189,6 +232,21 @@ class Group3 {
     return it == replicas_.end() ? nullptr : it->second.group.get();
   }
   Net& net() { return net_; }
+  absl::Status Erase(uint64_t id, const std::string& key) {
+    return WriteThrough(at(id), Write{kDataDb, key, "", true});
+  }
+  // Every key and value of the data sub-database.
+  std::map<std::string, std::string> Data(uint64_t id) {
+    std::map<std::string, std::string> out;
+    EXPECT_TRUE(at(id)
+                    ->Scan(kDataDb, "",
+                           [&](std::string_view k, std::string_view v) {
+                             out.emplace(k, v);
+                             return true;
+                           })
+                    .ok());
+    return out;
+  }
 
   std::string Value(uint64_t id, const std::string& key) {
     absl::StatusOr<std::optional<std::string>> v = at(id)->Get(kDataDb, key);
@@ -196,6 +254,8 @@ class Group3 {
   }
 
  private:
+  const uint64_t snapshot_entries_;
+  const uint32_t trailing_;
   TimerQueue timers_;
   Net net_;
   std::map<uint64_t, Replica> replicas_;
@@ -259,6 +319,82 @@ TEST(ReplicatedStorageTest, ARestartedFollowerCatchesUpFromItsDisk) {
   ASSERT_TRUE(g.WaitApplied(f, g.at(l)->Status().applied_index));
   EXPECT_EQ(g.Value(f, "before"), "1");
   EXPECT_EQ(g.Value(f, "while down 19"), "x");
+}
+
+// docs/design.md 10.2, state transfer: a follower behind the start of the
+// leader's compacted log copies a member's whole state, old keys gone,
+// then follows the log again, and keeps it all across a restart.
+TEST(ReplicatedStorageTest, AFollowerBehindTheCompactedLogCopiesTheWholeState) {
+  Group3 g(/*snapshot_entries=*/10, /*trailing=*/5);
+  uint64_t l = g.Leader();
+  ASSERT_NE(l, 0u);
+  ASSERT_TRUE(g.Put(l, "kept", "1").ok());
+  ASSERT_TRUE(g.Put(l, "erased", "1").ok());
+  const uint64_t f = l % 3 + 1;
+  ASSERT_TRUE(g.WaitApplied(f, g.at(l)->Status().applied_index));
+  ASSERT_EQ(g.Value(f, "erased"), "1");
+
+  g.net().Cut(f, true);
+  for (int i = 0; i < 40; ++i) ASSERT_TRUE(g.Put(l, absl::StrCat("k", i), "x").ok()) << i;
+  ASSERT_TRUE(g.Erase(l, "erased").ok());
+  ASSERT_TRUE(g.Put(l, "kept", "2").ok());
+  const GroupStatus before = g.at(l)->Status();
+  EXPECT_GT(before.snapshot_index, g.at(f)->Status().applied_index + 5);
+  g.net().Cut(f, false);
+
+  ASSERT_TRUE(g.WaitApplied(f, before.applied_index));
+  EXPECT_GE(g.at(f)->Status().snapshot_index, before.snapshot_index);
+  EXPECT_FALSE(g.at(f)->Status().installing);
+  EXPECT_EQ(g.Data(f), g.Data(l));
+  EXPECT_EQ(g.Value(f, "erased"), "(none)");
+  EXPECT_EQ(g.Value(f, "kept"), "2");
+
+  g.Kill(f);
+  g.Start(f);
+  EXPECT_EQ(g.Value(f, "kept"), "2");
+  EXPECT_EQ(g.Value(f, "erased"), "(none)");
+  l = g.Leader();
+  ASSERT_NE(l, 0u);
+  ASSERT_TRUE(g.Put(l, "after", "3").ok());
+  ASSERT_TRUE(g.WaitApplied(f, g.at(l)->Status().applied_index));
+  EXPECT_EQ(g.Data(f), g.Data(l));
+}
+
+// A copy that is not a whole state at or past the snapshot point is not
+// installed: the follower keeps what it had and asks again.
+TEST(ReplicatedStorageTest, ACopyWithoutItsVersionOrWithTheLogIsRefused) {
+  Group3 g(/*snapshot_entries=*/10, /*trailing=*/5);
+  uint64_t l = g.Leader();
+  ASSERT_NE(l, 0u);
+  ASSERT_TRUE(g.Put(l, "old", "1").ok());
+  const uint64_t f = l % 3 + 1;
+  ASSERT_TRUE(g.WaitApplied(f, g.at(l)->Status().applied_index));
+  const uint64_t had = g.at(f)->Status().applied_index;
+  int tampered = 0;
+  g.net().Tamper([&](std::vector<Write>* copy) {
+    if (++tampered % 2 == 0) {
+      copy->erase(
+          std::remove_if(copy->begin(), copy->end(),
+                         [](const Write& w) { return w.db == ReplicatedStorage::kAppliedDb; }),
+          copy->end());
+    } else {
+      copy->push_back(Write{RaftLog::Dbs()[0], "x", "y"});
+    }
+  });
+  g.net().Cut(f, true);
+  for (int i = 0; i < 30; ++i) ASSERT_TRUE(g.Put(l, absl::StrCat("k", i), "x").ok());
+  g.net().Cut(f, false);
+  for (int i = 0; i < 300 && tampered < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_GE(tampered, 3);
+  EXPECT_TRUE(g.at(f)->Status().installing);
+  EXPECT_EQ(g.at(f)->Status().applied_index, had);
+  EXPECT_EQ(g.Value(f, "old"), "1");
+  EXPECT_EQ(g.Value(f, "k0"), "(none)");
+  g.net().Tamper(nullptr);
+  ASSERT_TRUE(g.WaitApplied(f, g.at(l)->Status().applied_index));
+  EXPECT_EQ(g.Data(f), g.Data(l));
 }
 
 TEST(ReplicatedStorageTest, AKilledLeaderIsReplacedAndNothingCommittedIsLost) {

@@ -72,6 +72,16 @@ void ExpectExactlyCommitted(Cluster& c, int i, const Ledger& ledger) {
   }
 }
 
+// Participant 1's replicas' peer addresses as atomqctl cluster takes them:
+// "a|b|c".
+std::string PeerMembers(Cluster& c) {
+  std::string members;
+  for (int j = 1; j <= 3; ++j) {
+    absl::StrAppend(&members, j > 1 ? "|" : "", c.replica_peer_address(1, j));
+  }
+  return members;
+}
+
 TEST(ReplicaTest, FollowersRefuseNamingTheLeader) {
   Cluster c(ClusterOptions{.participants = 1, .replicas = 3});
   c.StartAll();
@@ -132,9 +142,7 @@ TEST(ReplicaTest, ClusterStatusAndMetricsShowEveryReplicasVersion) {
     Ledger ledger;
     RunTxn(c, absl::StrCat("t", n), &ledger);
   }
-  std::string members;
-  for (int j = 1; j <= 3; ++j)
-    absl::StrAppend(&members, j > 1 ? "|" : "", c.replica_peer_address(1, j));
+  const std::string members = PeerMembers(c);
   const std::string ctl =
       absl::StrCat(ATOMQ_BIN_DIR, "/atomqctl cluster status --members='", members, "'");
   std::string json;
@@ -183,10 +191,7 @@ TEST(ReplicaTest, LeadershipMovesOnRequestWhileTransactionsRun) {
   c.CreateQueue(1, "q");
   const int leader = c.LeaderOf(1);
   const int next = leader % 3 + 1;
-  std::string members;
-  for (int j = 1; j <= 3; ++j) {
-    absl::StrAppend(&members, j > 1 ? "|" : "", c.replica_peer_address(1, j));
-  }
+  const std::string members = PeerMembers(c);
   Ledger ledger;
   std::atomic<bool> done{false};
   std::thread load([&] {
@@ -299,10 +304,7 @@ TEST(ReplicaTest, AFollowerWhoseDiskWasWipedIsRefusedAndTheGroupGoesOn) {
   c.KillReplica(1, wiped);
   std::filesystem::remove_all(absl::StrCat(c.dir(), "/p1-r", wiped));
   c.StartReplica(1, wiped);
-  std::string members;
-  for (int j = 1; j <= 3; ++j) {
-    absl::StrAppend(&members, j > 1 ? "|" : "", c.replica_peer_address(1, j));
-  }
+  const std::string members = PeerMembers(c);
   const std::string ctl =
       absl::StrCat(ATOMQ_BIN_DIR, "/atomqctl cluster status --members='", members, "' 2>&1");
   std::string table;
@@ -339,10 +341,7 @@ TEST(ReplicaTest, AMemberWhoseDiskWasLostIsReplacedAndCountsInTheMajority) {
   const int leader = c.LeaderOf(1);
   const int lost = leader % 3 + 1;
   c.ReplaceReplica(1, lost, 4);
-  std::string members;
-  for (int j = 1; j <= 3; ++j) {
-    absl::StrAppend(&members, j > 1 ? "|" : "", c.replica_peer_address(1, j));
-  }
+  const std::string members = PeerMembers(c);
   const std::string ctl = absl::StrCat(ATOMQ_BIN_DIR, "/atomqctl cluster ");
   const std::string group = absl::StrCat(" --members='", members, "'");
   // The new member waits: it is no voter, and no leader knows it yet.
@@ -393,6 +392,37 @@ TEST(ReplicaTest, AMemberWhoseDiskWasLostIsReplacedAndCountsInTheMajority) {
   c.KillReplica(1, third);
   ASSERT_EQ(CommitMore(c, "two-of-three", 3, 60, &ledger), 3u);
   c.StartReplica(1, third);
+  ExpectExactlyCommitted(c, 1, ledger);
+}
+
+// docs/design.md 10.2, state transfer: with each log compacted every 20
+// entries, a member replacing a lost one is behind the log's start from the
+// first; it copies a member's state over Replica.FetchState, then follows
+// the log, and once it leads it serves every committed message.
+TEST(ReplicaTest, AReplacementBehindTheCompactedLogCopiesTheStateAndServesIt) {
+  ClusterOptions o{.participants = 1, .replicas = 3, .participant_metrics = true};
+  o.participant_args = {"--snapshot_entries=20", "--snapshot_trailing=5"};
+  Cluster c(o);
+  c.StartAll();
+  c.CreateQueue(1, "q");
+  Ledger ledger;
+  ASSERT_EQ(CommitMore(c, "before", 30, 60, &ledger), 30u);
+  const int leader = c.LeaderOf(1);
+  EXPECT_GT(c.ReplicaMetric(1, leader, "atomq_replica_snapshot_index"), 0);
+  const int lost = leader % 3 + 1;
+  c.ReplaceReplica(1, lost, 4);
+  const std::string members = PeerMembers(c);
+  const std::string ctl = absl::StrCat(ATOMQ_BIN_DIR, "/atomqctl cluster ");
+  const std::string group = absl::StrCat(" --members='", members, "'");
+  const std::string out = RunCommand(absl::StrCat(
+      ctl, "replace", group, " --old=", lost, " --id=4 --client=", c.replica_address(1, lost),
+      " --peer=", c.replica_peer_address(1, lost), " 2>&1"));
+  EXPECT_NE(out.find(absl::StrCat("member 4 replaced member ", lost)), std::string::npos) << out;
+  EXPECT_EQ(c.ReplicaMetric(1, lost, "atomq_replica_state_copies_total"), 1);
+  ASSERT_EQ(CommitMore(c, "after", 5, 60, &ledger), 5u);
+  const std::string moved = RunCommand(absl::StrCat(ctl, "transfer", group, " --to=4 2>&1"));
+  EXPECT_NE(moved.find("member 4 leads and serves"), std::string::npos) << moved;
+  ASSERT_EQ(c.LeaderOf(1), lost);
   ExpectExactlyCommitted(c, 1, ledger);
 }
 
