@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
@@ -39,15 +40,20 @@ std::shared_ptr<grpc::Channel> Connect(const std::string& addr) {
 std::string ServingMember(const Globals& g, const std::string& members) {
   std::vector<std::string> all = SplitMembers(members);
   if (all.size() < 2) return members;
-  for (const std::string& m : all) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() +
-                     std::chrono::milliseconds(std::min<uint32_t>(g.rpc_timeout_ms, 1000)));
-    grpc::health::v1::HealthCheckResponse resp;
-    grpc::Status s = grpc::health::v1::Health::NewStub(Connect(m))
-                         ->Check(&ctx, grpc::health::v1::HealthCheckRequest(), &resp);
-    if (s.ok() && resp.status() == grpc::health::v1::HealthCheckResponse::SERVING) return m;
-  }
+  // An election may be under way: ask again until one serves.
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(g.rpc_timeout_ms);
+  do {
+    for (const std::string& m : all) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(std::min<uint32_t>(g.rpc_timeout_ms, 1000)));
+      grpc::health::v1::HealthCheckResponse resp;
+      grpc::Status s = grpc::health::v1::Health::NewStub(Connect(m))
+                           ->Check(&ctx, grpc::health::v1::HealthCheckRequest(), &resp);
+      if (s.ok() && resp.status() == grpc::health::v1::HealthCheckResponse::SERVING) return m;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  } while (std::chrono::steady_clock::now() < end);
   return all.front();
 }
 

@@ -36,7 +36,8 @@ int RpcError(const char* what, const grpc::Status& s);
 // A channel to `addr` (DialChannel, common/bearer.h: TLS and the token).
 std::shared_ptr<grpc::Channel> Connect(const std::string& addr);
 // Of a group's members ("a|b|c", common/leader_book.h), the one whose
-// health check says SERVING (its leader); the first when none does (a call
+// health check says SERVING (its leader), asking again for up to
+// --rpc_timeout_ms while none does (an election); then the first (a call
 // there then fails naming the leader, or saying none is known). An address
 // without '|' is returned as it is.
 std::string ServingMember(const Globals& g, const std::string& members);

@@ -5,8 +5,9 @@
 # its first run it makes a local CA and certificates with openssl in
 # ./data/tls. With ATOMQ_REPLICAS=3 each participant is a group of three
 # replicas (docs/design.md 10.2): replica j of pI serves clients on
-# BASE+10*I+j and replicates on BASE+100+10*I+j. The coordinator is one
-# process either way. Stop them with deploy/local/down.sh.
+# BASE+10*I+j and replicates on BASE+100+10*I+j, and the coordinator c1 is a
+# group too: replica j serves on BASE+40+j and replicates on BASE+140+j.
+# Stop them with deploy/local/down.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -72,10 +73,26 @@ address_of() {
   for j in $(seq 1 "$REPLICAS"); do out="${out:+$out|}127.0.0.1:$((BASE + 10 * $1 + j))"; done
   echo "$out"
 }
+# Where participants and clients reach the coordinator.
+if [ "$REPLICAS" = 1 ]; then
+  COORD="127.0.0.1:$BASE"
+else
+  COORD=""
+  for j in $(seq 1 "$REPLICAS"); do COORD="${COORD:+$COORD|}127.0.0.1:$((BASE + 40 + j))"; done
+fi
 PARTS=""
 for i in 1 2 3; do
   PARTS="${PARTS:+$PARTS,}p$i=$(address_of "$i")"
 done
+
+# --group of replicas serving on $1+j and replicating on $1+100+j.
+group_of() {
+  local out="" j
+  for j in $(seq 1 "$REPLICAS"); do
+    out="${out:+$out,}$j=127.0.0.1:$(($1 + j))/127.0.0.1:$(($1 + 100 + j))"
+  done
+  echo "$out"
+}
 
 start() {  # name, then the command
   local name=$1; shift
@@ -94,25 +111,31 @@ for i in 1 2 3; do
     [ "$j" = "$i" ] || peers="${peers:+$peers,}p$j=$(address_of "$j")"
   done
   tls_flags "p$i"
-  common=(--id="p$i" --coordinators="c1=127.0.0.1:$BASE" --peers="$peers"
+  common=(--id="p$i" --coordinators="c1=$COORD" --peers="$peers"
           "${TLS_FLAGS[@]}" "${ROLES_FLAGS[@]}")
   if [ "$REPLICAS" = 1 ]; then
     start "p$i" "$BIN/atomq-participant" --listen="127.0.0.1:$((BASE + i))" \
       --data_dir="$DATA/p$i" "${common[@]}"
     continue
   fi
-  group=""
-  for j in $(seq 1 "$REPLICAS"); do
-    group="${group:+$group,}$j=127.0.0.1:$((BASE + 10 * i + j))/127.0.0.1:$((BASE + 100 + 10 * i + j))"
-  done
+  group=$(group_of $((BASE + 10 * i)))
   for j in $(seq 1 "$REPLICAS"); do
     start "p$i-r$j" "$BIN/atomq-participant" --listen="127.0.0.1:$((BASE + 10 * i + j))" \
       --data_dir="$DATA/p$i-r$j" --group="$group" --member_id="$j" "${common[@]}"
   done
 done
 tls_flags c1
-start c1 "$BIN/atomq-coordinator" --id=c1 --listen="127.0.0.1:$BASE" --data_dir="$DATA/c1" \
-  --participants="$PARTS" "${TLS_FLAGS[@]}" "${ROLES_FLAGS[@]}"
+if [ "$REPLICAS" = 1 ]; then
+  start c1 "$BIN/atomq-coordinator" --id=c1 --listen="127.0.0.1:$BASE" --data_dir="$DATA/c1" \
+    --participants="$PARTS" "${TLS_FLAGS[@]}" "${ROLES_FLAGS[@]}"
+else
+  group=$(group_of $((BASE + 40)))
+  for j in $(seq 1 "$REPLICAS"); do
+    start "c1-r$j" "$BIN/atomq-coordinator" --id=c1 --listen="127.0.0.1:$((BASE + 40 + j))" \
+      --data_dir="$DATA/c1-r$j" --group="$group" --member_id="$j" --participants="$PARTS" \
+      "${TLS_FLAGS[@]}" "${ROLES_FLAGS[@]}"
+  done
+fi
 
 # atomqctl (and atomq-bench) take their certificates from the environment.
 export ATOMQ_TLS_CA=$TLS/ca.pem ATOMQ_TLS_CERT=$TLS/client.pem ATOMQ_TLS_KEY=$TLS/client.key
@@ -128,7 +151,7 @@ wait_up() {  # what, then the probe command
   exit 1
 }
 for i in 1 2 3; do wait_up "p$i" $CTL --participant="$(address_of "$i")" queue list; done
-wait_up c1 $CTL --coordinator="127.0.0.1:$BASE" txn list
+wait_up c1 $CTL --coordinator="$COORD" txn list
 
 echo
 echo "creating demo queues: orders on p1, audit on p2, billing on p3"
@@ -140,13 +163,16 @@ done
 
 echo
 echo "one atomic enqueue across p1, p2 and p3:"
-echo "+ atomqctl --coordinator=127.0.0.1:$BASE txn exec --enqueue=p1:orders=order-42 --enqueue=p2:audit=order-42-created --enqueue=p3:billing=invoice-42"
-$CTL --coordinator="127.0.0.1:$BASE" txn exec --enqueue=p1:orders=order-42 \
+echo "+ atomqctl --coordinator='$COORD' txn exec --enqueue=p1:orders=order-42 --enqueue=p2:audit=order-42-created --enqueue=p3:billing=invoice-42"
+$CTL --coordinator="$COORD" txn exec --enqueue=p1:orders=order-42 \
   --enqueue=p2:audit=order-42-created --enqueue=p3:billing=invoice-42
 
 if [ "$REPLICAS" = 1 ]; then
   P1=127.0.0.1:$((BASE + 1)) P2=127.0.0.1:$((BASE + 2)) P3=127.0.0.1:$((BASE + 3))
+  C1=$COORD C1DATA=$DATA/c1
 else
+  C1="'$COORD'" C1DATA="$DATA/c1-r*"
+
   P1="'$(address_of 1)'" P2="'$(address_of 2)'" P3="'$(address_of 3)'"
   echo
   echo "p1's replicas:"
@@ -154,12 +180,18 @@ else
   for j in $(seq 1 "$REPLICAS"); do members="${members:+$members|}127.0.0.1:$((BASE + 110 + j))"; done
   echo "+ atomqctl cluster status --members='$members'"
   $CTL cluster status --members="$members"
+  echo
+  echo "the coordinator's replicas:"
+  members=""
+  for j in $(seq 1 "$REPLICAS"); do members="${members:+$members|}127.0.0.1:$((BASE + 140 + j))"; done
+  echo "+ atomqctl cluster status --members='$members'"
+  $CTL cluster status --members="$members"
 fi
 
 cat <<MSG
 
 The cluster is up, speaking mTLS on every link (certificates in $TLS):
-  coordinator c1   127.0.0.1:$BASE   data $DATA/c1
+  coordinator c1   $C1   data $C1DATA
   participant p1   $P1
   participant p2   $P2
   participant p3   $P3
@@ -175,7 +207,7 @@ atomqctl needs the client certificate; in your shell:
 Look around:
   $BIN/atomqctl --participant=$P1 queue list
   $BIN/atomqctl --participant=$P2 queue receive audit
-  $BIN/atomqctl --coordinator=127.0.0.1:$BASE txn list --state=in-doubt
-  $BIN/atomqctl --coordinator=127.0.0.1:$BASE txn exec --protocol=3pc --enqueue=p1:orders=a --enqueue=p3:billing=b
+  $BIN/atomqctl --coordinator=$C1 txn list --state=in-doubt
+  $BIN/atomqctl --coordinator=$C1 txn exec --protocol=3pc --enqueue=p1:orders=a --enqueue=p3:billing=b
 Stop it: deploy/local/down.sh
 MSG
