@@ -19,6 +19,8 @@ constexpr Named kPlants[] = {
     {Plant::kOnePhasePresumedAbort, "one-phase-presumed-abort"},
     {Plant::kForgetBeforeEnd, "forget-before-end"},
     {Plant::kPreparingPresumedAbort, "preparing-presumed-abort"},
+    {Plant::kReplyBeforeReplicated, "reply-before-replicated"},
+    {Plant::kRejoinWithAmnesia, "rejoin-with-amnesia"},
 };
 
 }  // namespace

@@ -21,6 +21,10 @@ enum class Plant {
   // The simulator's adapters.
   kReplyBeforeDurable,  // the coordinator answers before its decision is synced
   kForgetPrepared,      // a participant loses its PREPARED records at a crash
+  // Replication (replication/replicated_storage.h, and the simulator's
+  // transport between replicas).
+  kReplyBeforeReplicated,  // a batch's DoneFn runs once the leader stored it, before it commits
+  kRejoinWithAmnesia,      // a replica whose disk was wiped is taken under its old id
 };
 
 // "commit-without-votes", ...; "" for kNone.

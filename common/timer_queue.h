@@ -13,7 +13,15 @@
 
 namespace atomq {
 
-class TimerQueue {
+// Where a callback is scheduled: a TimerQueue, or a simulator's event queue.
+class Timers {
+ public:
+  virtual ~Timers() = default;
+  // Runs `fn` at or after `at_ms` (the Clock's time), never inside At.
+  virtual void At(int64_t at_ms, std::function<void()> fn) = 0;
+};
+
+class TimerQueue : public Timers {
  public:
   TimerQueue();
   ~TimerQueue();  // stops the thread; pending callbacks are dropped
@@ -23,7 +31,7 @@ class TimerQueue {
   // Runs `fn` on the timer thread at or after `at_ms` (RealClock time).
   // Callbacks with equal deadlines run in the order they were added. A
   // callback may call At(); after Stop(), At() drops `fn`.
-  void At(int64_t at_ms, std::function<void()> fn);
+  void At(int64_t at_ms, std::function<void()> fn) override;
   // Idempotent. Joins the thread unless called from a callback.
   void Stop();
 

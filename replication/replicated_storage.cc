@@ -88,6 +88,18 @@ absl::StatusOr<std::map<uint64_t, std::string>> LoadRegistry(Storage* local) {
   return out;
 }
 
+Batch ReplicatedStorage::FirstWrites(const Options& options, const std::string& disk_id) {
+  Batch b;
+  b.writes.push_back(atomq::Write{kReplicaMetaDb, kDiskKey, disk_id, false});
+  if (!options.join && !options.bootstrap.empty()) {
+    RaftLog fresh{DurableState{}};
+    for (atomq::Write& w : fresh.Initialize(RaftEngine::Bootstrap(options.bootstrap)).writes) {
+      b.writes.push_back(std::move(w));
+    }
+  }
+  return b;
+}
+
 const std::vector<std::string>& ReplicatedStorage::ReplicaDbs() {
   static const std::vector<std::string> dbs = [] {
     std::vector<std::string> d = RaftLog::Dbs();
@@ -114,7 +126,7 @@ const char* RoleName(RaftState state) {
 absl::StatusOr<std::unique_ptr<ReplicatedStorage>> ReplicatedStorage::Open(const Options& options,
                                                                            Storage* local,
                                                                            Transport* transport,
-                                                                           TimerQueue* timers) {
+                                                                           Timers* timers) {
   absl::StatusOr<DurableState> disk = RaftLog::Load(local);
   if (!disk.ok()) return disk.status();
   if (disk->term == 0 && disk->entries.empty() && !disk->snapshot.has_value()) {
@@ -153,21 +165,30 @@ absl::StatusOr<std::unique_ptr<ReplicatedStorage>> ReplicatedStorage::Open(const
                             applied_index, *std::move(disk_id), *std::move(disks)));
   {
     absl::MutexLock lock(&r->mu_);
-    r->Handle(r->engine_->Start(Now(), *disk));
+    r->Handle(r->engine_->Start(r->Now(), *disk));
     r->RestoreConfiguration(*disk);
   }
   r->RunHook();
   return r;
 }
 
+namespace {
+const Clock& RealClockInstance() {
+  static const RealClock clock;
+  return clock;
+}
+}  // namespace
+
 ReplicatedStorage::ReplicatedStorage(const Options& options, Storage* local, Transport* transport,
-                                     TimerQueue* timers, std::unique_ptr<RaftEngine> engine,
+                                     Timers* timers, std::unique_ptr<RaftEngine> engine,
                                      const DurableState& disk, uint64_t applied,
                                      std::string disk_id, std::map<uint64_t, std::string> disks)
     : local_(local),
       disk_(std::move(disk_id)),
       transport_(transport),
       timers_(timers),
+      clock_(options.clock != nullptr ? options.clock : &RealClockInstance()),
+      plant_(options.plant),
       life_(std::make_shared<Life>()),
       engine_(std::move(engine)),
       log_(disk),
@@ -197,8 +218,6 @@ void ReplicatedStorage::Stop() {
   stopped_ = true;
   FailPending("the replica stopped");
 }
-
-int64_t ReplicatedStorage::Now() { return RealClock().NowMs(); }
 
 void ReplicatedStorage::Settle() {
   // In line with the timer thread, but not depending on it: it may be
@@ -371,11 +390,12 @@ void ReplicatedStorage::Handle(absl::StatusOr<RaftUpdate> result) {
   RaftUpdate u = std::move(*result);
   Batch persist = log_.Persist(u);
   const uint64_t write = u.entries_index.has_value() ? u.write : 0;
+  const uint64_t stored = write != 0 ? *u.entries_index + u.entries.size() - 1 : 0;
   if (!persist.writes.empty()) {
     // Term and vote must be on disk before any message of this update goes.
     std::vector<RaftMessage> held;
     if (u.term_or_vote) held = std::move(u.messages);
-    local_->Submit(std::move(persist), Guarded([write, held = std::move(held)](
+    local_->Submit(std::move(persist), Guarded([write, stored, held = std::move(held)](
                                                    ReplicatedStorage* self, absl::Status st) {
                      {
                        absl::MutexLock lock(&self->mu_);
@@ -383,7 +403,12 @@ void ReplicatedStorage::Handle(absl::StatusOr<RaftUpdate> result) {
                        if (!st.ok()) {
                          Fatal(absl::StrCat("the log could not be written: ", st.ToString()));
                        }
-                       if (write != 0) self->Handle(self->engine_->PersistedEntries(Now(), write));
+                       if (write != 0) {
+                         self->Handle(self->engine_->PersistedEntries(self->Now(), write));
+                       }
+                       if (self->plant_ == Plant::kReplyBeforeReplicated) {
+                         self->ReleaseStored(stored);
+                       }
                        self->Send(held);
                      }
                      self->RunHook();
@@ -473,6 +498,15 @@ void ReplicatedStorage::Apply() {
                    }));
     if (e->type == EntryType::kChange) Handle(engine_->Configuration(Now(), index));
   }
+}
+
+void ReplicatedStorage::ReleaseStored(uint64_t index) {
+  std::vector<DoneFn> early;
+  while (!pending_.empty() && pending_.begin()->first <= index) {
+    early.push_back(std::move(pending_.begin()->second));
+    pending_.erase(pending_.begin());
+  }
+  if (!early.empty()) Later(std::move(early), absl::OkStatus());
 }
 
 void ReplicatedStorage::Applied(uint64_t index, absl::Status status) {

@@ -21,6 +21,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/clock.h"
+#include "common/plant.h"
 #include "common/storage.h"
 #include "common/timer_queue.h"
 #include "replication/raft_engine.h"
@@ -95,6 +97,11 @@ class ReplicatedStorage : public Storage {
     // in one transaction.
     uint64_t state_bytes_max = 1ull << 30;
     StateSource::Options source;
+    // Time for the engine and the timers (null: the real clock); it must
+    // outlive the replica.
+    const Clock* clock = nullptr;
+    // TEST ONLY (the simulator): kReplyBeforeReplicated.
+    Plant plant = Plant::kNone;
   };
 
   // Opens the replica on `local` (a store opened with Dbs() among its
@@ -104,7 +111,7 @@ class ReplicatedStorage : public Storage {
   static absl::StatusOr<std::unique_ptr<ReplicatedStorage>> Open(const Options& options,
                                                                  Storage* local,
                                                                  Transport* transport,
-                                                                 TimerQueue* timers);
+                                                                 Timers* timers);
   ~ReplicatedStorage() override;
 
   // Where the applied index lives (key "applied").
@@ -114,6 +121,10 @@ class ReplicatedStorage : public Storage {
   static constexpr char kDisksDb[] = "raft_disks";
   // Every sub-database a replica needs: RaftLog's, kAppliedDb, kDisksDb.
   static const std::vector<std::string>& ReplicaDbs();
+  // What Open writes first on an empty disk, with `disk_id` as its id: for
+  // a caller whose store cannot be waited on (the simulator), which
+  // submits it before Open.
+  static Batch FirstWrites(const Options& options, const std::string& disk_id);
 
   // This replica's disk id: random, made when its log was first written,
   // kept in its own raft_meta. Sent with every message (DeliverRequest.disk).
@@ -179,10 +190,9 @@ class ReplicatedStorage : public Storage {
   void Settle() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  ReplicatedStorage(const Options& options, Storage* local, Transport* transport,
-                    TimerQueue* timers, std::unique_ptr<RaftEngine> engine,
-                    const DurableState& disk, uint64_t applied, std::string disk_id,
-                    std::map<uint64_t, std::string> disks);
+  ReplicatedStorage(const Options& options, Storage* local, Transport* transport, Timers* timers,
+                    std::unique_ptr<RaftEngine> engine, const DurableState& disk, uint64_t applied,
+                    std::string disk_id, std::map<uint64_t, std::string> disks);
   // Submit's work, under the lock; a refusal's DoneFn runs Later.
   void SubmitLocked(uint64_t term, Batch batch, DoneFn done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The serving leader writes `member` -> `disk` into the registry, once.
@@ -191,7 +201,7 @@ class ReplicatedStorage : public Storage {
   void Registered(const atomq::Write& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A registry entry learnt: a fault when it names another disk for this one.
   void Learn(uint64_t member, const std::string& disk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  static int64_t Now();
+  int64_t Now() const { return clock_->NowMs(); }
   // Carries out an update: persist, send (after term and vote are durable),
   // apply what became applicable, arm the timer.
   void Handle(absl::StatusOr<RaftUpdate> update) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -227,6 +237,9 @@ class ReplicatedStorage : public Storage {
   // A standby being caught up: made a voter once it is, failed if it is not.
   void CheckPromotion() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailPending(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // TEST ONLY (kReplyBeforeReplicated): answers what waits up to `index`
+  // as soon as this replica stored it.
+  void ReleaseStored(uint64_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Queues `fns` to run with `status` on the timer thread (or in Settle).
   void Later(std::vector<DoneFn> fns, absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs what Later queued, outside the lock; false when nothing was.
@@ -242,7 +255,9 @@ class ReplicatedStorage : public Storage {
   Storage* const local_;
   const std::string disk_;
   Transport* const transport_;
-  TimerQueue* const timers_;
+  Timers* const timers_;
+  const Clock* const clock_;
+  const Plant plant_;
   const std::shared_ptr<Life> life_;
   absl::Mutex mu_;
   std::unique_ptr<RaftEngine> engine_ ABSL_GUARDED_BY(mu_);

@@ -56,6 +56,10 @@ class Checker {
   void CheckDrained(const std::string& node, uint64_t queue_id,
                     const std::vector<uint64_t>& drained, uint64_t counted);
 
+  // A replica group broke an invariant of its own (docs/design.md 10.2:
+  // replicas at one version hold one state).
+  void GroupViolation(const std::string& what) { violations_.push_back(what); }
+
   // The invariants over every transaction touched since the last call.
   void AfterStep();
 

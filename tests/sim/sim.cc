@@ -11,10 +11,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "common/clock.h"
 #include "common/codec.h"
+#include "common/log.h"
 #include "coordinator/core/coordinator_core.h"
 #include "participant/core/participant_core.h"
+#include "replication/raft_log.h"
+#include "replication/replicated_storage.h"
 #include "tests/sim/checker.h"
+#include "tests/sim/sim_store.h"
 
 namespace atomq::sim {
 namespace {
@@ -34,6 +39,12 @@ constexpr int64_t kMajorityPhaseMs = 8000;
 constexpr int64_t kHealedPhaseMs = 15000;
 constexpr int64_t kRpcTimeoutMs = 300;
 constexpr int64_t kExecuteTimeoutMs = 1500;
+// Replica groups: elections well within the chaos phase, and a log
+// compacted often enough that members behind it copy another's state.
+constexpr uint32_t kElectionMs = 150;
+constexpr uint32_t kHeartbeatMs = 30;
+constexpr uint64_t kSnapshotEntries = 20;
+constexpr uint32_t kSnapshotTrailing = 5;
 
 class Rng {
  public:
@@ -134,6 +145,42 @@ struct Route {
   uint64_t ballot = 0;
 };
 
+class Sim;
+
+// How one replica reaches the others of its group: the simulated network.
+class ReplicaLink : public replication::Transport {
+ public:
+  ReplicaLink(Sim* sim, std::string node, uint64_t member)
+      : sim_(sim), node_(std::move(node)), member_(member) {}
+  void Send(uint64_t to, const std::string& address, replication::RaftMessage message) override;
+  void FetchState(uint64_t to, const std::string& address, uint64_t bytes_max,
+                  FetchedFn done) override;
+
+ private:
+  Sim* const sim_;
+  const std::string node_;
+  const uint64_t member_;
+};
+
+// One replica of a participant group, on its own disk.
+struct Replica {
+  uint64_t member = 0;
+  std::string name;  // on the network: "p1/2"
+  std::unique_ptr<SimStore> store;
+  std::unique_ptr<ReplicaLink> link;
+  std::unique_ptr<replication::ReplicatedStorage> group;  // null while down
+  uint64_t incarnation = 0;
+};
+
+struct Group {
+  std::vector<Replica> replicas;  // member j is replicas[j - 1]
+  uint64_t host = 0;              // the member whose store the core runs on (0: none)
+  uint64_t serving_term = 0;
+  uint64_t version = 0;                  // the highest index any replica applied
+  std::map<uint64_t, uint64_t> hash_at;  // version -> hash of the group's state there
+  bool wiped = false;                    // at most one wiped disk per group and run
+};
+
 struct Node {
   std::string id;
   bool is_coordinator = false;
@@ -148,6 +195,10 @@ struct Node {
   std::unique_ptr<ParticipantCore> participant;
   std::map<uint64_t, Route> routes;  // core RequestId -> route
   uint64_t next_request = 1;
+  // A participant run as a group: `disk` is then what the group committed
+  // (each index as the first replica applied it), `up` whether a replica
+  // serves and hosts the core, on that replica's store.
+  std::unique_ptr<Group> group;
 };
 
 template <typename Rec>
@@ -174,15 +225,15 @@ class CoordinatorView : public coordinator::DurableView {
 
 class ParticipantView : public participant::DurableView {
  public:
-  explicit ParticipantView(const Node* n) : n_(n) {}
+  explicit ParticipantView(const Disk* disk) : disk_(disk) {}
   std::optional<v1::OutcomeRecord> FindOutcome(const std::string& txn_id) const override {
-    return Lookup<v1::OutcomeRecord>(n_->disk, participant::kOutcomesDb, txn_id);
+    return Lookup<v1::OutcomeRecord>(*disk_, participant::kOutcomesDb, txn_id);
   }
   absl::StatusOr<std::vector<uint64_t>> ScanMessages(uint64_t queue_id, uint64_t from, uint64_t to,
                                                      uint32_t limit) const override {
     std::vector<uint64_t> seqs;
-    auto d = n_->disk.find(participant::kMessagesDb);
-    if (d == n_->disk.end()) return seqs;
+    auto d = disk_->find(participant::kMessagesDb);
+    if (d == disk_->end()) return seqs;
     for (auto it = d->second.lower_bound(MessageKey(queue_id, from));
          it != d->second.end() && seqs.size() < limit; ++it) {
       if (it->first.size() != 16 || DecodeU64(it->first) != queue_id) break;
@@ -194,7 +245,17 @@ class ParticipantView : public participant::DurableView {
   }
 
  private:
-  const Node* n_;
+  const Disk* disk_;
+};
+
+// The simulator's time, as the replicas read it.
+class SimClock : public Clock {
+ public:
+  explicit SimClock(const int64_t* now) : now_(now) {}
+  int64_t NowMs() const override { return *now_; }
+
+ private:
+  const int64_t* now_;
 };
 
 struct ClientTxn {
@@ -203,20 +264,43 @@ struct ClientTxn {
   bool in_flight = false;
 };
 
-class Sim {
+class Sim : public World, public Timers {
  public:
   explicit Sim(const Options& o)
       : options_(o),
         rng_(o.seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull),
-        checker_([this](const std::string& id) -> const Disk& { return node(id).disk; }) {}
+        // A reply is checked against what its node holds: for a group, the
+        // store of the replica that hosts the core (what it applied, all
+        // of it committed; the group may have committed more, the core's
+        // own later batches, which its replies are ordered before).
+        checker_([this](const std::string& id) -> const Disk& { return CoreDisk(node(id)); }) {
+    SetLogSink([this](std::string_view line) { Trace(std::string(line)); });
+  }
+  ~Sim() override {
+    for (auto& [id, n] : nodes_) {
+      if (n.group == nullptr) continue;
+      for (Replica& r : n.group->replicas) r.group.reset();
+    }
+    SetLogSink(nullptr);
+  }
 
   Result Run();
 
- private:
-  // --- events ---
-  void At(int64_t at, std::function<void()> fn) {
+  // --- events (World, Timers) ---
+  int64_t Now() const override { return now_; }
+  void At(int64_t at, std::function<void()> fn) override {
     events_.emplace(std::make_pair(std::max(at, now_), next_seq_++), std::move(fn));
   }
+  int64_t FsyncDelay() override {
+    return rng_.Chance(slow_fsync_) ? rng_.Range(40, 400) : rng_.Range(1, 8);
+  }
+
+  // --- between the replicas of a group (ReplicaLink) ---
+  void SendRaft(const std::string& id, uint64_t from, uint64_t to, replication::RaftMessage m);
+  void FetchRaftState(const std::string& id, uint64_t from, uint64_t to, uint64_t bytes_max,
+                      replication::Transport::FetchedFn done);
+
+ private:
   // Runs events until `until`; false when none is left.
   void RunUntil(int64_t until);
   void Trace(const std::string& line) {
@@ -252,6 +336,37 @@ class Sim {
   void MaybeSync(Node& n);
   void SyncDone(const std::string& id, uint64_t incarnation);
   void PlantEarlyReply(Node& n, const Batch& b);
+  // The store the core reads: the hosting replica's, or the node's disk.
+  Disk& CoreDisk(Node& n);
+
+  // --- replica groups (replicas > 1) ---
+  Replica& replica(Node& n, uint64_t member) { return n.group->replicas.at(member - 1); }
+  void MakeGroup(Node& n);
+  void StartReplica(Node& n, uint64_t member);
+  void StopReplica(Node& n, uint64_t member);
+  void WipeReplica(Node& n, uint64_t member);
+  void StartGroup(Node& n);  // every replica that is down
+  void StopGroup(Node& n);
+  // Hosts the core on the replica that serves, rebuilt whenever that changes.
+  void Reconcile(const std::string& id);
+  void Unhost(Node& n);
+  void SubmitToGroup(Node& n, Batch b);
+  // A batch landed on a replica's disk: an applied index feeds the group's
+  // state and checks the replica holds the group's state at that version.
+  void ReplicaSynced(const std::string& id, uint64_t member, const Batch& b);
+  void GroupFault(Node& n);
+  void Restart(Node& n) {
+    if (n.group != nullptr) {
+      StartGroup(n);
+    } else if (!n.up) {
+      Boot(n);
+    }
+  }
+  // A durable step on a group takes three fsyncs in a row (the leader's
+  // log, a follower's, the apply), each of them slow at times: a deadline
+  // shorter than that would make every termination round time out.
+  int64_t RpcTimeoutMs() const { return options_.replicas > 1 ? 3 * kRpcTimeoutMs : kRpcTimeoutMs; }
+  void Down(Node& n) { n.group ? StopGroup(n) : Crash(n); }
 
   // --- workload and faults ---
   void IssueTxn(int index);
@@ -291,6 +406,9 @@ class Sim {
   uint32_t gc_batch_max_ = 2;
   uint64_t outcomes_collected_ = 0;
   uint32_t queue_memory_window_ = 2;  // tiny, so that backlogs page in from disk
+  SimClock clock_{&now_};
+  uint64_t state_copies_ = 0;
+  uint64_t leaderships_ = 0;
 };
 
 void Sim::RunUntil(int64_t until) {
@@ -414,7 +532,7 @@ void Sim::Boot(Node& n) {
     c.boot_count = n.incarnation;
     c.txn_timeout_ms = 300;
     c.resend_initial_ms = 10;
-    c.resend_max_ms = 200;
+    c.resend_max_ms = options_.replicas > 1 ? 600 : 200;  // as for a participant, below
     c.termination_after_ms = termination_after_ms_;
     if (options_.plant == Plant::kCommitWithoutVotes || options_.plant == Plant::kOnePhaseMulti ||
         options_.plant == Plant::kOnePhasePresumedAbort ||
@@ -438,7 +556,9 @@ void Sim::Boot(Node& n) {
     c.boot_count = n.incarnation;
     c.in_doubt_after_ms = in_doubt_after_ms_;
     c.resend_initial_ms = 10;
-    c.resend_max_ms = 200;
+    // A termination round waits this long before another preempts it: on a
+    // group, longer than a durable step (RpcTimeoutMs), or rounds duel.
+    c.resend_max_ms = options_.replicas > 1 ? 600 : 200;
     c.queue_memory_window = queue_memory_window_;
     c.retention_ms = retention_ms_;
     c.random_bytes = SeededBytes(options_.seed, n.id, n.incarnation);
@@ -446,12 +566,12 @@ void Sim::Boot(Node& n) {
         options_.plant == Plant::kForgetBeforeEnd) {
       c.plant = options_.plant;
     }
-    n.participant_view = std::make_unique<ParticipantView>(&n);
+    n.participant_view = std::make_unique<ParticipantView>(&CoreDisk(n));
     n.participant = std::make_unique<ParticipantCore>(std::move(c), n.participant_view.get());
     // As the adapter does: every record of every database.
     absl::StatusOr<participant::RecoveredState> state = participant::schema::LoadRecoveredState(
         [&](const char* db, const participant::schema::RecordFn& fn) {
-          for (const auto& [key, value] : n.disk[db]) {
+          for (const auto& [key, value] : CoreDisk(n)[db]) {
             if (!fn(key, value)) break;
           }
           return absl::OkStatus();
@@ -600,7 +720,7 @@ void Sim::DrainCoordinator(Node& n) {
     const Kind kind = req.kind;
     const std::string txn = m.txn_id, p = m.participant;
     const uint64_t ballot = m.ballot;
-    Rpc(n.id, m.address, std::move(req), kRpcTimeoutMs,
+    Rpc(n.id, m.address, std::move(req), RpcTimeoutMs(),
         [this, kind, txn, p, ballot](const Answer& a) {
           Node& c = node(kCoordinator);
           CoordinatorCore& core = *c.coordinator;
@@ -676,7 +796,13 @@ void Sim::DrainCoordinator(Node& n) {
 void Sim::DrainParticipant(Node& n) {
   participant::Output out = n.participant->TakeOutput();
   for (const std::string& line : out.log) Trace(absl::StrCat(n.id, ": ", line));
-  for (Batch& b : out.persist) n.unsynced.push_back(std::move(b));
+  for (Batch& b : out.persist) {
+    if (n.group != nullptr) {
+      SubmitToGroup(n, std::move(b));
+    } else {
+      n.unsynced.push_back(std::move(b));
+    }
+  }
   MaybeSync(n);
   const std::string self = n.id;
   for (participant::OutQuery& q : out.queries) {
@@ -685,7 +811,7 @@ void Sim::DrainParticipant(Node& n) {
     req.txn_id = q.txn_id;
     const bool to_coordinator = q.to_coordinator;
     const std::string txn = q.txn_id, target = q.target;
-    Rpc(self, q.target, std::move(req), kRpcTimeoutMs,
+    Rpc(self, q.target, std::move(req), RpcTimeoutMs(),
         [this, self, txn, target, to_coordinator](const Answer& a) {
           Node& me = node(self);
           v1::QueryStateResponse resp;
@@ -724,7 +850,7 @@ void Sim::DrainParticipant(Node& n) {
     const Kind kind = req.kind;
     const std::string txn = m.txn_id, target = m.target;
     const uint64_t ballot = m.ballot;
-    Rpc(self, m.target, std::move(req), kRpcTimeoutMs,
+    Rpc(self, m.target, std::move(req), RpcTimeoutMs(),
         [this, self, kind, txn, target, ballot](const Answer& a) {
           Node& me = node(self);
           if (kind == Kind::kPromise) {
@@ -843,7 +969,9 @@ void Sim::Fault() {
   const int64_t what = rng_.Range(0, 9);
   if (what < 4) {
     Node& n = node(rng_.Pick(all));
-    if (n.up) {
+    if (n.group != nullptr) {
+      GroupFault(n);
+    } else if (n.up) {
       Crash(n);
       At(now_ + rng_.Range(5, 700), [this, id = n.id, inc = n.incarnation] {
         Node& x = node(id);
@@ -911,7 +1039,7 @@ void Sim::CollectOutcomes(const std::string& id) {
   if (n.up) {
     const int64_t cutoff = now_ - static_cast<int64_t>(retention_ms_);
     std::vector<std::string> keys;
-    for (const auto& [key, value] : n.disk[participant::kForgettableDb]) {
+    for (const auto& [key, value] : CoreDisk(n)[participant::kForgettableDb]) {
       if (keys.size() >= gc_batch_max_ ||
           (key.size() > 8 && static_cast<int64_t>(DecodeU64(key)) >= cutoff)) {
         break;
@@ -924,6 +1052,332 @@ void Sim::CollectOutcomes(const std::string& id) {
     }
   }
   At(now_ + gc_interval_ms_, [this, id] { CollectOutcomes(id); });
+}
+
+void SeedParticipant(const std::string& id, Disk* disk) {
+  v1::QueueRecord q;
+  q.set_name("q");
+  q.set_id(1);
+  q.set_next_sequence(1);
+  (*disk)[participant::kQueuesDb]["q"] = EncodeRecord(q);
+  v1::MetaRecord meta;
+  meta.set_node_id(id);
+  meta.set_boot_count(1);
+  meta.set_next_queue_id(2);
+  (*disk)[participant::kMetaDb]["meta"] = EncodeRecord(meta);
+}
+
+// A replica's state: every sub-database but the log's own.
+uint64_t StateHash(const Disk& disk) {
+  const std::vector<std::string>& own = replication::RaftLog::Dbs();
+  uint64_t h = 1469598103934665603ull;
+  auto fold = [&h](const std::string& s) {
+    for (unsigned char c : EncodeU64(s.size()) + s) h = (h ^ c) * 1099511628211ull;
+  };
+  for (const auto& [db, records] : disk) {
+    if (std::find(own.begin(), own.end(), db) != own.end() || records.empty()) continue;
+    fold(db);
+    for (const auto& [key, value] : records) {
+      fold(key);
+      fold(value);
+    }
+  }
+  return h;
+}
+
+void ReplicaLink::Send(uint64_t to, const std::string&, replication::RaftMessage message) {
+  sim_->SendRaft(node_, member_, to, std::move(message));
+}
+
+void ReplicaLink::FetchState(uint64_t to, const std::string&, uint64_t bytes_max, FetchedFn done) {
+  sim_->FetchRaftState(node_, member_, to, bytes_max, std::move(done));
+}
+
+Disk& Sim::CoreDisk(Node& n) {
+  if (n.group == nullptr || n.group->host == 0) return n.disk;
+  return replica(n, n.group->host).store->disk();
+}
+
+void Sim::MakeGroup(Node& n) {
+  n.group = std::make_unique<Group>();
+  n.up = false;  // until a replica serves
+  std::vector<std::string> dbs = {participant::kQueuesDb,    participant::kMessagesDb,
+                                  participant::kPreparedDb,  participant::kOutcomesDb,
+                                  participant::kDedupDb,     participant::kMetaDb,
+                                  participant::kHeuristicDb, participant::kForgettableDb};
+  for (const std::string& db : replication::ReplicatedStorage::ReplicaDbs()) dbs.push_back(db);
+  for (int j = 1; j <= options_.replicas; ++j) {
+    Replica r;
+    r.member = uint64_t(j);
+    r.name = absl::StrCat(n.id, "/", j);
+    r.store = std::make_unique<SimStore>(
+        this, dbs, [this, id = n.id, j](const Batch& b) { ReplicaSynced(id, uint64_t(j), b); });
+    SeedParticipant(n.id, &r.store->disk());
+    r.link = std::make_unique<ReplicaLink>(this, n.id, uint64_t(j));
+    n.group->replicas.push_back(std::move(r));
+  }
+  // Index 0: the seeded state every replica starts from.
+  n.group->hash_at[0] = StateHash(replica(n, 1).store->disk());
+}
+
+void Sim::StartReplica(Node& n, uint64_t member) {
+  Replica& r = replica(n, member);
+  if (r.group != nullptr) return;
+  ++r.incarnation;
+  replication::ReplicatedStorage::Options o;
+  o.engine.id = member;
+  o.engine.address = r.name;
+  o.engine.seed = static_cast<uint32_t>(rng_.Next());
+  o.engine.election_timeout = kElectionMs;
+  o.engine.heartbeat_timeout = kHeartbeatMs;
+  for (const Replica& m : n.group->replicas) {
+    o.bootstrap.push_back(replication::Member{m.member, m.name, replication::MemberRole::kVoter});
+  }
+  o.snapshot_entries = kSnapshotEntries;
+  o.snapshot_trailing = kSnapshotTrailing;
+  o.clock = &clock_;
+  if (options_.plant == Plant::kReplyBeforeReplicated) o.plant = options_.plant;
+  if (!r.store->Get(replication::RaftLog::Dbs()[1], "disk").value().has_value()) {
+    // A fresh (or wiped) disk: what Open would write first, written now.
+    r.store->set_immediate(true);
+    r.store->Submit(
+        replication::ReplicatedStorage::FirstWrites(o, absl::StrCat(r.name, "#", r.incarnation)),
+        [](absl::Status) {});
+    r.store->set_immediate(false);
+  }
+  absl::StatusOr<std::unique_ptr<replication::ReplicatedStorage>> s =
+      replication::ReplicatedStorage::Open(o, r.store.get(), r.link.get(), this);
+  if (!s.ok()) {
+    Trace(absl::StrCat(r.name, " does not start: ", s.status().ToString()));
+    return;
+  }
+  r.group = *std::move(s);
+  r.group->SetServingHook(
+      [this, id = n.id](bool, uint64_t) { At(now_, [this, id] { Reconcile(id); }); });
+  Trace(absl::StrCat(r.name, " up (incarnation ", r.incarnation, ")"));
+}
+
+void Sim::StopReplica(Node& n, uint64_t member) {
+  Replica& r = replica(n, member);
+  if (r.group == nullptr) return;
+  if (n.group->host == member) Unhost(n);
+  Trace(absl::StrCat(r.name, " CRASH"));
+  r.group.reset();
+  r.store->Crash();
+  At(now_, [this, id = n.id] { Reconcile(id); });
+}
+
+void Sim::WipeReplica(Node& n, uint64_t member) {
+  StopReplica(n, member);
+  Replica& r = replica(n, member);
+  Trace(absl::StrCat(r.name, " DISK WIPED"));
+  r.store->disk().clear();
+  SeedParticipant(n.id, &r.store->disk());
+  n.group->wiped = true;
+}
+
+void Sim::StartGroup(Node& n) {
+  for (Replica& r : n.group->replicas) StartReplica(n, r.member);
+}
+
+void Sim::StopGroup(Node& n) {
+  for (Replica& r : n.group->replicas) StopReplica(n, r.member);
+}
+
+void Sim::Unhost(Node& n) {
+  if (n.group->host == 0) return;
+  Trace(absl::StrCat(n.id, " core stops on ", replica(n, n.group->host).name));
+  n.up = false;
+  ++n.incarnation;
+  n.routes.clear();
+  n.participant.reset();
+  n.group->host = 0;
+}
+
+void Sim::Reconcile(const std::string& id) {
+  Node& n = node(id);
+  uint64_t serving = 0, term = 0;
+  for (Replica& r : n.group->replicas) {
+    if (r.group == nullptr) continue;
+    replication::GroupStatus s = r.group->Status();
+    if (s.serving && keep_down_.count(id) == 0) {
+      serving = r.member;
+      term = r.group->Status().term;
+    }
+  }
+  // The serving term as the hook counts it is the replica's own; the
+  // engine's term tells one leadership from the next.
+  if (serving == n.group->host && term == n.group->serving_term) return;
+  Unhost(n);
+  if (serving == 0) return;
+  n.group->host = serving;
+  n.group->serving_term = term;
+  ++leaderships_;
+  ++n.incarnation;
+  Trace(absl::StrCat(n.id, " core starts on ", replica(n, serving).name, " (term ", term, ")"));
+  Boot(n);
+}
+
+void Sim::SubmitToGroup(Node& n, Batch b) {
+  Replica& r = replica(n, n.group->host);
+  const uint64_t token = b.token;
+  auto done = [this, id = n.id, inc = n.incarnation, token](absl::Status st) {
+    Node& x = node(id);
+    if (!x.up || x.incarnation != inc) return;
+    x.participant->OnPersisted(token, st, now_);
+    Drain(x);
+  };
+  r.group->Submit(std::move(b), std::move(done));
+}
+
+void Sim::ReplicaSynced(const std::string& id, uint64_t member, const Batch& b) {
+  std::optional<uint64_t> index;
+  bool copy = false;
+  for (const Write& w : b.writes) {
+    if (w.db == replication::ReplicatedStorage::kAppliedDb && w.key == "applied" && !w.erase) {
+      index = DecodeU64(w.value);
+    }
+    copy |= w.clear;
+  }
+  if (!index.has_value()) return;
+  Node& n = node(id);
+  Group& g = *n.group;
+  Replica& r = replica(n, member);
+  if (copy) ++state_copies_;
+  const uint64_t hash = StateHash(r.store->disk());
+  if (*index > g.version + 1 || (*index == g.version + 1 && copy)) {
+    checker_.GroupViolation(absl::StrCat(r.name, " reached version ", *index,
+                                         " before any replica applied ", g.version + 1));
+    return;
+  }
+  if (*index == g.version + 1) {
+    // First applied anywhere: committed in the group, so durable.
+    for (const Write& w : b.writes) {
+      if (w.db == replication::ReplicatedStorage::kAppliedDb) continue;
+      if (w.erase) {
+        checker_.OnErase(id, w.db, w.key);
+        const size_t gone = n.disk[w.db].erase(w.key);
+        if (w.db == participant::kOutcomesDb) outcomes_collected_ += gone;
+      } else {
+        checker_.OnPut(id, w.db, w.key, w.value);
+        n.disk[w.db][w.key] = w.value;
+      }
+    }
+    g.version = *index;
+    g.hash_at[*index] = hash;
+    Trace(absl::StrCat(id, " version ", *index, " (first on ", r.name, ")"));
+    return;
+  }
+  auto at = g.hash_at.find(*index);
+  if (at != g.hash_at.end() && at->second != hash) {
+    checker_.GroupViolation(
+        absl::StrCat(r.name, " holds another state than the group's at version ", *index));
+  }
+}
+
+void Sim::SendRaft(const std::string& id, uint64_t from, uint64_t to, replication::RaftMessage m) {
+  Node& n = node(id);
+  if (to == 0 || to > n.group->replicas.size()) return;
+  Replica& sender = replica(n, from);
+  if (sender.group == nullptr) return;
+  m.peer = from;
+  m.peer_address = sender.name;
+  const std::string disk = sender.group->disk();
+  auto shared = std::make_shared<replication::RaftMessage>(std::move(m));
+  Deliver(sender.name, replica(n, to).name, [this, id, from, to, disk, shared] {
+    Node& x = node(id);
+    Replica& target = replica(x, to);
+    if (target.group == nullptr) return;
+    if (options_.plant != Plant::kRejoinWithAmnesia) {
+      absl::Status st = target.group->CheckPeer(from, disk);
+      if (!st.ok()) {
+        Replica& back = replica(x, from);
+        if (back.group != nullptr && back.group->disk() == disk) {
+          back.group->Refused(to, std::string(st.message()));
+        }
+        return;
+      }
+    }
+    target.group->Receive(*shared);
+  });
+}
+
+void Sim::FetchRaftState(const std::string& id, uint64_t from, uint64_t to, uint64_t bytes_max,
+                         replication::Transport::FetchedFn done) {
+  Node& n = node(id);
+  auto shared = std::make_shared<replication::Transport::FetchedFn>(std::move(done));
+  const std::string asker = replica(n, from).name;
+  At(now_ + rng_.Range(1, 10), [this, id, to, bytes_max, asker, shared] {
+    Node& x = node(id);
+    Replica* source = to >= 1 && to <= x.group->replicas.size() ? &replica(x, to) : nullptr;
+    absl::StatusOr<std::vector<Write>> copy = absl::UnavailableError("unreachable");
+    if (source != nullptr && source->group != nullptr && !Cut(asker, source->name)) {
+      std::vector<Write> records;
+      uint64_t transfer = 0, bytes = 0;
+      for (uint64_t seq = 0;; ++seq) {
+        absl::StatusOr<replication::StateSource::Piece> p =
+            source->group->source()->Next(transfer, seq, now_);
+        if (!p.ok()) {
+          copy = p.status();
+          break;
+        }
+        transfer = p->transfer;
+        for (Write& w : p->records) {
+          bytes += w.key.size() + w.value.size();
+          records.push_back(std::move(w));
+        }
+        if (bytes > bytes_max) {
+          copy = absl::ResourceExhaustedError("over bytes_max");
+          break;
+        }
+        if (p->last) {
+          copy = std::move(records);
+          break;
+        }
+      }
+    }
+    auto result = std::make_shared<absl::StatusOr<std::vector<Write>>>(std::move(copy));
+    At(now_ + rng_.Range(1, 10), [shared, result] { (*shared)(std::move(*result)); });
+  });
+}
+
+void Sim::GroupFault(Node& n) {
+  const uint64_t member = static_cast<uint64_t>(rng_.Range(1, options_.replicas));
+  Replica& r = replica(n, member);
+  const int64_t what = rng_.Range(0, 19);
+  if (what < 9) {
+    if (r.group == nullptr) return;
+    StopReplica(n, member);
+    At(now_ + rng_.Range(5, 700), [this, id = n.id, member, inc = r.incarnation] {
+      Node& x = node(id);
+      if (replica(x, member).incarnation == inc && keep_down_.count(id) == 0) {
+        StartReplica(x, member);
+      }
+    });
+  } else if (what < 14) {
+    // Cut off from the other replicas (not from the coordinator).
+    std::vector<std::pair<std::string, std::string>> cuts;
+    for (const Replica& o : n.group->replicas) {
+      if (o.member == member) continue;
+      cuts.emplace_back(std::min(r.name, o.name), std::max(r.name, o.name));
+    }
+    for (const auto& c : cuts) cuts_.insert(c);
+    Trace(absl::StrCat("partition ", r.name, " from its group"));
+    At(now_ + rng_.Range(10, 900), [this, cuts, name = r.name] {
+      for (const auto& c : cuts) cuts_.erase(c);
+      Trace(absl::StrCat("heal ", name));
+    });
+  } else if (what < 18) {
+    // Leadership handed over, maybe in the middle of a transaction.
+    if (n.group->host == 0 || replica(n, n.group->host).group == nullptr) return;
+    absl::Status st = replica(n, n.group->host).group->Transfer(member);
+    Trace(absl::StrCat(n.id, ": leadership to member ", member, ": ", st.ToString()));
+  } else if (!n.group->wiped && (options_.wipes || options_.plant == Plant::kRejoinWithAmnesia)) {
+    WipeReplica(n, member);
+    At(now_ + rng_.Range(5, 700), [this, id = n.id, member] {
+      if (keep_down_.count(id) == 0) StartReplica(node(id), member);
+    });
+  }
 }
 
 Result Sim::Run() {
@@ -945,18 +1399,16 @@ Result Sim::Run() {
   for (const char* p : kParticipants) {
     Node& n = nodes_[p];
     n.id = p;
-    v1::QueueRecord q;
-    q.set_name("q");
-    q.set_id(1);
-    q.set_next_sequence(1);
-    n.disk[participant::kQueuesDb]["q"] = EncodeRecord(q);
-    v1::MetaRecord meta;
-    meta.set_node_id(p);
-    meta.set_boot_count(1);
-    meta.set_next_queue_id(2);
-    n.disk[participant::kMetaDb]["meta"] = EncodeRecord(meta);
+    SeedParticipant(p, &n.disk);
+    if (options_.replicas > 1) MakeGroup(n);
   }
-  for (auto& [id, n] : nodes_) Boot(n);
+  for (auto& [id, n] : nodes_) {
+    if (n.group != nullptr) {
+      StartGroup(n);
+    } else {
+      Boot(n);
+    }
+  }
 
   const int txns = static_cast<int>(rng_.Range(3, 8));
   for (int i = 1; i <= txns; ++i) At(rng_.Range(0, kIssueMs), [this, i] { IssueTxn(i); });
@@ -976,19 +1428,23 @@ Result Sim::Run() {
     const std::string down = kParticipants[rng_.Range(0, kParticipantCount - 1)];
     keep_down_ = {kCoordinator, down};
     Crash(node(kCoordinator));
-    Crash(node(down));
+    Down(node(down));
     std::set<std::string> up;
     for (const char* p : kParticipants) {
       if (down == p) continue;
       up.insert(p);
-      if (!node(p).up) Boot(node(p));
+      Restart(node(p));
     }
     RunUntil(now_ + kMajorityPhaseMs);
     checker_.CheckMajorityProgress(up);
     keep_down_.clear();
   }
   for (auto& [id, n] : nodes_) {
-    if (!n.up) Boot(n);
+    if (n.group != nullptr) {
+      StartGroup(n);
+    } else if (!n.up) {
+      Boot(n);
+    }
   }
   // The client retries whatever it was not told.
   for (auto& [id, t] : client_) {
@@ -1017,6 +1473,8 @@ Result Sim::Run() {
   }
   r.steps = steps_;
   r.outcomes_collected = outcomes_collected_;
+  r.state_copies = state_copies_;
+  r.leaderships = leaderships_;
   r.trace_hash = hash_;
   r.violations = checker_.violations();
   r.blocked = checker_.blocked();
@@ -1047,6 +1505,8 @@ const char* ModeName(ProtocolMode mode) {
 std::string ReplayCommand(const Options& options) {
   return absl::StrCat(
       "build/bin/atomq-sim --seed=", options.seed, " --protocol=", ModeName(options.mode),
+      options.replicas > 1 ? absl::StrCat(" --replicas=", options.replicas) : "",
+      options.wipes ? " --wipes" : "",
       options.plant == Plant::kNone ? "" : absl::StrCat(" --plant=", PlantName(options.plant)),
       " --verbose");
 }

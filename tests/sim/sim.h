@@ -36,6 +36,14 @@ struct Options {
   // A deliberately broken behaviour (see Plants()).
   Plant plant = Plant::kNone;
   bool verbose = false;  // the event trace and the cores' log lines to stderr
+  // Replicas of each participant (docs/design.md 10.2): 1 is one process on
+  // one disk; 3 makes each a group running the real ReplicatedStorage and
+  // consensus engine, each replica on its own simulated disk, with replica
+  // crashes, isolation, leadership transfer and one wiped disk per group.
+  int replicas = 1;
+  // With replicas: one replica of each group may lose its disk and restart
+  // empty under its old id (the amnesia docs/design.md 10.2 guards against).
+  bool wipes = false;
 };
 
 struct Result {
@@ -43,8 +51,10 @@ struct Result {
   uint64_t txns = 0;
   uint64_t commits = 0;  // as the client was told
   uint64_t aborts = 0;
-  uint64_t one_phase_commits = 0;  // commits of single-participant transactions (one phase)
+  uint64_t one_phase_commits = 0;   // commits of single-participant transactions (one phase)
   uint64_t outcomes_collected = 0;  // participants' outcomes erased from disk
+  uint64_t state_copies = 0;        // replicas that installed another's state (replicas > 1)
+  uint64_t leaderships = 0;         // times a replica began serving (replicas > 1)
   uint64_t steps = 0;
   uint64_t trace_hash = 0;
   std::vector<std::string> violations;  // safety: agreement, validity, durability, duplicates
@@ -69,10 +79,14 @@ Result RunSeed(const Options& options);
 //   preparing-presumed-abort    the coordinator recovers a parallel commit's
 //                            PREPARING record as aborted, without asking the
 //                            participants (who may all hold it prepared)
+//   reply-before-replicated  (replicas > 1) a replica answers a batch once
+//                            the leader stored it, before the group committed it
+//   rejoin-with-amnesia      (replicas > 1) a replica whose disk was wiped is
+//                            taken back under its old id (it may vote twice)
 const std::vector<std::string>& Plants();
 
 const char* ModeName(ProtocolMode mode);
-// "build/bin/atomq-sim --seed=S --protocol=P [--plant=X]"
+// "build/bin/atomq-sim --seed=S --protocol=P [--replicas=N] [--plant=X]"
 std::string ReplayCommand(const Options& options);
 
 }  // namespace atomq::sim

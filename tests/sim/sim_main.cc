@@ -5,14 +5,15 @@
 //
 // Seeds S, S+1, ..., S+N-1 (S defaults to 1). One line per failing seed, with
 // the command that replays it, then a summary ending in a digest of every
-// seed's event trace (equal before and after a behaviour-preserving change). Exit status: 0 when no seed
-// failed; 1 when some did; 2 on a usage error. With --expect_violation (for a
-// planted bug) the meaning flips: 0 when some seed caught it, 1 when none did.
+// seed's event trace (equal before and after a behaviour-preserving change). Exit status: 0 when no
+// seed failed; 1 when some did; 2 on a usage error. With --expect_violation (for a planted bug) the
+// meaning flips: 0 when some seed caught it, 1 when none did.
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <string>
-#include <unistd.h>
 
 #include "CLI/CLI.hpp"
 #include "tests/sim/sim.h"
@@ -42,7 +43,12 @@ int main(int argc, char** argv) {
   bool seed_given = false;
   app.add_option("--seeds", seeds, "how many seeds to run")->capture_default_str();
   app.add_option_function<uint64_t>(
-         "--seed", [&](uint64_t s) { first = s; seed_given = true; }, "first seed (default 1)");
+      "--seed",
+      [&](uint64_t s) {
+        first = s;
+        seed_given = true;
+      },
+      "first seed (default 1)");
   app.add_option("--protocol", protocol, "2pc, 3pc, or mixed (each transaction picks)")
       ->check(CLI::IsMember({"2pc", "3pc", "mixed"}))
       ->capture_default_str();
@@ -54,6 +60,15 @@ int main(int argc, char** argv) {
   app.add_option("--max_failures", max_failures, "stop after this many failing seeds")
       ->capture_default_str();
   app.add_flag("--verbose", verbose, "print the event trace of each seed (for replays)");
+  int replicas = 1;
+  app.add_option("--replicas", replicas,
+                 "replicas of each participant: 1 (one disk) or 3 (a group on the real engine)")
+      ->check(CLI::IsMember({1, 3}))
+      ->capture_default_str();
+  bool wipes = false;
+  app.add_flag("--wipes", wipes,
+               "with --replicas: one replica of each group may lose its disk and restart empty "
+               "under its old id");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -68,6 +83,8 @@ int main(int argc, char** argv) {
                                      : atomq::sim::ProtocolMode::kMixed;
   options.plant = *atomq::ParsePlant(plant);
   options.verbose = verbose;
+  options.replicas = replicas;
+  options.wipes = wipes;
 
   uint64_t run = 0, txns = 0, commits = 0, aborts = 0, violations = 0, blocked = 0, failed = 0;
   uint64_t steps = 0, one_phase = 0, collected = 0;
@@ -77,8 +94,7 @@ int main(int argc, char** argv) {
   uint64_t digest = 0;
   for (uint64_t s = first; s < first + seeds; ++s) {
     options.seed = s;
-    std::snprintf(g_replay, sizeof(g_replay), "%s",
-                  atomq::sim::ReplayCommand(options).c_str());
+    std::snprintf(g_replay, sizeof(g_replay), "%s", atomq::sim::ReplayCommand(options).c_str());
     atomq::sim::Result r = atomq::sim::RunSeed(options);
     ++run;
     digest = digest * 1099511628211ull ^ r.trace_hash;
@@ -106,7 +122,8 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "seeds %llu (protocol %s%s%s): transactions %llu, commits %llu (one phase %llu), aborts "
-      "%llu, outcomes collected %llu, steps %llu, violations %llu, runs still blocked %llu, trace digest %016llx\n",
+      "%llu, outcomes collected %llu, steps %llu, violations %llu, runs still blocked %llu, trace "
+      "digest %016llx\n",
       static_cast<unsigned long long>(run), protocol.c_str(), plant.empty() ? "" : ", plant ",
       plant.c_str(), static_cast<unsigned long long>(txns),
       static_cast<unsigned long long>(commits), static_cast<unsigned long long>(one_phase),

@@ -1,6 +1,7 @@
 // The simulator replays exactly, and its checker fails on planted bugs.
-#include "gtest/gtest.h"
 #include "tests/sim/sim.h"
+
+#include "gtest/gtest.h"
 
 namespace atomq::sim {
 namespace {
@@ -42,6 +43,31 @@ TEST(SimTest, CleanSeedsCommitAndAbortWithoutViolations) {
   EXPECT_GT(aborts, 10u);
   // Participants collect the outcomes the coordinator ENDED, with no violation.
   EXPECT_GT(collected, commits);
+}
+
+// Participants as groups of three replicas (docs/design.md 10.2): the run
+// replays exactly, leaders change, members behind a compacted log copy
+// another's state, and nothing is violated.
+TEST(SimTest, ReplicaGroupsReplayFailOverAndCopyState) {
+  Options a;
+  a.seed = 5;
+  a.replicas = 3;
+  EXPECT_EQ(RunSeed(a).trace_hash, RunSeed(a).trace_hash);
+  uint64_t copies = 0, leaderships = 0, commits = 0;
+  for (uint64_t seed = 1; seed <= 40; ++seed) {
+    Options o;
+    o.seed = seed;
+    o.replicas = 3;
+    Result r = RunSeed(o);
+    EXPECT_TRUE(r.violations.empty()) << ReplayCommand(o) << ": " << r.violations.front();
+    EXPECT_TRUE(r.blocked.empty()) << ReplayCommand(o) << ": " << r.blocked.front();
+    copies += r.state_copies;
+    leaderships += r.leaderships;
+    commits += r.commits;
+  }
+  EXPECT_GT(leaderships, 40u * 3 * 5 / 4);  // groups fail over: more leaders than groups
+  EXPECT_GT(copies, 0u);
+  EXPECT_GT(commits, 40u);
 }
 
 // Seeds that once found a bug, kept as regressions (a change to the cores
