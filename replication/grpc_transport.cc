@@ -65,26 +65,55 @@ GrpcTransport::~GrpcTransport() {
   fetcher_.join();
 }
 
+void GrpcTransport::Queue(std::function<void()> job) {
+  absl::MutexLock lock(&mu_);
+  jobs_.push_back(std::move(job));
+}
+
 void GrpcTransport::FetchState(uint64_t to, const std::string& address, uint64_t bytes_max,
                                FetchedFn done) {
-  absl::MutexLock lock(&mu_);
-  fetches_.push_back(Fetch{to, SplitConfigAddress(address).peer, bytes_max, std::move(done)});
+  auto f = std::make_shared<Fetch>(
+      Fetch{to, SplitConfigAddress(address).peer, bytes_max, std::move(done)});
+  Queue([this, f] { f->done(Copy(*f)); });
+}
+
+void GrpcTransport::Probe(uint64_t to, const std::string& address, ProbedFn done) {
+  Queue([this, to, peer = SplitConfigAddress(address).peer, done = std::move(done)] {
+    done(AskLog(to, peer));
+  });
+}
+
+absl::StatusOr<PeerLog> GrpcTransport::AskLog(uint64_t to, const std::string& peer) {
+  if (peer.empty())
+    return absl::FailedPreconditionError(absl::StrCat("no address for member ", to));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(std::min<uint32_t>(options_.timeout_ms, 1000)));
+  // Members of a new group start at about the same time: wait for the
+  // connection rather than fail while the peer is not listening yet.
+  ctx.set_wait_for_ready(true);
+  v1::ReplicaStatusRequest req;
+  req.set_about_member(options_.self);
+  v1::ReplicaStatus resp;
+  grpc::Status st = v1::Replica::NewStub(channels_->Get(peer))->Status(&ctx, req, &resp);
+  if (!st.ok()) return absl::UnavailableError(st.error_message());
+  return PeerLog{resp.last_index(), resp.snapshot_index(), resp.registered()};
 }
 
 void GrpcTransport::Fetcher() {
   for (;;) {
-    Fetch f;
+    std::function<void()> job;
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
           +[](GrpcTransport* t)
-               ABSL_NO_THREAD_SAFETY_ANALYSIS { return t->stopping_ || !t->fetches_.empty(); },
+               ABSL_NO_THREAD_SAFETY_ANALYSIS { return t->stopping_ || !t->jobs_.empty(); },
           this));
       if (stopping_) return;
-      f = std::move(fetches_.front());
-      fetches_.pop_front();
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
     }
-    f.done(Copy(f));
+    job();
   }
 }
 
@@ -282,12 +311,13 @@ void ReplicaService::TransferLeadership(grpc::ServerContext* ctx,
   reactor->Finish(ToGrpc(st));
 }
 
-void ReplicaService::Status(grpc::ServerContext* ctx, const v1::ReplicaStatusRequest*,
+void ReplicaService::Status(grpc::ServerContext* ctx, const v1::ReplicaStatusRequest* req,
                             v1::ReplicaStatus* resp, UnaryReactor* reactor) {
   if (Refused(reactor, access_->Check(*ctx, "Replica.Status", {Role::kOperator, Role::kPeer}))) {
     return;
   }
   Fill(resp);
+  if (req->about_member() != 0) resp->set_registered(storage_->Registered(req->about_member()));
   reactor->Finish(grpc::Status::OK);
 }
 
@@ -304,6 +334,7 @@ void ReplicaService::Fill(v1::ReplicaStatus* resp) {
   resp->set_fault(s.fault);
   resp->set_disk(storage_->disk());
   resp->set_snapshot_index(s.snapshot_index);
+  resp->set_last_index(s.last_index);
   resp->set_installing(s.installing);
   if (MemberAddresses self; FindMember(s.members, configured_, s.id, &self)) {
     resp->set_peer_address(self.peer);

@@ -57,6 +57,9 @@ class GrpcTransport : public Transport {
   // thread of its own: copies are rare and may be long.
   void FetchState(uint64_t to, const std::string& address, uint64_t bytes_max,
                   FetchedFn done) override ABSL_LOCKS_EXCLUDED(mu_);
+  // Replica.Status, on the same thread.
+  void Probe(uint64_t to, const std::string& address, ProbedFn done) override
+      ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t dropped() ABSL_LOCKS_EXCLUDED(mu_);
   // The disk id sent with every message (ReplicatedStorage::disk), known
   // once the replica is open, and whom to tell when a peer refuses it
@@ -78,8 +81,11 @@ class GrpcTransport : public Transport {
     uint64_t bytes_max;
     FetchedFn done;
   };
+  // Runs jobs_ in order until the transport stops.
   void Fetcher() ABSL_LOCKS_EXCLUDED(mu_);
+  void Queue(std::function<void()> job) ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::vector<Write>> Copy(const Fetch& f) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<PeerLog> AskLog(uint64_t to, const std::string& peer);
 
   RpcLoop* const loop_;
   ChannelCache* const channels_;
@@ -89,7 +95,7 @@ class GrpcTransport : public Transport {
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
   std::string disk_ ABSL_GUARDED_BY(mu_);
   std::function<void(uint64_t, const std::string&)> refused_ ABSL_GUARDED_BY(mu_);
-  std::deque<Fetch> fetches_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::function<void()>> jobs_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread fetcher_;  // last: starts once the rest is built
 };

@@ -88,16 +88,8 @@ absl::StatusOr<std::map<uint64_t, std::string>> LoadRegistry(Storage* local) {
   return out;
 }
 
-Batch ReplicatedStorage::FirstWrites(const Options& options, const std::string& disk_id) {
-  Batch b;
-  b.writes.push_back(atomq::Write{kReplicaMetaDb, kDiskKey, disk_id, false});
-  if (!options.join && !options.bootstrap.empty()) {
-    RaftLog fresh{DurableState{}};
-    for (atomq::Write& w : fresh.Initialize(RaftEngine::Bootstrap(options.bootstrap)).writes) {
-      b.writes.push_back(std::move(w));
-    }
-  }
-  return b;
+Batch ReplicatedStorage::DiskIdWrite(const std::string& disk_id) {
+  return Batch{0, {atomq::Write{kReplicaMetaDb, kDiskKey, disk_id, false}}};
 }
 
 const std::vector<std::string>& ReplicatedStorage::ReplicaDbs() {
@@ -129,16 +121,20 @@ absl::StatusOr<std::unique_ptr<ReplicatedStorage>> ReplicatedStorage::Open(const
                                                                            Timers* timers) {
   absl::StatusOr<DurableState> disk = RaftLog::Load(local);
   if (!disk.ok()) return disk.status();
+  bool probe = false;
   if (disk->term == 0 && disk->entries.empty() && !disk->snapshot.has_value()) {
     if (options.join) {
       // Nothing to write: the leader sends the log from its start.
     } else if (options.bootstrap.empty()) {
       return absl::FailedPreconditionError(
           "this replica's disk holds no log and no members were given to start a group with");
-    } else {
+    } else if (options.plant == Plant::kRejoinWithAmnesia) {
+      // TEST ONLY: starts a new group without asking whether one exists.
       *disk = RaftEngine::Bootstrap(options.bootstrap);
       RaftLog fresh{DurableState{}};
       if (absl::Status st = local->Write(fresh.Initialize(*disk)); !st.ok()) return st;
+    } else {
+      probe = true;  // below, once the replica runs
     }
   }
   absl::StatusOr<std::optional<std::string>> applied = local->Get(kAppliedDb, kAppliedKey);
@@ -167,6 +163,10 @@ absl::StatusOr<std::unique_ptr<ReplicatedStorage>> ReplicatedStorage::Open(const
     absl::MutexLock lock(&r->mu_);
     r->Handle(r->engine_->Start(r->Now(), *disk));
     r->RestoreConfiguration(*disk);
+    if (probe) {
+      r->probing_ = true;
+      r->Probe();
+    }
   }
   r->RunHook();
   return r;
@@ -189,6 +189,8 @@ ReplicatedStorage::ReplicatedStorage(const Options& options, Storage* local, Tra
       timers_(timers),
       clock_(options.clock != nullptr ? options.clock : &RealClockInstance()),
       plant_(options.plant),
+      engine_options_(options.engine),
+      bootstrap_(options.bootstrap),
       life_(std::make_shared<Life>()),
       engine_(std::move(engine)),
       log_(disk),
@@ -373,7 +375,7 @@ StorageStats ReplicatedStorage::Stats() const { return local_->Stats(); }
 void ReplicatedStorage::Receive(RaftMessage message) {
   {
     absl::MutexLock lock(&mu_);
-    if (stopped_) return;
+    if (stopped_ || probing_) return;
     if (message.type == MessageType::kInstallSnapshot) snapshot_sender_ = message.peer;
     Handle(engine_->Receive(Now(), message));
   }
@@ -498,6 +500,88 @@ void ReplicatedStorage::Apply() {
                    }));
     if (e->type == EntryType::kChange) Handle(engine_->Configuration(Now(), index));
   }
+}
+
+void ReplicatedStorage::Probe() {
+  if (stopped_ || !probing_) return;
+  const uint64_t round = ++probe_round_;
+  answers_.clear();
+  for (const Member& m : bootstrap_) {
+    if (m.id == engine_->id()) continue;
+    transport_->Probe(
+        m.id, m.address,
+        Guarded([round, id = m.id](ReplicatedStorage* self, absl::StatusOr<PeerLog> answer) {
+          absl::MutexLock lock(&self->mu_);
+          self->Probed(round, id, std::move(answer));
+        }));
+  }
+  // Who has not answered by then counts as not answering.
+  timers_->At(Now() + 1000, Guarded([round](ReplicatedStorage* self) {
+                absl::MutexLock lock(&self->mu_);
+                self->ProbeDone(round);
+              }));
+}
+
+void ReplicatedStorage::Probed(uint64_t round, uint64_t member, absl::StatusOr<PeerLog> answer) {
+  if (stopped_ || !probing_ || round != probe_round_) return;
+  if (answer.ok()) answers_[member] = *answer;
+  if (answers_.size() + 1 >= bootstrap_.size()) ProbeDone(round);
+}
+
+void ReplicatedStorage::ProbeDone(uint64_t round) {
+  if (stopped_ || !probing_ || round != probe_round_) return;
+  ++probe_round_;  // this round is over
+  std::vector<uint64_t> others;
+  for (const Member& m : bootstrap_) {
+    if (m.id != engine_->id()) others.push_back(m.id);
+  }
+  const FreshStart d = DecideFreshStart(others, answers_);
+  switch (d.kind) {
+    case FreshStart::kNewGroup:
+      return StartNewGroup();
+    case FreshStart::kLate:
+      // As a joining member: the leader sends the log from its start.
+      LogLine(absl::StrCat("replica ", engine_->id(), ": ", d.why));
+      probing_ = false;
+      return;
+    case FreshStart::kWait:
+      if (!probe_logged_) LogLine(absl::StrCat("replica ", engine_->id(), ": ", d.why));
+      probe_logged_ = true;
+      timers_->At(Now() + 250, Guarded([](ReplicatedStorage* self) {
+                    absl::MutexLock lock(&self->mu_);
+                    self->Probe();
+                  }));
+      return;
+    case FreshStart::kRefused:
+      // For good: it takes no part, and says why.
+      fault_ = d.why;
+      LogLine(absl::StrCat("replica ", engine_->id(), ": ", fault_));
+      return;
+  }
+}
+
+void ReplicatedStorage::StartNewGroup() {
+  const DurableState d = RaftEngine::Bootstrap(bootstrap_);
+  LogLine(absl::StrCat("replica ", engine_->id(), ": every member is new; starting the group"));
+  local_->Submit(RaftLog{DurableState{}}.Initialize(d),
+                 Guarded([d](ReplicatedStorage* self, absl::Status st) {
+                   {
+                     absl::MutexLock lock(&self->mu_);
+                     if (self->stopped_) return;
+                     if (!st.ok())
+                       Fatal(absl::StrCat("the log could not be written: ", st.ToString()));
+                     absl::StatusOr<std::unique_ptr<RaftEngine>> engine =
+                         RaftEngine::Create(self->engine_options_);
+                     if (!engine.ok()) Fatal(std::string(engine.status().message()));
+                     self->engine_ = *std::move(engine);
+                     self->log_ = RaftLog(d);
+                     self->probing_ = false;
+                     self->armed_at_ = UINT64_MAX;
+                     self->Handle(self->engine_->Start(self->Now(), d));
+                     self->RestoreConfiguration(d);
+                   }
+                   self->RunHook();
+                 }));
 }
 
 void ReplicatedStorage::ReleaseStored(uint64_t index) {
@@ -759,6 +843,7 @@ GroupStatus ReplicatedStorage::Status() {
     for (const Member& m : s.members) s.match[m.id] = engine_->match_index(m.id);
   }
   s.snapshot_index = snapshot_index_;
+  s.last_index = engine_->last_index();
   s.installing = installing_.has_value();
   s.copies = copies_;
   return s;

@@ -25,6 +25,7 @@
 #include "common/plant.h"
 #include "common/storage.h"
 #include "common/timer_queue.h"
+#include "replication/fresh_start.h"
 #include "replication/raft_engine.h"
 #include "replication/raft_log.h"
 #include "replication/state_transfer.h"
@@ -45,6 +46,10 @@ class Transport {
   using FetchedFn = std::function<void(absl::StatusOr<std::vector<atomq::Write>>)>;
   virtual void FetchState(uint64_t to, const std::string& address, uint64_t bytes_max,
                           FetchedFn done) = 0;
+  // Asks member `to` what its log holds (fresh_start.h); `done` as for
+  // FetchState.
+  using ProbedFn = std::function<void(absl::StatusOr<PeerLog>)>;
+  virtual void Probe(uint64_t to, const std::string& address, ProbedFn done) = 0;
 };
 
 struct GroupStatus {
@@ -60,6 +65,7 @@ struct GroupStatus {
   std::vector<Member> members;  // the configuration as this replica knows it
   // On the leader: the last index each member is known to store.
   std::map<uint64_t, uint64_t> match;
+  uint64_t last_index = 0;      // the log's last entry, stored or being stored
   uint64_t snapshot_index = 0;  // the log starts after it
   bool installing = false;      // copying another member's state
   uint64_t copies = 0;          // states installed since it started
@@ -121,10 +127,10 @@ class ReplicatedStorage : public Storage {
   static constexpr char kDisksDb[] = "raft_disks";
   // Every sub-database a replica needs: RaftLog's, kAppliedDb, kDisksDb.
   static const std::vector<std::string>& ReplicaDbs();
-  // What Open writes first on an empty disk, with `disk_id` as its id: for
-  // a caller whose store cannot be waited on (the simulator), which
-  // submits it before Open.
-  static Batch FirstWrites(const Options& options, const std::string& disk_id);
+  // What Open writes first on an empty disk, `disk_id` as its id: for a
+  // caller whose store cannot be waited on (the simulator), which submits
+  // it before Open.
+  static Batch DiskIdWrite(const std::string& disk_id);
 
   // This replica's disk id: random, made when its log was first written,
   // kept in its own raft_meta. Sent with every message (DeliverRequest.disk).
@@ -138,6 +144,11 @@ class ReplicatedStorage : public Storage {
   // shown as its fault (Status) and logged once. Safety does not rest on
   // it: the others refuse it whatever it believes.
   void Refused(uint64_t peer, const std::string& why) ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether the registry names a disk for `member`.
+  bool Registered(uint64_t member) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return disks_.count(member) > 0;
+  }
 
   // Storage. Submit on a replica that is not the serving leader fails at
   // once UNAVAILABLE, naming the leader when known. A batch submitted
@@ -237,6 +248,13 @@ class ReplicatedStorage : public Storage {
   // A standby being caught up: made a voter once it is, failed if it is not.
   void CheckPromotion() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailPending(const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // An empty disk given members to start with (fresh_start.h): asks the
+  // others what they hold, then starts the group, or waits, or refuses.
+  void Probe() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Probed(uint64_t round, uint64_t member, absl::StatusOr<PeerLog> answer)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ProbeDone(uint64_t round) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StartNewGroup() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // TEST ONLY (kReplyBeforeReplicated): answers what waits up to `index`
   // as soon as this replica stored it.
   void ReleaseStored(uint64_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -300,6 +318,14 @@ class ReplicatedStorage : public Storage {
   std::string fault_ ABSL_GUARDED_BY(mu_);
   // The member being caught up before it may vote, and who waits for it.
   uint64_t promoting_ ABSL_GUARDED_BY(mu_) = 0;
+  // Probing (an empty disk that may start a new group): messages are
+  // dropped until it starts.
+  const RaftEngine::Options engine_options_;
+  const std::vector<Member> bootstrap_;
+  bool probing_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t probe_round_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<uint64_t, PeerLog> answers_ ABSL_GUARDED_BY(mu_);
+  bool probe_logged_ ABSL_GUARDED_BY(mu_) = false;
   DoneFn promoted_ ABSL_GUARDED_BY(mu_);
 };
 

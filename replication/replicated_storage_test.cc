@@ -46,10 +46,13 @@ class Net {
     void Send(uint64_t to, const std::string&, RaftMessage m) override {
       m.peer = id_;
       m.peer_address = absl::StrCat("r", id_);
-      net_->Queue(Item{id_, to, std::move(m), nullptr, 0});
+      net_->Queue(Item{id_, to, std::move(m), nullptr, 0, nullptr});
     }
     void FetchState(uint64_t to, const std::string&, uint64_t bytes_max, FetchedFn done) override {
-      net_->Queue(Item{id_, to, RaftMessage{}, std::move(done), bytes_max});
+      net_->Queue(Item{id_, to, RaftMessage{}, std::move(done), bytes_max, nullptr});
+    }
+    void Probe(uint64_t to, const std::string&, ProbedFn done) override {
+      net_->Queue(Item{id_, to, RaftMessage{}, nullptr, 0, std::move(done)});
     }
 
    private:
@@ -94,6 +97,7 @@ class Net {
     RaftMessage m;
     Transport::FetchedFn fetched;
     uint64_t bytes_max;
+    Transport::ProbedFn probed;  // or what `to`'s log holds
   };
   void Queue(Item item) {
     {
@@ -136,7 +140,14 @@ class Net {
           target = it->second;
         }
       }
-      if (item.fetched) {
+      if (item.probed) {
+        if (target == nullptr) {
+          item.probed(absl::UnavailableError("unreachable"));
+        } else {
+          const GroupStatus s = target->Status();
+          item.probed(PeerLog{s.last_index, s.snapshot_index, target->Registered(item.from)});
+        }
+      } else if (item.fetched) {
         absl::StatusOr<std::vector<Write>> copy = target == nullptr
                                                       ? absl::UnavailableError("unreachable")
                                                       : Copy(target, item.bytes_max);

@@ -155,6 +155,7 @@ class ReplicaLink : public replication::Transport {
   void Send(uint64_t to, const std::string& address, replication::RaftMessage message) override;
   void FetchState(uint64_t to, const std::string& address, uint64_t bytes_max,
                   FetchedFn done) override;
+  void Probe(uint64_t to, const std::string& address, ProbedFn done) override;
 
  private:
   Sim* const sim_;
@@ -299,6 +300,8 @@ class Sim : public World, public Timers {
   void SendRaft(const std::string& id, uint64_t from, uint64_t to, replication::RaftMessage m);
   void FetchRaftState(const std::string& id, uint64_t from, uint64_t to, uint64_t bytes_max,
                       replication::Transport::FetchedFn done);
+  void ProbeRaft(const std::string& id, uint64_t from, uint64_t to,
+                 replication::Transport::ProbedFn done);
 
  private:
   // Runs events until `until`; false when none is left.
@@ -1093,6 +1096,30 @@ void ReplicaLink::FetchState(uint64_t to, const std::string&, uint64_t bytes_max
   sim_->FetchRaftState(node_, member_, to, bytes_max, std::move(done));
 }
 
+void ReplicaLink::Probe(uint64_t to, const std::string&, ProbedFn done) {
+  sim_->ProbeRaft(node_, member_, to, std::move(done));
+}
+
+void Sim::ProbeRaft(const std::string& id, uint64_t from, uint64_t to,
+                    replication::Transport::ProbedFn done) {
+  auto shared = std::make_shared<replication::Transport::ProbedFn>(std::move(done));
+  const std::string asker = replica(node(id), from).name;
+  At(now_ + rng_.Range(1, 10), [this, id, from, to, asker, shared] {
+    Node& x = node(id);
+    absl::StatusOr<replication::PeerLog> answer = absl::UnavailableError("unreachable");
+    if (to >= 1 && to <= x.group->replicas.size()) {
+      Replica& target = replica(x, to);
+      if (target.group != nullptr && !Cut(asker, target.name)) {
+        const replication::GroupStatus s = target.group->Status();
+        answer =
+            replication::PeerLog{s.last_index, s.snapshot_index, target.group->Registered(from)};
+      }
+    }
+    auto result = std::make_shared<absl::StatusOr<replication::PeerLog>>(std::move(answer));
+    At(now_ + rng_.Range(1, 10), [shared, result] { (*shared)(std::move(*result)); });
+  });
+}
+
 Disk& Sim::CoreDisk(Node& n) {
   if (n.group == nullptr || n.group->host == 0) return n.disk;
   return replica(n, n.group->host).store->disk();
@@ -1136,13 +1163,22 @@ void Sim::StartReplica(Node& n, uint64_t member) {
   o.snapshot_entries = kSnapshotEntries;
   o.snapshot_trailing = kSnapshotTrailing;
   o.clock = &clock_;
-  if (options_.plant == Plant::kReplyBeforeReplicated) o.plant = options_.plant;
+  if (options_.plant == Plant::kReplyBeforeReplicated ||
+      options_.plant == Plant::kRejoinWithAmnesia) {
+    o.plant = options_.plant;
+  }
   if (!r.store->Get(replication::RaftLog::Dbs()[1], "disk").value().has_value()) {
     // A fresh (or wiped) disk: what Open would write first, written now.
     r.store->set_immediate(true);
     r.store->Submit(
-        replication::ReplicatedStorage::FirstWrites(o, absl::StrCat(r.name, "#", r.incarnation)),
+        replication::ReplicatedStorage::DiskIdWrite(absl::StrCat(r.name, "#", r.incarnation)),
         [](absl::Status) {});
+    if (options_.plant == Plant::kRejoinWithAmnesia) {
+      // What the planted Open writes on an empty disk: a new group, at once.
+      r.store->Submit(replication::RaftLog{replication::DurableState{}}.Initialize(
+                          replication::RaftEngine::Bootstrap(o.bootstrap)),
+                      [](absl::Status) {});
+    }
     r.store->set_immediate(false);
   }
   absl::StatusOr<std::unique_ptr<replication::ReplicatedStorage>> s =

@@ -87,7 +87,7 @@ int main(int argc, char** argv) {
   options.wipes = wipes;
 
   uint64_t run = 0, txns = 0, commits = 0, aborts = 0, violations = 0, blocked = 0, failed = 0;
-  uint64_t steps = 0, one_phase = 0, collected = 0;
+  uint64_t steps = 0, one_phase = 0, collected = 0, copies = 0, leaderships = 0;
   uint64_t caught = 0;  // seeds with a safety violation
   // One digest of every seed's event trace: a change that claims to keep
   // behaviour (a refactoring) must keep it equal over the same seeds.
@@ -104,6 +104,8 @@ int main(int argc, char** argv) {
     one_phase += r.one_phase_commits;
     collected += r.outcomes_collected;
     steps += r.steps;
+    copies += r.state_copies;
+    leaderships += r.leaderships;
     violations += r.violations.size();
     blocked += r.blocked.empty() ? 0 : 1;
     if (r.violations.empty() && r.blocked.empty()) continue;
@@ -130,6 +132,11 @@ int main(int argc, char** argv) {
       static_cast<unsigned long long>(aborts), static_cast<unsigned long long>(collected),
       static_cast<unsigned long long>(steps), static_cast<unsigned long long>(violations),
       static_cast<unsigned long long>(blocked), static_cast<unsigned long long>(digest));
+  if (replicas > 1) {
+    std::printf("replica groups: leaderships %llu, state copies %llu\n",
+                static_cast<unsigned long long>(leaderships),
+                static_cast<unsigned long long>(copies));
+  }
   if (expect_violation) {
     if (caught == 0) {
       std::printf("the planted bug was NOT caught in %llu seeds\n",

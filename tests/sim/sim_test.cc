@@ -54,7 +54,8 @@ TEST(SimTest, ReplicaGroupsReplayFailOverAndCopyState) {
   a.replicas = 3;
   EXPECT_EQ(RunSeed(a).trace_hash, RunSeed(a).trace_hash);
   uint64_t copies = 0, leaderships = 0, commits = 0;
-  for (uint64_t seed = 1; seed <= 40; ++seed) {
+  constexpr uint64_t kSeeds = 200;
+  for (uint64_t seed = 1; seed <= kSeeds; ++seed) {
     Options o;
     o.seed = seed;
     o.replicas = 3;
@@ -65,9 +66,9 @@ TEST(SimTest, ReplicaGroupsReplayFailOverAndCopyState) {
     leaderships += r.leaderships;
     commits += r.commits;
   }
-  EXPECT_GT(leaderships, 40u * 3 * 5 / 4);  // groups fail over: more leaders than groups
+  EXPECT_GT(leaderships, kSeeds * 3 * 5 / 4);  // groups fail over: more leaders than groups
   EXPECT_GT(copies, 0u);
-  EXPECT_GT(commits, 40u);
+  EXPECT_GT(commits, kSeeds);
 }
 
 // Seeds that once found a bug, kept as regressions (a change to the cores
