@@ -16,6 +16,14 @@
 
 namespace atomq {
 
+void AppendStorageMetrics(std::string* out, const StorageStats& stats) {
+  AppendMetric(out, "atomq_storage_fsyncs_total", "counter",
+               "LMDB write transactions committed (one fsync each).", stats.commits);
+  AppendMetric(out, "atomq_storage_batches_total", "counter", "Batches written.", stats.batches);
+  AppendMetric(out, "atomq_storage_write_failures_total", "counter", "Failed batches.",
+               stats.failures);
+}
+
 void AppendMetric(std::string* out, const std::string& name, const std::string& type,
                   const std::string& help, double value, const std::string& labels) {
   absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
@@ -44,12 +52,13 @@ std::string ProcessMetrics() {
   while (std::getline(status, line)) {
     double kb = 0;
     if (absl::StartsWith(line, "RssAnon:") &&
-        absl::SimpleAtod(absl::StripAsciiWhitespace(absl::StripSuffix(line.substr(8), "kB")), &kb)) {
+        absl::SimpleAtod(absl::StripAsciiWhitespace(absl::StripSuffix(line.substr(8), "kB")),
+                         &kb)) {
       AppendMetric(&out, "process_resident_anon_memory_bytes", "gauge",
                    "Anonymous resident memory (heap, stacks).", kb * 1024);
     } else if (absl::StartsWith(line, "RssFile:") &&
-               absl::SimpleAtod(
-                   absl::StripAsciiWhitespace(absl::StripSuffix(line.substr(8), "kB")), &kb)) {
+               absl::SimpleAtod(absl::StripAsciiWhitespace(absl::StripSuffix(line.substr(8), "kB")),
+                                &kb)) {
       AppendMetric(&out, "process_resident_file_memory_bytes", "gauge",
                    "File-backed resident memory (mapped LMDB pages, binaries).", kb * 1024);
     }

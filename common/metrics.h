@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "common/storage.h"
 
 namespace httplib {
 class Server;
@@ -18,6 +19,8 @@ namespace atomq {
 // per call; call once per metric name).
 void AppendMetric(std::string* out, const std::string& name, const std::string& type,
                   const std::string& help, double value, const std::string& labels = "");
+// atomq_storage_fsyncs_total, _batches_total, _write_failures_total.
+void AppendStorageMetrics(std::string* out, const StorageStats& stats);
 
 // process_cpu_seconds_total, process_resident_memory_bytes,
 // process_max_resident_memory_bytes of this process, from /proc.

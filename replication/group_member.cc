@@ -289,7 +289,12 @@ std::string GroupMember::RenderMetrics() {
   absl::MutexLock lock(&mu_);
   AppendMetric(&out, "atomq_replica_leaderships_total", "counter",
                "times this replica began serving as leader", double(leaderships_));
-  if (leading_ != nullptr) out += leading_->RenderMetrics();
+  // The leading node renders its store's (this replica's) own.
+  if (leading_ != nullptr) {
+    out += leading_->RenderMetrics();
+  } else {
+    AppendStorageMetrics(&out, replica_->Stats());
+  }
   return out;
 }
 

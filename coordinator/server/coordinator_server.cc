@@ -355,12 +355,7 @@ void CoordinatorServer::ServeMethods() {
 
 std::string CoordinatorServer::RenderMetrics() {
   std::string out;
-  StorageStats st = storage_->Stats();
-  AppendMetric(&out, "atomq_storage_fsyncs_total", "counter",
-               "LMDB write transactions committed (one fsync each).", st.commits);
-  AppendMetric(&out, "atomq_storage_batches_total", "counter", "Batches written.", st.batches);
-  AppendMetric(&out, "atomq_storage_write_failures_total", "counter", "Failed batches.",
-               st.failures);
+  AppendStorageMetrics(&out, storage_->Stats());
   out +=
       "# HELP atomq_execute_replies_total Execute replies by outcome.\n"
       "# TYPE atomq_execute_replies_total counter\n";

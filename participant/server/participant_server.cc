@@ -461,12 +461,7 @@ void ParticipantNode::Stop() {
 
 std::string ParticipantNode::RenderMetrics() {
   std::string out;
-  StorageStats st = storage_->Stats();
-  AppendMetric(&out, "atomq_storage_fsyncs_total", "counter",
-               "LMDB write transactions committed (one fsync each).", st.commits);
-  AppendMetric(&out, "atomq_storage_batches_total", "counter", "Batches written.", st.batches);
-  AppendMetric(&out, "atomq_storage_write_failures_total", "counter", "Failed batches.",
-               st.failures);
+  AppendStorageMetrics(&out, storage_->Stats());
   const uint64_t erased =
       core_.Inspect([](const ParticipantCore& c) { return c.outcomes_erased(); });
   AppendMetric(&out, "atomq_outcomes_erased_total", "counter",
