@@ -106,21 +106,6 @@ class Net {
     }
     cv_.notify_all();
   }
-  static absl::StatusOr<std::vector<Write>> Copy(ReplicatedStorage* from, uint64_t bytes_max) {
-    std::vector<Write> out;
-    uint64_t transfer = 0, bytes = 0;
-    for (uint64_t seq = 0;; ++seq) {
-      absl::StatusOr<StateSource::Piece> p = from->source()->Next(transfer, seq, 0);
-      if (!p.ok()) return p.status();
-      transfer = p->transfer;
-      for (Write& w : p->records) {
-        bytes += w.key.size() + w.value.size();
-        out.push_back(std::move(w));
-      }
-      if (bytes > bytes_max) return absl::ResourceExhaustedError("past bytes_max");
-      if (p->last) return out;
-    }
-  }
   void Run() {
     while (true) {
       Item item;
@@ -148,9 +133,9 @@ class Net {
           item.probed(PeerLog{s.last_index, s.snapshot_index, target->Registered(item.from)});
         }
       } else if (item.fetched) {
-        absl::StatusOr<std::vector<Write>> copy = target == nullptr
-                                                      ? absl::UnavailableError("unreachable")
-                                                      : Copy(target, item.bytes_max);
+        absl::StatusOr<std::vector<Write>> copy =
+            target == nullptr ? absl::UnavailableError("unreachable")
+                              : ReadWholeState(target->source(), item.bytes_max, 0);
         {
           std::lock_guard<std::mutex> lock(mu_);
           if (copy.ok() && tamper_) tamper_(&*copy);

@@ -57,6 +57,23 @@ absl::StatusOr<StateSource::Piece> StateSource::Next(uint64_t transfer, uint64_t
   return piece;
 }
 
+absl::StatusOr<std::vector<Write>> ReadWholeState(StateSource* source, uint64_t bytes_max,
+                                                  int64_t now_ms) {
+  std::vector<Write> out;
+  uint64_t transfer = 0, bytes = 0;
+  for (uint64_t seq = 0;; ++seq) {
+    absl::StatusOr<StateSource::Piece> p = source->Next(transfer, seq, now_ms);
+    if (!p.ok()) return p.status();
+    transfer = p->transfer;
+    for (Write& w : p->records) {
+      bytes += w.key.size() + w.value.size();
+      out.push_back(std::move(w));
+    }
+    if (bytes > bytes_max) return absl::ResourceExhaustedError("the state is over bytes_max");
+    if (p->last) return out;
+  }
+}
+
 uint32_t PieceCrc(const std::vector<Write>& records) {
   uint32_t crc = 0;
   for (const Write& w : records) {

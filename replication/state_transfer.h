@@ -60,6 +60,12 @@ class StateSource {
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
 };
 
+// Reads a new transfer of `source` to its end, in this process (tests and
+// the simulator; replicas apart use Replica.FetchState): RESOURCE_EXHAUSTED
+// past `bytes_max` of keys and values.
+absl::StatusOr<std::vector<Write>> ReadWholeState(StateSource* source, uint64_t bytes_max,
+                                                  int64_t now_ms);
+
 // The CRC32C of a piece's records (db, key and value, each with its
 // length), sent with the piece and checked where it arrives.
 uint32_t PieceCrc(const std::vector<Write>& records);

@@ -172,20 +172,17 @@ if [ "$REPLICAS" = 1 ]; then
   C1=$COORD C1DATA=$DATA/c1
 else
   C1="'$COORD'" C1DATA="$DATA/c1-r*"
-
   P1="'$(address_of 1)'" P2="'$(address_of 2)'" P3="'$(address_of 3)'"
-  echo
-  echo "p1's replicas:"
-  members=""
-  for j in $(seq 1 "$REPLICAS"); do members="${members:+$members|}127.0.0.1:$((BASE + 110 + j))"; done
-  echo "+ atomqctl cluster status --members='$members'"
-  $CTL cluster status --members="$members"
-  echo
-  echo "the coordinator's replicas:"
-  members=""
-  for j in $(seq 1 "$REPLICAS"); do members="${members:+$members|}127.0.0.1:$((BASE + 140 + j))"; done
-  echo "+ atomqctl cluster status --members='$members'"
-  $CTL cluster status --members="$members"
+  status_of() {  # what, then the first peer port minus one
+    local members="" j
+    for j in $(seq 1 "$REPLICAS"); do members="${members:+$members|}127.0.0.1:$(($2 + j))"; done
+    echo
+    echo "$1's replicas:"
+    echo "+ atomqctl cluster status --members='$members'"
+    $CTL cluster status --members="$members"
+  }
+  status_of p1 $((BASE + 110))
+  status_of "the coordinator" $((BASE + 140))
 fi
 
 cat <<MSG

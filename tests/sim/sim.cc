@@ -208,6 +208,17 @@ void Sim::MaybeSync(Node& n) {
   At(now_ + d, [this, id = n.id, inc = n.incarnation] { SyncDone(id, inc); });
 }
 
+void Sim::Durable(Node& n, const Write& w) {
+  if (w.erase) {
+    checker_.OnErase(n.id, w.db, w.key);
+    const size_t gone = n.disk[w.db].erase(w.key);
+    if (w.db == participant::kOutcomesDb) outcomes_collected_ += gone;
+  } else {
+    checker_.OnPut(n.id, w.db, w.key, w.value);
+    n.disk[w.db][w.key] = w.value;
+  }
+}
+
 void Sim::SyncDone(const std::string& id, uint64_t incarnation) {
   Node& n = node(id);
   if (!n.up || n.incarnation != incarnation) return;
@@ -217,16 +228,7 @@ void Sim::SyncDone(const std::string& id, uint64_t incarnation) {
   for (size_t i = 0; i < k && !n.unsynced.empty(); ++i) {
     Batch b = std::move(n.unsynced.front());
     n.unsynced.pop_front();
-    for (const Write& w : b.writes) {
-      if (w.erase) {
-        checker_.OnErase(n.id, w.db, w.key);
-        const size_t gone = n.disk[w.db].erase(w.key);
-        if (w.db == participant::kOutcomesDb) outcomes_collected_ += gone;
-      } else {
-        checker_.OnPut(n.id, w.db, w.key, w.value);
-        n.disk[w.db][w.key] = w.value;
-      }
-    }
+    for (const Write& w : b.writes) Durable(n, w);
     tokens.push_back(b.token);
   }
   for (uint64_t token : tokens) {

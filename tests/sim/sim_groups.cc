@@ -240,15 +240,7 @@ void Sim::ReplicaSynced(const std::string& id, uint64_t member, const Batch& b) 
   if (*index == g.version + 1) {
     // First applied anywhere: committed in the group, so durable.
     for (const Write& w : b.writes) {
-      if (w.db == replication::ReplicatedStorage::kAppliedDb) continue;
-      if (w.erase) {
-        checker_.OnErase(id, w.db, w.key);
-        const size_t gone = n.disk[w.db].erase(w.key);
-        if (w.db == participant::kOutcomesDb) outcomes_collected_ += gone;
-      } else {
-        checker_.OnPut(id, w.db, w.key, w.value);
-        n.disk[w.db][w.key] = w.value;
-      }
+      if (w.db != replication::ReplicatedStorage::kAppliedDb) Durable(n, w);
     }
     g.version = *index;
     g.hash_at[*index] = hash;
@@ -299,29 +291,7 @@ void Sim::FetchRaftState(const std::string& id, uint64_t from, uint64_t to, uint
     Replica* source = to >= 1 && to <= x.group->replicas.size() ? &replica(x, to) : nullptr;
     absl::StatusOr<std::vector<Write>> copy = absl::UnavailableError("unreachable");
     if (source != nullptr && source->group != nullptr && !Cut(asker, source->name)) {
-      std::vector<Write> records;
-      uint64_t transfer = 0, bytes = 0;
-      for (uint64_t seq = 0;; ++seq) {
-        absl::StatusOr<replication::StateSource::Piece> p =
-            source->group->source()->Next(transfer, seq, now_);
-        if (!p.ok()) {
-          copy = p.status();
-          break;
-        }
-        transfer = p->transfer;
-        for (Write& w : p->records) {
-          bytes += w.key.size() + w.value.size();
-          records.push_back(std::move(w));
-        }
-        if (bytes > bytes_max) {
-          copy = absl::ResourceExhaustedError("over bytes_max");
-          break;
-        }
-        if (p->last) {
-          copy = std::move(records);
-          break;
-        }
-      }
+      copy = replication::ReadWholeState(source->group->source(), bytes_max, now_);
     }
     auto result = std::make_shared<absl::StatusOr<std::vector<Write>>>(std::move(copy));
     At(now_ + rng_.Range(1, 10), [shared, result] { (*shared)(std::move(*result)); });

@@ -341,6 +341,8 @@ class Sim : public World, public Timers {
   void DrainParticipant(Node& n);
   void MaybeSync(Node& n);
   void SyncDone(const std::string& id, uint64_t incarnation);
+  // A write that became durable on `n`: its disk, and the checker, take it.
+  void Durable(Node& n, const Write& w);
   void PlantEarlyReply(Node& n, const Batch& b);
   // The store the core reads: the hosting replica's, or the node's disk.
   Disk& CoreDisk(Node& n);
