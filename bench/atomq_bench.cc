@@ -69,6 +69,7 @@ class ClusterRun {
       so.bin_dir = o_.bin_dir.empty() ? SelfDir() : o_.bin_dir;
       so.data_dir = cluster.data_dir;
       so.participants = participants;
+      so.replicas = o_.replicas;
       so.coordinator_args = o_.coordinator_args;
       so.participant_args = o_.participant_args;
       absl::Status st = Spawn(so, &cluster);
@@ -189,12 +190,14 @@ double ProbeDisk(const BenchOptions& o, const std::string& dir) {
 // Who is scraped: every spawned server, or the --metrics list.
 std::vector<Server> ScrapedServers(const BenchOptions& o, const Cluster& c) {
   std::vector<Server> scraped;
-  if (o.spawn) {
+  if (o.spawn && !c.replicas.empty()) {
+    scraped = c.replicas;
+  } else if (o.spawn) {
     scraped.push_back(c.coordinator);
     for (auto& [id, s] : c.participants) scraped.push_back(s);
   } else {
     for (absl::string_view m : absl::StrSplit(o.metrics, ',', absl::SkipEmpty())) {
-      scraped.push_back(Server{std::string(m), "", std::string(m)});
+      scraped.push_back(Server{std::string(m), "", std::string(m), ""});
     }
   }
   return scraped;

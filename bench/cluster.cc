@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "atomq/v1/coordinator.grpc.pb.h"
 #include "atomq/v1/participant.grpc.pb.h"
 #include "bench/bench_util.h"
@@ -127,37 +128,103 @@ std::string ServerDir(const std::string& data_dir, const std::string& name) {
   return dir;
 }
 
-// Participant i listens on ports[2i] (gRPC) and ports[2i+1] (metrics), the
-// coordinator on ports[0] and ports[1].
-void PlanServers(const SpawnOptions& o, const std::vector<int>& ports, Cluster* c) {
-  std::string part_bin = o.bin_dir + "/atomq-participant";
-  c->coordinator = Server{"c1", LoopbackAddress(ports[0]), LoopbackAddress(ports[1])};
+// One replica's loopback ports (peer: 0 outside a group).
+struct MemberPorts {
+  int grpc = 0;
+  int metrics = 0;
+  int peer = 0;
+};
+
+// A server's ports: one member, or `replicas` members of a group, from
+// `ports` (taken from the front).
+std::vector<MemberPorts> TakePorts(int replicas, std::vector<int>* ports) {
+  std::vector<MemberPorts> out(static_cast<size_t>(replicas));
+  auto take = [ports] {
+    int p = ports->back();
+    ports->pop_back();
+    return p;
+  };
+  for (MemberPorts& m : out) {
+    m.grpc = take();
+    m.metrics = take();
+    if (replicas > 1) m.peer = take();
+  }
+  return out;
+}
+
+// How server `name` is reached: its one address, or its group's.
+Server ServerAt(const std::string& name, const std::vector<MemberPorts>& ports) {
+  Server s{name, LoopbackAddress(ports[0].grpc), LoopbackAddress(ports[0].metrics), ""};
+  if (ports.size() > 1) {
+    std::vector<std::string> members;
+    for (const MemberPorts& m : ports) members.push_back(LoopbackAddress(m.grpc));
+    s.members = absl::StrJoin(members, "|");
+  }
+  return s;
+}
+
+// What callers are configured with: "a" or "a|b|c".
+std::string ClientAddress(const Server& s) {
+  return s.members.empty() ? s.grpc_address : s.members;
+}
+
+// The processes of server `name`: one, or a replica of its group per
+// member (docs/design.md 10.2), each with its own data dir.
+void PlanProcs(const SpawnOptions& o, const std::string& name, const std::string& binary,
+               const std::vector<MemberPorts>& ports, const std::vector<std::string>& args,
+               const std::vector<std::string>& extra_args, Cluster* c) {
+  auto with = [&args](std::vector<std::string> more) {
+    more.insert(more.begin(), args.begin(), args.end());
+    return more;
+  };
+  if (ports.size() == 1) {
+    c->procs.push_back(ServerProc(name, binary, o.data_dir,
+                                  with({"--listen=" + LoopbackAddress(ports[0].grpc),
+                                        "--data_dir=" + ServerDir(o.data_dir, name),
+                                        "--metrics_listen=" + LoopbackAddress(ports[0].metrics)}),
+                                  extra_args));
+    return;
+  }
+  std::vector<std::string> group;
+  for (size_t j = 0; j < ports.size(); ++j) {
+    group.push_back(absl::StrCat(j + 1, "=", LoopbackAddress(ports[j].grpc), "/",
+                                 LoopbackAddress(ports[j].peer)));
+  }
+  for (size_t j = 0; j < ports.size(); ++j) {
+    const std::string replica = absl::StrCat(name, "-r", j + 1);
+    Server s{replica, LoopbackAddress(ports[j].grpc), LoopbackAddress(ports[j].metrics), ""};
+    c->replicas.push_back(s);
+    c->procs.push_back(ServerProc(
+        replica, binary, o.data_dir,
+        with({"--listen=" + s.grpc_address, "--data_dir=" + ServerDir(o.data_dir, replica),
+              "--metrics_listen=" + s.metrics_address, "--group=" + absl::StrJoin(group, ","),
+              absl::StrCat("--member_id=", j + 1)}),
+        extra_args));
+  }
+}
+
+void PlanServers(const SpawnOptions& o, std::vector<int> ports, Cluster* c) {
+  const std::vector<MemberPorts> coordinator_ports = TakePorts(o.replicas, &ports);
+  std::vector<std::vector<MemberPorts>> participant_ports;
+  c->coordinator = ServerAt("c1", coordinator_ports);
   std::vector<std::string> peer_list;
   for (int i = 1; i <= o.participants; ++i) {
     std::string id = absl::StrCat("p", i);
-    peer_list.push_back(absl::StrCat(id, "=", LoopbackAddress(ports[2 * i])));
+    participant_ports.push_back(TakePorts(o.replicas, &ports));
+    c->participants.emplace_back(id, ServerAt(id, participant_ports.back()));
+    peer_list.push_back(id + "=" + ClientAddress(c->participants.back().second));
   }
   // Each participant dials only these: its coordinator and the others.
-  const std::string coordinators = "--coordinators=c1=" + c->coordinator.grpc_address;
+  const std::string coordinators = "--coordinators=c1=" + ClientAddress(c->coordinator);
   const std::string peers = "--peers=" + absl::StrJoin(peer_list, ",");
   for (int i = 1; i <= o.participants; ++i) {
-    std::string id = absl::StrCat("p", i);
-    Server s{id, LoopbackAddress(ports[2 * i]), LoopbackAddress(ports[2 * i + 1])};
-    c->participants.emplace_back(id, s);
-    std::string dir = ServerDir(o.data_dir, id);
-    c->procs.push_back(
-        ServerProc(id, part_bin, o.data_dir,
-                   {"--id=" + id, "--plaintext", "--listen=" + s.grpc_address, "--data_dir=" + dir,
-                    "--metrics_listen=" + s.metrics_address, coordinators, peers},
-                   o.participant_args));
+    const std::string& id = c->participants[size_t(i - 1)].first;
+    PlanProcs(o, id, o.bin_dir + "/atomq-participant", participant_ports[size_t(i - 1)],
+              {"--id=" + id, "--plaintext", coordinators, peers}, o.participant_args, c);
   }
-  std::string dir = ServerDir(o.data_dir, "c1");
-  c->procs.push_back(
-      ServerProc("c1", o.bin_dir + "/atomq-coordinator", o.data_dir,
-                 {"--id=c1", "--plaintext", "--listen=" + c->coordinator.grpc_address,
-                  "--data_dir=" + dir, "--participants=" + absl::StrJoin(peer_list, ","),
-                  "--metrics_listen=" + c->coordinator.metrics_address},
-                 o.coordinator_args));
+  PlanProcs(o, "c1", o.bin_dir + "/atomq-coordinator", coordinator_ports,
+            {"--id=c1", "--plaintext", "--participants=" + absl::StrJoin(peer_list, ",")},
+            o.coordinator_args, c);
 }
 
 // Whether each participant (by index) and, last, the coordinator answered,
@@ -179,34 +246,56 @@ absl::Status NoneDied(Cluster* c) {
   return absl::OkStatus();
 }
 
-// One round of probes of the servers not yet ready. A fresh channel per
-// attempt: a channel that saw "connection refused" waits out gRPC's
-// reconnect backoff (seconds) before trying again. No wait_for_ready: the
-// error then says why, e.g. "Connection refused".
-void Probe(const Cluster& c, int attempt, Readiness* r) {
-  for (size_t i = 0; i < c.participants.size(); ++i) {
+// A cheap call to the server at `address`; a fresh channel per attempt: a
+// channel that saw "connection refused" waits out gRPC's reconnect backoff
+// (seconds) before trying again. No wait_for_ready: the error then says why,
+// e.g. "Connection refused". A group's followers refuse it (NotLeader).
+using Ask = grpc::Status (*)(const std::string& address, int attempt);
+
+grpc::Status AskParticipant(const std::string& address, int attempt) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, 500);
+  atomq::v1::ListQueuesResponse resp;
+  return atomq::v1::Queue::NewStub(MakeChannel(address, -attempt))
+      ->ListQueues(&ctx, atomq::v1::ListQueuesRequest(), &resp);
+}
+
+grpc::Status AskCoordinator(const std::string& address, int attempt) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, 500);
+  atomq::v1::ListTransactionsRequest req;
+  req.set_limit(1);
+  atomq::v1::ListTransactionsResponse resp;
+  return atomq::v1::Coordinator::NewStub(MakeChannel(address, -attempt))
+      ->ListTransactions(&ctx, req, &resp);
+}
+
+// Asks `s` (each member of a group until one serves); the one that served
+// becomes the address the load dials.
+bool ProbeServer(Server* s, Ask ask, int attempt, std::string* last) {
+  std::vector<std::string> addresses = {s->grpc_address};
+  if (!s->members.empty()) addresses = absl::StrSplit(s->members, '|', absl::SkipEmpty());
+  std::vector<std::string> answers;
+  for (const std::string& a : addresses) {
+    grpc::Status st = ask(a, attempt);
+    if (st.ok()) {
+      s->grpc_address = a;
+      return true;
+    }
+    answers.push_back(addresses.size() > 1 ? a + ": " + StatusText(st) : StatusText(st));
+  }
+  *last = absl::StrJoin(answers, "; ");
+  return false;
+}
+
+// One round of probes of the servers not yet ready.
+void Probe(Cluster* c, int attempt, Readiness* r) {
+  for (size_t i = 0; i < c->participants.size(); ++i) {
     if (r->ready[i]) continue;
-    auto stub =
-        atomq::v1::Queue::NewStub(MakeChannel(c.participants[i].second.grpc_address, -attempt));
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, 500);
-    atomq::v1::ListQueuesRequest req;
-    atomq::v1::ListQueuesResponse resp;
-    grpc::Status s = stub->ListQueues(&ctx, req, &resp);
-    r->ready[i] = s.ok();
-    r->last[i] = StatusText(s);
+    r->ready[i] = ProbeServer(&c->participants[i].second, AskParticipant, attempt, &r->last[i]);
   }
   if (!r->ready.back()) {
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, 500);
-    atomq::v1::ListTransactionsRequest req;
-    req.set_limit(1);
-    atomq::v1::ListTransactionsResponse resp;
-    grpc::Status s =
-        atomq::v1::Coordinator::NewStub(MakeChannel(c.coordinator.grpc_address, -attempt))
-            ->ListTransactions(&ctx, req, &resp);
-    r->ready.back() = s.ok();
-    r->last.back() = StatusText(s);
+    r->ready.back() = ProbeServer(&c->coordinator, AskCoordinator, attempt, &r->last.back());
   }
 }
 
@@ -299,9 +388,11 @@ absl::Status Spawn(const SpawnOptions& o, Cluster* c) {
           absl::StrCat(b, ": ", std::strerror(errno), " (build it, or pass --bin_dir)"));
     }
   }
-  absl::StatusOr<std::vector<int>> ports = FreeLoopbackPorts(2 * (o.participants + 1));
+  const int per_member = o.replicas > 1 ? 3 : 2;
+  absl::StatusOr<std::vector<int>> ports =
+      FreeLoopbackPorts(per_member * o.replicas * (o.participants + 1));
   if (!ports.ok()) return ports.status();
-  PlanServers(o, *ports, c);
+  PlanServers(o, *std::move(ports), c);
   for (Proc& proc : c->procs) {
     if (absl::Status st = StartProc(&proc); !st.ok()) return st;
   }
@@ -315,7 +406,7 @@ absl::Status WaitReady(Cluster* c, std::chrono::seconds timeout) {
   r.last.resize(c->participants.size() + 1);
   for (int attempt = 1;; ++attempt) {
     if (absl::Status st = NoneDied(c); !st.ok()) return st;
-    Probe(*c, attempt, &r);
+    Probe(c, attempt, &r);
     if (std::all_of(r.ready.begin(), r.ready.end(), [](bool b) { return b; })) {
       return absl::OkStatus();
     }

@@ -39,15 +39,17 @@ std::vector<std::string> StopProcs(std::vector<Proc>* procs, std::chrono::second
 
 struct Server {
   std::string name;
-  std::string grpc_address;
+  std::string grpc_address;     // of a group: the member that served when WaitReady asked
   std::string metrics_address;  // empty: not scraped
+  std::string members;          // a group's client addresses "a|b|c"; empty: one server
 };
 
 struct Cluster {
   Server coordinator;
   std::vector<std::pair<std::string, Server>> participants;  // participant id -> server
-  std::vector<Proc> procs;                                   // spawned only
-  std::string data_dir;                                      // the temp root when spawned
+  std::vector<Server> replicas;  // spawned groups: every replica, each scraped on its own
+  std::vector<Proc> procs;       // spawned only
+  std::string data_dir;          // the temp root when spawned
 };
 
 // The directory of the running executable ("." if unknown).
@@ -57,17 +59,18 @@ struct SpawnOptions {
   std::string bin_dir;
   std::string data_dir;  // created by the caller
   int participants = 3;
+  int replicas = 1;  // more: the coordinator and each participant a group of this many
   std::vector<std::string> coordinator_args;
   std::vector<std::string> participant_args;
 };
 
 // Starts participants p1..pN and coordinator c1 on free loopback ports, with
-// their data and logs under `o.data_dir`. What started is in `c->procs` even
-// on an error.
+// their data and logs under `o.data_dir` (replica j of a group as NAME-rJ). What started is in
+// `c->procs` even on an error.
 absl::Status Spawn(const SpawnOptions& o, Cluster* c);
 
-// Polls a cheap RPC on every server until all answer, a spawned one dies, or
-// `timeout` passes.
+// Polls a cheap RPC on every server (each member of a group, until one
+// serves) until all answer, a spawned one dies, or `timeout` passes.
 absl::Status WaitReady(Cluster* c, std::chrono::seconds timeout);
 
 // Creates `queue` on every participant (one that exists already is fine).

@@ -9,6 +9,17 @@
 namespace atomq::bench {
 namespace {
 
+// A running server at `address`, or a group's members "a|b|c" (WaitReady
+// finds the one that serves).
+Server ServerAt(const std::string& name, const std::string& address) {
+  Server s{name, address, "", ""};
+  if (address.find('|') != std::string::npos) {
+    s.members = address;
+    s.grpc_address = address.substr(0, address.find('|'));
+  }
+  return s;
+}
+
 // An option with a check whose default shows in --help.
 template <typename T>
 void AddChecked(CLI::App& app, const std::string& name, T& value, const std::string& help,
@@ -19,10 +30,15 @@ void AddChecked(CLI::App& app, const std::string& name, T& value, const std::str
 void AddClusterFlags(CLI::App& app, BenchOptions* o) {
   app.add_flag("--spawn", o->spawn,
                "start a coordinator and --participants participants on loopback, stop them after");
-  app.add_option("--coordinator", o->coordinator, "host:port of a running coordinator");
+  app.add_option("--coordinator", o->coordinator,
+                 "host:port of a running coordinator (a group: its members, a|b|c)");
   app.add_option("--participants", o->participants,
                  "with --spawn: how many participants; else id=host:port,... of the running ones")
       ->capture_default_str();
+  AddChecked(app, "--replicas", o->replicas,
+             "with --spawn: run the coordinator and each participant as a group of this many "
+             "replicas (1: one process each)",
+             CLI::IsMember({1, 3, 5}));
   app.add_option("--metrics", o->metrics,
                  "host:port,... of the running servers' /metrics endpoints (without --spawn)");
 }
@@ -116,14 +132,18 @@ absl::StatusOr<int> DescribeCluster(const BenchOptions& o, Cluster* c) {
     }
     return n;
   }
-  c->coordinator = Server{"coordinator", o.coordinator, ""};
+  if (o.replicas != 1) {
+    return absl::InvalidArgumentError(
+        "--replicas is for --spawn; give a running group as its members, a|b|c");
+  }
+  c->coordinator = ServerAt("coordinator", o.coordinator);
   for (absl::string_view item : absl::StrSplit(o.participants, ',', absl::SkipEmpty())) {
     std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
     if (kv.first.empty() || kv.second.empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat("--participants: \"", item, "\": want id=host:port"));
     }
-    c->participants.emplace_back(kv.first, Server{kv.first, kv.second, ""});
+    c->participants.emplace_back(kv.first, ServerAt(kv.first, kv.second));
   }
   if (c->participants.empty()) {
     return absl::InvalidArgumentError("--participants: want id=host:port,...");

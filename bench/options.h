@@ -19,6 +19,7 @@ struct BenchOptions {
   bool spawn = false;
   std::string coordinator;
   std::string participants = "3";  // a count with --spawn, else id=host:port,...
+  int replicas = 1;                // with --spawn: replicas of every group
   std::string metrics;
   // Each transaction and the load.
   int ops_per_txn = 1;

@@ -80,17 +80,18 @@ ServerFigures ServerDelta(const Server& s, const Scrape& a, const Scrape& b) {
   return f;
 }
 
-// Only the coordinator counts Execute replies and its Batch calls.
+// Only a coordinator counts Execute replies and its Batch calls; summed over
+// a group's replicas (the one that led during the window counted them).
 void ReadCoordinatorFigures(const Scrape& a, const Scrape& b, Figures* f) {
   double c = b.Series(kCommittedReplies);
   if (!std::isfinite(c)) return;
-  f->coord_committed = c - a.Series(kCommittedReplies);
-  f->coord_aborted = b.Series(kAbortedReplies) - a.Series(kAbortedReplies);
-  f->coord_errors = b.Series(kErrorReplies) - a.Series(kErrorReplies);
-  f->batch_calls =
-      b.Get("atomq_participant_batch_calls_total") - a.Get("atomq_participant_batch_calls_total");
-  f->batch_items =
-      b.Get("atomq_participant_batch_items_total") - a.Get("atomq_participant_batch_items_total");
+  auto add = [](double* to, double v) { *to = std::isfinite(*to) ? *to + v : v; };
+  auto delta = [&](const char* name) { return b.Get(name) - a.Get(name); };
+  add(&f->coord_committed, c - a.Series(kCommittedReplies));
+  add(&f->coord_aborted, b.Series(kAbortedReplies) - a.Series(kAbortedReplies));
+  add(&f->coord_errors, b.Series(kErrorReplies) - a.Series(kErrorReplies));
+  add(&f->batch_calls, delta("atomq_participant_batch_calls_total"));
+  add(&f->batch_items, delta("atomq_participant_batch_items_total"));
 }
 
 void AddServerTotals(const ServerFigures& s, Figures* f) {

@@ -289,11 +289,13 @@ std::string GroupMember::RenderMetrics() {
   absl::MutexLock lock(&mu_);
   AppendMetric(&out, "atomq_replica_leaderships_total", "counter",
                "times this replica began serving as leader", double(leaderships_));
-  // The leading node renders its store's (this replica's) own.
+  // The leading node renders its store's (this replica's) and the
+  // process's own.
   if (leading_ != nullptr) {
     out += leading_->RenderMetrics();
   } else {
     AppendStorageMetrics(&out, replica_->Stats());
+    out += ProcessMetrics();
   }
   return out;
 }

@@ -186,6 +186,7 @@ TEST(ReplicaTest, ClusterStatusAndMetricsShowEveryReplicasVersion) {
     // metrics come from the leader only.
     EXPECT_GT(c.ReplicaMetric(1, j, "atomq_storage_batches_total"), 0) << j;
     EXPECT_GT(c.ReplicaMetric(1, j, "atomq_storage_fsyncs_total"), 0) << j;
+    EXPECT_GT(c.ReplicaMetric(1, j, "process_cpu_seconds_total"), 0) << j;
     const double erased = c.ReplicaMetric(1, j, "atomq_outcomes_erased_total");
     if (j == leader) {
       EXPECT_GE(erased, 0) << j;
