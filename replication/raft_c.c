@@ -22,6 +22,10 @@ struct aq_raft {
   /* A received snapshot's metadata, passed back once it is installed. */
   struct raft_snapshot_metadata pending;
   bool has_pending;
+  /* The event being stepped is a request of a lower term than this
+   * replica's: an AppendEntries, or a pre-vote RequestVote. */
+  bool stale_append;
+  bool stale_pre_vote;
 };
 
 static void release(aq_raft *h) {
@@ -196,7 +200,33 @@ static int step(aq_raft *h, struct raft_event *ev, uint64_t now, aq_update *out)
     if (!reserve((void **)&h->messages, &h->messages_cap, u.messages.n, sizeof(aq_message))) {
       return RAFT_NOMEM;
     }
-    for (unsigned i = 0; i < u.messages.n; i++) out_message(&u.messages.batch[i], &h->messages[i]);
+    for (unsigned i = 0; i < u.messages.n; i++) {
+      out_message(&u.messages.batch[i], &h->messages[i]);
+      aq_message *o = &h->messages[i];
+      if (h->stale_append && o->type == AQ_MSG_APPEND_ENTRIES_RESULT) {
+        /* C-Raft 0.22.1 refuses an AppendEntries of a lower term with
+         * rejected = its prev_log_index and last_log_index never set
+         * (recv_append_entries.c). Stack garbage would go on the wire, and
+         * for prev_log_index 0 the refusal would read as a success: a
+         * leader re-elected in the newer term would take the garbage as the
+         * follower's match index. Sent as the refusal it is, shaped as the
+         * engine shapes its others. */
+        if (o->rejected == 0) o->rejected = 1;
+        const uint64_t last = raft_last_index(&h->raft);
+        o->last_log_index = last < o->rejected ? last : o->rejected - 1;
+      }
+      if (h->stale_pre_vote && o->type == AQ_MSG_REQUEST_VOTE_RESULT) {
+        /* C-Raft 0.22.1 answers every pre-vote with the request's term,
+         * refusals for a lower term too (recv_request_vote.c), so such a
+         * candidate never learns the newer term. Two survivors of a group
+         * of three then wait on each other for good: one with the newer
+         * term and the shorter log, one with the longer log and the older
+         * term, neither granting the other. Answered with this replica's
+         * term, the candidate takes it (recv_request_vote_result.c) and the
+         * one with the longer log wins the next round. */
+        o->term = h->raft.current_term;
+      }
+    }
     out->messages = h->messages;
     out->n_messages = u.messages.n;
   }
@@ -262,6 +292,21 @@ static bool receivable(const aq_message *m) {
     return false;
   }
   return true;
+}
+
+/* A refusal of entries the leader knows the follower holds (its match
+ * index): the answer to an older request, overtaken. C-Raft ignores such a
+ * refusal in pipeline mode but in probe mode takes it at face value and
+ * moves next_index to or below the match index (progress.c asserts it
+ * never does); a refusal of a lower-term request reaches a leader
+ * re-elected in the newer term that way. */
+static bool stale_refusal(aq_raft *h, const struct raft_message *msg) {
+  if (msg->type != RAFT_APPEND_ENTRIES_RESULT || h->raft.state != RAFT_LEADER) return false;
+  const struct raft_append_entries_result *r = &msg->append_entries_result;
+  if (r->rejected == 0 || r->term != h->raft.current_term) return false;
+  raft_index match = 0;
+  if (raft_match_index(&h->raft, msg->server_id, &match) != 0) return false;
+  return r->rejected <= match;
 }
 
 int aq_raft_receive(aq_raft *h, uint64_t now, const aq_message *m, aq_update *out) {
@@ -332,7 +377,19 @@ int aq_raft_receive(aq_raft *h, uint64_t now, const aq_message *m, aq_update *ou
   memset(&ev, 0, sizeof ev);
   ev.type = RAFT_RECEIVE;
   ev.receive.message = &msg;
+  if (stale_refusal(h, &msg)) {
+    /* Dropped before the engine sees it: as if lost on the way. */
+    raft_free(in);
+    release(h);
+    memset(out, 0, sizeof *out);
+    return 0;
+  }
+  h->stale_append = msg.type == RAFT_APPEND_ENTRIES && m->term < h->raft.current_term;
+  h->stale_pre_vote =
+      msg.type == RAFT_REQUEST_VOTE && msg.request_vote.pre_vote && m->term < h->raft.current_term;
   int rv = step(h, &ev, now, out);
+  h->stale_append = false;
+  h->stale_pre_vote = false;
   raft_free(in); /* the array; the batch is the engine's or handed back */
   return rv;
 }

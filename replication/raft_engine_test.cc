@@ -655,6 +655,76 @@ TEST(RaftEngineTest, MalformedMessagesAreRefusedAndChangeNothing) {
   EXPECT_FALSE(DecodeConfiguration("garbage").ok());
 }
 
+// C-Raft 0.22.1 refuses an AppendEntries of an older term leaving the
+// answer's last_log_index unset, and with prev_log_index 0 its "rejected" is
+// 0, which reads as a success: a leader re-elected in the newer term would
+// take the unset index as what the follower holds. The engine sends it as a
+// refusal with the follower's real last index (replication/raft_c.c).
+// A group of three past its first election and commit, seen from
+// follower `f` of leader `l`: what it answers to a message of an older term.
+struct OlderTermProbe {
+  explicit OlderTermProbe(uint32_t seed) : g(3, seed) {
+    l = g.ElectLeader();
+    committed = g.Commit("x");
+    f = l % 3 + 1;
+  }
+  absl::StatusOr<RaftUpdate> Send(RaftMessage m) {
+    m.peer_address = absl::StrCat("r", m.peer);
+    m.term = follower().term() - 1;
+    return follower().Receive(g.now(), m);
+  }
+  RaftEngine& follower() { return *g.at(f).engine; }
+  Group g;
+  uint64_t l = 0, f = 0;
+  bool committed = false;
+};
+
+TEST(RaftEngineTest, ARefusalOfAnOlderTermsRequestNeverReadsAsASuccess) {
+  OlderTermProbe p(11);
+  ASSERT_TRUE(p.committed);
+  RaftEngine& e = p.follower();
+  ASSERT_GE(e.term(), 2u);
+  RaftMessage old;
+  old.type = MessageType::kAppendEntries;
+  old.peer = p.l;
+  old.prev_log_index = 0;
+  old.prev_log_term = 0;
+  absl::StatusOr<RaftUpdate> u = p.Send(old);
+  ASSERT_TRUE(u.ok()) << u.status();
+  ASSERT_EQ(u->messages.size(), 1u);
+  const RaftMessage& answer = u->messages[0];
+  EXPECT_EQ(answer.type, MessageType::kAppendEntriesResult);
+  EXPECT_EQ(answer.term, e.term());
+  EXPECT_GT(answer.rejected, 0u) << "a refusal, not a success";
+  EXPECT_LT(answer.last_log_index, answer.rejected);
+  EXPECT_LE(answer.last_log_index, e.last_index());
+}
+
+// C-Raft 0.22.1 answers a pre-vote with the request's term even when it
+// refuses it for being older, so the candidate would never learn the newer
+// term (two survivors of a group of three could then wait on each other
+// for good: one with the newer term, one with the longer log). The engine
+// answers with this replica's term (replication/raft_c.c).
+TEST(RaftEngineTest, APreVoteOfAnOlderTermIsAnsweredWithTheNewerTerm) {
+  OlderTermProbe p(13);
+  ASSERT_TRUE(p.committed);
+  RaftEngine& e = p.follower();
+  ASSERT_GE(e.term(), 2u);
+  RaftMessage ask;
+  ask.type = MessageType::kRequestVote;
+  ask.peer = 6 - p.l - p.f;  // the third member
+  ask.candidate_id = ask.peer;
+  ask.pre_vote = true;
+  ask.last_log_index = e.last_index() + 10;  // a longer log: only the term is older
+  ask.last_log_term = e.term() - 1;
+  absl::StatusOr<RaftUpdate> u = p.Send(ask);
+  ASSERT_TRUE(u.ok()) << u.status();
+  ASSERT_EQ(u->messages.size(), 1u);
+  EXPECT_EQ(u->messages[0].type, MessageType::kRequestVoteResult);
+  EXPECT_FALSE(u->messages[0].vote_granted);
+  EXPECT_EQ(u->messages[0].term, e.term()) << "the refusal carries the newer term";
+}
+
 TEST(RaftEngineTest, ConfigurationsRoundTrip) {
   std::vector<Member> in = {{1, "127.0.0.1:7101", MemberRole::kVoter},
                             {2, "127.0.0.1:7102", MemberRole::kStandby}};
