@@ -33,6 +33,12 @@ namespace atomq {
 // OnPersisted, one locked call per writer group; due core timers as OnTimer,
 // one locked call per wake-up. Replies leave only through dispatch, so a
 // reply the core released after a batch was durable stays after it.
+//
+// A batch failed UNAVAILABLE (storage.h: it may still become durable, under
+// another leader) fences the driver: the core hears nothing more and
+// nothing more leaves it, as if its process had crashed there. Acting on
+// that failure (a 2PC coordinator aborting because its COMMIT record
+// "failed") could contradict what the group then commits.
 template <typename Core>
 class CoreDriver {
  public:
@@ -61,7 +67,10 @@ class CoreDriver {
     reports_.Install(storage_, [this](std::vector<GroupedReports::Report>& reports) {
       Run([&](Core& c) {
         const int64_t now = clock_->NowMs();
-        for (const auto& [token, st] : reports) c.OnPersisted(token, st, now);
+        for (const auto& [token, st] : reports) {
+          if (Fences(st)) return;
+          c.OnPersisted(token, st, now);
+        }
       });
     });
   }
@@ -76,6 +85,7 @@ class CoreDriver {
     bool persisted;
     {
       absl::MutexLock lock(&mu_);
+      if (fenced_) return;
       fn(*core_);
       out = core_->TakeOutput();
       persisted = !out.persist.empty();
@@ -86,6 +96,12 @@ class CoreDriver {
     // After the messages left: an idle writer's fsync runs here, on this
     // thread, saving two thread hand-offs. Every submitter drives its own.
     if (persisted) storage_->Drive();
+  }
+
+  // True once a batch failed UNAVAILABLE (see above).
+  bool fenced() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return fenced_;
   }
 
   // A read of the core under the lock; returns what `fn(core)` returns (a
@@ -121,9 +137,18 @@ class CoreDriver {
                                [this, token, durable = std::move(durable)](absl::Status st) {
                                  if (st.ok() && durable) durable();
                                  if (reports_.Collect(token, st)) return;
-                                 Run([&](Core& c) { c.OnPersisted(token, st, clock_->NowMs()); });
+                                 Run([&](Core& c) {
+                                   if (!Fences(st)) c.OnPersisted(token, st, clock_->NowMs());
+                                 });
                                });
     }
+  }
+
+  // Under the lock, from inside Run: whether `st` fences the driver (and
+  // then it is fenced).
+  bool Fences(const absl::Status& st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (absl::IsUnavailable(st)) fenced_ = true;
+    return fenced_;
   }
 
   void FireTimers(const std::vector<uint64_t>& ids) ABSL_LOCKS_EXCLUDED(mu_) {
@@ -143,6 +168,7 @@ class CoreDriver {
   TimerSet core_timers_;
   mutable absl::Mutex mu_;
   const std::unique_ptr<Core> core_ ABSL_GUARDED_BY(mu_);
+  bool fenced_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace atomq

@@ -74,14 +74,12 @@ class ManualStorage : public Storage {
   void Drive() override { ++drives; }
   void SetGroupHook(GroupHook hook) override { hook_ = std::move(hook); }
   // Writes everything queued as one group; `fail` fails the batch with that
-  // token.
-  void WriteGroup(uint64_t fail = 0) {
+  // token, with `failure`.
+  void WriteGroup(uint64_t fail = 0, absl::Status failure = absl::InternalError("disk")) {
     std::deque<Submitted> group;
     group.swap(queued);
     hook_([&] {
-      for (Submitted& s : group) {
-        s.done(s.token == fail ? absl::InternalError("disk") : absl::OkStatus());
-      }
+      for (Submitted& s : group) s.done(s.token == fail ? failure : absl::OkStatus());
     });
   }
   absl::StatusOr<std::optional<std::string>> Get(const std::string&, const std::string&) override {
@@ -176,6 +174,37 @@ TEST_F(CoreDriverTest, DurableHookRunsBeforeTheCoreHearsAndNotOnFailure) {
   const auto persisted = driver_.Inspect([](const FakeCore& c) { return c.persisted; });
   EXPECT_EQ(persisted, (std::vector<std::pair<uint64_t, bool>>{{1, true}, {2, false}}));
   EXPECT_EQ(replies_, (std::vector<uint64_t>{1}));
+}
+
+// A batch failed UNAVAILABLE (a group's leadership lost with it pending:
+// it may still commit) stops the core where it is: it hears of neither that
+// batch nor those after it in the group, and takes no more input.
+TEST_F(CoreDriverTest, ABatchThatMayStillCommitFencesTheCore) {
+  driver_.Run([](FakeCore& c) {
+    c.Write(1);
+    c.Write(2);
+    c.Write(3);
+  });
+  storage_.WriteGroup(/*fail=*/2, absl::UnavailableError("leadership was lost"));
+  EXPECT_TRUE(driver_.fenced());
+  const auto persisted = driver_.Inspect([](const FakeCore& c) { return c.persisted; });
+  EXPECT_EQ(persisted, (std::vector<std::pair<uint64_t, bool>>{{1, true}}));
+  EXPECT_EQ(replies_, (std::vector<uint64_t>{1}));
+
+  const int inputs = driver_.Inspect([](const FakeCore& c) { return c.inputs; });
+  driver_.Run([](FakeCore& c) { c.Answer(9); });
+  EXPECT_EQ(driver_.Inspect([](const FakeCore& c) { return c.inputs; }), inputs);
+  EXPECT_EQ(replies_, (std::vector<uint64_t>{1})) << "a fenced core answers nothing";
+}
+
+// Any other failure is definite (nothing of the batch is on disk): the core
+// hears it and goes on.
+TEST_F(CoreDriverTest, ADefiniteFailureReachesTheCore) {
+  driver_.Run([](FakeCore& c) { c.Write(1); });
+  storage_.WriteGroup(/*fail=*/1, absl::FailedPreconditionError("refused"));
+  EXPECT_FALSE(driver_.fenced());
+  driver_.Run([](FakeCore& c) { c.Answer(5); });
+  EXPECT_EQ(replies_, (std::vector<uint64_t>{5}));
 }
 
 TEST_F(CoreDriverTest, SubmitOrderedFollowsTheCoresBatches) {

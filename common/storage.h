@@ -42,7 +42,10 @@ struct Batch {
 // after the LMDB transaction
 // that holds it committed and was fsync'd (OK), or failed (then none of the
 // batch is on disk: RESOURCE_EXHAUSTED for a full map or disk, INTERNAL or
-// INVALID_ARGUMENT otherwise, with LMDB's message).
+// INVALID_ARGUMENT otherwise, with LMDB's message). UNAVAILABLE is the one
+// failure that promises nothing: a replicated store that stopped serving
+// its submitter (docs/design.md 10.2), whose batch may still commit under
+// the next leader. Its submitter must act no further, as if it crashed.
 using DoneFn = std::function<void(absl::Status)>;
 
 // Wraps the DoneFn calls of one group (one thread, submission order): `run`

@@ -295,7 +295,10 @@ void ReplicatedStorage::SubmitLocked(uint64_t term, Batch batch, DoneFn done) {
     absl::StatusOr<RaftUpdate> u =
         engine_->Submit(Now(), {LogEntry{0, EntryType::kCommand, EncodeBatch(batch)}});
     if (!u.ok()) {
-      refused = absl::UnavailableError(u.status().message());
+      // Nothing entered the log (a leadership transfer under way, say),
+      // and the replica still serves: a definite refusal, unlike the
+      // UNAVAILABLE ones, after which the node is rebuilt (storage.h).
+      refused = absl::FailedPreconditionError(u.status().message());
     } else {
       pending_[engine_->last_index()] = std::move(done);
       Handle(std::move(u));

@@ -153,7 +153,11 @@ class ReplicatedStorage : public Storage {
   // Storage. Submit on a replica that is not the serving leader fails at
   // once UNAVAILABLE, naming the leader when known. A batch submitted
   // while leading whose leadership is lost before it commits fails
-  // UNAVAILABLE too: it may still commit under the next leader.
+  // UNAVAILABLE too: it may still commit under the next leader. Either way
+  // the node that submitted it stops (common/core_driver.h) and is rebuilt
+  // on the next serving leader. A batch the serving leader's engine
+  // refuses (during a leadership transfer) fails FAILED_PRECONDITION:
+  // nothing of it is in the log.
   void Submit(Batch batch, DoneFn done) override;
   absl::StatusOr<std::optional<std::string>> Get(const std::string& db,
                                                  const std::string& key) override;
