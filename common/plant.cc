@@ -21,6 +21,7 @@ constexpr Named kPlants[] = {
     {Plant::kPreparingPresumedAbort, "preparing-presumed-abort"},
     {Plant::kReplyBeforeReplicated, "reply-before-replicated"},
     {Plant::kRejoinWithAmnesia, "rejoin-with-amnesia"},
+    {Plant::kActOnLostWrite, "act-on-lost-write"},
 };
 
 }  // namespace

@@ -25,6 +25,7 @@ enum class Plant {
   // transport between replicas).
   kReplyBeforeReplicated,  // a batch's DoneFn runs once the leader stored it, before it commits
   kRejoinWithAmnesia,      // a replica whose disk was wiped is taken under its old id
+  kActOnLostWrite,         // a core hears a batch failed by a lost leadership and acts on it
 };
 
 // "commit-without-votes", ...; "" for kNone.

@@ -135,10 +135,10 @@ void Sim::Boot(Node& n) {
     }
     // Parallel commit in every other seed (always for the plant that breaks it).
     c.parallel_commit = options_.seed % 2 == 0 || options_.plant == Plant::kPreparingPresumedAbort;
-    n.coordinator_view = std::make_unique<CoordinatorView>(&n);
+    n.coordinator_view = std::make_unique<CoordinatorView>(&CoreDisk(n));
     n.coordinator = std::make_unique<CoordinatorCore>(std::move(c), n.coordinator_view.get());
     std::vector<v1::CoordinatorTxnRecord> records;
-    for (const auto& [key, value] : n.disk[coordinator::kTxnDb]) {
+    for (const auto& [key, value] : CoreDisk(n)[coordinator::kTxnDb]) {
       v1::CoordinatorTxnRecord rec;
       ATOMQ_CHECK(DecodeRecord(value, &rec).ok(), "simulated disks hold valid records");
       records.push_back(std::move(rec));
@@ -278,7 +278,11 @@ void Sim::DrainCoordinator(Node& n) {
   for (const std::string& line : out.log) Trace(absl::StrCat(n.id, ": ", line));
   for (Batch& b : out.persist) {
     if (options_.plant == Plant::kReplyBeforeDurable) PlantEarlyReply(n, b);
-    n.unsynced.push_back(std::move(b));
+    if (n.group != nullptr) {
+      SubmitToGroup(n, std::move(b));
+    } else {
+      n.unsynced.push_back(std::move(b));
+    }
   }
   MaybeSync(n);
   for (coordinator::OutMessage& m : out.send) {
@@ -666,6 +670,7 @@ Result Sim::Run() {
   Node& c = nodes_[kCoordinator];
   c.id = kCoordinator;
   c.is_coordinator = true;
+  if (options_.replicas > 1) MakeGroup(c);
   for (const char* p : kParticipants) {
     Node& n = nodes_[p];
     n.id = p;
@@ -697,7 +702,7 @@ Result Sim::Run() {
     // transaction with a majority of its participants up must decide.
     const std::string down = kParticipants[rng_.Range(0, kParticipantCount - 1)];
     keep_down_ = {kCoordinator, down};
-    Crash(node(kCoordinator));
+    Down(node(kCoordinator));
     Down(node(down));
     std::set<std::string> up;
     for (const char* p : kParticipants) {

@@ -36,10 +36,11 @@ struct Options {
   // A deliberately broken behaviour (see Plants()).
   Plant plant = Plant::kNone;
   bool verbose = false;  // the event trace and the cores' log lines to stderr
-  // Replicas of each participant (docs/design.md 10.2): 1 is one process on
-  // one disk; 3 makes each a group running the real ReplicatedStorage and
-  // consensus engine, each replica on its own simulated disk, with replica
-  // crashes, isolation, leadership transfer and one wiped disk per group.
+  // Replicas of each participant and of the coordinator (docs/design.md
+  // 10.2): 1 is one process on one disk; 3 makes each a group running the
+  // real ReplicatedStorage and consensus engine, each replica on its own
+  // simulated disk, with replica crashes, isolation, leadership transfer and
+  // one wiped disk per group.
   int replicas = 1;
   // With replicas: one replica of each group may lose its disk and restart
   // empty under its old id (the amnesia docs/design.md 10.2 guards against).
@@ -83,6 +84,9 @@ Result RunSeed(const Options& options);
 //                            the leader stored it, before the group committed it
 //   rejoin-with-amnesia      (replicas > 1) a replica whose disk was wiped is
 //                            taken back under its old id (it may vote twice)
+//   act-on-lost-write        (replicas > 1) a core hears that a batch failed
+//                            because its group's leadership was lost (the
+//                            batch may still commit) and acts on the failure
 const std::vector<std::string>& Plants();
 
 const char* ModeName(ProtocolMode mode);

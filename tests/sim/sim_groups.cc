@@ -1,7 +1,7 @@
-// Participants as groups of replicas in the simulator (docs/design.md 2.6,
-// 10.2): each replica the real ReplicatedStorage on its own simulated disk,
-// the core hosted on the serving replica, and the checks of one state per
-// version.
+// Participants and the coordinator as groups of replicas in the simulator
+// (docs/design.md 2.6, 10.2): each replica the real ReplicatedStorage on its
+// own simulated disk, the core hosted on the serving replica, and the checks
+// of one state per version.
 #include <algorithm>
 
 #include "tests/sim/sim_internal.h"
@@ -19,6 +19,10 @@ void SeedParticipant(const std::string& id, Disk* disk) {
   meta.set_boot_count(1);
   meta.set_next_queue_id(2);
   (*disk)[participant::kMetaDb]["meta"] = EncodeRecord(meta);
+}
+
+void SeedNode(const Node& n, Disk* disk) {
+  if (!n.is_coordinator) SeedParticipant(n.id, disk);
 }
 
 // A replica's state: every sub-database but the log's own.
@@ -83,6 +87,7 @@ void Sim::MakeGroup(Node& n) {
                                   participant::kPreparedDb,  participant::kOutcomesDb,
                                   participant::kDedupDb,     participant::kMetaDb,
                                   participant::kHeuristicDb, participant::kForgettableDb};
+  if (n.is_coordinator) dbs = {coordinator::kTxnDb, coordinator::kMetaDb, coordinator::kEndedDb};
   for (const std::string& db : replication::ReplicatedStorage::ReplicaDbs()) dbs.push_back(db);
   for (int j = 1; j <= options_.replicas; ++j) {
     Replica r;
@@ -90,7 +95,7 @@ void Sim::MakeGroup(Node& n) {
     r.name = absl::StrCat(n.id, "/", j);
     r.store = std::make_unique<SimStore>(
         this, dbs, [this, id = n.id, j](const Batch& b) { ReplicaSynced(id, uint64_t(j), b); });
-    SeedParticipant(n.id, &r.store->disk());
+    SeedNode(n, &r.store->disk());
     r.link = std::make_unique<ReplicaLink>(this, n.id, uint64_t(j));
     n.group->replicas.push_back(std::move(r));
   }
@@ -114,7 +119,9 @@ void Sim::StartReplica(Node& n, uint64_t member) {
   o.snapshot_entries = kSnapshotEntries;
   o.snapshot_trailing = kSnapshotTrailing;
   o.clock = &clock_;
-  if (options_.plant == Plant::kReplyBeforeReplicated ||
+  // Votes released early: the participants' groups (as the plant is
+  // defined); an amnesiac rejoin: any group.
+  if ((options_.plant == Plant::kReplyBeforeReplicated && !n.is_coordinator) ||
       options_.plant == Plant::kRejoinWithAmnesia) {
     o.plant = options_.plant;
   }
@@ -159,7 +166,7 @@ void Sim::WipeReplica(Node& n, uint64_t member) {
   Replica& r = replica(n, member);
   Trace(absl::StrCat(r.name, " DISK WIPED"));
   r.store->disk().clear();
-  SeedParticipant(n.id, &r.store->disk());
+  SeedNode(n, &r.store->disk());
   n.group->wiped = true;
 }
 
@@ -178,6 +185,7 @@ void Sim::Unhost(Node& n) {
   ++n.incarnation;
   n.routes.clear();
   n.participant.reset();
+  n.coordinator.reset();
   n.group->host = 0;
 }
 
@@ -206,15 +214,38 @@ void Sim::Reconcile(const std::string& id) {
 }
 
 void Sim::SubmitToGroup(Node& n, Batch b) {
-  Replica& r = replica(n, n.group->host);
+  const uint64_t host = n.group->host;
+  Replica& r = replica(n, host);
   const uint64_t token = b.token;
-  auto done = [this, id = n.id, inc = n.incarnation, token](absl::Status st) {
+  auto done = [this, id = n.id, inc = n.incarnation, host, token](absl::Status st) {
     Node& x = node(id);
     if (!x.up || x.incarnation != inc) return;
-    x.participant->OnPersisted(token, st, now_);
+    if (absl::IsUnavailable(st) && options_.plant != Plant::kActOnLostWrite) {
+      // The group stopped serving it, and the batch may yet commit: the
+      // core stops there, as CoreDriver fences it (common/core_driver.h).
+      Trace(absl::StrCat(id, ": ", st.ToString()));
+      Unhost(x);
+      return;
+    }
+    if (st.ok() && faults_ && rng_.Chance(kCrashAfterCommit)) {
+      // Committed in the group; the host dies before its core hears, so
+      // nobody is answered. The next leader's core finds it in the store.
+      // (Its store cannot be destroyed from inside its own callback.)
+      Trace(absl::StrCat(replica(x, host).name, " crashes between commit and reply"));
+      At(now_, [this, id, host] { CrashReplica(node(id), host); });
+      return;
+    }
+    if (x.is_coordinator) {
+      x.coordinator->OnPersisted(token, st, now_);
+    } else {
+      x.participant->OnPersisted(token, st, now_);
+    }
     Drain(x);
   };
   r.group->Submit(std::move(b), std::move(done));
+  // Cut off as it replicates: the batch may reach some followers, all or
+  // none, and the leadership is lost with it pending.
+  if (faults_ && rng_.Chance(kIsolateAfterSubmit)) IsolateReplica(n, host);
 }
 
 void Sim::ReplicaSynced(const std::string& id, uint64_t member, const Batch& b) {
@@ -298,32 +329,41 @@ void Sim::FetchRaftState(const std::string& id, uint64_t from, uint64_t to, uint
   });
 }
 
+void Sim::CrashReplica(Node& n, uint64_t member) {
+  Replica& r = replica(n, member);
+  if (r.group == nullptr) return;
+  StopReplica(n, member);
+  At(now_ + rng_.Range(5, 700), [this, id = n.id, member, inc = r.incarnation] {
+    Node& x = node(id);
+    if (replica(x, member).incarnation == inc && keep_down_.count(id) == 0) {
+      StartReplica(x, member);
+    }
+  });
+}
+
+void Sim::IsolateReplica(Node& n, uint64_t member) {
+  // Cut off from the other replicas (not from the coordinator).
+  Replica& r = replica(n, member);
+  std::vector<std::pair<std::string, std::string>> cuts;
+  for (const Replica& o : n.group->replicas) {
+    if (o.member == member) continue;
+    cuts.emplace_back(std::min(r.name, o.name), std::max(r.name, o.name));
+  }
+  for (const auto& c : cuts) cuts_.insert(c);
+  Trace(absl::StrCat("partition ", r.name, " from its group"));
+  At(now_ + rng_.Range(10, 900), [this, cuts, name = r.name] {
+    for (const auto& c : cuts) cuts_.erase(c);
+    Trace(absl::StrCat("heal ", name));
+  });
+}
+
 void Sim::GroupFault(Node& n) {
   const uint64_t member = static_cast<uint64_t>(rng_.Range(1, options_.replicas));
-  Replica& r = replica(n, member);
   const int64_t what = rng_.Range(0, 19);
   if (what < 9) {
-    if (r.group == nullptr) return;
-    StopReplica(n, member);
-    At(now_ + rng_.Range(5, 700), [this, id = n.id, member, inc = r.incarnation] {
-      Node& x = node(id);
-      if (replica(x, member).incarnation == inc && keep_down_.count(id) == 0) {
-        StartReplica(x, member);
-      }
-    });
+    CrashReplica(n, member);
   } else if (what < 14) {
-    // Cut off from the other replicas (not from the coordinator).
-    std::vector<std::pair<std::string, std::string>> cuts;
-    for (const Replica& o : n.group->replicas) {
-      if (o.member == member) continue;
-      cuts.emplace_back(std::min(r.name, o.name), std::max(r.name, o.name));
-    }
-    for (const auto& c : cuts) cuts_.insert(c);
-    Trace(absl::StrCat("partition ", r.name, " from its group"));
-    At(now_ + rng_.Range(10, 900), [this, cuts, name = r.name] {
-      for (const auto& c : cuts) cuts_.erase(c);
-      Trace(absl::StrCat("heal ", name));
-    });
+    IsolateReplica(n, member);
   } else if (what < 18) {
     // Leadership handed over, maybe in the middle of a transaction.
     if (n.group->host == 0 || replica(n, n.group->host).group == nullptr) return;

@@ -48,6 +48,10 @@ constexpr uint32_t kElectionMs = 150;
 constexpr uint32_t kHeartbeatMs = 30;
 constexpr uint64_t kSnapshotEntries = 20;
 constexpr uint32_t kSnapshotTrailing = 5;
+// Per batch a core hands its group: the host crashes once it committed,
+// before the core hears; the host is cut off from its group just after.
+constexpr double kCrashAfterCommit = 0.01;
+constexpr double kIsolateAfterSubmit = 0.01;
 
 class Rng {
  public:
@@ -166,7 +170,8 @@ class ReplicaLink : public replication::Transport {
   const uint64_t member_;
 };
 
-// One replica of a participant group, on its own disk.
+// One replica of a group (a participant or the coordinator), on its own
+// disk.
 struct Replica {
   uint64_t member = 0;
   std::string name;  // on the network: "p1/2"
@@ -199,9 +204,9 @@ struct Node {
   std::unique_ptr<ParticipantCore> participant;
   std::map<uint64_t, Route> routes;  // core RequestId -> route
   uint64_t next_request = 1;
-  // A participant run as a group: `disk` is then what the group committed
-  // (each index as the first replica applied it), `up` whether a replica
-  // serves and hosts the core, on that replica's store.
+  // A node run as a group: `disk` is then what the group committed (each
+  // index as the first replica applied it), `up` whether a replica serves
+  // and hosts the core, on that replica's store.
   std::unique_ptr<Group> group;
 };
 
@@ -218,13 +223,13 @@ std::optional<Rec> Lookup(const Disk& disk, const char* db, const std::string& k
 
 class CoordinatorView : public coordinator::DurableView {
  public:
-  explicit CoordinatorView(const Node* n) : n_(n) {}
+  explicit CoordinatorView(const Disk* disk) : disk_(disk) {}
   std::optional<v1::CoordinatorTxnRecord> FindTxn(const std::string& txn_id) const override {
-    return Lookup<v1::CoordinatorTxnRecord>(n_->disk, coordinator::kTxnDb, txn_id);
+    return Lookup<v1::CoordinatorTxnRecord>(*disk_, coordinator::kTxnDb, txn_id);
   }
 
  private:
-  const Node* n_;
+  const Disk* disk_;
 };
 
 class ParticipantView : public participant::DurableView {
@@ -363,6 +368,10 @@ class Sim : public World, public Timers {
   // state and checks the replica holds the group's state at that version.
   void ReplicaSynced(const std::string& id, uint64_t member, const Batch& b);
   void GroupFault(Node& n);
+  // Crashes a replica and restarts it a little later.
+  void CrashReplica(Node& n, uint64_t member);
+  // Cuts a replica off from the rest of its group for a while.
+  void IsolateReplica(Node& n, uint64_t member);
   void Restart(Node& n) {
     if (n.group != nullptr) {
       StartGroup(n);
@@ -421,5 +430,7 @@ class Sim : public World, public Timers {
 
 // The queue and meta records every participant's disk starts with.
 void SeedParticipant(const std::string& id, Disk* disk);
+// What node `n`'s disks start with: a participant's seed, or nothing.
+void SeedNode(const Node& n, Disk* disk);
 
 }  // namespace atomq::sim::internal

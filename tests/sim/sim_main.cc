@@ -62,7 +62,8 @@ int main(int argc, char** argv) {
   app.add_flag("--verbose", verbose, "print the event trace of each seed (for replays)");
   int replicas = 1;
   app.add_option("--replicas", replicas,
-                 "replicas of each participant: 1 (one disk) or 3 (a group on the real engine)")
+                 "replicas of each participant and of the coordinator: 1 (one disk) or 3 (a "
+                 "group on the real engine)")
       ->check(CLI::IsMember({1, 3}))
       ->capture_default_str();
   bool wipes = false;
