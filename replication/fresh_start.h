@@ -22,7 +22,7 @@ namespace atomq::replication {
 struct PeerLog {
   uint64_t last_index = 0;      // in its log (0: empty)
   uint64_t snapshot_index = 0;  // its log was compacted up to it
-  bool registered = false;      // its registry names a disk for the asking member
+  bool registered = false;      // it knows a disk for the asking member (registered or heard)
 };
 
 struct FreshStart {

@@ -317,7 +317,7 @@ void ReplicaService::Status(grpc::ServerContext* ctx, const v1::ReplicaStatusReq
     return;
   }
   Fill(resp);
-  if (req->about_member() != 0) resp->set_registered(storage_->Registered(req->about_member()));
+  if (req->about_member() != 0) resp->set_registered(storage_->KnowsDisk(req->about_member()));
   reactor->Finish(grpc::Status::OK);
 }
 

@@ -21,6 +21,7 @@ namespace {
 
 constexpr char kReplicaMetaDb[] = "raft_meta";  // RaftLog's; this replica's own
 constexpr char kDiskKey[] = "disk";
+constexpr char kHeardPrefix[] = "heard/";  // + member id: the first disk heard from it
 
 std::string EncodeBatch(const Batch& batch) {
   v1::ReplicatedBatch r;
@@ -88,6 +89,25 @@ absl::StatusOr<std::map<uint64_t, std::string>> LoadRegistry(Storage* local) {
   return out;
 }
 
+// What this replica heard each member speak from first (kHeardPrefix).
+absl::StatusOr<std::map<uint64_t, std::string>> LoadHeard(Storage* local) {
+  std::map<uint64_t, std::string> out;
+  bool bad = false;
+  const std::string prefix = kHeardPrefix;
+  absl::Status st =
+      local->Scan(kReplicaMetaDb, prefix, [&](std::string_view key, std::string_view value) {
+        if (key.size() != prefix.size() + 8) {
+          bad = true;
+          return false;
+        }
+        out[DecodeU64(std::string(key.substr(prefix.size())))] = std::string(value);
+        return true;
+      });
+  if (!st.ok()) return st;
+  if (bad) return absl::DataLossError("a heard-disk key is not a member id");
+  return out;
+}
+
 Batch ReplicatedStorage::DiskIdWrite(const std::string& disk_id) {
   return Batch{0, {atomq::Write{kReplicaMetaDb, kDiskKey, disk_id, false}}};
 }
@@ -148,6 +168,8 @@ absl::StatusOr<std::unique_ptr<ReplicatedStorage>> ReplicatedStorage::Open(const
   if (!disk_id.ok()) return disk_id.status();
   absl::StatusOr<std::map<uint64_t, std::string>> disks = LoadRegistry(local);
   if (!disks.ok()) return disks.status();
+  absl::StatusOr<std::map<uint64_t, std::string>> heard = LoadHeard(local);
+  if (!heard.ok()) return heard.status();
   if (auto mine = disks->find(options.engine.id);
       mine != disks->end() && mine->second != *disk_id) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -156,9 +178,9 @@ absl::StatusOr<std::unique_ptr<ReplicatedStorage>> ReplicatedStorage::Open(const
   }
   absl::StatusOr<std::unique_ptr<RaftEngine>> engine = RaftEngine::Create(options.engine);
   if (!engine.ok()) return engine.status();
-  std::unique_ptr<ReplicatedStorage> r(
-      new ReplicatedStorage(options, local, transport, timers, std::move(*engine), *disk,
-                            applied_index, *std::move(disk_id), *std::move(disks)));
+  std::unique_ptr<ReplicatedStorage> r(new ReplicatedStorage(
+      options, local, transport, timers, std::move(*engine), *disk, applied_index,
+      *std::move(disk_id), *std::move(disks), *std::move(heard)));
   {
     absl::MutexLock lock(&r->mu_);
     r->Handle(r->engine_->Start(r->Now(), *disk));
@@ -182,7 +204,8 @@ const Clock& RealClockInstance() {
 ReplicatedStorage::ReplicatedStorage(const Options& options, Storage* local, Transport* transport,
                                      Timers* timers, std::unique_ptr<RaftEngine> engine,
                                      const DurableState& disk, uint64_t applied,
-                                     std::string disk_id, std::map<uint64_t, std::string> disks)
+                                     std::string disk_id, std::map<uint64_t, std::string> disks,
+                                     std::map<uint64_t, std::string> heard)
     : local_(local),
       disk_(std::move(disk_id)),
       transport_(transport),
@@ -203,7 +226,8 @@ ReplicatedStorage::ReplicatedStorage(const Options& options, Storage* local, Tra
       snapshot_trailing_(options.snapshot_trailing),
       state_bytes_max_(options.state_bytes_max),
       source_(local, RaftLog::Dbs(), options.source),
-      disks_(std::move(disks)) {
+      disks_(std::move(disks)),
+      heard_(std::move(heard)) {
   absl::MutexLock lock(&life_->mu);
   life_->self = this;
 }
@@ -320,6 +344,19 @@ absl::Status ReplicatedStorage::CheckPeer(uint64_t member, const std::string& di
       return absl::FailedPreconditionError(absl::StrCat(
           "member ", member, " speaks from disk ", Clip(disk, 40), " but the group registered ",
           known->second, " for it: its data was lost; replace it as a member, do not rejoin it"));
+    }
+    auto heard = heard_.find(member);
+    if (heard == heard_.end()) {
+      heard_[member] = disk;
+      // Ahead of any write its messages lead to (the store keeps order).
+      local_->Submit(
+          Batch{0, {atomq::Write{kReplicaMetaDb, kHeardPrefix + EncodeU64(member), disk, false}}},
+          [](absl::Status) {});
+    } else if (heard->second != disk) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("member ", member, " speaks from disk ", Clip(disk, 40),
+                       " but this replica heard it from ", heard->second,
+                       " before: its data was lost; replace it as a member, do not rejoin it"));
     }
     Register(member, disk);
   }

@@ -137,8 +137,10 @@ class ReplicatedStorage : public Storage {
   const std::string& disk() const { return disk_; }
   // Whether a message from `member`, speaking from `disk`, may be taken
   // (docs/design.md 10.2, amnesia): FAILED_PRECONDITION when the registry
-  // names another disk for it (it lost its data and could vote twice). A
-  // member not registered yet is taken, and the serving leader registers it.
+  // names another disk for it (it lost its data and could vote twice), or,
+  // before the registry names one, when this replica heard it from another
+  // disk. A member not registered yet is taken, and the serving leader
+  // registers it.
   absl::Status CheckPeer(uint64_t member, const std::string& disk) ABSL_LOCKS_EXCLUDED(mu_);
   // `peer` refused this replica's messages (CheckPeer's refusal there):
   // shown as its fault (Status) and logged once. Safety does not rest on
@@ -148,6 +150,12 @@ class ReplicatedStorage : public Storage {
   bool Registered(uint64_t member) ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     return disks_.count(member) > 0;
+  }
+  // Whether this replica knows a disk for `member`: registered, or heard
+  // from before (what a member starting on an empty disk asks).
+  bool KnowsDisk(uint64_t member) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return disks_.count(member) > 0 || heard_.count(member) > 0;
   }
 
   // Storage. Submit on a replica that is not the serving leader fails at
@@ -207,7 +215,8 @@ class ReplicatedStorage : public Storage {
  private:
   ReplicatedStorage(const Options& options, Storage* local, Transport* transport, Timers* timers,
                     std::unique_ptr<RaftEngine> engine, const DurableState& disk, uint64_t applied,
-                    std::string disk_id, std::map<uint64_t, std::string> disks);
+                    std::string disk_id, std::map<uint64_t, std::string> disks,
+                    std::map<uint64_t, std::string> heard);
   // Submit's work, under the lock; a refusal's DoneFn runs Later.
   void SubmitLocked(uint64_t term, Batch batch, DoneFn done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The serving leader writes `member` -> `disk` into the registry, once.
@@ -318,7 +327,11 @@ class ReplicatedStorage : public Storage {
   ServingHook hook_ ABSL_GUARDED_BY(mu_);
   absl::Mutex hook_mu_;                                         // one hook call at a time, in order
   std::map<uint64_t, std::string> disks_ ABSL_GUARDED_BY(mu_);  // the registry, as applied
-  std::set<uint64_t> registering_ ABSL_GUARDED_BY(mu_);         // entries in flight
+  // The first disk this replica heard each member speak from, kept on its
+  // own disk: a member that answered from one disk and comes back from
+  // another before the registry names either lost what it answered.
+  std::map<uint64_t, std::string> heard_ ABSL_GUARDED_BY(mu_);
+  std::set<uint64_t> registering_ ABSL_GUARDED_BY(mu_);  // entries in flight
   std::string fault_ ABSL_GUARDED_BY(mu_);
   // The member being caught up before it may vote, and who waits for it.
   uint64_t promoting_ ABSL_GUARDED_BY(mu_) = 0;

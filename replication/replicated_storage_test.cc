@@ -130,7 +130,7 @@ class Net {
           item.probed(absl::UnavailableError("unreachable"));
         } else {
           const GroupStatus s = target->Status();
-          item.probed(PeerLog{s.last_index, s.snapshot_index, target->Registered(item.from)});
+          item.probed(PeerLog{s.last_index, s.snapshot_index, target->KnowsDisk(item.from)});
         }
       } else if (item.fetched) {
         absl::StatusOr<std::vector<Write>> copy =
@@ -315,6 +315,31 @@ TEST(ReplicatedStorageTest, ARestartedFollowerCatchesUpFromItsDisk) {
   ASSERT_TRUE(g.WaitApplied(f, g.at(l)->Status().applied_index));
   EXPECT_EQ(g.Value(f, "before"), "1");
   EXPECT_EQ(g.Value(f, "while down 19"), "x");
+}
+
+// docs/design.md 10.2, the amnesia guard before the registry: a replica
+// remembers, on its own disk, the first disk it heard each member speak
+// from, and refuses that member from another disk, across a restart too
+// (a member wiped before the leader registered it would otherwise be taken
+// back with what it acknowledged forgotten).
+TEST(ReplicatedStorageTest, AMemberHeardFromOneDiskIsRefusedFromAnother) {
+  Group3 g;
+  const uint64_t l = g.Leader();
+  ASSERT_NE(l, 0u);
+  const uint64_t f = l % 3 + 1;
+  constexpr uint64_t kUnregistered = 99;
+  EXPECT_FALSE(g.at(f)->KnowsDisk(kUnregistered));
+  EXPECT_TRUE(g.at(f)->CheckPeer(kUnregistered, "disk-a").ok());
+  EXPECT_TRUE(g.at(f)->KnowsDisk(kUnregistered));
+  absl::Status other = g.at(f)->CheckPeer(kUnregistered, "disk-b");
+  EXPECT_EQ(other.code(), absl::StatusCode::kFailedPrecondition) << other;
+  EXPECT_NE(other.message().find("heard it from disk-a"), std::string::npos) << other;
+  g.Kill(f);
+  g.Start(f);
+  EXPECT_TRUE(g.at(f)->KnowsDisk(kUnregistered));
+  EXPECT_EQ(g.at(f)->CheckPeer(kUnregistered, "disk-b").code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(g.at(f)->CheckPeer(kUnregistered, "disk-a").ok());
 }
 
 // docs/design.md 10.2, state transfer: a follower behind the start of the

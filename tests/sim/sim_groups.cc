@@ -67,7 +67,7 @@ void Sim::ProbeRaft(const std::string& id, uint64_t from, uint64_t to,
       if (target.group != nullptr && !Cut(asker, target.name)) {
         const replication::GroupStatus s = target.group->Status();
         answer =
-            replication::PeerLog{s.last_index, s.snapshot_index, target.group->Registered(from)};
+            replication::PeerLog{s.last_index, s.snapshot_index, target.group->KnowsDisk(from)};
       }
     }
     auto result = std::make_shared<absl::StatusOr<replication::PeerLog>>(std::move(answer));

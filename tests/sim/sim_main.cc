@@ -22,14 +22,22 @@ namespace {
 
 // Replay line for a core's ATOMQ_CHECK abort in the middle of a seed.
 char g_replay[512];
+// --expect_violation: a planted bug that makes a core stop on one of its
+// own checks was caught too (by the core rather than the checker).
+bool g_expect_violation = false;
 
 void OnAbort(int) {
-  const char* head = "FAIL (a core check aborted the run) replay: ";
+  const char* head = g_expect_violation ? "caught (a core check aborted the run) replay: "
+                                        : "FAIL (a core check aborted the run) replay: ";
   ssize_t ignored = write(2, head, std::strlen(head));
   ignored = write(2, g_replay, std::strlen(g_replay));
   ignored = write(2, "\n", 1);
+  if (g_expect_violation) {
+    const char* tail = "the planted bug was caught\n";
+    ignored = write(1, tail, std::strlen(tail));
+  }
   (void)ignored;
-  _exit(3);
+  _exit(g_expect_violation ? 0 : 3);
 }
 
 }  // namespace
@@ -76,6 +84,7 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
   (void)seed_given;
+  g_expect_violation = expect_violation;
   std::signal(SIGABRT, OnAbort);
 
   atomq::sim::Options options;
