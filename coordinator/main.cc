@@ -154,6 +154,9 @@ int CheckFlags(CoordinatorFlags* f) {
     return Fail("--resend_initial_ms exceeds --resend_max_ms");
   }
   f->cfg.participants = *peers;
+  for (const auto& [id, address] : f->cfg.participants) {
+    if (address.find('|') != std::string::npos) f->cfg.participant_groups.insert(id);
+  }
   if (absl::Status st = atomq::replication::CheckGroupFlags(&f->group); !st.ok()) {
     return Fail(std::string(st.message()));
   }

@@ -70,6 +70,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -101,6 +102,11 @@ struct Config {
   // participant id -> address (--participants); also sent to participants
   // for cooperative termination.
   std::map<std::string, std::string> participants;
+  // Participants run as groups of replicas (an address "a|b|c"): a Prepare
+  // that finds one unreachable is sent again, with backoff, until the
+  // votes' deadline, as its group may be electing a leader. Another
+  // participant found unreachable aborts the transaction at once.
+  std::set<std::string> participant_groups;
   uint64_t boot_count = 1;                     // minted ids: <id>-<boot_count>-<counter>
   v1::Protocol default_protocol = v1::TWO_PC;  // --default_protocol
   uint32_t txn_timeout_ms = 5000;              // --txn_timeout_ms: votes deadline default

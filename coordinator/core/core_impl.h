@@ -101,6 +101,8 @@ struct CoordinatorCore::Impl {
   Txn NewTxn(const v1::ExecuteRequest& req, uint64_t digest, int64_t now_ms);
   void SendPrepares(Txn& t);
   OutMessage PrepareTo(const Txn& x, size_t i) const;
+  // Party i's Prepare as SendPrepares makes it: with its ops.
+  OutMessage PrepareWithOps(const Txn& t, size_t i) const;
 
   // ---- 2PC: votes, the commit/abort decision, the outcome round, QueryState (two_phase.cc) ----
   void Abort(Txn& t, std::string reason, int64_t now_ms);

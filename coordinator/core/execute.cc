@@ -190,14 +190,16 @@ Txn CoordinatorCore::Impl::NewTxn(const v1::ExecuteRequest& req, uint64_t digest
 // Each party's Prepare with its ops, and the votes' deadline.
 void CoordinatorCore::Impl::SendPrepares(Txn& t) {
   MoveTo(t, Phase::kPreparing);
-  for (size_t i = 0; i < t.parties.size(); ++i) {
-    OutMessage m = PrepareTo(t, i);
-    for (int op : t.parties[i].ops) *m.prepare.add_ops() = t.ops.Get(op);
-    if (t.one_phase) m.prepare = OnePhasePrepare(t, i);
-    out.send.push_back(std::move(m));
-  }
+  for (size_t i = 0; i < t.parties.size(); ++i) out.send.push_back(PrepareWithOps(t, i));
   MaybeWritePreparingRecord(t);
   t.deadline_timer = SetTimer(t, TimerKind::kDeadline, 0, t.deadline_ms);
+}
+
+OutMessage CoordinatorCore::Impl::PrepareWithOps(const Txn& t, size_t i) const {
+  OutMessage m = PrepareTo(t, i);
+  for (int op : t.parties[i].ops) *m.prepare.add_ops() = t.ops.Get(op);
+  if (t.one_phase) m.prepare = OnePhasePrepare(t, i);
+  return m;
 }
 
 // A Prepare to party i without its work (ops or staged count): who the

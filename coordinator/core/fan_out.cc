@@ -149,6 +149,12 @@ void CoordinatorCore::Impl::Resend(Txn& t, size_t i, int64_t now_ms) {
   } else if (Aborted(t)) {
     if (Acked(p)) return;
     type = MsgType::kAbort;
+  } else if (t.phase == Phase::kPreparing) {
+    // A Prepare that found its group between leaders (OnPrepareReply).
+    if (p.vote != Vote::kPending) return;
+    out.send.push_back(PrepareWithOps(t, i));
+    p.resend_timer = SetTimer(t, TimerKind::kResend, i, now_ms + p.backoff_ms);
+    return;
   } else {
     return;
   }

@@ -131,13 +131,21 @@ void CoordinatorCore::Impl::OnPrepareReply(const std::string& txn_id,
   if (t->one_phase) return OnOnePhaseReply(*t, static_cast<size_t>(i), reply, now_ms);
   Party& p = t->parties[i];
   if (!reply.ok()) {
-    p.vote = Vote::kFailed;
     absl::StatusCode c = reply.status().code();
-    const char* what = c == absl::StatusCode::kUnavailable ||
-                               c == absl::StatusCode::kDeadlineExceeded ||
-                               c == absl::StatusCode::kCancelled
-                           ? " unreachable: "
-                           : " failed to prepare: ";
+    const bool unreachable = c == absl::StatusCode::kUnavailable ||
+                             c == absl::StatusCode::kDeadlineExceeded ||
+                             c == absl::StatusCode::kCancelled;
+    if (unreachable && t->phase == Phase::kPreparing && !t->interactive &&
+        config.participant_groups.count(p.id) > 0) {
+      // A group between leaders: asked again (Resend) until the deadline.
+      p.backoff_ms = p.backoff_ms == 0 ? std::max<uint32_t>(1, config.resend_initial_ms)
+                                       : std::min(p.backoff_ms * 2, config.resend_max_ms);
+      p.resend_timer =
+          SetTimer(*t, TimerKind::kResend, static_cast<size_t>(i), now_ms + p.backoff_ms);
+      return;
+    }
+    p.vote = Vote::kFailed;
+    const char* what = unreachable ? " unreachable: " : " failed to prepare: ";
     return Abort(*t, absl::StrCat(p.id, what, reply.status().ToString()), now_ms);
   }
   switch (reply->vote()) {

@@ -195,6 +195,56 @@ TEST_F(CoordinatorCoreTest, FailedPrepareRpcAborts) {
   EXPECT_EQ(o.replies[0].response.reason(), "p2 unreachable: UNAVAILABLE: connection refused");
 }
 
+// A participant run as a group may be between leaders: its Prepare is
+// sent again, with backoff, until the votes' deadline, instead of aborting.
+TEST_F(CoordinatorCoreTest, AGroupBetweenLeadersIsAskedAgainUntilTheDeadline) {
+  config.participant_groups = {"p2"};
+  core().Execute(1, Req("t1", {Enq("p1", "q", "a"), Enq("p2", "q", "b")}), now);
+  Take();
+  core().OnPrepareReply("t1", "p1", Vote(v1::YES), now);
+  core().OnPrepareReply("t1", "p2", absl::UnavailableError("no leader is known"), now);
+  Output o = Take();
+  EXPECT_TRUE(o.send.empty());
+  EXPECT_TRUE(o.persist.empty()) << "no decision yet";
+  ASSERT_EQ(o.timers.size(), 1u);
+  EXPECT_EQ(o.timers[0].at_ms, now + 50);
+  Fire(o.timers[0]);
+  o = Take();
+  ASSERT_EQ(Targets(o, MsgType::kPrepare), (Strs{"p2"}));
+  ASSERT_EQ(o.send[0].prepare.ops_size(), 1);
+  EXPECT_EQ(o.send[0].prepare.ops(0).enqueue().payload(), "b");
+  // Down again: the next try waits twice as long.
+  core().OnPrepareReply("t1", "p2", absl::DeadlineExceededError("deadline"), now);
+  o = Take();
+  ASSERT_EQ(o.timers.size(), 1u);
+  EXPECT_EQ(o.timers[0].at_ms, now + 100);
+  const TimerRequest left_over = o.timers[0];
+  core().OnPrepareReply("t1", "p2", Vote(v1::YES), now);
+  o = Take();
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_EQ(Rec(o.persist[0]).state(), v1::STATE_COMMITTED);
+  // The retry timer left over finds the vote in and sends nothing.
+  Fire(left_over);
+  EXPECT_TRUE(Take().send.empty());
+}
+
+// Past the deadline the group's missing vote aborts as any other does.
+TEST_F(CoordinatorCoreTest, AGroupThatStaysUnreachableAbortsAtTheDeadline) {
+  config.participant_groups = {"p2"};
+  core().Execute(1, Req("t1", {Enq("p1", "q", "a"), Enq("p2", "q", "b")}), now);
+  Output o = Take();
+  ASSERT_EQ(o.timers.size(), 1u);
+  const TimerRequest deadline = o.timers[0];
+  core().OnPrepareReply("t1", "p1", Vote(v1::YES), now);
+  core().OnPrepareReply("t1", "p2", absl::UnavailableError("connection refused"), now);
+  Take();
+  Fire(deadline);
+  o = Take();
+  EXPECT_EQ(Targets(o, MsgType::kAbort), (Strs{"p1", "p2"}));
+  ASSERT_EQ(o.persist.size(), 1u);
+  EXPECT_EQ(Rec(o.persist[0]).reason(), "prepare timed out after 5000 ms waiting for p2");
+}
+
 TEST_F(CoordinatorCoreTest, PrepareDeadlineAborts) {
   core().Execute(
       1,

@@ -122,7 +122,10 @@ void Sim::Boot(Node& n) {
     coordinator::Config c;
     c.coordinator_id = n.id;
     c.coordinator_address = n.id;
-    for (const char* p : kParticipants) c.participants[p] = p;
+    for (const char* p : kParticipants) {
+      c.participants[p] = p;
+      if (options_.replicas > 1) c.participant_groups.insert(p);
+    }
     c.boot_count = n.incarnation;
     c.txn_timeout_ms = 300;
     c.resend_initial_ms = 10;
