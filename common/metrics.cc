@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <fstream>
 #include <sstream>
 
@@ -77,6 +78,11 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   }
   std::unique_ptr<MetricsServer> m(new MetricsServer);
   m->server_ = std::make_unique<httplib::Server>();
+  // httplib sets SO_REUSEPORT too, so a port in use would be shared.
+  m->server_->set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   m->server_->Get("/metrics", [render](const httplib::Request&, httplib::Response& res) {
     res.set_content(render(), "text/plain; version=0.0.4");
   });
@@ -84,13 +90,22 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     return absl::FailedPreconditionError(absl::StrCat("cannot listen on ", listen, " for metrics"));
   }
   httplib::Server* s = m->server_.get();
-  m->thread_ = std::thread([s] { s->listen_after_bind(); });
+  std::atomic<bool>* ended = &m->ended_;
+  m->thread_ = std::thread([s, ended] {
+    s->listen_after_bind();
+    *ended = true;
+  });
   return m;
 }
 
 MetricsServer::~MetricsServer() {
-  if (server_) server_->stop();
-  if (thread_.joinable()) thread_.join();
+  if (!thread_.joinable()) return;  // never bound
+  // httplib's stop() does nothing before the listening loop has started,
+  // which would then run for good and this join with it.
+  while (!ended_ && !server_->is_running())
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  server_->stop();
+  thread_.join();
 }
 
 }  // namespace atomq

@@ -1,6 +1,7 @@
 // Prometheus text exposition over HTTP (GET /metrics), on its own port.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -37,6 +38,7 @@ class MetricsServer {
  private:
   MetricsServer() = default;
   std::unique_ptr<httplib::Server> server_;
+  std::atomic<bool> ended_{false};  // the listening loop returned
   std::thread thread_;
 };
 

@@ -76,6 +76,10 @@ uint64_t ChannelCache::created() {
   return created_;
 }
 
+void RefuseSharedPort(grpc::ServerBuilder& builder) {
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+}
+
 void AllowKeepalivePings(grpc::ServerBuilder& builder, int interval_ms) {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, interval_ms);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
@@ -87,6 +91,7 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
     uint32_t message_bytes_max, std::shared_ptr<grpc::ServerCredentials> credentials,
     RpcLoop* loop) {
   grpc::ServerBuilder& builder = loop->builder();
+  RefuseSharedPort(builder);
   int port = 0;
   builder.AddListeningPort(listen, std::move(credentials), &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(message_bytes_max));
@@ -163,6 +168,7 @@ absl::StatusOr<std::unique_ptr<StandInServer>> StandInServer::Start(
     std::shared_ptr<grpc::ServerCredentials> credentials, Refusal refusal) {
   std::unique_ptr<StandInServer> r(new StandInServer(service_names, std::move(refusal)));
   grpc::ServerBuilder builder;
+  RefuseSharedPort(builder);
   int port = 0;
   builder.AddListeningPort(listen, std::move(credentials), &port);
   builder.RegisterCallbackGenericService(r->refuser_.get());

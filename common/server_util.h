@@ -65,6 +65,10 @@ class ChannelCache {
 // when idle (ChannelCache's keepalive) without being sent away.
 void AllowKeepalivePings(grpc::ServerBuilder& builder, int interval_ms);
 
+// gRPC binds with SO_REUSEPORT by default: a second server on a port in use
+// would share its connections instead of failing to start.
+void RefuseSharedPort(grpc::ServerBuilder& builder);
+
 // Builds and starts a server on `listen` (host:port) with `loop`'s builder,
 // speaking TLS per `credentials` (common/tls.h), and serves its methods on
 // the loop (common/rpc_loop.h; health is one of `services`, from

@@ -1,5 +1,8 @@
 #include "common/server_util.h"
 
+#include "absl/strings/str_cat.h"
+#include "common/free_port.h"
+#include "common/metrics.h"
 #include "gtest/gtest.h"
 
 namespace atomq {
@@ -31,6 +34,28 @@ TEST(ChannelCacheTest, ManyAddressesKeepAtMostMax) {
   for (int i = 0; i < 2000; ++i) cache.Get("127.0.0.1:" + std::to_string(10000 + i));
   EXPECT_EQ(cache.size(), 8u);
   EXPECT_EQ(cache.created(), 2000u);
+}
+
+// Two servers on one port would split its connections between them (gRPC
+// and httplib both bind with SO_REUSEPORT unless told not to): the second
+// must fail to start instead.
+TEST(ServerTest, ASecondServerOnAPortInUseFailsToStart) {
+  const std::string listen = absl::StrCat("127.0.0.1:", FreePort());
+  auto first = StandInServer::Start(listen, {"atomq.v1.Queue"}, grpc::InsecureServerCredentials());
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = StandInServer::Start(listen, {"atomq.v1.Queue"}, grpc::InsecureServerCredentials());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+
+  RpcLoop loop(1);
+  auto served = StartServer(listen, {}, 1024, grpc::InsecureServerCredentials(), &loop);
+  EXPECT_EQ(served.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(served.status().message().find(listen), std::string::npos) << served.status();
+
+  const std::string metrics = absl::StrCat("127.0.0.1:", FreePort());
+  auto m1 = MetricsServer::Start(metrics, [] { return std::string(); });
+  ASSERT_TRUE(m1.ok()) << m1.status();
+  auto m2 = MetricsServer::Start(metrics, [] { return std::string(); });
+  EXPECT_EQ(m2.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

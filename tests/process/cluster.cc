@@ -122,7 +122,7 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
         r.peer_port = FreePort();
         r.metrics_port = FreePort();
         // The kernel may hand the proxy a port FreePort() gave out and
-        // released; the server would then share it (SO_REUSEPORT).
+        // released; the server could then not bind it.
         while (options_.peer_proxies &&
                (r.proxy == nullptr || r.proxy->port() == r.peer_port ||
                 r.proxy->port() == r.client_port || r.proxy->port() == r.metrics_port)) {
