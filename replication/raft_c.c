@@ -26,6 +26,9 @@ struct aq_raft {
    * replica's: an AppendEntries, or a pre-vote RequestVote. */
   bool stale_append;
   bool stale_pre_vote;
+  /* A TimeoutNow held back until its transferee holds the whole log. */
+  aq_message held_timeout_now;
+  bool has_held_timeout_now;
 };
 
 static void release(aq_raft *h) {
@@ -159,6 +162,56 @@ static void out_message(const struct raft_message *m, aq_message *o) {
   }
 }
 
+static uint64_t match_of(aq_raft *h, uint64_t id) {
+  raft_index match = 0;
+  if (raft_match_index(&h->raft, id, &match) != 0) return 0;
+  return match;
+}
+
+/* C-Raft 0.22.1 sends a transferee its TimeoutNow on the first success
+ * result after the transfer began, not once the transferee holds the whole
+ * log (replication.c compares the match index with the result's own last
+ * index). A transferee still behind, or still writing, ignores it
+ * (recv_timeout_now.c), and the transfer lapses: under load it nearly always
+ * did. So a TimeoutNow to a member behind the leader's log is kept here and
+ * sent after the update in which its match index reaches the message's last
+ * index, while the same transfer lasts. */
+static int hold_timeout_now(aq_raft *h, aq_update *out) {
+  unsigned n = 0;
+  for (unsigned i = 0; i < out->n_messages; i++) {
+    const aq_message *o = &out->messages[i];
+    if (o->type == AQ_MSG_TIMEOUT_NOW && match_of(h, o->peer) < o->last_log_index) {
+      h->held_timeout_now = *o;
+      h->has_held_timeout_now = true;
+      continue;
+    }
+    h->messages[n++] = *o;
+  }
+  out->n_messages = n;
+  if (!h->has_held_timeout_now) return 0;
+  aq_message *held = &h->held_timeout_now;
+  if (raft_transferee(&h->raft) != held->peer || h->raft.current_term != held->term) {
+    h->has_held_timeout_now = false; /* the transfer lapsed, or ended */
+    return 0;
+  }
+  if (match_of(h, held->peer) < held->last_log_index) return 0;
+  const struct raft_server *to = NULL;
+  for (unsigned i = 0; i < h->raft.configuration.n; i++) {
+    if (h->raft.configuration.servers[i].id == held->peer) to = &h->raft.configuration.servers[i];
+  }
+  h->has_held_timeout_now = false;
+  if (to == NULL) return 0;
+  if (!reserve((void **)&h->messages, &h->messages_cap, n + 1, sizeof(aq_message))) {
+    return RAFT_NOMEM;
+  }
+  held->peer_address = to->address;
+  h->messages[n] = *held;
+  out->messages = h->messages;
+  out->n_messages = n + 1;
+  out->flags |= RAFT_UPDATE_MESSAGES;
+  return 0;
+}
+
 /* Runs one event and translates its update. `entries_in` (raft_malloc'd
  * array, batch inside) is the event's own, freed here as ownership says. */
 static int step(aq_raft *h, struct raft_event *ev, uint64_t now, aq_update *out) {
@@ -230,7 +283,7 @@ static int step(aq_raft *h, struct raft_event *ev, uint64_t now, aq_update *out)
     out->messages = h->messages;
     out->n_messages = u.messages.n;
   }
-  return 0;
+  return hold_timeout_now(h, out);
 }
 
 int aq_raft_start(aq_raft *h, uint64_t now, uint64_t term, uint64_t voted_for,

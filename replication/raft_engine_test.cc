@@ -548,6 +548,27 @@ TEST(RaftEngineTest, LeadershipMovesToTheMemberAskedFor) {
   EXPECT_TRUE(g.violations().empty()) << g.violations()[0];
 }
 
+// Asked while entries are still on their way to it, the member takes over
+// once it holds them: C-Raft 0.22.1 alone sends its TimeoutNow on the first
+// acknowledgement after the request, which here is one for "y" only; the
+// member, short of "z", ignores it and the transfer lapses (raft_c.c).
+TEST(RaftEngineTest, LeadershipMovesToAMemberAskedForWhileItIsBehind) {
+  Group g(3, 5);
+  uint64_t l = g.ElectLeader();
+  ASSERT_TRUE(g.Commit("x"));
+  uint64_t target = l % 3 + 1;
+  uint64_t y = g.Submit("y");
+  ASSERT_TRUE(g.RunUntil([&] { return g.at(target).engine->last_index() >= y; }));
+  g.CutLink(l, target, true);  // "z" and what follows get lost on the way
+  ASSERT_NE(g.Submit("z"), 0u);
+  g.Handle(g.at(l), g.at(l).engine->Transfer(g.now(), target));
+  ASSERT_TRUE(g.RunUntil([&] { return g.at(l).engine->match_index(target) >= y; }));
+  g.CutLink(l, target, false);
+  ASSERT_TRUE(g.RunUntil([&] { return g.Leader() == target; }, kElection)) << "transfer lapsed";
+  ASSERT_TRUE(g.Commit("after"));
+  EXPECT_TRUE(g.violations().empty()) << g.violations()[0];
+}
+
 TEST(RaftEngineTest, AConfigurationEntryDemotesAVoterOnceCommitted) {
   Group g(3, 6);
   uint64_t l = g.ElectLeader();
