@@ -78,7 +78,17 @@ void GrpcTransport::FetchState(uint64_t to, const std::string& address, uint64_t
 }
 
 void GrpcTransport::Probe(uint64_t to, const std::string& address, ProbedFn done) {
-  Queue([this, to, peer = SplitConfigAddress(address).peer, done = std::move(done)] {
+  absl::MutexLock lock(&mu_);
+  const bool queued = probes_waiting_.count(to) > 0;
+  probes_waiting_[to] = std::move(done);
+  if (queued) return;
+  jobs_.push_back([this, to, peer = SplitConfigAddress(address).peer] {
+    ProbedFn done;
+    {
+      absl::MutexLock lock(&mu_);
+      done = std::move(probes_waiting_.at(to));
+      probes_waiting_.erase(to);
+    }
     done(AskLog(to, peer));
   });
 }

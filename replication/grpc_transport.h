@@ -57,7 +57,10 @@ class GrpcTransport : public Transport {
   // thread of its own: copies are rare and may be long.
   void FetchState(uint64_t to, const std::string& address, uint64_t bytes_max,
                   FetchedFn done) override ABSL_LOCKS_EXCLUDED(mu_);
-  // Replica.Status, on the same thread.
+  // Replica.Status, on the same thread. A probe of a member still waiting
+  // to be sent is not queued again: its answer goes to the newest `done`
+  // (the earlier one is dropped uncalled), so rounds that outpace an
+  // unreachable member do not pile up.
   void Probe(uint64_t to, const std::string& address, ProbedFn done) override
       ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t dropped() ABSL_LOCKS_EXCLUDED(mu_);
@@ -96,6 +99,7 @@ class GrpcTransport : public Transport {
   std::string disk_ ABSL_GUARDED_BY(mu_);
   std::function<void(uint64_t, const std::string&)> refused_ ABSL_GUARDED_BY(mu_);
   std::deque<std::function<void()>> jobs_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, ProbedFn> probes_waiting_ ABSL_GUARDED_BY(mu_);  // by member
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread fetcher_;  // last: starts once the rest is built
 };

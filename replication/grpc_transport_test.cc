@@ -125,6 +125,27 @@ class GrpcGroup {
   absl::Status last_open_;
 };
 
+// Fresh-start probes run one at a time, each waiting up to a second for an
+// unreachable member: asked again every round, they must not queue up ahead
+// of a member that answers.
+TEST(GrpcTransportTest, ProbesOfAnUnreachableMemberDoNotPileUp) {
+  GrpcGroup g;
+  ASSERT_NE(g.Leader(), 0u);
+  RpcLoop loop(1);
+  ChannelCache channels;
+  GrpcTransport t(&loop, &channels, GrpcTransport::Options{kGroup, 7});
+  const std::string nobody = absl::StrCat("127.0.0.1:", FreePort());
+  for (int round = 0; round < 30; ++round) t.Probe(9, nobody, [](absl::StatusOr<PeerLog>) {});
+  std::promise<absl::StatusOr<PeerLog>> answered;
+  t.Probe(1, g.address(1), [&](absl::StatusOr<PeerLog> a) { answered.set_value(std::move(a)); });
+  std::future<absl::StatusOr<PeerLog>> f = answered.get_future();
+  ASSERT_EQ(f.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  absl::StatusOr<PeerLog> a = f.get();
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_GT(a->last_index, 0u);
+  loop.Shutdown();
+}
+
 TEST(GrpcTransportTest, AGroupOverGrpcCommitsAndReplacesALostLeader) {
   GrpcGroup g;
   uint64_t l = g.Leader();
