@@ -9,10 +9,12 @@
 #include <chrono>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/storage.h"
 #include "gtest/gtest.h"
 #include "tests/process/cluster.h"
@@ -258,7 +260,9 @@ int64_t FileBytes(const std::string& path) {
 // a few threads at once; every answer must be ABORTED.
 void AskAbout(Cluster& c, const std::string& prefix, int n) {
   constexpr int kThreads = 16;
-  std::atomic<int> wrong{0};
+  absl::Mutex mu;
+  int wrong = 0;
+  std::string first;  // the first few wrong answers
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
@@ -271,13 +275,21 @@ void AskAbout(Cluster& c, const std::string& prefix, int n) {
         grpc::ClientContext ca, cb;
         Deadline(&ca, 30000);
         Deadline(&cb, 30000);
-        if (!coordinator->QueryState(&ca, ref, &a).ok() || a.state() != v1::STATE_ABORTED) wrong++;
-        if (!participant->QueryState(&cb, ref, &b).ok() || b.state() != v1::STATE_ABORTED) wrong++;
+        const grpc::Status sa = coordinator->QueryState(&ca, ref, &a);
+        const grpc::Status sb = participant->QueryState(&cb, ref, &b);
+        for (const auto& [st, r, who] : {std::tuple(sa, a, "c1"), std::tuple(sb, b, "p1")}) {
+          if (st.ok() && r.state() == v1::STATE_ABORTED) continue;
+          absl::MutexLock lock(&mu);
+          if (wrong++ < 5) {
+            absl::StrAppend(&first, who, " ", ref.txn_id(), ": ", st.error_code(), " ",
+                            st.error_message(), " state ", r.state(), "\n");
+          }
+        }
       }
     });
   }
   for (std::thread& t : threads) t.join();
-  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(wrong, 0) << first;
 }
 
 // Waits until p1 erased `erased` outcomes in all.
