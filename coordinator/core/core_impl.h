@@ -109,6 +109,8 @@ struct CoordinatorCore::Impl {
   void PersistCommit(Txn& t, CommitBy by);
   void DecideCommit(Txn& t, int64_t now_ms);
   void OnCommitDurable(Txn& t, int64_t now_ms);
+  static bool Unreachable(absl::StatusCode c);
+  bool PrepareAgain(Txn& t, size_t i, const absl::Status& failed, int64_t now_ms);
   void OnPrepareReply(const std::string& txn_id, const std::string& participant,
                       const absl::StatusOr<v1::PrepareResponse>& reply, int64_t now_ms);
   void OnCommitReply(const std::string& txn_id, const std::string& participant,

@@ -8,6 +8,7 @@
 // (the same sequences, or NO): it never commits twice. The participant is
 // never in doubt, so it never asks QueryState about the id (which would
 // presume abort here).
+// A group between leaders is asked again until the deadline (PrepareAgain).
 // A NO is final at the participant (it records ABORTED before it answers),
 // so the abort is decided as under 2PC. An unknown outcome (a failed
 // Prepare RPC, a reply that is no vote, the deadline) is NOT an abort: the
@@ -66,6 +67,7 @@ void CoordinatorCore::Impl::OnOnePhaseReply(Txn& t, size_t i,
                                             int64_t now_ms) {
   Party& p = t.parties[i];
   if (!reply.ok()) {
+    if (PrepareAgain(t, i, reply.status(), now_ms)) return;
     return FenceOnePhase(
         t, absl::StrCat(p.id, " did not answer the one-phase prepare: ", reply.status().ToString()),
         now_ms);

@@ -189,6 +189,47 @@ TEST_F(CoordinatorCoreTest, OnePhaseFailedPrepareIsSettledByAnAbortNotPresumed) 
   EXPECT_TRUE(Contains(o.replies[0].response.reason(), "connection reset"));
 }
 
+// A group between leaders gets the same one-phase Prepare again, with
+// backoff, instead of the Abort that would settle it as aborted.
+TEST_F(CoordinatorCoreTest, OnePhaseGroupBetweenLeadersIsAskedAgainThenSettledAtTheDeadline) {
+  config.one_phase = true;
+  config.participant_groups = {"p1"};
+  core().Execute(1, Req("t1", {Enq("p1", "q", "a")}, v1::TWO_PC, 300), now);
+  Output o = Take();
+  ASSERT_EQ(o.timers.size(), 1u);
+  const TimerRequest deadline = o.timers[0];
+  core().OnPrepareReply("t1", "p1", absl::UnavailableError("no leader is known"), now);
+  o = Take();
+  EXPECT_TRUE(o.send.empty());
+  EXPECT_TRUE(o.persist.empty());
+  ASSERT_NE(LatestTimer(o), nullptr);
+  EXPECT_EQ(LatestTimer(o)->at_ms, now + 50);
+  Fire(*LatestTimer(o));
+  o = Take();
+  ASSERT_EQ(o.send.size(), 1u);
+  EXPECT_EQ(o.send[0].type, MsgType::kPrepare);
+  EXPECT_TRUE(o.send[0].prepare.one_phase());
+  EXPECT_EQ(o.send[0].prepare.ops(0).enqueue().payload(), "a");
+  core().OnPrepareReply("t1", "p1", YesWith({8}), now);
+  o = Take();
+  ASSERT_EQ(o.replies.size(), 1u);
+  EXPECT_EQ(o.replies[0].response.outcome(), v1::COMMITTED);
+  EXPECT_EQ(Results(o.replies[0].response), (std::vector<uint64_t>{8}));
+  Fire(deadline);  // the vote is in: nothing left to do
+  EXPECT_TRUE(Take().send.empty());
+
+  // Unreachable until the deadline: then settled with an Abort as before.
+  core().Execute(2, Req("t2", {Enq("p1", "q", "b")}, v1::TWO_PC, 300), now);
+  o = Take();
+  const TimerRequest deadline2 = o.timers.at(0);
+  core().OnPrepareReply("t2", "p1", absl::DeadlineExceededError("rpc deadline"), now);
+  Take();
+  Fire(deadline2);
+  o = Take();
+  EXPECT_EQ(Targets(o, MsgType::kAbort), (Strs{"p1"}));
+  EXPECT_TRUE(o.persist.empty()) << "not decided until p1 answers the Abort";
+}
+
 TEST_F(CoordinatorCoreTest, OnePhaseDeadlineAbortRefusedAsCommittedFetchesTheSequences) {
   config.one_phase = true;
   core().Execute(1, Req("t1", {Enq("p1", "q", "a")}, v1::TWO_PC, 300), now);

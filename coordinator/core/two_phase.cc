@@ -120,6 +120,28 @@ void CoordinatorCore::Impl::OnCommitDurable(Txn& t, int64_t now_ms) {
   MaybeFinish(t);
 }
 
+bool CoordinatorCore::Impl::Unreachable(absl::StatusCode c) {
+  return c == absl::StatusCode::kUnavailable || c == absl::StatusCode::kDeadlineExceeded ||
+         c == absl::StatusCode::kCancelled;
+}
+
+// A group between leaders: its Prepare (one-phase too) is asked again
+// (Resend) until the deadline. Sending it again is safe: a group's new
+// leader serves only once it applied every entry of earlier terms, so a
+// Prepare the old one wrote is found, not done twice.
+bool CoordinatorCore::Impl::PrepareAgain(Txn& t, size_t i, const absl::Status& failed,
+                                         int64_t now_ms) {
+  Party& p = t.parties[i];
+  if (!Unreachable(failed.code()) || t.phase != Phase::kPreparing || t.interactive ||
+      config.participant_groups.count(p.id) == 0) {
+    return false;
+  }
+  p.backoff_ms = p.backoff_ms == 0 ? std::max<uint32_t>(1, config.resend_initial_ms)
+                                   : std::min(p.backoff_ms * 2, config.resend_max_ms);
+  p.resend_timer = SetTimer(t, TimerKind::kResend, i, now_ms + p.backoff_ms);
+  return true;
+}
+
 void CoordinatorCore::Impl::OnPrepareReply(const std::string& txn_id,
                                            const std::string& participant,
                                            const absl::StatusOr<v1::PrepareResponse>& reply,
@@ -131,21 +153,10 @@ void CoordinatorCore::Impl::OnPrepareReply(const std::string& txn_id,
   if (t->one_phase) return OnOnePhaseReply(*t, static_cast<size_t>(i), reply, now_ms);
   Party& p = t->parties[i];
   if (!reply.ok()) {
-    absl::StatusCode c = reply.status().code();
-    const bool unreachable = c == absl::StatusCode::kUnavailable ||
-                             c == absl::StatusCode::kDeadlineExceeded ||
-                             c == absl::StatusCode::kCancelled;
-    if (unreachable && t->phase == Phase::kPreparing && !t->interactive &&
-        config.participant_groups.count(p.id) > 0) {
-      // A group between leaders: asked again (Resend) until the deadline.
-      p.backoff_ms = p.backoff_ms == 0 ? std::max<uint32_t>(1, config.resend_initial_ms)
-                                       : std::min(p.backoff_ms * 2, config.resend_max_ms);
-      p.resend_timer =
-          SetTimer(*t, TimerKind::kResend, static_cast<size_t>(i), now_ms + p.backoff_ms);
-      return;
-    }
+    if (PrepareAgain(*t, static_cast<size_t>(i), reply.status(), now_ms)) return;
     p.vote = Vote::kFailed;
-    const char* what = unreachable ? " unreachable: " : " failed to prepare: ";
+    const char* what =
+        Unreachable(reply.status().code()) ? " unreachable: " : " failed to prepare: ";
     return Abort(*t, absl::StrCat(p.id, what, reply.status().ToString()), now_ms);
   }
   switch (reply->vote()) {
