@@ -26,7 +26,11 @@ int main(int argc, char** argv) {
   app.add_option("--token_file", g.token_file,
                  "file holding the bearer token sent with every call (default: env ATOMQ_TOKEN)");
   // Before any command runs: refuse an unasked-for plaintext connection.
-  app.parse_complete_callback([&g] {
+  app.parse_complete_callback([&app, &g] {
+    // The offline commands call no server.
+    for (const char* offline : {"verify", "backup", "restore"}) {
+      if (app.got_subcommand(offline)) return;
+    }
     absl::Status st = atomq::CheckTlsFlags(g.tls, /*server=*/false);
     if (!st.ok()) throw CLI::ValidationError("TLS", std::string(st.message()));
     atomq::SetDialCredentials(atomq::ChannelCredentials(g.tls));
@@ -47,6 +51,7 @@ int main(int argc, char** argv) {
   CLI::App* cluster = app.add_subcommand("cluster", "replica groups");
   cluster->require_subcommand(1);
   AddClusterCommands(cluster, g, &rc);
+  AddDataDirCommands(app, &rc);
 
   try {
     app.parse(argc, argv);

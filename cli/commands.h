@@ -21,4 +21,7 @@ void AddQueueCommands(CLI::App* queue, const Globals& g, int* rc);
 // cluster status and transfer: the replicas of a group.
 void AddClusterCommands(CLI::App* cluster, const Globals& g, int* rc);
 
+// verify, backup and restore: data files read without their server.
+void AddDataDirCommands(CLI::App& app, int* rc);
+
 }  // namespace atomq::ctl

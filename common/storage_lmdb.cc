@@ -21,6 +21,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/check.h"
+#include "common/data_file.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "common/storage.h"
@@ -476,7 +477,7 @@ absl::Status Unusable(const std::string& dir, const std::string& what, int rc) {
       absl::StrCat("data dir ", dir, " is unusable: ", what, ": ", mdb_strerror(rc)));
 }
 
-std::string DataFile(const std::string& dir) { return dir + "/data.mdb"; }
+std::string DataFilePath(const std::string& dir) { return dir + "/data.mdb"; }
 
 // A new directory is the owner's alone: messages and payloads are in it.
 absl::Status MakeDataDir(const std::string& dir) {
@@ -505,7 +506,7 @@ absl::Status MakeDataDir(const std::string& dir) {
 // node that had data, that is silent loss, so only `create` allows it.
 absl::Status CheckDataFileBeforeOpen(const std::string& dir, bool create) {
   std::error_code ec;
-  const std::string file = DataFile(dir);
+  const std::string file = DataFilePath(dir);
   if (!std::filesystem::exists(file, ec)) {
     if (create) return absl::OkStatus();
     return absl::FailedPreconditionError(
@@ -525,34 +526,11 @@ absl::Status CheckDataFileBeforeOpen(const std::string& dir, bool create) {
   return absl::OkStatus();
 }
 
-// A data file shorter than the pages LMDB's meta page records would crash
-// the process (SIGBUS) at the first read of a missing page: refuse it.
-// mdb_env_open reads the meta pages with read(2), not through the map.
-absl::Status CheckDataFileSize(MDB_env* env, const std::string& dir) {
-  MDB_envinfo info;
-  MDB_stat stat;
-  int rc = mdb_env_info(env, &info);
-  if (rc == 0) rc = mdb_env_stat(env, &stat);
-  if (rc != 0) return Unusable(dir, "mdb_env_info", rc);
-  std::error_code ec;
-  const std::string file = DataFile(dir);
-  const uintmax_t size = std::filesystem::file_size(file, ec);
-  if (ec)
-    return absl::FailedPreconditionError(absl::StrCat("data file ", file, ": ", ec.message()));
-  const uintmax_t needed = (static_cast<uintmax_t>(info.me_last_pgno) + 1) * stat.ms_psize;
-  if (size < needed) {
-    return absl::DataLossError(absl::StrCat("data file ", file, " is truncated: ", size,
-                                            " bytes, but LMDB records ", needed,
-                                            "; restore the directory from a backup"));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 bool LmdbDataExists(const std::string& dir) {
   std::error_code ec;
-  return std::filesystem::exists(DataFile(dir), ec);
+  return std::filesystem::exists(DataFilePath(dir), ec);
 }
 
 absl::StatusOr<std::unique_ptr<Storage>> OpenLmdbStorage(const LmdbOptions& options) {
@@ -598,7 +576,7 @@ absl::StatusOr<std::unique_ptr<Storage>> OpenLmdbStorage(const LmdbOptions& opti
   // MAPASYNC: a commit returns only after fsync, which is what "durable" means.
   rc = mdb_env_open(env, dir.c_str(), MDB_NOTLS, 0600);
   if (rc != 0) return fail("mdb_env_open", rc);
-  if (absl::Status st = CheckDataFileSize(env, dir); !st.ok()) {
+  if (absl::Status st = CheckLmdbFileSize(env, DataFilePath(dir)); !st.ok()) {
     mdb_env_close(env);
     close(lock_fd);
     return st;
