@@ -22,6 +22,9 @@ int main(int argc, char** argv) {
   app.add_option("--rpc_timeout_ms", g.rpc_timeout_ms, "deadline of each call")
       ->capture_default_str();
   app.add_flag("--json", g.json, "print JSON instead of a table");
+  app.add_option("--data_dir", g.data_dir,
+                 "txn list and queue list: read this node's data dir (stopped, or running: "
+                 "read-only) instead of calling a server");
   atomq::AddTlsFlags(app, &g.tls, /*server=*/false);
   app.add_option("--token_file", g.token_file,
                  "file holding the bearer token sent with every call (default: env ATOMQ_TOKEN)");
@@ -31,6 +34,7 @@ int main(int argc, char** argv) {
     for (const char* offline : {"verify", "backup", "restore"}) {
       if (app.got_subcommand(offline)) return;
     }
+    if (!g.data_dir.empty()) return;
     absl::Status st = atomq::CheckTlsFlags(g.tls, /*server=*/false);
     if (!st.ok()) throw CLI::ValidationError("TLS", std::string(st.message()));
     atomq::SetDialCredentials(atomq::ChannelCredentials(g.tls));

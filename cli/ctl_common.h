@@ -22,6 +22,7 @@ struct Globals {
   bool json = false;
   TlsFlags tls;
   std::string token_file;  // --token_file (else env ATOMQ_TOKEN)
+  std::string data_dir;    // --data_dir: read a node's data dir instead of calling it
 };
 
 // Exit statuses: 0 success (a transaction committed), 1 a transaction

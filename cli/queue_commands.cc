@@ -2,6 +2,7 @@
 // one participant's Queue service.
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -9,7 +10,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "atomq/v1/records.pb.h"
 #include "cli/commands.h"
+#include "common/codec.h"
+#include "common/data_file.h"
 
 namespace atomq::ctl {
 namespace {
@@ -258,8 +262,66 @@ int QueueReceive(QueueCall& c) {
   return 0;
 }
 
+// queue list from a participant's data dir, without its server: leases
+// are not on disk (none outlives a start), so every stored message not
+// being acked by a prepared transaction counts as ready.
+int QueueListInDataDir(const Globals& g) {
+  absl::StatusOr<std::unique_ptr<DataFile>> f = DataFile::Open(g.data_dir);
+  if (!f.ok()) return Error(std::string(f.status().message()));
+  v1::ListQueuesResponse resp;
+  std::map<uint64_t, v1::QueueInfo*> by_id;
+  std::map<std::string, v1::QueueInfo*> by_name;
+  std::map<uint64_t, uint64_t> stored;
+  absl::Status bad;
+  absl::Status st = (*f)->Scan("queues", [&](std::string_view, std::string_view value) {
+    v1::QueueRecord r;
+    if (bad = DecodeRecord(value, &r); !bad.ok()) return false;
+    v1::QueueInfo* q = resp.add_queues();
+    q->set_name(r.name());
+    q->set_version(r.next_sequence());
+    q->set_created_unix_ms(r.created_unix_ms());
+    q->set_max_deliveries(r.max_deliveries());
+    q->set_dead_letter_queue(r.dead_letter_queue());
+    by_id[r.id()] = q;
+    by_name[r.name()] = q;
+    return true;
+  });
+  if (st.ok()) {
+    st = (*f)->Scan("messages", [&](std::string_view key, std::string_view) {
+      if (key.size() == 16) ++stored[DecodeU64(key)];
+      return true;
+    });
+  }
+  std::map<std::string, uint64_t> acking;
+  if (st.ok() && bad.ok()) {
+    st = (*f)->Scan("prepared", [&](std::string_view, std::string_view value) {
+      v1::PreparedRecord r;
+      if (bad = DecodeRecord(value, &r); !bad.ok()) return false;
+      for (const v1::Op& op : r.ops()) {
+        const std::string& queue = op.has_ack() ? op.ack().queue() : op.enqueue().queue();
+        if (auto it = by_name.find(queue); it != by_name.end()) {
+          it->second->set_pending_in_txn(it->second->pending_in_txn() + 1);
+        }
+        if (op.has_ack()) ++acking[queue];
+      }
+      return true;
+    });
+  }
+  if (!st.ok()) return Error(std::string(st.message()));
+  if (!bad.ok()) return Error(absl::StrCat("a damaged record: ", bad.message()));
+  for (auto& [id, q] : by_id) {
+    const uint64_t n = stored[id], held = acking[q->name()];
+    q->set_ready(n > held ? n - held : 0);
+  }
+  return ShowReply(g, "read", grpc::Status::OK, resp, [&] { PrintQueues(resp); });
+}
+
 int RunQueueCommand(const Globals& g, const std::string& cmd, const QueueArgs& a,
                     QueueCommand run) {
+  if (!g.data_dir.empty()) {
+    if (run == QueueList) return QueueListInDataDir(g);
+    return Error(absl::StrCat("queue ", cmd, " calls a server: drop --data_dir"));
+  }
   if (g.participant.empty()) return Error(absl::StrCat("queue ", cmd, " needs --participant=ADDR"));
   auto stub = v1::Queue::NewStub(Connect(g.participant));
   grpc::ClientContext ctx;

@@ -6,7 +6,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "atomq/v1/records.pb.h"
 #include "cli/commands.h"
+#include "common/codec.h"
+#include "common/data_file.h"
+#include "coordinator/core/txn.h"
 
 namespace atomq::ctl {
 namespace {
@@ -207,6 +211,100 @@ int ListAtCoordinator(const Globals& g, const QueryArgs& a) {
   });
 }
 
+// --- txn list --data_dir: read from a data dir, without its server ---
+
+// Stripped of payloads and headers unless asked, as the server lists them.
+v1::ParticipantTxnInfo InfoOfPrepared(const v1::PreparedRecord& r, bool payloads) {
+  v1::ParticipantTxnInfo t;
+  t.set_txn_id(r.txn_id());
+  t.set_protocol(r.protocol());
+  t.set_state(r.state());
+  t.set_coordinator_id(r.coordinator_id());
+  t.set_coordinator_address(r.coordinator_address());
+  t.set_prepared_unix_ms(r.prepared_unix_ms());
+  *t.mutable_participants() = r.participants();
+  t.set_in_doubt(true);  // prepared and, as read here, waiting for its outcome
+  t.set_payloads_included(payloads);
+  for (v1::Op op : r.ops()) {
+    uint64_t bytes = 0;
+    if (op.has_enqueue()) {
+      bytes = op.enqueue().payload().size();
+      for (const auto& [k, v] : op.enqueue().headers()) bytes += k.size() + v.size();
+      if (!payloads) {
+        op.mutable_enqueue()->clear_payload();
+        op.mutable_enqueue()->clear_headers();
+      }
+    }
+    t.add_op_bytes(bytes);
+    *t.add_ops() = std::move(op);
+  }
+  return t;
+}
+
+// Every record of `db`, decoded as `Record`; a damaged one ends the scan
+// with DATA_LOSS naming it.
+template <typename Record>
+absl::Status ScanRecords(DataFile& f, const std::string& db,
+                         const std::function<void(const Record&)>& fn) {
+  absl::Status bad;
+  absl::Status st = f.Scan(db, [&](std::string_view key, std::string_view value) {
+    Record r;
+    bad = DecodeRecord(value, &r);
+    if (!bad.ok()) {
+      bad = absl::DataLossError(absl::StrCat(db, " key \"", std::string(key), "\": ", bad.message(),
+                                             " (atomqctl verify lists every damaged record)"));
+      return false;
+    }
+    fn(r);
+    return true;
+  });
+  return st.ok() ? bad : st;
+}
+
+int ListInDataDir(const Globals& g, const QueryArgs& a) {
+  absl::StatusOr<std::unique_ptr<DataFile>> f = DataFile::Open(g.data_dir);
+  if (!f.ok()) return Error(std::string(f.status().message()));
+  absl::StatusOr<std::vector<std::string>> dbs = (*f)->Dbs();
+  if (!dbs.ok()) return Error(std::string(dbs.status().message()));
+  const bool coordinator = std::find(dbs->begin(), dbs->end(), "txn") != dbs->end();
+  absl::Status st;
+  if (coordinator) {
+    std::vector<v1::TxnState> states;
+    if (!ParseStateFilter(a.state, &states))
+      return Error(absl::StrCat("--state \"", a.state, "\""));
+    v1::ListTransactionsResponse resp;
+    st = ScanRecords<v1::CoordinatorTxnRecord>(**f, "txn", [&](const v1::CoordinatorTxnRecord& r) {
+      const bool wanted = states.empty()
+                              ? r.state() != v1::ENDED
+                              : std::find(states.begin(), states.end(), r.state()) != states.end();
+      if (wanted) *resp.add_transactions() = coordinator::TransactionInfoOf(r);
+    });
+    if (!st.ok()) return Error(std::string(st.message()));
+    return ShowReply(g, "read", grpc::Status::OK, resp, [&] { PrintCoordinatorTable(resp); });
+  }
+  v1::ListParticipantTxnsResponse resp;
+  if (a.state != "heuristic") {
+    st = ScanRecords<v1::PreparedRecord>(**f, "prepared", [&](const v1::PreparedRecord& r) {
+      *resp.add_transactions() = InfoOfPrepared(r, a.payloads);
+    });
+  }
+  if (st.ok()) {
+    st = ScanRecords<v1::HeuristicOutcome>(
+        **f, "heuristic", [&](const v1::HeuristicOutcome& h) { *resp.add_heuristic() = h; });
+  }
+  if (!st.ok()) return Error(std::string(st.message()));
+  if (g.json) {
+    PrintJson(resp);
+    return 0;
+  }
+  if (a.state != "heuristic") PrintPreparedTable(resp);
+  if (resp.heuristic_size() > 0) {
+    if (a.state != "heuristic") std::printf("\n");
+    PrintHeuristicTable(resp);
+  }
+  return 0;
+}
+
 // --- txn show ---
 
 int ShowAtParticipant(const Globals& g, const QueryArgs& a) {
@@ -372,6 +470,10 @@ void AddListAndShow(CLI::App* txn, const Globals& g, int* rc) {
   list->add_flag("--payloads", a->payloads,
                  "participant: enqueue ops with payloads and headers (else sizes only)");
   list->callback([&g, rc, a] {
+    if (!g.data_dir.empty()) {
+      *rc = ListInDataDir(g, *a);
+      return;
+    }
     *rc = AtParticipantOrCoordinator(g, "txn list", ListAtParticipant, ListAtCoordinator, *a);
   });
 

@@ -210,7 +210,6 @@ struct CoordinatorCore::Impl {
   static v1::TxnState TxnStateOf(const Txn& t);
   static v1::TxnState PartyStateOf(const Txn& t, const Party& p);
   v1::TransactionInfo InfoOf(const Txn& t, bool with_ops) const;
-  static v1::TransactionInfo InfoOfRecord(const v1::CoordinatorTxnRecord& r);
   absl::StatusOr<v1::TransactionInfo> GetTransaction(const std::string& txn_id) const;
   absl::StatusOr<v1::ListTransactionsResponse> ListTransactions(
       const v1::ListTransactionsRequest& req, uint32_t limit_max) const;

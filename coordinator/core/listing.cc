@@ -96,34 +96,6 @@ v1::TransactionInfo CoordinatorCore::Impl::InfoOf(const Txn& t, bool with_ops) c
   return info;
 }
 
-v1::TransactionInfo CoordinatorCore::Impl::InfoOfRecord(const v1::CoordinatorTxnRecord& r) {
-  v1::TransactionInfo info;
-  info.set_txn_id(r.txn_id());
-  info.set_protocol(r.protocol());
-  info.set_state(r.state());
-  bool committed = RecordCommitted(r);
-  bool aborted = r.state() == v1::STATE_ABORTED || (r.state() == v1::ENDED && !committed);
-  info.set_outcome(committed ? v1::COMMITTED : aborted ? v1::ABORTED : v1::PENDING);
-  info.set_reason(r.reason());
-  info.set_created_unix_ms(r.created_unix_ms());
-  for (const std::string& id : r.participants()) {
-    bool acked =
-        std::find(r.acknowledged().begin(), r.acknowledged().end(), id) != r.acknowledged().end();
-    v1::ParticipantStatus* ps = info.add_participants();
-    ps->set_participant(id);
-    ps->set_acknowledged(acked && (committed || aborted));
-    if (acked && committed) {
-      ps->set_state(v1::STATE_COMMITTED);
-    } else if (acked && aborted) {
-      ps->set_state(v1::STATE_ABORTED);
-    } else {
-      ps->set_state(r.state() == v1::PRECOMMITTED ? v1::PRECOMMITTED : v1::PREPARED);
-    }
-  }
-  for (uint64_t s : r.sequences()) info.add_results()->set_sequence(committed ? s : 0);
-  return info;
-}
-
 absl::StatusOr<v1::TransactionInfo> CoordinatorCore::Impl::GetTransaction(
     const std::string& txn_id) const {
   absl::Status s = ValidateTxnId(txn_id);
@@ -132,7 +104,7 @@ absl::StatusOr<v1::TransactionInfo> CoordinatorCore::Impl::GetTransaction(
   if (it != txns.end()) return InfoOf(it->second, true);
   if (view != nullptr) {
     if (std::optional<v1::CoordinatorTxnRecord> r = view->FindTxn(txn_id)) {
-      return InfoOfRecord(*r);
+      return TransactionInfoOf(*r);
     }
   }
   return absl::NotFoundError(absl::StrCat("transaction ", txn_id, " is not known"));

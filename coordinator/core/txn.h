@@ -174,6 +174,9 @@ const char* ProtocolName(v1::Protocol p);
 // Records have no outcome field; every abort carries a reason and no commit
 // does, which tells an ENDED record's outcome.
 bool RecordCommitted(const v1::CoordinatorTxnRecord& r);
+// What GetTransaction shows of a record alone (a transaction no longer in
+// memory; atomqctl reading a data dir without its server).
+v1::TransactionInfo TransactionInfoOf(const v1::CoordinatorTxnRecord& r);
 
 struct TokenRef {
   std::string txn_id;

@@ -99,6 +99,18 @@ TEST(ResolveTest, OperatorCommitsEachParticipantAfterTheCoordinatorLogIsLost) {
   Cluster c(Classic());
   const std::string id = "lost-1";
   CrashAfterDecision(c, id);
+  // Read without the servers: the dead coordinator's log holds the decision;
+  // a running participant's directory, read beside it, the prepared one.
+  const std::string offline = absl::StrCat(ATOMQ_BIN_DIR, "/atomqctl --data_dir=", c.dir());
+  Ran decided = Shell(offline + "/c1 txn list --state=committed");
+  EXPECT_EQ(decided.code, 0) << decided.out;
+  EXPECT_TRUE(absl::StrContains(decided.out, "lost-1")) << decided.out;
+  EXPECT_TRUE(absl::StrContains(decided.out, "p1,p2,p3")) << decided.out;  // none acknowledged
+  Ran prepared = Shell(offline + "/p2 txn list");
+  EXPECT_TRUE(absl::StrContains(prepared.out, "lost-1")) << prepared.out;
+  EXPECT_TRUE(absl::StrContains(prepared.out, "prepared")) << prepared.out;
+  Ran queues = Shell(offline + "/p2 queue list --json");
+  EXPECT_TRUE(absl::StrContains(queues.out, "\"pending_in_txn\": \"1\"")) << queues.out;
   std::filesystem::remove_all(c.dir() + "/c1");  // the decision log, lost for good
 
   // Without --yes: what it would do, the warning, exit 2, nothing changed.
