@@ -24,4 +24,7 @@ void AddClusterCommands(CLI::App* cluster, const Globals& g, int* rc);
 // verify, backup and restore: data files read without their server.
 void AddDataDirCommands(CLI::App& app, int* rc);
 
+// completion bash: a completion script for every command and flag of `app`.
+void AddCompletionCommand(CLI::App& app, int* rc);
+
 }  // namespace atomq::ctl

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <thread>
 
@@ -225,6 +227,44 @@ v1::Protocol ProtocolOf(const std::string& name) {
   if (name == "3pc") return v1::THREE_PC;
   if (name == "2pc") return v1::TWO_PC;
   return v1::PROTOCOL_UNSPECIFIED;
+}
+
+std::string DefaultConfigFile() {
+  if (const char* env = std::getenv("ATOMQ_CONFIG"); env != nullptr && *env != '\0') return env;
+  const char* home = std::getenv("HOME");
+  if (home == nullptr) return "";
+  const std::string path = std::string(home) + "/.config/atomq/atomqctl.conf";
+  std::error_code ec;
+  return std::filesystem::exists(path, ec) ? path : "";
+}
+
+absl::Status ParseParticipants(Globals* g) {
+  g->every_participant.clear();
+  for (absl::string_view part : absl::StrSplit(g->participants, ',', absl::SkipEmpty())) {
+    const size_t eq = part.find('=');
+    if (eq == 0 || eq == absl::string_view::npos || eq + 1 == part.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("\"", part, "\": want ID=ADDR (an ADDR may be a|b|c)"));
+    }
+    g->every_participant.emplace_back(std::string(part.substr(0, eq)),
+                                      ServingMember(*g, std::string(part.substr(eq + 1))));
+  }
+  return absl::OkStatus();
+}
+
+int AtEveryParticipant(const Globals& g, const std::function<int(const Globals&)>& one) {
+  int worst = 0;
+  bool first = true;
+  for (const auto& [id, address] : g.every_participant) {
+    if (!first) std::printf("\n");
+    first = false;
+    std::printf("%s (%s)\n", id.c_str(), address.c_str());
+    std::fflush(stdout);
+    Globals at = g;
+    at.participant = address;
+    worst = std::max(worst, one(at));
+  }
+  return worst;
 }
 
 }  // namespace atomq::ctl

@@ -3,10 +3,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "atomq/v1/coordinator.grpc.pb.h"
 #include "atomq/v1/participant.grpc.pb.h"
 #include "common/tls.h"
@@ -21,9 +24,21 @@ struct Globals {
   uint32_t rpc_timeout_ms = 10000;
   bool json = false;
   TlsFlags tls;
-  std::string token_file;  // --token_file (else env ATOMQ_TOKEN)
-  std::string data_dir;    // --data_dir: read a node's data dir instead of calling it
+  std::string token_file;    // --token_file (else env ATOMQ_TOKEN)
+  std::string data_dir;      // --data_dir: read a node's data dir instead of calling it
+  std::string participants;  // --participants, as given
+  // --participants parsed: id -> address (its serving member, for a group).
+  std::vector<std::pair<std::string, std::string>> every_participant;
 };
+
+// $ATOMQ_CONFIG, else ~/.config/atomq/atomqctl.conf (used only if it exists).
+std::string DefaultConfigFile();
+// Fills g->every_participant from g->participants. INVALID_ARGUMENT names
+// the bad entry.
+absl::Status ParseParticipants(Globals* g);
+// Runs `one` at each participant of --participants in turn (as if given
+// --participant), each under a "ID (ADDR)" heading; the worst exit status.
+int AtEveryParticipant(const Globals& g, const std::function<int(const Globals&)>& one);
 
 // Exit statuses: 0 success (a transaction committed), 1 a transaction
 // aborted, 2 a usage error or a failed call.

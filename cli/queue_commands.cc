@@ -322,6 +322,10 @@ int RunQueueCommand(const Globals& g, const std::string& cmd, const QueueArgs& a
     if (run == QueueList) return QueueListInDataDir(g);
     return Error(absl::StrCat("queue ", cmd, " calls a server: drop --data_dir"));
   }
+  if (run == QueueList && g.participant.empty() && !g.every_participant.empty()) {
+    return AtEveryParticipant(g,
+                              [&](const Globals& at) { return RunQueueCommand(at, cmd, a, run); });
+  }
   if (g.participant.empty()) return Error(absl::StrCat("queue ", cmd, " needs --participant=ADDR"));
   auto stub = v1::Queue::NewStub(Connect(g.participant));
   grpc::ClientContext ctx;

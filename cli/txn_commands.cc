@@ -474,6 +474,10 @@ void AddListAndShow(CLI::App* txn, const Globals& g, int* rc) {
       *rc = ListInDataDir(g, *a);
       return;
     }
+    if (g.participant.empty() && !g.every_participant.empty()) {
+      *rc = AtEveryParticipant(g, [&](const Globals& at) { return ListAtParticipant(at, *a); });
+      return;
+    }
     *rc = AtParticipantOrCoordinator(g, "txn list", ListAtParticipant, ListAtCoordinator, *a);
   });
 

@@ -10,6 +10,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "atomq_version.h"
 #include "common/log.h"
 #include "common/loop_health.h"
 #include "common/metrics.h"
@@ -305,6 +306,7 @@ int Serve(CoordinatorFlags* f) {
 int main(int argc, char** argv) {
   atomq::InitServerProcess();
   CLI::App app{"atomq-coordinator: atomic enqueue across queue nodes (2PC / 3PC)"};
+  app.set_version_flag("--version", ATOMQ_VERSION);
   CoordinatorFlags f;
   AddCoordinatorFlags(app, &f);
   CLI11_PARSE(app, argc, argv);

@@ -13,6 +13,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "atomq_version.h"
 #include "common/check.h"
 #include "common/log.h"
 #include "common/loop_health.h"
@@ -364,6 +365,7 @@ int Serve(ParticipantFlags* f) {
 int main(int argc, char** argv) {
   atomq::InitServerProcess();
   CLI::App app{"atomq-participant: a durable queue node in atomq transactions"};
+  app.set_version_flag("--version", ATOMQ_VERSION);
   ParticipantFlags f;
   AddParticipantFlags(app, &f);
   CLI11_PARSE(app, argc, argv);

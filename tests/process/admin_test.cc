@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <future>
 #include <string>
 #include <thread>
@@ -118,6 +119,48 @@ TEST(AdminTest, GlobalFlagsAreTakenAfterTheSubcommandToo) {
   EXPECT_NE(out.find("jobs"), std::string::npos) << out;
   out = RunCommand(absl::StrCat(bin, " queue list ", at, " --no_such_flag; echo rc=$?"));
   EXPECT_NE(out.find("rc=2"), std::string::npos) << out;
+}
+
+// As psql takes PGHOST or rabbitmqadmin its .conf: where to connect comes
+// from a flag, the environment or a config file; --participants answers for
+// every node at once; --version and a completion script.
+TEST(AdminTest, AddressesComeFromFlagsEnvironmentOrAConfigFileAndListsCoverEveryNode) {
+  Cluster c(ClusterOptions{.participants = 2});
+  c.StartParticipant(1);
+  c.StartParticipant(2);
+  c.CreateQueue(1, "jobs");
+  c.CreateQueue(2, "audit");
+  const std::string bin = absl::StrCat(ATOMQ_BIN_DIR, "/atomqctl");
+  const std::string p1 = c.participant_address(1), p2 = c.participant_address(2);
+  std::string out =
+      RunCommand(absl::StrCat("ATOMQ_PARTICIPANT=", p1, " ", bin, " queue list 2>&1"));
+  EXPECT_NE(out.find("jobs"), std::string::npos) << out;
+  const std::string conf = c.dir() + "/atomqctl.conf";
+  std::ofstream(conf) << "participant = \"" << p2 << "\"\n";
+  out = RunCommand(absl::StrCat("ATOMQ_CONFIG=", conf, " ", bin, " queue list 2>&1"));
+  EXPECT_NE(out.find("audit"), std::string::npos) << out;
+  out =
+      RunCommand(absl::StrCat(bin, " --config=", conf, " --participant=", p1, " queue list 2>&1"));
+  EXPECT_NE(out.find("jobs"), std::string::npos) << "a flag wins over the file: " << out;
+  out = RunCommand(absl::StrCat(bin, " --participants=p1=", p1, ",p2=", p2, " queue list 2>&1"));
+  EXPECT_NE(out.find("p1 (" + p1 + ")"), std::string::npos) << out;
+  EXPECT_LT(out.find("jobs"), out.find("p2 (" + p2 + ")")) << out;
+  EXPECT_GT(out.find("audit"), out.find("p2 (" + p2 + ")")) << out;
+  out = RunCommand(
+      absl::StrCat(bin, " --participants=p1=", p1, ",p2=", p2, " txn list 2>&1; echo rc=$?"));
+  EXPECT_NE(out.find("p2 (" + p2 + ")"), std::string::npos) << out;
+  EXPECT_NE(out.find("rc=0"), std::string::npos) << out;
+  out = RunCommand(absl::StrCat(bin, " --participants=p1 queue list 2>&1; echo rc=$?"));
+  EXPECT_NE(out.find("want ID=ADDR"), std::string::npos) << out;
+  EXPECT_NE(out.find("rc=2"), std::string::npos) << out;
+
+  EXPECT_NE(RunCommand(bin + " --version").find("0."), std::string::npos);
+  out = RunCommand("bash -c 'source <(" + bin +
+                   " completion bash); COMP_WORDS=(atomqctl txn li); COMP_CWORD=2; _atomqctl; "
+                   "echo \"[${COMPREPLY[*]}]\"; COMP_WORDS=(atomqctl queue list --js); "
+                   "COMP_CWORD=3; _atomqctl; echo \"[${COMPREPLY[*]}]\"'");
+  EXPECT_NE(out.find("[list]"), std::string::npos) << out;
+  EXPECT_NE(out.find("[--json]"), std::string::npos) << out;
 }
 
 TEST(AdminTest, PeekLooksWithoutDeliveringAndPurgeRemovesOnlyReadyMessagesDurably) {
