@@ -1,6 +1,7 @@
 #include "common/metrics.h"
 
 #include <sys/resource.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -13,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
+#include "common/histogram.h"
 #include "httplib.h"
 
 namespace atomq {
@@ -23,6 +25,34 @@ void AppendStorageMetrics(std::string* out, const StorageStats& stats) {
   AppendMetric(out, "atomq_storage_batches_total", "counter", "Batches written.", stats.batches);
   AppendMetric(out, "atomq_storage_write_failures_total", "counter", "Failed batches.",
                stats.failures);
+  if (stats.commit_seconds != nullptr) {
+    stats.commit_seconds->Render(out, "atomq_storage_fsync_seconds",
+                                 "Time to write and fsync one LMDB transaction (a group commit).");
+  }
+}
+
+namespace {
+std::string& BuildVersion() {
+  static std::string* v = new std::string("unknown");
+  return *v;
+}
+}  // namespace
+
+void SetBuildVersion(const std::string& version) { BuildVersion() = version; }
+
+void AppendServerMetrics(std::string* out, const std::string& role, const std::string& data_dir) {
+  AppendMetric(out, "atomq_build_info", "gauge", "Always 1: the version this process runs.", 1,
+               absl::StrCat("role=\"", role, "\",version=\"", BuildVersion(), "\""));
+  struct statvfs fs {};
+  if (!data_dir.empty() && statvfs(data_dir.c_str(), &fs) == 0) {
+    AppendMetric(out, "atomq_data_dir_available_bytes", "gauge",
+                 "Bytes free to this process on the filesystem holding --data_dir.",
+                 double(fs.f_bavail) * double(fs.f_frsize));
+    AppendMetric(out, "atomq_data_dir_size_bytes", "gauge",
+                 "Size of the filesystem holding --data_dir.",
+                 double(fs.f_blocks) * double(fs.f_frsize));
+  }
+  *out += ProcessMetrics();
 }
 
 void AppendMetric(std::string* out, const std::string& name, const std::string& type,

@@ -20,8 +20,15 @@ namespace atomq {
 // per call; call once per metric name).
 void AppendMetric(std::string* out, const std::string& name, const std::string& type,
                   const std::string& help, double value, const std::string& labels = "");
-// atomq_storage_fsyncs_total, _batches_total, _write_failures_total.
+// atomq_storage_fsyncs_total, _batches_total, _write_failures_total, and
+// the atomq_storage_fsync_seconds histogram.
 void AppendStorageMetrics(std::string* out, const StorageStats& stats);
+
+// The version atomq_build_info reports (main sets it from ATOMQ_VERSION).
+void SetBuildVersion(const std::string& version);
+// atomq_build_info{role, version}, the free and total bytes of the
+// filesystem holding `data_dir`, and ProcessMetrics().
+void AppendServerMetrics(std::string* out, const std::string& role, const std::string& data_dir);
 
 // process_cpu_seconds_total, process_resident_memory_bytes,
 // process_max_resident_memory_bytes of this process, from /proc.

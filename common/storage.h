@@ -53,10 +53,15 @@ using DoneFn = std::function<void(absl::Status)>;
 // its lock once per group rather than once per batch.
 using GroupHook = std::function<void(const std::function<void()>& run)>;
 
+class Histogram;  // common/histogram.h
+
 struct StorageStats {
   uint64_t batches = 0;  // batches applied
   uint64_t commits = 0;  // LMDB write transactions committed = fsyncs
   uint64_t failures = 0;
+  // How long each commit (its write and fsync) took; the store's own, alive
+  // as long as it is. Null for a store without one.
+  const Histogram* commit_seconds = nullptr;
 };
 
 // One version of a store, read a piece at a time (a replica's state sent to

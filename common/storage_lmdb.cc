@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -22,6 +23,7 @@
 #include "absl/time/clock.h"
 #include "common/check.h"
 #include "common/data_file.h"
+#include "common/histogram.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "common/storage.h"
@@ -240,6 +242,7 @@ class LmdbStorage : public Storage {
     s.batches = batches_.load();
     s.commits = commits_.load();
     s.failures = failures_.load();
+    s.commit_seconds = &commit_seconds_;
     return s;
   }
 
@@ -345,7 +348,10 @@ class LmdbStorage : public Storage {
       if (txn_error.has_value() || applied == 0) {
         mdb_txn_abort(txn);  // nothing (sound) to make durable: skip the fsync
       } else {
+        const auto started = std::chrono::steady_clock::now();
         rc = mdb_txn_commit(txn);  // writes and fsyncs: the group commit
+        commit_seconds_.Observe(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
         if (rc == 0) {
           commits_.fetch_add(1);
         } else {
@@ -448,6 +454,7 @@ class LmdbStorage : public Storage {
   }
 
   const LmdbOptions options_;
+  Histogram commit_seconds_;
   const int lock_fd_;
   MDB_env* const env_;
   const std::map<std::string, MDB_dbi, std::less<>> dbis_;

@@ -244,6 +244,7 @@ absl::StatusOr<atomq::Store> Open(CoordinatorFlags* f) {
   cfg.retention_ms = f->opts.retention_ms;  // the core decides which records go
   cfg.default_protocol = f->protocol == "3pc" ? atomq::v1::THREE_PC : atomq::v1::TWO_PC;
   f->opts.list_limit_max = f->server.list_limit_max;
+  f->opts.data_dir = f->server.data_dir;
   return store;
 }
 
@@ -307,6 +308,7 @@ int main(int argc, char** argv) {
   atomq::InitServerProcess();
   CLI::App app{"atomq-coordinator: atomic enqueue across queue nodes (2PC / 3PC)"};
   app.set_version_flag("--version", ATOMQ_VERSION);
+  atomq::SetBuildVersion(ATOMQ_VERSION);
   CoordinatorFlags f;
   AddCoordinatorFlags(app, &f);
   CLI11_PARSE(app, argc, argv);

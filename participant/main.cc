@@ -305,6 +305,7 @@ absl::StatusOr<atomq::Store> Open(ParticipantFlags* f) {
   f->opts.channels_max = f->server.channels_max;
   f->opts.self_address = f->server.listen;
   f->opts.list_limit_max = f->server.list_limit_max;
+  f->opts.data_dir = f->server.data_dir;
   f->cfg.random_bytes = KernelRandomBytes;
   return store;
 }
@@ -366,6 +367,7 @@ int main(int argc, char** argv) {
   atomq::InitServerProcess();
   CLI::App app{"atomq-participant: a durable queue node in atomq transactions"};
   app.set_version_flag("--version", ATOMQ_VERSION);
+  atomq::SetBuildVersion(ATOMQ_VERSION);
   ParticipantFlags f;
   AddParticipantFlags(app, &f);
   CLI11_PARSE(app, argc, argv);

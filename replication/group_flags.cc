@@ -9,6 +9,7 @@
 namespace atomq::replication {
 
 void AddGroupFlags(CLI::App& app, GroupFlags* f, const char* what) {
+  f->role = what;
   app.add_option(
       "--group", f->group,
       absl::StrCat("id=client_host:port/peer_host:port,... of every replica of this ", what,
@@ -82,6 +83,8 @@ absl::Status ServeInGroup(const GroupFlags& f, const ServerFlags& server,
   o.access = std::move(access);
   o.message_bytes_max = server.message_bytes_max;
   o.tuning = f.tuning;
+  o.role = f.role;
+  o.data_dir = server.data_dir;
   absl::StatusOr<std::unique_ptr<GroupMember>> member =
       GroupMember::Start(std::move(o), local, std::move(start));
   if (!member.ok()) return member.status();

@@ -24,10 +24,11 @@ struct GroupFlags {
   std::string peer_listen;                      // --peer_listen
   bool join = false;                            // --join
   ReplicaTuning tuning;                         // --election_timeout_ms ...
+  std::string role;  // "participant" or "coordinator" (AddGroupFlags), for metrics
   bool enabled() const { return !group.empty(); }
 };
 
-// `what`: "participant" or "coordinator", for --help.
+// `what`: "participant" or "coordinator", for --help and f->role.
 void AddGroupFlags(CLI::App& app, GroupFlags* f, const char* what);
 // Parses --group and checks the flags against each other.
 absl::Status CheckGroupFlags(GroupFlags* f);

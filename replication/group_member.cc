@@ -295,7 +295,7 @@ std::string GroupMember::RenderMetrics() {
     out += leading_->RenderMetrics();
   } else {
     AppendStorageMetrics(&out, replica_->Stats());
-    out += ProcessMetrics();
+    AppendServerMetrics(&out, options_.role, options_.data_dir);
   }
   return out;
 }

@@ -58,7 +58,9 @@ class Leading {
 class GroupMember {
  public:
   struct Options {
-    std::string group;  // the participant or coordinator id
+    std::string group;     // the participant or coordinator id
+    std::string role;      // "participant" or "coordinator", for atomq_build_info
+    std::string data_dir;  // for the atomq_data_dir_* metrics of a follower
     uint64_t member_id = 0;
     // The group as configured (--group). It starts a new group on an empty
     // disk; once a replica holds the log, the configuration in it says who

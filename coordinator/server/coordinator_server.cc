@@ -375,7 +375,9 @@ std::string CoordinatorServer::RenderMetrics() {
                "Protocol messages those Batch calls carried.", batch_items_);
   AppendMetric(&out, "atomq_transactions_in_flight", "gauge", "Undecided or unanswered.",
                double(in_flight));
-  out += ProcessMetrics();
+  execute_seconds_.Render(&out, "atomq_execute_seconds",
+                          "From an Execute (or a stream's item, or Commit) arriving to its reply.");
+  AppendServerMetrics(&out, "coordinator", options_.data_dir);
   return out;
 }
 
@@ -451,6 +453,10 @@ void CoordinatorServer::ReleaseReplies(std::vector<ExecuteReply> replies) {
   for (ExecuteReply& r : replies) {
     std::optional<Pending> p = replies_.Take(r.request);
     if (!p.has_value()) continue;
+    if (p->execute != nullptr || p->stream != nullptr) {
+      execute_seconds_.Observe(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - p->since).count());
+    }
     if (!r.status.ok()) {
       ++replies_failed_;
     } else if (r.response.outcome() == v1::COMMITTED) {
@@ -477,6 +483,10 @@ void CoordinatorServer::ReleaseStateReplies(const std::vector<StateReply>& repli
   for (const StateReply& r : replies) {
     std::optional<Pending> p = replies_.Take(r.request);
     if (!p.has_value()) continue;
+    if (p->execute != nullptr || p->stream != nullptr) {
+      execute_seconds_.Observe(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - p->since).count());
+    }
     p->state->set_state(r.state);
     p->reactor->Finish(grpc::Status::OK);
   }

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <string>
@@ -17,6 +18,7 @@
 #include "common/access.h"
 #include "common/clock.h"
 #include "common/core_driver.h"
+#include "common/histogram.h"
 #include "common/leader_book.h"
 #include "common/loop_bidi.h"
 #include "common/loop_unary.h"
@@ -31,6 +33,7 @@ namespace atomq::coordinator {
 
 struct ServerOptions {
   uint32_t rpc_timeout_ms = 2000;  // --rpc_timeout_ms: per participant RPC
+  std::string data_dir;            // --data_dir, for the atomq_data_dir_* metrics
   // --participant_calls_in_flight_max: Batch calls under way to one
   // participant; messages made meanwhile wait and leave together.
   uint32_t participant_calls_in_flight_max = 1;
@@ -109,6 +112,7 @@ class CoordinatorServer final : public LoopService<v1::Coordinator> {
     // An ExecuteStream item instead: its call and tag.
     std::shared_ptr<ExecuteStreamCall> stream;
     uint64_t tag = 0;
+    std::chrono::steady_clock::time_point since = std::chrono::steady_clock::now();
   };
 
   CoordinatorServer(Config config, ServerOptions options, Storage* storage, RpcLoop* loop);
@@ -156,6 +160,7 @@ class CoordinatorServer final : public LoopService<v1::Coordinator> {
   TimerQueue timers_;
   std::atomic<bool> stopped_{false};
   std::atomic<bool> first_vote_seen_{false};
+  Histogram execute_seconds_;
   std::atomic<uint64_t> replies_committed_{0};
   std::atomic<uint64_t> replies_aborted_{0};
   std::atomic<uint64_t> replies_failed_{0};

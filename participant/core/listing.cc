@@ -90,4 +90,22 @@ absl::StatusOr<v1::ListParticipantTxnsResponse> Node::ListTransactions(
   return resp;
 }
 
+ParticipantCore::PreparedGauges Node::prepared_gauges() const {
+  ParticipantCore::PreparedGauges g;
+  for (const auto& [id, t] : txns_) {
+    if (!t.durable || t.one_phase) continue;
+    if (t.rec.state() == v1::PRECOMMITTED) {
+      ++g.precommitted;
+    } else {
+      ++g.prepared;
+    }
+    if (!t.in_doubt) continue;
+    ++g.in_doubt;
+    if (g.oldest_in_doubt_ms == 0 || t.rec.prepared_unix_ms() < g.oldest_in_doubt_ms) {
+      g.oldest_in_doubt_ms = t.rec.prepared_unix_ms();
+    }
+  }
+  return g;
+}
+
 }  // namespace atomq::participant

@@ -271,6 +271,7 @@ class Node {
   // A Prepare with use_staged: prepares exactly the staged ops.
   void PrepareStaged(RequestId r, const v1::PrepareRequest& req, int64_t now_ms);
   size_t staged_transactions() const;
+  ParticipantCore::PreparedGauges prepared_gauges() const;
 
   // --- resolution.cc: operator resolution, heuristic outcomes ---
   static const char* Word(v1::TxnState s);

@@ -109,6 +109,10 @@ absl::StatusOr<v1::StageResponse> ParticipantCore::Stage(const v1::StageRequest&
 
 size_t ParticipantCore::staged_transactions() const { return node_->staged_transactions(); }
 
+ParticipantCore::PreparedGauges ParticipantCore::prepared_gauges() const {
+  return node_->prepared_gauges();
+}
+
 void ParticipantCore::OnPersisted(uint64_t token, const absl::Status& status, int64_t now_ms) {
   node_->RequireRecovered();
   node_->OnPersisted(token, status, now_ms);

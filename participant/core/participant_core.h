@@ -63,10 +63,10 @@ struct Config {
   // made of them (kLeaseTokenBytes each). Required: the server fills it from
   // the kernel's CSPRNG, the simulator and unit tests from their seed.
   std::function<void(uint8_t* out, size_t n)> random_bytes;
-  uint32_t ops_per_txn_max = 1000;       // --ops_per_txn_max (ops per prepare)
+  uint32_t ops_per_txn_max = 1000;           // --ops_per_txn_max (ops per prepare)
   uint32_t participants_per_txn_max = 1000;  // --participants_per_txn_max (a Prepare's peers)
-  uint32_t payload_bytes_max = 1 << 20;  // --payload_bytes_max: payload + headers of a message
-  uint32_t headers_max = 64;             // --headers_max
+  uint32_t payload_bytes_max = 1 << 20;      // --payload_bytes_max: payload + headers of a message
+  uint32_t headers_max = 64;                 // --headers_max
   uint32_t header_bytes_max = 64 << 10;  // --header_bytes_max: header keys + values of a message
   uint64_t txn_bytes_max = 64 << 20;     // --txn_bytes_max: messages of one transaction here
   uint32_t prepared_max = 10000;         // --prepared_max: in-doubt + prepared at once
@@ -370,6 +370,14 @@ class ParticipantCore {
                                           const std::string& identity = "");
   // Transactions holding staged (not yet prepared) work.
   size_t staged_transactions() const;
+  // The prepared transactions here, for metrics.
+  struct PreparedGauges {
+    uint64_t prepared = 0;           // PREPARED and durable
+    uint64_t precommitted = 0;       // PRECOMMITTED (3PC)
+    uint64_t in_doubt = 0;           // of those, the ones asking for their outcome
+    int64_t oldest_in_doubt_ms = 0;  // prepared_unix_ms of the oldest in doubt; 0: none
+  };
+  PreparedGauges prepared_gauges() const;
 
   Output TakeOutput();
 

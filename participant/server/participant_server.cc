@@ -472,8 +472,50 @@ std::string ParticipantNode::RenderMetrics() {
   AppendMetric(&out, "atomq_dials_skipped_total", "counter",
                "Queries and termination messages not sent: their target is not configured.",
                double(dials_skipped_.load()));
-  out += ProcessMetrics();
+  AppendQueueMetrics(&out);
+  AppendServerMetrics(&out, "participant", options_.data_dir);
   return out;
+}
+
+// Per queue (as many as --queues_max), and the prepared transactions.
+void ParticipantNode::AppendQueueMetrics(std::string* out) {
+  const auto [queues, prepared] = core_.Inspect(
+      [](const ParticipantCore& c) { return std::make_pair(c.ListQueues(), c.prepared_gauges()); });
+  struct Gauge {
+    const char* name;
+    const char* help;
+    uint64_t (v1::QueueInfo::*value)() const;
+  };
+  static const Gauge kGauges[] = {
+      {"atomq_queue_ready_messages", "Messages deliverable now.", &v1::QueueInfo::ready},
+      {"atomq_queue_leased_messages", "Messages delivered and not acked.", &v1::QueueInfo::leased},
+      {"atomq_queue_pending_in_txn_messages",
+       "Enqueues and acks of the queue held by prepared transactions.",
+       &v1::QueueInfo::pending_in_txn},
+      {"atomq_queue_version", "The queue's next sequence: raised by every committed enqueue.",
+       &v1::QueueInfo::version},
+  };
+  for (const Gauge& g : kGauges) {
+    absl::StrAppend(out, "# HELP ", g.name, " ", g.help, "\n# TYPE ", g.name, " gauge\n");
+    for (const v1::QueueInfo& q : queues) {
+      absl::StrAppend(out, g.name, "{queue=\"", q.name(), "\"} ", (q.*g.value)(), "\n");
+    }
+  }
+  absl::StrAppend(out,
+                  "# HELP atomq_transactions_prepared Transactions prepared here, by state.\n"
+                  "# TYPE atomq_transactions_prepared gauge\n"
+                  "atomq_transactions_prepared{state=\"prepared\"} ",
+                  prepared.prepared, "\natomq_transactions_prepared{state=\"precommitted\"} ",
+                  prepared.precommitted, "\n");
+  AppendMetric(out, "atomq_transactions_in_doubt", "gauge",
+               "Prepared transactions asking the coordinator and peers for their outcome.",
+               double(prepared.in_doubt));
+  const int64_t now = clock_.NowMs();
+  AppendMetric(out, "atomq_transactions_in_doubt_oldest_seconds", "gauge",
+               "Age of the oldest transaction in doubt here; 0 when none is.",
+               prepared.oldest_in_doubt_ms == 0 || prepared.oldest_in_doubt_ms > now
+                   ? 0
+                   : double(now - prepared.oldest_in_doubt_ms) / 1000);
 }
 
 size_t ParticipantNode::OfferForgettable() {

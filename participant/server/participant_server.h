@@ -53,6 +53,7 @@ struct ServerOptions {
   // passes this (it always holds one row).
   uint64_t list_reply_bytes_max = 4 << 20;
   uint32_t channels_max = 1024;  // --channels_max: outbound channels kept
+  std::string data_dir;          // --data_dir, for the atomq_data_dir_* metrics
   // Whom this node may dial (docs/design.md section 11): --coordinators and
   // --peers, id -> host:port. Addresses a request names are never dialled;
   // an id missing here is not asked at all. `self_address` is where its own
@@ -79,6 +80,7 @@ class ParticipantNode {
   void StopConsumers();
   // Prometheus text: storage, outcomes erased, process.
   std::string RenderMetrics();
+  void AppendQueueMetrics(std::string* out);
 
   grpc::Service* txn_service();
   grpc::Service* queue_service();
@@ -161,7 +163,7 @@ class ParticipantNode {
   static constexpr int64_t kSkipLogIntervalMs = 10000;
   std::string participant_id_;  // Config::participant_id: its own termination messages
   ChannelCache channels_;
-  LeaderBook leaders_;  // which member of a group (coordinator or peer) to call
+  LeaderBook leaders_;                      // which member of a group (coordinator or peer) to call
   std::atomic<uint64_t> dials_skipped_{0};  // queries and messages to unconfigured ids
   absl::Mutex skip_log_mu_;
   int64_t skip_logged_ms_ ABSL_GUARDED_BY(skip_log_mu_) = -1;

@@ -163,6 +163,35 @@ TEST(AdminTest, AddressesComeFromFlagsEnvironmentOrAConfigFileAndListsCoverEvery
   EXPECT_NE(out.find("[--json]"), std::string::npos) << out;
 }
 
+// Latency, fsync and disk space, as a dashboard reads them.
+TEST(AdminTest, MetricsShowExecuteLatencyFsyncsAndDiskSpace) {
+  ClusterOptions o;
+  o.participants = 1;
+  o.participant_metrics = true;
+  const int coordinator_metrics = FreePort();
+  o.coordinator_args = {absl::StrCat("--metrics_listen=127.0.0.1:", coordinator_metrics)};
+  Cluster c(o);
+  c.StartAll();
+  c.CreateQueue(1, "jobs");
+  const std::string ctl =
+      absl::StrCat(ATOMQ_BIN_DIR, "/atomqctl --coordinator=", c.coordinator_address(), " ");
+  for (int n = 0; n < 3; ++n) {
+    const std::string out = RunCommand(ctl + "txn exec --enqueue=p1:jobs=x 2>&1");
+    EXPECT_NE(out.find("COMMITTED"), std::string::npos) << out;
+  }
+  EXPECT_EQ(MetricAt(coordinator_metrics, "atomq_execute_seconds_count"), 3);
+  EXPECT_EQ(MetricAt(coordinator_metrics, "atomq_execute_seconds_bucket{le=\"+Inf\"}"), 3);
+  EXPECT_GT(MetricAt(coordinator_metrics, "atomq_execute_seconds_sum"), 0);
+  EXPECT_GT(MetricAt(coordinator_metrics, "atomq_storage_fsync_seconds_count"), 0);
+  EXPECT_GT(MetricAt(coordinator_metrics, "atomq_data_dir_available_bytes"), 0);
+  EXPECT_GT(c.ParticipantMetric(1, "atomq_storage_fsync_seconds_count"), 0);
+  EXPECT_GT(c.ParticipantMetric(1, "atomq_storage_fsyncs_total"), 0);
+  EXPECT_GT(c.ParticipantMetric(1, "atomq_data_dir_size_bytes"),
+            c.ParticipantMetric(1, "atomq_data_dir_available_bytes"));
+  EXPECT_EQ(c.ParticipantMetric(1, "atomq_queue_ready_messages{queue=\"jobs\"}"), 3);
+  EXPECT_EQ(c.ParticipantMetric(1, "atomq_queue_version{queue=\"jobs\"}"), 4);
+}
+
 TEST(AdminTest, PeekLooksWithoutDeliveringAndPurgeRemovesOnlyReadyMessagesDurably) {
   // A window of 2: most of the backlog stays on disk.
   Cluster c(OneParticipant({"--queue_memory_window=2"}));

@@ -96,7 +96,9 @@ void CrashAfterDecision(Cluster& c, const std::string& id) {
 }
 
 TEST(ResolveTest, OperatorCommitsEachParticipantAfterTheCoordinatorLogIsLost) {
-  Cluster c(Classic());
+  ClusterOptions o = Classic();
+  o.participant_metrics = true;
+  Cluster c(o);
   const std::string id = "lost-1";
   CrashAfterDecision(c, id);
   // Read without the servers: the dead coordinator's log holds the decision;
@@ -111,6 +113,12 @@ TEST(ResolveTest, OperatorCommitsEachParticipantAfterTheCoordinatorLogIsLost) {
   EXPECT_TRUE(absl::StrContains(prepared.out, "prepared")) << prepared.out;
   Ran queues = Shell(offline + "/p2 queue list --json");
   EXPECT_TRUE(absl::StrContains(queues.out, "\"pending_in_txn\": \"1\"")) << queues.out;
+  // What a dashboard and an alert see (deploy/grafana, deploy/prometheus).
+  EXPECT_EQ(c.ParticipantMetric(2, "atomq_transactions_in_doubt"), 1);
+  EXPECT_EQ(c.ParticipantMetric(2, "atomq_transactions_prepared{state=\"prepared\"}"), 1);
+  EXPECT_GT(c.ParticipantMetric(2, "atomq_transactions_in_doubt_oldest_seconds"), 0);
+  EXPECT_EQ(c.ParticipantMetric(2, "atomq_queue_pending_in_txn_messages{queue=\"audit\"}"), 1);
+  EXPECT_EQ(c.ParticipantMetric(2, "atomq_queue_ready_messages{queue=\"audit\"}"), 0);
   std::filesystem::remove_all(c.dir() + "/c1");  // the decision log, lost for good
 
   // Without --yes: what it would do, the warning, exit 2, nothing changed.
@@ -149,6 +157,9 @@ TEST(ResolveTest, OperatorCommitsEachParticipantAfterTheCoordinatorLogIsLost) {
     EXPECT_FALSE(absl::StrContains(list.out, id)) << list.out;
     EXPECT_EQ(c.AwaitOutcome(i, id, 2000), v1::STATE_COMMITTED);
   }
+  for (int i = 1; i <= 3; ++i) EXPECT_EQ(c.ParticipantMetric(i, "atomq_transactions_in_doubt"), 0);
+  EXPECT_EQ(c.ParticipantMetric(2, "atomq_transactions_in_doubt_oldest_seconds"), 0);
+  EXPECT_EQ(c.ParticipantMetric(2, "atomq_queue_pending_in_txn_messages{queue=\"audit\"}"), 0);
   // A retry answers the same and applies nothing twice; the other outcome is refused.
   Ran again = Shell(Ctl(c, 2) + "txn resolve " + id + " --commit --yes");
   EXPECT_EQ(again.code, 0) << again.out;
