@@ -267,8 +267,8 @@ std::string GroupMember::RenderMetrics() {
   const GroupStatus s = replica_->Status();
   std::string out;
   const std::string labels =
-      absl::StrCat("{group=\"", options_.group, "\",member=\"", options_.member_id, "\",role=\"",
-                   RoleName(s.state), "\"}");
+      absl::StrCat("group=\"", options_.group, "\",member=\"", options_.member_id, "\",role=\"",
+                   RoleName(s.state), "\"");
   AppendMetric(&out, "atomq_replica_role", "gauge",
                "1, labelled with this replica's role in its group", 1, labels);
   AppendMetric(&out, "atomq_replica_term", "gauge", "the group's term as this replica knows it",

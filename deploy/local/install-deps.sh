@@ -18,6 +18,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${APT[@]}" install -y -q "${missing[@]}"
 fi
 
+# promtool and prometheus for tests/deploy's monitoring tests: Debian's
+# prometheus package unpacked into /opt/atomq-tools, not installed (on a
+# systemd host installing it would start a Prometheus server and, by its
+# recommends, an exporter).
+TOOLS=/opt/atomq-tools/prometheus
+if [ ! -x "$TOOLS/usr/bin/promtool" ]; then
+  tmp=$(mktemp -d)
+  chmod 777 "$tmp"
+  (cd "$tmp" && apt-get download -q prometheus >/dev/null 2>&1) ||
+    { "${APT[@]}" update -q && (cd "$tmp" && apt-get download -q prometheus); }
+  $SUDO mkdir -p "$TOOLS"
+  $SUDO dpkg-deb -x "$tmp"/prometheus_*.deb "$TOOLS"
+  rm -rf "$tmp"
+fi
+
 # The consensus engine: C-Raft 0.22.1 or later (raft_step). Debian 13 has it;
 # Debian 12 has it in its backports suite, enabled here from the mirror this
 # machine is already configured with.
