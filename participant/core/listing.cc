@@ -108,4 +108,10 @@ ParticipantCore::PreparedGauges Node::prepared_gauges() const {
   return g;
 }
 
+std::vector<std::pair<std::string, ParticipantCore::QueueCounts>> Node::queue_counts() const {
+  std::vector<std::pair<std::string, ParticipantCore::QueueCounts>> out;
+  for (const auto& [name, q] : queues_.by_name) out.emplace_back(name, q.counts);
+  return out;
+}
+
 }  // namespace atomq::participant

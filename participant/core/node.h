@@ -272,6 +272,7 @@ class Node {
   void PrepareStaged(RequestId r, const v1::PrepareRequest& req, int64_t now_ms);
   size_t staged_transactions() const;
   ParticipantCore::PreparedGauges prepared_gauges() const;
+  std::vector<std::pair<std::string, ParticipantCore::QueueCounts>> queue_counts() const;
 
   // --- resolution.cc: operator resolution, heuristic outcomes ---
   static const char* Word(v1::TxnState s);

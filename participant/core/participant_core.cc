@@ -109,6 +109,11 @@ absl::StatusOr<v1::StageResponse> ParticipantCore::Stage(const v1::StageRequest&
 
 size_t ParticipantCore::staged_transactions() const { return node_->staged_transactions(); }
 
+std::vector<std::pair<std::string, ParticipantCore::QueueCounts>> ParticipantCore::queue_counts()
+    const {
+  return node_->queue_counts();
+}
+
 ParticipantCore::PreparedGauges ParticipantCore::prepared_gauges() const {
   return node_->prepared_gauges();
 }

@@ -370,6 +370,15 @@ class ParticipantCore {
                                           const std::string& identity = "");
   // Transactions holding staged (not yet prepared) work.
   size_t staged_transactions() const;
+  // What happened to each queue's messages since this start, for metrics.
+  struct QueueCounts {
+    uint64_t enqueued = 0;  // made visible: committed, sent, or moved in as dead letters
+    uint64_t delivered = 0;
+    uint64_t redelivered = 0;    // of those, delivered before
+    uint64_t acked = 0;          // plain acks and acks committed in transactions
+    uint64_t dead_lettered = 0;  // moved out to the dead-letter queue
+  };
+  std::vector<std::pair<std::string, QueueCounts>> queue_counts() const;
   // The prepared transactions here, for metrics.
   struct PreparedGauges {
     uint64_t prepared = 0;           // PREPARED and durable

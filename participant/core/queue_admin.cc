@@ -215,7 +215,10 @@ void Node::MoveDone(uint64_t token, const MoveBatch& mv, const absl::Status& sta
     if (mv.nack) Answer(*mv.nack, status, v1::NackResponse());
     return;
   }
-  if (m != nullptr) from->messages.erase(mv.from_sequence);
+  if (m != nullptr) {
+    from->messages.erase(mv.from_sequence);
+    from->counts.dead_lettered++;
+  }
   Queue* to = queues_.FindById(mv.to_queue_id);
   ATOMQ_CHECK(to != nullptr, "a dead-letter queue outlives the moves into it");
   queues_.Visible(*to, mv.to_sequence);

@@ -65,6 +65,7 @@ void QueueModel::Restore(Queue& q, uint64_t seq, Message& m, int64_t now_ms) {
 // In memory while the queue's backlog is all there and the window has
 // room; else on disk only, after the rest of the backlog.
 void QueueModel::Visible(Queue& q, uint64_t seq) {
+  q.counts.enqueued++;
   ATOMQ_CHECK(seq >= q.durable_next_sequence && q.messages.count(seq) == 0,
               "a queue's sequences become durable in ascending order");
   q.durable_next_sequence = seq + 1;
@@ -286,6 +287,8 @@ absl::StatusOr<std::vector<Lease>> Node::Receive(const std::string& name, uint32
                 "ready messages in memory precede the backlog on disk");
     if (MaxedOut(*q, m) && StartMove(*q, seq, "max-deliveries", std::nullopt, now_ms)) continue;
     m.delivery_count++;
+    q->counts.delivered++;
+    if (m.delivery_count > 1) q->counts.redelivered++;
     m.lease_token = queues_.NewLeaseToken();
     m.lease_expires_ms = now_ms + lease_ms;
     q->leases.insert({m.lease_expires_ms, seq});
@@ -353,6 +356,7 @@ void Node::AckDone(const AckBatch& p, const absl::Status& status, int64_t now_ms
     it->second.ack_token = 0;
     if (status.ok()) {
       q->messages.erase(it);
+      q->counts.acked++;
     } else {
       queues_.Restore(*q, p.sequence, it->second, now_ms);
     }

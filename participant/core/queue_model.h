@@ -50,6 +50,7 @@ struct Queue {
   uint64_t purge_token = 0;
   uint64_t purging_in_memory = 0;
   uint64_t purging_on_disk = 0;
+  ParticipantCore::QueueCounts counts;  // since this start
 };
 
 struct QueueModel {

@@ -526,6 +526,7 @@ void Node::CommitDone(Txn& t, const std::string& settled_by, const std::vector<W
       if (m == q.messages.end()) continue;
       ATOMQ_CHECK(m->second.pinned_by == id, "an acked message is pinned by its transaction");
       q.messages.erase(m);
+      q.counts.acked++;
       ATOMQ_CHECK(q.pinned > 0, "a queue counts the messages pinned in it");
       q.pinned--;
       continue;

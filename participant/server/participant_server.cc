@@ -501,6 +501,32 @@ void ParticipantNode::AppendQueueMetrics(std::string* out) {
       absl::StrAppend(out, g.name, "{queue=\"", q.name(), "\"} ", (q.*g.value)(), "\n");
     }
   }
+  const auto counts = core_.Inspect([](const ParticipantCore& c) { return c.queue_counts(); });
+  struct Counter {
+    const char* name;
+    const char* help;
+    uint64_t ParticipantCore::QueueCounts::*value;
+  };
+  static const Counter kCounters[] = {
+      {"atomq_queue_enqueued_messages_total",
+       "Messages made visible: committed, sent, or moved in as dead letters.",
+       &ParticipantCore::QueueCounts::enqueued},
+      {"atomq_queue_delivered_messages_total", "Deliveries under a lease.",
+       &ParticipantCore::QueueCounts::delivered},
+      {"atomq_queue_redelivered_messages_total", "Deliveries of a message delivered before.",
+       &ParticipantCore::QueueCounts::redelivered},
+      {"atomq_queue_acked_messages_total", "Messages acked, alone or in a committed transaction.",
+       &ParticipantCore::QueueCounts::acked},
+      {"atomq_queue_dead_lettered_messages_total", "Messages moved to the dead-letter queue.",
+       &ParticipantCore::QueueCounts::dead_lettered},
+  };
+  for (const Counter& k : kCounters) {
+    absl::StrAppend(out, "# HELP ", k.name, " ", k.help, " Since the process started.\n# TYPE ",
+                    k.name, " counter\n");
+    for (const auto& [queue, c] : counts) {
+      absl::StrAppend(out, k.name, "{queue=\"", queue, "\"} ", c.*k.value, "\n");
+    }
+  }
   absl::StrAppend(out,
                   "# HELP atomq_transactions_prepared Transactions prepared here, by state.\n"
                   "# TYPE atomq_transactions_prepared gauge\n"

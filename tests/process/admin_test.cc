@@ -190,6 +190,29 @@ TEST(AdminTest, MetricsShowExecuteLatencyFsyncsAndDiskSpace) {
             c.ParticipantMetric(1, "atomq_data_dir_available_bytes"));
   EXPECT_EQ(c.ParticipantMetric(1, "atomq_queue_ready_messages{queue=\"jobs\"}"), 3);
   EXPECT_EQ(c.ParticipantMetric(1, "atomq_queue_version{queue=\"jobs\"}"), 4);
+  EXPECT_EQ(c.ParticipantMetric(1, "atomq_queue_enqueued_messages_total{queue=\"jobs\"}"), 3);
+
+  // Delivered, given back, delivered again and acked; then one dead-lettered.
+  const std::string q =
+      absl::StrCat(ATOMQ_BIN_DIR, "/atomqctl --participant=", c.participant_address(1), " queue ");
+  auto lease = [](const std::string& out) {
+    const size_t at = out.find(", lease ");
+    return at == std::string::npos ? std::string() : out.substr(at + 8, out.find(')', at) - at - 8);
+  };
+  std::string got = RunCommand(q + "receive jobs --no-ack 2>&1");
+  RunCommand(q + "nack jobs 1 " + lease(got) + " 2>&1");
+  RunCommand(q + "receive jobs 2>&1");
+  EXPECT_EQ(c.ParticipantMetric(1, "atomq_queue_delivered_messages_total{queue=\"jobs\"}"), 2);
+  EXPECT_EQ(c.ParticipantMetric(1, "atomq_queue_redelivered_messages_total{queue=\"jobs\"}"), 1);
+  EXPECT_EQ(c.ParticipantMetric(1, "atomq_queue_acked_messages_total{queue=\"jobs\"}"), 1);
+  c.CreateQueue(1, "dlq");
+  RunCommand(q + "create work --max_deliveries=1 --dead_letter_queue=dlq 2>&1");
+  RunCommand(q + "send work w 2>&1");
+  got = RunCommand(q + "receive work --no-ack 2>&1");
+  RunCommand(q + "nack work 1 " + lease(got) + " 2>&1");
+  EXPECT_EQ(c.ParticipantMetric(1, "atomq_queue_dead_lettered_messages_total{queue=\"work\"}"), 1)
+      << got;
+  EXPECT_EQ(c.ParticipantMetric(1, "atomq_queue_enqueued_messages_total{queue=\"dlq\"}"), 1);
 }
 
 TEST(AdminTest, PeekLooksWithoutDeliveringAndPurgeRemovesOnlyReadyMessagesDurably) {
