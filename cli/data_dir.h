@@ -3,12 +3,15 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "atomq/v1/records.pb.h"
+#include "common/codec.h"
 #include "common/data_file.h"
 
 namespace atomq::ctl {
@@ -37,5 +40,25 @@ absl::StatusOr<VerifyReport> Verify(DataFile& file);
 // of `cluster_id`, when given), and not a group member's.
 absl::Status CheckRestorable(const VerifyReport& r, const std::string& id,
                              const std::string& cluster_id);
+
+// Every record of `db`, decoded as `Record`; a damaged one ends the scan
+// with DATA_LOSS naming it.
+template <typename Record>
+absl::Status ScanRecords(DataFile& f, const std::string& db,
+                         const std::function<void(const Record&)>& fn) {
+  absl::Status bad;
+  absl::Status st = f.Scan(db, [&](std::string_view key, std::string_view value) {
+    Record r;
+    bad = DecodeRecord(value, &r);
+    if (!bad.ok()) {
+      bad = absl::DataLossError(absl::StrCat(db, " key \"", std::string(key), "\": ", bad.message(),
+                                             " (atomqctl verify lists every damaged record)"));
+      return false;
+    }
+    fn(r);
+    return true;
+  });
+  return st.ok() ? bad : st;
+}
 
 }  // namespace atomq::ctl

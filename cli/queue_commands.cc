@@ -12,6 +12,7 @@
 #include "absl/time/time.h"
 #include "atomq/v1/records.pb.h"
 #include "cli/commands.h"
+#include "cli/data_dir.h"
 #include "common/codec.h"
 #include "common/data_file.h"
 
@@ -272,10 +273,7 @@ int QueueListInDataDir(const Globals& g) {
   std::map<uint64_t, v1::QueueInfo*> by_id;
   std::map<std::string, v1::QueueInfo*> by_name;
   std::map<uint64_t, uint64_t> stored;
-  absl::Status bad;
-  absl::Status st = (*f)->Scan("queues", [&](std::string_view, std::string_view value) {
-    v1::QueueRecord r;
-    if (bad = DecodeRecord(value, &r); !bad.ok()) return false;
+  absl::Status st = ScanRecords<v1::QueueRecord>(**f, "queues", [&](const v1::QueueRecord& r) {
     v1::QueueInfo* q = resp.add_queues();
     q->set_name(r.name());
     q->set_version(r.next_sequence());
@@ -284,7 +282,6 @@ int QueueListInDataDir(const Globals& g) {
     q->set_dead_letter_queue(r.dead_letter_queue());
     by_id[r.id()] = q;
     by_name[r.name()] = q;
-    return true;
   });
   if (st.ok()) {
     st = (*f)->Scan("messages", [&](std::string_view key, std::string_view) {
@@ -293,10 +290,8 @@ int QueueListInDataDir(const Globals& g) {
     });
   }
   std::map<std::string, uint64_t> acking;
-  if (st.ok() && bad.ok()) {
-    st = (*f)->Scan("prepared", [&](std::string_view, std::string_view value) {
-      v1::PreparedRecord r;
-      if (bad = DecodeRecord(value, &r); !bad.ok()) return false;
+  if (st.ok()) {
+    st = ScanRecords<v1::PreparedRecord>(**f, "prepared", [&](const v1::PreparedRecord& r) {
       for (const v1::Op& op : r.ops()) {
         const std::string& queue = op.has_ack() ? op.ack().queue() : op.enqueue().queue();
         if (auto it = by_name.find(queue); it != by_name.end()) {
@@ -304,11 +299,9 @@ int QueueListInDataDir(const Globals& g) {
         }
         if (op.has_ack()) ++acking[queue];
       }
-      return true;
     });
   }
   if (!st.ok()) return Error(std::string(st.message()));
-  if (!bad.ok()) return Error(absl::StrCat("a damaged record: ", bad.message()));
   for (auto& [id, q] : by_id) {
     const uint64_t n = stored[id], held = acking[q->name()];
     q->set_ready(n > held ? n - held : 0);

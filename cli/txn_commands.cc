@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "atomq/v1/records.pb.h"
 #include "cli/commands.h"
+#include "cli/data_dir.h"
 #include "common/codec.h"
 #include "common/data_file.h"
 #include "coordinator/core/txn.h"
@@ -239,26 +240,6 @@ v1::ParticipantTxnInfo InfoOfPrepared(const v1::PreparedRecord& r, bool payloads
     *t.add_ops() = std::move(op);
   }
   return t;
-}
-
-// Every record of `db`, decoded as `Record`; a damaged one ends the scan
-// with DATA_LOSS naming it.
-template <typename Record>
-absl::Status ScanRecords(DataFile& f, const std::string& db,
-                         const std::function<void(const Record&)>& fn) {
-  absl::Status bad;
-  absl::Status st = f.Scan(db, [&](std::string_view key, std::string_view value) {
-    Record r;
-    bad = DecodeRecord(value, &r);
-    if (!bad.ok()) {
-      bad = absl::DataLossError(absl::StrCat(db, " key \"", std::string(key), "\": ", bad.message(),
-                                             " (atomqctl verify lists every damaged record)"));
-      return false;
-    }
-    fn(r);
-    return true;
-  });
-  return st.ok() ? bad : st;
 }
 
 int ListInDataDir(const Globals& g, const QueryArgs& a) {
