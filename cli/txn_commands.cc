@@ -69,7 +69,8 @@ const char kHeuristicWarning[] =
 void PrintHeuristic(const v1::HeuristicOutcome& h) {
   std::printf("txn %s\n  outcome       %s (HEURISTIC: decided by an operator)\n",
               h.txn_id().c_str(), StateName(h.state()).c_str());
-  std::printf("  resolved      %s ago, was %s\n", Age(h.resolved_unix_ms()).c_str(),
+  std::printf("  resolved      %s ago by %s, was %s\n", Age(h.resolved_unix_ms()).c_str(),
+              h.resolved_by().empty() ? "?" : h.resolved_by().c_str(),
               StateName(h.resolved_from()).c_str());
   std::printf("  note          %s\n", h.operator_note().empty() ? "-" : h.operator_note().c_str());
   std::printf("  coordinator   %s\n  participants ", h.coordinator_id().c_str());
@@ -82,14 +83,17 @@ void PrintHeuristic(const v1::HeuristicOutcome& h) {
 }
 
 void PrintHeuristicTable(const v1::ListParticipantTxnsResponse& resp) {
-  std::printf("%-40s %-9s %-9s %-28s %s\n", "HEURISTIC TXN", "OUTCOME", "AGE", "MIXED", "NOTE");
+  std::printf("%-40s %-9s %-9s %-12s %-28s %s\n", "HEURISTIC TXN", "OUTCOME", "AGE", "BY", "MIXED",
+              "NOTE");
   for (const auto& h : resp.heuristic()) {
     std::string mixed = "no";
     if (h.conflicting_state() != v1::TXN_STATE_UNSPECIFIED) {
       mixed = absl::StrCat("YES: ", StateName(h.conflicting_state()), " elsewhere");
     }
-    std::printf("%-40s %-9s %-9s %-28s %s\n", h.txn_id().c_str(), StateName(h.state()).c_str(),
-                Age(h.resolved_unix_ms()).c_str(), mixed.c_str(), h.operator_note().c_str());
+    std::printf("%-40s %-9s %-9s %-12s %-28s %s\n", h.txn_id().c_str(),
+                StateName(h.state()).c_str(), Age(h.resolved_unix_ms()).c_str(),
+                h.resolved_by().empty() ? "?" : h.resolved_by().c_str(), mixed.c_str(),
+                h.operator_note().c_str());
   }
 }
 

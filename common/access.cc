@@ -45,6 +45,18 @@ absl::StatusOr<std::string> Access::Identify(const grpc::ServerContextBase& ctx,
   return who;
 }
 
+absl::StatusOr<std::string> Access::IdentifyBearer(absl::string_view authorization) const {
+  return policy_.Authenticate("", authorization);
+}
+
+std::vector<std::string> Access::RolesOf(absl::string_view identity) const {
+  std::vector<std::string> names;
+  for (Role r : {Role::kProducer, Role::kConsumer, Role::kOperator, Role::kPeer}) {
+    if (policy_.Authorize(identity, r).ok()) names.push_back(RoleName(r));
+  }
+  return names;
+}
+
 absl::StatusOr<std::string> Access::Check(const grpc::ServerContextBase& ctx,
                                           absl::string_view method,
                                           std::initializer_list<Role> roles,

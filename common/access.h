@@ -39,6 +39,11 @@ class Access {
   // `method` when neither is known.
   absl::StatusOr<std::string> Identify(const grpc::ServerContextBase& ctx,
                                        absl::string_view method) const;
+  // The identity `authorization` ("Bearer X", or empty) names, as Identify
+  // does for a call without a certificate: the web console's sign-in.
+  absl::StatusOr<std::string> IdentifyBearer(absl::string_view authorization) const;
+  // The names of the roles `identity` holds (on some queue, at least).
+  std::vector<std::string> RolesOf(absl::string_view identity) const;
   // Identify, then Allow.
   absl::StatusOr<std::string> Check(const grpc::ServerContextBase& ctx, absl::string_view method,
                                     std::initializer_list<Role> roles,

@@ -124,10 +124,11 @@ const AuthPolicy::Grant* AuthPolicy::Find(absl::string_view identity) const {
 
 absl::StatusOr<std::string> AuthPolicy::Authenticate(absl::string_view cert_identity,
                                                      absl::string_view authorization) const {
-  if (open_) return std::string(cert_identity.empty() ? "anonymous" : cert_identity);
-  if (!cert_identity.empty()) return std::string(cert_identity);
   absl::string_view secret = authorization;
-  if (!absl::ConsumePrefix(&secret, "Bearer ") || secret.empty()) {
+  const bool bearer = absl::ConsumePrefix(&secret, "Bearer ") && !secret.empty();
+  if (!bearer) {
+    if (!cert_identity.empty()) return std::string(cert_identity);
+    if (open_) return std::string("anonymous");
     return absl::UnauthenticatedError(
         "no client certificate and no bearer token (metadata \"authorization: Bearer TOKEN\")");
   }
@@ -136,8 +137,9 @@ absl::StatusOr<std::string> AuthPolicy::Authenticate(absl::string_view cert_iden
   for (const Token& t : tokens_) {
     if (ConstantTimeEquals(t.secret, secret)) match = &t;
   }
-  if (match == nullptr) return absl::UnauthenticatedError("the bearer token is not known");
-  return match->identity;
+  if (match != nullptr) return match->identity;
+  if (open_) return std::string(cert_identity.empty() ? "anonymous" : cert_identity);
+  return absl::UnauthenticatedError("the bearer token is not known");
 }
 
 absl::Status AuthPolicy::Authorize(absl::string_view identity, Role role,

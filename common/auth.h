@@ -49,9 +49,12 @@ class AuthPolicy {
 
   bool open() const { return open_; }
 
-  // The caller's identity: `cert_identity` when the TLS handshake gave one,
-  // else the identity of the bearer token in `authorization` ("Bearer X").
-  // UNAUTHENTICATED when neither names anybody known.
+  // The caller's identity: the bearer token's in `authorization` ("Bearer
+  // X") when the call carries one, else `cert_identity` when the TLS
+  // handshake gave one. A token names the caller even over a certificate:
+  // the web console calls on a user's behalf through its server's mTLS
+  // channel. UNAUTHENTICATED for a token nobody holds (never the
+  // certificate's identity instead) or when neither names anybody.
   absl::StatusOr<std::string> Authenticate(absl::string_view cert_identity,
                                            absl::string_view authorization) const;
   // PERMISSION_DENIED unless `identity` holds `role` (and, for producer and

@@ -77,6 +77,18 @@ TEST_F(AuthTest, CertificateOrKnownTokenAuthenticates) {
   EXPECT_EQ(p->Authenticate("", "").status().code(), absl::StatusCode::kUnauthenticated);
 }
 
+// The console calls for its user through its server's mTLS channel: the
+// user's token, not the server's certificate, names the caller, and a token
+// nobody holds never falls back to the certificate.
+TEST_F(AuthTest, ATokenNamesTheCallerOverACertificate) {
+  absl::StatusOr<AuthPolicy> p = Standard();
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(*p->Authenticate("c1", "Bearer fedcba9876543210fedc"), "ops");
+  EXPECT_EQ(p->Authenticate("c1", "Bearer 0123456789abcdef0124").status().code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(*p->Authenticate("c1", "Basic abc"), "c1");
+}
+
 TEST_F(AuthTest, BadFilesAreRefusedWithFileAndLine) {
   absl::StatusOr<AuthPolicy> p = AuthPolicy::Load(File("r1", "c1 peer\nx admin\n"), "");
   EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);

@@ -21,6 +21,7 @@
 #include "common/rpc_loop.h"
 #include "common/server_flags.h"
 #include "common/server_util.h"
+#include "console/console.h"
 #include "participant/server/participant_server.h"
 #include "replication/group_flags.h"
 
@@ -35,6 +36,7 @@ struct ParticipantFlags {
   std::string coordinators;              // --coordinators
   std::string peers;                     // --peers
   atomq::replication::GroupFlags group;  // replication (none: one disk)
+  atomq::console::ConsoleFlags console;
   Config cfg;
   ServerOptions opts;
 };
@@ -195,6 +197,7 @@ void AddParticipantFlags(CLI::App& app, ParticipantFlags* f) {
   AddQueueMemoryFlags(app, &f->cfg);
   AddClusterFlags(app, f);
   atomq::replication::AddGroupFlags(app, &f->group, "participant");
+  atomq::console::AddConsoleFlags(app, &f->console);
   AddCallFlags(app, &f->opts);
 }
 
@@ -229,6 +232,9 @@ int CheckFlags(ParticipantFlags* f) {
   }
   if (cfg.resend_initial_ms > cfg.resend_max_ms) {
     return Fail("--resend_initial_ms exceeds --resend_max_ms");
+  }
+  if (absl::Status st = atomq::console::CheckConsoleFlags(f->console, f->server.tls); !st.ok()) {
+    return Fail(std::string(st.message()));
   }
   return 0;
 }
@@ -354,10 +360,27 @@ int ServeInGroup(ParticipantFlags* f, atomq::Store* store) {
   return 0;
 }
 
+// The console knows this participant (its group), its peers and its
+// coordinators.
+atomq::console::ConsoleOptions ConsoleOptionsOf(const ParticipantFlags& f) {
+  atomq::console::ConsoleOptions o{f.console, f.server.tls, f.opts.access};
+  o.node_id = f.server.id;
+  o.node_role = "participant";
+  o.version = ATOMQ_VERSION;
+  o.coordinators = f.opts.coordinators;
+  o.participants = f.opts.peers;
+  o.participants[f.server.id] =
+      f.group.enabled() ? atomq::replication::ClientAddresses(f.group.members) : f.server.listen;
+  for (const auto& [id, m] : f.group.members) o.group_peers.push_back(m.peer);
+  return o;
+}
+
 int Serve(ParticipantFlags* f) {
   absl::StatusOr<atomq::Store> store = Open(f);
   if (!store.ok()) return Fail(std::string(store.status().message()));
   atomq::SetDialCredentials(atomq::ChannelCredentials(f->server.tls));
+  auto console = atomq::console::ConsoleServer::Start(ConsoleOptionsOf(*f));
+  if (!console.ok()) return Fail(std::string(console.status().message()));
   return f->group.enabled() ? ServeInGroup(f, &*store) : ServeAlone(f, &*store);
 }
 

@@ -277,7 +277,8 @@ class Node {
   // --- resolution.cc: operator resolution, heuristic outcomes ---
   static const char* Word(v1::TxnState s);
   void ResolveReply(RequestId r, absl::Status s, const v1::OutcomeRecord* o = nullptr);
-  void Resolve(RequestId r, const v1::ResolveRequest& req, int64_t now_ms);
+  void Resolve(RequestId r, const v1::ResolveRequest& req, int64_t now_ms,
+               const std::string& identity);
   // Why a prepared `t` cannot be resolved now, or OK.
   absl::Status CheckResolvable(const Txn& t, int64_t now_ms) const;
   // Marks the outcome of the batch just submitted for `t` heuristic, and

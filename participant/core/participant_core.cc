@@ -185,9 +185,10 @@ absl::StatusOr<v1::ListParticipantTxnsResponse> ParticipantCore::ListTransaction
   return node_->ListTransactions(req, limit_max, bytes_max);
 }
 
-void ParticipantCore::Resolve(RequestId request, const v1::ResolveRequest& req, int64_t now_ms) {
+void ParticipantCore::Resolve(RequestId request, const v1::ResolveRequest& req, int64_t now_ms,
+                              const std::string& identity) {
   node_->RequireRecovered();
-  node_->Resolve(request, req, now_ms);
+  node_->Resolve(request, req, now_ms, identity);
 }
 
 void ParticipantCore::Forget(const std::string& txn_id, int64_t now_ms) {

@@ -349,8 +349,10 @@ class ParticipantCore {
   // and kHeuristicDb in the same batch) and answers once that is durable.
   // A Commit/Abort/Accept that later says otherwise changes nothing: it is
   // answered as any conflicting outcome, logged "ALARM heuristic mixed" and
-  // recorded in the HeuristicOutcome (conflicting_state).
-  void Resolve(RequestId request, const v1::ResolveRequest& req, int64_t now_ms);
+  // recorded in the HeuristicOutcome (conflicting_state). `identity` is
+  // the caller's (the adapter authenticated it), kept as resolved_by.
+  void Resolve(RequestId request, const v1::ResolveRequest& req, int64_t now_ms,
+               const std::string& identity = "");
   // Every heuristic outcome decided here (durable ones), by txn id.
   std::vector<v1::HeuristicOutcome> HeuristicOutcomes() const;
 

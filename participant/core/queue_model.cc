@@ -158,6 +158,11 @@ v1::QueueInfo QueueModel::Info(const Queue& q) const {
   info.set_created_unix_ms(q.rec.created_unix_ms());
   info.set_max_deliveries(q.rec.max_deliveries());
   info.set_dead_letter_queue(q.rec.dead_letter_queue());
+  info.set_enqueued_total(q.counts.enqueued);
+  info.set_delivered_total(q.counts.delivered);
+  info.set_redelivered_total(q.counts.redelivered);
+  info.set_acked_total(q.counts.acked);
+  info.set_dead_lettered_total(q.counts.dead_lettered);
   return info;
 }
 

@@ -25,7 +25,8 @@ void Node::ResolveReply(RequestId r, absl::Status s, const v1::OutcomeRecord* o)
   Answer(r, std::move(s), std::move(resp));
 }
 
-void Node::Resolve(RequestId r, const v1::ResolveRequest& req, int64_t now_ms) {
+void Node::Resolve(RequestId r, const v1::ResolveRequest& req, int64_t now_ms,
+                   const std::string& identity) {
   const std::string& id = req.txn_id();
   absl::Status s = ValidateTxnId(id);
   if (!s.ok()) return ResolveReply(r, s);
@@ -53,6 +54,7 @@ void Node::Resolve(RequestId r, const v1::ResolveRequest& req, int64_t now_ms) {
   h.set_state(outcome);
   h.set_resolved_unix_ms(now_ms);
   h.set_operator_note(req.operator_note());
+  h.set_resolved_by(identity);
   h.set_resolved_from(t.rec.state());
   h.set_coordinator_id(t.rec.coordinator_id());
   *h.mutable_participants() = t.rec.participants();

@@ -339,7 +339,7 @@ class ParticipantNode::TxnService final : public LoopService<v1::ParticipantTxn>
                                                    {{"txn", req->txn_id()},
                                                     {"outcome", v1::Outcome_Name(req->outcome())},
                                                     {"note", req->operator_note()}}));
-    node_->WithCore([&](ParticipantCore& c) { c.Resolve(rid, *req, node_->clock_.NowMs()); });
+    node_->WithCore([&](ParticipantCore& c) { c.Resolve(rid, *req, node_->clock_.NowMs(), *who); });
   }
 
  private:
