@@ -17,6 +17,7 @@
 #include "common/rpc_loop.h"
 #include "common/server_flags.h"
 #include "common/server_util.h"
+#include "console/console.h"
 #include "coordinator/server/coordinator_server.h"
 #include "replication/group_flags.h"
 
@@ -32,6 +33,7 @@ struct CoordinatorFlags {
   std::string participants;
   std::string protocol = "2pc";
   atomq::replication::GroupFlags group;  // replication (none: one disk)
+  atomq::console::ConsoleFlags console;
   Config cfg;
   ServerOptions opts;
 };
@@ -133,6 +135,7 @@ void AddCoordinatorFlags(CLI::App& app, CoordinatorFlags* f) {
                         "directory of the decision log (LMDB)");
   AddClusterFlags(app, f);
   atomq::replication::AddGroupFlags(app, &f->group, "coordinator");
+  atomq::console::AddConsoleFlags(app, &f->console);
   AddTxnLimitFlags(app, &f->cfg);
   AddRecoveryTimingFlags(app, &f->cfg);
   AddProtocolFlags(app, &f->cfg);
@@ -159,6 +162,9 @@ int CheckFlags(CoordinatorFlags* f) {
     if (address.find('|') != std::string::npos) f->cfg.participant_groups.insert(id);
   }
   if (absl::Status st = atomq::replication::CheckGroupFlags(&f->group); !st.ok()) {
+    return Fail(std::string(st.message()));
+  }
+  if (absl::Status st = atomq::console::CheckConsoleFlags(f->console, f->server.tls); !st.ok()) {
     return Fail(std::string(st.message()));
   }
   return 0;
@@ -295,10 +301,25 @@ int ServeInGroup(CoordinatorFlags* f, atomq::Store* store) {
   return 0;
 }
 
+// The console knows this coordinator (its group) and every participant.
+atomq::console::ConsoleOptions ConsoleOptionsOf(const CoordinatorFlags& f) {
+  atomq::console::ConsoleOptions o{f.console, f.server.tls, f.opts.access};
+  o.node_id = f.server.id;
+  o.node_role = "coordinator";
+  o.version = ATOMQ_VERSION;
+  o.coordinators[f.server.id] =
+      f.group.enabled() ? atomq::replication::ClientAddresses(f.group.members) : f.server.listen;
+  o.participants = f.cfg.participants;
+  for (const auto& [id, m] : f.group.members) o.group_peers.push_back(m.peer);
+  return o;
+}
+
 int Serve(CoordinatorFlags* f) {
   absl::StatusOr<atomq::Store> store = Open(f);
   if (!store.ok()) return Fail(std::string(store.status().message()));
   atomq::SetDialCredentials(atomq::ChannelCredentials(f->server.tls));
+  auto console = atomq::console::ConsoleServer::Start(ConsoleOptionsOf(*f));
+  if (!console.ok()) return Fail(std::string(console.status().message()));
   return f->group.enabled() ? ServeInGroup(f, &*store) : ServeAlone(f, &*store);
 }
 

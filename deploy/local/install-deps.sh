@@ -4,7 +4,7 @@ set -euo pipefail
 PKGS=(cmake ninja-build g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
       protobuf-compiler liblmdb-dev libabsl-dev libgtest-dev libgmock-dev libcli11-dev libcpp-httplib-dev
       libjemalloc-dev python3 python3-grpcio python3-protobuf python3-pytest python3-venv
-      python3-setuptools openssl systemd python3-yaml)
+      python3-setuptools openssl systemd python3-yaml chromium chromium-driver python3-selenium)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -62,7 +62,18 @@ if [ ! -f "$ROLES" ]; then
     "client producer,consumer,operator" >"$ROLES"
   chmod 600 "$ROLES"
 fi
-ROLES_FLAGS=(--roles_file="$ROLES")
+# The web console's sign-in (README "The web console"): one operator token,
+# made once, for identity "admin".
+TOKENS="$DATA/tokens"
+if [ ! -f "$TOKENS" ]; then
+  printf 'admin %s\n' "$(openssl rand -hex 20)" >"$TOKENS"
+  chmod 600 "$TOKENS"
+fi
+grep -q '^admin ' "$ROLES" || echo "admin producer,consumer,operator" >>"$ROLES"
+ROLES_FLAGS=(--roles_file="$ROLES" --tokens_file="$TOKENS")
+# Every server serves its console (HTTPS, its own certificate) on its client
+# port + 200.
+console_flag() { echo "--http_listen=127.0.0.1:$(($1 + 200))"; }
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -115,25 +126,26 @@ for i in 1 2 3; do
           "${TLS_FLAGS[@]}" "${ROLES_FLAGS[@]}")
   if [ "$REPLICAS" = 1 ]; then
     start "p$i" "$BIN/atomq-participant" --listen="127.0.0.1:$((BASE + i))" \
-      --data_dir="$DATA/p$i" "${common[@]}"
+      --data_dir="$DATA/p$i" "$(console_flag $((BASE + i)))" "${common[@]}"
     continue
   fi
   group=$(group_of $((BASE + 10 * i)))
   for j in $(seq 1 "$REPLICAS"); do
     start "p$i-r$j" "$BIN/atomq-participant" --listen="127.0.0.1:$((BASE + 10 * i + j))" \
-      --data_dir="$DATA/p$i-r$j" --group="$group" --member_id="$j" "${common[@]}"
+      --data_dir="$DATA/p$i-r$j" --group="$group" --member_id="$j" \
+      "$(console_flag $((BASE + 10 * i + j)))" "${common[@]}"
   done
 done
 tls_flags c1
 if [ "$REPLICAS" = 1 ]; then
   start c1 "$BIN/atomq-coordinator" --id=c1 --listen="127.0.0.1:$BASE" --data_dir="$DATA/c1" \
-    --participants="$PARTS" "${TLS_FLAGS[@]}" "${ROLES_FLAGS[@]}"
+    --participants="$PARTS" "$(console_flag "$BASE")" "${TLS_FLAGS[@]}" "${ROLES_FLAGS[@]}"
 else
   group=$(group_of $((BASE + 40)))
   for j in $(seq 1 "$REPLICAS"); do
     start "c1-r$j" "$BIN/atomq-coordinator" --id=c1 --listen="127.0.0.1:$((BASE + 40 + j))" \
       --data_dir="$DATA/c1-r$j" --group="$group" --member_id="$j" --participants="$PARTS" \
-      "${TLS_FLAGS[@]}" "${ROLES_FLAGS[@]}"
+      "$(console_flag $((BASE + 40 + j)))" "${TLS_FLAGS[@]}" "${ROLES_FLAGS[@]}"
   done
 fi
 
@@ -168,6 +180,11 @@ $CTL --coordinator="$COORD" txn exec --enqueue=p1:orders=order-42 \
   --enqueue=p2:audit=order-42-created --enqueue=p3:billing=invoice-42
 
 if [ "$REPLICAS" = 1 ]; then
+  CONSOLE="https://127.0.0.1:$((BASE + 200))/"
+else
+  CONSOLE="https://127.0.0.1:$((BASE + 241))/ (or any member's client port + 200)"
+fi
+if [ "$REPLICAS" = 1 ]; then
   P1=127.0.0.1:$((BASE + 1)) P2=127.0.0.1:$((BASE + 2)) P3=127.0.0.1:$((BASE + 3))
   C1=$COORD C1DATA=$DATA/c1
 else
@@ -193,6 +210,11 @@ The cluster is up, speaking mTLS on every link (certificates in $TLS):
   participant p2   $P2
   participant p3   $P3
   (data in $DATA, one directory per process)
+
+Web console: $CONSOLE
+  sign in with the token in $TOKENS (identity admin: $(cut -d' ' -f2 "$TOKENS"))
+  its certificate is signed by the local CA $TLS/ca.pem: import it in the browser, or accept
+  the warning once. Each participant serves its own on its port + 200.
 
 atomqctl needs the client certificate; in your shell:
   export ATOMQ_TLS_CA=$TLS/ca.pem

@@ -8,11 +8,10 @@ are stopped by their own pid (SIGKILL, then waited for).
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,8 @@ from atomq.v1 import participant_pb2 as ppb
 from atomq.v1 import participant_pb2_grpc as pgrpc
 
 ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT / "tests"))
+from ports import free_port  # noqa: E402  (shared with tests/console)
 os.environ.setdefault("ATOMQ_PLAINTEXT", "1")  # the atomqctl the tests run
 BIN = Path(os.environ.get("ATOMQ_BIN_DIR", ROOT / "build" / "bin"))
 
@@ -47,39 +48,6 @@ def make_certificate(directory: Path, name: str, ca: str, cn: str, san: str) -> 
     subprocess.run(["openssl", "x509", "-req", "-in", f"{f}.csr", "-CA", str(directory / f"{ca}.pem"),
                     "-CAkey", str(directory / f"{ca}.key"), "-CAcreateserial", "-days", "2",
                     "-extfile", f"{f}.ext", "-out", f"{f}.pem"], check=True, capture_output=True)
-
-
-_RESERVED: List[socket.socket] = []
-
-
-def _ephemeral_low() -> int:
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-    return low if low > 11000 else 32768
-
-
-def free_port() -> int:
-    """A loopback port below the kernel's ephemeral range that no other
-    caller, here or in the C++ tests (common/free_port.h), is given while
-    this process lives: each is reserved by holding an abstract Unix socket
-    named after it."""
-    while True:
-        port = random.randrange(10000, _ephemeral_low())
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            lock.bind(f"\0atomq-port-{port}")
-        except OSError:
-            lock.close()
-            continue
-        _RESERVED.append(lock)
-        return port
 
 
 class Cluster:
