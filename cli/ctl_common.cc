@@ -27,10 +27,14 @@ int Error(const std::string& msg) {
   return 2;
 }
 
-int RpcError(const char* what, const grpc::Status& s) {
+std::string DescribeError(const grpc::Status& s) {
   // gRPC's codes are absl's; "?" for a number outside them.
   std::string name = absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code()));
-  return Error(absl::StrCat(what, " failed: ", name.empty() ? "?" : name, ": ", s.error_message()));
+  return absl::StrCat(name.empty() ? "?" : name, ": ", s.error_message());
+}
+
+int RpcError(const char* what, const grpc::Status& s) {
+  return Error(absl::StrCat(what, " failed: ", DescribeError(s)));
 }
 
 std::shared_ptr<grpc::Channel> Connect(const std::string& addr) {

@@ -48,6 +48,8 @@ constexpr int kAborted = 1;
 int Error(const std::string& msg);
 // Prints "atomqctl: WHAT failed: CODE: message"; returns 2.
 int RpcError(const char* what, const grpc::Status& s);
+// "CODE: message" of a failed call, for a row of a table.
+std::string DescribeError(const grpc::Status& s);
 
 // A channel to `addr` (DialChannel, common/bearer.h: TLS and the token).
 std::shared_ptr<grpc::Channel> Connect(const std::string& addr);

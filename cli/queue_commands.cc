@@ -1,15 +1,18 @@
 // queue create, delete, purge, list, info, send, receive, ack and nack: calls on
 // one participant's Queue service.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "atomq/v1/console.pb.h"
 #include "atomq/v1/records.pb.h"
 #include "cli/commands.h"
 #include "cli/data_dir.h"
@@ -103,18 +106,59 @@ int QueuePurge(QueueCall& c) {
   });
 }
 
-void PrintQueues(const v1::ListQueuesResponse& resp) {
+// With `node`, a NODE column first (queue list --participants).
+void PrintQueueHeader(bool node) {
+  if (node) std::printf("%-10s ", "NODE");
   std::printf("%-30s %10s %8s %8s %8s %8s %s\n", "QUEUE", "VERSION", "READY", "LEASED", "IN-TXN",
               "MAX-DEL", "DEAD-LETTER");
-  for (const auto& q : resp.queues()) {
-    std::printf("%-30s %10llu %8llu %8llu %8llu %8s %s\n", q.name().c_str(),
-                static_cast<unsigned long long>(q.version()),
-                static_cast<unsigned long long>(q.ready()),
-                static_cast<unsigned long long>(q.leased()),
-                static_cast<unsigned long long>(q.pending_in_txn()),
-                q.max_deliveries() == 0 ? "-" : absl::StrCat(q.max_deliveries()).c_str(),
-                q.dead_letter_queue().empty() ? "-" : q.dead_letter_queue().c_str());
+}
+
+void PrintQueueRow(const v1::QueueInfo& q, const std::string* node) {
+  if (node != nullptr) std::printf("%-10s ", node->c_str());
+  std::printf("%-30s %10llu %8llu %8llu %8llu %8s %s\n", q.name().c_str(),
+              static_cast<unsigned long long>(q.version()),
+              static_cast<unsigned long long>(q.ready()),
+              static_cast<unsigned long long>(q.leased()),
+              static_cast<unsigned long long>(q.pending_in_txn()),
+              q.max_deliveries() == 0 ? "-" : absl::StrCat(q.max_deliveries()).c_str(),
+              q.dead_letter_queue().empty() ? "-" : q.dead_letter_queue().c_str());
+}
+
+void PrintQueues(const v1::ListQueuesResponse& resp) {
+  PrintQueueHeader(false);
+  for (const auto& q : resp.queues()) PrintQueueRow(q, nullptr);
+}
+
+// queue list --participants: one table, the node first on every row; a
+// node that cannot be asked is a row with its error, and the exit is 1.
+// --json: atomq.v1.ConsoleQueues, as the web console's /api/queues.
+int QueueListEverywhere(const Globals& g) {
+  v1::ConsoleQueues all;
+  int rc = 0;
+  for (const auto& [id, address] : g.every_participant) {
+    v1::ConsoleParticipantQueues* p = all.add_participants();
+    p->set_participant(id);
+    v1::ListQueuesResponse resp;
+    CallContext ctx(g);
+    grpc::Status s =
+        v1::Queue::NewStub(Connect(address))->ListQueues(&ctx, v1::ListQueuesRequest(), &resp);
+    if (s.ok()) {
+      *p->mutable_queues() = std::move(*resp.mutable_queues());
+    } else {
+      p->set_error(DescribeError(s));
+      rc = 1;
+    }
   }
+  if (g.json) {
+    PrintJson(all);
+    return rc;
+  }
+  PrintQueueHeader(true);
+  for (const auto& p : all.participants()) {
+    if (!p.error().empty()) std::printf("%-10s (%s)\n", p.participant().c_str(), p.error().c_str());
+    for (const auto& q : p.queues()) PrintQueueRow(q, &p.participant());
+  }
+  return rc;
 }
 
 void PrintQueue(const v1::QueueInfo& q) {
@@ -309,15 +353,54 @@ int QueueListInDataDir(const Globals& g) {
   return ShowReply(g, "read", grpc::Status::OK, resp, [&] { PrintQueues(resp); });
 }
 
+// queue receive NAME --peek --data_dir: the messages stored for the queue,
+// in sequence order, --max of them (what a restart makes ready, less those a
+// prepared transaction acks), read without the server.
+int QueuePeekInDataDir(const Globals& g, const QueueArgs& a) {
+  if (!a.peek) return Error("without its server a queue can only be looked at: add --peek");
+  absl::StatusOr<std::unique_ptr<DataFile>> f = DataFile::Open(g.data_dir);
+  if (!f.ok()) return Error(std::string(f.status().message()));
+  std::optional<uint64_t> id;
+  absl::Status st = ScanRecords<v1::QueueRecord>(**f, "queues", [&](const v1::QueueRecord& r) {
+    if (r.name() == a.name) id = r.id();
+  });
+  if (!st.ok()) return Error(std::string(st.message()));
+  if (!id) return Error(absl::StrCat("queue ", a.name, " does not exist in ", g.data_dir));
+  v1::ReceiveResponse resp;
+  std::string bad;
+  st = (*f)->Scan("messages", [&](std::string_view key, std::string_view value) {
+    if (key.size() != 16 || DecodeU64(key) != *id) return true;
+    v1::MessageRecord m;
+    if (absl::Status d = DecodeRecord(value, &m); !d.ok()) {
+      bad = std::string(d.message());
+      return false;
+    }
+    v1::Delivery* out = resp.add_deliveries();
+    out->set_queue(a.name);
+    out->set_sequence(DecodeU64(key.substr(8)));
+    out->set_payload(std::move(*m.mutable_payload()));
+    *out->mutable_headers() = m.headers();
+    return static_cast<uint32_t>(resp.deliveries_size()) < std::max(a.max, 1u);
+  });
+  if (!st.ok()) return Error(std::string(st.message()));
+  if (!bad.empty()) return Error(absl::StrCat("a message of ", a.name, " is damaged: ", bad));
+  return ShowReply(g, "read", grpc::Status::OK, resp, [&] {
+    for (const v1::Delivery& d : resp.deliveries()) {
+      std::printf("%s #%llu (stored): %s\n", d.queue().c_str(),
+                  static_cast<unsigned long long>(d.sequence()), d.payload().c_str());
+    }
+  });
+}
+
 int RunQueueCommand(const Globals& g, const std::string& cmd, const QueueArgs& a,
                     QueueCommand run) {
   if (!g.data_dir.empty()) {
     if (run == QueueList) return QueueListInDataDir(g);
+    if (run == QueueReceive) return QueuePeekInDataDir(g, a);
     return Error(absl::StrCat("queue ", cmd, " calls a server: drop --data_dir"));
   }
   if (run == QueueList && g.participant.empty() && !g.every_participant.empty()) {
-    return AtEveryParticipant(g,
-                              [&](const Globals& at) { return RunQueueCommand(at, cmd, a, run); });
+    return QueueListEverywhere(g);
   }
   if (g.participant.empty()) return Error(absl::StrCat("queue ", cmd, " needs --participant=ADDR"));
   auto stub = v1::Queue::NewStub(Connect(g.participant));
