@@ -7,9 +7,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "atomq/v1/participant.pb.h"
 #include "atomq/v1/records.pb.h"
 #include "atomq/v1/replica.pb.h"
@@ -82,6 +85,43 @@ void Progress(const std::string& db, uint64_t n) {
   if (tty && n % 100000 == 0)
     fprintf(stderr, "\rverifying %s: %llu records", db.c_str(), static_cast<unsigned long long>(n));
 }
+
+// While a backup is written: a line on stderr, rewritten in place (a
+// terminal only), of the bytes written so far against the data file's size
+// (the compacted copy is at most that).
+class CopyProgress {
+ public:
+  CopyProgress(const std::string& data_dir, const std::string& to) {
+    if (isatty(STDERR_FILENO) == 0) return;
+    std::error_code ec;
+    const uint64_t total = std::filesystem::file_size(data_dir + "/data.mdb", ec);
+    thread_ = std::thread([this, partial = to + ".partial", total] {
+      for (;;) {
+        std::error_code e;
+        const uint64_t written = std::filesystem::file_size(partial, e);
+        fprintf(stderr, "\rbacking up: %.1f MiB written (the data file is %.1f MiB)",
+                (e ? 0 : written) / 1048576.0, total / 1048576.0);
+        absl::MutexLock lock(&mu_);
+        auto done = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return done_; };
+        if (mu_.AwaitWithTimeout(absl::Condition(&done), absl::Milliseconds(200))) break;
+      }
+      fprintf(stderr, "\r\033[K");
+    });
+  }
+  ~CopyProgress() {
+    if (!thread_.joinable()) return;
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+    }
+    thread_.join();
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
 
 }  // namespace
 
@@ -158,7 +198,12 @@ int RunVerify(const std::string& path) {
 int RunBackup(const std::string& data_dir, const std::string& to) {
   absl::StatusOr<std::unique_ptr<DataFile>> file = DataFile::Open(data_dir);
   if (!file.ok()) return Error(std::string(file.status().message()));
-  if (absl::Status st = (*file)->CopyTo(to); !st.ok()) return Error(std::string(st.message()));
+  absl::Status copied;
+  {
+    CopyProgress progress(data_dir, to);
+    copied = (*file)->CopyTo(to);
+  }
+  if (!copied.ok()) return Error(std::string(copied.message()));
   absl::StatusOr<std::unique_ptr<DataFile>> copy = DataFile::Open(to);
   absl::StatusOr<VerifyReport> r =
       copy.ok() ? Verify(**copy) : absl::StatusOr<VerifyReport>(copy.status());

@@ -1,11 +1,16 @@
 // txn exec, list, show and resolve.
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "atomq/v1/console.pb.h"
 #include "atomq/v1/records.pb.h"
 #include "cli/commands.h"
 #include "cli/data_dir.h"
@@ -82,19 +87,30 @@ void PrintHeuristic(const v1::HeuristicOutcome& h) {
   }
 }
 
-void PrintHeuristicTable(const v1::ListParticipantTxnsResponse& resp) {
+// With `node`, a NODE column first (txn list --participants).
+void PrintHeuristicHeader(bool node) {
+  if (node) std::printf("%-10s ", "NODE");
   std::printf("%-40s %-9s %-9s %-12s %-28s %s\n", "HEURISTIC TXN", "OUTCOME", "AGE", "BY", "MIXED",
               "NOTE");
+}
+
+void PrintHeuristicRows(const v1::ListParticipantTxnsResponse& resp, const std::string* node) {
   for (const auto& h : resp.heuristic()) {
     std::string mixed = "no";
     if (h.conflicting_state() != v1::TXN_STATE_UNSPECIFIED) {
       mixed = absl::StrCat("YES: ", StateName(h.conflicting_state()), " elsewhere");
     }
+    if (node != nullptr) std::printf("%-10s ", node->c_str());
     std::printf("%-40s %-9s %-9s %-12s %-28s %s\n", h.txn_id().c_str(),
                 StateName(h.state()).c_str(), Age(h.resolved_unix_ms()).c_str(),
                 h.resolved_by().empty() ? "?" : h.resolved_by().c_str(), mixed.c_str(),
                 h.operator_note().c_str());
   }
+}
+
+void PrintHeuristicTable(const v1::ListParticipantTxnsResponse& resp) {
+  PrintHeuristicHeader(false);
+  PrintHeuristicRows(resp, nullptr);
 }
 
 // --- txn list and show ---
@@ -135,10 +151,15 @@ std::string ListCommand(const Globals& g, const QueryArgs& a) {
   return cmd;
 }
 
-void PrintPreparedTable(const v1::ListParticipantTxnsResponse& resp) {
+void PrintPreparedHeader(bool node) {
+  if (node) std::printf("%-10s ", "NODE");
   std::printf("%-40s %-5s %-13s %-8s %-9s %s\n", "TXN", "PROTO", "STATE", "IN-DOUBT", "AGE",
               "COORDINATOR");
+}
+
+void PrintPreparedRows(const v1::ListParticipantTxnsResponse& resp, const std::string* node) {
   for (const auto& t : resp.transactions()) {
+    if (node != nullptr) std::printf("%-10s ", node->c_str());
     std::printf("%-40s %-5s %-13s %-8s %-9s %s (%s)\n", t.txn_id().c_str(),
                 ProtocolName(t.protocol()).c_str(), StateName(t.state()).c_str(),
                 t.in_doubt() ? "yes" : "no", Age(t.prepared_unix_ms()).c_str(),
@@ -146,37 +167,101 @@ void PrintPreparedTable(const v1::ListParticipantTxnsResponse& resp) {
   }
 }
 
-int ListAtParticipant(const Globals& g, const QueryArgs& a) {
-  const std::string& state = a.state;
-  auto stub = v1::ParticipantTxn::NewStub(Connect(g.participant));
+// One page at the participant `address`, as --state asks: in-doubt keeps
+// only the transactions in doubt, heuristic only the heuristic outcomes.
+grpc::Status FetchAtParticipant(const Globals& g, const std::string& address, const QueryArgs& a,
+                                v1::ListParticipantTxnsResponse* resp) {
+  auto stub = v1::ParticipantTxn::NewStub(Connect(address));
   v1::ListParticipantTxnsRequest req;
   req.set_limit(a.limit);
   req.set_page_token(a.cursor);
   req.set_payloads(a.payloads);
-  v1::ListParticipantTxnsResponse resp;
   CallContext ctx(g);
-  grpc::Status s = stub->ListTransactions(&ctx, req, &resp);
-  if (!s.ok()) return RpcError("ListTransactions", s);
-  if (state == "in-doubt") {
-    v1::ListParticipantTxnsResponse only;
-    for (const auto& t : resp.transactions()) {
-      if (t.in_doubt()) *only.add_transactions() = t;
-    }
-    only.set_next_page_token(resp.next_page_token());
-    resp = only;
+  grpc::Status s = stub->ListTransactions(&ctx, req, resp);
+  if (!s.ok()) return s;
+  if (a.state == "in-doubt") {
+    auto* rows = resp->mutable_transactions();
+    rows->erase(std::remove_if(rows->begin(), rows->end(),
+                               [](const v1::ParticipantTxnInfo& t) { return !t.in_doubt(); }),
+                rows->end());
+    resp->clear_heuristic();
   }
-  if (state == "heuristic") resp.clear_transactions();
+  if (a.state == "heuristic") resp->clear_transactions();
+  return s;
+}
+
+int ListAtParticipant(const Globals& g, const QueryArgs& a) {
+  v1::ListParticipantTxnsResponse resp;
+  grpc::Status s = FetchAtParticipant(g, g.participant, a, &resp);
+  if (!s.ok()) return RpcError("ListTransactions", s);
   if (g.json) {
     PrintJson(resp);
     return 0;
   }
-  if (state != "heuristic") PrintPreparedTable(resp);
-  if (state == "heuristic" || resp.heuristic_size() > 0) {
-    if (state != "heuristic") std::printf("\n");
+  if (a.state != "heuristic") {
+    PrintPreparedHeader(false);
+    PrintPreparedRows(resp, nullptr);
+  }
+  if (a.state == "heuristic" || resp.heuristic_size() > 0) {
+    if (a.state != "heuristic") std::printf("\n");
     PrintHeuristicTable(resp);
   }
   PrintNextPage(ListCommand(g, a), resp.next_page_token());
   return 0;
+}
+
+// txn list --participants: one table of prepared transactions and one of
+// heuristic outcomes, the node first on every row; a node that cannot be
+// asked is a row with its error, and the exit is 1. --json:
+// atomq.v1.ConsoleTransactions, as the web console's /api/transactions.
+int ListEverywhere(const Globals& g, const QueryArgs& a) {
+  v1::ConsoleTransactions all;
+  int rc = 0;
+  bool heuristic = a.state == "heuristic";
+  for (const auto& [id, address] : g.every_participant) {
+    v1::ConsoleParticipantTxns* p = all.add_participants();
+    p->set_participant(id);
+    v1::ListParticipantTxnsResponse resp;
+    grpc::Status s = FetchAtParticipant(g, address, a, &resp);
+    if (!s.ok()) {
+      p->set_error(DescribeError(s));
+      rc = 1;
+      continue;
+    }
+    heuristic |= resp.heuristic_size() > 0;
+    *p->mutable_transactions() = std::move(*resp.mutable_transactions());
+    *p->mutable_heuristic() = std::move(*resp.mutable_heuristic());
+    p->set_more(!resp.next_page_token().empty());
+  }
+  if (g.json) {
+    PrintJson(all);
+    return rc;
+  }
+  for (const auto& p : all.participants()) {
+    if (!p.error().empty()) std::printf("%-10s (%s)\n", p.participant().c_str(), p.error().c_str());
+  }
+  auto rows = [](const v1::ConsoleParticipantTxns& p) {
+    v1::ListParticipantTxnsResponse r;
+    *r.mutable_transactions() = p.transactions();
+    *r.mutable_heuristic() = p.heuristic();
+    return r;
+  };
+  if (a.state != "heuristic") {
+    PrintPreparedHeader(true);
+    for (const auto& p : all.participants()) PrintPreparedRows(rows(p), &p.participant());
+  }
+  if (heuristic) {
+    if (a.state != "heuristic") std::printf("\n");
+    PrintHeuristicHeader(true);
+    for (const auto& p : all.participants()) PrintHeuristicRows(rows(p), &p.participant());
+  }
+  for (const auto& p : all.participants()) {
+    if (p.more()) {
+      std::printf("\n%s has more: page it with atomqctl --participant=ADDR txn list --cursor\n",
+                  p.participant().c_str());
+    }
+  }
+  return rc;
 }
 
 void PrintCoordinatorTable(const v1::ListTransactionsResponse& resp) {
@@ -282,7 +367,10 @@ int ListInDataDir(const Globals& g, const QueryArgs& a) {
     PrintJson(resp);
     return 0;
   }
-  if (a.state != "heuristic") PrintPreparedTable(resp);
+  if (a.state != "heuristic") {
+    PrintPreparedHeader(false);
+    PrintPreparedRows(resp, nullptr);
+  }
   if (resp.heuristic_size() > 0) {
     if (a.state != "heuristic") std::printf("\n");
     PrintHeuristicTable(resp);
@@ -362,6 +450,100 @@ int ShowAtCoordinator(const Globals& g, const QueryArgs& a) {
   return ShowReply(g, "GetTransaction", s, t, [&] { PrintCoordinatorTxn(t); });
 }
 
+// --- txn show --data_dir: one record, read without its server ---
+
+void PrintParticipantBallots(const v1::PreparedRecord& r) {
+  if (r.protocol() != v1::THREE_PC) return;
+  std::printf("  ballots      promised %llu, accepted %s at %llu, proposed %llu\n",
+              static_cast<unsigned long long>(r.promised_ballot()),
+              r.accepted_value() == v1::TXN_STATE_UNSPECIFIED
+                  ? "nothing"
+                  : StateName(r.accepted_value()).c_str(),
+              static_cast<unsigned long long>(r.accepted_ballot()),
+              static_cast<unsigned long long>(r.proposed_ballot()));
+}
+
+int ShowCoordinatorRecord(const Globals& g, DataFile& f, const std::string& id) {
+  absl::StatusOr<std::optional<std::string>> raw = f.Get("txn", id);
+  if (!raw.ok()) return Error(std::string(raw.status().message()));
+  if (!raw->has_value()) {
+    return Error(absl::StrCat("txn ", id,
+                              " is not in this log (never logged here, or erased "
+                              "--retention_ms after it ended)"));
+  }
+  v1::CoordinatorTxnRecord r;
+  if (absl::Status st = DecodeRecord(**raw, &r); !st.ok()) return Error(std::string(st.message()));
+  if (g.json) {
+    PrintJson(r);
+    return 0;
+  }
+  PrintCoordinatorTxn(coordinator::TransactionInfoOf(r));
+  if (r.protocol() == v1::THREE_PC) {
+    std::printf("  ballot    %llu (the highest it proposed in a termination round)\n",
+                static_cast<unsigned long long>(r.ballot()));
+  }
+  return 0;
+}
+
+int ShowParticipantRecord(const Globals& g, DataFile& f, const QueryArgs& a) {
+  absl::StatusOr<std::optional<std::string>> raw = f.Get("prepared", a.id);
+  if (!raw.ok()) return Error(std::string(raw.status().message()));
+  if (raw->has_value()) {
+    v1::PreparedRecord r;
+    if (absl::Status st = DecodeRecord(**raw, &r); !st.ok()) {
+      return Error(std::string(st.message()));
+    }
+    const v1::ParticipantTxnInfo t = InfoOfPrepared(r, a.payloads);
+    if (g.json) {
+      PrintJson(r);
+      return 0;
+    }
+    std::printf(
+        "txn %s\n  protocol     %s\n  state        %s (in doubt as read here)\n"
+        "  prepared     %s ago\n",
+        t.txn_id().c_str(), ProtocolName(t.protocol()).c_str(), StateName(t.state()).c_str(),
+        Age(t.prepared_unix_ms()).c_str());
+    PrintParticipantBallots(r);
+    PrintPreparedTail(t);
+    return 0;
+  }
+  raw = f.Get("outcomes", a.id);
+  if (!raw.ok()) return Error(std::string(raw.status().message()));
+  if (!raw->has_value()) {
+    return Error(absl::StrCat("txn ", a.id,
+                              " is neither prepared nor decided here (or its "
+                              "outcome was erased --retention_ms after its END notice)"));
+  }
+  v1::OutcomeRecord o;
+  if (absl::Status st = DecodeRecord(**raw, &o); !st.ok()) return Error(std::string(st.message()));
+  if (g.json) {
+    PrintJson(o);
+    return 0;
+  }
+  if (o.has_heuristic()) {
+    PrintHeuristic(o.heuristic());
+    return 0;
+  }
+  std::printf("txn %s\n  outcome      %s%s, %s ago\n", o.txn_id().c_str(),
+              StateName(o.state()).c_str(), o.one_phase() ? " (one phase)" : "",
+              Age(o.decided_unix_ms()).c_str());
+  if (o.state() == v1::STATE_COMMITTED) {
+    std::printf("  sequences    [%s]\n", JoinSequences(o.sequences()).c_str());
+  }
+  return 0;
+}
+
+int ShowInDataDir(const Globals& g, const QueryArgs& a) {
+  absl::StatusOr<std::unique_ptr<DataFile>> f = DataFile::Open(g.data_dir);
+  if (!f.ok()) return Error(std::string(f.status().message()));
+  absl::StatusOr<std::vector<std::string>> dbs = (*f)->Dbs();
+  if (!dbs.ok()) return Error(std::string(dbs.status().message()));
+  if (std::find(dbs->begin(), dbs->end(), "txn") != dbs->end()) {
+    return ShowCoordinatorRecord(g, **f, a.id);
+  }
+  return ShowParticipantRecord(g, **f, a);
+}
+
 // --- txn resolve: operator resolution of in-doubt transactions ---
 
 struct ResolveArgs {
@@ -370,6 +552,8 @@ struct ResolveArgs {
   bool commit = false;
   bool abort = false;
   bool yes = false;
+  bool all_in_doubt = false;   // --all-in-doubt: every one in doubt here
+  std::string of_coordinator;  // --of_coordinator: only those of this coordinator
 };
 
 // Without --yes: says what would be done to what, warns, and refuses.
@@ -413,10 +597,83 @@ void PrintResolved(const std::string& id, const v1::ResolveResponse& resp) {
   std::printf("  resolve every other participant of %s the same way\n", id.c_str());
 }
 
+// The ids in doubt at the participant (of --of_coordinator only), every page.
+absl::StatusOr<std::vector<std::string>> InDoubtIds(const Globals& g,
+                                                    v1::ParticipantTxn::Stub& stub,
+                                                    const ResolveArgs& a) {
+  std::vector<std::string> ids;
+  v1::ListParticipantTxnsRequest req;
+  do {
+    CallContext ctx(g);
+    v1::ListParticipantTxnsResponse resp;
+    grpc::Status s = stub.ListTransactions(&ctx, req, &resp);
+    if (!s.ok())
+      return absl::UnavailableError(absl::StrCat("ListTransactions failed: ", DescribeError(s)));
+    for (const auto& t : resp.transactions()) {
+      if (t.in_doubt() && (a.of_coordinator.empty() || t.coordinator_id() == a.of_coordinator)) {
+        ids.push_back(t.txn_id());
+      }
+    }
+    req.set_page_token(resp.next_page_token());
+  } while (!req.page_token().empty());
+  return ids;
+}
+
+// --all-in-doubt: one Resolve per transaction in doubt here, the same
+// outcome for each, with a progress line on a terminal; a refused one is
+// named and the others go on.
+int ResolveAll(const Globals& g, v1::ParticipantTxn::Stub& stub, const ResolveArgs& a) {
+  absl::StatusOr<std::vector<std::string>> ids = InDoubtIds(g, stub, a);
+  if (!ids.ok()) return Error(std::string(ids.status().message()));
+  const char* word = a.commit ? "COMMIT" : "ABORT";
+  if (!a.yes) {
+    std::printf("would resolve %zu transactions in doubt at %s%s: %s each here (heuristic)\n",
+                ids->size(), g.participant.c_str(),
+                a.of_coordinator.empty() ? "" : (" of coordinator " + a.of_coordinator).c_str(),
+                word);
+    for (size_t i = 0; i < ids->size() && i < 20; ++i) std::printf("  %s\n", (*ids)[i].c_str());
+    if (ids->size() > 20) std::printf("  ... and %zu more\n", ids->size() - 20);
+    std::printf("%s", kHeuristicWarning);
+    std::fflush(stdout);
+    return Error("refusing without --yes");
+  }
+  const bool tty = isatty(STDERR_FILENO) != 0;
+  size_t done = 0, failed = 0;
+  for (const std::string& id : *ids) {
+    v1::ResolveRequest req;
+    req.set_txn_id(id);
+    req.set_outcome(a.commit ? v1::COMMITTED : v1::ABORTED);
+    req.set_operator_note(a.note);
+    CallContext ctx(g);
+    v1::ResolveResponse resp;
+    grpc::Status s = stub.Resolve(&ctx, req, &resp);
+    if (s.ok()) {
+      ++done;
+    } else {
+      ++failed;
+      std::fprintf(stderr, "%s%s: %s\n", tty ? "\r\033[K" : "", id.c_str(),
+                   DescribeError(s).c_str());
+    }
+    if (tty) {
+      std::fprintf(stderr, "\rresolving: %zu of %zu (%zu refused)", done + failed, ids->size(),
+                   failed);
+    }
+  }
+  if (tty) std::fprintf(stderr, "\r\033[K");
+  std::printf("%zu of %zu in doubt at %s resolved: %s (%zu refused)\n", done, ids->size(),
+              g.participant.c_str(), a.commit ? "COMMITTED" : "ABORTED", failed);
+  return failed == 0 ? 0 : 1;
+}
+
 int TxnResolve(const Globals& g, const ResolveArgs& a) {
   if (g.participant.empty()) return Error("txn resolve needs --participant=ADDR");
   if (a.commit == a.abort) return Error("txn resolve needs exactly one of --commit and --abort");
+  if (a.all_in_doubt == !a.id.empty()) return Error("txn resolve needs an ID or --all-in-doubt");
+  if (!a.of_coordinator.empty() && !a.all_in_doubt) {
+    return Error("--of_coordinator goes with --all-in-doubt");
+  }
   auto stub = v1::ParticipantTxn::NewStub(Connect(g.participant));
+  if (a.all_in_doubt) return ResolveAll(g, *stub, a);
   if (!a.yes) return PreviewResolve(g, *stub, a);
   v1::ResolveRequest req;
   req.set_txn_id(a.id);
@@ -460,7 +717,7 @@ void AddListAndShow(CLI::App* txn, const Globals& g, int* rc) {
       return;
     }
     if (g.participant.empty() && !g.every_participant.empty()) {
-      *rc = AtEveryParticipant(g, [&](const Globals& at) { return ListAtParticipant(at, *a); });
+      *rc = ListEverywhere(g, *a);
       return;
     }
     *rc = AtParticipantOrCoordinator(g, "txn list", ListAtParticipant, ListAtCoordinator, *a);
@@ -472,6 +729,10 @@ void AddListAndShow(CLI::App* txn, const Globals& g, int* rc) {
   show->add_flag("--payloads", s->payloads,
                  "participant: with --json, enqueue ops with payloads and headers");
   show->callback([&g, rc, s] {
+    if (!g.data_dir.empty()) {
+      *rc = ShowInDataDir(g, *s);
+      return;
+    }
     *rc = AtParticipantOrCoordinator(g, "txn show", ShowAtParticipant, ShowAtCoordinator, *s);
   });
 }
@@ -480,7 +741,12 @@ void AddResolve(CLI::App* txn, const Globals& g, int* rc) {
   CLI::App* resolve = txn->add_subcommand(
       "resolve", "last resort: commit or abort an in-doubt transaction here (heuristic)");
   auto a = std::make_shared<ResolveArgs>();
-  resolve->add_option("ID", a->id, "transaction id (from txn list --state=in-doubt)")->required();
+  resolve->add_option("ID", a->id, "transaction id (from txn list --state=in-doubt)");
+  resolve->add_flag(
+      "--all-in-doubt", a->all_in_doubt,
+      "every transaction in doubt here, the same way (a progress line on a terminal)");
+  resolve->add_option("--of_coordinator", a->of_coordinator,
+                      "with --all-in-doubt: only those of this coordinator id");
   resolve->add_flag("--commit", a->commit, "commit it here");
   resolve->add_flag("--abort", a->abort, "abort it here");
   resolve->add_option("--note", a->note, "why and who, kept with the outcome");

@@ -201,6 +201,12 @@ TEST(BackupTest, ABackupTakenUnderLoadRestoresWholeAndVerifies) {
   ASSERT_GT(before, 10u);
   EXPECT_NE(Ctl("verify --data_dir=" + file).find("verified:"), std::string::npos);
   EXPECT_NE(Ctl("backup --data_dir=" + data + " --to=" + file).find("exists"), std::string::npos);
+  // On a terminal (script(1) gives it one), a progress line while it copies.
+  const std::string tty =
+      RunCommand(absl::StrCat("script -qec \"", ATOMQ_BIN_DIR, "/atomqctl backup --data_dir=", data,
+                              " --to=", file, ".tty\" /dev/null 2>&1"));
+  EXPECT_NE(tty.find("backing up: "), std::string::npos) << tty;
+  EXPECT_NE(tty.find("backup of participant p1"), std::string::npos) << tty;
 
   EXPECT_NE(
       Ctl("restore --from=" + file + " --data_dir=" + data + " --id=p1").find("never overwritten"),
