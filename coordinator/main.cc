@@ -303,7 +303,10 @@ int ServeInGroup(CoordinatorFlags* f, atomq::Store* store) {
 
 // The console knows this coordinator (its group) and every participant.
 atomq::console::ConsoleOptions ConsoleOptionsOf(const CoordinatorFlags& f) {
-  atomq::console::ConsoleOptions o{f.console, f.server.tls, f.opts.access};
+  atomq::console::ConsoleOptions o;
+  o.flags = f.console;
+  o.tls = f.server.tls;
+  o.access = f.opts.access;
   o.node_id = f.server.id;
   o.node_role = "coordinator";
   o.version = ATOMQ_VERSION;

@@ -363,7 +363,10 @@ int ServeInGroup(ParticipantFlags* f, atomq::Store* store) {
 // The console knows this participant (its group), its peers and its
 // coordinators.
 atomq::console::ConsoleOptions ConsoleOptionsOf(const ParticipantFlags& f) {
-  atomq::console::ConsoleOptions o{f.console, f.server.tls, f.opts.access};
+  atomq::console::ConsoleOptions o;
+  o.flags = f.console;
+  o.tls = f.server.tls;
+  o.access = f.opts.access;
   o.node_id = f.server.id;
   o.node_role = "participant";
   o.version = ATOMQ_VERSION;

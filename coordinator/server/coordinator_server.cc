@@ -71,6 +71,7 @@ class CoordinatorServer::ExecuteStreamCall final
   // Reads the client's requests, or when `who` is a refusal, ends with it.
   void Start(absl::StatusOr<std::string> who) {
     self_ = shared_from_this();
+    server_->streams_open_++;
     absl::MutexLock lock(&mu_);
     if (!who.ok()) {
       finishing_ = true;
@@ -119,6 +120,7 @@ class CoordinatorServer::ExecuteStreamCall final
       StartRead(&in_);
     } else {
       read_paused_ = true;
+      server_->stream_read_pauses_++;
       ResumeOrStallLocked();
     }
   }
@@ -158,6 +160,7 @@ class CoordinatorServer::ExecuteStreamCall final
       done_ = true;
       self.swap(self_);
     }
+    server_->streams_open_--;
     // `self` may be the last reference: it goes when this returns.
   }
 
@@ -269,6 +272,7 @@ class CoordinatorServer::ExecuteStreamCall final
       if (!call->done_) call->ctx_->TryCancel();
     });
     const uint64_t buffered = BufferedLocked();
+    server_->streams_ended_stalled_++;
     out_.Clear();
     finish_wanted_ = true;
     finishing_ = true;
@@ -377,6 +381,24 @@ std::string CoordinatorServer::RenderMetrics() {
                double(in_flight));
   execute_seconds_.Render(&out, "atomq_execute_seconds",
                           "From an Execute (or a stream's item, or Commit) arriving to its reply.");
+  batch_prepare_seconds_.Render(
+      &out, "atomq_participant_prepare_seconds",
+      "A Batch call carrying Prepares, from sent to the participant's answer (its votes).");
+  batch_decision_seconds_.Render(
+      &out, "atomq_participant_decision_seconds",
+      "A Batch call carrying Commits or Aborts (and no Prepare), from sent to answered.");
+  batch_items_per_call_.Render(&out, "atomq_participant_batch_messages",
+                               "Protocol messages one Batch call to a participant carried.");
+  AppendMetric(&out, "atomq_execute_streams_open", "gauge", "ExecuteStream calls open.",
+               double(streams_open_.load()));
+  AppendMetric(&out, "atomq_execute_stream_read_pauses_total", "counter",
+               "Times an ExecuteStream stopped reading its client: --stream_in_flight_max or "
+               "--stream_replies_buffered_max reached (back-pressure).",
+               double(stream_read_pauses_.load()));
+  AppendMetric(&out, "atomq_execute_streams_ended_stalled_total", "counter",
+               "ExecuteStream calls ended RESOURCE_EXHAUSTED: their client read nothing for "
+               "--stream_stalled_ms_max.",
+               double(streams_ended_stalled_.load()));
   AppendServerMetrics(&out, "coordinator", options_.data_dir);
   return out;
 }
@@ -559,6 +581,7 @@ class CoordinatorServer::Link {
     }
     server_->batch_calls_++;
     server_->batch_items_ += msgs.size();
+    server_->batch_items_per_call_.Observe(static_cast<double>(msgs.size()));
     Call(std::move(req), std::move(sent), members_count_ - 1);
   }
 
@@ -571,6 +594,7 @@ class CoordinatorServer::Link {
     std::shared_ptr<v1::ParticipantTxn::Stub> stub = StubFor(address);
     std::shared_ptr<v1::BatchRequest> again;
     if (tries_left > 0) again = std::make_shared<v1::BatchRequest>(req);
+    const auto since = std::chrono::steady_clock::now();
     // One participant waits for ready: restarted, it is reached as soon as
     // it listens (within the deadline), not refused while the channel waits
     // out its reconnect backoff. A group fails fast and tries the next.
@@ -578,8 +602,9 @@ class CoordinatorServer::Link {
         server_->loop_, std::move(req), server_->options_.rpc_timeout_ms,
         /*wait_for_ready=*/members_count_ == 1,
         [stub](auto* ctx, const auto& r, auto* cq) { return stub->PrepareAsyncBatch(ctx, r, cq); },
-        [this, sent, address, again, tries_left](const grpc::Status& status,
-                                                 const v1::BatchResponse& resp) {
+        [this, sent, address, again, tries_left, since](const grpc::Status& status,
+                                                        const v1::BatchResponse& resp) {
+          server_->ObserveBatch(*sent, std::chrono::steady_clock::now() - since);
           if (Learn(address, status, resp) && !status.ok() && again != nullptr &&
               status.error_code() == grpc::StatusCode::UNAVAILABLE && !server_->stopped_) {
             return Call(std::move(*again), sent, tries_left - 1);
@@ -686,6 +711,21 @@ void CoordinatorServer::SendTermination(OutMessage m) {
         learn(r.status());
         WithCore([&](CoordinatorCore& c) { c.OnAcceptReply(txn, p, ballot, r, clock_.NowMs()); });
       });
+}
+
+void CoordinatorServer::ObserveBatch(const std::vector<Sent>& sent,
+                                     std::chrono::steady_clock::duration took) {
+  bool prepare = false, decision = false;
+  for (const Sent& s : sent) {
+    prepare |= s.type == MsgType::kPrepare;
+    decision |= s.type == MsgType::kCommit || s.type == MsgType::kAbort;
+  }
+  const double seconds = std::chrono::duration<double>(took).count();
+  if (prepare) {
+    batch_prepare_seconds_.Observe(seconds);
+  } else if (decision) {
+    batch_decision_seconds_.Observe(seconds);
+  }
 }
 
 void CoordinatorServer::OnBatchReply(const std::vector<Sent>& sent, const grpc::Status& status,

@@ -143,6 +143,7 @@ class CoordinatorServer final : public LoopService<v1::Coordinator> {
   // Answers UNAVAILABLE once Stop() ran; true if it did.
   bool RejectIfStopped(UnaryReactor* reactor);
   void SendTermination(OutMessage msg);
+  void ObserveBatch(const std::vector<Sent>& sent, std::chrono::steady_clock::duration took);
   void OnBatchReply(const std::vector<Sent>& sent, const grpc::Status& status,
                     const v1::BatchResponse& resp);
   // One answered item of a Batch call, `st` its status (and `r` its result
@@ -161,6 +162,14 @@ class CoordinatorServer final : public LoopService<v1::Coordinator> {
   std::atomic<bool> stopped_{false};
   std::atomic<bool> first_vote_seen_{false};
   Histogram execute_seconds_;
+  // One Batch call to a participant, from sent to answered, by what it
+  // carried: a Prepare (the vote's round trip), else a Commit or Abort.
+  Histogram batch_prepare_seconds_;
+  Histogram batch_decision_seconds_;
+  CountHistogram batch_items_per_call_;
+  std::atomic<int64_t> streams_open_{0};
+  std::atomic<uint64_t> stream_read_pauses_{0};
+  std::atomic<uint64_t> streams_ended_stalled_{0};
   std::atomic<uint64_t> replies_committed_{0};
   std::atomic<uint64_t> replies_aborted_{0};
   std::atomic<uint64_t> replies_failed_{0};

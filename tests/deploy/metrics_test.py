@@ -195,7 +195,8 @@ def check_conventions(scrape, where, queues):
         if fam.endswith("_info"):
             check(t == "gauge" and all(v == 1 for _, _, v in samples), f"{where}: {fam} is an info metric not 1")
         if t == "histogram":
-            check(fam.endswith(("_seconds", "_bytes")), f"{where}: histogram {fam} names no unit")
+            check(fam.endswith(("_seconds", "_bytes", "_messages")),
+                  f"{where}: histogram {fam} names no unit")
             check_histogram(fam, samples, where)
         # Cardinality: label sets (le aside) of one family.
         sets = {tuple(sorted((k, v) for k, v in l.items() if k != "le")) for _, l, _ in samples}

@@ -281,8 +281,10 @@ TEST_F(StreamTest, SigtermUnderStreamLoadStopsEveryServerCleanly) {
 TEST(StreamBackPressureTest, AClientThatNeverReadsCannotGrowTheCoordinator) {
   ClusterOptions o;
   o.participants = 1;
+  const int metrics = FreePort();
   o.coordinator_args = {"--stream_items_max=1000", "--stream_replies_buffered_max=2000",
-                        "--stream_stalled_ms_max=2000"};
+                        "--stream_stalled_ms_max=2000",
+                        absl::StrCat("--metrics_listen=127.0.0.1:", metrics)};
   Cluster c(o);
   c.StartCoordinator();  // the refused items never reach a participant
   const pid_t pid = c.coordinator_pid();
@@ -307,6 +309,9 @@ TEST(StreamBackPressureTest, AClientThatNeverReadsCannotGrowTheCoordinator) {
     EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
     EXPECT_NE(st.error_message().find("--stream_replies_buffered_max"), std::string::npos)
         << st.error_message();
+    // What a dashboard sees of it: reading paused, then the call ended for it.
+    EXPECT_GT(MetricAt(metrics, "atomq_execute_stream_read_pauses_total"), 0);
+    EXPECT_EQ(MetricAt(metrics, "atomq_execute_streams_ended_stalled_total"), 1);
   }
   {  // This one never reads: its call is cancelled.
     NonReader b(c);
@@ -325,6 +330,7 @@ TEST(StreamBackPressureTest, AClientThatNeverReadsCannotGrowTheCoordinator) {
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   v1::ListTransactionsResponse list;
   EXPECT_TRUE(c.coordinator()->ListTransactions(&ctx, v1::ListTransactionsRequest(), &list).ok());
+  EXPECT_EQ(MetricAt(metrics, "atomq_execute_streams_open"), 0);
 }
 
 }  // namespace
