@@ -9,6 +9,7 @@
 #include <memory>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
@@ -38,6 +39,35 @@ absl::Status Shape(bool ok, const char* want) {
   return ok ? absl::OkStatus() : absl::DataLossError(absl::StrCat("not ", want));
 }
 
+std::string Printable(std::string_view key);
+const std::map<std::string, Check>& Schema();
+
+// A log entry: a command's data is one batch of writes
+// (replication/replicated_storage.cc), each checked as a record of the
+// sub-database it goes to.
+absl::Status CheckLogEntry(std::string_view, std::string_view value) {
+  v1::RaftEntryRecord e;
+  if (absl::Status st = DecodeRecord(value, &e); !st.ok()) return st;
+  if (e.type() != 1) return absl::OkStatus();  // a barrier or a configuration
+  v1::ReplicatedBatch batch;
+  if (!batch.ParseFromString(e.data())) {
+    return absl::DataLossError("a command entry that is not a batch of writes");
+  }
+  for (const v1::ReplicatedWrite& w : batch.writes()) {
+    auto check = Schema().find(w.db());
+    if (check == Schema().end() || absl::StartsWith(w.db(), "raft_")) {
+      return absl::DataLossError(
+          absl::StrCat("a command entry writes to sub-database \"", Printable(w.db()), "\""));
+    }
+    if (w.erase()) continue;
+    if (absl::Status st = check->second(w.key(), w.value()); !st.ok()) {
+      return absl::DataLossError(absl::StrCat("its write to ", w.db(), " key \"",
+                                              Printable(w.key()), "\": ", st.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // What each sub-database holds (participant/core/schema.h,
 // coordinator/core/coordinator_core.h, replication/: cli/data_dir_test.cc
 // checks these names against theirs).
@@ -54,7 +84,7 @@ const std::map<std::string, Check>& Schema() {
       // Time indexes: the key is all.
       {"forgettable", [](auto, auto v) { return Shape(v.empty(), "an empty index value"); }},
       {"ended", [](auto, auto v) { return Shape(v.empty(), "an empty index value"); }},
-      {"raft_log", RecordOf<v1::RaftEntryRecord>()},
+      {"raft_log", CheckLogEntry},
       {"raft_meta",
        [](std::string_view key, std::string_view value) {
          if (key != "state") return Shape(!value.empty(), "a disk id");  // disk, heard/<member>

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import yaml
 
@@ -222,6 +223,13 @@ def check_statefulset(sts, docs, bin_dir, image_user, exposed):
         check(under(f.get("--roles_file", ""), configmaps),
               f"{pod_name}: --roles_file is not in a ConfigMap volume")
         check("--join" not in f, f"{pod_name}: --join without a replaced member")
+        mport = port_number(c, "metrics")
+        check(f.get("--metrics_listen") == f"{fqdn(sts, i)}:{mport}" and
+              "--metrics_allow_remote" in f, f"{pod_name}: /metrics not on its metrics port")
+    notes = spec["template"]["metadata"].get("annotations", {})
+    check(notes.get("prometheus.io/scrape") == "true" and
+          notes.get("prometheus.io/port") == str(port_number(c, "metrics")),
+          f"{name}: no prometheus.io annotations naming its metrics port")
     # A pod whose lost disk was replaced by member 4 (docs/operations.md):
     # it joins as 4, and the others' --group name it 4.
     check(mount_of(c, "members") is not None and "members" in volumes
@@ -373,6 +381,9 @@ def live(docs, bin_dir, tmp):
         atomqctl(f"--participant={client_addresses(ps)}", "queue", "create", "orders")
         out = atomqctl(*commit, f"--enqueue={p_id}:orders=hello")
         check("COMMITTED" in out, f"the transaction did not commit: {out}")
+        mport = port_number(ps["spec"]["template"]["spec"]["containers"][0], "metrics")
+        scraped = urllib.request.urlopen(f"http://{fqdn(ps, 1)}:{mport}/metrics", timeout=5).read()
+        check(b"atomq_replica_role" in scraped, "a member's /metrics is not served on its metrics port")
         # docs/operations.md: pod 2's disk is lost; it comes back empty as
         # member 4 (named in the members ConfigMap), which replaces member 3.
         victim = f"{p_name}-2"

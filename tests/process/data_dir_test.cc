@@ -15,6 +15,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "atomq/v1/records.pb.h"
+#include "atomq/v1/replica.pb.h"
+#include "common/codec.h"
 #include "common/storage.h"
 #include "gtest/gtest.h"
 #include "tests/process/cluster.h"
@@ -237,13 +240,38 @@ TEST(BackupTest, ABackupTakenUnderLoadRestoresWholeAndVerifies) {
   {
     LmdbOptions o;
     o.dir = damaged;
-    o.dbs = {"outcomes"};
+    o.dbs = {"outcomes", "raft_log"};
     absl::StatusOr<std::unique_ptr<Storage>> s = OpenLmdbStorage(o);
     ASSERT_TRUE(s.ok()) << s.status();
     ASSERT_TRUE((*s)->Write(Batch{0, {Write{"outcomes", "t-bad", "not a record", false}}}).ok());
+    // A replica's log entry whose batch carries a damaged record, and one
+    // that is whole: each write is checked as its sub-database's record.
+    v1::ReplicatedBatch bad, good;
+    v1::ReplicatedWrite* w = bad.add_writes();
+    w->set_db("prepared");
+    w->set_key("t-log");
+    w->set_value("not a record either");
+    v1::OutcomeRecord outcome;
+    outcome.set_txn_id("t-good");
+    w = good.add_writes();
+    w->set_db("outcomes");
+    w->set_key("t-good");
+    w->set_value(EncodeRecord(outcome));
+    v1::RaftEntryRecord e;
+    e.set_term(1);
+    e.set_type(1);
+    e.set_data(bad.SerializeAsString());
+    const std::string bad_entry = EncodeRecord(e);
+    e.set_data(good.SerializeAsString());
+    ASSERT_TRUE((*s)->Write(Batch{0,
+                                  {Write{"raft_log", EncodeU64(7), bad_entry, false},
+                                   Write{"raft_log", EncodeU64(8), EncodeRecord(e), false}}})
+                    .ok());
   }
   const std::string v = Ctl("verify --data_dir=" + damaged);
   EXPECT_NE(v.find("outcomes key \"t-bad\""), std::string::npos) << v;
+  EXPECT_NE(v.find("its write to prepared key \"t-log\""), std::string::npos) << v;
+  EXPECT_EQ(v.find("t-good"), std::string::npos) << v;
   EXPECT_NE(v.find("DAMAGED"), std::string::npos) << v;
   EXPECT_NE(v.find("rc=2"), std::string::npos) << v;
 }
