@@ -271,22 +271,8 @@ int RunRestore(const std::string& from, const std::string& data_dir, const std::
   std::filesystem::permissions(data_dir, std::filesystem::perms::owner_all,
                                std::filesystem::perm_options::replace, ec);
   if (ec) return Error(absl::StrCat("data dir ", data_dir, ": ", ec.message()));
-  absl::Status st = WriteFileAtomically(data_dir + "/data.mdb", [&](int fd) {
-    std::error_code cec;
-    FILE* in = fopen(from.c_str(), "rb");
-    if (in == nullptr) return absl::FailedPreconditionError(absl::StrCat("open ", from));
-    char buf[1 << 16];
-    size_t n;
-    absl::Status wst;
-    while (wst.ok() && (n = fread(buf, 1, sizeof buf, in)) > 0) {
-      if (write(fd, buf, n) != static_cast<ssize_t>(n)) {
-        wst = absl::FailedPreconditionError(absl::StrCat("write to ", data_dir));
-      }
-    }
-    if (ferror(in)) wst = absl::FailedPreconditionError(absl::StrCat("read ", from));
-    fclose(in);
-    return wst;
-  });
+  // LMDB's own copy of the verified backup: whole or nothing, fsync'd.
+  absl::Status st = (*file)->CopyTo(data_dir + "/data.mdb");
   if (!st.ok()) return Error(std::string(st.message()));
   printf("restored %s %s (boot %llu) into %s; start it with --data_dir=%s\n", r->kind.c_str(),
          id.c_str(), static_cast<unsigned long long>(r->meta.boot_count()), data_dir.c_str(),
