@@ -9,6 +9,7 @@
 #include "common/log.h"
 #include "common/validate.h"
 #include "console/assets.h"
+#include "console/certificate.h"
 #include "console/cluster_view.h"
 #include "console/console.h"
 #include "console/history.h"
@@ -90,7 +91,14 @@ class ConsoleServer::Impl {
     if (o_.tls.plaintext) {
       server_ = std::make_unique<httplib::Server>();
     } else {
-      auto tls = std::make_unique<httplib::SSLServer>(o_.tls.cert.c_str(), o_.tls.key.c_str());
+      absl::StatusOr<std::unique_ptr<ReloadingCertificate>> cert =
+          ReloadingCertificate::Load(o_.tls.cert, o_.tls.key, o_.tls.reload_s);
+      if (!cert.ok()) return cert.status();
+      certificate_ = std::move(*cert);
+      auto tls = std::make_unique<httplib::SSLServer>([this](SSL_CTX& ctx) {
+        certificate_->Install(&ctx);
+        return true;
+      });
       if (!tls->is_valid()) {
         return absl::FailedPreconditionError(absl::StrCat("--http_listen: cannot serve HTTPS with ",
                                                           o_.tls.cert, " and ", o_.tls.key));
@@ -243,6 +251,7 @@ class ConsoleServer::Impl {
   const ConsoleOptions o_;
   ClusterView view_;
   History history_;
+  std::unique_ptr<ReloadingCertificate> certificate_;  // HTTPS only
   std::unique_ptr<httplib::Server> server_;
   std::atomic<bool> ended_{false};
   std::thread thread_;

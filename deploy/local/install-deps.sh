@@ -2,7 +2,7 @@
 # Installs the Debian packages atomq builds with, if any is missing.
 set -euo pipefail
 PKGS=(cmake ninja-build g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
-      protobuf-compiler liblmdb-dev libabsl-dev libgtest-dev libgmock-dev libcli11-dev libcpp-httplib-dev
+      protobuf-compiler liblmdb-dev libabsl-dev libgtest-dev libgmock-dev libcli11-dev libcpp-httplib-dev libssl-dev
       libjemalloc-dev python3 python3-grpcio python3-protobuf python3-pytest python3-venv
       python3-setuptools openssl systemd python3-yaml chromium chromium-driver python3-selenium)
 missing=()

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -57,17 +58,21 @@ class Cluster:
         openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ca",
                 "-keyout", f"{self.tls}/ca.key", "-out", f"{self.tls}/ca.pem")
         for name in ["c1", "p1", "p2", "client"]:
-            f = self.tls / name
-            san = "DNS:client" if name == "client" else f"DNS:{name},IP:127.0.0.1"
-            (self.tls / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-            openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                    "-keyout", f"{f}.key", "-out", f"{f}.csr")
-            openssl("x509", "-req", "-in", f"{f}.csr", "-CA", f"{self.tls}/ca.pem", "-CAkey",
-                    f"{self.tls}/ca.key", "-CAcreateserial", "-days", "2", "-extfile",
-                    f"{f}.ext", "-out", f"{f}.pem")
+            self.certificate(name, name)
         self.write("roles", "c1 peer\np1 peer\np2 peer\nclient producer,consumer,operator\n"
                    "admin producer,consumer,operator\nviewer consumer\n")
         self.write("tokens", f"admin {ADMIN}\nviewer {VIEWER}\n")
+
+    def certificate(self, name, file):
+        """A certificate and key for `name`, signed by the CA, as FILE.pem/.key."""
+        f = self.tls / file
+        san = "DNS:client" if name == "client" else f"DNS:{name},IP:127.0.0.1"
+        (self.tls / f"{file}.ext").write_text(f"subjectAltName={san}\n")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", f"{f}.key", "-out", f"{f}.csr")
+        openssl("x509", "-req", "-in", f"{f}.csr", "-CA", f"{self.tls}/ca.pem", "-CAkey",
+                f"{self.tls}/ca.key", "-CAcreateserial", "-days", "2", "-extfile",
+                f"{f}.ext", "-out", f"{f}.pem")
 
     def write(self, name, text):
         path = self.dir / name
@@ -83,7 +88,8 @@ class Cluster:
                 f"--tls_cert={t}/{name}.pem", f"--tls_key={t}/{name}.key", f"--tls_ca={t}/ca.pem",
                 "--tls_client_auth=require", f"--roles_file={self.dir}/roles",
                 f"--tokens_file={self.dir}/tokens", f"--http_listen=127.0.0.1:{self.http[name]}",
-                "--console_sample_ms=500", "--resend_initial_ms=50", "--resend_max_ms=300"]
+                "--console_sample_ms=500", "--resend_initial_ms=50", "--resend_max_ms=300",
+                "--tls_reload_s=1"]
 
     def start(self, name, env=None, args=()):
         if name == "c1":
@@ -377,6 +383,29 @@ def bad_flags():
         shutil.rmtree(d, ignore_errors=True)
 
 
+def rotation(cluster):
+    """A certificate replaced on disk is served by the console from a
+    handshake after --tls_reload_s, without a restart."""
+    def served():
+        ctx = ssl.create_default_context(cafile=str(cluster.tls / "ca.pem"))
+        with socket.create_connection(("127.0.0.1", cluster.http["p2"]), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as t:
+                return t.getpeercert(binary_form=True)
+    before = served()
+    cluster.certificate("p2", "p2-next")
+    os.replace(cluster.tls / "p2-next.key", cluster.tls / "p2.key")
+    os.replace(cluster.tls / "p2-next.pem", cluster.tls / "p2.pem")
+    want = ssl.PEM_cert_to_DER_cert((cluster.tls / "p2.pem").read_text())
+    check(want != before, "the new certificate differs from the one served")
+    end = time.monotonic() + 10
+    now = before
+    while now != want and time.monotonic() < end:
+        time.sleep(0.3)
+        now = served()
+    check(now == want, "the console did not serve the certificate replaced on disk")
+    check(api(cluster, "p2", "/api/session", ADMIN)[0] == 200, "the console answers after it")
+
+
 def main():
     SHOTS.mkdir(parents=True, exist_ok=True)
     bad_flags()
@@ -400,6 +429,7 @@ def main():
         healthy_cluster(cluster, d)
         viewer_refused(cluster, d)
         in_doubt(cluster, d, make_in_doubt(cluster))
+        rotation(cluster)
     finally:
         if d is not None:
             d.quit()
