@@ -94,8 +94,9 @@ void PrintHeuristicHeader(bool node) {
               "NOTE");
 }
 
-void PrintHeuristicRows(const v1::ListParticipantTxnsResponse& resp, const std::string* node) {
-  for (const auto& h : resp.heuristic()) {
+void PrintHeuristicRows(const google::protobuf::RepeatedPtrField<v1::HeuristicOutcome>& rows,
+                        const std::string* node) {
+  for (const auto& h : rows) {
     std::string mixed = "no";
     if (h.conflicting_state() != v1::TXN_STATE_UNSPECIFIED) {
       mixed = absl::StrCat("YES: ", StateName(h.conflicting_state()), " elsewhere");
@@ -110,7 +111,7 @@ void PrintHeuristicRows(const v1::ListParticipantTxnsResponse& resp, const std::
 
 void PrintHeuristicTable(const v1::ListParticipantTxnsResponse& resp) {
   PrintHeuristicHeader(false);
-  PrintHeuristicRows(resp, nullptr);
+  PrintHeuristicRows(resp.heuristic(), nullptr);
 }
 
 // --- txn list and show ---
@@ -157,8 +158,9 @@ void PrintPreparedHeader(bool node) {
               "COORDINATOR");
 }
 
-void PrintPreparedRows(const v1::ListParticipantTxnsResponse& resp, const std::string* node) {
-  for (const auto& t : resp.transactions()) {
+void PrintPreparedRows(const google::protobuf::RepeatedPtrField<v1::ParticipantTxnInfo>& rows,
+                       const std::string* node) {
+  for (const auto& t : rows) {
     if (node != nullptr) std::printf("%-10s ", node->c_str());
     std::printf("%-40s %-5s %-13s %-8s %-9s %s (%s)\n", t.txn_id().c_str(),
                 ProtocolName(t.protocol()).c_str(), StateName(t.state()).c_str(),
@@ -200,7 +202,7 @@ int ListAtParticipant(const Globals& g, const QueryArgs& a) {
   }
   if (a.state != "heuristic") {
     PrintPreparedHeader(false);
-    PrintPreparedRows(resp, nullptr);
+    PrintPreparedRows(resp.transactions(), nullptr);
   }
   if (a.state == "heuristic" || resp.heuristic_size() > 0) {
     if (a.state != "heuristic") std::printf("\n");
@@ -240,20 +242,14 @@ int ListEverywhere(const Globals& g, const QueryArgs& a) {
   for (const auto& p : all.participants()) {
     if (!p.error().empty()) std::printf("%-10s (%s)\n", p.participant().c_str(), p.error().c_str());
   }
-  auto rows = [](const v1::ConsoleParticipantTxns& p) {
-    v1::ListParticipantTxnsResponse r;
-    *r.mutable_transactions() = p.transactions();
-    *r.mutable_heuristic() = p.heuristic();
-    return r;
-  };
   if (a.state != "heuristic") {
     PrintPreparedHeader(true);
-    for (const auto& p : all.participants()) PrintPreparedRows(rows(p), &p.participant());
+    for (const auto& p : all.participants()) PrintPreparedRows(p.transactions(), &p.participant());
   }
   if (heuristic) {
     if (a.state != "heuristic") std::printf("\n");
     PrintHeuristicHeader(true);
-    for (const auto& p : all.participants()) PrintHeuristicRows(rows(p), &p.participant());
+    for (const auto& p : all.participants()) PrintHeuristicRows(p.heuristic(), &p.participant());
   }
   for (const auto& p : all.participants()) {
     if (p.more()) {
@@ -369,7 +365,7 @@ int ListInDataDir(const Globals& g, const QueryArgs& a) {
   }
   if (a.state != "heuristic") {
     PrintPreparedHeader(false);
-    PrintPreparedRows(resp, nullptr);
+    PrintPreparedRows(resp.transactions(), nullptr);
   }
   if (resp.heuristic_size() > 0) {
     if (a.state != "heuristic") std::printf("\n");
@@ -598,24 +594,23 @@ void PrintResolved(const std::string& id, const v1::ResolveResponse& resp) {
 }
 
 // The ids in doubt at the participant (of --of_coordinator only), every page.
-absl::StatusOr<std::vector<std::string>> InDoubtIds(const Globals& g,
-                                                    v1::ParticipantTxn::Stub& stub,
-                                                    const ResolveArgs& a) {
+absl::StatusOr<std::vector<std::string>> InDoubtIds(const Globals& g, const ResolveArgs& a) {
   std::vector<std::string> ids;
-  v1::ListParticipantTxnsRequest req;
+  QueryArgs q;
+  q.state = "in-doubt";
   do {
-    CallContext ctx(g);
     v1::ListParticipantTxnsResponse resp;
-    grpc::Status s = stub.ListTransactions(&ctx, req, &resp);
-    if (!s.ok())
+    grpc::Status s = FetchAtParticipant(g, g.participant, q, &resp);
+    if (!s.ok()) {
       return absl::UnavailableError(absl::StrCat("ListTransactions failed: ", DescribeError(s)));
+    }
     for (const auto& t : resp.transactions()) {
-      if (t.in_doubt() && (a.of_coordinator.empty() || t.coordinator_id() == a.of_coordinator)) {
+      if (a.of_coordinator.empty() || t.coordinator_id() == a.of_coordinator) {
         ids.push_back(t.txn_id());
       }
     }
-    req.set_page_token(resp.next_page_token());
-  } while (!req.page_token().empty());
+    q.cursor = resp.next_page_token();
+  } while (!q.cursor.empty());
   return ids;
 }
 
@@ -623,7 +618,7 @@ absl::StatusOr<std::vector<std::string>> InDoubtIds(const Globals& g,
 // outcome for each, with a progress line on a terminal; a refused one is
 // named and the others go on.
 int ResolveAll(const Globals& g, v1::ParticipantTxn::Stub& stub, const ResolveArgs& a) {
-  absl::StatusOr<std::vector<std::string>> ids = InDoubtIds(g, stub, a);
+  absl::StatusOr<std::vector<std::string>> ids = InDoubtIds(g, a);
   if (!ids.ok()) return Error(std::string(ids.status().message()));
   const char* word = a.commit ? "COMMIT" : "ABORT";
   if (!a.yes) {

@@ -97,6 +97,20 @@ std::string ProcessMetrics() {
   return out;
 }
 
+void RefuseSharedPort(httplib::Server* server) {
+  server->set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
+}
+
+void StopHttpServer(httplib::Server* server, const std::atomic<bool>& ended) {
+  while (!ended && !server->is_running()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  server->stop();
+}
+
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     const std::string& listen, std::function<std::string()> render) {
   size_t colon = listen.rfind(':');
@@ -108,11 +122,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   }
   std::unique_ptr<MetricsServer> m(new MetricsServer);
   m->server_ = std::make_unique<httplib::Server>();
-  // httplib sets SO_REUSEPORT too, so a port in use would be shared.
-  m->server_->set_socket_options([](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-  });
+  RefuseSharedPort(m->server_.get());
   m->server_->Get("/metrics", [render](const httplib::Request&, httplib::Response& res) {
     res.set_content(render(), "text/plain; version=0.0.4");
   });
@@ -130,11 +140,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
 
 MetricsServer::~MetricsServer() {
   if (!thread_.joinable()) return;  // never bound
-  // httplib's stop() does nothing before the listening loop has started,
-  // which would then run for good and this join with it.
-  while (!ended_ && !server_->is_running())
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  server_->stop();
+  StopHttpServer(server_.get(), ended_);
   thread_.join();
 }
 

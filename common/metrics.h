@@ -34,6 +34,14 @@ void AppendServerMetrics(std::string* out, const std::string& role, const std::s
 // process_max_resident_memory_bytes of this process, from /proc.
 std::string ProcessMetrics();
 
+// What every HTTP server here (/metrics, the web console) does: binds
+// without SO_REUSEPORT, which httplib sets (a port in use would be shared,
+// not refused), ...
+void RefuseSharedPort(httplib::Server* server);
+// ... and stops: httplib's stop() does nothing before its listening loop
+// has started, which would then run for good. `ended`: that loop returned.
+void StopHttpServer(httplib::Server* server, const std::atomic<bool>& ended);
+
 class MetricsServer {
  public:
   // Serves GET /metrics on `listen` (host:port) with whatever `render`

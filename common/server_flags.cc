@@ -87,13 +87,18 @@ void AddRetentionFlags(CLI::App& app, const std::string& what, uint64_t* retenti
                  CLI::Range(1u, 1000000u));
 }
 
+bool IsLoopbackAddress(const std::string& host_port) {
+  for (const char* local : {"127.", "localhost:", "[::1]:"}) {
+    if (absl::StartsWith(host_port, local)) return true;
+  }
+  return false;
+}
+
 // /metrics is plain HTTP: on loopback only unless asked otherwise.
 absl::Status CheckMetricsListen(const ServerFlags& f) {
   if (f.metrics_listen.empty() || f.metrics_remote) return absl::OkStatus();
   const std::string& a = f.metrics_listen;
-  for (const char* local : {"127.", "localhost:", "[::1]:"}) {
-    if (absl::StartsWith(a, local)) return absl::OkStatus();
-  }
+  if (IsLoopbackAddress(a)) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat("--metrics_listen=", a,
                    " is not a loopback address: /metrics is plain HTTP; add "

@@ -88,6 +88,10 @@ struct Store {
   std::shared_ptr<const Access> access;  // from the access flags
 };
 
+// Whether a host:port names a loopback address (127.x, localhost, [::1]):
+// where a plain-HTTP endpoint may listen without being asked to go wider.
+bool IsLoopbackAddress(const std::string& host_port);
+
 // Validates --id, the TLS flags and --metrics_listen, loads the access flags
 // (LoadAccess, common/access.h: the dial token too), opens the LMDB environment with `dbs`, checks
 // (or on a first start writes) the directory's identity in `meta_db` and raises the boot count

@@ -1,4 +1,3 @@
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/server_flags.h"
@@ -39,10 +38,7 @@ absl::Status CheckConsoleFlags(const ConsoleFlags& f, const TlsFlags& tls) {
       port <= 0 || port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("--http_listen=", a, ": want host:port"));
   }
-  if (!tls.plaintext || f.http_allow_remote) return absl::OkStatus();
-  for (const char* local : {"127.", "localhost:", "[::1]:"}) {
-    if (absl::StartsWith(a, local)) return absl::OkStatus();
-  }
+  if (!tls.plaintext || f.http_allow_remote || IsLoopbackAddress(a)) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat("--http_listen=", a,
                    " is not a loopback address and the server runs --plaintext: the console "

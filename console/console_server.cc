@@ -1,5 +1,3 @@
-#include <sys/socket.h>
-
 #include <atomic>
 #include <thread>
 
@@ -7,6 +5,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/validate.h"
 #include "console/assets.h"
 #include "console/certificate.h"
@@ -105,11 +104,7 @@ class ConsoleServer::Impl {
       }
       server_ = std::move(tls);
     }
-    // httplib sets SO_REUSEPORT, so a port in use would be shared.
-    server_->set_socket_options([](socket_t sock) {
-      int yes = 1;
-      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-    });
+    RefuseSharedPort(server_.get());
     const uint32_t threads = o_.flags.http_threads;
     server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     server_->set_payload_max_length(o_.flags.body_bytes_max);
@@ -136,10 +131,7 @@ class ConsoleServer::Impl {
 
   ~Impl() {
     if (!thread_.joinable()) return;
-    // httplib's stop() does nothing before its loop has started.
-    while (!ended_ && !server_->is_running())
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    server_->stop();
+    StopHttpServer(server_.get(), ended_);
     thread_.join();
   }
 

@@ -241,9 +241,7 @@ absl::StatusOr<atomq::Store> Open(CoordinatorFlags* f) {
   cfg.coordinator_id = f->server.id;
   cfg.coordinator_address = f->advertise;
   if (cfg.coordinator_address.empty()) {
-    cfg.coordinator_address = f->group.enabled()
-                                  ? atomq::replication::ClientAddresses(f->group.members)
-                                  : f->server.listen;
+    cfg.coordinator_address = atomq::replication::CallerAddresses(f->group, f->server.listen);
   }
   cfg.boot_count = store->meta.boot_count();
   f->opts.channels_max = f->server.channels_max;
@@ -310,8 +308,7 @@ atomq::console::ConsoleOptions ConsoleOptionsOf(const CoordinatorFlags& f) {
   o.node_id = f.server.id;
   o.node_role = "coordinator";
   o.version = ATOMQ_VERSION;
-  o.coordinators[f.server.id] =
-      f.group.enabled() ? atomq::replication::ClientAddresses(f.group.members) : f.server.listen;
+  o.coordinators[f.server.id] = atomq::replication::CallerAddresses(f.group, f.server.listen);
   o.participants = f.cfg.participants;
   for (const auto& [id, m] : f.group.members) o.group_peers.push_back(m.peer);
   return o;

@@ -372,8 +372,7 @@ atomq::console::ConsoleOptions ConsoleOptionsOf(const ParticipantFlags& f) {
   o.version = ATOMQ_VERSION;
   o.coordinators = f.opts.coordinators;
   o.participants = f.opts.peers;
-  o.participants[f.server.id] =
-      f.group.enabled() ? atomq::replication::ClientAddresses(f.group.members) : f.server.listen;
+  o.participants[f.server.id] = atomq::replication::CallerAddresses(f.group, f.server.listen);
   for (const auto& [id, m] : f.group.members) o.group_peers.push_back(m.peer);
   return o;
 }

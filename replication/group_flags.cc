@@ -46,6 +46,10 @@ void AddGroupFlags(CLI::App& app, GroupFlags* f, const char* what) {
                  CLI::Range(1u, 64u));
 }
 
+std::string CallerAddresses(const GroupFlags& f, const std::string& listen) {
+  return f.enabled() ? ClientAddresses(f.members) : listen;
+}
+
 absl::Status CheckGroupFlags(GroupFlags* f) {
   if (!f->enabled()) {
     if (f->member_id != 0 || !f->peer_listen.empty() || f->join) {

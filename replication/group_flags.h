@@ -33,6 +33,10 @@ void AddGroupFlags(CLI::App& app, GroupFlags* f, const char* what);
 // Parses --group and checks the flags against each other.
 absl::Status CheckGroupFlags(GroupFlags* f);
 
+// Where callers reach this server: its group's members' client addresses
+// ("a|b|c"), or `listen` when it is no group.
+std::string CallerAddresses(const GroupFlags& f, const std::string& listen);
+
 // Runs this replica of group `server.id` on `local` (opened with
 // ReplicatedStorage::ReplicaDbs() among its sub-databases): `start` builds the
 // served node whenever it leads. Returns when SIGINT/SIGTERM came and
