@@ -423,6 +423,9 @@ TEST(ReplicatedStorageTest, AKilledLeaderIsReplacedAndNothingCommittedIsLost) {
   uint64_t l = g.Leader();
   ASSERT_NE(l, 0u);
   for (int i = 0; i < 10; ++i) ASSERT_TRUE(g.Put(l, absl::StrCat("k", i), "x").ok());
+  // The whole group first: a member still starting (waiting to hear from
+  // every other one) would leave a single survivor in the group.
+  for (uint64_t m = 1; m <= 3; ++m) ASSERT_TRUE(g.WaitApplied(m, g.at(l)->Status().applied_index));
   g.Kill(l);
   uint64_t l2 = g.Leader();
   ASSERT_NE(l2, 0u);
