@@ -53,6 +53,8 @@ int main(int argc, char** argv) {
     atomq::SetDialCredentials(atomq::ChannelCredentials(g.tls));
     st = atomq::SetDialTokenFrom(g.token_file, /*from_env=*/true);
     if (!st.ok()) throw CLI::ValidationError("--token_file", std::string(st.message()));
+    g.participant_given = g.participant;
+    g.coordinator_given = g.coordinator;
     g.participant = ServingMember(g, g.participant);
     g.coordinator = ServingMember(g, g.coordinator);
     if (absl::Status pst = ParseParticipants(&g); !pst.ok()) {

@@ -10,9 +10,12 @@
 
 namespace atomq::ctl {
 
-// One status per member, in the order given; a member that cannot be
-// asked is "unreachable" with the error. Each one's lag is filled in.
-v1::GroupStatusReport AskMembers(const Globals& g, const std::vector<std::string>& peers);
+// One status per member, in the order given, asked at its peer address
+// (or, with `client`, at its client address, which serves Replica.Status
+// too); a member that cannot be asked is "unreachable" with the error. Each
+// one's lag is filled in.
+v1::GroupStatusReport AskMembers(const Globals& g, const std::vector<std::string>& addresses,
+                                 bool client = false);
 // The member that says it leads in the highest term (a deposed leader cut
 // off from the others may still say so), or null.
 const v1::ReplicaStatus* LeaderIn(const v1::GroupStatusReport& report);

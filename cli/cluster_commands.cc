@@ -1,5 +1,7 @@
 // atomqctl cluster: what every replica of a group reports (docs/design.md
-// 10.2), asked on the members' peer addresses (atomq.v1.Replica.Status).
+// 10.2), asked on the members' peer addresses (atomq.v1.Replica.Status), or
+// on their client addresses for every group --coordinator and
+// --participants name.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "atomq/v1/replica.grpc.pb.h"
 #include "cli/cluster.h"
 #include "cli/commands.h"
@@ -16,20 +19,27 @@
 
 namespace atomq::ctl {
 
-v1::GroupStatusReport AskMembers(const Globals& g, const std::vector<std::string>& peers) {
+v1::GroupStatusReport AskMembers(const Globals& g, const std::vector<std::string>& addresses,
+                                 bool client) {
   v1::GroupStatusReport report;
   uint64_t commit = 0;
-  for (const std::string& peer : peers) {
+  for (const std::string& address : addresses) {
     CallContext ctx(g);
     v1::ReplicaStatus* r = report.add_replicas();
     grpc::Status s =
-        v1::Replica::NewStub(Connect(peer))->Status(&ctx, v1::ReplicaStatusRequest(), r);
+        v1::Replica::NewStub(Connect(address))->Status(&ctx, v1::ReplicaStatusRequest(), r);
     if (!s.ok()) {
       r->Clear();
       r->set_role("unreachable");
-      r->set_error(absl::StrCat(s.error_code(), ": ", s.error_message()));
+      r->set_error(s.error_code() == grpc::StatusCode::UNIMPLEMENTED
+                       ? "not a group's member (started without --group)"
+                       : absl::StrCat(s.error_code(), ": ", s.error_message()));
     }
-    r->set_peer_address(peer);
+    if (client) {
+      r->set_client_address(address);
+    } else {
+      r->set_peer_address(address);
+    }
     commit = std::max(commit, r->commit_index());
   }
   for (v1::ReplicaStatus& r : *report.mutable_replicas()) {
@@ -53,7 +63,8 @@ void PrintTable(const v1::GroupStatusReport& report) {
               "LEADER", "COMMIT", "VERSION", "LAG", "CLIENT", "PEER");
   for (const v1::ReplicaStatus& r : report.replicas()) {
     if (!r.error().empty()) {
-      std::printf("%-7s %-12s %s  (%s)\n", "?", "unreachable", r.peer_address().c_str(),
+      std::printf("%-7s %-12s %s  (%s)\n", "?", "unreachable",
+                  (r.peer_address().empty() ? r.client_address() : r.peer_address()).c_str(),
                   r.error().c_str());
       continue;
     }
@@ -129,9 +140,53 @@ CLI::App* AddGroupCommand(CLI::App* cluster, const char* name, const char* what,
                           std::string* members) {
   CLI::App* sub = cluster->add_subcommand(name, what);
   sub->add_option("--members", *members,
-                  "the group's peer addresses (its --group's peer parts), host:port|host:port|...")
-      ->required();
+                  "the group's peer addresses (its --group's peer parts), host:port|host:port|...");
   return sub;
+}
+
+// The groups --coordinator, and --participants (else --participant), name
+// by their members' client addresses: (id or role, "a|b|c").
+std::vector<std::pair<std::string, std::string>> GivenGroups(const Globals& g) {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (!g.coordinator_given.empty()) out.emplace_back("coordinator", g.coordinator_given);
+  for (absl::string_view part : absl::StrSplit(g.participants, ',', absl::SkipEmpty())) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(part, absl::MaxSplits('=', 1));
+    out.push_back(std::move(kv));
+  }
+  if (g.participants.empty() && !g.participant_given.empty()) {
+    out.emplace_back("participant", g.participant_given);
+  }
+  return out;
+}
+
+// cluster status without --members: every group named, each asked at its
+// members' client addresses. 2 when a group has no member that answers.
+int StatusOfGivenGroups(const Globals& g) {
+  const std::vector<std::pair<std::string, std::string>> groups = GivenGroups(g);
+  if (groups.empty()) {
+    return Error(
+        "cluster status needs --members=PEER|PEER|..., or the groups to ask: --coordinator, "
+        "--participants or --participant (a group's client addresses a|b|c)");
+  }
+  v1::GroupStatusReport all;
+  int rc = 0;
+  for (const auto& [name, members] : groups) {
+    v1::GroupStatusReport report = AskMembers(g, SplitMembers(members), /*client=*/true);
+    bool any = false;
+    for (v1::ReplicaStatus& r : *report.mutable_replicas()) {
+      any |= r.error().empty();
+      if (r.group().empty()) r.set_group(name);
+    }
+    if (!any) rc = 2;
+    if (!g.json) {
+      if (&name != &groups.front().first) std::printf("\n");
+      std::printf("%s (%s)\n", name.c_str(), members.c_str());
+      PrintTable(report);
+    }
+    for (v1::ReplicaStatus& r : *report.mutable_replicas()) *all.add_replicas() = std::move(r);
+  }
+  if (g.json) PrintJson(all);
+  return rc;
 }
 
 }  // namespace
@@ -155,7 +210,7 @@ void AddClusterCommands(CLI::App* cluster, const Globals& g, int* rc) {
   status->callback([&g, rc, members] {
     std::vector<std::string> peers = SplitMembers(*members);
     if (peers.empty()) {
-      *rc = Error("cluster status needs --members=host:port|...");
+      *rc = StatusOfGivenGroups(g);
       return;
     }
     v1::GroupStatusReport report = AskMembers(g, peers);

@@ -19,8 +19,11 @@
 namespace atomq::ctl {
 
 struct Globals {
-  std::string coordinator;
+  std::string coordinator;  // its serving member, for a group
   std::string participant;
+  // --coordinator and --participant as given (a group's "a|b|c").
+  std::string coordinator_given;
+  std::string participant_given;
   uint32_t rpc_timeout_ms = 10000;
   bool json = false;
   TlsFlags tls;

@@ -165,12 +165,14 @@ StandInServer::~StandInServer() {
 
 absl::StatusOr<std::unique_ptr<StandInServer>> StandInServer::Start(
     const std::string& listen, const std::vector<std::string>& service_names,
-    std::shared_ptr<grpc::ServerCredentials> credentials, Refusal refusal) {
+    std::shared_ptr<grpc::ServerCredentials> credentials, Refusal refusal,
+    const std::vector<grpc::Service*>& served) {
   std::unique_ptr<StandInServer> r(new StandInServer(service_names, std::move(refusal)));
   grpc::ServerBuilder builder;
   RefuseSharedPort(builder);
   int port = 0;
   builder.AddListeningPort(listen, std::move(credentials), &port);
+  for (grpc::Service* s : served) builder.RegisterService(s);
   builder.RegisterCallbackGenericService(r->refuser_.get());
   r->server_ = builder.BuildAndStart();
   if (r->server_ == nullptr || port == 0) {

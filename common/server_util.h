@@ -82,14 +82,17 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
 // recovers, and while it is a member of a group that is not the leader.
 // Every call is answered with `refusal()` (by default UNAVAILABLE,
 // "recovering"), and health reports NOT_SERVING for "" and
-// `service_names`. Destroy it (it shuts down at once) before StartServer
-// binds the same address. FAILED_PRECONDITION as StartServer.
+// `service_names`, except calls of `served` (callback services that must
+// outlive it), which answer as always. Destroy it (it shuts down at once)
+// before StartServer binds the same address. FAILED_PRECONDITION as
+// StartServer.
 class StandInServer {
  public:
   using Refusal = std::function<grpc::Status()>;
   static absl::StatusOr<std::unique_ptr<StandInServer>> Start(
       const std::string& listen, const std::vector<std::string>& service_names,
-      std::shared_ptr<grpc::ServerCredentials> credentials, Refusal refusal = nullptr);
+      std::shared_ptr<grpc::ServerCredentials> credentials, Refusal refusal = nullptr,
+      const std::vector<grpc::Service*>& served = {});
   ~StandInServer();
 
  private:

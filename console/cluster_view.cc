@@ -78,7 +78,21 @@ grpc::Status ClusterView::AtLeader(
   return s;
 }
 
-v1::ConsoleMember ClusterView::Probe(const std::string& address) {
+v1::ReplicaStatus ClusterView::ReplicaAt(const std::string& address, const Caller& who) {
+  v1::ReplicaStatus r;
+  grpc::ClientContext ctx;
+  Prepare(&ctx, who);
+  grpc::Status s = v1::Replica::NewStub(Channel(address, who.server))
+                       ->Status(&ctx, v1::ReplicaStatusRequest(), &r);
+  if (!s.ok()) {
+    r.Clear();
+    r.set_role(s.error_code() == grpc::StatusCode::UNAVAILABLE ? "unreachable" : "refused");
+    r.set_error(Describe(s));
+  }
+  return r;
+}
+
+v1::ConsoleMember ClusterView::Probe(const std::string& address, const Caller& who, bool grouped) {
   v1::ConsoleMember m;
   m.set_address(address);
   grpc::ClientContext ctx;
@@ -89,12 +103,31 @@ v1::ConsoleMember ClusterView::Probe(const std::string& address) {
   if (!s.ok()) {
     m.set_health("unreachable");
     m.set_error(Describe(s));
-  } else {
-    m.set_health(resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? "serving"
-                                                                                 : "standby");
+    return m;
+  }
+  m.set_health(resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? "serving"
+                                                                               : "standby");
+  if (grouped) {
+    *m.mutable_replica() = ReplicaAt(address, who);
+    m.mutable_replica()->set_client_address(address);
   }
   return m;
 }
+
+namespace {
+
+// Each replica's lag: the highest commit index any of them reported minus
+// its own applied index.
+void SetLag(const std::vector<v1::ReplicaStatus*>& replicas) {
+  uint64_t commit = 0;
+  for (const v1::ReplicaStatus* r : replicas) commit = std::max(commit, r->commit_index());
+  for (v1::ReplicaStatus* r : replicas) {
+    if (r->error().empty())
+      r->set_lag(commit > r->applied_index() ? commit - r->applied_index() : 0);
+  }
+}
+
+}  // namespace
 
 v1::ConsoleCluster ClusterView::Cluster(const Caller& who) {
   v1::ConsoleCluster out;
@@ -105,37 +138,33 @@ v1::ConsoleCluster ClusterView::Cluster(const Caller& who) {
       n->set_id(id);
       n->set_role(role);
       n->set_self(id == o_.node_id && role == o_.node_role);
+      const std::vector<std::string> addresses = SplitMembers(members);
+      const bool grouped = addresses.size() > 1;
+      std::vector<v1::ReplicaStatus*> replicas;
       for (v1::ConsoleMember& m : EachAtOnce<v1::ConsoleMember>(
-               SplitMembers(members), [this](const std::string& a) { return Probe(a); })) {
-        *n->add_members() = std::move(m);
+               addresses, [&](const std::string& a) { return Probe(a, who, grouped); })) {
+        v1::ConsoleMember* added = n->add_members();
+        *added = std::move(m);
+        if (added->has_replica()) replicas.push_back(added->mutable_replica());
       }
+      SetLag(replicas);
     }
   };
   add_nodes(o_.coordinators, "coordinator");
   add_nodes(o_.participants, "participant");
   if (o_.group_peers.empty()) return out;
-  auto ask = [this, &who](const std::string& peer) {
-    v1::ReplicaStatus r;
-    grpc::ClientContext ctx;
-    Prepare(&ctx, who);
-    grpc::Status s = v1::Replica::NewStub(Channel(peer, who.server))
-                         ->Status(&ctx, v1::ReplicaStatusRequest(), &r);
-    if (!s.ok()) {
-      r.Clear();
-      r.set_peer_address(peer);
-      r.set_role(s.error_code() == grpc::StatusCode::UNAVAILABLE ? "unreachable" : "refused");
-      r.set_error(Describe(s));
-    }
-    return r;
-  };
-  uint64_t commit = 0;
-  for (v1::ReplicaStatus& r : EachAtOnce<v1::ReplicaStatus>(o_.group_peers, ask)) {
-    commit = std::max(commit, r.commit_index());
-    *out.mutable_group()->add_replicas() = std::move(r);
+  std::vector<v1::ReplicaStatus*> replicas;
+  for (v1::ReplicaStatus& r :
+       EachAtOnce<v1::ReplicaStatus>(o_.group_peers, [&](const std::string& peer) {
+         v1::ReplicaStatus got = ReplicaAt(peer, who);
+         if (!got.error().empty()) got.set_peer_address(peer);
+         return got;
+       })) {
+    v1::ReplicaStatus* added = out.mutable_group()->add_replicas();
+    *added = std::move(r);
+    replicas.push_back(added);
   }
-  for (v1::ReplicaStatus& r : *out.mutable_group()->mutable_replicas()) {
-    if (r.error().empty()) r.set_lag(commit > r.applied_index() ? commit - r.applied_index() : 0);
-  }
+  SetLag(replicas);
   return out;
 }
 

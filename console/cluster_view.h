@@ -44,7 +44,11 @@ class ClusterView {
   grpc::Status AtLeader(const std::string& members, const Caller& who,
                         const std::function<grpc::Status(
                             grpc::ClientContext*, const std::shared_ptr<grpc::Channel>&)>& call);
-  v1::ConsoleMember Probe(const std::string& address);
+  // Health at `address` and, for a group's member, its Replica.Status.
+  v1::ConsoleMember Probe(const std::string& address, const Caller& who, bool grouped);
+  // Replica.Status at `address` (a member's client or peer address); role
+  // "unreachable" or "refused" with the error when it cannot be asked.
+  v1::ReplicaStatus ReplicaAt(const std::string& address, const Caller& who);
   v1::ConsoleCoordinatorTxns CoordinatorTxns(const Caller& who, const std::string& id,
                                              const std::string& members, const std::string& txn_id);
   v1::ConsoleParticipantTxns ParticipantTxns(const Caller& who, const std::string& id,

@@ -180,9 +180,11 @@ const std::vector<std::string>& Services() {
 class ServedCoordinator final : public atomq::replication::Leading {
  public:
   // Recovers from `storage`, then calls `release` (which frees the address
-  // of the stand-in that holds it) and serves.
+  // of the stand-in that holds it) and serves, `group_status` too unless
+  // null (a group member's Replica.Status).
   static absl::StatusOr<std::unique_ptr<ServedCoordinator>> Start(
-      CoordinatorFlags* f, atomq::Storage* storage, const std::function<void()>& release) {
+      CoordinatorFlags* f, atomq::Storage* storage, const std::function<void()>& release,
+      grpc::Service* group_status = nullptr) {
     namespace c = atomq::coordinator;
     std::unique_ptr<ServedCoordinator> s(
         new ServedCoordinator(static_cast<int>(f->server.loop_threads)));
@@ -194,8 +196,9 @@ class ServedCoordinator final : public atomq::replication::Leading {
     s->service_ = std::move(*service);
     release();
     s->health_ = std::make_unique<atomq::LoopHealth>(&s->loop_, Services());
-    auto server = atomq::StartServer(f->server.listen, {s->service_.get(), s->health_->service()},
-                                     f->server.message_bytes_max,
+    std::vector<grpc::Service*> services = {s->service_.get(), s->health_->service()};
+    if (group_status != nullptr) services.push_back(group_status);
+    auto server = atomq::StartServer(f->server.listen, services, f->server.message_bytes_max,
                                      atomq::ServerCredentials(f->server.tls), &s->loop_);
     if (!server.ok()) return server.status();
     s->server_ = std::move(*server);
@@ -287,10 +290,10 @@ int ServeInGroup(CoordinatorFlags* f, atomq::Store* store) {
   namespace r = atomq::replication;
   absl::Status st = r::ServeInGroup(
       f->group, f->server, Services(), f->opts.access, store->storage.get(),
-      [f](atomq::Storage* replica, uint64_t epoch,
-          const std::function<void()>& release) -> absl::StatusOr<std::unique_ptr<r::Leading>> {
+      [f](atomq::Storage* replica, uint64_t epoch, const std::function<void()>& release,
+          grpc::Service* group_status) -> absl::StatusOr<std::unique_ptr<r::Leading>> {
         f->cfg.boot_count = epoch;
-        auto served = ServedCoordinator::Start(f, replica, release);
+        auto served = ServedCoordinator::Start(f, replica, release, group_status);
         if (!served.ok()) return served.status();
         return std::unique_ptr<r::Leading>(std::move(*served));
       });

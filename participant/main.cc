@@ -244,10 +244,12 @@ int CheckFlags(ParticipantFlags* f) {
 class ServedNode final : public atomq::replication::Leading {
  public:
   // Recovers from `storage`, then calls `release` (which frees the address
-  // of the stand-in that holds it) and serves.
+  // of the stand-in that holds it) and serves, `group_status` too unless
+  // null (a group member's Replica.Status).
   static absl::StatusOr<std::unique_ptr<ServedNode>> Start(ParticipantFlags* f,
                                                            atomq::Storage* storage,
-                                                           const std::function<void()>& release) {
+                                                           const std::function<void()>& release,
+                                                           grpc::Service* group_status = nullptr) {
     namespace p = atomq::participant;
     std::unique_ptr<ServedNode> s(new ServedNode(static_cast<int>(f->server.loop_threads)));
     auto node = p::ParticipantNode::Create(f->cfg, f->opts, storage, &s->loop_);
@@ -258,10 +260,11 @@ class ServedNode final : public atomq::replication::Leading {
     s->node_ = std::move(*node);
     release();
     s->health_ = std::make_unique<atomq::LoopHealth>(&s->loop_, Services());
-    auto server = atomq::StartServer(
-        f->server.listen,
-        {s->node_->txn_service(), s->node_->queue_service(), s->health_->service()},
-        f->server.message_bytes_max, atomq::ServerCredentials(f->server.tls), &s->loop_);
+    std::vector<grpc::Service*> services = {s->node_->txn_service(), s->node_->queue_service(),
+                                            s->health_->service()};
+    if (group_status != nullptr) services.push_back(group_status);
+    auto server = atomq::StartServer(f->server.listen, services, f->server.message_bytes_max,
+                                     atomq::ServerCredentials(f->server.tls), &s->loop_);
     if (!server.ok()) return server.status();
     s->server_ = std::move(*server);
     s->health_->Set(true);
@@ -348,10 +351,10 @@ int ServeInGroup(ParticipantFlags* f, atomq::Store* store) {
   namespace r = atomq::replication;
   absl::Status st = r::ServeInGroup(
       f->group, f->server, ServedNode::Services(), f->opts.access, store->storage.get(),
-      [f](atomq::Storage* replica, uint64_t epoch,
-          const std::function<void()>& release) -> absl::StatusOr<std::unique_ptr<r::Leading>> {
+      [f](atomq::Storage* replica, uint64_t epoch, const std::function<void()>& release,
+          grpc::Service* group_status) -> absl::StatusOr<std::unique_ptr<r::Leading>> {
         f->cfg.boot_count = epoch;
-        auto served = ServedNode::Start(f, replica, release);
+        auto served = ServedNode::Start(f, replica, release, group_status);
         if (!served.ok()) return served.status();
         return std::unique_ptr<r::Leading>(std::move(*served));
       });

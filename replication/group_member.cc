@@ -134,6 +134,8 @@ absl::StatusOr<std::unique_ptr<GroupMember>> GroupMember::Start(Options options,
   });
   m->replica_service_ = std::make_unique<ReplicaService>(&m->peer_loop_, o.access, o.group,
                                                          o.members, m->replica_.get());
+  m->client_status_ =
+      std::make_unique<ClientStatusService>(o.access, o.group, o.members, m->replica_.get());
   AllowKeepalivePings(m->peer_loop_.builder(), kPeerKeepaliveMs / 2);
   absl::StatusOr<std::unique_ptr<grpc::Server>> peer_server =
       StartServer(o.peer_listen, {m->replica_service_->service()}, o.message_bytes_max,
@@ -217,8 +219,8 @@ void GroupMember::BecomeLeader(uint64_t term) {
     served_ = term;
     return;
   }
-  absl::StatusOr<std::unique_ptr<Leading>> leading =
-      start_(storage, *epoch, [this] { stand_in_.reset(); });
+  absl::StatusOr<std::unique_ptr<Leading>> leading = start_(
+      storage, *epoch, [this] { stand_in_.reset(); }, client_status_.get());
   if (!leading.ok()) Fatal(absl::StrCat("cannot serve as leader: ", leading.status().ToString()));
   LogLine(absl::StrCat("member ", options_.member_id, " of ", options_.group,
                        " leads and serves on ", options_.listen));
@@ -248,7 +250,7 @@ void GroupMember::StopLeading(bool replica_too) {
 absl::Status GroupMember::StartStandIn() {
   absl::StatusOr<std::unique_ptr<StandInServer>> stand_in =
       StandInServer::Start(options_.listen, options_.service_names, options_.credentials,
-                           [this] { return NotLeader(); });
+                           [this] { return NotLeader(); }, {client_status_.get()});
   if (!stand_in.ok()) return stand_in.status();
   stand_in_ = std::move(*stand_in);
   return absl::OkStatus();

@@ -80,11 +80,14 @@ class GroupMember {
   // Builds the served node on the replica store, which is the serving
   // leader's and holds everything committed, and calls `release` just
   // before it binds the client address (the stand-in holds it until then).
+  // The node's server serves `group_status` (Replica.Status) beside its own
+  // services, as the stand-in does.
   // `epoch` counts the group's leaderships (replicated, committed before
   // this call): what a node mints from it (the coordinator's transaction
   // ids) never repeats an earlier leader's. An error ends the process.
   using StartLeading = std::function<absl::StatusOr<std::unique_ptr<Leading>>(
-      Storage* replica, uint64_t epoch, const std::function<void()>& release)>;
+      Storage* replica, uint64_t epoch, const std::function<void()>& release,
+      grpc::Service* group_status)>;
 
   // Opens the replica on `local` (opened with ReplicatedStorage::ReplicaDbs()
   // among its sub-databases; it must outlive
@@ -124,6 +127,8 @@ class GroupMember {
   std::unique_ptr<GrpcTransport> transport_;
   std::unique_ptr<ReplicatedStorage> replica_;
   std::unique_ptr<ReplicaService> replica_service_;
+  // On the client address, whoever serves it.
+  std::unique_ptr<ClientStatusService> client_status_;
   std::unique_ptr<grpc::Server> peer_server_;
 
   absl::Mutex mu_;

@@ -331,9 +331,11 @@ void ReplicaService::Status(grpc::ServerContext* ctx, const v1::ReplicaStatusReq
   reactor->Finish(grpc::Status::OK);
 }
 
-void ReplicaService::Fill(v1::ReplicaStatus* resp) {
-  const GroupStatus s = storage_->Status();
-  resp->set_group(group_);
+void FillReplicaStatus(const std::string& group,
+                       const std::map<uint64_t, MemberAddresses>& configured,
+                       ReplicatedStorage* storage, v1::ReplicaStatus* resp) {
+  const GroupStatus s = storage->Status();
+  resp->set_group(group);
   resp->set_member(s.id);
   resp->set_role(RoleName(s.state));
   resp->set_term(s.term);
@@ -342,11 +344,11 @@ void ReplicaService::Fill(v1::ReplicaStatus* resp) {
   resp->set_applied_index(s.applied_index);
   resp->set_serving(s.serving);
   resp->set_fault(s.fault);
-  resp->set_disk(storage_->disk());
+  resp->set_disk(storage->disk());
   resp->set_snapshot_index(s.snapshot_index);
   resp->set_last_index(s.last_index);
   resp->set_installing(s.installing);
-  if (MemberAddresses self; FindMember(s.members, configured_, s.id, &self)) {
+  if (MemberAddresses self; FindMember(s.members, configured, s.id, &self)) {
     resp->set_peer_address(self.peer);
     resp->set_client_address(self.client);
   }
@@ -363,6 +365,19 @@ void ReplicaService::Fill(v1::ReplicaStatus* resp) {
       info->set_match_index(match->second);
     }
   }
+}
+
+grpc::ServerUnaryReactor* ClientStatusService::Status(grpc::CallbackServerContext* ctx,
+                                                      const v1::ReplicaStatusRequest* req,
+                                                      v1::ReplicaStatus* resp) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (Refused(reactor, access_->Check(*ctx, "Replica.Status", {Role::kOperator, Role::kPeer}))) {
+    return reactor;
+  }
+  FillReplicaStatus(group_, configured_, storage_, resp);
+  if (req->about_member() != 0) resp->set_registered(storage_->KnowsDisk(req->about_member()));
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
 }
 
 bool ReplicaService::CheckMember(const std::string& group, uint64_t from, const std::string& disk,

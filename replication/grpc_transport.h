@@ -104,6 +104,36 @@ class GrpcTransport : public Transport {
   std::thread fetcher_;  // last: starts once the rest is built
 };
 
+// What `storage`, a replica of `group`, knows of itself and its group.
+void FillReplicaStatus(const std::string& group,
+                       const std::map<uint64_t, MemberAddresses>& configured,
+                       ReplicatedStorage* storage, v1::ReplicaStatus* out);
+
+// Replica.Status alone, on a member's client address (served by the leader's
+// server and by the stand-in alike), so that whoever knows a group by its
+// client addresses (a coordinator's console, atomqctl) sees each replica's
+// version. Every other method of atomq.v1.Replica is UNIMPLEMENTED there:
+// the group's own traffic stays on the peer address.
+class ClientStatusService final : public v1::Replica::CallbackService {
+ public:
+  ClientStatusService(std::shared_ptr<const Access> access, std::string group,
+                      std::map<uint64_t, MemberAddresses> configured, ReplicatedStorage* storage)
+      : access_(std::move(access)),
+        group_(std::move(group)),
+        configured_(std::move(configured)),
+        storage_(storage) {}
+
+ private:
+  grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* ctx,
+                                   const v1::ReplicaStatusRequest* req,
+                                   v1::ReplicaStatus* resp) override;
+
+  const std::shared_ptr<const Access> access_;
+  const std::string group_;
+  const std::map<uint64_t, MemberAddresses> configured_;
+  ReplicatedStorage* const storage_;
+};
+
 // atomq.v1.Replica on the loop, for one group's replica. Who is a member
 // follows the replica's configuration (FindMember).
 class ReplicaService {
@@ -130,7 +160,7 @@ class ReplicaService {
   bool Find(uint64_t id, MemberAddresses* out) {
     return FindMember(storage_->Members(), configured_, id, out);
   }
-  void Fill(v1::ReplicaStatus* resp);
+  void Fill(v1::ReplicaStatus* resp) { FillReplicaStatus(group_, configured_, storage_, resp); }
 
   LoopService<v1::Replica> service_;
   const std::shared_ptr<const Access> access_;

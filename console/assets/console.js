@@ -67,6 +67,16 @@ function errorRow(cols, what, error) {
 
 // --- pages ---
 
+// A group member's version as its client address told it, or why it did not.
+function memberVersion(m) {
+  const r = m.replica;
+  if (r.error) return el("span", { class: "version muted", title: r.error }, r.role);
+  const behind = Number(r.lag) > 0 ? " (" + r.lag + " behind)" : "";
+  return el("span", { class: "version", "data-address": m.address,
+                      title: m.address + ": " + r.role + ", term " + r.term },
+            "#" + r.member + " " + r.appliedIndex + behind);
+}
+
 async function drawCluster() {
   const c = await api("/api/cluster");
   const rows = [];
@@ -75,7 +85,8 @@ async function drawCluster() {
       el("td", {}, n.role), el("td", { class: "id" }, n.id + (n.self ? " (this node)" : "")),
       el("td", { class: "id" }, n.members.map((m) => m.address).join(" | ")),
       el("td", {}, ...n.members.map((m) =>
-        el("span", { class: "badge " + m.health, title: m.error || m.address }, m.health)))));
+        el("span", { class: "badge " + m.health, title: m.error || m.address }, m.health))),
+      el("td", {}, ...n.members.filter((m) => m.replica).map(memberVersion))));
   }
   fill("nodes", rows);
   const replicas = (c.group && c.group.replicas) || [];

@@ -618,32 +618,44 @@ double Cluster::ParticipantMetric(int i, const std::string& name) {
   return MetricAt(metrics_ports_[i - 1], name);
 }
 
-double MetricAt(int port, const std::string& name) {
+std::optional<std::string> HttpGet(int port, const std::string& path) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   addr.sin_port = htons(static_cast<uint16_t>(port));
-  timeval tv{2, 0};
+  timeval tv{5, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     close(fd);
-    return -1;
+    return std::nullopt;
   }
-  const std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
   if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
     close(fd);
-    return -1;
+    return std::nullopt;
   }
-  std::string body;
+  std::string response;
   char buf[4096];
   ssize_t n;
-  while ((n = read(fd, buf, sizeof(buf))) > 0) body.append(buf, static_cast<size_t>(n));
+  while ((n = read(fd, buf, sizeof(buf))) > 0) response.append(buf, static_cast<size_t>(n));
   close(fd);
+  const size_t body = response.find("\r\n\r\n");
+  if (response.rfind("HTTP/1.", 0) != 0 || response.find(" 200 ") > 12 ||
+      body == std::string::npos) {
+    return std::nullopt;
+  }
+  return response.substr(body + 4);
+}
+
+double MetricAt(int port, const std::string& name) {
+  std::optional<std::string> body = HttpGet(port, "/metrics");
+  if (!body) return -1;
+  const std::string text = "\n" + *body;
   const std::string line = "\n" + name + " ";
-  size_t at = body.find(line);
+  size_t at = text.find(line);
   if (at == std::string::npos) return -1;
-  return std::strtod(body.c_str() + at + line.size(), nullptr);
+  return std::strtod(text.c_str() + at + line.size(), nullptr);
 }
 
 v1::TxnState Cluster::AwaitOutcome(int i, const std::string& txn_id, int timeout_ms) {

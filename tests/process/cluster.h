@@ -24,6 +24,9 @@ using atomq::FreePort;  // common/free_port.h
 // A sample of the /metrics served on 127.0.0.1:`port`, or -1 when it cannot
 // be read.
 double MetricAt(int port, const std::string& name);
+// The body of a 200 answer to GET `path` on 127.0.0.1:`port` (plain HTTP),
+// or nullopt.
+std::optional<std::string> HttpGet(int port, const std::string& path);
 
 // Runs `cmd` in a shell; its standard output.
 std::string RunCommand(const std::string& cmd);

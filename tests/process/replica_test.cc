@@ -11,7 +11,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "atomq/v1/console.pb.h"
+#include "atomq/v1/replica.grpc.pb.h"
 #include "common/leader_book.h"
+#include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 #include "tests/process/cluster.h"
 
@@ -209,11 +212,103 @@ TEST(ReplicaTest, ClusterStatusAndMetricsShowEveryReplicasVersion) {
       EXPECT_EQ(erased, -1) << j;
     }
   }
+  // Without --members: every group named by client addresses, asked there.
+  const std::string by_client = absl::StrCat(
+      ATOMQ_BIN_DIR, "/atomqctl --participants='p1=", c.participant_address(1), "' cluster status");
+  const std::string client_json = RunCommand(by_client + " --json 2>&1");
+  const std::vector<long> at_clients = Versions(client_json);
+  ASSERT_EQ(at_clients.size(), 3u) << client_json;
+  EXPECT_GE(at_clients[0], v[0]) << client_json;
+  EXPECT_NE(client_json.find("\"group\": \"p1\""), std::string::npos) << client_json;
+  EXPECT_NE(RunCommand(by_client + " 2>&1").find("p1 (" + c.participant_address(1) + ")"),
+            std::string::npos);
   // A member that is down shows as unreachable; the others still answer.
   c.KillReplica(1, c.LeaderOf(1) % 3 + 1);
   const std::string table = RunCommand(ctl + " 2>&1");
   EXPECT_NE(table.find("unreachable"), std::string::npos) << table;
   EXPECT_NE(table.find("leader*"), std::string::npos) << table;
+}
+
+// Participant 1 as the console at 127.0.0.1:`port` shows it; fails the
+// test when the page cannot be read.
+v1::ConsoleNode ConsoleNodeOf(int port) {
+  std::optional<std::string> body = HttpGet(port, "/api/cluster");
+  EXPECT_TRUE(body.has_value());
+  v1::ConsoleCluster cluster;
+  if (body) EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(*body, &cluster).ok()) << *body;
+  for (const v1::ConsoleNode& n : cluster.nodes()) {
+    if (n.id() == "p1" && n.role() == "participant") return n;
+  }
+  ADD_FAILURE() << "no p1 in " << cluster.ShortDebugString();
+  return {};
+}
+
+// A coordinator knows a participant group by its members' client
+// addresses: its console shows each replica's version as the replica tells
+// it there (Replica.Status on the client address, leader and followers
+// alike), which is all it serves of the group's own service.
+TEST(ReplicaTest, ACoordinatorsConsoleShowsEveryReplicasVersion) {
+  const int http = FreePort();
+  Cluster c(ClusterOptions{.participants = 1,
+                           .replicas = 3,
+                           .coordinator_args = {absl::StrCat("--http_listen=127.0.0.1:", http)}});
+  c.StartAll();
+  c.CreateQueue(1, "q");
+  Ledger ledger;
+  for (int n = 0; n < 5; ++n) RunTxn(c, absl::StrCat("t", n), &ledger);
+  v1::ConsoleNode node;
+  auto settled = [&] {
+    node = ConsoleNodeOf(http);
+    if (node.members_size() != 3) return false;
+    for (const v1::ConsoleMember& m : node.members()) {
+      if (!m.replica().error().empty() || m.replica().lag() != 0 ||
+          m.replica().applied_index() != node.members(0).replica().applied_index()) {
+        return false;
+      }
+    }
+    return true;
+  };
+  for (int tries = 0; tries < 50 && !settled(); ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(settled()) << node.ShortDebugString();
+  const int leader = c.LeaderOf(1);
+  std::set<uint64_t> ids;
+  for (int j = 1; j <= 3; ++j) {
+    const v1::ConsoleMember& m = node.members(j - 1);
+    EXPECT_EQ(m.address(), c.replica_address(1, j));
+    EXPECT_EQ(m.replica().client_address(), c.replica_address(1, j));
+    EXPECT_EQ(m.replica().group(), "p1");
+    EXPECT_GT(m.replica().applied_index(), 5u);  // the queue, the transactions
+    EXPECT_EQ(m.replica().role(), j == leader ? "leader" : "follower") << j;
+    EXPECT_EQ(m.health(), j == leader ? "serving" : "standby") << j;
+    ids.insert(m.replica().member());
+  }
+  EXPECT_EQ(ids.size(), 3u);
+  const int follower = leader % 3 + 1;
+  for (int j : {leader, follower}) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::DeliverResponse resp;
+    grpc::Status s = v1::Replica::NewStub(c.Channel(c.replica_address(1, j)))
+                         ->Deliver(&ctx, v1::DeliverRequest(), &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED) << j << ": " << s.error_message();
+  }
+  // A member that is down is unreachable; the others go on and say so.
+  const uint64_t before = node.members(0).replica().applied_index();
+  c.KillReplica(1, follower);
+  for (int n = 0; n < 3; ++n) RunTxn(c, absl::StrCat("u", n), &ledger);
+  node = ConsoleNodeOf(http);
+  ASSERT_EQ(node.members_size(), 3);
+  for (int j = 1; j <= 3; ++j) {
+    const v1::ConsoleMember& m = node.members(j - 1);
+    if (j == follower) {
+      EXPECT_EQ(m.health(), "unreachable");
+      EXPECT_FALSE(m.has_replica());
+    } else {
+      EXPECT_GT(m.replica().applied_index(), before) << j;
+    }
+  }
 }
 
 TEST(ReplicaTest, LeadershipMovesOnRequestWhileTransactionsRun) {
