@@ -37,9 +37,10 @@ struct VerifyReport {
 absl::StatusOr<VerifyReport> Verify(DataFile& file);
 
 // A backup may become node `id`'s data dir only if it is that node's (and
-// of `cluster_id`, when given), and not a group member's.
+// of `cluster_id`, when given), and a group member's only to begin a new
+// group (`new_group`, which takes nothing else).
 absl::Status CheckRestorable(const VerifyReport& r, const std::string& id,
-                             const std::string& cluster_id);
+                             const std::string& cluster_id, bool new_group);
 
 // Every record of `db`, decoded as `Record`; a damaged one ends the scan
 // with DATA_LOSS naming it.

@@ -21,6 +21,9 @@
 #include "cli/data_dir.h"
 #include "common/codec.h"
 #include "common/data_file.h"
+#include "common/storage.h"
+#include "replication/group_member.h"
+#include "replication/new_group.h"
 
 namespace atomq::ctl {
 namespace {
@@ -44,7 +47,9 @@ const std::map<std::string, Check>& Schema();
 
 // A log entry: a command's data is one batch of writes
 // (replication/replicated_storage.cc), each checked as a record of the
-// sub-database it goes to.
+// sub-database it goes to. The group's registry and its leadership epoch
+// (raft_disks, raft_applied) are replicated; a replica's own log and state
+// (raft_log, raft_meta) never are.
 absl::Status CheckLogEntry(std::string_view, std::string_view value) {
   v1::RaftEntryRecord e;
   if (absl::Status st = DecodeRecord(value, &e); !st.ok()) return st;
@@ -55,7 +60,7 @@ absl::Status CheckLogEntry(std::string_view, std::string_view value) {
   }
   for (const v1::ReplicatedWrite& w : batch.writes()) {
     auto check = Schema().find(w.db());
-    if (check == Schema().end() || absl::StartsWith(w.db(), "raft_")) {
+    if (check == Schema().end() || w.db() == "raft_log" || w.db() == "raft_meta") {
       return absl::DataLossError(
           absl::StrCat("a command entry writes to sub-database \"", Printable(w.db()), "\""));
     }
@@ -248,8 +253,30 @@ int RunBackup(const std::string& data_dir, const std::string& to) {
   return 0;
 }
 
+// Makes the restored data file `file` the seed of a new group whose only
+// member is `self` ("ID=CLIENT/PEER"), in one synced LMDB transaction.
+absl::Status BeginNewGroup(const std::string& dir, const VerifyReport& r, const std::string& self) {
+  namespace rep = atomq::replication;
+  absl::StatusOr<std::map<uint64_t, rep::MemberAddresses>> parsed = rep::ParseGroup(self);
+  if (!parsed.ok()) return parsed.status();
+  if (parsed->size() != 1) {
+    return absl::InvalidArgumentError("--new_group names this one member: ID=CLIENT/PEER");
+  }
+  LmdbOptions o;
+  o.dir = dir;
+  o.create = false;
+  for (const DbReport& d : r.dbs) o.dbs.push_back(d.name);
+  absl::StatusOr<std::unique_ptr<Storage>> store = OpenLmdbStorage(o);
+  if (!store.ok()) return store.status();
+  const auto& [id, addresses] = *parsed->begin();
+  absl::StatusOr<Batch> writes =
+      rep::NewGroupWrites(store->get(), rep::Member{id, rep::ConfigAddress(addresses)});
+  if (!writes.ok()) return writes.status();
+  return (*store)->Write(*std::move(writes));
+}
+
 int RunRestore(const std::string& from, const std::string& data_dir, const std::string& id,
-               const std::string& cluster_id) {
+               const std::string& cluster_id, const std::string& new_group) {
   absl::StatusOr<std::unique_ptr<DataFile>> file = DataFile::Open(from);
   if (!file.ok()) return Error(std::string(file.status().message()));
   absl::StatusOr<VerifyReport> r = Verify(**file);
@@ -258,7 +285,7 @@ int RunRestore(const std::string& from, const std::string& data_dir, const std::
     PrintReport(**file, *r);
     return Error(absl::StrCat(from, " is damaged; nothing restored"));
   }
-  if (absl::Status st = CheckRestorable(*r, id, cluster_id); !st.ok()) {
+  if (absl::Status st = CheckRestorable(*r, id, cluster_id, !new_group.empty()); !st.ok()) {
     return Error(std::string(st.message()));
   }
   std::error_code ec;
@@ -271,11 +298,30 @@ int RunRestore(const std::string& from, const std::string& data_dir, const std::
   std::filesystem::permissions(data_dir, std::filesystem::perms::owner_all,
                                std::filesystem::perm_options::replace, ec);
   if (ec) return Error(absl::StrCat("data dir ", data_dir, ": ", ec.message()));
-  // LMDB's own copy of the verified backup: whole or nothing, fsync'd.
-  absl::Status st = (*file)->CopyTo(data_dir + "/data.mdb");
-  if (!st.ok()) return Error(std::string(st.message()));
-  printf("restored %s %s (boot %llu) into %s; start it with --data_dir=%s\n", r->kind.c_str(),
+  if (new_group.empty()) {
+    // LMDB's own copy of the verified backup: whole or nothing, fsync'd.
+    absl::Status st = (*file)->CopyTo(data_dir + "/data.mdb");
+    if (!st.ok()) return Error(std::string(st.message()));
+  } else {
+    // Made a new group's in a directory of its own, then moved in whole: a
+    // half-made one would start as the old group's member with an old log.
+    const std::string staging = data_dir + "/new-group.tmp";
+    std::filesystem::remove_all(staging, ec);
+    std::filesystem::create_directory(staging, ec);
+    absl::Status st =
+        ec ? absl::FailedPreconditionError(ec.message()) : (*file)->CopyTo(staging + "/data.mdb");
+    if (st.ok()) st = BeginNewGroup(staging, *r, new_group);
+    if (st.ok()) st = MoveIntoPlace(staging + "/data.mdb", data_dir + "/data.mdb");
+    std::filesystem::remove_all(staging, ec);
+    if (!st.ok()) return Error(absl::StrCat("nothing restored: ", st.message()));
+  }
+  printf("restored %s %s (boot %llu) into %s%s; start it with --data_dir=%s\n", r->kind.c_str(),
          id.c_str(), static_cast<unsigned long long>(r->meta.boot_count()), data_dir.c_str(),
+         new_group.empty() ? ""
+                           : absl::StrCat(" as the only member (", new_group,
+                                          ") of a new group; add the others under new ids with "
+                                          "atomqctl cluster add and promote")
+                                 .c_str(),
          data_dir.c_str());
   return 0;
 }
@@ -283,7 +329,7 @@ int RunRestore(const std::string& from, const std::string& data_dir, const std::
 }  // namespace
 
 absl::Status CheckRestorable(const VerifyReport& r, const std::string& id,
-                             const std::string& cluster_id) {
+                             const std::string& cluster_id, bool new_group) {
   if (r.meta.node_id() != id) {
     return absl::FailedPreconditionError(absl::StrCat("the backup is of node \"", r.meta.node_id(),
                                                       "\", not \"", id, "\"; nothing restored"));
@@ -293,12 +339,17 @@ absl::Status CheckRestorable(const VerifyReport& r, const std::string& id,
                                                       r.meta.cluster_id(), "\", not \"", cluster_id,
                                                       "\"; nothing restored"));
   }
-  for (const DbReport& d : r.dbs) {
-    if (d.name == "raft_log") {
-      return absl::FailedPreconditionError(
-          "the backup is of a group member: a member restored to an older log would forget "
-          "what it acknowledged; replace a lost member instead (atomqctl cluster replace)");
-    }
+  bool member = false;
+  for (const DbReport& d : r.dbs) member |= d.name == "raft_log";
+  if (member && !new_group) {
+    return absl::FailedPreconditionError(
+        "the backup is of a group member: a member restored to an older log would forget "
+        "what it acknowledged; replace a lost member instead (atomqctl cluster replace), or, "
+        "when every member of the group is lost, begin a new group from it (--new_group)");
+  }
+  if (!member && new_group) {
+    return absl::FailedPreconditionError(
+        "--new_group takes a group member's backup; this one is of a node alone");
   }
   return absl::OkStatus();
 }
@@ -330,8 +381,13 @@ void AddDataDirCommands(CLI::App& app, int* rc) {
   restore->add_option("--data_dir", *into, "the data directory to create")->required();
   restore->add_option("--id", *id, "the node the backup must be of")->required();
   restore->add_option("--cluster_id", *cluster_id, "the cluster it must be of, if given");
-  restore->callback(
-      [from, into, id, cluster_id, rc] { *rc = RunRestore(*from, *into, *id, *cluster_id); });
+  auto new_group = std::make_shared<std::string>();
+  restore->add_option("--new_group", *new_group,
+                      "ID=CLIENT/PEER: a group member's backup, after the group lost every "
+                      "member, as the only member of a new group going on from its version");
+  restore->callback([from, into, id, cluster_id, new_group, rc] {
+    *rc = RunRestore(*from, *into, *id, *cluster_id, *new_group);
+  });
 }
 
 }  // namespace atomq::ctl

@@ -22,6 +22,16 @@ absl::Status Errno(const std::string& what, int err) {
   return absl::FailedPreconditionError(absl::StrCat(what, ": ", strerror(err)));
 }
 
+// A rename lasts a crash once its directory is synced.
+void SyncParent(const std::string& path) {
+  const std::string parent = std::filesystem::path(path).parent_path().string();
+  const int dfd = open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    fsync(dfd);
+    close(dfd);
+  }
+}
+
 }  // namespace
 
 absl::Status CheckLmdbFileSize(MDB_env* env, const std::string& file) {
@@ -151,12 +161,17 @@ absl::Status WriteFileAtomically(const std::string& path,
     unlink(tmp.c_str());
     return st;
   }
-  const std::string parent = std::filesystem::path(path).parent_path().string();
-  const int dfd = open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    fsync(dfd);
-    close(dfd);
+  SyncParent(path);
+  return absl::OkStatus();
+}
+
+absl::Status MoveIntoPlace(const std::string& from, const std::string& to) {
+  std::error_code ec;
+  if (std::filesystem::exists(to, ec)) {
+    return absl::AlreadyExistsError(absl::StrCat(to, " exists; nothing was moved"));
   }
+  if (rename(from.c_str(), to.c_str()) != 0) return Errno("rename to " + to, errno);
+  SyncParent(to);
   return absl::OkStatus();
 }
 

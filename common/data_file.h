@@ -62,4 +62,8 @@ absl::Status CheckLmdbFileSize(MDB_env* env, const std::string& file);
 absl::Status WriteFileAtomically(const std::string& path,
                                  const std::function<absl::Status(int fd)>& write);
 
+// Renames `from` (a synced file) to `to` on the same file system and syncs
+// `to`'s directory. ALREADY_EXISTS when `to` exists.
+absl::Status MoveIntoPlace(const std::string& from, const std::string& to);
+
 }  // namespace atomq

@@ -11,7 +11,10 @@
 
 namespace atomq::replication {
 
-inline constexpr char kAppliedKey[] = "applied";  // in ReplicatedStorage::kAppliedDb
+inline constexpr char kAppliedKey[] = "applied";       // in ReplicatedStorage::kAppliedDb
+inline constexpr char kReplicaMetaDb[] = "raft_meta";  // RaftLog's; this replica's own
+inline constexpr char kDiskKey[] = "disk";
+inline constexpr char kHeardPrefix[] = "heard/";  // + member id: the first disk heard from it
 
 // A replica whose own disk fails cannot go on: what it acknowledged could
 // be lost. Stop, as a failed write does on a single disk.

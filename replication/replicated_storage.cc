@@ -19,10 +19,6 @@
 namespace atomq::replication {
 namespace {
 
-constexpr char kReplicaMetaDb[] = "raft_meta";  // RaftLog's; this replica's own
-constexpr char kDiskKey[] = "disk";
-constexpr char kHeardPrefix[] = "heard/";  // + member id: the first disk heard from it
-
 std::string EncodeBatch(const Batch& batch) {
   v1::ReplicatedBatch r;
   for (const atomq::Write& w : batch.writes) {

@@ -360,6 +360,15 @@ bool VersionsAgree(Cluster& c, double* versions) {
   return versions[1] > 0 && versions[1] == versions[2] && versions[2] == versions[3];
 }
 
+// Waits up to `ms` for VersionsAgree.
+bool AwaitVersionsAgree(Cluster& c, double* versions, int ms) {
+  for (int waited = 0;; waited += 50) {
+    if (VersionsAgree(c, versions)) return true;
+    if (waited >= ms) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
 // The leader cut off from the other members (their messages no longer
 // reach it): it cannot commit, steps down, the two others elect a leader
 // and transactions go on; healed, the old leader catches up to the same
@@ -410,11 +419,7 @@ TEST(ReplicaTest, AFollowerBehindASilentConnectionCatchesUp) {
   for (int n = 0; n < 10; ++n) RunTxn(c, absl::StrCat("t", n), &ledger);
   EXPECT_EQ(ledger.committed.size(), 10u);
   double versions[4] = {0, 0, 0, 0};
-  bool agree = false;
-  for (int tries = 0; tries < 200 && !agree; ++tries) {
-    agree = VersionsAgree(c, versions);
-    if (!agree) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  const bool agree = AwaitVersionsAgree(c, versions, 10000);
   EXPECT_TRUE(agree) << "member " << follower << " stayed behind: " << versions[1] << " "
                      << versions[2] << " " << versions[3];
 }
@@ -504,11 +509,7 @@ TEST(ReplicaTest, AMemberWhoseDiskWasLostIsReplacedAndCountsInTheMajority) {
   EXPECT_EQ(table.find(absl::StrCat("  ", lost, "     voter")), std::string::npos) << table;
   // The new member holds the group's version.
   double versions[4] = {0, 0, 0, 0};
-  bool agree = false;
-  for (int tries = 0; tries < 100 && !agree; ++tries) {
-    agree = VersionsAgree(c, versions);
-    if (!agree) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  const bool agree = AwaitVersionsAgree(c, versions, 5000);
   EXPECT_TRUE(agree) << versions[1] << " " << versions[2] << " " << versions[3];
   // With the third voter down, the leader and the new member are the
   // majority: commits need member 4's disk.
@@ -549,6 +550,72 @@ TEST(ReplicaTest, AReplacementBehindTheCompactedLogCopiesTheStateAndServesIt) {
   const std::string moved = RunCommand(absl::StrCat(ctl, "transfer", group, " --to=4 2>&1"));
   EXPECT_NE(moved.find("member 4 leads and serves"), std::string::npos) << moved;
   ASSERT_EQ(c.LeaderOf(1), lost);
+  ExpectExactlyCommitted(c, 1, ledger);
+}
+
+// Every member's disk is lost: one member's backup begins the group again
+// (restore --new_group). The others join on empty disks under new ids, copy
+// the restored state (the new group's log begins after it), and every
+// transaction committed before the backup is there once, whichever member
+// leads.
+TEST(ReplicaTest, AGroupThatLostEveryDiskBeginsAgainFromOneMembersBackup) {
+  Cluster c(ClusterOptions{.participants = 1, .replicas = 3, .participant_metrics = true});
+  c.StartAll();
+  c.CreateQueue(1, "q");
+  Ledger ledger;
+  ASSERT_EQ(CommitMore(c, "before", 10, 60, &ledger), 10u);
+  double versions[4] = {0, 0, 0, 0};
+  const bool agree = AwaitVersionsAgree(c, versions, 5000);
+  ASSERT_TRUE(agree);
+  const std::string ctl = absl::StrCat(ATOMQ_BIN_DIR, "/atomqctl ");
+  const std::string data = c.dir() + "/p1-r1";
+  const std::string backup = c.dir() + "/p1.backup";
+  const std::string taken =
+      RunCommand(ctl + "backup --data_dir=" + data + " --to=" + backup + " 2>&1");
+  ASSERT_NE(taken.find("backup of participant replica"), std::string::npos) << taken;
+  for (int j = 1; j <= 3; ++j) {
+    c.KillReplica(1, j);
+    std::filesystem::remove_all(absl::StrCat(c.dir(), "/p1-r", j));
+  }
+  const std::string restore = ctl + "restore --from=" + backup + " --data_dir=" + data + " --id=p1";
+  const std::string refused = RunCommand(restore + " 2>&1");
+  EXPECT_NE(refused.find("begin a new group from it (--new_group)"), std::string::npos) << refused;
+  EXPECT_FALSE(std::filesystem::exists(data + "/data.mdb"));
+  const std::string self =
+      absl::StrCat("1=", c.replica_address(1, 1), "/", c.replica_peer_address(1, 1));
+  const std::string restored = RunCommand(restore + " --new_group=" + self + " 2>&1");
+  ASSERT_NE(restored.find("as the only member"), std::string::npos) << restored;
+  EXPECT_FALSE(std::filesystem::exists(data + "/new-group.tmp"));
+  c.StartReplica(1, 1);
+  ASSERT_EQ(c.LeaderOf(1), 1);
+  // The new group goes on from the backup's version.
+  EXPECT_GT(c.ReplicaMetric(1, 1, "atomq_replica_applied_index"), versions[1]);
+  EXPECT_EQ(c.ReplicaMetric(1, 1, "atomq_replica_snapshot_index"), versions[1]);
+  // The others: empty disks, new ids; an old id is refused.
+  c.ReplaceReplica(1, 2, 4);
+  c.ReplaceReplica(1, 3, 5);
+  const std::string group = absl::StrCat(" --members='", c.replica_peer_address(1, 1), "'");
+  const std::string reused = RunCommand(
+      absl::StrCat(ctl, "cluster add", group, " --id=2 --client=", c.replica_address(1, 2),
+                   " --peer=", c.replica_peer_address(1, 2), " 2>&1"));
+  EXPECT_NE(reused.find("was used before"), std::string::npos) << reused;
+  for (int j : {2, 3}) {
+    const uint64_t id = c.member_id(1, j);
+    const std::string added = RunCommand(
+        absl::StrCat(ctl, "cluster add", group, " --id=", id, " --client=", c.replica_address(1, j),
+                     " --peer=", c.replica_peer_address(1, j), " 2>&1"));
+    EXPECT_NE(added.find("members now:"), std::string::npos) << added;
+    const std::string promoted =
+        RunCommand(absl::StrCat(ctl, "cluster promote", group, " --id=", id, " 2>&1"));
+    EXPECT_NE(promoted.find(absl::StrCat(id, " (voter)")), std::string::npos) << promoted;
+    EXPECT_EQ(c.ReplicaMetric(1, j, "atomq_replica_state_copies_total"), 1) << j;
+  }
+  ASSERT_EQ(CommitMore(c, "after", 5, 60, &ledger), 5u);
+  // Without the restored member, the two added ones are the majority, and
+  // they hold everything.
+  c.KillReplica(1, 1);
+  ASSERT_NE(c.LeaderOf(1), 0);
+  ASSERT_EQ(CommitMore(c, "without-1", 3, 60, &ledger), 3u);
   ExpectExactlyCommitted(c, 1, ledger);
 }
 
