@@ -75,5 +75,51 @@ TEST(NonBlockingTest, MajorityFinishesWithCoordinatorAndOneParticipantDown) {
       << resp.reason();
 }
 
+// A participant alone (the coordinator dead after PreCommit, the two others
+// down) proposes termination rounds it cannot finish; its data dir, read
+// without its server, shows the ballots it proposed and promised, and the
+// coordinator's the ballot of its record.
+TEST(NonBlockingTest, AStoppedNodesBallotsAreReadFromItsDataDir) {
+  Cluster c;
+  for (int i = 1; i <= 3; ++i) c.StartParticipant(i);
+  for (int i = 1; i <= 3; ++i) c.CreateQueue(i, "q");
+  c.StartCoordinator({{"ATOMQ_CRASH_AT", "after-precommit-sent"}});
+  v1::ExecuteRequest req;
+  req.set_txn_id("nb-2");
+  req.set_protocol(v1::THREE_PC);
+  for (int i = 1; i <= 3; ++i) *req.add_ops() = EnqueueOp(c.participant_id(i), "q", "nb-2");
+  auto call = std::async(std::launch::async, [&c, req] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::ExecuteResponse resp;
+    return c.coordinator()->Execute(&ctx, req, &resp);
+  });
+  ASSERT_EQ(c.WaitCoordinatorExit(15000), kCrashExit);
+  EXPECT_FALSE(call.get().ok());
+  c.KillParticipant(2);
+  c.KillParticipant(3);
+  const std::string offline = std::string(ATOMQ_BIN_DIR) + "/atomqctl --data_dir=" + c.dir();
+  std::string shown;
+  for (int tries = 0; tries < 100; ++tries) {
+    shown = RunCommand(offline + "/p1 txn show nb-2 2>&1");
+    if (shown.find("proposed 0") == std::string::npos &&
+        shown.find("  ballots      promised") != std::string::npos) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  c.KillParticipant(1);
+  shown = RunCommand(offline + "/p1 txn show nb-2 2>&1");
+  EXPECT_NE(shown.find("protocol     3pc"), std::string::npos) << shown;
+  EXPECT_NE(shown.find("  ballots      promised "), std::string::npos) << shown;
+  EXPECT_EQ(shown.find("promised 0,"), std::string::npos) << shown;
+  EXPECT_EQ(shown.find("proposed 0"), std::string::npos) << shown;
+  const std::string json = RunCommand(offline + "/p1 txn show nb-2 --json 2>&1");
+  EXPECT_NE(json.find("\"proposed_ballot\""), std::string::npos) << json;
+  const std::string coordinator = RunCommand(offline + "/c1 txn show nb-2 2>&1");
+  EXPECT_NE(coordinator.find("  ballot    "), std::string::npos) << coordinator;
+  EXPECT_NE(coordinator.find("precommitted"), std::string::npos) << coordinator;
+}
+
 }  // namespace
 }  // namespace atomq::testing
