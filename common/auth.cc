@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/bearer.h"
 #include "common/validate.h"
 
 namespace atomq {
@@ -99,11 +100,7 @@ absl::StatusOr<AuthPolicy> AuthPolicy::Load(const std::string& roles_file,
     p.grants_.push_back(std::move(g));
   }
   if (tokens_file.empty()) return p;
-  struct stat st;
-  if (stat(tokens_file.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "%s may be read by others (mode %03o): chmod 600 it", tokens_file, st.st_mode & 0777));
-  }
+  if (absl::Status st = CheckPrivateFile(tokens_file); !st.ok()) return st;
   absl::StatusOr<std::vector<Line>> tokens = ReadLines(tokens_file);
   if (!tokens.ok()) return tokens.status();
   for (const Line& l : *tokens) {

@@ -103,6 +103,22 @@ TEST_F(AuthTest, BadFilesAreRefusedWithFileAndLine) {
   EXPECT_TRUE(absl::StrContains(p.status().message(), "chmod 600")) << p.status();
 }
 
+// A Secret mounted by Kubernetes for a pod's fsGroup: owned by root,
+// readable by its group. Anyone else's file must be the owner's alone.
+TEST_F(AuthTest, ATokensFileOwnedByRootMayBeReadByItsGroupOnly) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to own files as others";
+  const std::string tokens = File("t-root", "app 0123456789abcdef0123\n", 0440);
+  EXPECT_TRUE(AuthPolicy::Load(File("r", "app producer\n"), tokens).ok());
+  EXPECT_TRUE(ReadTokenFile(File("one-root", "0123456789abcdef\n", 0640)).ok());
+  chmod(tokens.c_str(), 0444);
+  EXPECT_EQ(AuthPolicy::Load(File("r", "app producer\n"), tokens).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  chmod(tokens.c_str(), 0440);
+  ASSERT_EQ(chown(tokens.c_str(), 1, 1), 0);
+  EXPECT_EQ(AuthPolicy::Load(File("r", "app producer\n"), tokens).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
 TEST_F(AuthTest, OpenPolicyAllowsEverything) {
   AuthPolicy p = AuthPolicy::Open();
   EXPECT_EQ(*p.Authenticate("", ""), "anonymous");

@@ -53,15 +53,23 @@ std::string DialToken() {
 
 }  // namespace
 
-absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
+absl::Status CheckPrivateFile(const std::string& path) {
   struct stat st;
   if (stat(path.c_str(), &st) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat("cannot read token file ", path));
+    return absl::FailedPreconditionError(absl::StrCat("cannot read ", path));
   }
-  if ((st.st_mode & 077) != 0) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "%s may be read by others (mode %03o): chmod 600 it", path, st.st_mode & 0777));
+  const mode_t shared = st.st_uid == 0 ? 027 : 077;
+  if ((st.st_mode & shared) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("%s may be read by others (mode %03o): chmod 600 it (or, owned by root, "
+                        "640 for its group)",
+                        path, st.st_mode & 0777));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  if (absl::Status st = CheckPrivateFile(path); !st.ok()) return st;
   std::ifstream in(path);
   if (!in) return absl::FailedPreconditionError(absl::StrCat("cannot read token file ", path));
   std::string token;

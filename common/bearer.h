@@ -13,9 +13,15 @@
 
 namespace atomq {
 
+// Whether a file of secrets (a token, a tokens table) at `path` is kept
+// private: readable by its owner only, or, when root owns it, by its group
+// too (how Kubernetes mounts a Secret for a pod's fsGroup; PostgreSQL takes
+// its key file the same way). FAILED_PRECONDITION saying how to fix it.
+absl::Status CheckPrivateFile(const std::string& path);
+
 // The token in `path`: its one non-empty, non-comment line (no white space
 // inside). FAILED_PRECONDITION when the file cannot be read or others may
-// read it; INVALID_ARGUMENT (naming file and line) when it holds no token,
+// read it (CheckPrivateFile); INVALID_ARGUMENT (naming file and line) when it holds no token,
 // several, or a line with white space (a tokens table given by mistake).
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path);
 

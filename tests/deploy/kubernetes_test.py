@@ -15,9 +15,11 @@
                                      SIGTERM stops every server with exit 0
 """
 import glob
+import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -170,6 +172,10 @@ def check_statefulset(sts, docs, bin_dir, image_user, exposed):
     secrets = [n for n, v in volumes.items() if "secret" in v]
     configmaps = [n for n, v in volumes.items() if "configMap" in v]
     check(bool(secrets), f"{name}: no Secret volume (TLS)")
+    for n in secrets:
+        # A tokens file others may read is refused (common/auth.h), and keys too.
+        check(volumes[n]["secret"].get("defaultMode", 0o644) & 0o007 == 0,
+              f"{name}: Secret volume {n} is readable by others")
 
     check(len(pod["containers"]) == 1, f"{name}: not one container")
     c = pod["containers"][0]
@@ -226,6 +232,11 @@ def check_statefulset(sts, docs, bin_dir, image_user, exposed):
         mport = port_number(c, "metrics")
         check(f.get("--metrics_listen") == f"{fqdn(sts, i)}:{mport}" and
               "--metrics_allow_remote" in f, f"{pod_name}: /metrics not on its metrics port")
+        hport = port_number(c, "console")
+        check(hport is not None and f.get("--http_listen") == f"{fqdn(sts, i)}:{hport}" and
+              "--http_allow_remote" in f, f"{pod_name}: the web console is not on its console port")
+        check(under(f.get("--tokens_file", ""), secrets),
+              f"{pod_name}: --tokens_file (the console's sign-in) is not in a Secret volume")
     notes = spec["template"]["metadata"].get("annotations", {})
     check(notes.get("prometheus.io/scrape") == "true" and
           notes.get("prometheus.io/port") == str(port_number(c, "metrics")),
@@ -275,6 +286,35 @@ def check_all(docs, bin_dir):
                         check(re.search(rf"^{side['--id']}\s+\S*peer", roles, re.M) is not None,
                               f"roles do not make {side['--id']} a peer")
     return sets
+
+
+CONSOLE_TOKEN = "k8s-console-test-token"
+
+
+def check_console(coordinators, participant, tmp):
+    """A coordinator pod's console, signed in with the tokens Secret's
+    token over the pod's certificate, shows every replica of the
+    participant group with its version."""
+    cport = port_number(coordinators["spec"]["template"]["spec"]["containers"][0], "console")
+    tls = ssl.create_default_context(cafile=f"{tmp}/ca.pem")
+    url = f"https://{fqdn(coordinators, 0)}:{cport}"
+    deadline, versions = time.time() + 15, []
+    while time.time() < deadline:
+        req = urllib.request.Request(url + "/api/cluster",
+                                     headers={"Authorization": f"Bearer {CONSOLE_TOKEN}"})
+        nodes = json.load(urllib.request.urlopen(req, timeout=5, context=tls))["nodes"]
+        members = [m for n in nodes if n["id"] == participant for m in n["members"]]
+        versions = [int(m.get("replica", {}).get("appliedIndex", 0)) for m in members]
+        if len(versions) == 3 and min(versions) > 0:
+            break
+        time.sleep(0.5)
+    check(len(versions) == 3 and min(versions) > 0,
+          f"the coordinator's console does not show {participant}'s replica versions: {versions}")
+    session = urllib.request.Request(url + "/api/session",
+                                     headers={"Authorization": f"Bearer {CONSOLE_TOKEN}"})
+    who = json.load(urllib.request.urlopen(session, timeout=5, context=tls))
+    check(who.get("identity") == "ops" and "operator" in who.get("roles", []),
+          f"the console's token is not ops the operator: {who}")
 
 
 def live(docs, bin_dir, tmp):
@@ -331,7 +371,10 @@ def live(docs, bin_dir, tmp):
         for v in pod["volumes"]:
             d = f"{tmp}/{name}-{v['name']}"
             os.makedirs(d, exist_ok=True)
-            if "secret" in v:
+            if "secret" in v and f"{mount_of(c, v['name'])}/tokens" in script:
+                open(f"{d}/tokens", "w").write(f"ops {CONSOLE_TOKEN}\n")
+                os.chmod(f"{d}/tokens", 0o440)
+            elif "secret" in v:
                 for src, dst in (("pem", "tls.crt"), ("key", "tls.key")):
                     shutil.copy(f"{tmp}/{ident}.{src}", f"{d}/{dst}")
                 shutil.copy(f"{tmp}/ca.pem", f"{d}/ca.crt")
@@ -384,6 +427,7 @@ def live(docs, bin_dir, tmp):
         mport = port_number(ps["spec"]["template"]["spec"]["containers"][0], "metrics")
         scraped = urllib.request.urlopen(f"http://{fqdn(ps, 1)}:{mport}/metrics", timeout=5).read()
         check(b"atomq_replica_role" in scraped, "a member's /metrics is not served on its metrics port")
+        check_console(by_comp["coordinator"], p_id, tmp)
         # docs/operations.md: pod 2's disk is lost; it comes back empty as
         # member 4 (named in the members ConfigMap), which replaces member 3.
         victim = f"{p_name}-2"
