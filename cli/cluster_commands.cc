@@ -5,17 +5,18 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "atomq/v1/replica.grpc.pb.h"
 #include "cli/cluster.h"
 #include "cli/commands.h"
 #include "common/leader_book.h"
+#include "common/server_util.h"
 
 namespace atomq::ctl {
 
@@ -149,9 +150,10 @@ CLI::App* AddGroupCommand(CLI::App* cluster, const char* name, const char* what,
 std::vector<std::pair<std::string, std::string>> GivenGroups(const Globals& g) {
   std::vector<std::pair<std::string, std::string>> out;
   if (!g.coordinator_given.empty()) out.emplace_back("coordinator", g.coordinator_given);
-  for (absl::string_view part : absl::StrSplit(g.participants, ',', absl::SkipEmpty())) {
-    std::pair<std::string, std::string> kv = absl::StrSplit(part, absl::MaxSplits('=', 1));
-    out.push_back(std::move(kv));
+  // atomqctl's start checked --participants (ParseParticipants).
+  absl::StatusOr<std::map<std::string, std::string>> participants = ParsePeerList(g.participants);
+  if (participants.ok()) {
+    for (auto& entry : *participants) out.push_back(std::move(entry));
   }
   if (g.participants.empty() && !g.participant_given.empty()) {
     out.emplace_back("participant", g.participant_given);

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <thread>
 
 #include "absl/status/status.h"
@@ -17,6 +18,7 @@
 #include "absl/time/time.h"
 #include "common/bearer.h"
 #include "common/leader_book.h"
+#include "common/server_util.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -244,14 +246,11 @@ std::string DefaultConfigFile() {
 
 absl::Status ParseParticipants(Globals* g) {
   g->every_participant.clear();
-  for (absl::string_view part : absl::StrSplit(g->participants, ',', absl::SkipEmpty())) {
-    const size_t eq = part.find('=');
-    if (eq == 0 || eq == absl::string_view::npos || eq + 1 == part.size()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("\"", part, "\": want ID=ADDR (an ADDR may be a|b|c)"));
-    }
-    g->every_participant.emplace_back(std::string(part.substr(0, eq)),
-                                      ServingMember(*g, std::string(part.substr(eq + 1))));
+  absl::StatusOr<std::map<std::string, std::string>> given =
+      ParsePeerList(g->participants, "participant");
+  if (!given.ok()) return given.status();
+  for (const auto& [id, members] : *given) {
+    g->every_participant.emplace_back(id, ServingMember(*g, members));
   }
   return absl::OkStatus();
 }

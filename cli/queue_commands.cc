@@ -18,6 +18,7 @@
 #include "cli/data_dir.h"
 #include "common/codec.h"
 #include "common/data_file.h"
+#include "participant/core/schema.h"
 
 namespace atomq::ctl {
 namespace {
@@ -328,8 +329,8 @@ int QueueListInDataDir(const Globals& g) {
     by_name[r.name()] = q;
   });
   if (st.ok()) {
-    st = (*f)->Scan("messages", [&](std::string_view key, std::string_view) {
-      if (key.size() == 16) ++stored[DecodeU64(key)];
+    st = (*f)->Scan(participant::kMessagesDb, [&](std::string_view key, std::string_view) {
+      if (auto m = participant::schema::ParseMessageKey(key)) ++stored[m->queue_id];
       return true;
     });
   }
@@ -368,8 +369,10 @@ int QueuePeekInDataDir(const Globals& g, const QueueArgs& a) {
   if (!id) return Error(absl::StrCat("queue ", a.name, " does not exist in ", g.data_dir));
   v1::ReceiveResponse resp;
   std::string bad;
-  st = (*f)->Scan("messages", [&](std::string_view key, std::string_view value) {
-    if (key.size() != 16 || DecodeU64(key) != *id) return true;
+  st = (*f)->Scan(participant::kMessagesDb, [&](std::string_view key, std::string_view value) {
+    const std::optional<participant::schema::MessageId> at =
+        participant::schema::ParseMessageKey(key);
+    if (!at || at->queue_id != *id) return true;
     v1::MessageRecord m;
     if (absl::Status d = DecodeRecord(value, &m); !d.ok()) {
       bad = std::string(d.message());
@@ -377,7 +380,7 @@ int QueuePeekInDataDir(const Globals& g, const QueueArgs& a) {
     }
     v1::Delivery* out = resp.add_deliveries();
     out->set_queue(a.name);
-    out->set_sequence(DecodeU64(key.substr(8)));
+    out->set_sequence(at->sequence);
     out->set_payload(std::move(*m.mutable_payload()));
     *out->mutable_headers() = m.headers();
     return static_cast<uint32_t>(resp.deliveries_size()) < std::max(a.max, 1u);

@@ -1,5 +1,7 @@
 #include "participant/server/participant_server.h"
 
+#include <tuple>
+
 #include "absl/strings/str_cat.h"
 #include "common/codec.h"
 #include "common/crash.h"
@@ -479,8 +481,10 @@ std::string ParticipantNode::RenderMetrics() {
 
 // Per queue (as many as --queues_max), and the prepared transactions.
 void ParticipantNode::AppendQueueMetrics(std::string* out) {
-  const auto [queues, prepared] = core_.Inspect(
-      [](const ParticipantCore& c) { return std::make_pair(c.ListQueues(), c.prepared_gauges()); });
+  // One look at the core: the gauges and counters of one moment.
+  const auto [queues, prepared, counts] = core_.Inspect([](const ParticipantCore& c) {
+    return std::make_tuple(c.ListQueues(), c.prepared_gauges(), c.queue_counts());
+  });
   struct Gauge {
     const char* name;
     const char* help;
@@ -501,7 +505,6 @@ void ParticipantNode::AppendQueueMetrics(std::string* out) {
       absl::StrAppend(out, g.name, "{queue=\"", q.name(), "\"} ", (q.*g.value)(), "\n");
     }
   }
-  const auto counts = core_.Inspect([](const ParticipantCore& c) { return c.queue_counts(); });
   struct Counter {
     const char* name;
     const char* help;
