@@ -5,6 +5,7 @@
 #include <future>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "atomq/v1/coordinator.grpc.pb.h"
 #include "atomq/v1/participant.grpc.pb.h"
@@ -92,7 +93,7 @@ v1::ReplicaStatus ClusterView::ReplicaAt(const std::string& address, const Calle
   return r;
 }
 
-v1::ConsoleMember ClusterView::Probe(const std::string& address, const Caller& who, bool grouped) {
+v1::ConsoleMember ClusterView::Probe(const std::string& address, const Caller& who) {
   v1::ConsoleMember m;
   m.set_address(address);
   grpc::ClientContext ctx;
@@ -107,10 +108,11 @@ v1::ConsoleMember ClusterView::Probe(const std::string& address, const Caller& w
   }
   m.set_health(resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? "serving"
                                                                                : "standby");
-  if (grouped) {
-    *m.mutable_replica() = ReplicaAt(address, who);
-    m.mutable_replica()->set_client_address(address);
-  }
+  v1::ReplicaStatus r = ReplicaAt(address, who);
+  // A server alone (no --group) serves no Replica.Status: no version to show.
+  if (absl::StartsWith(r.error(), "UNIMPLEMENTED")) return m;
+  r.set_client_address(address);
+  *m.mutable_replica() = std::move(r);
   return m;
 }
 
@@ -138,11 +140,9 @@ v1::ConsoleCluster ClusterView::Cluster(const Caller& who) {
       n->set_id(id);
       n->set_role(role);
       n->set_self(id == o_.node_id && role == o_.node_role);
-      const std::vector<std::string> addresses = SplitMembers(members);
-      const bool grouped = addresses.size() > 1;
       std::vector<v1::ReplicaStatus*> replicas;
       for (v1::ConsoleMember& m : EachAtOnce<v1::ConsoleMember>(
-               addresses, [&](const std::string& a) { return Probe(a, who, grouped); })) {
+               SplitMembers(members), [&](const std::string& a) { return Probe(a, who); })) {
         v1::ConsoleMember* added = n->add_members();
         *added = std::move(m);
         if (added->has_replica()) replicas.push_back(added->mutable_replica());

@@ -45,7 +45,7 @@ class ClusterView {
                         const std::function<grpc::Status(
                             grpc::ClientContext*, const std::shared_ptr<grpc::Channel>&)>& call);
   // Health at `address` and, for a group's member, its Replica.Status.
-  v1::ConsoleMember Probe(const std::string& address, const Caller& who, bool grouped);
+  v1::ConsoleMember Probe(const std::string& address, const Caller& who);
   // Replica.Status at `address` (a member's client or peer address); role
   // "unreachable" or "refused" with the error when it cannot be asked.
   v1::ReplicaStatus ReplicaAt(const std::string& address, const Caller& who);

@@ -74,7 +74,7 @@ function memberVersion(m) {
   const behind = Number(r.lag) > 0 ? " (" + r.lag + " behind)" : "";
   return el("span", { class: "version", "data-address": m.address,
                       title: m.address + ": " + r.role + ", term " + r.term },
-            "#" + r.member + " " + r.appliedIndex + behind);
+            "member " + r.member + ": " + r.appliedIndex + behind);
 }
 
 async function drawCluster() {

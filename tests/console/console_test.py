@@ -13,6 +13,7 @@ settles from it by the protocol), and checks that who did it was recorded. Scree
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -52,6 +53,7 @@ class Cluster:
         self.dir = Path(tempfile.mkdtemp(prefix="atomq-console-"))
         self.procs = {}
         self.port = {n: free_port() for n in ["c1", "p1", "p2"]}
+        self.p2_peer = free_port()  # p2 is a group of one replica
         self.http = {n: free_port() for n in ["c1", "p1", "p2"]}
         self.tls = self.dir / "tls"
         self.tls.mkdir()
@@ -100,6 +102,8 @@ class Cluster:
             binary = "atomq-participant"
             extra = [f"--coordinators=c1={self.addr('c1')}", f"--peers={other}={self.addr(other)}",
                      "--in_doubt_after_ms=300"]
+            if name == "p2":
+                extra += [f"--group=1={self.addr('p2')}/127.0.0.1:{self.p2_peer}", "--member_id=1"]
         log = open(self.dir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
             [str(BIN / binary), *self.server_args(name), *extra], stdout=log,
@@ -244,6 +248,10 @@ def healthy_cluster(cluster, d):
     for n in ["c1", "p1", "p2"]:
         row = text(d, f"#nodes tr[data-node={n}]")
         check("serving" in row, f"{n} shows serving: {row!r}")
+    # p2 is a group (of one replica): its member's version; p1 is alone.
+    check(re.search(r"member 1: [1-9][0-9]*", text(d, "#nodes tr[data-node=p2]")) is not None,
+          f"p2 shows its replica's version: {text(d, '#nodes tr[data-node=p2]')!r}")
+    check("member" not in text(d, "#nodes tr[data-node=p1]"), "p1, alone, shows no replica version")
     d.save_screenshot(str(SHOTS / "cluster.png"))
 
     d.get(cluster.url("c1") + "#queues")
