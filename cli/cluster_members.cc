@@ -131,8 +131,14 @@ int LeadElsewhere(const Globals& g, const MemberFlags& f, const std::vector<std:
 // Replaces member --old with --id at --client/--peer. A new member at the
 // old one's addresses (its disk was lost, the host is the same) can only
 // join once the old one has left: it is removed first, and the group runs
-// on the others meanwhile. Otherwise the new one is added and made a voter
-// first, so the group never has fewer voters than it started with.
+// on the others meanwhile. So is an old member that is gone (it does not
+// answer, or takes no part): added first, a promotion that a leader
+// appended just before it crashed would leave the group needing the vote
+// of the new member, which does not know yet that it votes (the engine
+// counts no vote of a member not a voter in its own configuration), and
+// the group would wait for the old one (atomq-sim --membership found it).
+// Otherwise the new one is added and made a voter first, so the group
+// never has fewer voters than it started with.
 int Replace(const Globals& g, const MemberFlags& f, std::vector<std::string>* peers) {
   v1::ReplicaStatus leader;
   if (!FindLeader(g, *peers, f.wait_ms, &leader)) return 2;
@@ -148,12 +154,16 @@ int Replace(const Globals& g, const MemberFlags& f, std::vector<std::string>* pe
   }
   const bool same_place =
       old_member->client_address() == f.client || old_member->peer_address() == f.peer;
+  const v1::GroupStatusReport old_status = AskMembers(g, {old_member->peer_address()});
+  const bool old_gone =
+      !old_status.replicas(0).error().empty() || !old_status.replicas(0).fault().empty();
+  const bool remove_first = same_place || old_gone;
   if (leader.member() == f.old_id) {
     if (int rc = LeadElsewhere(g, f, *peers, leader, f.old_id); rc != 0) return rc;
   }
   v1::ReplicaStatus after;
   using C = v1::ChangeMembersRequest;
-  if (same_place) {
+  if (remove_first) {
     if (int rc = Step(g, f, peers, C::REMOVE, f.old_id, "removing", &after); rc != 0) return rc;
   }
   if (new_member == nullptr) {
@@ -167,7 +177,7 @@ int Replace(const Globals& g, const MemberFlags& f, std::vector<std::string>* pe
       return rc;
     }
   }
-  if (!same_place) {
+  if (!remove_first) {
     if (int rc = Step(g, f, peers, C::REMOVE, f.old_id, "removing", &after); rc != 0) return rc;
   }
   std::printf("member %llu replaced member %llu\n", static_cast<unsigned long long>(f.id),

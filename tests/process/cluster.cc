@@ -452,9 +452,14 @@ void Cluster::StartReplica(int i, int j, const std::map<std::string, std::string
 
 void Cluster::KillReplica(int i, int j) { Kill(&replicas_[i - 1][j - 1].proc); }
 
-void Cluster::ReplaceReplica(int i, int j, uint64_t member_id) {
+void Cluster::ReplaceReplica(int i, int j, uint64_t member_id, bool elsewhere) {
   Replica& r = replicas_[i - 1][j - 1];
   Kill(&r.proc);
+  if (elsewhere) {
+    r.proxy.reset();
+    r.client_port = FreePort();
+    r.peer_port = FreePort();
+  }
   std::filesystem::remove_all(absl::StrCat(dir_, "/", participant_id(i), "-r", j));
   r.member_id = member_id;
   r.join = true;

@@ -109,7 +109,8 @@ class Cluster {
   // Replica j's process dies and its disk is lost; in its place, at its
   // addresses, a new member `member_id` starts on an empty disk and waits
   // to be added (--join: atomqctl cluster replace).
-  void ReplaceReplica(int i, int j, uint64_t member_id);
+  // `elsewhere`: at new client and peer ports instead (another host).
+  void ReplaceReplica(int i, int j, uint64_t member_id, bool elsewhere = false);
   // The member id replica j runs as.
   uint64_t member_id(int i, int j) const;
   bool ReplicaRunning(int i, int j) const;

@@ -553,6 +553,34 @@ TEST(ReplicaTest, AReplacementBehindTheCompactedLogCopiesTheStateAndServesIt) {
   ExpectExactlyCommitted(c, 1, ledger);
 }
 
+// A member that is gone, replaced by one elsewhere (another host): removed
+// first, so that a promotion cut short by a crashed leader cannot leave the
+// group needing the vote of a member that does not know it votes.
+TEST(ReplicaTest, AMemberThatIsGoneIsRemovedBeforeItsReplacementElsewhereIsAdded) {
+  Cluster c(ClusterOptions{.participants = 1, .replicas = 3});
+  c.StartAll();
+  c.CreateQueue(1, "q");
+  Ledger ledger;
+  ASSERT_EQ(CommitMore(c, "before", 5, 60, &ledger), 5u);
+  const int leader = c.LeaderOf(1);
+  const int lost = leader % 3 + 1;
+  const std::string old_peer = c.replica_peer_address(1, lost);
+  std::string members;
+  for (int j = 1; j <= 3; ++j) {
+    if (j != lost)
+      absl::StrAppend(&members, members.empty() ? "" : "|", c.replica_peer_address(1, j));
+  }
+  c.ReplaceReplica(1, lost, 4, /*elsewhere=*/true);
+  ASSERT_NE(c.replica_peer_address(1, lost), old_peer);
+  const std::string out =
+      RunCommand(absl::StrCat(ATOMQ_BIN_DIR, "/atomqctl cluster replace --members='", members,
+                              "' --old=", lost, " --id=4 --client=", c.replica_address(1, lost),
+                              " --peer=", c.replica_peer_address(1, lost), " 2>&1"));
+  EXPECT_NE(out.find(absl::StrCat("member 4 replaced member ", lost)), std::string::npos) << out;
+  EXPECT_NE(out.find("removing"), std::string::npos) << out;
+  EXPECT_LT(out.find("removing"), out.find("adding")) << out;
+}
+
 // Every member's disk is lost: one member's backup begins the group again
 // (restore --new_group). The others join on empty disks under new ids, copy
 // the restored state (the new group's log begins after it), and every

@@ -786,7 +786,7 @@ std::string ReplayCommand(const Options& options) {
   return absl::StrCat(
       "build/bin/atomq-sim --seed=", options.seed, " --protocol=", ModeName(options.mode),
       options.replicas > 1 ? absl::StrCat(" --replicas=", options.replicas) : "",
-      options.wipes ? " --wipes" : "",
+      options.wipes ? " --wipes" : "", options.membership ? " --membership" : "",
       options.plant == Plant::kNone ? "" : absl::StrCat(" --plant=", PlantName(options.plant)),
       " --verbose");
 }

@@ -45,6 +45,10 @@ struct Options {
   // With replicas: one replica of each group may lose its disk and restart
   // empty under its old id (the amnesia docs/design.md 10.2 guards against).
   bool wipes = false;
+  // With replicas: one replica of each group may lose its disk and be
+  // replaced by a new member (a fourth, spare replica), added as a standby,
+  // promoted and the old one removed, while transactions run.
+  bool membership = false;
 };
 
 struct Result {

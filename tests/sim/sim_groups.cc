@@ -89,9 +89,11 @@ void Sim::MakeGroup(Node& n) {
                                   participant::kHeuristicDb, participant::kForgettableDb};
   if (n.is_coordinator) dbs = {coordinator::kTxnDb, coordinator::kMetaDb, coordinator::kEndedDb};
   for (const std::string& db : replication::ReplicatedStorage::ReplicaDbs()) dbs.push_back(db);
-  for (int j = 1; j <= options_.replicas; ++j) {
+  const int slots = options_.replicas + (options_.membership ? 1 : 0);
+  for (int j = 1; j <= slots; ++j) {
     Replica r;
     r.member = uint64_t(j);
+    r.spare = j > options_.replicas;
     r.name = absl::StrCat(n.id, "/", j);
     r.store = std::make_unique<SimStore>(
         this, dbs, [this, id = n.id, j](const Batch& b) { ReplicaSynced(id, uint64_t(j), b); });
@@ -105,7 +107,7 @@ void Sim::MakeGroup(Node& n) {
 
 void Sim::StartReplica(Node& n, uint64_t member) {
   Replica& r = replica(n, member);
-  if (r.group != nullptr) return;
+  if (r.group != nullptr || r.retired || (r.spare && !r.joined)) return;
   ++r.incarnation;
   replication::ReplicatedStorage::Options o;
   o.engine.id = member;
@@ -114,8 +116,10 @@ void Sim::StartReplica(Node& n, uint64_t member) {
   o.engine.election_timeout = kElectionMs;
   o.engine.heartbeat_timeout = kHeartbeatMs;
   for (const Replica& m : n.group->replicas) {
+    if (m.spare) continue;
     o.bootstrap.push_back(replication::Member{m.member, m.name, replication::MemberRole::kVoter});
   }
+  o.join = r.spare;
   o.snapshot_entries = kSnapshotEntries;
   o.snapshot_trailing = kSnapshotTrailing;
   o.clock = &clock_;
@@ -131,7 +135,7 @@ void Sim::StartReplica(Node& n, uint64_t member) {
     r.store->Submit(
         replication::ReplicatedStorage::DiskIdWrite(absl::StrCat(r.name, "#", r.incarnation)),
         [](absl::Status) {});
-    if (options_.plant == Plant::kRejoinWithAmnesia) {
+    if (options_.plant == Plant::kRejoinWithAmnesia && !r.spare) {
       // What the planted Open writes on an empty disk: a new group, at once.
       r.store->Submit(replication::RaftLog{replication::DurableState{}}.Initialize(
                           replication::RaftEngine::Bootstrap(o.bootstrap)),
@@ -369,12 +373,85 @@ void Sim::GroupFault(Node& n) {
     if (n.group->host == 0 || replica(n, n.group->host).group == nullptr) return;
     absl::Status st = replica(n, n.group->host).group->Transfer(member);
     Trace(absl::StrCat(n.id, ": leadership to member ", member, ": ", st.ToString()));
+  } else if (options_.membership && n.group->replacing == 0) {
+    if (ReplaceableNow(n)) ReplaceMember(n, member);
   } else if (!n.group->wiped && (options_.wipes || options_.plant == Plant::kRejoinWithAmnesia)) {
     WipeReplica(n, member);
     At(now_ + rng_.Range(5, 700), [this, id = n.id, member] {
       if (keep_down_.count(id) == 0) StartReplica(node(id), member);
     });
   }
+}
+
+bool Sim::ReplaceableNow(Node& n) {
+  if (n.group->host == 0) return false;
+  for (const Replica& r : n.group->replicas) {
+    if (r.spare) continue;
+    if (r.group == nullptr || r.group->Status().last_index == 0) return false;
+  }
+  return true;
+}
+
+void Sim::ReplaceMember(Node& n, uint64_t old) {
+  Group& g = *n.group;
+  Replica& spare = g.replicas.back();
+  g.replacing = old;
+  WipeReplica(n, old);
+  replica(n, old).retired = true;
+  spare.joined = true;
+  Trace(absl::StrCat(n.id, ": ", spare.name, " replaces ", replica(n, old).name));
+  StartReplica(n, spare.member);
+  At(now_ + rng_.Range(1, 100), [this, id = n.id] { AdvanceReplacement(id); });
+}
+
+void Sim::AdvanceReplacement(const std::string& id) {
+  Node& n = node(id);
+  Group& g = *n.group;
+  if (g.replaced) return;
+  if (g.host == 0 || replica(n, g.host).group == nullptr) {
+    At(now_ + 100, [this, id] { AdvanceReplacement(id); });
+    return;
+  }
+  replication::ReplicatedStorage* leader = replica(n, g.host).group.get();
+  const Replica& spare = g.replicas.back();
+  std::optional<replication::MemberRole> spare_role;
+  bool old_in = false;
+  for (const replication::Member& m : leader->Members()) {
+    if (m.id == spare.member) spare_role = m.role;
+    old_in |= m.id == g.replacing;
+  }
+  // The old member is gone (its disk lost): removed first, as atomqctl
+  // cluster replace does then. Added first, a promotion appended by a
+  // leader that crashed at once could leave the group needing a vote from
+  // the new member, which does not know yet that it votes (seed 200 of
+  // --membership stalled so).
+  using replication::MemberChange;
+  MemberChange change = MemberChange::kAdd;
+  uint64_t member = spare.member;
+  if (old_in) {
+    change = MemberChange::kRemove;
+    member = g.replacing;
+  } else if (spare_role == replication::MemberRole::kVoter) {
+    g.replaced = true;
+    Trace(absl::StrCat(id, ": ", spare.name, " replaced member ", g.replacing));
+    return;
+  } else if (spare_role.has_value()) {
+    change = MemberChange::kPromote;
+  }
+  const std::string what = change == MemberChange::kAdd       ? "add"
+                           : change == MemberChange::kPromote ? "promote"
+                                                              : "remove";
+  leader->ChangeMembers(
+      change,
+      replication::Member{member, replica(n, member).name, replication::MemberRole::kStandby},
+      [this, id, what, member](absl::Status st) {
+        // Out of the store's callback, whatever its outcome: the next look
+        // at the configuration says what is left.
+        At(now_ + (st.ok() ? 1 : 100), [this, id, what, member, st] {
+          Trace(absl::StrCat(id, ": ", what, " member ", member, ": ", st.ToString()));
+          AdvanceReplacement(id);
+        });
+      });
 }
 
 }  // namespace atomq::sim::internal

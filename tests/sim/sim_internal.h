@@ -179,6 +179,12 @@ struct Replica {
   std::unique_ptr<ReplicaLink> link;
   std::unique_ptr<replication::ReplicatedStorage> group;  // null while down
   uint64_t incarnation = 0;
+  // With Options::membership: the spare, in no configuration until it
+  // joins (--join) to replace a member; and the member it replaced, whose
+  // disk is lost and which never starts again.
+  bool spare = false;
+  bool joined = false;
+  bool retired = false;
 };
 
 struct Group {
@@ -188,6 +194,8 @@ struct Group {
   uint64_t version = 0;                  // the highest index any replica applied
   std::map<uint64_t, uint64_t> hash_at;  // version -> hash of the group's state there
   bool wiped = false;                    // at most one wiped disk per group and run
+  uint64_t replacing = 0;                // the member the spare replaces (0: none)
+  bool replaced = false;                 // the old member removed: the change is done
 };
 
 struct Node {
@@ -372,6 +380,19 @@ class Sim : public World, public Timers {
   void CrashReplica(Node& n, uint64_t member);
   // Cuts a replica off from the rest of its group for a while.
   void IsolateReplica(Node& n, uint64_t member);
+  // Member `old` loses its disk and the spare replaces it, one change at a
+  // time as atomqctl cluster replace makes them for a member that is gone:
+  // the old one removed, the spare added as a standby, promoted once caught
+  // up.
+  void ReplaceMember(Node& n, uint64_t old);
+  // As an operator replaces a member: through a serving leader, once every
+  // member is past its fresh start (one still asking on an empty disk
+  // would wait for the lost one for good, fresh_start.h).
+  bool ReplaceableNow(Node& n);
+  // The next change of a replacement, asked of the serving replica; retried
+  // until the configuration shows it made (a reply can be lost with a
+  // leadership).
+  void AdvanceReplacement(const std::string& id);
   void Restart(Node& n) {
     if (n.group != nullptr) {
       StartGroup(n);

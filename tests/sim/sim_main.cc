@@ -78,6 +78,10 @@ int main(int argc, char** argv) {
   app.add_flag("--wipes", wipes,
                "with --replicas: one replica of each group may lose its disk and restart empty "
                "under its old id");
+  bool membership = false;
+  app.add_flag("--membership", membership,
+               "with --replicas: one replica of each group may lose its disk and be replaced by "
+               "a new member (added, promoted, the old one removed)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -95,6 +99,7 @@ int main(int argc, char** argv) {
   options.verbose = verbose;
   options.replicas = replicas;
   options.wipes = wipes;
+  options.membership = membership;
 
   uint64_t run = 0, txns = 0, commits = 0, aborts = 0, violations = 0, blocked = 0, failed = 0;
   uint64_t steps = 0, one_phase = 0, collected = 0, copies = 0, leaderships = 0;
