@@ -200,6 +200,11 @@ else
   }
   status_of p1 $((BASE + 110))
   status_of "the coordinator" $((BASE + 140))
+  every="p1=$(address_of 1),p2=$(address_of 2),p3=$(address_of 3)"
+  echo
+  echo "every group at once, asked at the members' client addresses:"
+  echo "+ atomqctl --coordinator='$COORD' --participants='$every' cluster status"
+  $CTL --coordinator="$COORD" --participants="$every" cluster status
 fi
 
 cat <<MSG
