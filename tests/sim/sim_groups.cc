@@ -362,7 +362,9 @@ void Sim::IsolateReplica(Node& n, uint64_t member) {
 }
 
 void Sim::GroupFault(Node& n) {
-  const uint64_t member = static_cast<uint64_t>(rng_.Range(1, options_.replicas));
+  uint64_t member = static_cast<uint64_t>(rng_.Range(1, options_.replicas));
+  // The member that replaced one takes its faults, leadership included.
+  if (replica(n, member).retired) member = n.group->replicas.back().member;
   const int64_t what = rng_.Range(0, 19);
   if (what < 9) {
     CrashReplica(n, member);
